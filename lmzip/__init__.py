@@ -1,0 +1,40 @@
+"""lmzip: lossless compression of text with the probabilities of a language model.
+
+>>> import lmzip
+>>> packed = lmzip.compress(b"hello, hello, hello", model="order1")
+>>> lmzip.decompress(packed)
+b'hello, hello, hello'
+"""
+
+from .core import DEFAULT_CHUNK_SIZE, LMZipCompressor, LMZipDecompressor, compress, decompress
+from .errors import (
+    ChecksumError,
+    CorruptError,
+    FormatError,
+    LMZipError,
+    ModelMismatchError,
+    ModelNotFoundError,
+    TruncatedError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "compress",
+    "decompress",
+    "open",
+    "LMZipFile",
+    "LMZipCompressor",
+    "LMZipDecompressor",
+    "DEFAULT_CHUNK_SIZE",
+    "LMZipError",
+    "FormatError",
+    "CorruptError",
+    "ChecksumError",
+    "TruncatedError",
+    "ModelMismatchError",
+    "ModelNotFoundError",
+    "__version__",
+]
+
+from .fileobj import LMZipFile, open  # noqa: E402  (after the names it uses)

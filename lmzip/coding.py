@@ -1,0 +1,57 @@
+"""Range coding of symbols under integer distributions, with constriction.
+
+constriction's ``Categorical(perfect=False)`` quantizes float probabilities by
+``cdf(i) = floor(sum(pmf[:i]) * (2**24 - V) / sum(pmf)) + i`` (its "leaky fast"
+rule, computed in floating point).  We hand it ``freq - 1``: those are integers
+summing to exactly ``2**24 - V``, so the scale is exactly 1.0, every partial sum
+is an integer below 2**24 (exact in float32 and float64), and constriction's CDF
+is exactly ours: ``cdf(i) = sum(freq[:i])``.  No float rounding is left inside the
+coder, and the compressor and decompressor hand it bit-identical input.
+
+Compressed words are stored little-endian, as constriction recommends.
+"""
+
+from __future__ import annotations
+
+import constriction
+import numpy as np
+
+from .cdf import PRECISION
+
+__all__ = ["Encoder", "Decoder"]
+
+assert PRECISION == 24  # constriction's default range coder: 32-bit words, 24-bit models
+
+_FAMILY = constriction.stream.model.Categorical(perfect=False)
+
+
+def _pmf(freq: np.ndarray) -> np.ndarray:
+    return (freq - 1).astype(np.float64)
+
+
+class Encoder:
+    """Encodes one symbol at a time; ``finish()`` returns the payload bytes."""
+
+    def __init__(self) -> None:
+        self._coder = constriction.stream.queue.RangeEncoder()
+
+    def encode(self, symbol: int, freq: np.ndarray) -> None:
+        self._coder.encode(np.array([symbol], dtype=np.int32), _FAMILY, _pmf(freq)[None, :])
+
+    def finish(self) -> bytes:
+        return self._coder.get_compressed().astype("<u4").tobytes()
+
+
+class Decoder:
+    """Decodes symbols from a payload made by :class:`Encoder`.
+
+    The range decoder cannot notice damaged input: it returns *some* symbol for any
+    bits, so callers must check what they decode (the container's CRCs do).
+    """
+
+    def __init__(self, payload: bytes) -> None:
+        words = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
+        self._coder = constriction.stream.queue.RangeDecoder(words)
+
+    def decode(self, freq: np.ndarray) -> int:
+        return int(self._coder.decode(_FAMILY, _pmf(freq)[None, :])[0])

@@ -1,0 +1,227 @@
+"""Incremental compressor/decompressor objects and the one-shot functions.
+
+Shaped like :mod:`lzma`: ``compress(data) == c.compress(data) + c.flush()`` for
+``c = LMZipCompressor()``, and :class:`LMZipDecompressor` offers ``decompress``
+with ``max_length``, ``eof``, ``needs_input`` and ``unused_data``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from . import format as fmt
+from .codec import Progress, Stats, compress_chunk, decompress_chunk
+from .errors import CorruptError, FormatError, TruncatedError
+from .predictors.base import Model
+from .predictors.registry import load_model, model_for_header
+
+__all__ = ["DEFAULT_CHUNK_SIZE", "LMZipCompressor", "LMZipDecompressor", "compress", "decompress"]
+
+DEFAULT_CHUNK_SIZE = 1 << 20
+
+ModelArg = str | os.PathLike | Model | None
+
+
+def _utf8_cut(buf: bytes | bytearray, cut: int) -> int:
+    """Move a cut point back (at most 3 bytes) so it does not split a UTF-8 character."""
+    for back in range(4):
+        pos = cut - back
+        if pos <= 0:
+            break
+        if buf[pos] & 0xC0 != 0x80:  # not a continuation byte: a character starts here
+            return pos
+    return cut
+
+
+class LMZipCompressor:
+    """Compresses data incrementally into one ``.lmz`` stream.
+
+    Args:
+        model: registry name (default ``"smollm2-135m"``), path of a GGUF file, or a
+            loaded :class:`~lmzip.predictors.base.Model`.
+        context: context window in tokens (default 2048).
+        threads: CPU threads for the model (does not change the output).
+        chunk_size: bytes per independently coded chunk (default 1 MiB).
+        progress: called every few tokens; read :attr:`stats` inside it.
+    """
+
+    def __init__(self, model: ModelArg = None, *, context: int | None = None, threads: int | None = None,
+                 chunk_size: int = DEFAULT_CHUNK_SIZE, progress: Progress | None = None):
+        if not 1 <= chunk_size <= fmt.MAX_CHUNK_SIZE:
+            raise ValueError(f"chunk_size must be between 1 and {fmt.MAX_CHUNK_SIZE}")
+        if context is not None and context < 16:
+            raise ValueError("context must be at least 16 tokens")
+        self.model = model if isinstance(model, Model) else load_model(model, context=context, threads=threads)
+        self.chunk_size = chunk_size
+        self.progress = progress
+        self.stats = Stats()
+        self._buf = bytearray()
+        self._started = False
+        self._finished = False
+
+    def _header(self) -> bytes:
+        if self._started:
+            return b""
+        self._started = True
+        return fmt.pack_header(self.model.params())
+
+    def _chunk(self, data: bytes) -> bytes:
+        info, payload = compress_chunk(self.model, data, self.stats, self.progress)
+        return fmt.pack_chunk_record(info, payload)
+
+    def compress(self, data: bytes) -> bytes:
+        """Feed ``data``; returns whatever compressed bytes are ready (maybe ``b""``)."""
+        if self._finished:
+            raise ValueError("compressor has been flushed")
+        self._buf += memoryview(data).cast("B")
+        out = [self._header()]
+        while len(self._buf) > self.chunk_size:  # '>': keep the last chunk for flush()
+            cut = _utf8_cut(self._buf, self.chunk_size)
+            chunk = bytes(self._buf[:cut])
+            del self._buf[:cut]
+            out.append(self._chunk(chunk))
+        return b"".join(out)
+
+    def flush(self) -> bytes:
+        """Finish the stream: code what is buffered and write the end record."""
+        if self._finished:
+            raise ValueError("repeated call to flush()")
+        out = [self.compress(b"")]
+        if self._buf:
+            out.append(self._chunk(bytes(self._buf)))
+            self._buf.clear()
+        out.append(fmt.pack_end_record(self.stats.chunks))
+        self._finished = True
+        return b"".join(out)
+
+
+class LMZipDecompressor:
+    """Decompresses one ``.lmz`` stream incrementally.
+
+    Args:
+        model: use this model (name, GGUF path or loaded model) instead of the one
+            the header names; it must match the header's fingerprint.
+        threads: CPU threads for the model (does not change the output).
+        progress: called every few tokens; read :attr:`stats` inside it.
+
+    Data after the end of the stream is kept in :attr:`unused_data`.
+    """
+
+    def __init__(self, model: ModelArg = None, *, threads: int | None = None,
+                 progress: Progress | None = None):
+        self._model_arg = model
+        self._threads = threads
+        self.progress = progress
+        self.stats = Stats()
+        self.header: fmt.StreamHeader | None = None
+        self.model: Model | None = None
+        self._buf = bytearray()
+        self._pending = bytearray()
+        self._ended = False  # end record read
+        self.eof = False
+        self.needs_input = True
+        self.unused_data = b""
+
+    def _step(self) -> bool:
+        """Consume one unit (header, chunk or end record) if fully buffered."""
+        buf = self._buf
+        if self.header is None:
+            size = fmt.header_size(bytes(buf[:12]))
+            if size is None or len(buf) < size:
+                return False
+            header = fmt.parse_header(bytes(buf[:size]))
+            self.model = model_for_header(header.params, self._model_arg, threads=self._threads)
+            self.header = header
+            del buf[:size]
+            return True
+        if len(buf) < 4:
+            return False
+        if int.from_bytes(buf[:4], "little") == 0:  # the end record
+            size = fmt.end_record_size(bytes(buf[: fmt.END_HEAD_SIZE]))
+            if size is None or len(buf) < size:
+                return False
+            end = fmt.parse_end_record(bytes(buf[:size]))
+            if list(end.chunks) != self.stats.chunks:
+                raise CorruptError("end record (index) does not match the chunks read")
+            del buf[:size]
+            self._ended = True
+            return True
+        if len(buf) < fmt.CHUNK_RECORD_SIZE:
+            return False
+        info = fmt.parse_chunk_record(bytes(buf[: fmt.CHUNK_RECORD_SIZE]))
+        assert info is not None
+        total = fmt.CHUNK_RECORD_SIZE + info.payload_len
+        if len(buf) < total:
+            return False
+        payload = bytes(buf[fmt.CHUNK_RECORD_SIZE : total])
+        del buf[:total]
+        assert self.model is not None
+        self._pending += decompress_chunk(self.model, info, payload, self.stats, self.progress)
+        return True
+
+    def decompress(self, data: bytes = b"", max_length: int = -1) -> bytes:
+        """Feed ``data``; return up to ``max_length`` bytes of output (all if negative)."""
+        if self.eof:
+            raise EOFError("already at end of stream")
+        if not self._ended:
+            self._buf += memoryview(data).cast("B")
+        else:
+            self.unused_data += bytes(data)
+        out = bytearray()
+        while True:
+            room = len(self._pending) if max_length < 0 else max_length - len(out)
+            if room > 0 and self._pending:
+                out += self._pending[:room]
+                del self._pending[:room]
+            if max_length >= 0 and len(out) >= max_length:
+                break
+            if self._ended or not self._step():
+                break
+        if self._ended:
+            if self._buf:
+                self.unused_data += bytes(self._buf)
+                self._buf.clear()
+            if not self._pending:
+                self.eof = True
+        self.needs_input = not self.eof and not self._pending and not self._ended
+        return bytes(out)
+
+
+def compress(data: bytes, *, model: ModelArg = None, context: int | None = None, threads: int | None = None,
+             chunk_size: int = DEFAULT_CHUNK_SIZE, progress: Progress | None = None) -> bytes:
+    """Compress ``data`` into one ``.lmz`` stream (see :class:`LMZipCompressor`)."""
+    comp = LMZipCompressor(model, context=context, threads=threads, chunk_size=chunk_size, progress=progress)
+    return comp.compress(data) + comp.flush()
+
+
+def decompress(data: bytes, *, model: ModelArg = None, threads: int | None = None,
+               progress: Progress | None = None) -> bytes:
+    """Decompress ``.lmz`` data; concatenated streams decompress to the concatenation."""
+    data = bytes(data)
+    if not data:
+        raise TruncatedError("empty input is not an lmzip stream")
+    results = []
+    while data:
+        if not data.startswith(fmt.MAGIC[: len(data)]) and results:
+            raise FormatError("trailing data after the end of the lmzip stream")
+        d = LMZipDecompressor(model, threads=threads, progress=progress)
+        results.append(d.decompress(data))
+        if not d.eof:
+            raise TruncatedError("compressed data ended before the end of the lmzip stream")
+        data = d.unused_data
+    return b"".join(results)
+
+
+def stream_info(data: bytes) -> dict[str, Any]:
+    """Header and index of a complete stream, without decoding (``lmzip info``)."""
+    header = fmt.parse_header(data)
+    size = fmt.header_size(data)
+    assert size is not None
+    if len(data) < size + fmt.END_TAIL_SIZE:
+        raise TruncatedError("input ends before the end of the lmzip stream")
+    end_size = int.from_bytes(data[-fmt.END_TAIL_SIZE : -4], "little")
+    if data[-4:] != fmt.END_MAGIC or end_size > len(data) - size:
+        raise TruncatedError("no lmzip end record at the end of the input (truncated?)")
+    end = fmt.parse_end_record(data, len(data) - end_size)
+    return {"header": header, "end": end, "header_size": size, "compressed_size": len(data)}

@@ -1,0 +1,250 @@
+"""The ``.lmz`` container, version 1: packing and unpacking, nothing else.
+
+Layout (all integers little-endian; docs/format.md is the reference)::
+
+    stream header   magic(8) version(1) flags(1) params_len(2) params(params_len)
+                    fingerprint(32) header_crc(4)
+    chunk record*   raw_len(4) n_tokens(4) payload_len(4) data_crc(4) record_crc(4)
+                    payload(payload_len)
+    end record      zero(4) n_chunks(4) original_len(8) index(16 * n_chunks)
+                    index_crc(4) end_size(8) end_magic(4)
+
+``params`` is canonical JSON (sorted keys, no spaces) naming the model and every
+setting that changes probabilities; ``fingerprint`` is the SHA-256 of it.  The
+range coder cannot notice damaged input, so every part carries a CRC-32 and each
+chunk the CRC-32 of its original bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import CorruptError, FormatError, TruncatedError
+
+__all__ = [
+    "MAGIC",
+    "END_MAGIC",
+    "VERSION",
+    "MAX_CHUNK_SIZE",
+    "StreamHeader",
+    "ChunkInfo",
+    "EndRecord",
+    "fingerprint",
+    "pack_header",
+    "parse_header",
+    "header_size",
+    "pack_chunk_record",
+    "parse_chunk_record",
+    "pack_end_record",
+    "parse_end_record",
+    "payload_limit",
+]
+
+MAGIC = b"\x89LMZ\r\n\x1a\n"  # PNG-style: catches text-mode and 7-bit mangling
+END_MAGIC = b"LMZE"
+VERSION = 1
+MAX_CHUNK_SIZE = 1 << 30  # a decoder refuses larger chunks: no allocation from untrusted sizes
+MAX_PARAMS_LEN = 0xFFFF
+
+_FIXED = struct.Struct("<8sBBH")  # magic, version, flags, params_len
+_CHUNK = struct.Struct("<IIII")  # raw_len, n_tokens, payload_len, data_crc
+_CRC = struct.Struct("<I")
+_END_HEAD = struct.Struct("<IIQ")  # zero, n_chunks, original_len
+_END_TAIL = struct.Struct("<Q4s")  # end_size, end_magic
+
+CHUNK_RECORD_SIZE = _CHUNK.size + _CRC.size
+END_HEAD_SIZE = _END_HEAD.size
+END_TAIL_SIZE = _END_TAIL.size
+
+
+def _crc(data: bytes) -> int:
+    return zlib.crc32(data) & 0xFFFFFFFF
+
+
+def canonical_json(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def fingerprint(params: dict[str, Any]) -> bytes:
+    """SHA-256 identifying the model and every setting that changes probabilities."""
+    return hashlib.sha256(b"lmzip-fingerprint-v1\0" + canonical_json(params)).digest()
+
+
+def payload_limit(raw_len: int) -> int:
+    """Largest payload a chunk of ``raw_len`` bytes can legitimately have.
+
+    A token costs at most 24 bits (the smallest quantized probability is 2**-24) and
+    covers at least one byte, so 3 bytes per input byte plus the coder's flush words.
+    """
+    return 3 * raw_len + 16
+
+
+@dataclass(frozen=True)
+class StreamHeader:
+    params: dict[str, Any]
+    flags: int = 0
+    version: int = VERSION
+
+    @property
+    def fingerprint(self) -> bytes:
+        return fingerprint(self.params)
+
+
+@dataclass(frozen=True)
+class ChunkInfo:
+    raw_len: int
+    n_tokens: int
+    payload_len: int
+    data_crc: int
+
+
+@dataclass(frozen=True)
+class EndRecord:
+    chunks: tuple[ChunkInfo, ...]
+    original_len: int
+
+
+# ---------------------------------------------------------------------------- header
+
+
+def pack_header(params: dict[str, Any]) -> bytes:
+    blob = canonical_json(params)
+    if len(blob) > MAX_PARAMS_LEN:
+        raise ValueError("model parameters too long for the header")
+    head = _FIXED.pack(MAGIC, VERSION, 0, len(blob)) + blob + fingerprint(params)
+    return head + _CRC.pack(_crc(head))
+
+
+def header_size(prefix: bytes) -> int | None:
+    """Total header size once its first 12 bytes are known, else ``None``."""
+    if len(prefix) < _FIXED.size:
+        return None
+    _check_magic(prefix)
+    params_len = _FIXED.unpack_from(prefix)[3]
+    return _FIXED.size + params_len + 32 + _CRC.size
+
+
+def _check_magic(data: bytes) -> None:
+    n = min(len(data), len(MAGIC))
+    if data[:n] != MAGIC[:n]:
+        raise FormatError("not an lmzip file (bad magic bytes)")
+
+
+def parse_header(data: bytes) -> StreamHeader:
+    """Parse a stream header from the start of ``data`` (which may hold more)."""
+    if len(data) < _FIXED.size:
+        _check_magic(data)
+        raise TruncatedError("input ends inside the lmzip stream header")
+    magic, version, flags, params_len = _FIXED.unpack_from(data)
+    _check_magic(magic)
+    if version != VERSION:
+        raise FormatError(f"unsupported lmzip format version {version} (this lmzip reads version {VERSION})")
+    size = _FIXED.size + params_len + 32 + _CRC.size
+    if len(data) < size:
+        raise TruncatedError("input ends inside the lmzip stream header")
+    body = data[: size - _CRC.size]
+    if _CRC.unpack_from(data, size - _CRC.size)[0] != _crc(body):
+        raise CorruptError("stream header is damaged (header CRC mismatch)")
+    if flags != 0:
+        raise FormatError(f"unsupported lmzip header flags 0x{flags:02x}")
+    blob = body[_FIXED.size : _FIXED.size + params_len]
+    try:
+        params = json.loads(blob.decode("ascii"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise CorruptError(f"stream header parameters are not valid JSON: {exc}") from None
+    if not isinstance(params, dict):
+        raise CorruptError("stream header parameters are not a JSON object")
+    if body[_FIXED.size + params_len :] != fingerprint(params):
+        raise CorruptError("stream header fingerprint does not match its parameters")
+    return StreamHeader(params=params, flags=flags, version=version)
+
+
+# ---------------------------------------------------------------------------- chunks
+
+
+def pack_chunk_record(info: ChunkInfo, payload: bytes) -> bytes:
+    if not 0 < info.raw_len <= MAX_CHUNK_SIZE:
+        raise ValueError(f"chunk size {info.raw_len} out of range")
+    if len(payload) != info.payload_len:
+        raise ValueError("payload length does not match the chunk info")
+    head = _CHUNK.pack(info.raw_len, info.n_tokens, info.payload_len, info.data_crc)
+    return head + _CRC.pack(_crc(head)) + payload
+
+
+def parse_chunk_record(data: bytes, offset: int = 0) -> ChunkInfo | None:
+    """Parse the 20-byte record head at ``offset``.
+
+    Returns ``None`` when the head is the start of the end record (raw_len 0).
+    Needs at least 4 bytes; at least 20 unless it is the end record.
+    """
+    if len(data) - offset < 4:
+        raise TruncatedError("input ends before the end of the lmzip stream")
+    if _CRC.unpack_from(data, offset)[0] == 0:
+        return None
+    if len(data) - offset < CHUNK_RECORD_SIZE:
+        raise TruncatedError("input ends inside a chunk header")
+    fields = _CHUNK.unpack_from(data, offset)
+    stored_crc = _CRC.unpack_from(data, offset + _CHUNK.size)[0]
+    if stored_crc != _crc(data[offset : offset + _CHUNK.size]):
+        raise CorruptError("chunk header is damaged (CRC mismatch)")
+    info = ChunkInfo(*fields)
+    validate_chunk_info(info)
+    return info
+
+
+def validate_chunk_info(info: ChunkInfo) -> None:
+    if info.raw_len > MAX_CHUNK_SIZE:
+        raise CorruptError(f"chunk declares {info.raw_len} bytes, above the limit of {MAX_CHUNK_SIZE}")
+    if info.raw_len == 0:
+        raise CorruptError("chunk declares zero bytes")
+    if info.n_tokens == 0 or info.n_tokens > info.raw_len:
+        raise CorruptError(f"chunk declares {info.n_tokens} tokens for {info.raw_len} bytes")
+    if info.payload_len % 4 or info.payload_len > payload_limit(info.raw_len):
+        raise CorruptError(f"chunk declares an impossible payload of {info.payload_len} bytes")
+
+
+# ---------------------------------------------------------------------------- end record
+
+
+def pack_end_record(chunks: list[ChunkInfo]) -> bytes:
+    original_len = sum(c.raw_len for c in chunks)
+    body = _END_HEAD.pack(0, len(chunks), original_len)
+    body += b"".join(_CHUNK.pack(c.raw_len, c.n_tokens, c.payload_len, c.data_crc) for c in chunks)
+    body += _CRC.pack(_crc(body))
+    return body + _END_TAIL.pack(len(body) + END_TAIL_SIZE, END_MAGIC)
+
+
+def end_record_size(prefix: bytes, offset: int = 0) -> int | None:
+    """Total end record size once its first 16 bytes are known, else ``None``."""
+    if len(prefix) - offset < END_HEAD_SIZE:
+        return None
+    n_chunks = _END_HEAD.unpack_from(prefix, offset)[1]
+    return END_HEAD_SIZE + _CHUNK.size * n_chunks + _CRC.size + END_TAIL_SIZE
+
+
+def parse_end_record(data: bytes, offset: int = 0) -> EndRecord:
+    size = end_record_size(data, offset)
+    if size is None or len(data) - offset < size:
+        raise TruncatedError("input ends inside the lmzip end record (index)")
+    zero, n_chunks, original_len = _END_HEAD.unpack_from(data, offset)
+    if zero != 0:
+        raise CorruptError("end record (index) is damaged (bad marker)")
+    crc_at = offset + size - END_TAIL_SIZE - _CRC.size
+    if _CRC.unpack_from(data, crc_at)[0] != _crc(data[offset:crc_at]):
+        raise CorruptError("end record (index) is damaged (CRC mismatch)")
+    end_size, end_magic = _END_TAIL.unpack_from(data, crc_at + _CRC.size)
+    if end_magic != END_MAGIC or end_size != size:
+        raise CorruptError("end record (index) is damaged (bad trailer)")
+    chunks = tuple(
+        ChunkInfo(*_CHUNK.unpack_from(data, offset + END_HEAD_SIZE + i * _CHUNK.size)) for i in range(n_chunks)
+    )
+    for c in chunks:
+        validate_chunk_info(c)
+    if sum(c.raw_len for c in chunks) != original_len:
+        raise CorruptError("end record (index) is inconsistent: chunk sizes do not add up")
+    return EndRecord(chunks=chunks, original_len=original_len)

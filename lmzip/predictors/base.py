@@ -1,0 +1,72 @@
+"""The small protocol every predictor implements.
+
+A :class:`Model` is a lossless tokenizer plus a factory of prediction
+:class:`Stream` objects.  A stream starts with no context, gives scores for the
+next token, and is told each token that follows.  The compressor and the
+decompressor drive a stream through exactly the same calls, so a deterministic
+model yields bit-identical probabilities in both directions.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import numpy as np
+
+from ..tokenization import PieceTokenizer
+
+__all__ = ["Model", "Stream"]
+
+
+class Stream(ABC):
+    """One independent sequence being predicted (one chunk of input)."""
+
+    @abstractmethod
+    def scores(self) -> np.ndarray:
+        """Natural-log, unnormalized scores of the next token (length ``vocab_size``)."""
+
+    @abstractmethod
+    def push(self, token: int) -> None:
+        """Append ``token`` to the context."""
+
+    def close(self) -> None:
+        """Release resources held by the stream."""
+
+    def __enter__(self) -> Stream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Model(ABC):
+    """A tokenizer and a source of prediction streams."""
+
+    #: short registry name, stored in the header
+    name: str
+    tokenizer: PieceTokenizer
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.vocab_size
+
+    @abstractmethod
+    def params(self) -> dict[str, Any]:
+        """Everything that changes probabilities; stored in the header and fingerprinted."""
+
+    @abstractmethod
+    def open_stream(self) -> Stream:
+        """A fresh stream with an empty context."""
+
+    def describe(self) -> str:
+        return self.name
+
+    def close(self) -> None:
+        """Release the model."""
+
+    def __enter__(self) -> Model:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,216 @@
+"""The llama.cpp backend, on llama-cpp-python's low-level C API.
+
+Determinism is the whole game: llama.cpp's logits are bit-identical across runs,
+instances and thread counts *for the same sequence of calls*, but batched and
+one-token evaluation differ, and flash attention changes results.  So every
+stream is driven one token per ``llama_decode`` call, flash attention is off, and
+the sliding window moves at fixed points:
+
+- the stream starts by evaluating one start token (BOS, else EOS) at position 0;
+- when ``context`` positions are used, the ``discard`` tokens after the start
+  token are removed from the KV cache and the rest shifted down (llama.cpp
+  re-rotates the cached keys), so the window slides without re-evaluation.
+
+Compressor and decompressor make the same calls, hence the same logits.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import LMZipError, ModelNotFoundError
+from ..tokenization import PieceTokenizer
+from .base import Model, Stream
+
+__all__ = ["LlamaCppModel", "backend_version"]
+
+_init_lock = threading.Lock()
+_initialized = False
+
+
+def _llama():
+    """Import llama_cpp lazily (it is heavy) and initialise the backend once, quietly."""
+    global _initialized
+    try:
+        import llama_cpp
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise ModelNotFoundError(f"the llama.cpp backend needs llama-cpp-python: {exc}") from None
+    with _init_lock:
+        if not _initialized:
+            logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
+            llama_cpp.llama_backend_init()
+            _initialized = True
+    return llama_cpp
+
+
+def backend_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("llama_cpp_python")
+    except Exception:  # pragma: no cover
+        return "unknown"
+
+
+def default_threads() -> int:
+    return max(1, min(os.cpu_count() or 1, 8))
+
+
+class _LlamaStream(Stream):
+    def __init__(self, model: LlamaCppModel):
+        L = model._L
+        self._model = model
+        self._L = L
+        cparams = L.llama_context_default_params()
+        cparams.n_ctx = model.context
+        cparams.n_batch = 1  # one token per decode call, always: the schedule is the format
+        cparams.n_ubatch = 1
+        cparams.n_seq_max = 1
+        cparams.n_threads = model.threads
+        cparams.n_threads_batch = model.threads
+        cparams.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        cparams.type_k = 1  # GGML_TYPE_F16
+        cparams.type_v = 1
+        cparams.embeddings = False
+        cparams.no_perf = True
+        cparams.swa_full = True
+        self._ctx = L.llama_init_from_model(model._model, cparams)
+        if not self._ctx:
+            raise LMZipError("llama.cpp could not create a context (out of memory?)")
+        self._mem = L.llama_get_memory(self._ctx)
+        if not L.llama_memory_can_shift(self._mem):
+            self.close()
+            raise LMZipError(f"model {model.name} does not support KV-cache shifting")
+        self._batch = L.llama_batch_init(1, 0, 1)
+        self._batch.n_tokens = 1
+        self._batch.n_seq_id[0] = 1
+        self._batch.seq_id[0][0] = 0
+        self._batch.logits[0] = 1
+        self._n_vocab = model.tokenizer.n_model_tokens
+        # scores for the whole coding alphabet: escape symbols stay at -inf
+        self._scores = np.full(model.vocab_size, -np.inf, dtype=np.float32)
+        self._pos = 0
+        self._eval(model.start_token)
+
+    def _eval(self, token: int) -> None:
+        L = self._L
+        m = self._model
+        if self._pos >= m.context:  # slide: drop [keep, keep+discard), shift the rest down
+            L.llama_memory_seq_rm(self._mem, 0, m.keep, m.keep + m.discard)
+            L.llama_memory_seq_add(self._mem, 0, m.keep + m.discard, self._pos, -m.discard)
+            self._pos -= m.discard
+        self._batch.token[0] = token
+        self._batch.pos[0] = self._pos
+        rc = L.llama_decode(self._ctx, self._batch)
+        if rc != 0:
+            raise LMZipError(f"llama_decode failed (code {rc})")
+        self._pos += 1
+        ptr = L.llama_get_logits_ith(self._ctx, -1)
+        self._scores[: self._n_vocab] = np.ctypeslib.as_array(ptr, shape=(self._n_vocab,))
+
+    def scores(self) -> np.ndarray:
+        return self._scores  # valid until the next push()
+
+    def push(self, token: int) -> None:
+        if token < self._n_vocab:  # escape symbols are not shown to the model
+            self._eval(token)
+
+    def close(self) -> None:
+        if getattr(self, "_batch", None) is not None:
+            self._L.llama_batch_free(self._batch)
+            self._batch = None
+        if getattr(self, "_ctx", None):
+            self._L.llama_free(self._ctx)
+            self._ctx = None
+
+
+class LlamaCppModel(Model):
+    """A GGUF model run by llama.cpp on the CPU.
+
+    Args:
+        path: the GGUF file.
+        name: registry name stored in headers.
+        sha256: hex SHA-256 of the file (part of the fingerprint).
+        context: window in tokens; when full, ``discard`` tokens slide out.
+        threads: CPU threads (does not change results).
+    """
+
+    def __init__(self, path: str | os.PathLike, *, name: str, sha256: str, context: int = 2048,
+                 threads: int | None = None):
+        L = _llama()
+        self._L = L
+        self.path = Path(path)
+        self.name = name
+        self.sha256 = sha256
+        self.context = int(context)
+        if self.context < 16:
+            raise ValueError("context must be at least 16 tokens")
+        self.keep = 1  # the start token stays: an attention sink keeps sliding windows sane
+        self.discard = max(1, (self.context - self.keep) // 4)
+        self.threads = int(threads) if threads else default_threads()
+        mparams = L.llama_model_default_params()
+        mparams.n_gpu_layers = 0  # CPU only: results must not depend on an accelerator
+        self._model = L.llama_model_load_from_file(str(self.path).encode(), mparams)
+        if not self._model:
+            raise ModelNotFoundError(f"llama.cpp could not load {self.path} (not a GGUF model?)")
+        self._vocab = L.llama_model_get_vocab(self._model)
+        n_vocab = L.llama_vocab_n_tokens(self._vocab)
+        bos = L.llama_vocab_bos(self._vocab)
+        self.start_token = bos if bos >= 0 else L.llama_vocab_eos(self._vocab)
+        if self.start_token < 0:
+            raise LMZipError(f"model {name} has neither a BOS nor an EOS token")
+        self.tokenizer = PieceTokenizer([self._piece(t) for t in range(n_vocab)], self._tokenize_text)
+        self.n_ctx_train = L.llama_model_n_ctx_train(self._model)
+
+    def _piece(self, token: int) -> bytes:
+        buf = ctypes.create_string_buffer(256)
+        n = self._L.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
+        if n < 0:  # long piece: ask again with the size it needs
+            buf = ctypes.create_string_buffer(-n)
+            n = self._L.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
+        return buf.raw[: max(n, 0)]
+
+    def _tokenize_text(self, text: bytes) -> list[int]:
+        # only ever called with valid UTF-8 (llama_tokenize aborts the process otherwise)
+        cap = len(text) + 16
+        out = (self._L.llama_token * cap)()
+        n = self._L.llama_tokenize(self._vocab, text, len(text), out, cap, False, False)
+        if n < 0:
+            cap = -n
+            out = (self._L.llama_token * cap)()
+            n = self._L.llama_tokenize(self._vocab, text, len(text), out, cap, False, False)
+        if n < 0:
+            return []  # treated as a failed round trip: the caller spells the text in bytes
+        return list(out[:n])
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "backend": "llama.cpp",
+            "backend_version": backend_version(),
+            "context": self.context,
+            "discard": self.discard,
+            "keep": self.keep,
+            "model": self.name,
+            "model_sha256": self.sha256,
+            "precision": 24,
+            "start_token": self.start_token,
+            "tokenizer": "pieces-v1",
+        }
+
+    def open_stream(self) -> Stream:
+        return _LlamaStream(self)
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.path.name}, llama.cpp {backend_version()}, context {self.context})"
+
+    def close(self) -> None:
+        if getattr(self, "_model", None):
+            self._L.llama_model_free(self._model)
+            self._model = None

