@@ -20,10 +20,12 @@ from .predictors.base import Model
 
 __all__ = ["Stats", "compress_chunk", "decompress_chunk"]
 
-#: called every few tokens while coding; reads the Stats it shares with the caller
-Progress = Callable[[], None]
+#: called every few tokens while coding, with the running totals
+Progress = Callable[["Stats"], None]
 _PROGRESS_EVERY = 16  # tokens between progress calls
 _MIN_P = 2.0 ** -1000  # guards log2(0) when a probability underflows
+_LOG2_TOTAL = math.log2(TOTAL)
+_SLACK_BITS = 96  # the coder's 64-bit state and flush, with room to spare
 
 
 @dataclass
@@ -68,14 +70,14 @@ def compress_chunk(model: Model, data: bytes, stats: Stats | None = None,
             stats.tokens += 1
             stream.push(token)
             if progress is not None and i % _PROGRESS_EVERY == 0:
-                progress()
+                progress(stats)
     payload = encoder.finish()
     info = ChunkInfo(raw_len=len(data), n_tokens=len(tokens), payload_len=len(payload),
                      data_crc=zlib.crc32(data) & 0xFFFFFFFF)
     stats.payload_bytes += len(payload)
     stats.chunks.append(info)
     if progress is not None:
-        progress()
+        progress(stats)
     return info, payload
 
 
@@ -88,9 +90,18 @@ def decompress_chunk(model: Model, info: ChunkInfo, payload: bytes, stats: Stats
     decoder = Decoder(payload)
     out: list[bytes] = []
     done = 0
+    # A range coder cannot encode more information than it writes: symbols worth I bits
+    # take at least (I - 64) / 32 words.  Garbage decoding past that is damage, caught
+    # here before a forged token count could keep us busy for hours.
+    budget = 8 * info.payload_len + _SLACK_BITS
+    spent = 0.0
     with model.open_stream() as stream:
         for i in range(info.n_tokens):
-            token = decoder.decode(quantize(stream.scores()))
+            freq = quantize(stream.scores())
+            token = decoder.decode(freq)
+            spent += _LOG2_TOTAL - math.log2(freq[token])
+            if spent > budget:
+                raise CorruptError("chunk payload is damaged (it decodes to more information than it holds)")
             piece = pieces[token] if token < vocab else b""
             if not piece:
                 raise CorruptError("chunk payload is damaged (decoded a token that spells nothing)")
@@ -102,7 +113,7 @@ def decompress_chunk(model: Model, info: ChunkInfo, payload: bytes, stats: Stats
             stats.raw_bytes += len(piece)
             stats.tokens += 1
             if progress is not None and i % _PROGRESS_EVERY == 0:
-                progress()
+                progress(stats)
     data = b"".join(out)
     if len(data) != info.raw_len:
         raise _mismatch(f"decoded {len(data)} bytes, expected {info.raw_len}")
@@ -111,7 +122,7 @@ def decompress_chunk(model: Model, info: ChunkInfo, payload: bytes, stats: Stats
     stats.payload_bytes += len(payload)
     stats.chunks.append(info)
     if progress is not None:
-        progress()
+        progress(stats)
     return data
 
 

@@ -17,6 +17,7 @@ import constriction
 import numpy as np
 
 from .cdf import PRECISION
+from .errors import CorruptError
 
 __all__ = ["Encoder", "Decoder"]
 
@@ -54,4 +55,7 @@ class Decoder:
         self._coder = constriction.stream.queue.RangeDecoder(words)
 
     def decode(self, freq: np.ndarray) -> int:
-        return int(self._coder.decode(_FAMILY, _pmf(freq)[None, :])[0])
+        try:
+            return int(self._coder.decode(_FAMILY, _pmf(freq)[None, :])[0])
+        except (AssertionError, ValueError, RuntimeError) as exc:  # constriction's "invalid data"
+            raise CorruptError(f"chunk payload is damaged (range decoder: {exc})") from None

@@ -7,8 +7,10 @@ with ``max_length``, ``eof``, ``needs_input`` and ``unused_data``.
 
 from __future__ import annotations
 
+import io
 import os
-from typing import Any
+from collections.abc import Iterator
+from typing import IO, Any
 
 from . import format as fmt
 from .codec import Progress, Stats, compress_chunk, decompress_chunk
@@ -16,7 +18,15 @@ from .errors import CorruptError, FormatError, TruncatedError
 from .predictors.base import Model
 from .predictors.registry import load_model, model_for_header
 
-__all__ = ["DEFAULT_CHUNK_SIZE", "LMZipCompressor", "LMZipDecompressor", "compress", "decompress"]
+__all__ = [
+    "DEFAULT_CHUNK_SIZE",
+    "LMZipCompressor",
+    "LMZipDecompressor",
+    "compress",
+    "decompress",
+    "iter_decompress",
+    "stream_info",
+]
 
 DEFAULT_CHUNK_SIZE = 1 << 20
 
@@ -43,7 +53,7 @@ class LMZipCompressor:
         context: context window in tokens (default 2048).
         threads: CPU threads for the model (does not change the output).
         chunk_size: bytes per independently coded chunk (default 1 MiB).
-        progress: called every few tokens; read :attr:`stats` inside it.
+        progress: called every few tokens with the running :class:`~lmzip.codec.Stats`.
     """
 
     def __init__(self, model: ModelArg = None, *, context: int | None = None, threads: int | None = None,
@@ -64,7 +74,7 @@ class LMZipCompressor:
         if self._started:
             return b""
         self._started = True
-        return fmt.pack_header(self.model.params())
+        return fmt.pack_header(self.model.model_sha256, self.model.params())
 
     def _chunk(self, data: bytes) -> bytes:
         info, payload = compress_chunk(self.model, data, self.stats, self.progress)
@@ -103,7 +113,7 @@ class LMZipDecompressor:
         model: use this model (name, GGUF path or loaded model) instead of the one
             the header names; it must match the header's fingerprint.
         threads: CPU threads for the model (does not change the output).
-        progress: called every few tokens; read :attr:`stats` inside it.
+        progress: called every few tokens with the running :class:`~lmzip.codec.Stats`.
 
     Data after the end of the stream is kept in :attr:`unused_data`.
     """
@@ -131,7 +141,7 @@ class LMZipDecompressor:
             if size is None or len(buf) < size:
                 return False
             header = fmt.parse_header(bytes(buf[:size]))
-            self.model = model_for_header(header.params, self._model_arg, threads=self._threads)
+            self.model = model_for_header(header, self._model_arg, threads=self._threads)
             self.header = header
             del buf[:size]
             return True
@@ -198,19 +208,46 @@ def compress(data: bytes, *, model: ModelArg = None, context: int | None = None,
 def decompress(data: bytes, *, model: ModelArg = None, threads: int | None = None,
                progress: Progress | None = None) -> bytes:
     """Decompress ``.lmz`` data; concatenated streams decompress to the concatenation."""
-    data = bytes(data)
-    if not data:
-        raise TruncatedError("empty input is not an lmzip stream")
-    results = []
-    while data:
-        if not data.startswith(fmt.MAGIC[: len(data)]) and results:
-            raise FormatError("trailing data after the end of the lmzip stream")
-        d = LMZipDecompressor(model, threads=threads, progress=progress)
-        results.append(d.decompress(data))
-        if not d.eof:
-            raise TruncatedError("compressed data ended before the end of the lmzip stream")
-        data = d.unused_data
-    return b"".join(results)
+    return b"".join(iter_decompress(io.BytesIO(bytes(data)), model=model, threads=threads,
+                                    progress=progress, read_size=max(1, len(data))))
+
+
+def iter_decompress(fp: IO[bytes], *, model: ModelArg = None, threads: int | None = None,
+                    progress: Progress | None = None, read_size: int = 1 << 16) -> Iterator[bytes]:
+    """Decompress a file object of concatenated streams, yielding output as it is decoded.
+
+    Raises :class:`TruncatedError` if the input ends inside a stream and
+    :class:`FormatError` for anything but another stream after one ends.
+    """
+    done = Stats()  # totals of the streams already finished
+
+    def report(st: Stats) -> None:
+        assert progress is not None
+        progress(Stats(raw_bytes=done.raw_bytes + st.raw_bytes, tokens=done.tokens + st.tokens,
+                       payload_bytes=done.payload_bytes + st.payload_bytes))
+
+    d: LMZipDecompressor | None = None
+    while True:
+        if d is None or d.eof:
+            raw = (d.unused_data if d is not None else b"") or fp.read(read_size)
+            if not raw:
+                if d is None:
+                    raise TruncatedError("empty input is not an lmzip stream")
+                return
+            if d is not None:
+                if not raw.startswith(fmt.MAGIC[: len(raw)]):
+                    raise FormatError("trailing data after the end of the lmzip stream")
+                done.raw_bytes += d.stats.raw_bytes
+                done.tokens += d.stats.tokens
+                done.payload_bytes += d.stats.payload_bytes
+            d = LMZipDecompressor(model, threads=threads, progress=report if progress else None)
+        else:
+            raw = fp.read(read_size) if d.needs_input else b""
+            if d.needs_input and not raw:
+                raise TruncatedError("compressed data ended before the end of the lmzip stream")
+        out = d.decompress(raw)
+        if out:
+            yield out
 
 
 def stream_info(data: bytes) -> dict[str, Any]:

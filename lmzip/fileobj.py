@@ -7,8 +7,7 @@ import io
 import os
 from typing import IO, Any
 
-from .core import DEFAULT_CHUNK_SIZE, LMZipCompressor, LMZipDecompressor, ModelArg
-from .errors import TruncatedError
+from .core import DEFAULT_CHUNK_SIZE, LMZipCompressor, ModelArg, iter_decompress
 
 __all__ = ["LMZipFile", "open"]
 
@@ -16,13 +15,12 @@ _READ_SIZE = 1 << 16
 
 
 class _DecompressReader(io.RawIOBase):
-    """Raw reader over concatenated lmzip streams (the stdlib's DecompressReader pattern)."""
+    """Raw reader over concatenated lmzip streams, for io.BufferedReader."""
 
     def __init__(self, fp: IO[bytes], **decomp_args: Any):
-        self._fp = fp
         self._args = decomp_args
-        self._decomp = LMZipDecompressor(**decomp_args)
-        self._eof = False
+        self._chunks = iter_decompress(fp, **decomp_args)
+        self._left = memoryview(b"")
         self._pos = 0
 
     def readable(self) -> bool:
@@ -30,35 +28,13 @@ class _DecompressReader(io.RawIOBase):
 
     def readinto(self, b) -> int:
         with memoryview(b) as view, view.cast("B") as byte_view:
-            data = self.read(len(byte_view))
-            byte_view[: len(data)] = data
-        return len(data)
-
-    def read(self, size: int = -1) -> bytes:
-        if size < 0:
-            return self.readall()
-        if not size or self._eof:
-            return b""
-        data = b""
-        while True:
-            if self._decomp.eof:
-                raw = self._decomp.unused_data or self._fp.read(_READ_SIZE)
-                if not raw:
-                    break
-                self._decomp = LMZipDecompressor(**self._args)  # next concatenated stream
-                data = self._decomp.decompress(raw, size)
-            else:
-                raw = self._fp.read(_READ_SIZE) if self._decomp.needs_input else b""
-                if self._decomp.needs_input and not raw:
-                    raise TruncatedError("compressed file ended before the end of the lmzip stream")
-                data = self._decomp.decompress(raw, size)
-            if data:
-                break
-        if not data:
-            self._eof = True
-            return b""
-        self._pos += len(data)
-        return data
+            if not self._left:
+                self._left = memoryview(next(self._chunks, b""))
+            n = min(len(byte_view), len(self._left))
+            byte_view[:n] = self._left[:n]
+            self._left = self._left[n:]
+        self._pos += n
+        return n
 
     def tell(self) -> int:
         return self._pos

@@ -2,15 +2,16 @@
 
 Layout (all integers little-endian; docs/format.md is the reference)::
 
-    stream header   magic(8) version(1) flags(1) params_len(2) params(params_len)
-                    fingerprint(32) header_crc(4)
+    stream header   magic(4) version(1) flags(1) params_len(2) model_sha256(32)
+                    params(params_len) header_crc(4)
     chunk record*   raw_len(4) n_tokens(4) payload_len(4) data_crc(4) record_crc(4)
                     payload(payload_len)
     end record      zero(4) n_chunks(4) original_len(8) index(16 * n_chunks)
                     index_crc(4) end_size(8) end_magic(4)
 
-``params`` is canonical JSON (sorted keys, no spaces) naming the model and every
-setting that changes probabilities; ``fingerprint`` is the SHA-256 of it.  The
+``model_sha256`` (the SHA-256 of the model file, zeros for built-in models) and
+``params`` (canonical JSON, sorted keys, no spaces: the model's name and every
+setting that changes probabilities) together are the model fingerprint.  The
 range coder cannot notice damaged input, so every part carries a CRC-32 and each
 chunk the CRC-32 of its original bytes.
 """
@@ -45,13 +46,13 @@ __all__ = [
     "payload_limit",
 ]
 
-MAGIC = b"\x89LMZ\r\n\x1a\n"  # PNG-style: catches text-mode and 7-bit mangling
+MAGIC = b"\x89LMZ"  # high bit first, as PNG: catches 7-bit mangling
 END_MAGIC = b"LMZE"
 VERSION = 1
 MAX_CHUNK_SIZE = 1 << 30  # a decoder refuses larger chunks: no allocation from untrusted sizes
 MAX_PARAMS_LEN = 0xFFFF
 
-_FIXED = struct.Struct("<8sBBH")  # magic, version, flags, params_len
+_FIXED = struct.Struct("<4sBBH32s")  # magic, version, flags, params_len, model_sha256
 _CHUNK = struct.Struct("<IIII")  # raw_len, n_tokens, payload_len, data_crc
 _CRC = struct.Struct("<I")
 _END_HEAD = struct.Struct("<IIQ")  # zero, n_chunks, original_len
@@ -70,9 +71,9 @@ def canonical_json(obj: dict[str, Any]) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
-def fingerprint(params: dict[str, Any]) -> bytes:
-    """SHA-256 identifying the model and every setting that changes probabilities."""
-    return hashlib.sha256(b"lmzip-fingerprint-v1\0" + canonical_json(params)).digest()
+def fingerprint(model_sha256: bytes, params: dict[str, Any]) -> bytes:
+    """One digest for the model file and every setting that changes probabilities."""
+    return hashlib.sha256(model_sha256 + canonical_json(params)).digest()
 
 
 def payload_limit(raw_len: int) -> int:
@@ -86,13 +87,14 @@ def payload_limit(raw_len: int) -> int:
 
 @dataclass(frozen=True)
 class StreamHeader:
+    model_sha256: bytes
     params: dict[str, Any]
     flags: int = 0
     version: int = VERSION
 
     @property
     def fingerprint(self) -> bytes:
-        return fingerprint(self.params)
+        return fingerprint(self.model_sha256, self.params)
 
 
 @dataclass(frozen=True)
@@ -112,21 +114,23 @@ class EndRecord:
 # ---------------------------------------------------------------------------- header
 
 
-def pack_header(params: dict[str, Any]) -> bytes:
+def pack_header(model_sha256: bytes, params: dict[str, Any]) -> bytes:
     blob = canonical_json(params)
     if len(blob) > MAX_PARAMS_LEN:
         raise ValueError("model parameters too long for the header")
-    head = _FIXED.pack(MAGIC, VERSION, 0, len(blob)) + blob + fingerprint(params)
+    if len(model_sha256) != 32:
+        raise ValueError("model_sha256 must be 32 bytes")
+    head = _FIXED.pack(MAGIC, VERSION, 0, len(blob), model_sha256) + blob
     return head + _CRC.pack(_crc(head))
 
 
 def header_size(prefix: bytes) -> int | None:
-    """Total header size once its first 12 bytes are known, else ``None``."""
-    if len(prefix) < _FIXED.size:
-        return None
+    """Total header size once its first 8 bytes are known, else ``None``."""
     _check_magic(prefix)
-    params_len = _FIXED.unpack_from(prefix)[3]
-    return _FIXED.size + params_len + 32 + _CRC.size
+    if len(prefix) < 8:
+        return None
+    params_len = struct.unpack_from("<H", prefix, 6)[0]
+    return _FIXED.size + params_len + _CRC.size
 
 
 def _check_magic(data: bytes) -> None:
@@ -137,19 +141,20 @@ def _check_magic(data: bytes) -> None:
 
 def parse_header(data: bytes) -> StreamHeader:
     """Parse a stream header from the start of ``data`` (which may hold more)."""
-    if len(data) < _FIXED.size:
-        _check_magic(data)
+    _check_magic(data)
+    if len(data) < 8:
         raise TruncatedError("input ends inside the lmzip stream header")
-    magic, version, flags, params_len = _FIXED.unpack_from(data)
-    _check_magic(magic)
+    version = data[4]
     if version != VERSION:
         raise FormatError(f"unsupported lmzip format version {version} (this lmzip reads version {VERSION})")
-    size = _FIXED.size + params_len + 32 + _CRC.size
+    size = header_size(data)
+    assert size is not None
     if len(data) < size:
         raise TruncatedError("input ends inside the lmzip stream header")
     body = data[: size - _CRC.size]
     if _CRC.unpack_from(data, size - _CRC.size)[0] != _crc(body):
         raise CorruptError("stream header is damaged (header CRC mismatch)")
+    _, _, flags, params_len, model_sha256 = _FIXED.unpack_from(data)
     if flags != 0:
         raise FormatError(f"unsupported lmzip header flags 0x{flags:02x}")
     blob = body[_FIXED.size : _FIXED.size + params_len]
@@ -159,9 +164,7 @@ def parse_header(data: bytes) -> StreamHeader:
         raise CorruptError(f"stream header parameters are not valid JSON: {exc}") from None
     if not isinstance(params, dict):
         raise CorruptError("stream header parameters are not a JSON object")
-    if body[_FIXED.size + params_len :] != fingerprint(params):
-        raise CorruptError("stream header fingerprint does not match its parameters")
-    return StreamHeader(params=params, flags=flags, version=version)
+    return StreamHeader(model_sha256=model_sha256, params=params, flags=flags, version=version)
 
 
 # ---------------------------------------------------------------------------- chunks

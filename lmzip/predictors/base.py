@@ -51,9 +51,12 @@ class Model(ABC):
     def vocab_size(self) -> int:
         return self.tokenizer.vocab_size
 
+    #: SHA-256 of the model file (zeros for built-in models): half of the fingerprint
+    model_sha256: bytes = bytes(32)
+
     @abstractmethod
     def params(self) -> dict[str, Any]:
-        """Everything that changes probabilities; stored in the header and fingerprinted."""
+        """Name and every setting that changes probabilities: the other half of the fingerprint."""
 
     @abstractmethod
     def open_stream(self) -> Stream:
@@ -62,11 +65,9 @@ class Model(ABC):
     def describe(self) -> str:
         return self.name
 
+    @property
+    def closed(self) -> bool:
+        return False
+
     def close(self) -> None:
-        """Release the model."""
-
-    def __enter__(self) -> Model:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        """Release the model; it must not be used afterwards."""

@@ -99,6 +99,12 @@ class _LlamaStream(Stream):
         self._pos = 0
         self._eval(model.start_token)
 
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # pragma: no cover - interpreter shutdown
+            pass
+
     def _eval(self, token: int) -> None:
         L = self._L
         m = self._model
@@ -149,6 +155,7 @@ class LlamaCppModel(Model):
         self.path = Path(path)
         self.name = name
         self.sha256 = sha256
+        self.model_sha256 = bytes.fromhex(sha256)
         self.context = int(context)
         if self.context < 16:
             raise ValueError("context must be at least 16 tokens")
@@ -198,10 +205,7 @@ class LlamaCppModel(Model):
             "discard": self.discard,
             "keep": self.keep,
             "model": self.name,
-            "model_sha256": self.sha256,
-            "precision": 24,
             "start_token": self.start_token,
-            "tokenizer": "pieces-v1",
         }
 
     def open_stream(self) -> Stream:
@@ -210,7 +214,18 @@ class LlamaCppModel(Model):
     def describe(self) -> str:
         return f"{self.name} ({self.path.name}, llama.cpp {backend_version()}, context {self.context})"
 
+    @property
+    def closed(self) -> bool:
+        return not getattr(self, "_model", None)
+
     def close(self) -> None:
+        """Free the weights; the model must not be used afterwards."""
         if getattr(self, "_model", None):
             self._L.llama_model_free(self._model)
             self._model = None
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # pragma: no cover - interpreter shutdown
+            pass

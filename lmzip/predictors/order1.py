@@ -49,7 +49,7 @@ class Order1Model(Model):
         self.tokenizer = PieceTokenizer(pieces, lambda text: list(text))
 
     def params(self) -> dict[str, Any]:
-        return {"backend": "order1", "model": self.name, "precision": 24, "version": 1}
+        return {"backend": "order1", "model": self.name}
 
     def open_stream(self) -> Stream:
         return _Order1Stream()

