@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import stat
 import sys
@@ -17,7 +18,7 @@ import click
 from . import __version__
 from . import format as fmt
 from .codec import Stats
-from .core import DEFAULT_CHUNK_SIZE, LMZipCompressor, iter_decompress, stream_info
+from .core import DEFAULT_CHUNK_SIZE, LMZipCompressor, iter_decompress, scan_streams
 from .errors import LMZipError
 from .predictors.registry import DEFAULT_CONTEXT, DEFAULT_MODEL, known_models, load_model
 
@@ -408,27 +409,29 @@ def info(files) -> None:
     def work(name: str) -> None:
         fin, src, _ = _open_input(name)
         try:
-            data = fin.read()
+            if src is None or not fin.seekable():
+                fin = io.BytesIO(fin.read())
+            streams = scan_streams(fin)
         finally:
             if src is not None:
                 fin.close()
-        i = stream_info(data)
-        header, end = i["header"], i["end"]
-        p = header.params
-        bpb = 8 * len(data) / end.original_len if end.original_len else 0.0
-        tokens = sum(c.n_tokens for c in end.chunks)
         click.echo(f"{name}:")
-        click.echo(f"  format        lmzip version {header.version}")
-        backend = " ".join(str(p[k]) for k in ("backend", "backend_version") if k in p)
-        click.echo(f"  model         {p.get('model')} ({backend})")
-        if any(header.model_sha256):
-            click.echo(f"  model sha256  {header.model_sha256.hex()}")
-        for key in ("context", "discard", "keep", "start_token"):
-            if key in p:
-                click.echo(f"  {key:<13} {p[key]}")
-        click.echo(f"  fingerprint   {header.fingerprint.hex()}")
-        click.echo(f"  original      {end.original_len} bytes, {tokens} tokens, {len(end.chunks)} chunk(s)")
-        click.echo(f"  compressed    {len(data)} bytes, {bpb:.3f} bits per byte")
+        for number, s in enumerate(streams, 1):
+            if len(streams) > 1:
+                click.echo(f"  stream {number}")
+            p = s.header.params
+            bpb = 8 * s.compressed_size / s.end.original_len if s.end.original_len else 0.0
+            tokens = sum(c.n_tokens for c in s.end.chunks)
+            backend = " ".join(str(p[k]) for k in ("backend", "backend_version") if k in p)
+            click.echo(f"  format        lmzip version {s.header.version}")
+            click.echo(f"  model         {p.get('model')} ({backend})")
+            if any(s.header.model_sha256):
+                click.echo(f"  model sha256  {s.header.model_sha256.hex()}")
+            if "context" in p:
+                click.echo(f"  context       {p['context']} tokens")
+            click.echo(f"  fingerprint   {s.header.fingerprint.hex()}")
+            click.echo(f"  original      {s.end.original_len} bytes, {tokens} tokens, {len(s.end.chunks)} chunk(s)")
+            click.echo(f"  compressed    {s.compressed_size} bytes, {bpb:.3f} bits per byte")
 
     _run(job, list(files), work)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import IO, Any
 
 from . import format as fmt
@@ -25,7 +26,8 @@ __all__ = [
     "compress",
     "decompress",
     "iter_decompress",
-    "stream_info",
+    "scan_streams",
+    "StreamInfo",
 ]
 
 DEFAULT_CHUNK_SIZE = 1 << 20
@@ -250,15 +252,60 @@ def iter_decompress(fp: IO[bytes], *, model: ModelArg = None, threads: int | Non
             yield out
 
 
-def stream_info(data: bytes) -> dict[str, Any]:
-    """Header and index of a complete stream, without decoding (``lmzip info``)."""
-    header = fmt.parse_header(data)
-    size = fmt.header_size(data)
-    assert size is not None
-    if len(data) < size + fmt.END_TAIL_SIZE:
-        raise TruncatedError("input ends before the end of the lmzip stream")
-    end_size = int.from_bytes(data[-fmt.END_TAIL_SIZE : -4], "little")
-    if data[-4:] != fmt.END_MAGIC or end_size > len(data) - size:
-        raise TruncatedError("no lmzip end record at the end of the input (truncated?)")
-    end = fmt.parse_end_record(data, len(data) - end_size)
-    return {"header": header, "end": end, "header_size": size, "compressed_size": len(data)}
+@dataclass(frozen=True)
+class StreamInfo:
+    """What ``lmzip info`` shows of one stream: read from its records, nothing decoded."""
+
+    header: fmt.StreamHeader
+    end: fmt.EndRecord
+    compressed_size: int
+
+
+def scan_streams(fp: IO[bytes]) -> list[StreamInfo]:
+    """Walk the streams of a seekable file from record to record, skipping payloads.
+
+    Checks every header, chunk record and end record (CRCs, sizes, the index against
+    the chunks) without running a model.
+    """
+
+    def read_exact(n: int, what: str) -> bytes:
+        data = fp.read(n)
+        if len(data) < n:
+            raise TruncatedError(f"input ends inside {what}")
+        return data
+
+    origin = fp.tell()
+    total = fp.seek(0, io.SEEK_END)
+    fp.seek(origin)
+    streams: list[StreamInfo] = []
+    while True:
+        start = fp.tell()
+        head = fp.read(8)
+        if not head and streams:
+            return streams
+        if not head:
+            raise TruncatedError("empty input is not an lmzip stream")
+        if streams and not head.startswith(fmt.MAGIC[: len(head)]):
+            raise FormatError("trailing data after the end of the lmzip stream")
+        size = fmt.header_size(head)
+        if size is None:
+            raise TruncatedError("input ends inside the lmzip stream header")
+        header = fmt.parse_header(head + read_exact(size - 8, "the lmzip stream header"))
+        chunks = []
+        while True:
+            marker = read_exact(4, "the lmzip stream (no end record)")
+            if marker == bytes(4):
+                rest = read_exact(fmt.END_HEAD_SIZE - 4, "the end record")
+                end_size = fmt.end_record_size(marker + rest)
+                assert end_size is not None
+                end = fmt.parse_end_record(marker + rest + read_exact(end_size - fmt.END_HEAD_SIZE, "the end record"))
+                if list(end.chunks) != chunks:
+                    raise CorruptError("end record (index) does not match the chunks read")
+                break
+            info = fmt.parse_chunk_record(marker + read_exact(fmt.CHUNK_RECORD_SIZE - 4, "a chunk header"))
+            assert info is not None
+            if fp.tell() + info.payload_len > total:
+                raise TruncatedError("input ends inside a chunk payload")
+            fp.seek(info.payload_len, io.SEEK_CUR)
+            chunks.append(info)
+        streams.append(StreamInfo(header=header, end=end, compressed_size=fp.tell() - start))

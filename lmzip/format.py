@@ -7,7 +7,7 @@ Layout (all integers little-endian; docs/format.md is the reference)::
     chunk record*   raw_len(4) n_tokens(4) payload_len(4) data_crc(4) record_crc(4)
                     payload(payload_len)
     end record      zero(4) n_chunks(4) original_len(8) index(16 * n_chunks)
-                    index_crc(4) end_size(8) end_magic(4)
+                    index_crc(4) end_size(4) end_magic(4)
 
 ``model_sha256`` (the SHA-256 of the model file, zeros for built-in models) and
 ``params`` (canonical JSON, sorted keys, no spaces: the model's name and every
@@ -56,7 +56,7 @@ _FIXED = struct.Struct("<4sBBH32s")  # magic, version, flags, params_len, model_
 _CHUNK = struct.Struct("<IIII")  # raw_len, n_tokens, payload_len, data_crc
 _CRC = struct.Struct("<I")
 _END_HEAD = struct.Struct("<IIQ")  # zero, n_chunks, original_len
-_END_TAIL = struct.Struct("<Q4s")  # end_size, end_magic
+_END_TAIL = struct.Struct("<I4s")  # end_size, end_magic
 
 CHUNK_RECORD_SIZE = _CHUNK.size + _CRC.size
 END_HEAD_SIZE = _END_HEAD.size

@@ -1,11 +1,13 @@
 """The Python API: one-shot functions and incremental objects, in the shape of lzma."""
 
+import io
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 import lmzip
-from lmzip.core import stream_info
+from lmzip.core import scan_streams
 
 from .conftest import corpus_slice
 
@@ -36,7 +38,7 @@ def test_feeding_in_pieces_gives_the_same_bytes(order1, data, cuts):
 def test_chunk_cuts_do_not_split_utf8(order1):
     text = ("é" * 1000).encode()
     packed = lmzip.compress(text, model=order1, chunk_size=101)
-    chunks = stream_info(packed)["end"].chunks
+    chunks = scan_streams(io.BytesIO(packed))[0].end.chunks
     assert all(c.raw_len % 2 == 0 for c in chunks)
     assert lmzip.decompress(packed) == text
 
@@ -107,3 +109,17 @@ def test_errors_are_one_hierarchy():
         assert issubclass(cls, lmzip.LMZipError)
     assert issubclass(lmzip.TruncatedError, EOFError)
     assert issubclass(lmzip.ChecksumError, lmzip.CorruptError)
+
+
+def test_scan_streams_reads_records_without_decoding(order1, data):
+    one = lmzip.compress(data, model=order1, chunk_size=1000)
+    two = lmzip.compress(b"tail", model=order1)
+    streams = scan_streams(io.BytesIO(one + two))
+    assert [s.end.original_len for s in streams] == [len(data), 4]
+    assert [s.compressed_size for s in streams] == [len(one), len(two)]
+    assert streams[0].header.params["model"] == "order1"
+    for cut in [5, 60, len(one) // 2, len(one) - 3]:
+        with pytest.raises(lmzip.TruncatedError):
+            scan_streams(io.BytesIO(one[:cut]))
+    with pytest.raises(lmzip.FormatError, match="trailing"):
+        scan_streams(io.BytesIO(one + b"junk"))

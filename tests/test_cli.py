@@ -152,6 +152,20 @@ def test_test_info_models_version_help(tmp_path, sample):
     assert "Exit status" in run("compress", "--help", check=0).stdout.decode()
 
 
+def test_info_lists_concatenated_streams(tmp_path, sample):
+    run("compress", *FAST, str(sample), check=0)
+    packed = (tmp_path / "sample.txt.lmz").read_bytes()
+    (tmp_path / "two.lmz").write_bytes(packed + packed)
+    info = run("info", str(tmp_path / "two.lmz"), check=0).stdout.decode()
+    assert "stream 2" in info and info.count("lmzip version 1") == 2
+
+
+def test_progress_line(sample):
+    proc = run("compress", *FAST, "--progress", "-c", str(sample), check=0)
+    assert b"%" in proc.stderr and b"bpb" in proc.stderr and b"/s" in proc.stderr
+    assert run("compress", *FAST, "-c", str(sample), check=0).stderr == b""  # not a terminal: quiet
+
+
 def test_verbose_reports_bpb(sample):
     proc = run("compress", *FAST, "-v", "-c", str(sample), check=0)
     assert b"bpb" in proc.stderr

@@ -30,7 +30,7 @@ GOLDEN_END = (
     "050000000300000008000000efbeadde"  # index entry 1
     "02000000010000000400000007000000"  # index entry 2
     "355607bb"  # CRC
-    "4000000000000000" "4c4d5a45"  # size of this record (64), "LMZE"
+    "3c000000" "4c4d5a45"  # size of this record (60), "LMZE"
 )
 # lmzip.compress(b"abracadabra, abracadabra!", model="order1"): a whole stream
 GOLDEN_STREAM = (
@@ -39,7 +39,7 @@ GOLDEN_STREAM = (
     "1900000019000000140000008146f4c08c55e174"
     "61726261e92232734caa52ad896f73e581f01061"
     "000000000100000019000000000000001900000019000000140000008146f4c0cd90a6ac"
-    "30000000000000004c4d5a45"
+    "2c0000004c4d5a45"
 )
 
 

@@ -17,8 +17,8 @@ Compressor and decompressor make the same calls, hence the same logits.
 from __future__ import annotations
 
 import ctypes
-import logging
 import os
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -44,10 +44,21 @@ def _llama():
         raise ModelNotFoundError(f"the llama.cpp backend needs llama-cpp-python: {exc}") from None
     with _init_lock:
         if not _initialized:
-            logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
+            global _log_callback
+            # llama.cpp logs model loading to stderr; lmzip's stderr is for the user
+            _log_callback = llama_cpp.llama_log_callback(_quiet_log)
+            llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p(0))
             llama_cpp.llama_backend_init()
             _initialized = True
     return llama_cpp
+
+
+def _quiet_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+    if os.environ.get("LMZIP_LLAMA_LOG"):  # for debugging: LMZIP_LLAMA_LOG=1
+        sys.stderr.write(text.decode("utf-8", "replace"))
+
+
+_log_callback = None  # kept alive: llama.cpp holds the pointer
 
 
 def backend_version() -> str:
@@ -159,7 +170,9 @@ class LlamaCppModel(Model):
         self.context = int(context)
         if self.context < 16:
             raise ValueError("context must be at least 16 tokens")
-        self.keep = 1  # the start token stays: an attention sink keeps sliding windows sane
+        # format v1 derives these from the context (docs/format.md): the start token
+        # stays (an attention sink keeps sliding windows sane), a quarter slides out
+        self.keep = 1
         self.discard = max(1, (self.context - self.keep) // 4)
         self.threads = int(threads) if threads else default_threads()
         mparams = L.llama_model_default_params()
@@ -202,10 +215,7 @@ class LlamaCppModel(Model):
             "backend": "llama.cpp",
             "backend_version": backend_version(),
             "context": self.context,
-            "discard": self.discard,
-            "keep": self.keep,
             "model": self.name,
-            "start_token": self.start_token,
         }
 
     def open_stream(self) -> Stream:
