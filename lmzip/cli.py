@@ -111,6 +111,10 @@ def atomic_output(path: Path, force: bool, like: Path | None = None) -> Iterator
             st = like.stat()
             os.chmod(tmp, stat.S_IMODE(st.st_mode))
             os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
+        else:  # mkstemp made it 0600: give it the mode a plain open() would
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)
         if force:
             os.replace(tmp, path)
         else:
@@ -228,7 +232,8 @@ _common = [
     click.option("-k", "--keep", is_flag=True, default=True,
                  help="Keep the input files (the default; accepted for gzip compatibility)."),
     click.option("--rm", is_flag=True, help="Delete each input once its output is complete and verified."),
-    click.option("-f", "--force", is_flag=True, help="Overwrite existing outputs; write compressed data to a terminal."),
+    click.option("-f", "--force", is_flag=True,
+                 help="Overwrite existing outputs; write compressed data to a terminal."),
     click.option("-q", "--quiet", is_flag=True, help="Print only errors."),
     click.option("-v", "--verbose", is_flag=True, help="Print sizes, bits per byte and speed per file."),
     click.option("--progress/--no-progress", default=None,
@@ -422,9 +427,8 @@ def info(files) -> None:
             p = s.header.params
             bpb = 8 * s.compressed_size / s.end.original_len if s.end.original_len else 0.0
             tokens = sum(c.n_tokens for c in s.end.chunks)
-            backend = " ".join(str(p[k]) for k in ("backend", "backend_version") if k in p)
             click.echo(f"  format        lmzip version {s.header.version}")
-            click.echo(f"  model         {p.get('model')} ({backend})")
+            click.echo(f"  model         {p.get('model')} ({p.get('backend')})")
             if any(s.header.model_sha256):
                 click.echo(f"  model sha256  {s.header.model_sha256.hex()}")
             if "context" in p:

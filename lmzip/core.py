@@ -11,7 +11,7 @@ import io
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO
 
 from . import format as fmt
 from .codec import Progress, Stats, compress_chunk, decompress_chunk
@@ -181,6 +181,7 @@ class LMZipDecompressor:
         else:
             self.unused_data += bytes(data)
         out = bytearray()
+        stalled = False  # the next unit is not fully buffered yet
         while True:
             room = len(self._pending) if max_length < 0 else max_length - len(out)
             if room > 0 and self._pending:
@@ -188,7 +189,10 @@ class LMZipDecompressor:
                 del self._pending[:room]
             if max_length >= 0 and len(out) >= max_length:
                 break
-            if self._ended or not self._step():
+            if self._ended:
+                break
+            if not self._step():
+                stalled = True
                 break
         if self._ended:
             if self._buf:
@@ -196,7 +200,7 @@ class LMZipDecompressor:
                 self._buf.clear()
             if not self._pending:
                 self.eof = True
-        self.needs_input = not self.eof and not self._pending and not self._ended
+        self.needs_input = not self.eof and not self._pending and stalled
         return bytes(out)
 
 

@@ -12,7 +12,6 @@ from lmzip.core import scan_streams
 from .conftest import corpus_slice
 
 
-
 @pytest.fixture(scope="module")
 def data():
     return corpus_slice("asyoulik.txt", 0, 2500)

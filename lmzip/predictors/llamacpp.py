@@ -212,8 +212,7 @@ class LlamaCppModel(Model):
 
     def params(self) -> dict[str, Any]:
         return {
-            "backend": "llama.cpp",
-            "backend_version": backend_version(),
+            "backend": f"llama.cpp {backend_version()}",
             "context": self.context,
             "model": self.name,
         }

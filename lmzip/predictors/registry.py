@@ -12,7 +12,6 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from ..errors import ModelMismatchError, ModelNotFoundError
 from ..format import StreamHeader
