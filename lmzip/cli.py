@@ -15,7 +15,7 @@ from typing import IO
 
 import click
 
-from . import __version__
+from . import __version__, cdf
 from . import format as fmt
 from .codec import Stats
 from .core import DEFAULT_CHUNK_SIZE, LMZipCompressor, iter_decompress, scan_streams
@@ -251,7 +251,8 @@ def common_options(f):
 
 
 @click.group(epilog=EXIT_CODES, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, "-V", "--version", prog_name="lmzip")
+@click.version_option(__version__, "-V", "--version", prog_name="lmzip",
+                      message=f"%(prog)s %(version)s (CDF backend: {cdf.backend})")
 def main() -> None:
     """Lossless compression of text with the probabilities of a language model.
 

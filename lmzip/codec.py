@@ -1,7 +1,7 @@
 """Coding one chunk: tokens -> model probabilities -> range coder, and back.
 
 Compressor and decompressor run the same loop: open a fresh stream, then for each
-token ask for scores, quantize them (cdf.quantize), code the token, push it.  Same
+token ask for scores, quantize them (cdf.quantize_into), code the token, push it.  Same
 calls in the same order, so the same probabilities.
 """
 
@@ -12,7 +12,9 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .cdf import TOTAL, quantize, quantize_probs, softmax
+import numpy as np
+
+from .cdf import TOTAL, quantize_into
 from .coding import Decoder, Encoder
 from .errors import ChecksumError, CorruptError
 from .format import ChunkInfo
@@ -59,13 +61,16 @@ def compress_chunk(model: Model, data: bytes, stats: Stats | None = None,
     tokens = model.tokenizer.encode(data)
     pieces = model.tokenizer.pieces
     encoder = Encoder()
+    q = np.empty(model.vocab_size, dtype=np.float64)
     with model.open_stream() as stream:
         for i, token in enumerate(tokens):
-            probs = softmax(stream.scores())
-            freq = quantize_probs(probs)
-            encoder.encode(token, freq)
-            stats.model_bits -= math.log2(max(probs[token], _MIN_P))
-            stats.coded_bits -= math.log2(freq[token] / TOTAL)
+            scores = stream.scores()
+            top, total = quantize_into(scores, q)
+            encoder.encode(token, q)
+            x = float(scores[token])
+            p = math.exp(x - top) / total if math.isfinite(x) and math.isfinite(top) else (q[token] + 1) / TOTAL
+            stats.model_bits -= math.log2(max(p, _MIN_P))
+            stats.coded_bits += _LOG2_TOTAL - math.log2(q[token] + 1)
             stats.raw_bytes += len(pieces[token])
             stats.tokens += 1
             stream.push(token)
@@ -95,11 +100,12 @@ def decompress_chunk(model: Model, info: ChunkInfo, payload: bytes, stats: Stats
     # here before a forged token count could keep us busy for hours.
     budget = 8 * info.payload_len + _SLACK_BITS
     spent = 0.0
+    q = np.empty(vocab, dtype=np.float64)
     with model.open_stream() as stream:
         for i in range(info.n_tokens):
-            freq = quantize(stream.scores())
-            token = decoder.decode(freq)
-            spent += _LOG2_TOTAL - math.log2(freq[token])
+            quantize_into(stream.scores(), q)
+            token = decoder.decode(q)
+            spent += _LOG2_TOTAL - math.log2(q[token] + 1)
             if spent > budget:
                 raise CorruptError("chunk payload is damaged (it decodes to more information than it holds)")
             piece = pieces[token] if token < vocab else b""

@@ -2,11 +2,12 @@
 
 constriction's ``Categorical(perfect=False)`` quantizes float probabilities by
 ``cdf(i) = floor(sum(pmf[:i]) * (2**24 - V) / sum(pmf)) + i`` (its "leaky fast"
-rule, computed in floating point).  We hand it ``freq - 1``: those are integers
-summing to exactly ``2**24 - V``, so the scale is exactly 1.0, every partial sum
-is an integer below 2**24 (exact in float32 and float64), and constriction's CDF
-is exactly ours: ``cdf(i) = sum(freq[:i])``.  No float rounding is left inside the
-coder, and the compressor and decompressor hand it bit-identical input.
+rule, computed in floating point).  We hand it ``q = freq - 1`` (what
+:func:`lmzip.cdf.quantize_into` writes): integers summing to exactly
+``2**24 - V``, so the scale is exactly 1.0, every partial sum is an integer below
+2**24 (exact in float64), and constriction's CDF is exactly ours:
+``cdf(i) = sum(freq[:i])``.  No float rounding is left inside the coder, and the
+compressor and decompressor hand it bit-identical input.
 
 Compressed words are stored little-endian, as constriction recommends.
 """
@@ -26,18 +27,15 @@ assert PRECISION == 24  # constriction's default range coder: 32-bit words, 24-b
 _FAMILY = constriction.stream.model.Categorical(perfect=False)
 
 
-def _pmf(freq: np.ndarray) -> np.ndarray:
-    return (freq - 1).astype(np.float64)
-
-
 class Encoder:
     """Encodes one symbol at a time; ``finish()`` returns the payload bytes."""
 
     def __init__(self) -> None:
         self._coder = constriction.stream.queue.RangeEncoder()
 
-    def encode(self, symbol: int, freq: np.ndarray) -> None:
-        self._coder.encode(np.array([symbol], dtype=np.int32), _FAMILY, _pmf(freq)[None, :])
+    def encode(self, symbol: int, q: np.ndarray) -> None:
+        """Code ``symbol`` under ``q = freq - 1`` (float64, as cdf.quantize_into writes it)."""
+        self._coder.encode(np.array([symbol], dtype=np.int32), _FAMILY, q[None, :])
 
     def finish(self) -> bytes:
         return self._coder.get_compressed().astype("<u4").tobytes()
@@ -54,8 +52,9 @@ class Decoder:
         words = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
         self._coder = constriction.stream.queue.RangeDecoder(words)
 
-    def decode(self, freq: np.ndarray) -> int:
+    def decode(self, q: np.ndarray) -> int:
+        """The next symbol, under ``q = freq - 1`` (float64)."""
         try:
-            return int(self._coder.decode(_FAMILY, _pmf(freq)[None, :])[0])
+            return int(self._coder.decode(_FAMILY, q[None, :])[0])
         except (AssertionError, ValueError, RuntimeError) as exc:  # constriction's "invalid data"
             raise CorruptError(f"chunk payload is damaged (range decoder: {exc})") from None

@@ -146,7 +146,8 @@ def test_test_info_models_version_help(tmp_path, sample):
     assert "order1" in info and f"{sample.stat().st_size} bytes" in info and "bits per byte" in info
     models = run("models", check=0).stdout.decode()
     assert "smollm2-135m" in models and "order1" in models
-    assert lmzip.__version__ in run("--version", check=0).stdout.decode()
+    version = run("--version", check=0).stdout.decode()
+    assert lmzip.__version__ in version and "CDF backend: c" in version
     helptext = run("--help", check=0).stdout.decode()
     assert "Exit status" in helptext and "130" in helptext
     assert "Exit status" in run("compress", "--help", check=0).stdout.decode()

@@ -98,3 +98,17 @@ def test_alice29_whole(llm):
     packed = lmzip.compress(data, model=model)
     assert lmzip.decompress(packed) == data
     assert 8 * len(packed) / len(data) < 1.2
+
+
+@pytest.mark.parametrize("writer, reader", [("numpy", "c"), ("c", "numpy")])
+def test_files_cross_cdf_backends(llm, writer, reader):
+    from lmzip import cdf
+
+    data = corpus_slice("lcet10.txt", 200_000, 700)
+    try:
+        cdf.set_backend(writer)
+        packed = lmzip.compress(data, model=llm)
+        cdf.set_backend(reader)
+        assert lmzip.decompress(packed) == data
+    finally:
+        cdf.set_backend()

@@ -1,0 +1,127 @@
+"""Per-token cost of the distribution step (scores -> quantized CDF), C vs numpy, and its
+share of the per-token time inside lmzip compress.
+
+    python benchmarks/cdf.py                       # micro-benchmarks + share on a text slice
+    python benchmarks/cdf.py --text ../shared/corpora/canterbury/alice29.txt --limit-bytes 8000
+
+Prints Markdown tables.  Times are medians of repeated runs, on this machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+
+import numpy as np
+
+from lmzip import cdf, codec
+from lmzip.coding import Decoder, Encoder
+
+
+def median_ms(fn, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return 1e3 * statistics.median(times)
+
+
+def micro(repeat: int) -> None:
+    print("| step | 49,152 entries | 262,144 entries |")
+    print("|---|---:|---:|")
+    rng = np.random.default_rng(0)
+    rows: dict[str, list[float]] = {}
+    for n in (49_152, 262_144):
+        x = (rng.normal(size=n) * 4).astype(np.float32)  # logits as llama.cpp returns them
+        q = np.empty(n)
+        for name in ("c", "numpy"):
+            cdf.set_backend(name)
+            rows.setdefault(f"quantize ({name})", []).append(median_ms(lambda: cdf.quantize_into(x, q), repeat))
+        cdf.set_backend()
+        cdf.quantize_into(x, q)
+        sym = int(np.argmax(q))
+
+        def enc():
+            e = Encoder()
+            e.encode(sym, q)
+            e.finish()
+
+        payload = Encoder()
+        for _ in range(8):
+            payload.encode(sym, q)
+        words = payload.finish()
+        rows.setdefault("constriction encode", []).append(median_ms(enc, repeat))
+        rows.setdefault("constriction decode", []).append(median_ms(lambda: Decoder(words).decode(q), repeat))
+    for name, (a, b) in rows.items():
+        print(f"| {name} | {a:.3f} ms | {b:.3f} ms |")
+
+
+def share(path: str, limit: int, model_name: str | None, context: int | None) -> None:
+    from lmzip.predictors.registry import load_model
+
+    with open(path, "rb") as f:
+        data = f.read(limit)
+    model = load_model(model_name, context=context)
+    spent = {"model (llama_decode)": 0.0, "distribution (cdf)": 0.0, "range coder": 0.0}
+
+    def timed(key, fn):
+        def wrapper(*args, **kwargs):
+            t = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[key] += time.perf_counter() - t
+        return wrapper
+
+    stream_cls = type(model.open_stream())
+    patches = [
+        (stream_cls, "push", timed("model (llama_decode)", stream_cls.push)),
+        (codec, "quantize_into", timed("distribution (cdf)", codec.quantize_into)),
+        (Encoder, "encode", timed("range coder", Encoder.encode)),
+    ]
+    saved = [(obj, name, getattr(obj, name)) for obj, name, _ in patches]
+    for obj, name, fn in patches:
+        setattr(obj, name, fn)
+    try:
+        t = time.perf_counter()
+        stats = codec.Stats()
+        codec.compress_chunk(model, data, stats)
+        total = time.perf_counter() - t
+    finally:
+        for obj, name, fn in saved:
+            setattr(obj, name, fn)
+    spent["other (tokenize, stats, Python)"] = total - sum(spent.values())
+    print(f"\nlmzip compress of {len(data)} bytes of {os.path.basename(path)} with {model.name} "
+          f"(vocab {model.vocab_size}, context {model.context}, CDF backend {cdf.backend}): "
+          f"{stats.tokens} tokens, {stats.tokens / total:.1f} tokens/s\n")
+    print("| part | ms/token | share |")
+    print("|---|---:|---:|")
+    for key, seconds in spent.items():
+        print(f"| {key} | {1e3 * seconds / stats.tokens:.3f} | {100 * seconds / total:.1f}% |")
+    model_ms = spent["model (llama_decode)"]
+    print(f"\ndistribution step / model evaluation: {100 * spent['distribution (cdf)'] / model_ms:.1f}%")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeat", type=int, default=200)
+    ap.add_argument("--text", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "corpora",
+                                                   "canterbury", "alice29.txt"))
+    ap.add_argument("--limit-bytes", type=int, default=6000)
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--context", type=int, default=None)
+    ap.add_argument("--no-share", action="store_true")
+    args = ap.parse_args()
+    print(f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+          f"numpy {np.__version__}\n")
+    micro(args.repeat)
+    if not args.no_share:
+        share(args.text, args.limit_bytes, args.model, args.context)
+
+
+if __name__ == "__main__":
+    main()
