@@ -305,7 +305,7 @@ def compress(files, output, to_stdout, keep, rm, force, quiet, verbose, progress
                 with atomic_output(target, job.force, like=src) as fout:
                     _compress_file(fin, fout, comp)
                 if job.rm and src is not None:
-                    _verify_then_remove(job, src, target)
+                    _verify_then_remove(src, target, lm)
         finally:
             line.done()
             if src is not None:
@@ -325,10 +325,11 @@ def compress(files, output, to_stdout, keep, rm, force, quiet, verbose, progress
     _run(job, names, work)
 
 
-def _verify_then_remove(job: Job, src: Path, target: Path) -> None:
-    """--rm: decompress the new file and compare with the input before deleting it."""
+def _verify_then_remove(src: Path, target: Path, model) -> None:
+    """--rm: decompress the new file with the model that made it and compare with the
+    input before deleting it (the header's name alone cannot find a --model PATH.gguf)."""
     with open(target, "rb") as packed, open(src, "rb") as original:
-        for block in iter_decompress(packed):
+        for block in iter_decompress(packed, model=model):
             if original.read(len(block)) != block:
                 raise Failure(f"{src}: verification failed; input kept")
         if original.read(1):

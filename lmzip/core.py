@@ -139,7 +139,7 @@ class LMZipDecompressor:
         """Consume one unit (header, chunk or end record) if fully buffered."""
         buf = self._buf
         if self.header is None:
-            size = fmt.header_size(bytes(buf[:12]))
+            size = fmt.header_size(bytes(buf[:8]))
             if size is None or len(buf) < size:
                 return False
             header = fmt.parse_header(bytes(buf[:size]))

@@ -94,6 +94,19 @@ def test_rm_removes_input_only_after_success(tmp_path, sample):
     assert bad.exists() and not (tmp_path / "bad.txt").exists()
 
 
+def test_rm_verifies_with_a_model_given_by_path(tmp_path):
+    from lmzip.predictors.registry import _smollm2_path
+
+    path = tmp_path / "short.txt"
+    path.write_bytes(b"A short text, compressed by a model named by its file path.\n")
+    original = path.read_bytes()
+    run("compress", "--rm", "--context", "64", "-m", str(_smollm2_path()), str(path), check=0)
+    assert not path.exists()
+    packed = tmp_path / "short.txt.lmz"
+    run("decompress", "-m", str(_smollm2_path()), str(packed), check=0)
+    assert path.read_bytes() == original
+
+
 def test_usage_errors_exit_2(tmp_path, sample):
     proc = run("compress", "-o", str(tmp_path / "x"), str(sample), str(sample))
     assert proc.returncode == 2 and "single input" in proc.stderr.decode()
