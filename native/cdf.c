@@ -46,80 +46,254 @@ static inline uint64_t to_bits(double d) {
     return b;
 }
 
+/* Runtime dispatch: the same C is compiled twice, for baseline x86-64 (SSE2) and for
+ * AVX2, and the loader picks the widest the CPU has.  Wider vectors change nothing in
+ * the results: every lane rounds like scalar code, FMA is not enabled for either
+ * clone (and -ffp-contract=off forbids contraction anyway), and the summation order
+ * is the fixed 8-lane order below, not the vector width's. */
+#if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__) && !defined(LMZIP_NO_CLONES)
+#define DISPATCH __attribute__((target_clones("avx2", "default")))
+#pragma GCC diagnostic ignored "-Wpsabi" /* the v4d helpers are inlined: no ABI is crossed */
+#else
+#define DISPATCH
+#endif
+
+/* Pass 1: the largest finite score (NaN and +inf skipped) and the number of +inf.
+ * Max and counting are exact in any order, so lanes and vectors are free to differ. */
+#if defined(__GNUC__) && !defined(LMZIP_SCALAR)
+typedef float v4f __attribute__((vector_size(16)));
+#define LOAD4_F(dst, i)                                                                     \
+    do {                                                                                    \
+        v4f f4;                                                                             \
+        memcpy(&f4, xf + (i), sizeof f4);                                                   \
+        dst = __builtin_convertvector(f4, v4d);                                             \
+    } while (0)
+#define LOAD4_D(dst, i) memcpy(&dst, xd + (i), sizeof dst)
+#define LARGEST_VECTOR(LOAD4)                                                               \
+    const v4d inf = {INFINITY, INFINITY, INFINITY, INFINITY};                               \
+    const v4d one = {1.0, 1.0, 1.0, 1.0};                                                   \
+    v4d mv = -inf, pv = {0.0, 0.0, 0.0, 0.0};                                               \
+    for (; i + 4 <= n; i += 4) {                                                            \
+        v4d x;                                                                              \
+        LOAD4(x, i);                                                                        \
+        v4i is_inf = (v4i)(x == inf);                                                       \
+        v4d xm = (v4d)(((v4i)x & ~is_inf) | ((v4i)(-inf) & is_inf));                        \
+        v4i bigger = (v4i)(xm > mv); /* NaN fails every comparison */                       \
+        mv = (v4d)(((v4i)xm & bigger) | ((v4i)mv & ~bigger));                               \
+        pv += (v4d)((v4i)one & is_inf);                                                     \
+    }                                                                                       \
+    for (int j = 0; j < 4; j++) {                                                           \
+        m = mv[j] > m ? mv[j] : m;                                                          \
+        posinf += pv[j];                                                                    \
+    }
+#else
+#define LARGEST_VECTOR(LOAD4)
+#endif
+#define LARGEST_BODY(LOAD, LOAD4)                                                           \
+    double m = -INFINITY, posinf = 0.0;                                                     \
+    Py_ssize_t i = 0;                                                                       \
+    LARGEST_VECTOR(LOAD4)                                                                   \
+    for (; i < n; i++) {                                                                    \
+        double x = LOAD(i);                                                                 \
+        double xm = x == INFINITY ? -INFINITY : x;                                          \
+        m = xm > m ? xm : m;                                                                \
+        posinf += (double)(x == INFINITY);                                                  \
+    }                                                                                       \
+    *n_posinf = posinf;                                                                     \
+    return m;
+
+/* The first index i with x_i == target (there is one). */
+#if defined(__GNUC__) && !defined(LMZIP_SCALAR)
+#define FIRST_VECTOR(LOAD4)                                                                 \
+    const v4d t4 = {target, target, target, target};                                        \
+    for (; i + 4 <= n; i += 4) {                                                            \
+        v4d x;                                                                              \
+        LOAD4(x, i);                                                                        \
+        v4i hit = (v4i)(x == t4);                                                           \
+        if (hit[0] | hit[1] | hit[2] | hit[3])                                              \
+            break;                                                                          \
+    }
+#else
+#define FIRST_VECTOR(LOAD4)
+#endif
+#define FIRST_BODY(LOAD, LOAD4)                                                             \
+    Py_ssize_t i = 0;                                                                       \
+    FIRST_VECTOR(LOAD4)                                                                     \
+    while (i < n && LOAD(i) != target)                                                      \
+        i++;                                                                                \
+    return i;
+
+/* Pass 2: e_i = exp(x_i - m) into e, and the normalizer in its 8 fixed lanes: lane j
+ * adds the e_i with i % 8 == j in index order (two 4-wide accumulators hold lanes 0-3
+ * and 4-7, which is the same order). */
+#if defined(__GNUC__) && !defined(LMZIP_SCALAR)
+#define EXP_VECTOR(LOAD, LOAD4)                                                             \
+    v4d acc0 = {0.0, 0.0, 0.0, 0.0}, acc1 = acc0;                                           \
+    for (; i + LANES <= n; i += LANES) {                                                    \
+        v4d a, b;                                                                           \
+        LOAD4(a, i);                                                                        \
+        LOAD4(b, i + 4);                                                                    \
+        a = exp4_nonpositive(a - m);                                                        \
+        b = exp4_nonpositive(b - m);                                                        \
+        memcpy(e + i, &a, sizeof a);                                                        \
+        memcpy(e + i + 4, &b, sizeof b);                                                    \
+        acc0 += a;                                                                          \
+        acc1 += b;                                                                          \
+    }                                                                                       \
+    for (int j = 0; j < 4; j++) {                                                           \
+        lane[j] = acc0[j];                                                                  \
+        lane[j + 4] = acc1[j];                                                              \
+    }
+#else
+#define EXP_VECTOR(LOAD, LOAD4)                                                             \
+    for (; i + LANES <= n; i += LANES)                                                      \
+        for (int j = 0; j < LANES; j++) {                                                   \
+            double v = exp_nonpositive(LOAD(i + j) - m, rounder_bits);                      \
+            e[i + j] = v;                                                                   \
+            lane[j] += v;                                                                   \
+        }
+#endif
+#define EXP_BODY(LOAD, LOAD4)                                                               \
+    const uint64_t rounder_bits = to_bits(ROUNDER);                                         \
+    double lane[LANES] = {0};                                                               \
+    Py_ssize_t i = 0;                                                                       \
+    EXP_VECTOR(LOAD, LOAD4)                                                                 \
+    for (int j = 0; i + j < n; j++) { /* the last n % 8 */                                  \
+        double v = exp_nonpositive(LOAD(i + j) - m, rounder_bits);                          \
+        e[i + j] = v;                                                                       \
+        lane[j] += v;                                                                       \
+    }                                                                                       \
+    return ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
+
+/* exp(y) of the rule for y = x - m <= 0; NaN and -inf give 0 */
+static inline double exp_nonpositive(double y, uint64_t rounder_bits) {
+    double keep = (double)(y >= UNDERFLOW); /* 0 below the cut, also for -inf and NaN */
+    y = y >= UNDERFLOW ? y : UNDERFLOW;     /* keeps the arithmetic finite */
+    double t = y * LOG2E + ROUNDER;
+    double k = t - ROUNDER;
+    int64_t ki = (int64_t)(to_bits(t) - rounder_bits); /* == k, from the low bits of t */
+    double r = (y - k * LN2_HI) - k * LN2_LO;
+    double p = C[8]; /* Horner, written out so that the loop stays straight-line */
+    p = p * r + C[7];
+    p = p * r + C[6];
+    p = p * r + C[5];
+    p = p * r + C[4];
+    p = p * r + C[3];
+    p = p * r + C[2];
+    p = p * r + C[1];
+    p = p * r + C[0];
+    return p * from_bits((uint64_t)(ki + 1023) << 52) * keep; /* 2^k exact: k >= -1010 */
+}
+
+/* The same exp on 4 values at once, written with GCC/clang vector extensions because
+ * compilers keep the scalar version's select as a branch and do not vectorize it.
+ * Same operations in the same order, so the same bits as exp_nonpositive. */
+#if defined(__GNUC__) && !defined(LMZIP_SCALAR)
+typedef double v4d __attribute__((vector_size(32)));
+typedef int64_t v4i __attribute__((vector_size(32)));
+
+static inline v4d exp4_nonpositive(v4d y) {
+    const v4d under = {UNDERFLOW, UNDERFLOW, UNDERFLOW, UNDERFLOW};
+    const v4d one = {1.0, 1.0, 1.0, 1.0};
+    const v4d rounder = {ROUNDER, ROUNDER, ROUNDER, ROUNDER};
+    v4i mask = (v4i)(y >= under); /* all ones where kept; false for -inf and NaN */
+    v4d keep = (v4d)((v4i)one & mask);
+    y = (v4d)(((v4i)y & mask) | ((v4i)under & ~mask));
+    v4d t = y * LOG2E + rounder;
+    v4d k = t - rounder;
+    v4i ki = (v4i)t - (v4i)rounder;
+    v4d r = (y - k * LN2_HI) - k * LN2_LO;
+    v4d p = r * C[8] + C[7]; /* C[8] * r == r * C[8]: multiplication commutes exactly */
+    p = p * r + C[6];
+    p = p * r + C[5];
+    p = p * r + C[4];
+    p = p * r + C[3];
+    p = p * r + C[2];
+    p = p * r + C[1];
+    p = p * r + C[0];
+    return p * (v4d)((ki + 1023) << 52) * keep;
+}
+#endif
+
+#define LOAD_F(i) ((double)xf[i])
+#define LOAD_D(i) (xd[i])
+
+DISPATCH static double largest_f(const float *xf, Py_ssize_t n, double *n_posinf) { LARGEST_BODY(LOAD_F, LOAD4_F) }
+DISPATCH static double largest_d(const double *xd, Py_ssize_t n, double *n_posinf) { LARGEST_BODY(LOAD_D, LOAD4_D) }
+DISPATCH static Py_ssize_t first_f(const float *xf, Py_ssize_t n, double target) { FIRST_BODY(LOAD_F, LOAD4_F) }
+DISPATCH static Py_ssize_t first_d(const double *xd, Py_ssize_t n, double target) { FIRST_BODY(LOAD_D, LOAD4_D) }
+DISPATCH static double exps_f(const float *xf, Py_ssize_t n, double m, double *e) { EXP_BODY(LOAD_F, LOAD4_F) }
+DISPATCH static double exps_d(const double *xd, Py_ssize_t n, double m, double *e) { EXP_BODY(LOAD_D, LOAD4_D) }
+
+/* Pass 3: q_i = floor(e_i * scale) in place; returns sum(q) (integers below 2^53, so
+ * exact in any order). */
+static inline double floor_scaled(double e, double scale) {
+    double v = e * scale;
+    double f = (v + TWO52) - TWO52; /* v rounded to an integer (0 <= v < 2^24) */
+    return f - (double)(f > v);     /* floor */
+}
+
+DISPATCH static double floors(double *q, Py_ssize_t n, double scale) {
+    double used = 0.0;
+    Py_ssize_t i = 0;
+#if defined(__GNUC__) && !defined(LMZIP_SCALAR)
+    const v4d two52 = {TWO52, TWO52, TWO52, TWO52};
+    const v4d one = {1.0, 1.0, 1.0, 1.0};
+    v4d acc = {0.0, 0.0, 0.0, 0.0};
+    for (; i + 4 <= n; i += 4) {
+        v4d v;
+        memcpy(&v, q + i, sizeof v);
+        v = v * scale;
+        v4d f = (v + two52) - two52;
+        f = f - (v4d)((v4i)one & (v4i)(f > v));
+        memcpy(q + i, &f, sizeof f);
+        acc += f;
+    }
+    used = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+#endif
+    for (; i < n; i++) {
+        q[i] = floor_scaled(q[i], scale);
+        used += q[i];
+    }
+    return used;
+}
+
 /* The rule, on n scores (float or double), writing q_i = freq_i - 1 as doubles
  * (what constriction's Categorical(perfect=False) takes: see lmzip/coding.py).
  * *top and *sum receive max(x) and the normalizer, for callers that want the
  * unquantized probabilities exp(x_i - top) / sum. */
 static void quantize(const void *scores, int is_double, Py_ssize_t n, double *q, double *top, double *sum) {
-    double *e = q; /* e_i is computed in place, then replaced by q_i */
-    double m = -INFINITY;
-    Py_ssize_t n_posinf = 0, best = 0;
-    double best_x = -INFINITY;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        double x = is_double ? ((const double *)scores)[i] : (double)((const float *)scores)[i];
-        if (x != x)
-            x = -INFINITY; /* NaN counts as -inf */
-        e[i] = x;
-        if (x > best_x) { /* first index of the largest score */
-            best_x = x;
-            best = i;
-        }
-        if (x == INFINITY)
-            n_posinf++;
-        else if (x > m)
-            m = x;
-    }
-    if (n_posinf || m == -INFINITY) {
+    const float *xf = (const float *)scores;
+    const double *xd = (const double *)scores;
+    double n_posinf;
+    double m = is_double ? largest_d(xd, n, &n_posinf) : largest_f(xf, n, &n_posinf);
+    Py_ssize_t best = 0; /* the first index of the largest score (NaN counting as -inf) */
+    double s;
+    if (n_posinf > 0 || m == -INFINITY) {
         /* +inf scores share the mass; with no finite score at all, uniform */
-        for (Py_ssize_t i = 0; i < n; i++)
-            e[i] = n_posinf ? (e[i] == INFINITY ? 1.0 : 0.0) : 1.0;
-    } else {
-        const uint64_t rounder_bits = to_bits(ROUNDER);
+        int found = n_posinf == 0; /* with no +inf, best stays 0 */
         for (Py_ssize_t i = 0; i < n; i++) {
-            double y = e[i] - m;
-            double keep = (double)(y >= UNDERFLOW); /* 0 below the cut, also for -inf */
-            y = y >= UNDERFLOW ? y : UNDERFLOW;     /* keeps the arithmetic finite */
-            double t = y * LOG2E + ROUNDER;
-            double k = t - ROUNDER;
-            int64_t ki = (int64_t)(to_bits(t) - rounder_bits); /* == k, from the low bits of t */
-            double r = (y - k * LN2_HI) - k * LN2_LO;
-            double p = C[8]; /* Horner, written out so that the loop stays straight-line */
-            p = p * r + C[7];
-            p = p * r + C[6];
-            p = p * r + C[5];
-            p = p * r + C[4];
-            p = p * r + C[3];
-            p = p * r + C[2];
-            p = p * r + C[1];
-            p = p * r + C[0];
-            double v = p * from_bits((uint64_t)(ki + 1023) << 52); /* exact: k >= -1010 */
-            e[i] = v * keep;
+            double x = is_double ? xd[i] : (double)xf[i];
+            q[i] = n_posinf > 0 ? (double)(x == INFINITY) : 1.0;
+            if (!found && x == INFINITY) {
+                best = i;
+                found = 1;
+            }
         }
+        double lane[LANES] = {0};
+        Py_ssize_t i = 0;
+        for (; i + LANES <= n; i += LANES)
+            for (int j = 0; j < LANES; j++)
+                lane[j] += q[i + j];
+        for (int j = 0; i + j < n; j++)
+            lane[j] += q[i + j];
+        s = ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
+    } else {
+        best = is_double ? first_d(xd, n, m) : first_f(xf, n, m); /* m is some x_i */
+        s = is_double ? exps_d(xd, n, m, q) : exps_f(xf, n, m, q);
     }
-    double lane[LANES] = {0};
-    Py_ssize_t i = 0;
-    for (; i + LANES <= n; i += LANES)
-        for (int j = 0; j < LANES; j++)
-            lane[j] += e[i + j];
-    for (int j = 0; i + j < n; j++)
-        lane[j] += e[i + j];
-    double s = ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
     const double budget = (double)(TOTAL - n);
-    const double scale = budget / s;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        double v = e[i] * scale;
-        double f = (v + TWO52) - TWO52; /* v rounded to an integer (0 <= v < 2^24) */
-        q[i] = f - (double)(f > v);     /* floor */
-    }
-    double used_lane[LANES] = {0}; /* integers below 2^53: exact in any order */
-    for (i = 0; i + LANES <= n; i += LANES)
-        for (int j = 0; j < LANES; j++)
-            used_lane[j] += q[i + j];
-    for (int j = 0; i + j < n; j++)
-        used_lane[j] += q[i + j];
-    double used = 0.0;
-    for (int j = 0; j < LANES; j++)
-        used += used_lane[j];
+    double used = floors(q, n, budget / s);
     q[best] += budget - used;
     *top = m;
     *sum = s;
