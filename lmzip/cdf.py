@@ -34,7 +34,7 @@ import os
 
 import numpy as np
 
-__all__ = ["PRECISION", "TOTAL", "backend", "quantize", "quantize_into", "softmax", "set_backend"]
+__all__ = ["PRECISION", "TOTAL", "backend", "expect", "quantize", "quantize_into", "softmax", "set_backend"]
 
 PRECISION = 24
 TOTAL = 1 << PRECISION
@@ -100,6 +100,11 @@ def _quantize_numpy(scores: np.ndarray, out: np.ndarray) -> tuple[float, float]:
     return m, s
 
 
+def _expect_numpy(q: np.ndarray, x: np.ndarray) -> float:
+    v = np.where(np.isfinite(x), (q + 1.0) * x.astype(np.float64), 0.0)  # +0.0 leaves a lane unchanged
+    return _lane_sum(v)
+
+
 def _quantize_c(scores: np.ndarray, out: np.ndarray) -> tuple[float, float]:
     assert _cdf is not None
     if scores.dtype not in (np.float32, np.float64) or not scores.flags.c_contiguous:
@@ -107,24 +112,25 @@ def _quantize_c(scores: np.ndarray, out: np.ndarray) -> tuple[float, float]:
     return _cdf.quantize(scores, out)
 
 
-_IMPLS = {"numpy": _quantize_numpy}
+_IMPLS = {"numpy": (_quantize_numpy, _expect_numpy)}
 if _cdf is not None:
-    _IMPLS["c"] = _quantize_c
+    _IMPLS["c"] = (_quantize_c, _cdf.expect)
 
 #: the implementation in use: "c" or "numpy"
 backend: str = ""
 _impl = _quantize_numpy
+_expect = _expect_numpy
 
 
 def set_backend(name: str | None = None) -> str:
     """Select "c" or "numpy" (default: $LMZIP_CDF_BACKEND, else "c" when built)."""
-    global backend, _impl
+    global backend, _impl, _expect
     name = name or os.environ.get("LMZIP_CDF_BACKEND") or ("c" if _cdf is not None else "numpy")
     if name not in ("c", "numpy"):
         raise ValueError(f"unknown CDF backend {name!r} (use 'c' or 'numpy')")
     if name not in _IMPLS:
         raise ImportError("the C extension lmzip._cdf is not built; reinstall lmzip with a C compiler")
-    backend, _impl = name, _IMPLS[name]
+    backend, (_impl, _expect) = name, _IMPLS[name]
     return backend
 
 
@@ -156,3 +162,15 @@ def softmax(scores: np.ndarray) -> np.ndarray:
     """The unquantized probabilities of the rule (float64)."""
     e, _, _ = _exps(scores)
     return e / _lane_sum(e)
+
+
+def expect(q: np.ndarray, x: np.ndarray) -> float:
+    """``sum((q_i + 1) * x_i)`` over the finite ``x_i``, in the rule's 8-lane order.
+
+    With ``q`` from :func:`quantize_into` this is ``2**24`` times the expectation of
+    ``x`` under the coded distribution, computed identically on every machine (the
+    mixer learns from it).  ``x`` is float32 or float64, as long as ``q``.
+    """
+    if q.dtype != np.float64 or x.shape != q.shape or x.dtype not in (np.float32, np.float64):
+        raise ValueError("expect needs float64 q and a float32/float64 x of the same length")
+    return _expect(np.ascontiguousarray(q), np.ascontiguousarray(x))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import os
 import stat
@@ -274,15 +275,27 @@ def main() -> None:
               help="Context window in tokens.")
 @click.option("--chunk-size", type=click.IntRange(1, fmt.MAX_CHUNK_SIZE), default=DEFAULT_CHUNK_SIZE,
               show_default=True, help="Bytes per independently coded chunk.")
+@click.option("--mix/--no-mix", "use_mix", default=True, show_default=True,
+              help="Blend the model with the text's own n-gram and match statistics.")
+@click.option("--orders", metavar="LIST", default=None,
+              help="n-gram orders in tokens, e.g. 1,2,3,4 ('none': off).")
+@click.option("--match", "match_len", type=click.IntRange(0, 64), default=None,
+              help="Shortest repeat in tokens the match model follows (0: off).")
+@click.option("--mix-rate", type=click.FloatRange(0, 1), default=None, help="Learning rate of the mixing weights.")
+@click.option("--llm-rate", type=click.FloatRange(0, 1), default=None,
+              help="Learning rate of the model's weight (0: fixed).")
+@click.option("--bias-rate", type=click.FloatRange(0, 1), default=None,
+              help="Learning rate of the per-token bias (0: off).")
 def compress(files, output, to_stdout, keep, rm, force, quiet, verbose, progress, model, threads,
-             context, chunk_size) -> None:
+             context, chunk_size, use_mix, orders, match_len, mix_rate, llm_rate, bias_rate) -> None:
     """Compress FILES to FILE.lmz with a language model."""
     job = Job(output=output, stdout=to_stdout, keep=keep, rm=rm, force=force, quiet=quiet,
               verbose=verbose, progress=progress)
     names = _files_or_stdin(files)
     _check_output_option(job, names)
+    mix = _mix_settings(model, use_mix, orders, match_len, mix_rate, llm_rate, bias_rate)
     try:
-        lm = load_model(model or DEFAULT_MODEL, context=context, threads=threads)
+        lm = load_model(model or DEFAULT_MODEL, context=context, threads=threads, mix=mix)
     except LMZipError as exc:
         click.echo(f"lmzip: {exc}", err=True)
         sys.exit(1)
@@ -323,6 +336,46 @@ def compress(files, output, to_stdout, keep, rm, force, quiet, verbose, progress
                      + (f" -> {target}" if target else ""))
 
     _run(job, names, work)
+
+
+def _mix_settings(model, use_mix, orders, match_len, mix_rate, llm_rate, bias_rate):
+    """The --mix options as MixSettings (None: the model's default)."""
+    from .mixing import BYTE_MIX, DEFAULT_MIX, NO_MIX
+
+    changes = {}
+    if orders is not None:
+        try:
+            changes["orders"] = () if orders.strip().lower() in ("", "none", "0") else tuple(
+                int(k) for k in orders.split(","))
+        except ValueError:
+            raise click.BadParameter(f"{orders!r} is not a comma-separated list of orders",
+                                     param_hint="--orders") from None
+    for key, value in (("match", match_len), ("rate", mix_rate), ("llm_rate", llm_rate), ("bias_rate", bias_rate)):
+        if value is not None:
+            changes[key] = value
+    if not use_mix:
+        if changes:
+            raise click.UsageError("--no-mix cannot be combined with other mixing options")
+        return NO_MIX
+    if not changes:
+        return None
+    base = BYTE_MIX if (model or "").lower() == "ngram" else DEFAULT_MIX
+    try:
+        return dataclasses.replace(base, **changes)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+def _describe_mix(raw) -> str:
+    from .mixing import MixSettings
+
+    try:
+        m = MixSettings.from_params(raw)
+    except LMZipError as exc:
+        return f"unreadable ({exc})"
+    name = f"preset {raw}: " if isinstance(raw, str) else ""
+    return (f"{name}n-gram orders {','.join(map(str, m.orders)) or 'none'}, match {m.match or 'off'}, "
+            f"rates {m.rate}/{m.llm_rate}/{m.bias_rate} (weights/model/bias)")
 
 
 def _verify_then_remove(src: Path, target: Path, model) -> None:
@@ -435,6 +488,8 @@ def info(files) -> None:
                 click.echo(f"  model sha256  {s.header.model_sha256.hex()}")
             if "context" in p:
                 click.echo(f"  context       {p['context']} tokens")
+            if "mix" in p:
+                click.echo(f"  mixing        {_describe_mix(p['mix'])}")
             click.echo(f"  fingerprint   {s.header.fingerprint.hex()}")
             click.echo(f"  original      {s.end.original_len} bytes, {tokens} tokens, {len(s.end.chunks)} chunk(s)")
             click.echo(f"  compressed    {s.compressed_size} bytes, {bpb:.3f} bits per byte")

@@ -1,7 +1,7 @@
 """Coding one chunk: tokens -> model probabilities -> range coder, and back.
 
 Compressor and decompressor run the same loop: open a fresh stream, then for each
-token ask for scores, quantize them (cdf.quantize_into), code the token, push it.  Same
+token ask for its distribution (Stream.distribution), code the token, push it.  Same
 calls in the same order, so the same probabilities.
 """
 
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .cdf import TOTAL, quantize_into
+from .cdf import TOTAL
 from .coding import Decoder, Encoder
 from .errors import ChecksumError, CorruptError
 from .format import ChunkInfo
@@ -64,8 +64,8 @@ def compress_chunk(model: Model, data: bytes, stats: Stats | None = None,
     q = np.empty(model.vocab_size, dtype=np.float64)
     with model.open_stream() as stream:
         for i, token in enumerate(tokens):
+            top, total = stream.distribution(q)
             scores = stream.scores()
-            top, total = quantize_into(scores, q)
             encoder.encode(token, q)
             x = float(scores[token])
             p = math.exp(x - top) / total if math.isfinite(x) and math.isfinite(top) else (q[token] + 1) / TOTAL
@@ -103,7 +103,7 @@ def decompress_chunk(model: Model, info: ChunkInfo, payload: bytes, stats: Stats
     q = np.empty(vocab, dtype=np.float64)
     with model.open_stream() as stream:
         for i in range(info.n_tokens):
-            quantize_into(stream.scores(), q)
+            stream.distribution(q)
             token = decoder.decode(q)
             spent += _LOG2_TOTAL - math.log2(q[token] + 1)
             if spent > budget:

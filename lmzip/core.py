@@ -56,15 +56,18 @@ class LMZipCompressor:
         threads: CPU threads for the model (does not change the output).
         chunk_size: bytes per independently coded chunk (default 1 MiB).
         progress: called every few tokens with the running :class:`~lmzip.codec.Stats`.
+        mix: a :class:`~lmzip.mixing.MixSettings` (default ``DEFAULT_MIX``; ``NO_MIX``
+            for the bare language model); ignored when ``model`` is a loaded model.
     """
 
     def __init__(self, model: ModelArg = None, *, context: int | None = None, threads: int | None = None,
-                 chunk_size: int = DEFAULT_CHUNK_SIZE, progress: Progress | None = None):
+                 chunk_size: int = DEFAULT_CHUNK_SIZE, progress: Progress | None = None, mix=None):
         if not 1 <= chunk_size <= fmt.MAX_CHUNK_SIZE:
             raise ValueError(f"chunk_size must be between 1 and {fmt.MAX_CHUNK_SIZE}")
         if context is not None and context < 16:
             raise ValueError("context must be at least 16 tokens")
-        self.model = model if isinstance(model, Model) else load_model(model, context=context, threads=threads)
+        self.model = model if isinstance(model, Model) else load_model(model, context=context, threads=threads,
+                                                                        mix=mix)
         self.chunk_size = chunk_size
         self.progress = progress
         self.stats = Stats()
@@ -205,9 +208,10 @@ class LMZipDecompressor:
 
 
 def compress(data: bytes, *, model: ModelArg = None, context: int | None = None, threads: int | None = None,
-             chunk_size: int = DEFAULT_CHUNK_SIZE, progress: Progress | None = None) -> bytes:
+             chunk_size: int = DEFAULT_CHUNK_SIZE, progress: Progress | None = None, mix=None) -> bytes:
     """Compress ``data`` into one ``.lmz`` stream (see :class:`LMZipCompressor`)."""
-    comp = LMZipCompressor(model, context=context, threads=threads, chunk_size=chunk_size, progress=progress)
+    comp = LMZipCompressor(model, context=context, threads=threads, chunk_size=chunk_size, progress=progress,
+                           mix=mix)
     return comp.compress(data) + comp.flush()
 
 

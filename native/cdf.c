@@ -348,11 +348,77 @@ done:
     return result;
 }
 
+/* expect(q, x) = sum over finite x_i of (q_i + 1) * x_i, in the rule's 8-lane order:
+ * the mixer's expectation of a feature under the coded distribution (times 2^24).
+ * Non-finite x_i (escape symbols at -inf) are skipped. */
+static double expect_f(const double *q, const float *x, Py_ssize_t n) {
+    double lane[LANES] = {0};
+    for (Py_ssize_t i = 0; i < n; i++) {
+        double v = (double)x[i];
+        if (v - v == 0.0) /* finite */
+            lane[i % LANES] += (q[i] + 1.0) * v;
+    }
+    return ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
+}
+
+static double expect_d(const double *q, const double *x, Py_ssize_t n) {
+    double lane[LANES] = {0};
+    for (Py_ssize_t i = 0; i < n; i++) {
+        double v = x[i];
+        if (v - v == 0.0)
+            lane[i % LANES] += (q[i] + 1.0) * v;
+    }
+    return ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
+}
+
+static PyObject *py_expect(PyObject *self, PyObject *args) {
+    PyObject *q_obj, *x_obj;
+    Py_buffer qb, xb;
+    if (!PyArg_ParseTuple(args, "OO", &q_obj, &x_obj))
+        return NULL;
+    if (PyObject_GetBuffer(q_obj, &qb, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0)
+        return NULL;
+    if (PyObject_GetBuffer(x_obj, &xb, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) {
+        PyBuffer_Release(&qb);
+        return NULL;
+    }
+    PyObject *result = NULL;
+    const char *fq = qb.format ? qb.format : "B", *fx = xb.format ? xb.format : "B";
+    while (*fq == '@' || *fq == '=' || *fq == '<')
+        fq++;
+    while (*fx == '@' || *fx == '=' || *fx == '<')
+        fx++;
+    Py_ssize_t n = qb.len / (Py_ssize_t)sizeof(double);
+    if (strcmp(fq, "d") != 0) {
+        PyErr_SetString(PyExc_TypeError, "q must be a contiguous float64 buffer");
+    } else if (strcmp(fx, "f") == 0 && xb.len == n * (Py_ssize_t)sizeof(float)) {
+        double r;
+        Py_BEGIN_ALLOW_THREADS
+        r = expect_f((const double *)qb.buf, (const float *)xb.buf, n);
+        Py_END_ALLOW_THREADS
+        result = PyFloat_FromDouble(r);
+    } else if (strcmp(fx, "d") == 0 && xb.len == n * (Py_ssize_t)sizeof(double)) {
+        double r;
+        Py_BEGIN_ALLOW_THREADS
+        r = expect_d((const double *)qb.buf, (const double *)xb.buf, n);
+        Py_END_ALLOW_THREADS
+        result = PyFloat_FromDouble(r);
+    } else {
+        PyErr_SetString(PyExc_TypeError, "x must be a contiguous float32 or float64 buffer as long as q");
+    }
+    PyBuffer_Release(&qb);
+    PyBuffer_Release(&xb);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"quantize", py_quantize, METH_VARARGS,
      "quantize(scores, out) -> (max, sum)\n\n"
      "Write q_i = freq_i - 1 of the lmzip quantization rule into the float64 buffer\n"
      "out; scores is a float32 or float64 buffer of natural-log scores."},
+    {"expect", py_expect, METH_VARARGS,
+     "expect(q, x) -> float\n\n"
+     "sum of (q_i + 1) * x_i over the finite x_i, in the rule's fixed 8-lane order."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -30,6 +30,18 @@ class Stream(ABC):
     def push(self, token: int) -> None:
         """Append ``token`` to the context."""
 
+    def distribution(self, q: np.ndarray) -> tuple[float, float]:
+        """Write the coder's distribution of the next token into ``q`` (``freq - 1``,
+        float64) and return ``(max score, normalizer)`` (see :func:`lmzip.cdf.quantize_into`).
+
+        The codec calls this once per token, then :meth:`push`.  The default quantizes
+        :meth:`scores`; a stream that learns from the distribution it coded with (the
+        mixer) overrides it and may keep ``q`` until the next :meth:`push`.
+        """
+        from ..cdf import quantize_into
+
+        return quantize_into(self.scores(), q)
+
     def close(self) -> None:
         """Release resources held by the stream."""
 

@@ -126,6 +126,16 @@ KNOWN_MODELS: dict[str, ModelSpec] = {
             aliases=("gemma3",),
         ),
         ModelSpec(
+            name="ngram",
+            description="byte n-grams and a match model mixed online: no LLM, fast (tests, quick runs)",
+            package="(built in)",
+            install="",
+            sha256=None,
+            locate=lambda: None,
+            installed=lambda: True,
+            backend="ngram",
+        ),
+        ModelSpec(
             name="order1",
             description="adaptive order-1 byte model: no LLM, fast, weak (for tests and baselines)",
             package="(built in)",
@@ -189,15 +199,33 @@ _loaded: dict[tuple, Model] = {}
 
 
 def load_model(name_or_path: str | os.PathLike | None = None, *, context: int | None = None,
-               threads: int | None = None) -> Model:
-    """Load a model by registry name or GGUF path (cached: the last few stay loaded)."""
+               threads: int | None = None, mix=None) -> Model:
+    """Load a model by registry name or GGUF path (cached: the last few stay loaded).
+
+    ``mix`` (a :class:`lmzip.mixing.MixSettings`) blends a language model with the
+    chunk's own n-gram and match statistics; default :data:`lmzip.mixing.DEFAULT_MIX`,
+    :data:`lmzip.mixing.NO_MIX` for the bare model.  For ``ngram`` it sets the byte
+    model's settings; ``order1`` ignores it.
+    """
+    from ..mixing import DEFAULT_MIX, MixedModel
+
     name_or_path = os.fspath(name_or_path) if name_or_path is not None else DEFAULT_MODEL
-    context = DEFAULT_CONTEXT if context is None else int(context)
     spec = _spec_for(name_or_path)
     if spec is not None and spec.backend == "order1":
         from .order1 import Order1Model
 
         return Order1Model()
+    if spec is not None and spec.backend == "ngram":
+        from .ngram import NGramModel
+
+        return NGramModel(mix)
+    llm = _load_llm(name_or_path, spec, context, threads)
+    mix = DEFAULT_MIX if mix is None else mix
+    return MixedModel(llm, mix) if mix.enabled else llm
+
+
+def _load_llm(name_or_path: str, spec: ModelSpec | None, context: int | None, threads: int | None) -> Model:
+    context = DEFAULT_CONTEXT if context is None else int(context)
     if spec is not None:
         if not spec.installed():
             raise ModelNotFoundError(f"model '{spec.name}' is not installed: {spec.install}")
@@ -236,9 +264,18 @@ def model_for_header(header: StreamHeader, model: str | os.PathLike | Model | No
 
     ``model`` overrides the name stored in the header (e.g. a GGUF path).
     """
+    from ..mixing import NO_MIX, MixedModel, MixSettings
+    from .ngram import NGramModel
+
     params = header.params
+    # the mixing settings come from the file, whatever the caller's model was set to
+    mix = MixSettings.from_params(params["mix"]) if "mix" in params else NO_MIX
     if isinstance(model, Model):
-        found = model
+        base = model.base if isinstance(model, MixedModel) else model
+        if isinstance(base, NGramModel):
+            found = NGramModel(mix) if "mix" in params else base
+        else:
+            found = MixedModel(base, mix) if mix.enabled else base
     else:
         wanted = model if model is not None else params.get("model")
         if not isinstance(wanted, str) and not isinstance(wanted, os.PathLike):
@@ -246,7 +283,7 @@ def model_for_header(header: StreamHeader, model: str | os.PathLike | Model | No
         context = params.get("context")
         try:
             found = load_model(wanted, context=context if isinstance(context, int) else None,
-                               threads=threads)
+                               threads=threads, mix=mix)
         except ModelNotFoundError as exc:
             if model is None:
                 raise ModelNotFoundError(f"this file needs model '{wanted}': {exc}") from None

@@ -1,0 +1,234 @@
+"""Blending the language model with online models of the document, learned as it codes.
+
+The mixed scores of the next token are a log-linear (geometric) mix::
+
+    s_i = w_llm * llm_i + bias_i + sum over features f of w[f.slot] * f_i
+
+``llm_i`` are the language model's logits, ``bias`` is an adaptive per-token
+correction, and the sparse features come from the chunk's own n-gram and match
+statistics (:mod:`lmzip.predictors.ngram`).  The coder's distribution is
+``softmax(s)`` quantized by the format's rule (:mod:`lmzip.cdf`).
+
+After each token the weights take one gradient step on its code length
+``-log2 p(token)``: for a weight ``w`` on feature ``f`` the gradient is
+``E_p[f] - f(token)``, with ``p`` the quantized distribution just used (integers,
+so both sides see the same numbers).  ``w_llm`` starts at 1 and the rest at 0, so a
+stream begins as the bare language model and moves away only where it pays.
+
+Determinism: compressor and decompressor run this same code on the same numbers.
+Only correctly rounded IEEE-754 operations are used, elementwise, or summed in a
+fixed order (:func:`lmzip.cdf.expect`, :func:`math.fsum`): the same bits on any
+machine.  The settings are stored in the stream header (``params["mix"]``), so
+files keep decoding with the settings they were written with.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from . import cdf
+from .errors import FormatError
+from .predictors.base import Model, Stream
+from .predictors.ngram import NGramStats
+
+__all__ = ["BYTE_MIX", "DEFAULT_MIX", "MixSettings", "MixedModel", "MixedStream", "NO_MIX"]
+
+_T = float(cdf.TOTAL)
+_W_MIN, _W_MAX = -4.0, 4.0  # feature weights stay in a sane range whatever the data
+_LLM_MIN, _LLM_MAX = 0.05, 4.0  # and the language model's weight (an inverse temperature)
+_DECAY = 0.99
+
+
+@dataclass(frozen=True)
+class MixSettings:
+    """What is mixed and how fast it learns (stored in every stream header).
+
+    Attributes:
+        orders: n-gram orders, in tokens (empty: none).
+        match: shortest repeat, in tokens, that the match model follows (0: off).
+        rate: learning rate of the n-gram and match weights.
+        llm_rate: learning rate of the language model's weight (0: fixed at 1).
+        bias_rate: learning rate of the per-token bias (0: no bias).
+    """
+
+    orders: tuple[int, ...] = (1, 2, 3, 4)
+    match: int = 6
+    rate: float = 0.002
+    llm_rate: float = 0.0005
+    bias_rate: float = 0.0
+
+    def __post_init__(self) -> None:
+        if any(not isinstance(k, int) or not 1 <= k <= 32 for k in self.orders) or len(set(self.orders)) != len(
+                self.orders):
+            raise ValueError(f"n-gram orders must be distinct integers 1..32, not {self.orders}")
+        if not isinstance(self.match, int) or not (self.match == 0 or 2 <= self.match <= 64):
+            raise ValueError(f"match length must be 0 (off) or 2..64, not {self.match}")
+        for name in ("rate", "llm_rate", "bias_rate"):
+            v = getattr(self, name)
+            if not isinstance(v, float) or not 0.0 <= v <= 1.0:
+                raise ValueError(f"{name} must be a float in [0, 1], not {v!r}")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.orders or self.match or self.llm_rate or self.bias_rate)
+
+    def params(self) -> str | dict[str, Any]:
+        """For the header: a preset's name when the settings are one (short), else all fields."""
+        for name, preset in PRESETS.items():
+            if preset == self:
+                return name
+        d = asdict(self)
+        d["orders"] = list(self.orders)
+        return d
+
+    @classmethod
+    def from_params(cls, d: Any) -> MixSettings:
+        """Settings from a header's ``params["mix"]``; FormatError if malformed."""
+        if isinstance(d, str):
+            if d not in PRESETS:
+                raise FormatError(f"stream header names an unknown mixing preset {d!r} (made by a newer lmzip?)")
+            return PRESETS[d]
+        try:
+            if not isinstance(d, dict) or set(d) != set(cls.__dataclass_fields__):
+                raise TypeError("unexpected keys")
+            return cls(orders=tuple(d["orders"]), match=d["match"], rate=d["rate"], llm_rate=d["llm_rate"],
+                       bias_rate=d["bias_rate"])
+        except (TypeError, ValueError) as exc:
+            raise FormatError(f"stream header has invalid mixing settings ({exc})") from None
+
+
+#: what lmzip uses unless told otherwise
+DEFAULT_MIX = MixSettings()
+#: the standalone byte model (``--model ngram``): longer orders, since bytes carry less
+BYTE_MIX = MixSettings(orders=(1, 2, 3, 4, 6), match=12, rate=0.002, llm_rate=0.0, bias_rate=0.0)
+#: the bare language model
+NO_MIX = MixSettings(orders=(), match=0, rate=0.0, llm_rate=0.0, bias_rate=0.0)
+#: presets are written to headers by name; their values are part of the format and
+#: never change (new settings get a new name)
+PRESETS: dict[str, MixSettings] = {"m1": DEFAULT_MIX, "b1": BYTE_MIX}
+
+
+class MixedStream(Stream):
+    """A base stream (or none: features alone) blended with the chunk's own statistics."""
+
+    def __init__(self, base: Stream | None, vocab_size: int, settings: MixSettings):
+        self._base = base
+        self._set = settings
+        self._stats = NGramStats(vocab_size, settings.orders, settings.match)
+        self._w = [0.0] * self._stats.n_slots
+        self._g2 = [0.0] * self._stats.n_slots
+        self._w_llm = 1.0
+        self._bias = np.zeros(vocab_size) if settings.bias_rate else None
+        self._s = np.zeros(vocab_size)
+        self._q: np.ndarray | None = None
+        self._llm: np.ndarray | None = None
+        self._feats: list = []
+        self._ready = False
+
+    def scores(self) -> np.ndarray:
+        """The mixed scores of the next token (computed once per token)."""
+        if not self._ready:
+            self._mix()
+        return self._s
+
+    def distribution(self, q: np.ndarray) -> tuple[float, float]:
+        s = self.scores()
+        self._q = q  # push() learns from the distribution actually coded with
+        return cdf.quantize_into(s, q)
+
+    def _mix(self) -> None:
+        s = self._s
+        if self._base is not None:
+            self._llm = self._base.scores()
+            np.multiply(self._llm, np.float64(self._w_llm), out=s)  # in float64
+        else:
+            s.fill(0.0)
+        if self._bias is not None:
+            s += self._bias
+        self._feats = self._stats.features()
+        for f in self._feats:
+            s[f.tokens] += self._w[f.slot] * f.values
+        self._ready = True
+
+    def push(self, token: int) -> None:
+        if self._q is not None:
+            self._learn(token, self._q)
+            self._q = None
+        self._ready = False
+        self._stats.update(token)
+        if self._base is not None:
+            self._base.push(token)
+
+    def _learn(self, token: int, q: np.ndarray) -> None:
+        st = self._set
+        if st.rate:
+            w, v = self._w, self._g2
+            for f in self._feats:
+                hit = np.flatnonzero(f.tokens == token)
+                value = float(f.values[hit[0]]) if hit.size else 0.0
+                expected = math.fsum(((q[f.tokens] + 1.0) * f.values).tolist()) / _T
+                g = value - expected
+                # steps normalized by the slot's running mean square gradient (RMSprop):
+                # features of very different scales learn at the same pace
+                v[f.slot] = _DECAY * v[f.slot] + (1.0 - _DECAY) * (g * g)
+                step = st.rate * g / math.sqrt(v[f.slot] + 1e-6)
+                w[f.slot] = min(_W_MAX, max(_W_MIN, w[f.slot] + step))
+        if st.llm_rate and self._llm is not None:
+            value = float(self._llm[token])
+            if math.isfinite(value):  # escape symbols are not the model's
+                expected = cdf.expect(q, self._llm) / _T
+                self._w_llm = min(_LLM_MAX, max(_LLM_MIN, self._w_llm + st.llm_rate * (value - expected)))
+        if self._bias is not None:
+            self._bias -= (q + 1.0) * (st.bias_rate / _T)
+            self._bias[token] += st.bias_rate
+
+    def close(self) -> None:
+        if self._base is not None:
+            self._base.close()
+
+
+class MixedModel(Model):
+    """``base`` (a language model, or None for statistics alone) mixed per ``settings``.
+
+    The fingerprint is the base's, plus the settings under ``params()["mix"]``.
+    """
+
+    def __init__(self, base: Model, settings: MixSettings = DEFAULT_MIX):
+        self.base = base
+        self.settings = settings
+        self.name = base.name
+        self.tokenizer = base.tokenizer
+        self.model_sha256 = base.model_sha256
+
+    def params(self) -> dict[str, Any]:
+        return {**self.base.params(), "mix": self.settings.params()}
+
+    def open_stream(self) -> Stream:
+        return MixedStream(self.base.open_stream(), self.vocab_size, self.settings)
+
+    def describe(self) -> str:
+        s = self.settings
+        parts = [f"orders {','.join(map(str, s.orders))}" if s.orders else "",
+                 f"match {s.match}" if s.match else "", "adaptive weight" if s.llm_rate else "",
+                 "bias" if s.bias_rate else ""]
+        return f"{self.base.describe()} + mixing ({', '.join(p for p in parts if p) or 'off'})"
+
+    @property
+    def closed(self) -> bool:
+        return self.base.closed
+
+    def close(self) -> None:
+        self.base.close()
+
+    @property
+    def threads(self):
+        return getattr(self.base, "threads", None)
+
+    @threads.setter
+    def threads(self, value) -> None:
+        if hasattr(self.base, "threads"):
+            self.base.threads = value

@@ -1,0 +1,204 @@
+"""Online statistics of the document being coded: token n-grams and a match model.
+
+They learn only from the tokens already coded in the same chunk, so they know what
+the language model cannot see: names, phrases and whole passages that repeat beyond
+its window, markup that recurs every few lines.  Each turns its counts into *sparse
+features*: a few candidate tokens with a value each, which the mixer
+(:mod:`lmzip.mixing`) weighs and adds to the other models' scores.
+
+- Order-k n-grams (k tokens of context, exact tuples in a dict: no hash collisions).
+  For a context seen ``n`` times with ``u`` distinct successors, successor ``i``
+  seen ``c_i`` times gets ``ln(c_i) - ln(u) + ln(V - u)``: the log-ratio between
+  its escape-method-C estimate ``c_i / (n + u)`` and the share ``u / ((n + u)(V - u))``
+  left to each unseen token.  Unseen tokens get 0.
+- The match model finds the last earlier occurrence of the latest ``min_len`` tokens
+  and predicts the token that followed it, as long as the repeat keeps going.
+
+Every value comes from integer counts through :func:`ln_table`, a natural log built
+from IEEE-754 operations only, so compressor and decompressor on any machine
+compute the same bits.  Memory grows with the chunk (at most a few entries per
+token per order) and is freed with the stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..tokenization import PieceTokenizer
+from .base import Model, Stream
+
+__all__ = ["Feature", "NGramModel", "NGramStats", "ln_table", "MATCH_BUCKETS", "COUNT_BUCKETS"]
+
+#: n-gram weights are kept per order and per bucket of the context's total count n:
+#: 1, 2-3, 4-15, 16 and more (a context seen once predicts less reliably)
+COUNT_BUCKETS = 4
+#: match weights per bucket of the match length: <8, 8-15, 16-31, 32 and more tokens
+MATCH_BUCKETS = 4
+_MAX_MATCH = 400  # longest match length tracked (only its bucket matters)
+_MAX_COUNT = (1 << 16) - 1  # counts saturate: ln_table stays small, behaviour stays defined
+
+
+def _own_ln(x: np.ndarray) -> np.ndarray:
+    """ln(x) for x >= 1 by correctly rounded IEEE operations only (no libm): x = m 2^e
+    with m in [sqrt(1/2), sqrt(2)), ln x = e ln2 + 2 atanh((m-1)/(m+1)), 14 series terms
+    (|z| < 0.172, so the error is below 1e-16)."""
+    m, e = np.frexp(x)  # exact: x = m * 2**e, m in [0.5, 1)
+    small = m < 0.7071067811865476
+    m = np.where(small, m * 2.0, m)
+    e = np.where(small, e - 1, e).astype(np.float64)
+    z = (m - 1.0) / (m + 1.0)
+    z2 = z * z
+    acc = np.zeros_like(z)
+    for k in range(27, 0, -2):  # 1/27, ..., 1/3, 1/1 by Horner in z^2
+        acc = acc * z2 + 1.0 / k
+    return e * 0.6931471805599453 + 2.0 * z * acc
+
+
+_LN: np.ndarray | None = None
+
+
+def ln_table() -> np.ndarray:
+    """``ln_table()[c] == ln(c)`` for integers 1 <= c <= 2**18 (index 0 holds 0)."""
+    global _LN
+    if _LN is None:
+        x = np.arange(1 << 18 | 1, dtype=np.float64)
+        x[0] = 1.0
+        _LN = _own_ln(x)
+    return _LN
+
+
+@dataclass
+class Feature:
+    """Candidate tokens and their values, for the weight ``slot`` of the mixer."""
+
+    slot: int
+    tokens: np.ndarray  # int64, distinct
+    values: np.ndarray  # float64
+
+
+def count_bucket(n: int) -> int:
+    return 0 if n < 2 else 1 if n < 4 else 2 if n < 16 else 3
+
+
+def match_bucket(length: int) -> int:
+    return 0 if length < 8 else 1 if length < 16 else 2 if length < 32 else 3
+
+
+class NGramStats:
+    """The n-gram orders and the match model over one stream of tokens.
+
+    Weight slots: order ``orders[j]`` uses slots ``j*COUNT_BUCKETS + bucket``; the
+    match model uses the ``MATCH_BUCKETS`` slots after them (see :attr:`n_slots`).
+    """
+
+    def __init__(self, vocab_size: int, orders: Sequence[int] = (1, 2, 3, 4), match_min: int = 0):
+        self.vocab_size = vocab_size
+        self.orders = tuple(orders)
+        self.match_min = match_min
+        self.history: list[int] = []
+        self._tables: list[dict[tuple[int, ...], dict[int, int]]] = [{} for _ in self.orders]
+        self._totals: list[dict[tuple[int, ...], int]] = [{} for _ in self.orders]
+        self._positions: dict[tuple[int, ...], int] = {}  # last min_len tokens -> index after them
+        self._match_ptr = -1  # index in history of the predicted token, -1 when no match
+        self._match_len = 0
+        self._ln = ln_table()
+
+    @property
+    def n_slots(self) -> int:
+        return len(self.orders) * COUNT_BUCKETS + (MATCH_BUCKETS if self.match_min else 0)
+
+    def features(self) -> list[Feature]:
+        """Sparse features for the next token."""
+        out = []
+        h = self.history
+        ln = self._ln
+        for j, k in enumerate(self.orders):
+            if len(h) < k:
+                continue
+            ctx = tuple(h[-k:])
+            succ = self._tables[j].get(ctx)
+            if not succ:
+                continue
+            u = len(succ)
+            tokens = np.fromiter(succ.keys(), dtype=np.int64, count=u)
+            counts = np.fromiter(succ.values(), dtype=np.int64, count=u)
+            base = ln[self.vocab_size - u] - ln[u]  # same float ops in the same order everywhere
+            out.append(Feature(j * COUNT_BUCKETS + count_bucket(self._totals[j][ctx]), tokens, ln[counts] + base))
+        if self.match_min and self._match_ptr >= 0:
+            slot = len(self.orders) * COUNT_BUCKETS + match_bucket(self._match_len)
+            out.append(Feature(slot, np.array([h[self._match_ptr]], dtype=np.int64), np.ones(1)))
+        return out
+
+    def update(self, token: int) -> None:
+        """Learn that ``token`` followed, then append it to the history."""
+        h = self.history
+        for j, k in enumerate(self.orders):
+            if len(h) < k:
+                continue
+            ctx = tuple(h[-k:])
+            succ = self._tables[j].get(ctx)
+            if succ is None:
+                succ = self._tables[j][ctx] = {}
+            c = succ.get(token, 0)
+            if c < _MAX_COUNT:
+                succ[token] = c + 1
+                self._totals[j][ctx] = self._totals[j].get(ctx, 0) + 1
+        if self.match_min:
+            self._update_match(token)
+        else:
+            h.append(token)
+
+    def _update_match(self, token: int) -> None:
+        h = self.history
+        if self._match_ptr >= 0 and h[self._match_ptr] == token:
+            self._match_ptr += 1
+            self._match_len = min(self._match_len + 1, _MAX_MATCH)
+        else:
+            self._match_ptr = -1
+            self._match_len = 0
+        h.append(token)
+        n = self.match_min
+        if len(h) < n:
+            return
+        key = tuple(h[-n:])
+        if self._match_ptr < 0:
+            found = self._positions.get(key)
+            if found is not None:
+                # verify backwards how long the repeat really is (bounded)
+                length = n
+                while (length < _MAX_MATCH and found - length - 1 >= 0
+                       and h[found - length - 1] == h[len(h) - length - 1]):
+                    length += 1
+                self._match_ptr = found
+                self._match_len = length
+        self._positions[key] = len(h)
+
+
+class NGramModel(Model):
+    """Byte n-grams and a match model mixed online, no language model (``--model ngram``).
+
+    About as strong as a classic PPM-style compressor on text, and thousands of times
+    faster than the LLM: for quick runs, tests and fuzzing.
+    """
+
+    name = "ngram"
+
+    def __init__(self, settings=None) -> None:
+        from ..mixing import BYTE_MIX
+
+        self.settings = settings if settings is not None else BYTE_MIX
+        self.tokenizer = PieceTokenizer([bytes([b]) for b in range(256)], lambda text: list(text))
+
+    def params(self) -> dict:
+        return {"backend": "ngram", "model": self.name, "mix": self.settings.params()}
+
+    def open_stream(self) -> Stream:
+        from ..mixing import MixedStream
+
+        return MixedStream(None, self.vocab_size, self.settings)
+
+    def describe(self) -> str:
+        return "ngram (byte n-grams and match model mixed online, no LLM)"
