@@ -58,8 +58,8 @@ class MixSettings:
     orders: tuple[int, ...] = (1, 2, 3, 4)
     match: int = 6
     rate: float = 0.002
-    llm_rate: float = 0.0005
-    bias_rate: float = 0.0
+    llm_rate: float = 0.001
+    bias_rate: float = 0.01
 
     def __post_init__(self) -> None:
         if any(not isinstance(k, int) or not 1 <= k <= 32 for k in self.orders) or len(set(self.orders)) != len(
