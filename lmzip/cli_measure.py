@@ -27,6 +27,10 @@ Exit status:
   130  interrupted (Ctrl-C); finished benchmark jobs stay cached"""
 
 
+_THREADS_HELP = ("CPU threads for the model (results do not change; on a machine busy with other work, "
+                 "--threads 1 can be several times faster).")
+
+
 def _fail(message: str) -> None:
     click.echo(f"lmzip: {message}", err=True)
     sys.exit(1)
@@ -118,7 +122,7 @@ class _BenchReporter:
                    "Canterbury corpus through SmolLM2 takes about 21 hours here]")
 @click.option("--context", type=click.IntRange(16, 1 << 20), default=DEFAULT_CONTEXT, show_default=True,
               help="Context window in tokens.")
-@click.option("--threads", type=click.IntRange(1, 256), default=None, help="CPU threads for the model.")
+@click.option("--threads", type=click.IntRange(1, 256), default=None, help=_THREADS_HELP)
 @click.option("--cache-dir", metavar="DIR", default=None, help="Results cache (default: ~/.cache/lmzip/bench).")
 @click.option("--no-cache", is_flag=True, help="Neither read nor write cached results.")
 @click.option("--json", "json_path", metavar="FILE", help="Write the results as JSON.")
@@ -202,7 +206,7 @@ def bench(paths, corpora_names, corpora, models, classic, limit_bytes, context, 
 @click.option("-m", "--model", metavar="NAME|PATH", default=None, help="Model name or GGUF file.")
 @click.option("--context", type=click.IntRange(16, 1 << 20), default=DEFAULT_CONTEXT, show_default=True,
               help="Context window in tokens (the window slides as when compressing).")
-@click.option("--threads", type=click.IntRange(1, 256), default=None, help="CPU threads for the model.")
+@click.option("--threads", type=click.IntRange(1, 256), default=None, help=_THREADS_HELP)
 @click.option("--limit-bytes", type=click.IntRange(0), default=0, metavar="N",
               help="Only the first N bytes of each file (0: all).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per file on stdout.")
@@ -281,7 +285,7 @@ def entropy(files, model, context, threads, limit_bytes, as_json, progress) -> N
 @click.option("--sample-tokens", type=click.IntRange(2, 1 << 16), default=1024, show_default=True,
               help="Tokens per sample (and the decode length FLOPs are averaged over).")
 @click.option("--bias", type=float, default=0.0, show_default=True, help="The constant b of the formula.")
-@click.option("--threads", type=click.IntRange(1, 256), default=None, help="CPU threads for the model.")
+@click.option("--threads", type=click.IntRange(1, 256), default=None, help=_THREADS_HELP)
 @click.option("--json", "json_path", metavar="FILE", help="Write the results as JSON.")
 @click.option("--markdown", "md_path", metavar="FILE", help="Write a Markdown table.")
 @click.option("--plot", "plot_path", metavar="FILE.png", help="Plot capacity, bpb and FLOPs/token per model.")
