@@ -52,6 +52,8 @@ __all__ = ["Result", "Job", "Reporter", "run", "plan", "totals", "default_cache_
 DEFAULT_LIMIT = 4096
 #: bump when the meaning of a cached result changes
 CACHE_SCHEMA = 1
+#: classic results: 2 since their peak memory is measured before any model is loaded
+CLASSIC_SCHEMA = 2
 
 
 def default_cache_dir() -> Path:
@@ -70,7 +72,8 @@ class Result:
     bpb: float
     compress_seconds: float
     decompress_seconds: float
-    #: the process's peak resident memory during the job (interpreter and loaded models included)
+    #: the process's peak resident memory during the job: the interpreter (~55 MB) and, for
+    #: lmzip, the model are included
     peak_rss_mb: float | None
     verified: bool
     #: "classic" or "lmzip"
@@ -195,12 +198,14 @@ def peak_memory() -> Iterator[list[float | None]]:
 
 
 def plan(files: Sequence[CorpusFile], models: Sequence[str] = (), classic: bool = True) -> list[Job]:
-    """Every (file, compressor) job, file by file, the classic compressors first."""
+    """Every (file, compressor) job, compressor by compressor: the classic ones first, so
+    that their peak memory is measured before any model is loaded, then each model's
+    jobs together.  (With several models, a model's peak memory can include the pages of
+    one loaded before it: the registry keeps the last two loaded.)"""
     compressors, _missing = available() if classic else ([], [])
-    jobs = []
-    for f in files:
-        jobs += [Job(f, c.name, classic=c) for c in compressors]
-        jobs += [Job(f, f"lmzip {m}", model_name=m) for m in models]
+    jobs = [Job(f, c.name, classic=c) for f in files for c in compressors]
+    for m in models:
+        jobs += [Job(f, f"lmzip {m}", model_name=m) for f in files]
     return jobs
 
 
@@ -211,7 +216,7 @@ def _read(f: CorpusFile, limit: int | None) -> bytes:
 
 def _cache_key(data_sha: str, job: Job, model: Model | None, chunk_size: int) -> str:
     if job.classic is not None:
-        who = {"classic": job.classic.name, "library": job.classic.version}
+        who = {"classic": job.classic.name, "library": job.classic.version, "classic_schema": CLASSIC_SCHEMA}
     else:
         assert model is not None
         who = {"model_sha256": model.model_sha256.hex(), "params": model.params(), "chunk_size": chunk_size,
@@ -293,6 +298,7 @@ def run(files: Sequence[CorpusFile], *, models: Sequence[str] = (), classic: boo
         if job.model_name is not None:
             model = loaded.get(job.model_name)
             if model is None:
+                loaded.clear()  # done with the previous model (the registry may still keep it loaded)
                 model = loaded[job.model_name] = load_model(job.model_name, context=context, threads=threads)
         path = cache / f"{_cache_key(data_sha, job, model, chunk_size)}.json" if cache else None
         reporter.start(index, len(jobs), job, len(data))
@@ -325,7 +331,11 @@ def run(files: Sequence[CorpusFile], *, models: Sequence[str] = (), classic: boo
                 _store(path, result)
         results.append(result)
         reporter.finish(index, len(jobs), result)
-    return results
+    # report file by file, each file's compressors in plan order
+    files_order = {id(f): i for i, f in enumerate(files)}
+    order = {j.compressor: i for i, j in enumerate(jobs)}
+    keyed = sorted(zip(jobs, results), key=lambda jr: (files_order[id(jr[0].file)], order[jr[0].compressor]))
+    return [r for _, r in keyed]
 
 
 def totals(results: Sequence[Result]) -> list[Result]:
