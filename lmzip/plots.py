@@ -40,18 +40,26 @@ def plot_bench(results: Sequence, path: str | os.PathLike, title: str = "") -> N
         names += [r.compressor] if r.compressor not in names else []
         bpb[(r.file, r.compressor)] = r.bpb
     width = 0.8 / max(len(names), 1)
-    fig, ax = plt.subplots(figsize=(max(7.0, 0.9 * len(files) * max(1, len(names)) / 3 + 3), 4.8))
+    fig, ax = plt.subplots(figsize=(min(14.0, max(7.0, 2 + 0.2 * len(files) * max(1, len(names)))), 5.0))
+    # the axis stops at 9 bits per byte (raw data is 8): bars beyond are cut and labelled,
+    # so that one expanded binary file does not flatten every other bar
+    top = min(max(bpb.values(), default=1.0) * 1.05, 9.0)
     for i, name in enumerate(names):
         xs = [j + (i - (len(names) - 1) / 2) * width for j in range(len(files))]
         ys = [bpb.get((f, name), 0.0) for f in files]
-        ax.bar(xs, ys, width, label=name, hatch="//" if name.startswith("lmzip") else None,
+        ax.bar(xs, [min(y, top) for y in ys], width, label=name, hatch="//" if name.startswith("lmzip") else None,
                edgecolor="black", linewidth=0.4)
+        for x, y in zip(xs, ys):
+            if y > top:
+                ax.annotate(f"{y:.1f}", (x, top * 0.97), ha="center", va="top", fontsize="x-small", rotation=90,
+                            color="white", fontweight="bold")
+    ax.set_ylim(0, top)
     ax.set_xticks(range(len(files)))
     ax.set_xticklabels(files, rotation=30, ha="right")
     ax.set_ylabel("bits per byte (lower is better)")
     ax.set_title(title or "Compressed size per file")
     ax.axhline(8, color="grey", linewidth=0.5, linestyle=":")
-    ax.legend(fontsize="small", ncol=2)
+    ax.legend(fontsize="small", ncol=3, loc="upper left")
     ax.grid(axis="y", linewidth=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
