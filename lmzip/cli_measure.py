@@ -191,6 +191,7 @@ def bench(paths, corpora_names, corpora, models, classic, limit_bytes, context, 
         caption = ("Bits per byte (compressed size × 8 / original size; lower is better)"
                    + (f", first {limit:,} bytes of each file" if limit else ", whole files") + ".")
         _write(md_path, "\n\n".join(x for x in [caption, report.markdown_pivot(results),
+                                                report.markdown_compressors(results),
                                                 report.markdown_lmzip(results)] if x))
     if plot_path:
         from .plots import plot_bench

@@ -19,7 +19,8 @@ from collections.abc import Sequence
 from . import __version__
 from .bench import Result, totals
 
-__all__ = ["machine", "terminal_table", "markdown_pivot", "markdown_lmzip", "to_csv", "to_json"]
+__all__ = ["machine", "terminal_table", "markdown_pivot", "markdown_lmzip", "markdown_compressors", "to_csv",
+           "to_json"]
 
 
 def machine() -> dict[str, str | int | None]:
@@ -129,6 +130,23 @@ def markdown_lmzip(results: Sequence[Result]) -> str:
                    f"{1000 * r.decompress_kbps:,.0f} B/s | {_num(r.peak_rss_mb, '{:,.0f} MB')} | "
                    f"{'verified' if r.verified else 'FAILED'} |")
     return "\n".join(out)
+
+
+def markdown_compressors(results: Sequence[Result]) -> str:
+    """One row per compressor over all files: size, bits per byte, speeds, peak memory, round trips."""
+    out = ["| compressor | bytes | compressed | bpb | compress | decompress | peak RSS | round trips |",
+           "|---|---:|---:|---:|---:|---:|---:|---|"]
+    for t in totals(results):
+        n = sum(1 for r in results if r.compressor == t.compressor)
+        ok = sum(1 for r in results if r.compressor == t.compressor and r.verified)
+        out.append(f"| {t.compressor} | {t.original:,} | {t.compressed:,} | {t.bpb:.3f} | "
+                   f"{_speed(t.compress_kbps)} | {_speed(t.decompress_kbps)} | {_num(t.peak_rss_mb, '{:,.0f} MB')} | "
+                   f"{ok}/{n} verified |")
+    return "\n".join(out)
+
+
+def _speed(kbps: float) -> str:
+    return f"{kbps:,.0f} kB/s" if kbps >= 10 else f"{1000 * kbps:,.0f} B/s"
 
 
 _CSV_FIELDS = ["file", "original", "compressor", "compressed", "bpb", "model_bpb", "overhead_pct", "payload",

@@ -88,6 +88,8 @@ def test_reports(two_files):
     doc = json.loads(report.to_json(results, {"limit_bytes": 600}))
     assert doc["settings"] == {"limit_bytes": 600} and len(doc["results"]) == len(results)
     assert doc["machine"]["cores"] and doc["totals"][0]["file"] == "(all files)"
+    per_compressor = report.markdown_compressors(results)
+    assert "| lmzip order1 | 1,200 |" in per_compressor and "2/2 verified" in per_compressor
     table = report.terminal_table(results)
     assert "lmzip order1" in table and "(all files)" in table
 
