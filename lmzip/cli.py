@@ -457,7 +457,7 @@ def models() -> None:
     click.echo("Any GGUF file also works: --model PATH.gguf")
 
 
-from .cli_measure import COMMANDS as _MEASURING  # noqa: E402  (bench, entropy, capacity; they need `main`'s conventions only)
+from .cli_measure import COMMANDS as _MEASURING  # noqa: E402  (bench, entropy, capacity)
 
 for _command in _MEASURING:
     main.add_command(_command)

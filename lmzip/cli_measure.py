@@ -179,6 +179,9 @@ def bench(paths, corpora_names, corpora, models, classic, limit_bytes, context, 
     except LMZipError as exc:
         line.clear()
         _fail(str(exc))
+    except OSError as exc:
+        line.clear()
+        _fail(f"{exc.filename or ''}: {exc.strerror or exc}")
     line.clear()
     settings = {"limit_bytes": limit or None, "context": context, "models": models, "classic": classic,
                 "command": "lmzip bench " + " ".join(sys.argv[2:]) if len(sys.argv) > 1 else ""}
@@ -329,6 +332,9 @@ def capacity(models, texts, corpora, samples, sample_tokens, bias, threads, json
     except LMZipError as exc:
         line.clear()
         _fail(str(exc))
+    except OSError as exc:
+        line.clear()
+        _fail(f"{exc.filename or ''}: {exc.strerror or exc}")
     click.echo(cap.terminal_table(rows))
     if json_path:
         _write(json_path, json.dumps({"texts": [f.label for f in files], "samples": samples,
