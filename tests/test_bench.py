@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import doctest
 import gzip
+import importlib
 import io
 import json
 import subprocess
@@ -130,3 +132,9 @@ def test_cli_bench_errors_are_one_line(args, message):
     p = _lmzip("bench", "--no-cache", "--limit-bytes", "100", *args)
     assert p.returncode == 1
     assert message in p.stderr and "Traceback" not in p.stderr
+
+
+@pytest.mark.parametrize("module", ["bench", "report", "classic"])
+def test_docstring_examples(module):
+    result = doctest.testmod(importlib.import_module(f"lmzip.{module}"))
+    assert result.attempted and not result.failed

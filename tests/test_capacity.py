@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import doctest
+import importlib
 import math
 import subprocess
 import sys
@@ -34,3 +36,9 @@ def test_measure_smollm2_on_short_samples(llm):
 def test_capacity_needs_a_gguf_model():
     p = subprocess.run([sys.executable, "-m", "lmzip", "capacity", "-m", "order1"], capture_output=True, text=True)
     assert p.returncode == 1 and "no FLOPs to count" in p.stderr and "Traceback" not in p.stderr
+
+
+@pytest.mark.parametrize("module", ["capacity"])
+def test_docstring_examples(module):
+    result = doctest.testmod(importlib.import_module(f"lmzip.{module}"))
+    assert result.attempted and not result.failed

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import doctest
 import hashlib
+import importlib
 import shutil
 
 import pytest
@@ -74,3 +76,9 @@ def test_unknown_names_are_clear_errors():
         corpora.resolve("calgary")
     with pytest.raises(CorpusError, match="no such file"):
         corpora.path_file("/nonexistent/file.txt")
+
+
+@pytest.mark.parametrize("module", ["corpora"])
+def test_docstring_examples(module):
+    result = doctest.testmod(importlib.import_module(f"lmzip.{module}"))
+    assert result.attempted and not result.failed

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import doctest
+import importlib
 import json
 import subprocess
 import sys
@@ -60,3 +62,9 @@ def test_cli_entropy(tmp_path, order1):
     assert p.returncode == 0 and "bits/byte" in p.stdout and "estimate" in p.stdout
     p = _lmzip("entropy", "-m", "order1", str(tmp_path / "missing.txt"))
     assert p.returncode == 1 and "missing.txt: no such file" in p.stderr and "Traceback" not in p.stderr
+
+
+@pytest.mark.parametrize("module", ["entropy"])
+def test_docstring_examples(module):
+    result = doctest.testmod(importlib.import_module(f"lmzip.{module}"))
+    assert result.attempted and not result.failed

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import doctest
+import importlib
+
 import pytest
 
 from lmzip.flops import (
@@ -68,3 +71,9 @@ def test_missing_metadata_is_a_clear_error():
 def test_metadata_read_from_the_installed_model(llm):
     meta = gguf_metadata(llm)
     assert Architecture.from_metadata(meta) == Architecture.from_metadata(SMOLLM2_135M)
+
+
+@pytest.mark.parametrize("module", ["flops"])
+def test_docstring_examples(module):
+    result = doctest.testmod(importlib.import_module(f"lmzip.{module}"))
+    assert result.attempted and not result.failed
