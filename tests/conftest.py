@@ -9,12 +9,13 @@ Environment:
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
+
+from lmzip import corpora
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -37,35 +38,19 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-def _manifest() -> dict[str, tuple[str, int, str]]:
-    rows = {}
-    for line in (ROOT / "corpora" / "manifest.tsv").read_text().splitlines():
-        if line.startswith("#") or line.startswith("group\t"):
-            continue
-        group, name, size, sha, _source = line.split("\t")
-        rows[name] = (group, int(size), sha)
-    return rows
-
-
-MANIFEST = _manifest()
-_verified: set[str] = set()
+MANIFEST = {e.name: (e.group, e.size, e.sha256) for e in corpora.manifest().values()}
 
 
 def corpora_dir() -> Path:
-    return Path(os.environ.get("LMZIP_CORPORA") or ROOT.parent / "shared" / "corpora")
+    return corpora.corpora_dir()
 
 
 def corpus_file(name: str) -> Path:
     """Path of a manifest file, its size and SHA-256 checked once per run."""
-    group, size, sha = MANIFEST[name]
-    path = corpora_dir() / group / name
-    if not path.is_file():
-        pytest.fail(f"corpus file {path} is missing (set LMZIP_CORPORA)")
-    if name not in _verified:
-        data = path.read_bytes()
-        assert len(data) == size and hashlib.sha256(data).hexdigest() == sha, f"{path} does not match the manifest"
-        _verified.add(name)
-    return path
+    try:
+        return corpora.corpus_file(name).path
+    except corpora.CorpusError as exc:
+        pytest.fail(f"{exc} (set LMZIP_CORPORA)")
 
 
 def corpus_slice(name: str, start: int, length: int) -> bytes:
