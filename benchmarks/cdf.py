@@ -19,6 +19,7 @@ import numpy as np
 
 from lmzip import cdf, codec
 from lmzip.coding import Decoder, Encoder
+from lmzip.mixing import NO_MIX
 
 
 def median_ms(fn, repeat: int) -> float:
@@ -60,13 +61,17 @@ def micro(repeat: int) -> None:
         print(f"| {name} | {a:.3f} ms | {b:.3f} ms |")
 
 
-def share(path: str, limit: int, model_name: str | None, context: int | None) -> None:
+def share(path: str, limit: int, model_name: str | None, context: int | None, with_mix: bool) -> None:
     from lmzip.predictors.registry import load_model
 
     with open(path, "rb") as f:
         data = f.read(limit)
-    model = load_model(model_name, context=context)
-    spent = {"model (llama_decode)": 0.0, "distribution (cdf)": 0.0, "range coder": 0.0}
+    from lmzip.mixing import MixedModel, MixedStream
+
+    model = load_model(model_name, context=context, mix=None if with_mix else NO_MIX)
+    base = model.base if isinstance(model, MixedModel) else model
+    spent = {"model (llama_decode)": 0.0, "mixing (n-grams, learning)": 0.0, "distribution (cdf)": 0.0,
+             "range coder": 0.0}
 
     def timed(key, fn):
         def wrapper(*args, **kwargs):
@@ -77,11 +82,13 @@ def share(path: str, limit: int, model_name: str | None, context: int | None) ->
                 spent[key] += time.perf_counter() - t
         return wrapper
 
-    stream_cls = type(model.open_stream())
+    stream_cls = type(base.open_stream())
     patches = [
         (stream_cls, "push", timed("model (llama_decode)", stream_cls.push)),
-        (codec, "quantize_into", timed("distribution (cdf)", codec.quantize_into)),
+        (cdf, "quantize_into", timed("distribution (cdf)", cdf.quantize_into)),
         (Encoder, "encode", timed("range coder", Encoder.encode)),
+        (MixedStream, "_mix", timed("mixing (n-grams, learning)", MixedStream._mix)),
+        (MixedStream, "_learn", timed("mixing (n-grams, learning)", MixedStream._learn)),
     ]
     saved = [(obj, name, getattr(obj, name)) for obj, name, _ in patches]
     for obj, name, fn in patches:
@@ -95,8 +102,11 @@ def share(path: str, limit: int, model_name: str | None, context: int | None) ->
         for obj, name, fn in saved:
             setattr(obj, name, fn)
     spent["other (tokenize, stats, Python)"] = total - sum(spent.values())
+    if not with_mix:
+        del spent["mixing (n-grams, learning)"]
     print(f"\nlmzip compress of {len(data)} bytes of {os.path.basename(path)} with {model.name} "
-          f"(vocab {model.vocab_size}, context {model.context}, CDF backend {cdf.backend}): "
+          f"(vocab {model.vocab_size}, context {base.context}, CDF backend {cdf.backend}, "
+          f"{'mixing ' + str(model.settings.params()) if with_mix else 'no mixing'}): "
           f"{stats.tokens} tokens, {stats.tokens / total:.1f} tokens/s\n")
     print("| part | ms/token | share |")
     print("|---|---:|---:|")
@@ -115,12 +125,13 @@ def main() -> None:
     ap.add_argument("--model", default=None)
     ap.add_argument("--context", type=int, default=None)
     ap.add_argument("--no-share", action="store_true")
+    ap.add_argument("--mix", action="store_true", help="time the default mixing too")
     args = ap.parse_args()
     print(f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
           f"numpy {np.__version__}\n")
     micro(args.repeat)
     if not args.no_share:
-        share(args.text, args.limit_bytes, args.model, args.context)
+        share(args.text, args.limit_bytes, args.model, args.context, args.mix)
 
 
 if __name__ == "__main__":

@@ -139,7 +139,10 @@ def measure(model_name: str, texts: Sequence[CorpusFile], *, samples: int = 8, s
         raise ValueError("need at least one sample of at least two tokens")
     started = time.monotonic()
     # a window longer than a sample: every token sees its whole sample, nothing slides
-    model = load_model(model_name, context=max(DEFAULT_CONTEXT, sample_tokens + 1), threads=threads)
+    from .mixing import NO_MIX
+
+    # the model's own capacity: no mixing with the text's statistics
+    model = load_model(model_name, context=max(DEFAULT_CONTEXT, sample_tokens + 1), threads=threads, mix=NO_MIX)
     if not hasattr(model, "_model"):
         raise LMZipError(f"model '{model_name}' is not a transformer in a GGUF file: no FLOPs to count")
     arch = Architecture.from_metadata(gguf_metadata(model))

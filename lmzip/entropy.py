@@ -125,8 +125,10 @@ def cross_entropy(model: Model, data: bytes, *, chunk_size: int = DEFAULT_CHUNK_
 
 def _stream_bits(model: Model, symbols: Sequence[int], progress: Callable[[int], None] | None) -> np.ndarray:
     out = np.empty(len(symbols), dtype=np.float64)
+    q = np.empty(model.vocab_size, dtype=np.float64)
     with model.open_stream() as stream:
         for i, s in enumerate(symbols):
+            stream.distribution(q)  # as the coder does: a mixing stream learns from it
             x = np.asarray(stream.scores(), dtype=np.float64)
             out[i] = _bits_from_scores(x, int(s))
             stream.push(int(s))
