@@ -71,6 +71,11 @@ def backend_version() -> str:
 
 
 def default_threads() -> int:
+    """``$LMZIP_THREADS``, else one per core up to 8 (llama.cpp's threads spin while
+    waiting, so on a machine busy with other work fewer threads can be much faster)."""
+    env = os.environ.get("LMZIP_THREADS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
     return max(1, min(os.cpu_count() or 1, 8))
 
 
