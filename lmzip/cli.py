@@ -20,7 +20,14 @@ from . import format as fmt
 from .codec import Stats
 from .core import DEFAULT_CHUNK_SIZE, LMZipCompressor, iter_decompress, scan_streams
 from .errors import LMZipError
-from .predictors.registry import DEFAULT_CONTEXT, DEFAULT_MODEL, known_models, load_model
+from .predictors.registry import (
+    DEFAULT_CONTEXT,
+    DEFAULT_MODEL,
+    MAX_CONTEXT,
+    MIN_CONTEXT,
+    known_models,
+    load_model,
+)
 
 SUFFIX = ".lmz"
 READ_SIZE = 1 << 16
@@ -270,7 +277,7 @@ def main() -> None:
 @main.command(epilog=EXIT_CODES)
 @click.argument("files", nargs=-1, type=click.Path(dir_okay=True, allow_dash=True))
 @common_options
-@click.option("--context", type=click.IntRange(16, 1 << 20), default=DEFAULT_CONTEXT, show_default=True,
+@click.option("--context", type=click.IntRange(MIN_CONTEXT, MAX_CONTEXT), default=DEFAULT_CONTEXT, show_default=True,
               help="Context window in tokens.")
 @click.option("--chunk-size", type=click.IntRange(1, fmt.MAX_CHUNK_SIZE), default=DEFAULT_CHUNK_SIZE,
               show_default=True, help="Bytes per independently coded chunk.")
@@ -437,6 +444,14 @@ def info(files) -> None:
                 click.echo(f"  context       {p['context']} tokens")
             click.echo(f"  fingerprint   {s.header.fingerprint.hex()}")
             click.echo(f"  original      {s.end.original_len} bytes, {tokens} tokens, {len(s.end.chunks)} chunk(s)")
+            by_method: dict[str, list[int]] = {}
+            for c in s.end.chunks:
+                counts = by_method.setdefault(c.method_name, [0, 0, 0])
+                counts[0] += 1
+                counts[1] += c.raw_len
+                counts[2] += c.payload_len
+            for name, (n, raw, packed) in by_method.items():
+                click.echo(f"  {name + ' chunks':<13} {n}: {raw} -> {packed} bytes")
             click.echo(f"  compressed    {s.compressed_size} bytes, {bpb:.3f} bits per byte")
 
     _run(job, list(files), work)
