@@ -97,11 +97,14 @@ class ProgressLine:
 
 
 @contextlib.contextmanager
-def atomic_output(path: Path, force: bool, like: Path | None = None) -> Iterator[IO[bytes]]:
+def atomic_output(path: Path, force: bool, like: Path | None = None,
+                  verify: Callable[[Path], None] | None = None) -> Iterator[IO[bytes]]:
     """Write to a temporary file beside ``path``; move it into place only on success.
 
     Without ``force`` an existing ``path`` is never replaced, even one that appears
-    while we work.  On any error or Ctrl-C the temporary file is removed.
+    while we work.  ``verify`` is called with the complete temporary file before it is
+    moved; if it raises, nothing is moved.  On any error or Ctrl-C the temporary file
+    is removed.
     """
     if path.exists() and not force:
         raise Failure(f"{path}: already exists; use -f to overwrite")
@@ -114,6 +117,8 @@ def atomic_output(path: Path, force: bool, like: Path | None = None) -> Iterator
             yield f
             f.flush()
             os.fsync(f.fileno())
+        if verify is not None:
+            verify(tmp)
         if like is not None:  # keep the input's permissions and times, as gzip does
             st = like.stat()
             os.chmod(tmp, stat.S_IMODE(st.st_mode))
@@ -309,10 +314,11 @@ def compress(files, output, to_stdout, keep, rm, force, quiet, verbose, progress
                 _compress_file(fin, sys.stdout.buffer, comp)
                 sys.stdout.buffer.flush()
             else:
-                with atomic_output(target, job.force, like=src) as fout:
+                verify = (lambda packed: _verify(src, packed, lm)) if job.rm and src is not None else None
+                with atomic_output(target, job.force, like=src, verify=verify) as fout:
                     _compress_file(fin, fout, comp)
-                if job.rm and src is not None:
-                    _verify_then_remove(src, target, lm)
+                if verify is not None:
+                    src.unlink()  # only now: the output is in place and decompresses to the input
         finally:
             line.done()
             if src is not None:
@@ -332,16 +338,22 @@ def compress(files, output, to_stdout, keep, rm, force, quiet, verbose, progress
     _run(job, names, work)
 
 
-def _verify_then_remove(src: Path, target: Path, model) -> None:
-    """--rm: decompress the new file with the model that made it and compare with the
-    input before deleting it (the header's name alone cannot find a --model PATH.gguf)."""
-    with open(target, "rb") as packed, open(src, "rb") as original:
-        for block in iter_decompress(packed, model=model):
-            if original.read(len(block)) != block:
-                raise Failure(f"{src}: verification failed; input kept")
-        if original.read(1):
-            raise Failure(f"{src}: verification failed; input kept")
-    src.unlink()
+def _verify(src: Path, packed: Path, model) -> None:
+    """--rm: decompress the complete (not yet renamed) output with the model that made it
+    and compare it with the input (the header's name alone cannot find a --model PATH.gguf).
+    On failure the output is never put in place and the input is kept."""
+    def failed(why: str) -> Failure:
+        return Failure(f"{src}: verification failed ({why}); no output written, input kept")
+
+    try:
+        with open(packed, "rb") as fp, open(src, "rb") as original:
+            for block in iter_decompress(fp, model=model):
+                if original.read(len(block)) != block:
+                    raise failed("decompressed data differs from the input")
+            if original.read(1):
+                raise failed("decompressed data is shorter than the input")
+    except LMZipError as exc:
+        raise failed(str(exc)) from None
 
 
 @main.command(epilog=EXIT_CODES)
