@@ -38,9 +38,9 @@ _LITERAL_SETTINGS = [(3, 0, 2), (0, 0, 0), (1, 0, 0), (4, 0, 0)]
 # machine-code signatures that make trying a BCJ filter worthwhile: ELF e_machine, PE
 _ELF_MACHINES = {2: 2, 18: 2, 43: 2, 3: 1, 62: 1, 40: 3, 20: 5, 21: 5, 50: 6}  # e_machine -> bcj index
 
-# a chunk whose deflate (level 1) sample saves less than this is taken as incompressible
+# a chunk that deflate (level 1, ~100 MB/s) shrinks by less than 2 % is stored without
+# trying LZMA (~1 MB/s at -9e): random or already-compressed data, where LZMA gains no more
 _INCOMPRESSIBLE = 0.98
-_SAMPLE = 1 << 16
 
 
 def dict_size(raw_len: int) -> int:
@@ -74,9 +74,8 @@ def _lzma(data: bytes, bcj: int, lc: int, lp: int, pb: int, nice_len: int = 273)
 
 
 def looks_incompressible(data: bytes) -> bool:
-    """Cheap test (deflate level 1 on a sample) for already-compressed or random data."""
-    sample = data[:_SAMPLE]
-    return len(zlib.compress(sample, 1)) >= _INCOMPRESSIBLE * len(sample)
+    """Cheap test (deflate level 1) for already-compressed or random data."""
+    return len(zlib.compress(data, 1)) >= _INCOMPRESSIBLE * len(data)
 
 
 def compress_classic(data: bytes) -> tuple[int, bytes]:

@@ -42,32 +42,38 @@ def is_text(data: bytes) -> bool:
     return text_fraction(data) >= TEXT_FRACTION
 
 
-def _block_kinds(view: bytes) -> list[bool]:
-    kinds = [is_text(view[i : i + BLOCK]) for i in range(0, len(view), BLOCK)]
-    # short text runs with binary beside them are binary (a run spanning the whole view stays)
-    i = 0
-    while i < len(kinds):
-        j = i
-        while j < len(kinds) and kinds[j] == kinds[i]:
-            j += 1
-        if kinds[i] and j - i < MIN_TEXT_BLOCKS and not (i == 0 and j == len(kinds)):
-            kinds[i:j] = [False] * (j - i)
-        i = j
-    return kinds
-
-
 def first_region(view: bytes) -> tuple[int, bool]:
     """Length and kind (True: text) of the first region of ``view`` (non-empty).
 
     The compressor shows the next ``chunk_size`` bytes (or what is left at the end);
-    if the whole view is one kind the length is ``len(view)``.
+    if the whole view is one kind the length is ``len(view)``.  Blocks are classified
+    only as far as the first region reaches (and ``MIN_TEXT_BLOCKS`` beyond), so the
+    cost follows the region, not the view.
     """
-    kinds = _block_kinds(view)
-    first = kinds[0]
+    n_blocks = -(-len(view) // BLOCK)
+    raw: dict[int, bool] = {}
+
+    def text_block(i: int) -> bool:
+        if i not in raw:
+            raw[i] = is_text(view[i * BLOCK : (i + 1) * BLOCK])
+        return raw[i]
+
+    def kind(i: int) -> bool:
+        """Block i's kind once short text runs beside binary count as binary."""
+        if not text_block(i):
+            return False
+        start, end = i, i + 1
+        while start > 0 and end - start < MIN_TEXT_BLOCKS and text_block(start - 1):
+            start -= 1
+        while end < n_blocks and end - start < MIN_TEXT_BLOCKS and text_block(end):
+            end += 1
+        return end - start >= MIN_TEXT_BLOCKS or (start == 0 and end == n_blocks)
+
+    first = kind(0)
     n = 1
-    while n < len(kinds) and kinds[n] == first:
+    while n < n_blocks and kind(n) == first:
         n += 1
-    if n == len(kinds):
+    if n == n_blocks:
         return len(view), first
     cut = n * BLOCK
     if first:  # text, then binary: the text goes on to the first byte that is not printable ASCII
