@@ -8,14 +8,14 @@ A *block* (4 KiB) is text when at least 90 % of its bytes are printable UTF-8
 (printable ASCII, tab, line ends, form feed, escape, and well-formed multi-byte
 characters).  Runs of text blocks shorter than ``MIN_TEXT_BLOCKS`` between binary
 ones are binary too: string tables inside executables or spreadsheets are not worth
-a model restart and a separate chunk.  At a boundary the cut moves to the first
-(text to binary) or after the last (binary to text) byte that is not printable
-ASCII, so little binary reaches the model and little text the classic coder.
+a model restart and a separate chunk.  At a boundary the cut moves from the block
+edge to the byte where the text really ends or starts (``_refine``), so little binary
+reaches the model and little text the classic coder.
 """
 
 from __future__ import annotations
 
-import re
+import numpy as np
 
 __all__ = ["BLOCK", "TEXT_FRACTION", "MIN_TEXT_BLOCKS", "text_fraction", "is_text", "first_region"]
 
@@ -25,7 +25,9 @@ MIN_TEXT_BLOCKS = 2
 
 # control bytes that do not occur in text (tab, LF, CR, form feed and escape do)
 _CONTROL = bytes(b for b in range(32) if b not in b"\t\n\r\x0c\x1b") + b"\x7f"
-_NOT_PRINTABLE_ASCII = re.compile(rb"[^\t\n\r\x0c\x1b\x20-\x7e]")
+_SCORE = np.full(256, -1, dtype=np.int64)
+_SCORE[list(_CONTROL)] = -9
+_SCORE[[*b"\t\n\r\x0c\x1b", *range(0x20, 0x7F)]] = 1
 
 
 def text_fraction(data: bytes) -> float:
@@ -75,11 +77,17 @@ def first_region(view: bytes) -> tuple[int, bool]:
         n += 1
     if n == n_blocks:
         return len(view), first
-    cut = n * BLOCK
-    if first:  # text, then binary: the text goes on to the first byte that is not printable ASCII
-        m = _NOT_PRINTABLE_ASCII.search(view, cut, cut + BLOCK)
-        cut = m.start() if m else cut
-    else:  # binary, then text: the text starts after the last byte that is not printable ASCII
-        ends = [m.end() for m in _NOT_PRINTABLE_ASCII.finditer(view, cut - BLOCK, cut)]
-        cut = ends[-1] if ends else cut
-    return cut, first
+    return max(1, _refine(view, n * BLOCK, first)), first
+
+
+def _refine(view: bytes, cut: int, text_first: bool) -> int:
+    """Move a block-aligned cut to the byte where the text really ends (or starts).
+
+    Each byte of the two blocks around the cut scores +1 if printable ASCII, -1 if
+    above 0x7f, -9 if a control byte (so text at the 90 % threshold breaks even); text
+    ends where the running score peaks and starts where it bottoms out.
+    """
+    lo, hi = max(0, cut - BLOCK), min(len(view), cut + BLOCK)
+    window = np.frombuffer(view, dtype=np.uint8, count=hi - lo, offset=lo)
+    running = np.concatenate(([0], np.cumsum(_SCORE[window])))
+    return lo + int(np.argmax(running) if text_first else np.argmin(running))
