@@ -18,7 +18,7 @@ import click
 from . import __version__, cdf
 from . import format as fmt
 from .codec import Stats
-from .core import DEFAULT_CHUNK_SIZE, LMZipCompressor, iter_decompress, scan_streams
+from .core import DEFAULT_CHUNK_SIZE, METHODS, LMZipCompressor, iter_decompress, scan_streams
 from .errors import LMZipError
 from .predictors.registry import (
     DEFAULT_CONTEXT,
@@ -286,8 +286,11 @@ def main() -> None:
               help="Context window in tokens.")
 @click.option("--chunk-size", type=click.IntRange(1, fmt.MAX_CHUNK_SIZE), default=DEFAULT_CHUNK_SIZE,
               show_default=True, help="Bytes per independently coded chunk.")
+@click.option("--method", type=click.Choice(METHODS), default="auto", show_default=True,
+              help="auto: text to the model, binary data to LZMA (or stored), whichever codes a chunk "
+                   "smaller; model: every chunk through the model; classic: no model.")
 def compress(files, output, to_stdout, keep, rm, force, quiet, verbose, progress, model, threads,
-             context, chunk_size) -> None:
+             context, chunk_size, method) -> None:
     """Compress FILES to FILE.lmz with a language model."""
     job = Job(output=output, stdout=to_stdout, keep=keep, rm=rm, force=force, quiet=quiet,
               verbose=verbose, progress=progress)
@@ -307,7 +310,7 @@ def compress(files, output, to_stdout, keep, rm, force, quiet, verbose, progress
             raise Failure("refusing to write compressed data to a terminal (use -o, redirect, or -f)")
         fin, src, size = _open_input(name)
         line = ProgressLine(Path(name).name if src else "stdin", size, job.progress)
-        comp = LMZipCompressor(lm, chunk_size=chunk_size, progress=line)
+        comp = LMZipCompressor(lm, chunk_size=chunk_size, progress=line, method=method)
         started = time.monotonic()
         try:
             if target is None:

@@ -24,6 +24,7 @@ from .predictors.registry import MAX_CONTEXT, MIN_CONTEXT, load_model, model_for
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
+    "METHODS",
     "LMZipCompressor",
     "LMZipDecompressor",
     "compress",

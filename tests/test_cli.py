@@ -346,3 +346,15 @@ def test_missing_file_and_directory_messages(tmp_path):
         proc = run(command, *extra, *(["-c"] if command in ("compress", "decompress") else []), str(tmp_path))
         assert_one_line_error(proc)
         assert "is a directory" in proc.stderr.decode()
+
+
+def test_method_option_and_info_lists_methods(tmp_path):
+    path = tmp_path / "mixed.bin"
+    path.write_bytes(corpus_slice("alice29.txt", 0, 12_000) + corpus_slice("kennedy.xls", 1, 30_000))
+    for method, shown, absent in (("auto", "lzma chunks", "stored chunks"), ("model", "model chunks", "lzma"),
+                                  ("classic", "lzma chunks", "model chunks")):
+        run("compress", *FAST, "-f", "--method", method, str(path), check=0)
+        info = run("info", str(tmp_path / "mixed.bin.lmz"), check=0).stdout.decode()
+        assert shown in info and absent not in info, (method, info)
+        assert run("decompress", "-c", str(tmp_path / "mixed.bin.lmz"), check=0).stdout == path.read_bytes()
+    assert run("compress", *FAST, "--method", "xz", str(path)).returncode == 2
