@@ -452,7 +452,10 @@ def info(files) -> None:
             bpb = 8 * s.compressed_size / s.end.original_len if s.end.original_len else 0.0
             tokens = sum(c.n_tokens for c in s.end.chunks)
             click.echo(f"  format        lmzip version {s.header.version}")
-            click.echo(f"  model         {p.get('model')} ({p.get('backend')})")
+            if s.header.names_no_model:
+                click.echo("  model         none (no chunk is coded by a model)")
+            else:
+                click.echo(f"  model         {p.get('model')} ({p.get('backend')})")
             if any(s.header.model_sha256):
                 click.echo(f"  model sha256  {s.header.model_sha256.hex()}")
             if "context" in p:

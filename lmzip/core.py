@@ -86,10 +86,12 @@ class LMZipCompressor:
         self._started = False
         self._finished = False
 
-    def _header(self) -> bytes:
+    def _header(self, uses_model: bool = True) -> bytes:
         if self._started:
             return b""
         self._started = True
+        if not uses_model or self.method == "classic":  # decompresses without loading any model
+            return fmt.pack_header(bytes(32), fmt.NO_MODEL_PARAMS)
         return fmt.pack_header(self.model.model_sha256, self.model.params())
 
     def _chunk(self, data: bytes, text: bool) -> bytes:
@@ -129,9 +131,11 @@ class LMZipCompressor:
         if self._finished:
             raise ValueError("compressor has been flushed")
         self._buf += memoryview(data).cast("B")
-        out = [self._header()]
+        out = []
         while len(self._buf) > self.chunk_size:  # '>': keep the last chunk for flush()
             out.append(self._next_chunk(final=False))
+        if out:  # later chunks are unknown yet: the header names the model
+            out.insert(0, self._header())
         return b"".join(out)
 
     def flush(self) -> bytes:
@@ -139,8 +143,12 @@ class LMZipCompressor:
         if self._finished:
             raise ValueError("repeated call to flush()")
         out = [self.compress(b"")]
+        first = len(self.stats.chunks)
         while self._buf:
             out.append(self._next_chunk(final=True))
+        # all chunks known before the header is written: name no model if none is model-coded
+        uses_model = any(c.method == fmt.METHOD_MODEL for c in self.stats.chunks[first:])
+        out.insert(0, self._header(uses_model))
         out.append(fmt.pack_end_record(self.stats.chunks))
         self._finished = True
         return b"".join(out)
@@ -181,7 +189,8 @@ class LMZipDecompressor:
             if size is None or len(buf) < size:
                 return False
             header = fmt.parse_header(bytes(buf[:size]))
-            self.model = model_for_header(header, self._model_arg, threads=self._threads)
+            if not header.names_no_model:
+                self.model = model_for_header(header, self._model_arg, threads=self._threads)
             self.header = header
             del buf[:size]
             return True
@@ -207,7 +216,9 @@ class LMZipDecompressor:
         payload = bytes(buf[fmt.CHUNK_RECORD_SIZE : total])
         del buf[:total]
         if info.method == fmt.METHOD_MODEL:
-            assert self.model is not None
+            if self.model is None:
+                raise CorruptError(f"chunk {len(self.stats.chunks)} is coded by a model, "
+                                   f"but the stream header names none")
             self._pending += decompress_chunk(self.model, info, payload, self.stats, self.progress)
         else:
             self._pending += decompress_classic(info, payload)
@@ -355,6 +366,8 @@ def scan_streams(fp: IO[bytes]) -> list[StreamInfo]:
                 break
             info = fmt.parse_chunk_record(marker + read_exact(fmt.CHUNK_RECORD_SIZE - 4, "a chunk header"))
             assert info is not None
+            if info.method == fmt.METHOD_MODEL and header.names_no_model:
+                raise CorruptError(f"chunk {len(chunks)} is coded by a model, but the stream header names none")
             if fp.tell() + info.payload_len > total:
                 raise TruncatedError("input ends inside a chunk payload")
             fp.seek(info.payload_len, io.SEEK_CUR)

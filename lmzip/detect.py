@@ -6,7 +6,8 @@ shown, so the same input always gives the same chunks, however it is fed.
 
 A *block* (4 KiB) is text when at least 90 % of its bytes are printable UTF-8
 (printable ASCII, tab, line ends, form feed, escape, and well-formed multi-byte
-characters).  Runs of text blocks shorter than ``MIN_TEXT_BLOCKS`` between binary
+characters) and at most 0.1 % are NULs (string tables and UTF-16 are binary: they
+compress better with the code or data around them).  Runs of text blocks shorter than ``MIN_TEXT_BLOCKS`` between binary
 ones are binary too: string tables inside executables or spreadsheets are not worth
 a model restart and a separate chunk.  At a boundary the cut moves from the block
 edge to the byte where the text really ends or starts (``_refine``), so little binary
@@ -22,6 +23,7 @@ __all__ = ["BLOCK", "TEXT_FRACTION", "MIN_TEXT_BLOCKS", "text_fraction", "is_tex
 BLOCK = 4096
 TEXT_FRACTION = 0.90
 MIN_TEXT_BLOCKS = 2
+MAX_NUL_FRACTION = 0.001
 
 # control bytes that do not occur in text (tab, LF, CR, form feed and escape do)
 _CONTROL = bytes(b for b in range(32) if b not in b"\t\n\r\x0c\x1b") + b"\x7f"
@@ -41,7 +43,8 @@ def text_fraction(data: bytes) -> float:
 
 
 def is_text(data: bytes) -> bool:
-    return text_fraction(data) >= TEXT_FRACTION
+    # NULs do not occur in text but separate strings in string tables and UTF-16: binary
+    return data.count(0) <= len(data) * MAX_NUL_FRACTION and text_fraction(data) >= TEXT_FRACTION
 
 
 def first_region(view: bytes) -> tuple[int, bool]:

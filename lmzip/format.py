@@ -39,6 +39,7 @@ __all__ = [
     "METHOD_STORED",
     "METHOD_LZMA",
     "METHOD_NAMES",
+    "NO_MODEL_PARAMS",
     "StreamHeader",
     "ChunkInfo",
     "EndRecord",
@@ -58,6 +59,10 @@ END_MAGIC = b"LMZE"
 VERSION = 2
 MAX_CHUNK_SIZE = 1 << 30  # a decoder refuses larger chunks: no allocation from untrusted sizes
 MAX_PARAMS_LEN = 0xFFFF
+
+#: the params of a stream whose chunks use no model (all stored or LZMA): it decompresses
+#: without loading one; model_sha256 is zeros
+NO_MODEL_PARAMS: dict[str, Any] = {}
 
 #: chunk coding methods (the ``method`` byte of a chunk record)
 METHOD_MODEL = 0  # the stream's model and the range coder: n_tokens symbols
@@ -108,6 +113,11 @@ class StreamHeader:
     @property
     def fingerprint(self) -> bytes:
         return fingerprint(self.model_sha256, self.params)
+
+    @property
+    def names_no_model(self) -> bool:
+        """True for a stream that uses no model (no chunk may be model-coded)."""
+        return self.params == NO_MODEL_PARAMS and not any(self.model_sha256)
 
 
 @dataclass(frozen=True)

@@ -45,9 +45,11 @@ GOLDEN_STREAM = (
     + "000000000100000019000000000000001900000019000000140000008146f4c00010f77b37"
     + "2d0000004c4d5a45"
 )
+# a stream whose chunks use no model: zero model_sha256, params {} (decompresses without a model)
+_NO_MODEL_HEADER = "894c4d5a0200" "0200" + "00" * 32 + "7b7d" "2118ed94"
 # lmzip.compress(bytes([7, 200, 33]), model="order1", method="classic"): a stored chunk
 GOLDEN_STORED_STREAM = (
-    _ORDER1_HEADER
+    _NO_MODEL_HEADER
     + "0300000000000000030000008f8244b5017880384e"  # 3 bytes, 0 tokens, 3 payload bytes, stored
     + "07c821"  # the bytes themselves
     + "000000000100000003000000000000000300000000000000030000008f8244b5013f2441ab"
@@ -55,7 +57,7 @@ GOLDEN_STORED_STREAM = (
 )
 # lmzip.compress(b"\0\1\2\3" * 16, model="order1", method="classic"): an LZMA chunk
 GOLDEN_LZMA_STREAM = (
-    _ORDER1_HEADER
+    _NO_MODEL_HEADER
     + "4000000000000000140000008e4f246002" "1b25931c"  # 64 bytes, 0 tokens, 20 payload bytes, lzma
     + "00" "5d"  # no BCJ filter; lc=3 lp=0 pb=2 ((2 * 5 + 0) * 9 + 3 = 93)
     + "e0003f000a5d000000525026c8f81b000000"  # raw LZMA2 (18 bytes; e0: LZMA2 chunk with new settings)
@@ -98,6 +100,25 @@ def test_golden_stream(order1):
 def test_golden_classic_streams(order1, data, golden):
     assert lmzip.compress(data, model=order1, method="classic").hex() == golden
     assert lmzip.decompress(bytes.fromhex(golden)) == data
+    assert lmzip.decompress(bytes.fromhex(golden), model="no-such-model") == data  # no model is loaded
+
+
+def test_a_stream_names_no_model_only_when_no_chunk_uses_one(order1):
+    def header(packed):
+        return fmt.parse_header(packed)
+
+    assert header(lmzip.compress(b"", model=order1)).names_no_model
+    assert header(lmzip.compress(bytes(300), model=order1)).names_no_model  # one LZMA chunk
+    assert not header(lmzip.compress(b"abracadabra, abracadabra!", model=order1)).names_no_model
+    # chunks coded before flush() cannot know what follows: the header names the model
+    assert not header(lmzip.compress(bytes(300), model=order1, chunk_size=100)).names_no_model
+    assert header(lmzip.compress(bytes(300), model=order1, chunk_size=100, method="classic")).names_no_model
+    # a model-coded chunk in a stream that names no model is damage
+    forged = bytearray.fromhex(GOLDEN_STREAM)
+    no_model = bytes.fromhex(_NO_MODEL_HEADER)
+    forged[: len(bytes.fromhex(_ORDER1_HEADER))] = no_model
+    with pytest.raises(CorruptError, match="coded by a model, but the stream header names none"):
+        lmzip.decompress(bytes(forged))
 
 
 def test_empty_input_is_header_and_end_record(order1):
