@@ -144,14 +144,14 @@ def test_damaged_and_truncated_input(tmp_path, sample):
 
 
 def test_model_mismatch_is_one_line(tmp_path, sample):
-    run("compress", *FAST, str(sample), check=0)
+    run("compress", *FAST, "--method", "model", str(sample), check=0)  # (auto may pick LZMA: no model)
     proc = run("decompress", "-c", "-m", "smollm2-135m", str(tmp_path / "sample.txt.lmz"))
     assert_one_line_error(proc)
     assert "another model" in proc.stderr.decode()
 
 
 def test_test_info_models_version_help(tmp_path, sample):
-    run("compress", *FAST, str(sample), check=0)
+    run("compress", *FAST, "--method", "model", str(sample), check=0)
     packed = tmp_path / "sample.txt.lmz"
     proc = run("test", str(packed), check=0)
     assert b"OK" in proc.stderr and proc.stdout == b""
