@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Protocol
 
 from . import __version__
-from .classic import Classic, available
+from .baselines import Classic, available
 from .codec import Stats
 from .core import DEFAULT_CHUNK_SIZE, LMZipCompressor, decompress
 from .corpora import CorpusFile

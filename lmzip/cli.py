@@ -19,9 +19,16 @@ import click
 from . import __version__, cdf
 from . import format as fmt
 from .codec import Stats
-from .core import DEFAULT_CHUNK_SIZE, LMZipCompressor, iter_decompress, scan_streams
+from .core import DEFAULT_CHUNK_SIZE, METHODS, LMZipCompressor, iter_decompress, scan_streams
 from .errors import LMZipError
-from .predictors.registry import DEFAULT_CONTEXT, DEFAULT_MODEL, known_models, load_model
+from .predictors.registry import (
+    DEFAULT_CONTEXT,
+    DEFAULT_MODEL,
+    MAX_CONTEXT,
+    MIN_CONTEXT,
+    known_models,
+    load_model,
+)
 
 SUFFIX = ".lmz"
 READ_SIZE = 1 << 16
@@ -91,11 +98,14 @@ class ProgressLine:
 
 
 @contextlib.contextmanager
-def atomic_output(path: Path, force: bool, like: Path | None = None) -> Iterator[IO[bytes]]:
+def atomic_output(path: Path, force: bool, like: Path | None = None,
+                  verify: Callable[[Path], None] | None = None) -> Iterator[IO[bytes]]:
     """Write to a temporary file beside ``path``; move it into place only on success.
 
     Without ``force`` an existing ``path`` is never replaced, even one that appears
-    while we work.  On any error or Ctrl-C the temporary file is removed.
+    while we work.  ``verify`` is called with the complete temporary file before it is
+    moved; if it raises, nothing is moved.  On any error or Ctrl-C the temporary file
+    is removed.
     """
     if path.exists() and not force:
         raise Failure(f"{path}: already exists; use -f to overwrite")
@@ -108,6 +118,8 @@ def atomic_output(path: Path, force: bool, like: Path | None = None) -> Iterator
             yield f
             f.flush()
             os.fsync(f.fileno())
+        if verify is not None:
+            verify(tmp)
         if like is not None:  # keep the input's permissions and times, as gzip does
             st = like.stat()
             os.chmod(tmp, stat.S_IMODE(st.st_mode))
@@ -274,7 +286,7 @@ def main() -> None:
 @main.command(epilog=EXIT_CODES)
 @click.argument("files", nargs=-1, type=click.Path(dir_okay=True, allow_dash=True))
 @common_options
-@click.option("--context", type=click.IntRange(16, 1 << 20), default=DEFAULT_CONTEXT, show_default=True,
+@click.option("--context", type=click.IntRange(MIN_CONTEXT, MAX_CONTEXT), default=DEFAULT_CONTEXT, show_default=True,
               help="Context window in tokens.")
 @click.option("--chunk-size", type=click.IntRange(1, fmt.MAX_CHUNK_SIZE), default=DEFAULT_CHUNK_SIZE,
               show_default=True, help="Bytes per independently coded chunk.")
@@ -289,8 +301,11 @@ def main() -> None:
               help="Learning rate of the model's weight (0: fixed).")
 @click.option("--bias-rate", type=click.FloatRange(0, 1), default=None,
               help="Learning rate of the per-token bias (0: off).")
+@click.option("--method", type=click.Choice(METHODS), default="auto", show_default=True,
+              help="auto: text to the model, binary data to LZMA (or stored), whichever codes a chunk "
+                   "smaller; model: every chunk through the model; classic: no model.")
 def compress(files, output, to_stdout, keep, rm, force, quiet, verbose, progress, model, threads,
-             context, chunk_size, use_mix, orders, match_len, mix_rate, llm_rate, bias_rate) -> None:
+             context, chunk_size, use_mix, orders, match_len, mix_rate, llm_rate, bias_rate, method) -> None:
     """Compress FILES to FILE.lmz with a language model."""
     job = Job(output=output, stdout=to_stdout, keep=keep, rm=rm, force=force, quiet=quiet,
               verbose=verbose, progress=progress)
@@ -311,17 +326,18 @@ def compress(files, output, to_stdout, keep, rm, force, quiet, verbose, progress
             raise Failure("refusing to write compressed data to a terminal (use -o, redirect, or -f)")
         fin, src, size = _open_input(name)
         line = ProgressLine(Path(name).name if src else "stdin", size, job.progress)
-        comp = LMZipCompressor(lm, chunk_size=chunk_size, progress=line)
+        comp = LMZipCompressor(lm, chunk_size=chunk_size, progress=line, method=method)
         started = time.monotonic()
         try:
             if target is None:
                 _compress_file(fin, sys.stdout.buffer, comp)
                 sys.stdout.buffer.flush()
             else:
-                with atomic_output(target, job.force, like=src) as fout:
+                verify = (lambda packed: _verify(src, packed, lm)) if job.rm and src is not None else None
+                with atomic_output(target, job.force, like=src, verify=verify) as fout:
                     _compress_file(fin, fout, comp)
-                if job.rm and src is not None:
-                    _verify_then_remove(src, target, lm)
+                if verify is not None:
+                    src.unlink()  # only now: the output is in place and decompresses to the input
         finally:
             line.done()
             if src is not None:
@@ -381,16 +397,22 @@ def _describe_mix(raw) -> str:
             f"rates {m.rate}/{m.llm_rate}/{m.bias_rate} (weights/model/bias)")
 
 
-def _verify_then_remove(src: Path, target: Path, model) -> None:
-    """--rm: decompress the new file with the model that made it and compare with the
-    input before deleting it (the header's name alone cannot find a --model PATH.gguf)."""
-    with open(target, "rb") as packed, open(src, "rb") as original:
-        for block in iter_decompress(packed, model=model):
-            if original.read(len(block)) != block:
-                raise Failure(f"{src}: verification failed; input kept")
-        if original.read(1):
-            raise Failure(f"{src}: verification failed; input kept")
-    src.unlink()
+def _verify(src: Path, packed: Path, model) -> None:
+    """--rm: decompress the complete (not yet renamed) output with the model that made it
+    and compare it with the input (the header's name alone cannot find a --model PATH.gguf).
+    On failure the output is never put in place and the input is kept."""
+    def failed(why: str) -> Failure:
+        return Failure(f"{src}: verification failed ({why}); no output written, input kept")
+
+    try:
+        with open(packed, "rb") as fp, open(src, "rb") as original:
+            for block in iter_decompress(fp, model=model):
+                if original.read(len(block)) != block:
+                    raise failed("decompressed data differs from the input")
+            if original.read(1):
+                raise failed("decompressed data is shorter than the input")
+    except LMZipError as exc:
+        raise failed(str(exc)) from None
 
 
 @main.command(epilog=EXIT_CODES)
@@ -486,7 +508,10 @@ def info(files) -> None:
             bpb = 8 * s.compressed_size / s.end.original_len if s.end.original_len else 0.0
             tokens = sum(c.n_tokens for c in s.end.chunks)
             click.echo(f"  format        lmzip version {s.header.version}")
-            click.echo(f"  model         {p.get('model')} ({p.get('backend')})")
+            if s.header.names_no_model:
+                click.echo("  model         none (no chunk is coded by a model)")
+            else:
+                click.echo(f"  model         {p.get('model')} ({p.get('backend')})")
             if any(s.header.model_sha256):
                 click.echo(f"  model sha256  {s.header.model_sha256.hex()}")
             if "context" in p:
@@ -495,6 +520,14 @@ def info(files) -> None:
                 click.echo(f"  mixing        {_describe_mix(p['mix'])}")
             click.echo(f"  fingerprint   {s.header.fingerprint.hex()}")
             click.echo(f"  original      {s.end.original_len} bytes, {tokens} tokens, {len(s.end.chunks)} chunk(s)")
+            by_method: dict[str, list[int]] = {}
+            for c in s.end.chunks:
+                counts = by_method.setdefault(c.method_name, [0, 0, 0])
+                counts[0] += 1
+                counts[1] += c.raw_len
+                counts[2] += c.payload_len
+            for name, (n, raw, packed) in by_method.items():
+                click.echo(f"  {name + ' chunks':<13} {n}: {raw} -> {packed} bytes")
             click.echo(f"  compressed    {s.compressed_size} bytes, {bpb:.3f} bits per byte")
 
     _run(job, list(files), work)

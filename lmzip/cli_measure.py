@@ -168,7 +168,7 @@ def bench(paths, corpora_names, corpora, models, classic, limit_bytes, context, 
             raise click.UsageError("no files: give PATHS or --corpus")
         if not models and not classic:
             raise click.UsageError("nothing to run: --no-classic and no model")
-        from .classic import available
+        from .baselines import available
 
         missing = available()[1] if classic else []
         if missing:

@@ -9,18 +9,22 @@ from __future__ import annotations
 
 import io
 import os
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO
 
+from . import detect
 from . import format as fmt
+from .classic import compress_classic, decompress_classic
 from .codec import Progress, Stats, compress_chunk, decompress_chunk
 from .errors import CorruptError, FormatError, TruncatedError
 from .predictors.base import Model
-from .predictors.registry import load_model, model_for_header
+from .predictors.registry import MAX_CONTEXT, MIN_CONTEXT, load_model, model_for_header
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
+    "METHODS",
     "LMZipCompressor",
     "LMZipDecompressor",
     "compress",
@@ -31,6 +35,9 @@ __all__ = [
 ]
 
 DEFAULT_CHUNK_SIZE = 1 << 20
+
+#: how the compressor chooses each chunk's coding method
+METHODS = ("auto", "model", "classic")
 
 ModelArg = str | os.PathLike | Model | None
 
@@ -58,16 +65,24 @@ class LMZipCompressor:
         progress: called every few tokens with the running :class:`~lmzip.codec.Stats`.
         mix: a :class:`~lmzip.mixing.MixSettings` (default ``DEFAULT_MIX``; ``NO_MIX``
             for the bare language model); ignored when ``model`` is a loaded model.
+        method: ``"auto"`` (default): text goes to the model, binary regions (found by
+            :mod:`lmzip.detect`) to the classic coder (LZMA or stored), and a model-coded
+            chunk that comes out larger than its classic coding is stored classically;
+            ``"model"``: every chunk through the model; ``"classic"``: no model at all.
     """
 
     def __init__(self, model: ModelArg = None, *, context: int | None = None, threads: int | None = None,
-                 chunk_size: int = DEFAULT_CHUNK_SIZE, progress: Progress | None = None, mix=None):
+                 chunk_size: int = DEFAULT_CHUNK_SIZE, progress: Progress | None = None, method: str = "auto",
+                 mix=None):
         if not 1 <= chunk_size <= fmt.MAX_CHUNK_SIZE:
             raise ValueError(f"chunk_size must be between 1 and {fmt.MAX_CHUNK_SIZE}")
-        if context is not None and context < 16:
-            raise ValueError("context must be at least 16 tokens")
+        if context is not None and not MIN_CONTEXT <= context <= MAX_CONTEXT:
+            raise ValueError(f"context must be between {MIN_CONTEXT} and {MAX_CONTEXT} tokens")
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(METHODS)}")
         self.model = model if isinstance(model, Model) else load_model(model, context=context, threads=threads,
                                                                         mix=mix)
+        self.method = method
         self.chunk_size = chunk_size
         self.progress = progress
         self.stats = Stats()
@@ -75,27 +90,56 @@ class LMZipCompressor:
         self._started = False
         self._finished = False
 
-    def _header(self) -> bytes:
+    def _header(self, uses_model: bool = True) -> bytes:
         if self._started:
             return b""
         self._started = True
+        if not uses_model or self.method == "classic":  # decompresses without loading any model
+            return fmt.pack_header(bytes(32), fmt.NO_MODEL_PARAMS)
         return fmt.pack_header(self.model.model_sha256, self.model.params())
 
-    def _chunk(self, data: bytes) -> bytes:
-        info, payload = compress_chunk(self.model, data, self.stats, self.progress)
+    def _chunk(self, data: bytes, text: bool) -> bytes:
+        if text and self.method != "classic":
+            info, payload = compress_chunk(self.model, data, self.stats, self.progress)
+            if self.method == "auto":  # safety net: never worse than the classic coder
+                method, classic = compress_classic(data)
+                if len(classic) < len(payload):
+                    self.stats.payload_bytes += len(classic) - len(payload)
+                    info = self.stats.chunks[-1] = fmt.ChunkInfo(len(data), 0, len(classic), info.data_crc, method)
+                    payload = classic
+            return fmt.pack_chunk_record(info, payload)
+        method, payload = compress_classic(data)
+        info = fmt.ChunkInfo(len(data), 0, len(payload), zlib.crc32(data) & 0xFFFFFFFF, method)
+        self.stats.raw_bytes += len(data)
+        self.stats.payload_bytes += len(payload)
+        self.stats.chunks.append(info)
+        if self.progress is not None:
+            self.progress(self.stats)
         return fmt.pack_chunk_record(info, payload)
+
+    def _next_chunk(self, final: bool) -> bytes:
+        """Cut and code the next chunk from the buffer: its first ``chunk_size`` bytes,
+        or less at a text/binary boundary (``final``: the buffer holds the last of the input)."""
+        view = bytes(self._buf[: self.chunk_size])
+        if self.method == "auto":
+            cut, text = detect.first_region(view)
+        else:
+            cut, text = len(view), self.method == "model"
+        if text and cut == self.chunk_size and not final:
+            cut = _utf8_cut(self._buf, cut)
+        del self._buf[:cut]
+        return self._chunk(view[:cut], text)
 
     def compress(self, data: bytes) -> bytes:
         """Feed ``data``; returns whatever compressed bytes are ready (maybe ``b""``)."""
         if self._finished:
             raise ValueError("compressor has been flushed")
         self._buf += memoryview(data).cast("B")
-        out = [self._header()]
+        out = []
         while len(self._buf) > self.chunk_size:  # '>': keep the last chunk for flush()
-            cut = _utf8_cut(self._buf, self.chunk_size)
-            chunk = bytes(self._buf[:cut])
-            del self._buf[:cut]
-            out.append(self._chunk(chunk))
+            out.append(self._next_chunk(final=False))
+        if out:  # later chunks are unknown yet: the header names the model
+            out.insert(0, self._header())
         return b"".join(out)
 
     def flush(self) -> bytes:
@@ -103,9 +147,12 @@ class LMZipCompressor:
         if self._finished:
             raise ValueError("repeated call to flush()")
         out = [self.compress(b"")]
-        if self._buf:
-            out.append(self._chunk(bytes(self._buf)))
-            self._buf.clear()
+        first = len(self.stats.chunks)
+        while self._buf:
+            out.append(self._next_chunk(final=True))
+        # all chunks known before the header is written: name no model if none is model-coded
+        uses_model = any(c.method == fmt.METHOD_MODEL for c in self.stats.chunks[first:])
+        out.insert(0, self._header(uses_model))
         out.append(fmt.pack_end_record(self.stats.chunks))
         self._finished = True
         return b"".join(out)
@@ -146,14 +193,15 @@ class LMZipDecompressor:
             if size is None or len(buf) < size:
                 return False
             header = fmt.parse_header(bytes(buf[:size]))
-            self.model = model_for_header(header, self._model_arg, threads=self._threads)
+            if not header.names_no_model:
+                self.model = model_for_header(header, self._model_arg, threads=self._threads)
             self.header = header
             del buf[:size]
             return True
         if len(buf) < 4:
             return False
         if int.from_bytes(buf[:4], "little") == 0:  # the end record
-            size = fmt.end_record_size(bytes(buf[: fmt.END_HEAD_SIZE]))
+            size = fmt.end_record_size(bytes(buf[: fmt.END_HEAD_SIZE]), chunks_read=len(self.stats.chunks))
             if size is None or len(buf) < size:
                 return False
             end = fmt.parse_end_record(bytes(buf[:size]))
@@ -171,8 +219,18 @@ class LMZipDecompressor:
             return False
         payload = bytes(buf[fmt.CHUNK_RECORD_SIZE : total])
         del buf[:total]
-        assert self.model is not None
-        self._pending += decompress_chunk(self.model, info, payload, self.stats, self.progress)
+        if info.method == fmt.METHOD_MODEL:
+            if self.model is None:
+                raise CorruptError(f"chunk {len(self.stats.chunks)} is coded by a model, "
+                                   f"but the stream header names none")
+            self._pending += decompress_chunk(self.model, info, payload, self.stats, self.progress)
+        else:
+            self._pending += decompress_classic(info, payload)
+            self.stats.raw_bytes += info.raw_len
+            self.stats.payload_bytes += info.payload_len
+            self.stats.chunks.append(info)
+            if self.progress is not None:
+                self.progress(self.stats)
         return True
 
     def decompress(self, data: bytes = b"", max_length: int = -1) -> bytes:
@@ -208,10 +266,11 @@ class LMZipDecompressor:
 
 
 def compress(data: bytes, *, model: ModelArg = None, context: int | None = None, threads: int | None = None,
-             chunk_size: int = DEFAULT_CHUNK_SIZE, progress: Progress | None = None, mix=None) -> bytes:
+             chunk_size: int = DEFAULT_CHUNK_SIZE, progress: Progress | None = None, method: str = "auto",
+             mix=None) -> bytes:
     """Compress ``data`` into one ``.lmz`` stream (see :class:`LMZipCompressor`)."""
     comp = LMZipCompressor(model, context=context, threads=threads, chunk_size=chunk_size, progress=progress,
-                           mix=mix)
+                           method=method, mix=mix)
     return comp.compress(data) + comp.flush()
 
 
@@ -304,7 +363,7 @@ def scan_streams(fp: IO[bytes]) -> list[StreamInfo]:
             marker = read_exact(4, "the lmzip stream (no end record)")
             if marker == bytes(4):
                 rest = read_exact(fmt.END_HEAD_SIZE - 4, "the end record")
-                end_size = fmt.end_record_size(marker + rest)
+                end_size = fmt.end_record_size(marker + rest, chunks_read=len(chunks))
                 assert end_size is not None
                 end = fmt.parse_end_record(marker + rest + read_exact(end_size - fmt.END_HEAD_SIZE, "the end record"))
                 if list(end.chunks) != chunks:
@@ -312,6 +371,8 @@ def scan_streams(fp: IO[bytes]) -> list[StreamInfo]:
                 break
             info = fmt.parse_chunk_record(marker + read_exact(fmt.CHUNK_RECORD_SIZE - 4, "a chunk header"))
             assert info is not None
+            if info.method == fmt.METHOD_MODEL and header.names_no_model:
+                raise CorruptError(f"chunk {len(chunks)} is coded by a model, but the stream header names none")
             if fp.tell() + info.payload_len > total:
                 raise TruncatedError("input ends inside a chunk payload")
             fp.seek(info.payload_len, io.SEEK_CUR)

@@ -1,13 +1,16 @@
-"""The ``.lmz`` container, version 1: packing and unpacking, nothing else.
+"""The ``.lmz`` container, version 2: packing and unpacking, nothing else.
 
 Layout (all integers little-endian; docs/format.md is the reference)::
 
     stream header   magic(4) version(1) flags(1) params_len(2) model_sha256(32)
                     params(params_len) header_crc(4)
-    chunk record*   raw_len(4) n_tokens(4) payload_len(4) data_crc(4) record_crc(4)
-                    payload(payload_len)
-    end record      zero(4) n_chunks(4) original_len(8) index(16 * n_chunks)
+    chunk record*   raw_len(4) n_tokens(4) payload_len(4) data_crc(4) method(1)
+                    record_crc(4) payload(payload_len)
+    end record      zero(4) n_chunks(4) original_len(8) index(17 * n_chunks)
                     index_crc(4) end_size(4) end_magic(4)
+
+``method`` says how a chunk's payload is coded: by the stream's model (range-coded
+tokens), stored as is, or by LZMA (binary data the model would code worse).
 
 ``model_sha256`` (the SHA-256 of the model file, zeros for built-in models) and
 ``params`` (canonical JSON, sorted keys, no spaces: the model's name and every
@@ -32,6 +35,11 @@ __all__ = [
     "END_MAGIC",
     "VERSION",
     "MAX_CHUNK_SIZE",
+    "METHOD_MODEL",
+    "METHOD_STORED",
+    "METHOD_LZMA",
+    "METHOD_NAMES",
+    "NO_MODEL_PARAMS",
     "StreamHeader",
     "ChunkInfo",
     "EndRecord",
@@ -48,12 +56,22 @@ __all__ = [
 
 MAGIC = b"\x89LMZ"  # high bit first, as PNG: catches 7-bit mangling
 END_MAGIC = b"LMZE"
-VERSION = 1
+VERSION = 2
 MAX_CHUNK_SIZE = 1 << 30  # a decoder refuses larger chunks: no allocation from untrusted sizes
 MAX_PARAMS_LEN = 0xFFFF
 
+#: the params of a stream whose chunks use no model (all stored or LZMA): it decompresses
+#: without loading one; model_sha256 is zeros
+NO_MODEL_PARAMS: dict[str, Any] = {}
+
+#: chunk coding methods (the ``method`` byte of a chunk record)
+METHOD_MODEL = 0  # the stream's model and the range coder: n_tokens symbols
+METHOD_STORED = 1  # the original bytes, as they are
+METHOD_LZMA = 2  # LZMA2 (lmzip/classic.py): for data the model would code worse
+METHOD_NAMES = {METHOD_MODEL: "model", METHOD_STORED: "stored", METHOD_LZMA: "lzma"}
+
 _FIXED = struct.Struct("<4sBBH32s")  # magic, version, flags, params_len, model_sha256
-_CHUNK = struct.Struct("<IIII")  # raw_len, n_tokens, payload_len, data_crc
+_CHUNK = struct.Struct("<IIIIB")  # raw_len, n_tokens, payload_len, data_crc, method
 _CRC = struct.Struct("<I")
 _END_HEAD = struct.Struct("<IIQ")  # zero, n_chunks, original_len
 _END_TAIL = struct.Struct("<I4s")  # end_size, end_magic
@@ -96,13 +114,24 @@ class StreamHeader:
     def fingerprint(self) -> bytes:
         return fingerprint(self.model_sha256, self.params)
 
+    @property
+    def names_no_model(self) -> bool:
+        """True for a stream that uses no model (no chunk may be model-coded)."""
+        return self.params == NO_MODEL_PARAMS and not any(self.model_sha256)
+
 
 @dataclass(frozen=True)
 class ChunkInfo:
     raw_len: int
+    #: symbols coded (METHOD_MODEL), 0 for the other methods
     n_tokens: int
     payload_len: int
     data_crc: int
+    method: int = METHOD_MODEL
+
+    @property
+    def method_name(self) -> str:
+        return METHOD_NAMES.get(self.method, f"unknown ({self.method})")
 
 
 @dataclass(frozen=True)
@@ -160,7 +189,7 @@ def parse_header(data: bytes) -> StreamHeader:
     blob = body[_FIXED.size : _FIXED.size + params_len]
     try:
         params = json.loads(blob.decode("ascii"))
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # RecursionError: [[[[...
         raise CorruptError(f"stream header parameters are not valid JSON: {exc}") from None
     if not isinstance(params, dict):
         raise CorruptError("stream header parameters are not a JSON object")
@@ -175,15 +204,16 @@ def pack_chunk_record(info: ChunkInfo, payload: bytes) -> bytes:
         raise ValueError(f"chunk size {info.raw_len} out of range")
     if len(payload) != info.payload_len:
         raise ValueError("payload length does not match the chunk info")
-    head = _CHUNK.pack(info.raw_len, info.n_tokens, info.payload_len, info.data_crc)
+    validate_chunk_info(info, ValueError)
+    head = _CHUNK.pack(info.raw_len, info.n_tokens, info.payload_len, info.data_crc, info.method)
     return head + _CRC.pack(_crc(head)) + payload
 
 
 def parse_chunk_record(data: bytes, offset: int = 0) -> ChunkInfo | None:
-    """Parse the 20-byte record head at ``offset``.
+    """Parse the 21-byte record head at ``offset``.
 
     Returns ``None`` when the head is the start of the end record (raw_len 0).
-    Needs at least 4 bytes; at least 20 unless it is the end record.
+    Needs at least 4 bytes; at least 21 unless it is the end record.
     """
     if len(data) - offset < 4:
         raise TruncatedError("input ends before the end of the lmzip stream")
@@ -200,15 +230,27 @@ def parse_chunk_record(data: bytes, offset: int = 0) -> ChunkInfo | None:
     return info
 
 
-def validate_chunk_info(info: ChunkInfo) -> None:
+def validate_chunk_info(info: ChunkInfo, error: type[Exception] = CorruptError) -> None:
+    """Refuse sizes no compressor writes, before anything is allocated or decoded."""
     if info.raw_len > MAX_CHUNK_SIZE:
-        raise CorruptError(f"chunk declares {info.raw_len} bytes, above the limit of {MAX_CHUNK_SIZE}")
+        raise error(f"chunk declares {info.raw_len} bytes, above the limit of {MAX_CHUNK_SIZE}")
     if info.raw_len == 0:
-        raise CorruptError("chunk declares zero bytes")
-    if info.n_tokens == 0 or info.n_tokens > info.raw_len:
-        raise CorruptError(f"chunk declares {info.n_tokens} tokens for {info.raw_len} bytes")
-    if info.payload_len % 4 or info.payload_len > payload_limit(info.raw_len):
-        raise CorruptError(f"chunk declares an impossible payload of {info.payload_len} bytes")
+        raise error("chunk declares zero bytes")
+    if info.payload_len > payload_limit(info.raw_len):
+        raise error(f"chunk declares an impossible payload of {info.payload_len} bytes for {info.raw_len} bytes")
+    if info.method == METHOD_MODEL:
+        if info.n_tokens == 0 or info.n_tokens > info.raw_len:
+            raise error(f"chunk declares {info.n_tokens} tokens for {info.raw_len} bytes")
+        if info.payload_len % 4:
+            raise error(f"chunk declares an impossible payload of {info.payload_len} bytes "
+                        f"(not whole 32-bit words)")
+    elif info.method in (METHOD_STORED, METHOD_LZMA):
+        if info.n_tokens != 0:
+            raise error(f"{info.method_name} chunk declares {info.n_tokens} tokens (must be 0)")
+        if info.method == METHOD_STORED and info.payload_len != info.raw_len:
+            raise error(f"stored chunk declares {info.payload_len} payload bytes for {info.raw_len} bytes")
+    else:
+        raise error(f"chunk uses unknown coding method {info.method}")
 
 
 # ---------------------------------------------------------------------------- end record
@@ -217,16 +259,23 @@ def validate_chunk_info(info: ChunkInfo) -> None:
 def pack_end_record(chunks: list[ChunkInfo]) -> bytes:
     original_len = sum(c.raw_len for c in chunks)
     body = _END_HEAD.pack(0, len(chunks), original_len)
-    body += b"".join(_CHUNK.pack(c.raw_len, c.n_tokens, c.payload_len, c.data_crc) for c in chunks)
+    body += b"".join(_CHUNK.pack(c.raw_len, c.n_tokens, c.payload_len, c.data_crc, c.method) for c in chunks)
     body += _CRC.pack(_crc(body))
     return body + _END_TAIL.pack(len(body) + END_TAIL_SIZE, END_MAGIC)
 
 
-def end_record_size(prefix: bytes, offset: int = 0) -> int | None:
-    """Total end record size once its first 16 bytes are known, else ``None``."""
+def end_record_size(prefix: bytes, offset: int = 0, chunks_read: int | None = None) -> int | None:
+    """Total end record size once its first 16 bytes are known, else ``None``.
+
+    With ``chunks_read`` (the chunks the reader has seen), a declared chunk count that
+    differs is refused at once: the index size is never taken from an untrusted field.
+    """
     if len(prefix) - offset < END_HEAD_SIZE:
         return None
     n_chunks = _END_HEAD.unpack_from(prefix, offset)[1]
+    if chunks_read is not None and n_chunks != chunks_read:
+        raise CorruptError(f"end record (index) is damaged: it lists {n_chunks} chunks, "
+                           f"the stream has {chunks_read}")
     return END_HEAD_SIZE + _CHUNK.size * n_chunks + _CRC.size + END_TAIL_SIZE
 
 

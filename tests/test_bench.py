@@ -14,7 +14,7 @@ import sys
 import pytest
 
 from lmzip import bench, corpora, report
-from lmzip.classic import CLASSIC, Classic
+from lmzip.baselines import CLASSIC, Classic
 from lmzip.plots import have_matplotlib
 
 

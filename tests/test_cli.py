@@ -144,14 +144,14 @@ def test_damaged_and_truncated_input(tmp_path, sample):
 
 
 def test_model_mismatch_is_one_line(tmp_path, sample):
-    run("compress", *FAST, str(sample), check=0)
+    run("compress", *FAST, "--method", "model", str(sample), check=0)  # (auto may pick LZMA: no model)
     proc = run("decompress", "-c", "-m", "smollm2-135m", str(tmp_path / "sample.txt.lmz"))
     assert_one_line_error(proc)
     assert "another model" in proc.stderr.decode()
 
 
 def test_test_info_models_version_help(tmp_path, sample):
-    run("compress", *FAST, str(sample), check=0)
+    run("compress", *FAST, "--method", "model", str(sample), check=0)
     packed = tmp_path / "sample.txt.lmz"
     proc = run("test", str(packed), check=0)
     assert b"OK" in proc.stderr and proc.stdout == b""
@@ -171,7 +171,7 @@ def test_info_lists_concatenated_streams(tmp_path, sample):
     packed = (tmp_path / "sample.txt.lmz").read_bytes()
     (tmp_path / "two.lmz").write_bytes(packed + packed)
     info = run("info", str(tmp_path / "two.lmz"), check=0).stdout.decode()
-    assert "stream 2" in info and info.count("lmzip version 1") == 2
+    assert "stream 2" in info and info.count("lmzip version 2") == 2
 
 
 def test_progress_line(sample):
@@ -203,14 +203,163 @@ def test_ctrl_c_leaves_no_partial_output(tmp_path):
     path.write_bytes(corpus_slice("plrabn12.txt", 0, 60_000))
     before = path.read_bytes()
     proc = subprocess.Popen([*LMZIP, "compress", str(path)], stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]:  # wait until it writes
-        assert time.monotonic() < deadline and proc.poll() is None
-        time.sleep(0.1)
-    time.sleep(1.0)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    try:
+        deadline = time.monotonic() + 600  # loading the model takes minutes on a loaded machine
+        while not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]:  # wait until it writes
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.1)
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:  # the test failed: do not leave the compressor running
+            proc.kill()
+            proc.wait()
     assert proc.returncode == 130, err
     assert b"interrupted" in err and b"Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["long.txt"]  # no output, no temp file
     assert path.read_bytes() == before
+
+
+# ---------------------------------------------------------------------------- no data loss
+
+
+def run_here(*args) -> int:
+    """The CLI in this process (so a test can break one of its parts); returns the exit status."""
+    from lmzip import cli
+
+    try:
+        cli.main.main(args=list(args), prog_name="lmzip", standalone_mode=False)
+    except SystemExit as exc:
+        return exc.code
+    return 0
+
+
+def test_rm_verification_failure_writes_nothing_and_keeps_the_input(tmp_path, sample, monkeypatch, capsys):
+    from lmzip import cli
+
+    original = sample.read_bytes()
+    (tmp_path / "sample.txt.lmz").write_bytes(b"older output")
+
+    def lossy(fp, **kw):  # a decompressor that loses a byte
+        data = b"".join(lmzip.core.iter_decompress(fp, **kw))
+        yield data[:-1]
+
+    monkeypatch.setattr(cli, "iter_decompress", lossy)
+    assert run_here("compress", *FAST, "--rm", "-f", str(sample)) == 1
+    err = capsys.readouterr().err
+    assert "verification failed (decompressed data is shorter than the input); no output written, input kept" in err
+    assert sample.read_bytes() == original
+    assert (tmp_path / "sample.txt.lmz").read_bytes() == b"older output"  # -f did not replace it by a bad one
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sample.txt", "sample.txt.lmz"]  # no temp file
+
+    def damaged(fp, **kw):
+        raise lmzip.ChecksumError("chunk is damaged")
+        yield b""
+
+    (tmp_path / "sample.txt.lmz").unlink()
+    monkeypatch.setattr(cli, "iter_decompress", damaged)
+    assert run_here("compress", *FAST, "--rm", str(sample)) == 1
+    assert "verification failed (chunk is damaged)" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sample.txt"]
+
+
+def _file_size_limit(limit: int):
+    def apply() -> None:
+        import resource
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+def test_disk_full_while_writing_a_file_leaves_nothing(tmp_path):
+    # RLIMIT_FSIZE makes writes fail part way, as a full disk does (EFBIG instead of ENOSPC)
+    path = tmp_path / "data.bin"
+    path.write_bytes(corpus_slice("kennedy.xls", 0, 200_000))
+    before = path.read_bytes()
+    for args in (["compress", *FAST, "--rm", str(path)], ["compress", *FAST, str(path)]):
+        proc = subprocess.run([*LMZIP, *args], capture_output=True, timeout=600,
+                              preexec_fn=_file_size_limit(4096))
+        assert_one_line_error(proc)
+        assert "too large" in proc.stderr.decode().lower()
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["data.bin"]  # no output, no temp file
+        assert path.read_bytes() == before  # --rm or not, the input is kept
+    run("compress", *FAST, str(path), check=0)
+    packed = tmp_path / "data.bin.lmz"
+    path.unlink()
+    proc = subprocess.run([*LMZIP, "decompress", "--rm", str(packed)], capture_output=True, timeout=600,
+                          preexec_fn=_file_size_limit(4096))
+    assert_one_line_error(proc)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.bin.lmz"]
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+def test_disk_full_on_stdout(sample):
+    with open("/dev/full", "wb") as full:
+        proc = subprocess.run([*LMZIP, "compress", *FAST, "-c", str(sample)], stdout=full,
+                              stderr=subprocess.PIPE, timeout=600)
+    assert_one_line_error(proc)
+    assert "No space left on device" in proc.stderr.decode()
+    assert sample.exists()
+
+
+def test_unreadable_input(tmp_path, sample, monkeypatch, capsys):
+    if os.geteuid() != 0:  # a real permission error
+        sample.chmod(0)
+        try:
+            proc = run("compress", *FAST, str(sample))
+        finally:
+            sample.chmod(0o644)
+        assert_one_line_error(proc)
+        assert "permission denied" in proc.stderr.decode()
+    # as root (or anyone), simulated: open() refuses the file
+    import builtins
+
+    real_open = builtins.open
+
+    def refusing_open(file, *args, **kwargs):
+        if str(file) == str(sample):
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", refusing_open)
+    assert run_here("compress", *FAST, "--rm", str(sample)) == 1
+    assert f"{sample}: permission denied" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sample.txt"]
+
+
+def test_unwritable_output_directory(tmp_path, sample, monkeypatch, capsys):
+    import tempfile
+
+    def refusing_mkstemp(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "mkstemp", refusing_mkstemp)
+    assert run_here("compress", *FAST, "--rm", str(sample)) == 1
+    assert "Permission denied" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sample.txt"]
+
+
+def test_missing_file_and_directory_messages(tmp_path):
+    for command in ("compress", "decompress", "test", "info"):
+        extra = [*FAST] if command == "compress" else []
+        name = "missing.txt.lmz" if command != "compress" else "missing.txt"
+        proc = run(command, *extra, str(tmp_path / name))
+        assert_one_line_error(proc)
+        assert "no such file" in proc.stderr.decode()
+        proc = run(command, *extra, *(["-c"] if command in ("compress", "decompress") else []), str(tmp_path))
+        assert_one_line_error(proc)
+        assert "is a directory" in proc.stderr.decode()
+
+
+def test_method_option_and_info_lists_methods(tmp_path):
+    path = tmp_path / "mixed.bin"
+    path.write_bytes(corpus_slice("alice29.txt", 0, 12_000) + corpus_slice("kennedy.xls", 1, 30_000))
+    for method, shown, absent in (("auto", "lzma chunks", "stored chunks"), ("model", "model chunks", "lzma"),
+                                  ("classic", "lzma chunks", "model chunks")):
+        run("compress", *FAST, "-f", "--method", method, str(path), check=0)
+        info = run("info", str(tmp_path / "mixed.bin.lmz"), check=0).stdout.decode()
+        assert shown in info and absent not in info, (method, info)
+        assert run("decompress", "-c", str(tmp_path / "mixed.bin.lmz"), check=0).stdout == path.read_bytes()
+    assert run("compress", *FAST, "--method", "xz", str(path)).returncode == 2

@@ -2,6 +2,7 @@
 message; never another exception, a hang, or output that differs from the original."""
 
 import random
+import struct
 
 import pytest
 
@@ -133,3 +134,123 @@ def test_llm_payload_damage_is_detected(llm):
     packed[fmt.header_size(bytes(packed)) + fmt.CHUNK_RECORD_SIZE + 3] ^= 0x40
     with pytest.raises((ChecksumError, CorruptError)):
         lmzip.decompress(bytes(packed))
+
+
+# ---------------------------------------------------------------------------- forged fields
+# Regression tests for what fuzzing and review found: each was a non-LMZipError, an
+# allocation sized by a forged field, or a file opened because a header named it.
+
+
+def _header(blob: bytes, sha: bytes = bytes(32)) -> bytes:
+    head = struct.pack("<4sBBH32s", fmt.MAGIC, fmt.VERSION, 0, len(blob), sha) + blob
+    return head + struct.pack("<I", fmt._crc(head))
+
+
+def _stream(order1, records: list[tuple[fmt.ChunkInfo, bytes]]) -> bytes:
+    """A stream whose records all have valid CRCs, and a matching index."""
+    head = fmt.pack_header(order1.model_sha256, order1.params())
+    body = b"".join(struct.pack("<IIIIB", i.raw_len, i.n_tokens, i.payload_len, i.data_crc, i.method) for i, _ in
+                    records)
+    chunks = b"".join(
+        _sealed(struct.pack("<IIIIB", i.raw_len, i.n_tokens, i.payload_len, i.data_crc, i.method)) + p
+        for i, p in records)
+    end = struct.pack("<IIQ", 0, len(records), sum(i.raw_len for i, _ in records)) + body
+    end = _sealed(end)
+    return head + chunks + end + struct.pack("<I4s", len(end) + 8, fmt.END_MAGIC)
+
+
+def _sealed(body: bytes) -> bytes:
+    return body + struct.pack("<I", fmt._crc(body))
+
+
+def test_deeply_nested_header_json_is_corrupt_not_recursion_error():
+    # was: RecursionError from json.loads (the header CRC was valid)
+    with pytest.raises(CorruptError, match="not valid JSON"):
+        lmzip.decompress(_header(b"[" * 60000) + bytes(4))
+
+
+def test_header_model_name_is_never_opened_as_a_path(monkeypatch, tmp_path):
+    # was: the header's name was tried as a file path, hashed and handed to llama.cpp
+    from lmzip.predictors import registry
+
+    (tmp_path / "model.gguf").write_bytes(b"not a model")
+    monkeypatch.setattr(registry, "file_sha256", lambda path: pytest.fail(f"opened {path}"))
+    blob = fmt.canonical_json({"backend": "llama.cpp 0.3.36", "context": 64, "model": str(tmp_path / "model.gguf")})
+    with pytest.raises(lmzip.ModelNotFoundError, match="not a known model name.*--model PATH.gguf"):
+        lmzip.decompress(_header(blob) + bytes(4))
+
+
+@pytest.mark.parametrize("context", [10**9, 2**40, -5, 0, 15, True, 2.5, "2048"])
+def test_header_context_out_of_range_is_refused_before_any_model_is_built(monkeypatch, context):
+    # was: a 10**9-token window reached llama.cpp, which sized its KV cache by it
+    from lmzip.predictors import registry
+
+    monkeypatch.setattr(registry, "load_model", lambda *a, **k: pytest.fail("a model was built"))
+    blob = fmt.canonical_json({"backend": "llama.cpp 0.3.36", "context": context, "model": "smollm2-135m"})
+    with pytest.raises(FormatError, match="context of"):
+        lmzip.decompress(_header(blob) + bytes(4))
+
+
+def test_forged_index_count_is_refused_before_the_index_is_read(order1, tmp_path):
+    # was: MemoryError in `lmzip info` (a 64 GiB read) and a TruncatedError from decompress
+    from lmzip.core import scan_streams
+
+    forged = fmt.pack_header(order1.model_sha256, order1.params()) + struct.pack("<IIQ", 0, 2**32 - 1, 5)
+    forged += bytes(64)
+    path = tmp_path / "forged.lmz"
+    path.write_bytes(forged)
+    with open(path, "rb") as f, pytest.raises(CorruptError, match="lists 4294967295 chunks, the stream has 0"):
+        scan_streams(f)
+    with pytest.raises(CorruptError, match="lists 4294967295 chunks"):
+        lmzip.decompress(forged)
+
+
+def _lzma_info(raw: bytes, payload: bytes, raw_len: int | None = None) -> tuple[fmt.ChunkInfo, bytes]:
+    import zlib
+
+    return fmt.ChunkInfo(raw_len or len(raw), 0, len(payload), zlib.crc32(raw), fmt.METHOD_LZMA), payload
+
+
+@pytest.mark.parametrize("payload, message", [
+    (b"\x00", "too short"),
+    (b"\x09\x5d\x00", "unknown filter 9"),
+    (b"\x00\xff\x00", "invalid settings byte"),
+    (b"\x00\x5d" + bytes(20), "damaged"),
+])
+def test_lzma_chunks_with_bad_settings_or_data(order1, payload, message):
+    with pytest.raises(CorruptError, match=message):
+        lmzip.decompress(_stream(order1, [_lzma_info(b"x" * 50, payload)]))
+
+
+def test_lzma_chunk_longer_or_shorter_than_declared(order1):
+    from lmzip.classic import compress_classic
+
+    data = b"abcd" * 100 + bytes(range(200))
+    method, payload = compress_classic(data)
+    assert method == fmt.METHOD_LZMA
+    assert lmzip.decompress(_stream(order1, [_lzma_info(data, payload)])) == data
+    with pytest.raises(ChecksumError, match="longer than the declared 599"):
+        lmzip.decompress(_stream(order1, [_lzma_info(data, payload, raw_len=599)]))
+    with pytest.raises(ChecksumError, match="has 600 bytes, expected 601"):
+        lmzip.decompress(_stream(order1, [_lzma_info(data, payload, raw_len=601)]))
+    with pytest.raises(CorruptError, match="does not end where the payload ends"):
+        lmzip.decompress(_stream(order1, [_lzma_info(data, payload + b"\x00")]))
+
+
+def test_lzma_dictionary_is_bounded_whatever_the_declared_size(order1):
+    from lmzip.classic import MAX_DICT, dict_size
+
+    assert dict_size(fmt.MAX_CHUNK_SIZE) == MAX_DICT == 64 << 20
+    assert dict_size(1) == 4096
+    # a forged 1 GiB chunk with a tiny payload fails at once
+    with pytest.raises(CorruptError):
+        lmzip.decompress(_stream(order1, [_lzma_info(b"", b"\x00\x5d" + bytes(30), raw_len=fmt.MAX_CHUNK_SIZE)]))
+
+
+def test_stored_chunk_is_checked(order1):
+    import zlib
+
+    info = fmt.ChunkInfo(5, 0, 5, zlib.crc32(b"hello"), fmt.METHOD_STORED)
+    assert lmzip.decompress(_stream(order1, [(info, b"hello")])) == b"hello"
+    with pytest.raises(ChecksumError, match="stored data does not match its CRC-32"):
+        lmzip.decompress(_stream(order1, [(info, b"jello")]))

@@ -13,40 +13,63 @@ PARAMS = {"model": "x", "context": 16}
 
 GOLDEN_HEADER = (
     "894c4d5a"  # magic
-    "01"  # version
+    "02"  # version
     "00"  # flags
     "1a00"  # params length 26
     "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"  # model sha256
     "7b22636f6e74657874223a31362c226d6f64656c223a2278227d"  # {"context":16,"model":"x"}
-    "65a052e5"  # CRC-32 of all the above
+    "b4860fe4"  # CRC-32 of all the above
 )
 GOLDEN_CHUNK = (
     "05000000" "03000000" "08000000" "efbeadde"  # raw_len, n_tokens, payload_len, data crc
-    "05e08709"  # record CRC
+    "00"  # method: model
+    "e29c61a2"  # record CRC
     "0001020304050607"  # payload
 )
 GOLDEN_END = (
     "00000000" "02000000" "0700000000000000"  # end marker, 2 chunks, 7 bytes in all
-    "050000000300000008000000efbeadde"  # index entry 1
-    "02000000010000000400000007000000"  # index entry 2
-    "355607bb"  # CRC
-    "3c000000" "4c4d5a45"  # size of this record (60), "LMZE"
+    "050000000300000008000000efbeadde00"  # index entry 1
+    "0200000001000000040000000700000000"  # index entry 2
+    "e641b30b"  # CRC
+    "3e000000" "4c4d5a45"  # size of this record (62), "LMZE"
+)
+_ORDER1_HEADER = (
+    "894c4d5a020025000000000000000000000000000000000000000000000000000000000000000000"
+    "7b226261636b656e64223a226f7264657231222c226d6f64656c223a226f7264657231227d656d0679"
 )
 # lmzip.compress(b"abracadabra, abracadabra!", model="order1"): a whole stream
 GOLDEN_STREAM = (
-    "894c4d5a010025000000000000000000000000000000000000000000000000000000000000000000"
-    "7b226261636b656e64223a226f7264657231222c226d6f64656c223a226f7264657231227d368f23ba"
-    "1900000019000000140000008146f4c08c55e174"
-    "61726261e92232734caa52ad896f73e5c7974261"
-    "000000000100000019000000000000001900000019000000140000008146f4c0cd90a6ac"
-    "2c0000004c4d5a45"
+    _ORDER1_HEADER
+    + "1900000019000000140000008146f4c000d3c17836"  # 25 bytes, 25 tokens, 20 payload bytes, model
+    + "61726261e92232734caa52ad896f73e5c7974261"
+    + "000000000100000019000000000000001900000019000000140000008146f4c00010f77b37"
+    + "2d0000004c4d5a45"
+)
+# a stream whose chunks use no model: zero model_sha256, params {} (decompresses without a model)
+_NO_MODEL_HEADER = "894c4d5a0200" "0200" + "00" * 32 + "7b7d" "2118ed94"
+# lmzip.compress(bytes([7, 200, 33]), model="order1", method="classic"): a stored chunk
+GOLDEN_STORED_STREAM = (
+    _NO_MODEL_HEADER
+    + "0300000000000000030000008f8244b5017880384e"  # 3 bytes, 0 tokens, 3 payload bytes, stored
+    + "07c821"  # the bytes themselves
+    + "000000000100000003000000000000000300000000000000030000008f8244b5013f2441ab"
+    + "2d0000004c4d5a45"
+)
+# lmzip.compress(b"\0\1\2\3" * 16, model="order1", method="classic"): an LZMA chunk
+GOLDEN_LZMA_STREAM = (
+    _NO_MODEL_HEADER
+    + "4000000000000000140000008e4f246002" "1b25931c"  # 64 bytes, 0 tokens, 20 payload bytes, lzma
+    + "00" "5d"  # no BCJ filter; lc=3 lp=0 pb=2 ((2 * 5 + 0) * 9 + 3 = 93)
+    + "e0003f000a5d000000525026c8f81b000000"  # raw LZMA2 (18 bytes; e0: LZMA2 chunk with new settings)
+    + "00000000010000004000000000000000400000000000000014000000" "8e4f246002f6ac2a77"
+    + "2d0000004c4d5a45"
 )
 
 
 def test_golden_header():
     assert fmt.pack_header(SHA, PARAMS).hex() == GOLDEN_HEADER
     h = fmt.parse_header(bytes.fromhex(GOLDEN_HEADER))
-    assert h.model_sha256 == SHA and h.params == PARAMS and h.version == 1 and h.flags == 0
+    assert h.model_sha256 == SHA and h.params == PARAMS and h.version == 2 and h.flags == 0
     assert fmt.header_size(bytes.fromhex(GOLDEN_HEADER)[:8]) == len(GOLDEN_HEADER) // 2
 
 
@@ -68,6 +91,34 @@ def test_golden_stream(order1):
     packed = lmzip.compress(data, model=order1)
     assert packed.hex() == GOLDEN_STREAM
     assert lmzip.decompress(bytes.fromhex(GOLDEN_STREAM)) == data
+
+
+@pytest.mark.parametrize("data, golden", [
+    (bytes([7, 200, 33]), GOLDEN_STORED_STREAM),
+    (b"\0\1\2\3" * 16, GOLDEN_LZMA_STREAM),
+])
+def test_golden_classic_streams(order1, data, golden):
+    assert lmzip.compress(data, model=order1, method="classic").hex() == golden
+    assert lmzip.decompress(bytes.fromhex(golden)) == data
+    assert lmzip.decompress(bytes.fromhex(golden), model="no-such-model") == data  # no model is loaded
+
+
+def test_a_stream_names_no_model_only_when_no_chunk_uses_one(order1):
+    def header(packed):
+        return fmt.parse_header(packed)
+
+    assert header(lmzip.compress(b"", model=order1)).names_no_model
+    assert header(lmzip.compress(bytes(300), model=order1)).names_no_model  # one LZMA chunk
+    assert not header(lmzip.compress(b"abracadabra, abracadabra!", model=order1)).names_no_model
+    # chunks coded before flush() cannot know what follows: the header names the model
+    assert not header(lmzip.compress(bytes(300), model=order1, chunk_size=100)).names_no_model
+    assert header(lmzip.compress(bytes(300), model=order1, chunk_size=100, method="classic")).names_no_model
+    # a model-coded chunk in a stream that names no model is damage
+    forged = bytearray.fromhex(GOLDEN_STREAM)
+    no_model = bytes.fromhex(_NO_MODEL_HEADER)
+    forged[: len(bytes.fromhex(_ORDER1_HEADER))] = no_model
+    with pytest.raises(CorruptError, match="coded by a model, but the stream header names none"):
+        lmzip.decompress(bytes(forged))
 
 
 def test_empty_input_is_header_and_end_record(order1):
@@ -94,10 +145,11 @@ def test_header_errors():
     raw = bytearray.fromhex(GOLDEN_HEADER)
     with pytest.raises(FormatError, match="not an lmzip file"):
         fmt.parse_header(b"PK\x03\x04" + bytes(raw[4:]))
-    future = bytearray(raw)
-    future[4] = 2
-    with pytest.raises(FormatError, match="version 2"):
-        fmt.parse_header(bytes(future))
+    for other in (1, 3):  # version 1 (before chunk methods) and future versions are refused
+        future = bytearray(raw)
+        future[4] = other
+        with pytest.raises(FormatError, match=f"version {other}"):
+            fmt.parse_header(bytes(future))
     flipped = bytearray(raw)
     flipped[50] ^= 0x10
     with pytest.raises(CorruptError, match="CRC"):
@@ -110,13 +162,13 @@ def test_header_errors():
 
 
 def test_header_params_must_be_a_json_object():
-    body = fmt._FIXED.pack(fmt.MAGIC, 1, 0, 2, SHA) + b"[]"
+    body = fmt._FIXED.pack(fmt.MAGIC, fmt.VERSION, 0, 2, SHA) + b"[]"
     with pytest.raises(CorruptError, match="JSON object"):
         fmt.parse_header(body + struct.pack("<I", fmt._crc(body)))
 
 
-def _chunk_head(raw_len, n_tokens, payload_len, crc=0):
-    head = struct.pack("<IIII", raw_len, n_tokens, payload_len, crc)
+def _chunk_head(raw_len, n_tokens, payload_len, crc=0, method=0):
+    head = struct.pack("<IIIIB", raw_len, n_tokens, payload_len, crc, method)
     return head + struct.pack("<I", fmt._crc(head))
 
 
@@ -126,6 +178,12 @@ def _chunk_head(raw_len, n_tokens, payload_len, crc=0):
     ((10, 0, 4), "tokens"),
     ((10, 5, 6), "impossible payload"),
     ((10, 5, 4 * 1000), "impossible payload"),
+    ((10, 0, 10, 0, 3), "unknown coding method 3"),
+    ((10, 0, 10, 0, 255), "unknown coding method 255"),
+    ((10, 1, 10, 0, fmt.METHOD_STORED), "must be 0"),
+    ((10, 0, 9, 0, fmt.METHOD_STORED), "stored chunk declares 9 payload bytes"),
+    ((10, 0, 47, 0, fmt.METHOD_LZMA), "impossible payload"),
+    ((10, 4, 8, 0, fmt.METHOD_LZMA), "must be 0"),
 ])
 def test_chunk_records_with_impossible_sizes(fields, message):
     with pytest.raises(CorruptError, match=message):

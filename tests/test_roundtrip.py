@@ -79,14 +79,14 @@ def test_coded_size_within_one_percent_of_cross_entropy(llm):
 
 def test_other_settings_are_a_clear_mismatch(llm):
     data = b"The same text, two windows."
-    packed = lmzip.compress(data, model=llm)
+    packed = lmzip.compress(data, model=llm, method="model")  # (auto might store it: no model named)
     other = load_model("smollm2-135m", context=TEST_CONTEXT * 2)
     with pytest.raises(lmzip.ModelMismatchError, match="context"):
         lmzip.decompress(packed, model=other)
     with pytest.raises(lmzip.ModelMismatchError):
         lmzip.decompress(packed, model="order1")
     with pytest.raises(lmzip.ModelMismatchError):
-        lmzip.decompress(lmzip.compress(data, model="order1"), model=llm)
+        lmzip.decompress(lmzip.compress(data, model="order1", method="model"), model=llm)
 
 
 @pytest.mark.slow

@@ -13,13 +13,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ModelMismatchError, ModelNotFoundError
+from ..errors import FormatError, ModelMismatchError, ModelNotFoundError
 from ..format import StreamHeader
 from .base import Model
 
 __all__ = [
     "DEFAULT_MODEL",
     "DEFAULT_CONTEXT",
+    "MIN_CONTEXT",
+    "MAX_CONTEXT",
     "ModelSpec",
     "KNOWN_MODELS",
     "known_models",
@@ -31,6 +33,10 @@ __all__ = [
 
 DEFAULT_MODEL = "smollm2-135m"
 DEFAULT_CONTEXT = 2048
+MIN_CONTEXT = 16
+#: largest window accepted: a header cannot make the decoder reserve more KV cache than this
+#: (65,536 tokens is 1.5 GB of f16 KV cache for SmolLM2-135M)
+MAX_CONTEXT = 1 << 16
 
 
 def cache_dir() -> Path:
@@ -210,6 +216,9 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, context: int | 
     from ..mixing import DEFAULT_MIX, MixedModel
 
     name_or_path = os.fspath(name_or_path) if name_or_path is not None else DEFAULT_MODEL
+    context = DEFAULT_CONTEXT if context is None else int(context)
+    if not MIN_CONTEXT <= context <= MAX_CONTEXT:
+        raise ValueError(f"context must be between {MIN_CONTEXT} and {MAX_CONTEXT} tokens")
     spec = _spec_for(name_or_path)
     if spec is not None and spec.backend == "order1":
         from .order1 import Order1Model
@@ -268,6 +277,11 @@ def model_for_header(header: StreamHeader, model: str | os.PathLike | Model | No
     from .ngram import NGramModel
 
     params = header.params
+    context = params.get("context")
+    if context is not None and (type(context) is not int or not MIN_CONTEXT <= context <= MAX_CONTEXT):
+        # checked before any model is built: the window sizes the KV cache
+        raise FormatError(f"stream header asks for a context of {_short(context)} tokens "
+                          f"(lmzip supports {MIN_CONTEXT} to {MAX_CONTEXT})")
     # the mixing settings come from the file, whatever the caller's model was set to
     mix = MixSettings.from_params(params["mix"]) if "mix" in params else NO_MIX
     if isinstance(model, Model):
@@ -280,10 +294,12 @@ def model_for_header(header: StreamHeader, model: str | os.PathLike | Model | No
         wanted = model if model is not None else params.get("model")
         if not isinstance(wanted, str) and not isinstance(wanted, os.PathLike):
             raise ModelMismatchError("stream header names no model")
-        context = params.get("context")
+        if model is None and _spec_for(wanted) is None:
+            # a name from the file is never taken as a path: the header cannot make us open files
+            raise ModelNotFoundError(f"this file needs model {_short(wanted)}, which is not a known model name "
+                                     f"(if it was compressed with a GGUF file, give it with --model PATH.gguf)")
         try:
-            found = load_model(wanted, context=context if isinstance(context, int) else None,
-                               threads=threads, mix=mix)
+            found = load_model(wanted, context=context, threads=threads, mix=mix)
         except ModelNotFoundError as exc:
             if model is None:
                 raise ModelNotFoundError(f"this file needs model '{wanted}': {exc}") from None
@@ -291,10 +307,17 @@ def model_for_header(header: StreamHeader, model: str | os.PathLike | Model | No
     mine = found.params()
     if mine != params:
         diffs = sorted(k for k in set(mine) | set(params) if mine.get(k) != params.get(k))
-        detail = "; ".join(f"{k}: file has {params.get(k)!r}, model has {mine.get(k)!r}" for k in diffs[:4])
+        detail = "; ".join(f"{_short(k)}: file has {_short(params.get(k))}, model has {_short(mine.get(k))}"
+                           for k in diffs[:4])
         raise ModelMismatchError(f"file was compressed with another model or settings ({detail})")
     if found.model_sha256 != header.model_sha256:
         raise ModelMismatchError(
-            f"file was compressed with another '{params.get('model')}' model file "
+            f"file was compressed with another {_short(params.get('model'))} model file "
             f"(SHA-256 {header.model_sha256.hex()[:16]}…, this one is {found.model_sha256.hex()[:16]}…)")
     return found
+
+
+def _short(value: object, limit: int = 60) -> str:
+    """repr() for messages, cut short: header fields may be forged and long."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
