@@ -44,7 +44,7 @@ from lmzip.core import LMZipDecompressor, scan_streams
 from lmzip.errors import LMZipError
 
 #: the fast predictor every fuzz case decodes with: switch to "ngram" once it lands (issue 4)
-FUZZ_MODEL = "order1"
+FUZZ_MODEL = "ngram"
 
 FUZZ_CASES = int(os.environ.get("LMZIP_FUZZ_CASES", "3000"))
 FUZZ_SEED = int(os.environ.get("LMZIP_FUZZ_SEED", "0"))
