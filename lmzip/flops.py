@@ -171,6 +171,7 @@ def gguf_metadata(model) -> dict[str, str]:
     (the vocabulary's size, which the LM head produces)."""
     import ctypes
 
+    model = getattr(model, "base", model)  # a mixed model: its language model
     L = model._L
     out: dict[str, str] = {}
     buf = ctypes.create_string_buffer(1 << 12)

@@ -35,8 +35,9 @@ def test_every_file_through_every_compressor(tmp_path, two_files):
     assert results[0].compressed == len(gzip.compress(data, 9, mtime=0))
     lm = results[len(names)]
     assert lm.kind == "lmzip" and lm.tokens == 1500 and lm.model == "order1"
-    # the payload costs a hair more than the cross-entropy; the container a bit more on top
-    assert lm.model_bpb < 8 * lm.payload / 1500 < lm.model_bpb * 1.01
+    # the payload costs at most a hair more than the model's cross-entropy (less when the
+    # safety net stored the chunk with LZMA instead), the container a bit more on top
+    assert 8 * lm.payload / 1500 < lm.model_bpb * 1.01
     assert lm.coder_overhead_pct < lm.overhead_pct
 
 
@@ -134,7 +135,7 @@ def test_cli_bench_errors_are_one_line(args, message):
     assert message in p.stderr and "Traceback" not in p.stderr
 
 
-@pytest.mark.parametrize("module", ["bench", "report", "classic"])
+@pytest.mark.parametrize("module", ["bench", "report", "baselines"])
 def test_docstring_examples(module):
     result = doctest.testmod(importlib.import_module(f"lmzip.{module}"))
     assert result.attempted and not result.failed
