@@ -9,6 +9,9 @@
  * multiply-add (which rounds once instead of twice).
  */
 #define PY_SSIZE_T_CLEAN
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wpsabi" /* the v4d helpers are inlined: no ABI is crossed */
+#endif
 #include <Python.h>
 
 #include <math.h>
@@ -53,7 +56,6 @@ static inline uint64_t to_bits(double d) {
  * is the fixed 8-lane order below, not the vector width's. */
 #if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__) && !defined(LMZIP_NO_CLONES)
 #define DISPATCH __attribute__((target_clones("avx2", "default")))
-#pragma GCC diagnostic ignored "-Wpsabi" /* the v4d helpers are inlined: no ABI is crossed */
 #else
 #define DISPATCH
 #endif
@@ -351,25 +353,17 @@ done:
 /* expect(q, x) = sum over finite x_i of (q_i + 1) * x_i, in the rule's 8-lane order:
  * the mixer's expectation of a feature under the coded distribution (times 2^24).
  * Non-finite x_i (escape symbols at -inf) are skipped. */
-static double expect_f(const double *q, const float *x, Py_ssize_t n) {
-    double lane[LANES] = {0};
-    for (Py_ssize_t i = 0; i < n; i++) {
-        double v = (double)x[i];
-        if (v - v == 0.0) /* finite */
-            lane[i % LANES] += (q[i] + 1.0) * v;
-    }
+#define EXPECT_BODY(LOAD)                                                                     \
+    double lane[LANES] = {0};                                                               \
+    for (Py_ssize_t i = 0; i < n; i++) {                                                    \
+        double v = LOAD(i);                                                                 \
+        if (v - v == 0.0) /* finite */                                                      \
+            lane[i % LANES] += (q[i] + 1.0) * v;                                            \
+    }                                                                                       \
     return ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
-}
 
-static double expect_d(const double *q, const double *x, Py_ssize_t n) {
-    double lane[LANES] = {0};
-    for (Py_ssize_t i = 0; i < n; i++) {
-        double v = x[i];
-        if (v - v == 0.0)
-            lane[i % LANES] += (q[i] + 1.0) * v;
-    }
-    return ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
-}
+static double expect_f(const double *q, const float *xf, Py_ssize_t n) { EXPECT_BODY(LOAD_F) }
+static double expect_d(const double *q, const double *xd, Py_ssize_t n) { EXPECT_BODY(LOAD_D) }
 
 static PyObject *py_expect(PyObject *self, PyObject *args) {
     PyObject *q_obj, *x_obj;
