@@ -36,6 +36,12 @@ def _fail(message: str) -> None:
     sys.exit(1)
 
 
+def _fail_run(line, exc: LMZipError | OSError) -> None:
+    """End a long run on an lmzip or file error: clear the status line, one-line message."""
+    line.clear()
+    _fail(str(exc) if isinstance(exc, LMZipError) else f"{exc.filename or ''}: {exc.strerror or exc}")
+
+
 def _write(path: str, text: str) -> None:
     try:
         Path(path).write_text(text if text.endswith("\n") else text + "\n")
@@ -176,12 +182,8 @@ def bench(paths, corpora_names, corpora, models, classic, limit_bytes, context, 
         results = bench_mod.run(files, models=models, classic=classic, limit=limit, context=context,
                                 threads=threads, cache_dir=False if no_cache else (cache_dir or True),
                                 reporter=_BenchReporter(line))
-    except LMZipError as exc:
-        line.clear()
-        _fail(str(exc))
-    except OSError as exc:
-        line.clear()
-        _fail(f"{exc.filename or ''}: {exc.strerror or exc}")
+    except (LMZipError, OSError) as exc:
+        _fail_run(line, exc)
     line.clear()
     settings = {"limit_bytes": limit or None, "context": context, "models": models, "classic": classic,
                 "command": "lmzip bench " + " ".join(sys.argv[2:]) if len(sys.argv) > 1 else ""}
@@ -335,12 +337,8 @@ def capacity(models, texts, corpora, samples, sample_tokens, bias, threads, json
             rows.append(cap.measure(name, files, samples=samples, sample_tokens=sample_tokens, bias=bias,
                                     threads=threads, progress=show))
             line.clear()
-    except LMZipError as exc:
-        line.clear()
-        _fail(str(exc))
-    except OSError as exc:
-        line.clear()
-        _fail(f"{exc.filename or ''}: {exc.strerror or exc}")
+    except (LMZipError, OSError) as exc:
+        _fail_run(line, exc)
     click.echo(cap.terminal_table(rows))
     if json_path:
         _write(json_path, json.dumps({"texts": [f.label for f in files], "samples": samples,

@@ -233,8 +233,7 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, context: int | 
     return MixedModel(llm, mix) if mix.enabled else llm
 
 
-def _load_llm(name_or_path: str, spec: ModelSpec | None, context: int | None, threads: int | None) -> Model:
-    context = DEFAULT_CONTEXT if context is None else int(context)
+def _load_llm(name_or_path: str, spec: ModelSpec | None, context: int, threads: int | None) -> Model:
     if spec is not None:
         if not spec.installed():
             raise ModelNotFoundError(f"model '{spec.name}' is not installed: {spec.install}")
