@@ -32,7 +32,7 @@ import numpy as np
 
 from . import cdf
 from .errors import FormatError
-from .predictors.base import Model, Stream
+from .predictors.base import Model, Stream, StreamGroup
 from .predictors.ngram import NGramStats
 
 __all__ = ["BYTE_MIX", "DEFAULT_MIX", "MixSettings", "MixedModel", "MixedStream", "NO_MIX"]
@@ -191,6 +191,20 @@ class MixedStream(Stream):
             self._base.close()
 
 
+class _MixedGroup(StreamGroup):
+    """The base model's lockstep group, each of its streams mixed on its own."""
+
+    def __init__(self, base: StreamGroup, vocab_size: int, settings: MixSettings):
+        super().__init__([MixedStream(s, vocab_size, settings) for s in base.streams])
+        self._base = base
+
+    def advance(self) -> None:
+        self._base.advance()
+
+    def close(self) -> None:
+        self._base.close()
+
+
 class MixedModel(Model):
     """``base`` (a language model, or None for statistics alone) mixed per ``settings``.
 
@@ -209,6 +223,13 @@ class MixedModel(Model):
 
     def open_stream(self) -> Stream:
         return MixedStream(self.base.open_stream(), self.vocab_size, self.settings)
+
+    @property
+    def streams(self) -> int:
+        return self.base.streams
+
+    def open_group(self, lengths: list[int]) -> StreamGroup:
+        return _MixedGroup(self.base.open_group(lengths), self.vocab_size, self.settings)
 
     def describe(self) -> str:
         s = self.settings

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..tokenization import PieceTokenizer
 
-__all__ = ["Model", "Stream"]
+__all__ = ["Model", "Stream", "StreamGroup"]
 
 
 class Stream(ABC):
@@ -52,6 +52,37 @@ class Stream(ABC):
         self.close()
 
 
+class StreamGroup:
+    """Streams advanced in lockstep, one per chunk: the schedule of batched evaluation.
+
+    The codec drives every active stream through ``distribution()``/``push()`` for
+    one token, then calls :meth:`advance`, which evaluates all the tokens pushed
+    since the last call together (one batch for a batching backend).  A stream's
+    ``scores()`` are valid after :meth:`advance`.  ``lengths[i]`` is the number of
+    tokens chunk ``i`` codes; the decoder knows them from the chunk records, so
+    both directions make the same calls with the same batch shapes.
+
+    This base class is the serial schedule: independent streams from
+    :meth:`Model.open_stream`, and :meth:`advance` does nothing.
+    """
+
+    def __init__(self, streams: list[Stream]):
+        self.streams = streams
+
+    def advance(self) -> None:
+        """Evaluate the tokens pushed since the last call (no-op when streams evaluate on push)."""
+
+    def close(self) -> None:
+        for s in self.streams:
+            s.close()
+
+    def __enter__(self) -> StreamGroup:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 class Model(ABC):
     """A tokenizer and a source of prediction streams."""
 
@@ -73,6 +104,14 @@ class Model(ABC):
     @abstractmethod
     def open_stream(self) -> Stream:
         """A fresh stream with an empty context."""
+
+    #: chunks a batching backend advances together (``params()["streams"]``); 1 = serial
+    streams: int = 1
+
+    def open_group(self, lengths: list[int]) -> StreamGroup:
+        """Streams for ``len(lengths)`` chunks (at most :attr:`streams`) coded in lockstep;
+        ``lengths[i]`` tokens will be coded in chunk ``i``.  Default: independent streams."""
+        return StreamGroup([self.open_stream() for _ in lengths])
 
     def describe(self) -> str:
         return self.name
