@@ -22,6 +22,7 @@ __version__ = "0.1.0"
 __all__ = [
     "compress",
     "decompress",
+    "decompress_range",
     "open",
     "LMZipFile",
     "LMZipCompressor",
@@ -38,3 +39,4 @@ __all__ = [
 ]
 
 from .fileobj import LMZipFile, open  # noqa: E402  (after the names it uses)
+from .ranges import decompress_range  # noqa: E402

@@ -19,7 +19,15 @@ import click
 from . import __version__, cdf
 from . import format as fmt
 from .codec import Stats
-from .core import DEFAULT_CHUNK_SIZE, METHODS, LMZipCompressor, iter_decompress, scan_streams
+from .core import (
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_STREAMS,
+    MAX_STREAMS,
+    METHODS,
+    LMZipCompressor,
+    iter_decompress,
+    scan_streams,
+)
 from .errors import LMZipError
 from .predictors.registry import (
     DEFAULT_CONTEXT,
@@ -29,6 +37,7 @@ from .predictors.registry import (
     known_models,
     load_model,
 )
+from .ranges import decompress_range, parse_range
 
 SUFFIX = ".lmz"
 READ_SIZE = 1 << 16
@@ -79,6 +88,8 @@ class ProgressLine:
             parts.append(f"{100 * st.raw_bytes / self.total:5.1f}%")
         parts.append(_human(st.raw_bytes) + (f"/{_human(self.total)}" if self.total else ""))
         parts.append(f"{_human(speed)}/s")
+        if st.tokens:
+            parts.append(f"{st.tokens / max(now - self.start, 1e-9):.0f} tok/s")
         if st.coded_bits:
             parts.append(f"{st.coded_bits / st.raw_bytes:.3f} bpb" if st.raw_bytes else "")
         if self.total and speed > 0:
@@ -290,6 +301,9 @@ def main() -> None:
               help="Context window in tokens.")
 @click.option("--chunk-size", type=click.IntRange(1, fmt.MAX_CHUNK_SIZE), default=DEFAULT_CHUNK_SIZE,
               show_default=True, help="Bytes per independently coded chunk.")
+@click.option("--streams", type=click.IntRange(1, MAX_STREAMS), default=None,
+              help=f"Chunks coded together, one batched model evaluation per step "
+                   f"[default: {DEFAULT_STREAMS} with llama.cpp, else 1].")
 @click.option("--mix/--no-mix", "use_mix", default=True, show_default=True,
               help="Blend the model with the text's own n-gram and match statistics.")
 @click.option("--orders", metavar="LIST", default=None,
@@ -305,7 +319,8 @@ def main() -> None:
               help="auto: text to the model, binary data to LZMA (or stored), whichever codes a chunk "
                    "smaller; model: every chunk through the model; classic: no model.")
 def compress(files, output, to_stdout, keep, rm, force, quiet, verbose, progress, model, threads,
-             context, chunk_size, use_mix, orders, match_len, mix_rate, llm_rate, bias_rate, method) -> None:
+             context, chunk_size, streams, use_mix, orders, match_len, mix_rate, llm_rate, bias_rate,
+             method) -> None:
     """Compress FILES to FILE.lmz with a language model."""
     job = Job(output=output, stdout=to_stdout, keep=keep, rm=rm, force=force, quiet=quiet,
               verbose=verbose, progress=progress)
@@ -326,7 +341,7 @@ def compress(files, output, to_stdout, keep, rm, force, quiet, verbose, progress
             raise Failure("refusing to write compressed data to a terminal (use -o, redirect, or -f)")
         fin, src, size = _open_input(name)
         line = ProgressLine(Path(name).name if src else "stdin", size, job.progress)
-        comp = LMZipCompressor(lm, chunk_size=chunk_size, progress=line, method=method)
+        comp = LMZipCompressor(lm, chunk_size=chunk_size, progress=line, method=method, streams=streams)
         started = time.monotonic()
         try:
             if target is None:
@@ -415,15 +430,58 @@ def _verify(src: Path, packed: Path, model) -> None:
         raise failed(str(exc)) from None
 
 
+def _decompress_range(job: Job, names: list[str], text: str, model: str | None, threads: int | None) -> None:
+    """``decompress --range``: a slice of one file's original, to stdout or -o."""
+    try:
+        start, end = parse_range(text)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    if len(names) != 1:
+        raise click.UsageError("--range takes exactly one file")
+    if job.rm:
+        raise click.UsageError("--range never removes its input (no --rm)")
+
+    def work(name: str) -> None:
+        fin, src, _ = _open_input(name)
+        try:
+            if src is None or not fin.seekable():
+                fin = io.BytesIO(fin.read())  # random access needs to seek
+            line = ProgressLine(Path(name).name if src else "stdin", None, job.progress)
+            try:
+                data = decompress_range(fin, start, end, model=model, threads=threads, progress=line)
+            finally:
+                line.done()
+        finally:
+            if src is not None:
+                fin.close()
+        if job.output and not job.stdout:
+            with atomic_output(Path(job.output), job.force) as fout:
+                fout.write(data)
+        else:
+            sys.stdout.buffer.write(data)
+            sys.stdout.buffer.flush()
+        if job.verbose:
+            job.note(f"{name}: bytes {start}:{start + len(data)}, {len(data)} bytes")
+
+    _run(job, names, work)
+
+
 @main.command(epilog=EXIT_CODES)
 @click.argument("files", nargs=-1, type=click.Path(dir_okay=True, allow_dash=True))
 @common_options
-def decompress(files, output, to_stdout, keep, rm, force, quiet, verbose, progress, model, threads) -> None:
+@click.option("--range", "byte_range", metavar="START:END", default=None,
+              help="Only bytes START to END (exclusive) of the original, decoding just the chunks that "
+                   "cover them; written to standard output unless -o is given.")
+def decompress(files, output, to_stdout, keep, rm, force, quiet, verbose, progress, model, threads,
+               byte_range) -> None:
     """Decompress FILE.lmz to FILE (the model is the one named in the file)."""
     job = Job(output=output, stdout=to_stdout, keep=keep, rm=rm, force=force, quiet=quiet,
               verbose=verbose, progress=progress)
     names = _files_or_stdin(files)
     _check_output_option(job, names)
+    if byte_range is not None:
+        _decompress_range(job, names, byte_range, model, threads)
+        return
 
     def work(name: str) -> None:
         if name != "-" and not name.endswith(SUFFIX) and not (job.output or job.stdout):
@@ -518,6 +576,11 @@ def info(files) -> None:
                 click.echo(f"  context       {p['context']} tokens")
             if "mix" in p:
                 click.echo(f"  mixing        {_describe_mix(p['mix'])}")
+            if "chunk_size" in p:
+                groups = sum(c.starts_group for c in s.end.chunks) if s.header.version > 2 else None
+                width = p.get("streams", 1)
+                click.echo(f"  chunking      {p['chunk_size']}-byte chunks, {width} stream(s) in lockstep"
+                           + (f", {groups} group(s)" if groups is not None else ""))
             click.echo(f"  fingerprint   {s.header.fingerprint.hex()}")
             click.echo(f"  original      {s.end.original_len} bytes, {tokens} tokens, {len(s.end.chunks)} chunk(s)")
             by_method: dict[str, list[int]] = {}

@@ -1,8 +1,9 @@
 """Coding one chunk: tokens -> model probabilities -> range coder, and back.
 
-Compressor and decompressor run the same loop: open a fresh stream, then for each
-token ask for its distribution (Stream.distribution), code the token, push it.  Same
-calls in the same order, so the same probabilities.
+Compressor and decompressor run the same loop: open a group of fresh streams (one per
+chunk), then step by step, for each chunk that has a token left, ask for its
+distribution (Stream.distribution), code the token, push it; then advance the group
+(one batched evaluation).  Same calls in the same order, so the same probabilities.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from .errors import ChecksumError, CorruptError
 from .format import ChunkInfo
 from .predictors.base import Model
 
-__all__ = ["Stats", "compress_chunk", "decompress_chunk"]
+__all__ = ["Stats", "compress_chunk", "compress_group", "decompress_chunk", "decompress_group"]
 
 #: called every few tokens while coding, with the running totals
 Progress = Callable[["Stats"], None]
@@ -54,82 +55,152 @@ class Stats:
         return self.coded_bits / self.raw_bytes if self.raw_bytes else 0.0
 
 
-def compress_chunk(model: Model, data: bytes, stats: Stats | None = None,
-                   progress: Progress | None = None) -> tuple[ChunkInfo, bytes]:
-    """Code ``data`` (non-empty) as one independent chunk: (info, payload)."""
+def compress_group(model: Model, chunks: list[bytes], stats: Stats | None = None,
+                   progress: Progress | None = None, width: int = 1) -> list[tuple[ChunkInfo, bytes]]:
+    """Code ``chunks`` (each non-empty, at most ``width`` of them) in lockstep:
+    one token of every chunk per step, then one evaluation of them all
+    (:meth:`~lmzip.predictors.base.Model.open_group`).  Each chunk gets its own range
+    coder and payload: ``[(info, payload), ...]`` in order."""
     stats = stats if stats is not None else Stats()
-    tokens = model.tokenizer.encode(data)
+    tokens = [model.tokenizer.encode(data) for data in chunks]
     pieces = model.tokenizer.pieces
-    encoder = Encoder()
+    encoders = [Encoder() for _ in chunks]
     q = np.empty(model.vocab_size, dtype=np.float64)
-    with model.open_stream() as stream:
-        for i, token in enumerate(tokens):
-            top, total = stream.distribution(q)
-            scores = stream.scores()
-            encoder.encode(token, q)
-            x = float(scores[token])
-            p = math.exp(x - top) / total if math.isfinite(x) and math.isfinite(top) else (q[token] + 1) / TOTAL
-            stats.model_bits -= math.log2(max(p, _MIN_P))
-            stats.coded_bits += _LOG2_TOTAL - math.log2(q[token] + 1)
-            stats.raw_bytes += len(pieces[token])
-            stats.tokens += 1
-            stream.push(token)
-            if progress is not None and i % _PROGRESS_EVERY == 0:
+    with model.open_group([len(t) for t in tokens], width) as group:
+        for step in range(max(len(t) for t in tokens)):
+            for stream, toks, encoder in zip(group.streams, tokens, encoders):
+                if step >= len(toks):
+                    continue
+                token = toks[step]
+                top, total = stream.distribution(q)
+                scores = stream.scores()
+                encoder.encode(token, q)
+                x = float(scores[token])
+                p = math.exp(x - top) / total if math.isfinite(x) and math.isfinite(top) else (q[token] + 1) / TOTAL
+                stats.model_bits -= math.log2(max(p, _MIN_P))
+                stats.coded_bits += _LOG2_TOTAL - math.log2(q[token] + 1)
+                stats.raw_bytes += len(pieces[token])
+                stats.tokens += 1
+                stream.push(token)
+            group.advance()
+            if progress is not None and step % _PROGRESS_EVERY == 0:
                 progress(stats)
-    payload = encoder.finish()
-    info = ChunkInfo(raw_len=len(data), n_tokens=len(tokens), payload_len=len(payload),
-                     data_crc=zlib.crc32(data) & 0xFFFFFFFF)
-    stats.payload_bytes += len(payload)
-    stats.chunks.append(info)
+    out = []
+    for i, (data, toks, encoder) in enumerate(zip(chunks, tokens, encoders)):
+        payload = encoder.finish()
+        info = ChunkInfo(raw_len=len(data), n_tokens=len(toks), payload_len=len(payload),
+                         data_crc=zlib.crc32(data) & 0xFFFFFFFF, starts_group=i == 0)
+        stats.payload_bytes += len(payload)
+        stats.chunks.append(info)
+        out.append((info, payload))
     if progress is not None:
         progress(stats)
-    return info, payload
+    return out
+
+
+def compress_chunk(model: Model, data: bytes, stats: Stats | None = None,
+                   progress: Progress | None = None) -> tuple[ChunkInfo, bytes]:
+    """Code ``data`` (non-empty) as one independent chunk (a group of one): (info, payload)."""
+    return compress_group(model, [data], stats, progress)[0]
+
+
+class _ChunkDecoder:
+    """One chunk's side of :func:`decompress_group`: its range decoder and checks."""
+
+    def __init__(self, info: ChunkInfo, payload: bytes, pieces: list[bytes]):
+        self.info = info
+        self.decoder = Decoder(payload)
+        self.pieces = pieces
+        self.out: list[bytes] = []
+        self.done = 0
+        # A range coder cannot encode more information than it writes: symbols worth I bits
+        # take at least (I - 64) / 32 words.  Garbage decoding past that is damage, caught
+        # here before a forged token count could keep us busy for hours.
+        self.budget = 8 * info.payload_len + _SLACK_BITS
+        self.spent = 0.0
+
+    def decode(self, q: np.ndarray) -> tuple[int, bytes]:
+        token = self.decoder.decode(q)
+        self.spent += _LOG2_TOTAL - math.log2(q[token] + 1)
+        if self.spent > self.budget:
+            raise CorruptError("chunk payload is damaged (it decodes to more information than it holds)")
+        piece = self.pieces[token] if token < len(self.pieces) else b""
+        if not piece:
+            raise CorruptError("chunk payload is damaged (decoded a token that spells nothing)")
+        self.done += len(piece)
+        if self.done > self.info.raw_len:
+            raise _mismatch("decoded more bytes than the chunk holds")
+        self.out.append(piece)
+        return token, piece
+
+    def result(self) -> bytes:
+        data = b"".join(self.out)
+        _check(self.info, data)
+        return data
+
+
+def decompress_group(model: Model, chunks: list[tuple[ChunkInfo, bytes]], stats: Stats | None = None,
+                     progress: Progress | None = None, width: int = 1,
+                     replay: dict[int, bytes] | None = None) -> list[bytes]:
+    """Decode a lockstep group (the chunks :func:`compress_group` coded together, with the
+    same ``width``), checking each chunk's length and CRC.
+
+    ``replay`` maps the index of a chunk whose payload is not the model's (stored classically
+    after the model ran) to its decoded bytes: its tokens are fed to the model unchanged,
+    so the other chunks see the batches they were coded with.
+    """
+    stats = stats if stats is not None else Stats()
+    replay = replay or {}
+    pieces = model.tokenizer.pieces
+    plans: list[_ChunkDecoder | list[int]] = []
+    for i, (info, payload) in enumerate(chunks):
+        if i in replay:
+            toks = model.tokenizer.encode(replay[i])
+            if len(toks) != info.n_tokens:
+                raise CorruptError(f"chunk declares {info.n_tokens} tokens, its bytes make {len(toks)}")
+            plans.append(toks)
+        else:
+            plans.append(_ChunkDecoder(info, payload, pieces))
+    q = np.empty(model.vocab_size, dtype=np.float64)
+    with model.open_group([info.n_tokens for info, _ in chunks], width) as group:
+        for step in range(max(info.n_tokens for info, _ in chunks)):
+            for stream, plan, (info, _) in zip(group.streams, plans, chunks):
+                if step >= info.n_tokens:
+                    continue
+                if isinstance(plan, list):
+                    stream.push(plan[step])
+                    continue
+                stream.distribution(q)
+                token, piece = plan.decode(q)
+                stream.push(token)
+                stats.raw_bytes += len(piece)
+                stats.tokens += 1
+            group.advance()
+            if progress is not None and step % _PROGRESS_EVERY == 0:
+                progress(stats)
+    out = []
+    for i, ((_, payload), plan) in enumerate(zip(chunks, plans)):
+        if isinstance(plan, list):
+            out.append(replay[i])
+            continue
+        out.append(plan.result())
+        stats.payload_bytes += len(payload)
+    if progress is not None:
+        progress(stats)
+    return out
 
 
 def decompress_chunk(model: Model, info: ChunkInfo, payload: bytes, stats: Stats | None = None,
                      progress: Progress | None = None) -> bytes:
-    """Decode one chunk and check its length and CRC."""
-    stats = stats if stats is not None else Stats()
-    pieces = model.tokenizer.pieces
-    vocab = len(pieces)
-    decoder = Decoder(payload)
-    out: list[bytes] = []
-    done = 0
-    # A range coder cannot encode more information than it writes: symbols worth I bits
-    # take at least (I - 64) / 32 words.  Garbage decoding past that is damage, caught
-    # here before a forged token count could keep us busy for hours.
-    budget = 8 * info.payload_len + _SLACK_BITS
-    spent = 0.0
-    q = np.empty(vocab, dtype=np.float64)
-    with model.open_stream() as stream:
-        for i in range(info.n_tokens):
-            stream.distribution(q)
-            token = decoder.decode(q)
-            spent += _LOG2_TOTAL - math.log2(q[token] + 1)
-            if spent > budget:
-                raise CorruptError("chunk payload is damaged (it decodes to more information than it holds)")
-            piece = pieces[token] if token < vocab else b""
-            if not piece:
-                raise CorruptError("chunk payload is damaged (decoded a token that spells nothing)")
-            done += len(piece)
-            if done > info.raw_len:
-                raise _mismatch("decoded more bytes than the chunk holds")
-            out.append(piece)
-            stream.push(token)
-            stats.raw_bytes += len(piece)
-            stats.tokens += 1
-            if progress is not None and i % _PROGRESS_EVERY == 0:
-                progress(stats)
-    data = b"".join(out)
+    """Decode one chunk (a group of one) and check its length and CRC."""
+    return decompress_group(model, [(info, payload)], stats, progress)[0]
+
+
+def _check(info: ChunkInfo, data: bytes) -> None:
     if len(data) != info.raw_len:
         raise _mismatch(f"decoded {len(data)} bytes, expected {info.raw_len}")
     if zlib.crc32(data) & 0xFFFFFFFF != info.data_crc:
         raise _mismatch("decoded data does not match its CRC-32")
-    stats.payload_bytes += len(payload)
-    stats.chunks.append(info)
-    if progress is not None:
-        progress(stats)
-    return data
 
 
 def _mismatch(what: str) -> ChecksumError:

@@ -17,7 +17,7 @@ from typing import IO
 from . import detect
 from . import format as fmt
 from .classic import compress_classic, decompress_classic
-from .codec import Progress, Stats, compress_chunk, decompress_chunk
+from .codec import Progress, Stats, compress_group, decompress_group
 from .errors import CorruptError, FormatError, TruncatedError
 from .predictors.base import Model
 from .predictors.registry import MAX_CONTEXT, MIN_CONTEXT, load_model, model_for_header
@@ -35,6 +35,10 @@ __all__ = [
 ]
 
 DEFAULT_CHUNK_SIZE = 1 << 20
+#: chunks a batching model (llama.cpp) advances together by default
+DEFAULT_STREAMS = 8
+#: widest lockstep group a file may ask for (each stream holds its own KV cache)
+MAX_STREAMS = 64
 
 #: how the compressor chooses each chunk's coding method
 METHODS = ("auto", "model", "classic")
@@ -62,6 +66,8 @@ class LMZipCompressor:
         context: context window in tokens (default 2048).
         threads: CPU threads for the model (does not change the output).
         chunk_size: bytes per independently coded chunk (default 1 MiB).
+        streams: chunks coded together in lockstep, one batched model evaluation per
+            step (default 8 for a model that batches, else 1); stored in the header.
         progress: called every few tokens with the running :class:`~lmzip.codec.Stats`.
         mix: a :class:`~lmzip.mixing.MixSettings` (default ``DEFAULT_MIX``; ``NO_MIX``
             for the bare language model); ignored when ``model`` is a loaded model.
@@ -73,7 +79,7 @@ class LMZipCompressor:
 
     def __init__(self, model: ModelArg = None, *, context: int | None = None, threads: int | None = None,
                  chunk_size: int = DEFAULT_CHUNK_SIZE, progress: Progress | None = None, method: str = "auto",
-                 mix=None):
+                 mix=None, streams: int | None = None):
         if not 1 <= chunk_size <= fmt.MAX_CHUNK_SIZE:
             raise ValueError(f"chunk_size must be between 1 and {fmt.MAX_CHUNK_SIZE}")
         if context is not None and not MIN_CONTEXT <= context <= MAX_CONTEXT:
@@ -82,11 +88,17 @@ class LMZipCompressor:
             raise ValueError(f"method must be one of {', '.join(METHODS)}")
         self.model = model if isinstance(model, Model) else load_model(model, context=context, threads=threads,
                                                                         mix=mix)
+        if streams is None:
+            streams = DEFAULT_STREAMS if self.model.batches else 1
+        if not 1 <= streams <= MAX_STREAMS:
+            raise ValueError(f"streams must be between 1 and {MAX_STREAMS}")
+        self.streams = streams
         self.method = method
         self.chunk_size = chunk_size
         self.progress = progress
         self.stats = Stats()
         self._buf = bytearray()
+        self._cut: list[tuple[bytes, bool]] = []  # chunks cut from the input, not coded yet: (data, text)
         self._started = False
         self._finished = False
 
@@ -96,30 +108,51 @@ class LMZipCompressor:
         self._started = True
         if not uses_model or self.method == "classic":  # decompresses without loading any model
             return fmt.pack_header(bytes(32), fmt.NO_MODEL_PARAMS)
-        return fmt.pack_header(self.model.model_sha256, self.model.params())
+        params = {**self.model.params(), "chunk_size": self.chunk_size}
+        if self.streams > 1:  # absent: 1, as in version 2
+            params["streams"] = self.streams
+        return fmt.pack_header(self.model.model_sha256, params)
 
-    def _chunk(self, data: bytes, text: bool) -> bytes:
-        if text and self.method != "classic":
-            info, payload = compress_chunk(self.model, data, self.stats, self.progress)
-            if self.method == "auto":  # safety net: never worse than the classic coder
-                method, classic = compress_classic(data)
-                if len(classic) < len(payload):
-                    self.stats.payload_bytes += len(classic) - len(payload)
-                    info = self.stats.chunks[-1] = fmt.ChunkInfo(len(data), 0, len(classic), info.data_crc, method)
-                    payload = classic
-            return fmt.pack_chunk_record(info, payload)
-        method, payload = compress_classic(data)
-        info = fmt.ChunkInfo(len(data), 0, len(payload), zlib.crc32(data) & 0xFFFFFFFF, method)
-        self.stats.raw_bytes += len(data)
-        self.stats.payload_bytes += len(payload)
-        self.stats.chunks.append(info)
+    def _group_ready(self) -> bool:
+        """A full lockstep group is cut, or enough binary data waits behind a short one."""
+        texts = sum(text for _, text in self._cut)
+        return texts >= self.streams or sum(len(d) for d, _ in self._cut) >= self.streams * self.chunk_size
+
+    def _code_cut(self) -> bytes:
+        """Code the chunks cut so far (at most one lockstep group of text) into records."""
+        cut, self._cut = self._cut, []
+        first = len(self.stats.chunks)
+        texts = [data for data, text in cut if text]
+        coded = iter(compress_group(self.model, texts, self.stats, self.progress, self.streams) if texts else [])
+        infos, payloads = [], []
+        for data, text in cut:
+            if text:
+                info, payload = next(coded)
+                if self.method == "auto":  # safety net: never worse than the classic coder
+                    method, classic = compress_classic(data)
+                    if len(classic) < len(payload):
+                        self.stats.payload_bytes += len(classic) - len(payload)
+                        info = fmt.ChunkInfo(len(data), info.n_tokens, len(classic), info.data_crc, method,
+                                             info.starts_group)
+                        payload = classic
+            else:
+                method, payload = compress_classic(data)
+                info = fmt.ChunkInfo(len(data), 0, len(payload), zlib.crc32(data) & 0xFFFFFFFF, method)
+                self.stats.raw_bytes += len(data)
+                self.stats.payload_bytes += len(payload)
+            infos.append(info)
+            payloads.append(payload)
+        if not any(i.method == fmt.METHOD_MODEL for i in infos):
+            # the model's work was all thrown away: nothing for the decoder to replay
+            infos = [fmt.ChunkInfo(i.raw_len, 0, i.payload_len, i.data_crc, i.method) for i in infos]
+        self.stats.chunks[first:] = infos
         if self.progress is not None:
             self.progress(self.stats)
-        return fmt.pack_chunk_record(info, payload)
+        return b"".join(fmt.pack_chunk_record(i, p) for i, p in zip(infos, payloads))
 
-    def _next_chunk(self, final: bool) -> bytes:
-        """Cut and code the next chunk from the buffer: its first ``chunk_size`` bytes,
-        or less at a text/binary boundary (``final``: the buffer holds the last of the input)."""
+    def _next_chunk(self, final: bool) -> None:
+        """Cut the next chunk from the buffer: its first ``chunk_size`` bytes, or less at a
+        text/binary boundary (``final``: the buffer holds the last of the input)."""
         view = bytes(self._buf[: self.chunk_size])
         if self.method == "auto":
             cut, text = detect.first_region(view)
@@ -128,7 +161,7 @@ class LMZipCompressor:
         if text and cut == self.chunk_size and not final:
             cut = _utf8_cut(self._buf, cut)
         del self._buf[:cut]
-        return self._chunk(view[:cut], text)
+        self._cut.append((view[:cut], text))
 
     def compress(self, data: bytes) -> bytes:
         """Feed ``data``; returns whatever compressed bytes are ready (maybe ``b""``)."""
@@ -137,7 +170,9 @@ class LMZipCompressor:
         self._buf += memoryview(data).cast("B")
         out = []
         while len(self._buf) > self.chunk_size:  # '>': keep the last chunk for flush()
-            out.append(self._next_chunk(final=False))
+            self._next_chunk(final=False)
+            if self._group_ready():
+                out.append(self._code_cut())
         if out:  # later chunks are unknown yet: the header names the model
             out.insert(0, self._header())
         return b"".join(out)
@@ -149,9 +184,13 @@ class LMZipCompressor:
         out = [self.compress(b"")]
         first = len(self.stats.chunks)
         while self._buf:
-            out.append(self._next_chunk(final=True))
-        # all chunks known before the header is written: name no model if none is model-coded
-        uses_model = any(c.method == fmt.METHOD_MODEL for c in self.stats.chunks[first:])
+            self._next_chunk(final=True)
+            if self._group_ready():
+                out.append(self._code_cut())
+        if self._cut:
+            out.append(self._code_cut())
+        # all chunks known before the header is written: name no model if none is scheduled
+        uses_model = any(c.scheduled for c in self.stats.chunks[first:])
         out.insert(0, self._header(uses_model))
         out.append(fmt.pack_end_record(self.stats.chunks))
         self._finished = True
@@ -180,6 +219,8 @@ class LMZipDecompressor:
         self.model: Model | None = None
         self._buf = bytearray()
         self._pending = bytearray()
+        self._group: list[tuple[fmt.ChunkInfo, bytes]] = []  # a lockstep group being read
+        self._width = 1
         self._ended = False  # end record read
         self.eof = False
         self.needs_input = True
@@ -193,6 +234,7 @@ class LMZipDecompressor:
             if size is None or len(buf) < size:
                 return False
             header = fmt.parse_header(bytes(buf[:size]))
+            self._width = stream_width(header)
             if not header.names_no_model:
                 self.model = model_for_header(header, self._model_arg, threads=self._threads)
             self.header = header
@@ -201,10 +243,12 @@ class LMZipDecompressor:
         if len(buf) < 4:
             return False
         if int.from_bytes(buf[:4], "little") == 0:  # the end record
-            size = fmt.end_record_size(bytes(buf[: fmt.END_HEAD_SIZE]), chunks_read=len(self.stats.chunks))
+            size = fmt.end_record_size(bytes(buf[: fmt.END_HEAD_SIZE]),
+                                       chunks_read=len(self.stats.chunks) + len(self._group))
             if size is None or len(buf) < size:
                 return False
             end = fmt.parse_end_record(bytes(buf[:size]))
+            self._decode_group()
             if list(end.chunks) != self.stats.chunks:
                 raise CorruptError("end record (index) does not match the chunks read")
             del buf[:size]
@@ -219,19 +263,53 @@ class LMZipDecompressor:
             return False
         payload = bytes(buf[fmt.CHUNK_RECORD_SIZE : total])
         del buf[:total]
-        if info.method == fmt.METHOD_MODEL:
+        number = len(self.stats.chunks) + len(self._group)
+        # version 2 had no groups: every model chunk was coded alone
+        starts = info.starts_group or (self.header.version == 2 and info.method == fmt.METHOD_MODEL)
+        if info.scheduled:
             if self.model is None:
-                raise CorruptError(f"chunk {len(self.stats.chunks)} is coded by a model, "
-                                   f"but the stream header names none")
-            self._pending += decompress_chunk(self.model, info, payload, self.stats, self.progress)
+                raise CorruptError(f"chunk {number} is coded by a model, but the stream header names none")
+            if starts:
+                self._decode_group()
+            elif not self._group:
+                raise CorruptError(f"chunk {number} continues a lockstep group that never started")
+        elif info.method == fmt.METHOD_MODEL:
+            raise CorruptError(f"chunk {number} is coded by a model but declares no tokens")
+        if info.scheduled or self._group:
+            self._group.append((info, payload))  # decoded with its group
+            if sum(i.scheduled for i, _ in self._group) == self._width:
+                self._decode_group()  # full: nothing more can join it
         else:
-            self._pending += decompress_classic(info, payload)
-            self.stats.raw_bytes += info.raw_len
-            self.stats.payload_bytes += info.payload_len
-            self.stats.chunks.append(info)
-            if self.progress is not None:
-                self.progress(self.stats)
+            self._emit([(info, payload)])
         return True
+
+    def _decode_group(self) -> None:
+        """Decode the lockstep group collected so far (and the unscheduled chunks among it)."""
+        group, self._group = self._group, []
+        if group:
+            self._emit(group)
+
+    def _emit(self, chunks: list[tuple[fmt.ChunkInfo, bytes]]) -> None:
+        classic = {}
+        for i, (info, payload) in enumerate(chunks):
+            if info.method != fmt.METHOD_MODEL:
+                classic[i] = decompress_classic(info, payload)
+        scheduled = [i for i, (info, _) in enumerate(chunks) if info.scheduled]
+        decoded = {}
+        if any(chunks[i][0].method == fmt.METHOD_MODEL for i in scheduled):
+            assert self.model is not None
+            replay = {k: classic[i] for k, i in enumerate(scheduled) if i in classic}
+            out = decompress_group(self.model, [chunks[i] for i in scheduled], self.stats, self.progress,
+                                   self._width, replay)
+            decoded = dict(zip(scheduled, out))
+        for i, (info, _) in enumerate(chunks):
+            if i in classic:
+                self.stats.raw_bytes += info.raw_len
+                self.stats.payload_bytes += info.payload_len
+            self._pending += decoded[i] if i in decoded else classic[i]
+        self.stats.chunks += [info for info, _ in chunks]
+        if self.progress is not None:
+            self.progress(self.stats)
 
     def decompress(self, data: bytes = b"", max_length: int = -1) -> bytes:
         """Feed ``data``; return up to ``max_length`` bytes of output (all if negative)."""
@@ -265,12 +343,21 @@ class LMZipDecompressor:
         return bytes(out)
 
 
+def stream_width(header: fmt.StreamHeader) -> int:
+    """The stream's lockstep width (``params["streams"]``, 1 if absent), checked."""
+    width = header.params.get("streams", 1)
+    if type(width) is not int or not 1 <= width <= MAX_STREAMS:
+        raise FormatError(f"stream header asks for {str(width)[:40]} lockstep streams "
+                          f"(lmzip supports 1 to {MAX_STREAMS})")
+    return width
+
+
 def compress(data: bytes, *, model: ModelArg = None, context: int | None = None, threads: int | None = None,
              chunk_size: int = DEFAULT_CHUNK_SIZE, progress: Progress | None = None, method: str = "auto",
-             mix=None) -> bytes:
+             mix=None, streams: int | None = None) -> bytes:
     """Compress ``data`` into one ``.lmz`` stream (see :class:`LMZipCompressor`)."""
     comp = LMZipCompressor(model, context=context, threads=threads, chunk_size=chunk_size, progress=progress,
-                           method=method, mix=mix)
+                           method=method, mix=mix, streams=streams)
     return comp.compress(data) + comp.flush()
 
 

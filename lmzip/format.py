@@ -1,4 +1,4 @@
-"""The ``.lmz`` container, version 2: packing and unpacking, nothing else.
+"""The ``.lmz`` container, version 3: packing and unpacking, nothing else.
 
 Layout (all integers little-endian; docs/format.md is the reference)::
 
@@ -10,7 +10,12 @@ Layout (all integers little-endian; docs/format.md is the reference)::
                     index_crc(4) end_size(4) end_magic(4)
 
 ``method`` says how a chunk's payload is coded: by the stream's model (range-coded
-tokens), stored as is, or by LZMA (binary data the model would code worse).
+tokens), stored as is, or by LZMA (binary data the model would code worse); its high
+bit marks the first chunk of a *lockstep group*.  Chunks with ``n_tokens > 0`` are
+*scheduled*: they were run through the model together with the other scheduled chunks
+of their group, one batch per token (a scheduled chunk that came out smaller by LZMA
+is stored so, and the decoder replays its tokens to keep the batches the same).
+Version 2 files (no groups: every model chunk alone) are still read.
 
 ``model_sha256`` (the SHA-256 of the model file, zeros for built-in models) and
 ``params`` (canonical JSON, sorted keys, no spaces: the model's name and every
@@ -39,6 +44,9 @@ __all__ = [
     "METHOD_STORED",
     "METHOD_LZMA",
     "METHOD_NAMES",
+    "GROUP_START",
+    "READ_VERSIONS",
+    "CONTAINER_PARAMS",
     "NO_MODEL_PARAMS",
     "StreamHeader",
     "ChunkInfo",
@@ -56,7 +64,9 @@ __all__ = [
 
 MAGIC = b"\x89LMZ"  # high bit first, as PNG: catches 7-bit mangling
 END_MAGIC = b"LMZE"
-VERSION = 2
+VERSION = 3
+#: versions this lmzip reads (2: before lockstep groups; each model chunk is coded alone)
+READ_VERSIONS = (2, 3)
 MAX_CHUNK_SIZE = 1 << 30  # a decoder refuses larger chunks: no allocation from untrusted sizes
 MAX_PARAMS_LEN = 0xFFFF
 
@@ -69,6 +79,12 @@ METHOD_MODEL = 0  # the stream's model and the range coder: n_tokens symbols
 METHOD_STORED = 1  # the original bytes, as they are
 METHOD_LZMA = 2  # LZMA2 (lmzip/classic.py): for data the model would code worse
 METHOD_NAMES = {METHOD_MODEL: "model", METHOD_STORED: "stored", METHOD_LZMA: "lzma"}
+#: high bit of the method byte (version 3): this scheduled chunk starts a lockstep group
+GROUP_START = 0x80
+
+#: header params that describe the container, not the model (not part of the
+#: fingerprint a model is checked against): the chunk size and the lockstep width
+CONTAINER_PARAMS = ("chunk_size", "streams")
 
 _FIXED = struct.Struct("<4sBBH32s")  # magic, version, flags, params_len, model_sha256
 _CHUNK = struct.Struct("<IIIIB")  # raw_len, n_tokens, payload_len, data_crc, method
@@ -128,10 +144,20 @@ class ChunkInfo:
     payload_len: int
     data_crc: int
     method: int = METHOD_MODEL
+    #: first chunk of a lockstep group (version 3; see ``scheduled``)
+    starts_group: bool = False
 
     @property
     def method_name(self) -> str:
         return METHOD_NAMES.get(self.method, f"unknown ({self.method})")
+
+    @property
+    def scheduled(self) -> bool:
+        """Run through the model in its group: model-coded, or LZMA/stored after the model ran."""
+        return self.n_tokens > 0
+
+    def method_byte(self) -> int:
+        return self.method | (GROUP_START if self.starts_group else 0)
 
 
 @dataclass(frozen=True)
@@ -174,8 +200,9 @@ def parse_header(data: bytes) -> StreamHeader:
     if len(data) < 8:
         raise TruncatedError("input ends inside the lmzip stream header")
     version = data[4]
-    if version != VERSION:
-        raise FormatError(f"unsupported lmzip format version {version} (this lmzip reads version {VERSION})")
+    if version not in READ_VERSIONS:
+        raise FormatError(f"unsupported lmzip format version {version} "
+                          f"(this lmzip reads versions {', '.join(map(str, READ_VERSIONS))})")
     size = header_size(data)
     assert size is not None
     if len(data) < size:
@@ -205,7 +232,7 @@ def pack_chunk_record(info: ChunkInfo, payload: bytes) -> bytes:
     if len(payload) != info.payload_len:
         raise ValueError("payload length does not match the chunk info")
     validate_chunk_info(info, ValueError)
-    head = _CHUNK.pack(info.raw_len, info.n_tokens, info.payload_len, info.data_crc, info.method)
+    head = _CHUNK.pack(info.raw_len, info.n_tokens, info.payload_len, info.data_crc, info.method_byte())
     return head + _CRC.pack(_crc(head)) + payload
 
 
@@ -225,9 +252,14 @@ def parse_chunk_record(data: bytes, offset: int = 0) -> ChunkInfo | None:
     stored_crc = _CRC.unpack_from(data, offset + _CHUNK.size)[0]
     if stored_crc != _crc(data[offset : offset + _CHUNK.size]):
         raise CorruptError("chunk header is damaged (CRC mismatch)")
-    info = ChunkInfo(*fields)
+    info = _info(fields)
     validate_chunk_info(info)
     return info
+
+
+def _info(fields: tuple[int, int, int, int, int]) -> ChunkInfo:
+    raw_len, n_tokens, payload_len, data_crc, method = fields
+    return ChunkInfo(raw_len, n_tokens, payload_len, data_crc, method & ~GROUP_START, bool(method & GROUP_START))
 
 
 def validate_chunk_info(info: ChunkInfo, error: type[Exception] = CorruptError) -> None:
@@ -238,15 +270,17 @@ def validate_chunk_info(info: ChunkInfo, error: type[Exception] = CorruptError) 
         raise error("chunk declares zero bytes")
     if info.payload_len > payload_limit(info.raw_len):
         raise error(f"chunk declares an impossible payload of {info.payload_len} bytes for {info.raw_len} bytes")
+    if info.n_tokens > info.raw_len:  # every token spells at least one byte
+        raise error(f"chunk declares {info.n_tokens} tokens for {info.raw_len} bytes")
+    if info.starts_group and not info.scheduled:
+        raise error("chunk starts a lockstep group but declares no tokens")
     if info.method == METHOD_MODEL:
-        if info.n_tokens == 0 or info.n_tokens > info.raw_len:
+        if info.n_tokens == 0:
             raise error(f"chunk declares {info.n_tokens} tokens for {info.raw_len} bytes")
         if info.payload_len % 4:
             raise error(f"chunk declares an impossible payload of {info.payload_len} bytes "
                         f"(not whole 32-bit words)")
     elif info.method in (METHOD_STORED, METHOD_LZMA):
-        if info.n_tokens != 0:
-            raise error(f"{info.method_name} chunk declares {info.n_tokens} tokens (must be 0)")
         if info.method == METHOD_STORED and info.payload_len != info.raw_len:
             raise error(f"stored chunk declares {info.payload_len} payload bytes for {info.raw_len} bytes")
     else:
@@ -259,7 +293,7 @@ def validate_chunk_info(info: ChunkInfo, error: type[Exception] = CorruptError) 
 def pack_end_record(chunks: list[ChunkInfo]) -> bytes:
     original_len = sum(c.raw_len for c in chunks)
     body = _END_HEAD.pack(0, len(chunks), original_len)
-    body += b"".join(_CHUNK.pack(c.raw_len, c.n_tokens, c.payload_len, c.data_crc, c.method) for c in chunks)
+    body += b"".join(_CHUNK.pack(c.raw_len, c.n_tokens, c.payload_len, c.data_crc, c.method_byte()) for c in chunks)
     body += _CRC.pack(_crc(body))
     return body + _END_TAIL.pack(len(body) + END_TAIL_SIZE, END_MAGIC)
 
@@ -293,7 +327,7 @@ def parse_end_record(data: bytes, offset: int = 0) -> EndRecord:
     if end_magic != END_MAGIC or end_size != size:
         raise CorruptError("end record (index) is damaged (bad trailer)")
     chunks = tuple(
-        ChunkInfo(*_CHUNK.unpack_from(data, offset + END_HEAD_SIZE + i * _CHUNK.size)) for i in range(n_chunks)
+        _info(_CHUNK.unpack_from(data, offset + END_HEAD_SIZE + i * _CHUNK.size)) for i in range(n_chunks)
     )
     for c in chunks:
         validate_chunk_info(c)

@@ -225,11 +225,11 @@ class MixedModel(Model):
         return MixedStream(self.base.open_stream(), self.vocab_size, self.settings)
 
     @property
-    def streams(self) -> int:
-        return self.base.streams
+    def batches(self) -> bool:
+        return self.base.batches
 
-    def open_group(self, lengths: list[int]) -> StreamGroup:
-        return _MixedGroup(self.base.open_group(lengths), self.vocab_size, self.settings)
+    def open_group(self, lengths: list[int], width: int = 1) -> StreamGroup:
+        return _MixedGroup(self.base.open_group(lengths, width), self.vocab_size, self.settings)
 
     def describe(self) -> str:
         s = self.settings

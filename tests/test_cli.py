@@ -171,7 +171,7 @@ def test_info_lists_concatenated_streams(tmp_path, sample):
     packed = (tmp_path / "sample.txt.lmz").read_bytes()
     (tmp_path / "two.lmz").write_bytes(packed + packed)
     info = run("info", str(tmp_path / "two.lmz"), check=0).stdout.decode()
-    assert "stream 2" in info and info.count("lmzip version 2") == 2
+    assert "stream 2" in info and info.count("lmzip version 3") == 2
 
 
 def test_progress_line(sample):

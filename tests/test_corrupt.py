@@ -101,12 +101,13 @@ def test_concatenated_streams(packed, order1):
 def test_forged_header_with_huge_sizes_does_not_allocate_or_hang(order1):
     head = fmt.pack_header(order1.model_sha256, order1.params())
     # a valid-looking chunk that declares 1 GiB and 2**30 tokens, with a tiny payload
-    forged = head + fmt.pack_chunk_record(fmt.ChunkInfo(fmt.MAX_CHUNK_SIZE, fmt.MAX_CHUNK_SIZE, 8, 0), bytes(8))
+    huge = fmt.ChunkInfo(fmt.MAX_CHUNK_SIZE, fmt.MAX_CHUNK_SIZE, 8, 0, starts_group=True)
+    forged = head + fmt.pack_chunk_record(huge, bytes(8))
     with pytest.raises(CorruptError, match="more information than it holds"):
         lmzip.decompress(forged)  # 8 bytes cannot hold 2**30 tokens: stopped early
     # a decoder that reads garbage stops at the declared length, never runs on
-    small = head + fmt.pack_chunk_record(fmt.ChunkInfo(40, 40, 8, 0), bytes(8)) + fmt.pack_end_record(
-        [fmt.ChunkInfo(40, 40, 8, 0)])
+    info = fmt.ChunkInfo(40, 40, 8, 0, starts_group=True)
+    small = head + fmt.pack_chunk_record(info, bytes(8)) + fmt.pack_end_record([info])
     with pytest.raises(CorruptError):
         lmzip.decompress(small)
 

@@ -105,12 +105,17 @@ class Model(ABC):
     def open_stream(self) -> Stream:
         """A fresh stream with an empty context."""
 
-    #: chunks a batching backend advances together (``params()["streams"]``); 1 = serial
-    streams: int = 1
+    #: True for a backend whose :meth:`open_group` evaluates its streams in one batch
+    #: (then lockstep groups pay; otherwise the compressor codes chunks one by one)
+    batches: bool = False
 
-    def open_group(self, lengths: list[int]) -> StreamGroup:
-        """Streams for ``len(lengths)`` chunks (at most :attr:`streams`) coded in lockstep;
-        ``lengths[i]`` tokens will be coded in chunk ``i``.  Default: independent streams."""
+    def open_group(self, lengths: list[int], width: int = 1) -> StreamGroup:
+        """Streams for ``len(lengths)`` chunks coded in lockstep, ``lengths[i]`` tokens in
+        chunk ``i``.  ``width`` (at least ``len(lengths)``) is the stream's lockstep width,
+        stored in its header: a batching backend sizes its batches and caches by it, so
+        it is part of the schedule.  Default: independent streams (``width`` unused)."""
+        if not 1 <= len(lengths) <= width:
+            raise ValueError(f"a group of width {width} holds 1 to {width} chunks, not {len(lengths)}")
         return StreamGroup([self.open_stream() for _ in lengths])
 
     def describe(self) -> str:

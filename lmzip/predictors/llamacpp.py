@@ -27,9 +27,12 @@ import numpy as np
 
 from ..errors import LMZipError, ModelNotFoundError
 from ..tokenization import PieceTokenizer
-from .base import Model, Stream
+from .base import Model, Stream, StreamGroup
 
 __all__ = ["LlamaCppModel", "backend_version"]
+
+#: widest lockstep group one context runs (each stream holds a KV cache of `context` cells)
+MAX_WIDTH = 64
 
 _init_lock = threading.Lock()
 _initialized = False
@@ -153,6 +156,115 @@ class _LlamaStream(Stream):
             self._ctx = None
 
 
+class _GroupStream(Stream):
+    """One chunk's stream inside a :class:`_LlamaGroup`: its own sequence in the shared KV cache."""
+
+    def __init__(self, group: _LlamaGroup, seq: int, length: int, n_vocab: int, vocab_size: int):
+        self._group = group
+        self.seq = seq
+        self._left = length  # tokens still to be coded: the last one needs no evaluation
+        self._n_vocab = n_vocab
+        self.scores_buf = np.full(vocab_size, -np.inf, dtype=np.float32)
+        self.pos = 0
+        self.next_token: int | None = None
+
+    def scores(self) -> np.ndarray:
+        return self.scores_buf  # valid until the group's next advance()
+
+    def push(self, token: int) -> None:
+        self._left -= 1
+        if token < self._n_vocab and self._left > 0:  # escape symbols are not shown to the model
+            self.next_token = token
+
+
+class _LlamaGroup(StreamGroup):
+    """Chunks advanced in lockstep: one ``llama_decode`` per step holding one token of
+    every stream that has one, each stream its own sequence (``seq_id``) in one context
+    with a KV cache per sequence (``kv_unified`` off, so a token attends to its own
+    window only).  Batch shapes follow from the chunk lengths and the tokens, which the
+    decoder knows when it needs them: both directions make the same calls.
+
+    Every stream starts with the start token at position 0 (all in the first batch) and
+    slides exactly as the single stream does (same ``keep``/``discard``).
+    """
+
+    def __init__(self, model: LlamaCppModel, lengths: list[int], width: int):
+        L = model._L
+        self._L = L
+        self._model = model
+        self._ctx = None
+        self._batch = None
+        S = width
+        cparams = L.llama_context_default_params()
+        cparams.n_ctx = model.context * S  # split evenly: each sequence gets `context` cells
+        cparams.n_batch = S
+        cparams.n_ubatch = S
+        cparams.n_seq_max = S
+        cparams.kv_unified = False
+        cparams.n_threads = model.threads
+        cparams.n_threads_batch = model.threads
+        cparams.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        cparams.type_k = 1  # GGML_TYPE_F16
+        cparams.type_v = 1
+        cparams.embeddings = False
+        cparams.no_perf = True
+        cparams.swa_full = True
+        self._ctx = L.llama_init_from_model(model._model, cparams)
+        if not self._ctx:
+            raise LMZipError("llama.cpp could not create a context (out of memory?)")
+        self._mem = L.llama_get_memory(self._ctx)
+        if not L.llama_memory_can_shift(self._mem):
+            self.close()
+            raise LMZipError(f"model {model.name} does not support KV-cache shifting")
+        self._batch = L.llama_batch_init(S, 0, 1)
+        n_vocab = model.tokenizer.n_model_tokens
+        self._n_vocab = n_vocab
+        super().__init__([_GroupStream(self, i, n, n_vocab, model.vocab_size) for i, n in enumerate(lengths)])
+        for s in self.streams:
+            s.next_token = model.start_token
+        self.advance()
+
+    def advance(self) -> None:
+        L, m, b = self._L, self._model, self._batch
+        todo = [s for s in self.streams if s.next_token is not None]
+        if not todo:
+            return
+        for j, s in enumerate(todo):
+            if s.pos >= m.context:  # slide this sequence's window, as the single stream does
+                L.llama_memory_seq_rm(self._mem, s.seq, m.keep, m.keep + m.discard)
+                L.llama_memory_seq_add(self._mem, s.seq, m.keep + m.discard, s.pos, -m.discard)
+                s.pos -= m.discard
+            b.token[j] = s.next_token
+            b.pos[j] = s.pos
+            b.n_seq_id[j] = 1
+            b.seq_id[j][0] = s.seq
+            b.logits[j] = 1
+        b.n_tokens = len(todo)
+        rc = L.llama_decode(self._ctx, b)
+        if rc != 0:
+            raise LMZipError(f"llama_decode failed (code {rc})")
+        n = self._n_vocab
+        for j, s in enumerate(todo):
+            ptr = L.llama_get_logits_ith(self._ctx, j)
+            s.scores_buf[:n] = np.ctypeslib.as_array(ptr, shape=(n,))
+            s.pos += 1
+            s.next_token = None
+
+    def close(self) -> None:
+        if self._batch is not None:
+            self._L.llama_batch_free(self._batch)
+            self._batch = None
+        if self._ctx:
+            self._L.llama_free(self._ctx)
+            self._ctx = None
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # pragma: no cover - interpreter shutdown
+            pass
+
+
 class LlamaCppModel(Model):
     """A GGUF model run by llama.cpp on the CPU.
 
@@ -224,6 +336,16 @@ class LlamaCppModel(Model):
 
     def open_stream(self) -> Stream:
         return _LlamaStream(self)
+
+    batches = True
+
+    def open_group(self, lengths: list[int], width: int = 1) -> StreamGroup:
+        if width == 1:  # format v2's schedule: a context of its own, one token per call
+            return super().open_group(lengths, width)
+        if not 1 <= len(lengths) <= width <= MAX_WIDTH:
+            raise ValueError(f"a group of width {width} (at most {MAX_WIDTH}) holds 1 to {width} chunks, "
+                             f"not {len(lengths)}")
+        return _LlamaGroup(self, lengths, width)
 
     def describe(self) -> str:
         return f"{self.name} ({self.path.name}, llama.cpp {backend_version()}, context {self.context})"

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import FormatError, ModelMismatchError, ModelNotFoundError
-from ..format import StreamHeader
+from ..format import CONTAINER_PARAMS, StreamHeader
 from .base import Model
 
 __all__ = [
@@ -275,7 +275,7 @@ def model_for_header(header: StreamHeader, model: str | os.PathLike | Model | No
     from ..mixing import NO_MIX, MixedModel, MixSettings
     from .ngram import NGramModel
 
-    params = header.params
+    params = {k: v for k, v in header.params.items() if k not in CONTAINER_PARAMS}  # the model's own
     context = params.get("context")
     if context is not None and (type(context) is not int or not MIN_CONTEXT <= context <= MAX_CONTEXT):
         # checked before any model is built: the window sizes the KV cache

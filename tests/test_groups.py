@@ -1,0 +1,238 @@
+"""Lockstep groups: chunks coded together, one batched model evaluation per step.
+
+The decoder must replay the compressor's schedule exactly.  ``BatchSensitive`` is a
+model whose scores depend on how many streams each evaluation holds (as llama.cpp's
+logits do), so any deviation in the replayed batches breaks the round trip here.
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+import lmzip
+from lmzip import core
+from lmzip import format as fmt
+from lmzip.errors import ChecksumError, CorruptError, FormatError
+from lmzip.predictors.base import Model, Stream, StreamGroup
+from lmzip.predictors.order1 import Order1Model
+
+from .conftest import corpus_slice
+
+
+class _SensitiveStream(Stream):
+    def __init__(self, base: Stream):
+        self.base = base
+        self.batch = 1
+        self.pending: int | None = None
+
+    def scores(self) -> np.ndarray:
+        # a tilt toward 'e' that grows with the size of the batch that evaluated this
+        # stream: a wrong batch size changes the distribution
+        s = self.base.scores().copy()
+        s[101] += np.float32(0.5 * self.batch)
+        return s
+
+    def push(self, token: int) -> None:
+        self.pending = token
+
+
+class _SensitiveGroup(StreamGroup):
+    def __init__(self, streams, log):
+        super().__init__(streams)
+        self.log = log
+        log.append(len(streams))  # the start: all streams in the first batch
+        for s in streams:
+            s.batch = len(streams)
+
+    def advance(self) -> None:
+        todo = [s for s in self.streams if s.pending is not None]
+        if not todo:
+            return
+        self.log.append(len(todo))
+        for s in todo:
+            s.base.push(s.pending)
+            s.pending = None
+            s.batch = len(todo)
+
+
+class BatchSensitive(Model):
+    """order-1 counts, evaluated in 'batches' whose size changes the scores."""
+
+    batches = True
+
+    def __init__(self):
+        self.inner = Order1Model()
+        self.name = "order1"
+        self.tokenizer = self.inner.tokenizer
+        self.log: list[int] = []
+
+    def params(self):
+        return self.inner.params()
+
+    def open_stream(self):
+        return _SensitiveStream(self.inner.open_stream())
+
+    def open_group(self, lengths, width=1):
+        assert 1 <= len(lengths) <= width
+        return _SensitiveGroup([self.open_stream() for _ in lengths], self.log)
+
+
+def _texts(n: int, size: int) -> list[bytes]:
+    return [corpus_slice("alice29.txt", 5000 + i * 3000, size) for i in range(n)]
+
+
+def _chunks(packed: bytes) -> list[fmt.ChunkInfo]:
+    end_size = int.from_bytes(packed[-8:-4], "little")
+    return list(fmt.parse_end_record(packed, len(packed) - end_size).chunks)
+
+
+@pytest.mark.parametrize("streams", [1, 2, 3, 8])
+def test_groups_round_trip_and_record_their_layout(streams):
+    data = b"".join(_texts(5, 700))
+    model = BatchSensitive()
+    packed = lmzip.compress(data, model=model, chunk_size=700, streams=streams, method="model")
+    header = fmt.parse_header(packed)
+    assert header.params.get("streams", 1) == streams
+    assert header.params["chunk_size"] == 700
+    chunks = _chunks(packed)
+    assert len(chunks) == 5
+    starts = [i for i, c in enumerate(chunks) if c.starts_group]
+    assert starts == list(range(0, 5, streams))
+    assert lmzip.decompress(packed, model=BatchSensitive()) == data
+    # the batches shrink as chunks end: never wider than the stream's width
+    assert max(model.log) <= streams
+
+
+def test_each_group_is_one_batch_per_step():
+    data = b"".join(_texts(3, 600))
+    model = BatchSensitive()
+    lmzip.compress(data, model=model, chunk_size=600, streams=3, method="model")
+    assert model.log[0] == 3  # the start tokens, together
+    assert 3 in model.log and model.log == sorted(model.log, reverse=True)
+
+
+def test_a_wrong_width_does_not_decode_silently():
+    data = b"".join(_texts(4, 600))
+    packed = bytearray(lmzip.compress(data, model=BatchSensitive(), chunk_size=600, streams=4, method="model"))
+    header_len = fmt.header_size(bytes(packed[:8]))
+    params = fmt.parse_header(bytes(packed)).params
+    forged = fmt.pack_header(bytes(32), {**params, "streams": 2})
+    with pytest.raises(CorruptError):
+        lmzip.decompress(forged + bytes(packed[header_len:]), model=BatchSensitive())
+
+
+def test_a_chunk_stored_after_the_model_ran_is_replayed(monkeypatch):
+    # a text chunk LZMA codes far better (random letters repeating every 500 bytes) between
+    # two ordinary ones: it is stored as LZMA but keeps its tokens, so the decoder feeds
+    # them to the model and the other chunks see the batches they were coded with
+    rng = random.Random(5)
+    block = bytes(rng.choice(b"abcdefghijklmnopqrstuvwxyz ") for _ in range(500))
+    parts = _texts(1, 2000) + [block * 4] + _texts(2, 2000)[1:]
+    data = b"".join(parts)
+    model = BatchSensitive()
+    classic = core.compress_classic  # order-1 loses to LZMA on short texts: only the block may win
+    monkeypatch.setattr(core, "compress_classic",
+                        lambda d: classic(d) if d == block * 4 else (fmt.METHOD_STORED, d))
+    packed = lmzip.compress(data, model=model, chunk_size=2000, streams=4)
+    chunks = _chunks(packed)
+    replayed = [c for c in chunks if c.method != fmt.METHOD_MODEL]
+    assert len(replayed) == 1 and replayed[0].scheduled and not replayed[0].starts_group
+    assert chunks[0].starts_group and chunks[0].method == fmt.METHOD_MODEL
+    assert lmzip.decompress(packed, model=BatchSensitive()) == data
+
+
+def test_interleaved_binary_chunks_stay_in_order():
+    rng = random.Random(9)
+    noise = bytes(rng.randrange(256) for _ in range(5000))
+    texts = _texts(3, 3000)
+    data = texts[0] + noise + texts[1] + noise[:4096] + texts[2]
+    packed = lmzip.compress(data, model=BatchSensitive(), chunk_size=3000, streams=4)
+    chunks = _chunks(packed)
+    assert [c.method for c in chunks].count(fmt.METHOD_LZMA) >= 2
+    assert sum(c.starts_group for c in chunks) == 1
+    assert lmzip.decompress(packed, model=BatchSensitive()) == data
+
+
+def test_incremental_compressor_and_decompressor_agree_with_one_shot():
+    data = b"".join(_texts(7, 500))
+    one_shot = lmzip.compress(data, model=BatchSensitive(), chunk_size=500, streams=3, method="model")
+    comp = lmzip.LMZipCompressor(BatchSensitive(), chunk_size=500, streams=3, method="model")
+    pieces = [comp.compress(data[i : i + 333]) for i in range(0, len(data), 333)]
+    assert b"".join(pieces) + comp.flush() == one_shot
+    assert any(pieces)  # full groups leave before flush()
+    d = lmzip.LMZipDecompressor(BatchSensitive())
+    out = b"".join(d.decompress(one_shot[i : i + 100]) for i in range(0, len(one_shot), 100))
+    assert out == data and d.eof
+
+
+def _records(packed: bytes):
+    """(offset, info) of every chunk record."""
+    pos = fmt.header_size(packed[:8])
+    out = []
+    while True:
+        info = fmt.parse_chunk_record(packed, pos)
+        if info is None:
+            return out
+        out.append((pos, info))
+        pos += fmt.CHUNK_RECORD_SIZE + info.payload_len
+
+
+def _rewrite(packed: bytes, offset: int, info: fmt.ChunkInfo) -> bytes:
+    head = fmt.pack_chunk_record(info, bytes(info.payload_len))[: fmt.CHUNK_RECORD_SIZE]
+    return packed[:offset] + head + packed[offset + fmt.CHUNK_RECORD_SIZE:]
+
+
+def test_damaged_group_marks_are_refused():
+    data = b"".join(_texts(4, 600))
+    packed = lmzip.compress(data, model=BatchSensitive(), chunk_size=600, streams=2, method="model")
+    (o0, c0), (o1, c1) = _records(packed)[:2]
+    # the group's first chunk loses its mark: its chunks continue a group never started
+    lost = _rewrite(packed, o0, fmt.ChunkInfo(c0.raw_len, c0.n_tokens, c0.payload_len, c0.data_crc))
+    with pytest.raises(CorruptError, match="never started"):
+        lmzip.decompress(lost, model=BatchSensitive())
+    # a mark in the middle of a group splits it: other batches, caught by the chunk CRCs
+    # (or by the index, which still has the true layout)
+    split = _rewrite(packed, o1, fmt.ChunkInfo(c1.raw_len, c1.n_tokens, c1.payload_len, c1.data_crc,
+                                               starts_group=True))
+    with pytest.raises((ChecksumError, CorruptError)):
+        lmzip.decompress(split, model=BatchSensitive())
+
+
+@pytest.mark.parametrize("width", [0, 65, "8", 2.5, None])
+def test_header_widths_out_of_range_are_refused(width):
+    packed = lmzip.compress(b"hello world " * 30, model=BatchSensitive(), chunk_size=100, streams=2,
+                            method="model")
+    header_len = fmt.header_size(packed[:8])
+    params = {**fmt.parse_header(packed).params, "streams": width}
+    with pytest.raises(FormatError, match="lockstep streams"):
+        lmzip.decompress(fmt.pack_header(bytes(32), params) + packed[header_len:], model=BatchSensitive())
+
+
+def test_streams_argument_is_checked():
+    with pytest.raises(ValueError, match="streams"):
+        lmzip.LMZipCompressor(BatchSensitive(), streams=0)
+    with pytest.raises(ValueError, match="streams"):
+        lmzip.LMZipCompressor(BatchSensitive(), streams=core.MAX_STREAMS + 1)
+
+
+def test_default_width_follows_the_backend(order1):
+    assert lmzip.LMZipCompressor(order1).streams == 1  # no batching: chunk by chunk
+    assert lmzip.LMZipCompressor(BatchSensitive()).streams == core.DEFAULT_STREAMS
+
+
+def test_llama_groups_round_trip(llm):
+    """The real model: 3 chunks in one llama.cpp context, each its own sequence, sliding
+    its 128-token window; decoded by the same schedule, bit for bit."""
+    data = b"".join(corpus_slice("alice29.txt", 20000 + i * 9000, 900) for i in range(3))
+    packed = lmzip.compress(data, model=llm, chunk_size=900, streams=4)
+    assert fmt.parse_header(packed).params["streams"] == 4
+    chunks = _chunks(packed)
+    assert [c.starts_group for c in chunks] == [True, False, False]
+    assert all(c.n_tokens > 128 for c in chunks)  # every window slides
+    assert lmzip.decompress(packed, model=llm) == data
+    # the batched schedule is not the serial one: a width-1 file differs
+    serial = lmzip.compress(data, model=llm, chunk_size=900, streams=1)
+    assert serial != packed and lmzip.decompress(serial, model=llm) == data
