@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import os
 import zlib
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO
@@ -68,6 +69,8 @@ class LMZipCompressor:
         chunk_size: bytes per independently coded chunk (default 1 MiB).
         streams: chunks coded together in lockstep, one batched model evaluation per
             step (default 8 for a model that batches, else 1); stored in the header.
+        executor: a :class:`lmzip.parallel.Executor` that codes groups on other workers
+            (processes, Ray); the output is the same as without one.
         progress: called every few tokens with the running :class:`~lmzip.codec.Stats`.
         mix: a :class:`~lmzip.mixing.MixSettings` (default ``DEFAULT_MIX``; ``NO_MIX``
             for the bare language model); ignored when ``model`` is a loaded model.
@@ -79,7 +82,7 @@ class LMZipCompressor:
 
     def __init__(self, model: ModelArg = None, *, context: int | None = None, threads: int | None = None,
                  chunk_size: int = DEFAULT_CHUNK_SIZE, progress: Progress | None = None, method: str = "auto",
-                 mix=None, streams: int | None = None):
+                 mix=None, streams: int | None = None, executor=None):
         if not 1 <= chunk_size <= fmt.MAX_CHUNK_SIZE:
             raise ValueError(f"chunk_size must be between 1 and {fmt.MAX_CHUNK_SIZE}")
         if context is not None and not MIN_CONTEXT <= context <= MAX_CONTEXT:
@@ -99,6 +102,8 @@ class LMZipCompressor:
         self.stats = Stats()
         self._buf = bytearray()
         self._cut: list[tuple[bytes, bool]] = []  # chunks cut from the input, not coded yet: (data, text)
+        self.executor = executor
+        self._inflight: deque = deque()  # (cut, future) of groups handed to the executor
         self._started = False
         self._finished = False
 
@@ -119,11 +124,44 @@ class LMZipCompressor:
         return texts >= self.streams or sum(len(d) for d, _ in self._cut) >= self.streams * self.chunk_size
 
     def _code_cut(self) -> bytes:
-        """Code the chunks cut so far (at most one lockstep group of text) into records."""
+        """Code the chunks cut so far (at most one lockstep group of text) into records;
+        with an executor, hand the group over and return the records of groups done."""
         cut, self._cut = self._cut, []
-        first = len(self.stats.chunks)
         texts = [data for data, text in cut if text]
-        coded = iter(compress_group(self.model, texts, self.stats, self.progress, self.streams) if texts else [])
+        if self.executor is None or not texts:
+            if self._inflight:  # keep the order: what was handed over comes first
+                return self._collect(wait_all=True) + self._code_cut_now(cut, texts)
+            return self._code_cut_now(cut, texts)
+        self._inflight.append((cut, self.executor.submit_compress(texts, self.streams)))
+        return self._collect(wait_all=False)
+
+    def _collect(self, wait_all: bool) -> bytes:
+        """Records of the groups handed over, in order: those done (all with ``wait_all``,
+        and enough that at most two per worker stay in flight)."""
+        out = []
+        while self._inflight and (wait_all or self._inflight[0][1].done()
+                                  or len(self._inflight) > 2 * self.executor.workers):
+            cut, future = self._inflight.popleft()
+            result = future.result()
+            st = result.stats
+            self.stats.raw_bytes += st.raw_bytes
+            self.stats.tokens += st.tokens
+            self.stats.model_bits += st.model_bits
+            self.stats.coded_bits += st.coded_bits
+            self.stats.payload_bytes += st.payload_bytes
+            out.append(self._records(cut, result.out, len(self.stats.chunks)))
+        return b"".join(out)
+
+    def _code_cut_now(self, cut: list[tuple[bytes, bool]], texts: list[bytes]) -> bytes:
+        first = len(self.stats.chunks)
+        coded = compress_group(self.model, texts, self.stats, self.progress, self.streams) if texts else []
+        return self._records(cut, coded, first)
+
+    def _records(self, cut: list[tuple[bytes, bool]], coded_texts: list[tuple[fmt.ChunkInfo, bytes]],
+                 first: int) -> bytes:
+        """The records of ``cut``, its text chunks coded as ``coded_texts``; binary chunks
+        are coded here, and a text chunk that LZMA codes smaller is stored so."""
+        coded = iter(coded_texts)
         infos, payloads = [], []
         for data, text in cut:
             if text:
@@ -145,7 +183,7 @@ class LMZipCompressor:
         if not any(i.method == fmt.METHOD_MODEL for i in infos):
             # the model's work was all thrown away: nothing for the decoder to replay
             infos = [fmt.ChunkInfo(i.raw_len, 0, i.payload_len, i.data_crc, i.method) for i in infos]
-        self.stats.chunks[first:] = infos
+        self.stats.chunks[first:] = infos  # in place of what compress_group appended
         if self.progress is not None:
             self.progress(self.stats)
         return b"".join(fmt.pack_chunk_record(i, p) for i, p in zip(infos, payloads))
@@ -189,6 +227,8 @@ class LMZipCompressor:
                 out.append(self._code_cut())
         if self._cut:
             out.append(self._code_cut())
+        if self._inflight:
+            out.append(self._collect(wait_all=True))
         # all chunks known before the header is written: name no model if none is scheduled
         uses_model = any(c.scheduled for c in self.stats.chunks[first:])
         out.insert(0, self._header(uses_model))
@@ -205,12 +245,14 @@ class LMZipDecompressor:
             the header names; it must match the header's fingerprint.
         threads: CPU threads for the model (does not change the output).
         progress: called every few tokens with the running :class:`~lmzip.codec.Stats`.
+        executor: a :class:`lmzip.parallel.Executor` that decodes groups on other
+            workers, several at once; output stays in order.
 
     Data after the end of the stream is kept in :attr:`unused_data`.
     """
 
     def __init__(self, model: ModelArg = None, *, threads: int | None = None,
-                 progress: Progress | None = None):
+                 progress: Progress | None = None, executor=None):
         self._model_arg = model
         self._threads = threads
         self.progress = progress
@@ -220,6 +262,9 @@ class LMZipDecompressor:
         self._buf = bytearray()
         self._pending = bytearray()
         self._group: list[tuple[fmt.ChunkInfo, bytes]] = []  # a lockstep group being read
+        self.executor = executor
+        # decoded or in flight, in order: (chunks, classic data, decoded or indices, future)
+        self._outq: deque = deque()
         self._width = 1
         self._ended = False  # end record read
         self.eof = False
@@ -290,26 +335,53 @@ class LMZipDecompressor:
             self._emit(group)
 
     def _emit(self, chunks: list[tuple[fmt.ChunkInfo, bytes]]) -> None:
+        """Decode ``chunks`` (a group and the unscheduled chunks among it), or hand the
+        group to the executor; the output is queued in order either way."""
         classic = {}
         for i, (info, payload) in enumerate(chunks):
             if info.method != fmt.METHOD_MODEL:
                 classic[i] = decompress_classic(info, payload)
         scheduled = [i for i, (info, _) in enumerate(chunks) if info.scheduled]
-        decoded = {}
-        if any(chunks[i][0].method == fmt.METHOD_MODEL for i in scheduled):
+        self.stats.chunks += [info for info, _ in chunks]
+        if not any(chunks[i][0].method == fmt.METHOD_MODEL for i in scheduled):
+            self._outq.append((chunks, classic, [], None))
+        else:
             assert self.model is not None
             replay = {k: classic[i] for k, i in enumerate(scheduled) if i in classic}
-            out = decompress_group(self.model, [chunks[i] for i in scheduled], self.stats, self.progress,
-                                   self._width, replay)
-            decoded = dict(zip(scheduled, out))
-        for i, (info, _) in enumerate(chunks):
-            if i in classic:
-                self.stats.raw_bytes += info.raw_len
-                self.stats.payload_bytes += info.payload_len
-            self._pending += decoded[i] if i in decoded else classic[i]
-        self.stats.chunks += [info for info, _ in chunks]
-        if self.progress is not None:
-            self.progress(self.stats)
+            records = [chunks[i] for i in scheduled]
+            if self.executor is None:
+                out = decompress_group(self.model, records, self.stats, self.progress, self._width, replay)
+                self._outq.append((chunks, classic, list(zip(scheduled, out)), None))
+            else:
+                future = self.executor.submit_decompress(records, self._width, replay)
+                self._outq.append((chunks, classic, scheduled, future))
+        self._drain("bound")
+
+    def _drain(self, wait: str) -> None:
+        """Move finished output from the queue to ``_pending``, in order.  ``wait``: "none"
+        (only what is done), "bound" (also wait until at most two groups per worker are
+        in flight), "all"."""
+        while self._outq:
+            chunks, classic, decoded, future = self._outq[0]
+            if future is not None:
+                in_flight = sum(f is not None for *_, f in self._outq)
+                must = wait == "all" or (wait == "bound" and in_flight > 2 * self.executor.workers)
+                if not (must or future.done()):
+                    return
+                result = future.result()
+                decoded = list(zip(decoded, result.out))
+                self.stats.raw_bytes += result.stats.raw_bytes
+                self.stats.tokens += result.stats.tokens
+                self.stats.payload_bytes += result.stats.payload_bytes
+            self._outq.popleft()
+            done = dict(decoded)
+            for i, (info, _) in enumerate(chunks):
+                if i in classic:
+                    self.stats.raw_bytes += info.raw_len
+                    self.stats.payload_bytes += info.payload_len
+                self._pending += done[i] if i in done else classic[i]
+            if self.progress is not None:
+                self.progress(self.stats)
 
     def decompress(self, data: bytes = b"", max_length: int = -1) -> bytes:
         """Feed ``data``; return up to ``max_length`` bytes of output (all if negative)."""
@@ -322,6 +394,7 @@ class LMZipDecompressor:
         out = bytearray()
         stalled = False  # the next unit is not fully buffered yet
         while True:
+            self._drain("all" if self._ended else "none")
             room = len(self._pending) if max_length < 0 else max_length - len(out)
             if room > 0 and self._pending:
                 out += self._pending[:room]
@@ -337,7 +410,7 @@ class LMZipDecompressor:
             if self._buf:
                 self.unused_data += bytes(self._buf)
                 self._buf.clear()
-            if not self._pending:
+            if not self._pending and not self._outq:
                 self.eof = True
         self.needs_input = not self.eof and not self._pending and stalled
         return bytes(out)
@@ -354,22 +427,23 @@ def stream_width(header: fmt.StreamHeader) -> int:
 
 def compress(data: bytes, *, model: ModelArg = None, context: int | None = None, threads: int | None = None,
              chunk_size: int = DEFAULT_CHUNK_SIZE, progress: Progress | None = None, method: str = "auto",
-             mix=None, streams: int | None = None) -> bytes:
+             mix=None, streams: int | None = None, executor=None) -> bytes:
     """Compress ``data`` into one ``.lmz`` stream (see :class:`LMZipCompressor`)."""
     comp = LMZipCompressor(model, context=context, threads=threads, chunk_size=chunk_size, progress=progress,
-                           method=method, mix=mix, streams=streams)
+                           method=method, mix=mix, streams=streams, executor=executor)
     return comp.compress(data) + comp.flush()
 
 
 def decompress(data: bytes, *, model: ModelArg = None, threads: int | None = None,
-               progress: Progress | None = None) -> bytes:
+               progress: Progress | None = None, executor=None) -> bytes:
     """Decompress ``.lmz`` data; concatenated streams decompress to the concatenation."""
     return b"".join(iter_decompress(io.BytesIO(bytes(data)), model=model, threads=threads,
-                                    progress=progress, read_size=max(1, len(data))))
+                                    progress=progress, read_size=max(1, len(data)), executor=executor))
 
 
 def iter_decompress(fp: IO[bytes], *, model: ModelArg = None, threads: int | None = None,
-                    progress: Progress | None = None, read_size: int = 1 << 16) -> Iterator[bytes]:
+                    progress: Progress | None = None, read_size: int = 1 << 16,
+                    executor=None) -> Iterator[bytes]:
     """Decompress a file object of concatenated streams, yielding output as it is decoded.
 
     Raises :class:`TruncatedError` if the input ends inside a stream and
@@ -396,7 +470,8 @@ def iter_decompress(fp: IO[bytes], *, model: ModelArg = None, threads: int | Non
                 done.raw_bytes += d.stats.raw_bytes
                 done.tokens += d.stats.tokens
                 done.payload_bytes += d.stats.payload_bytes
-            d = LMZipDecompressor(model, threads=threads, progress=report if progress else None)
+            d = LMZipDecompressor(model, threads=threads, progress=report if progress else None,
+                                  executor=executor)
         else:
             raw = fp.read(read_size) if d.needs_input else b""
             if d.needs_input and not raw:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command: install what is missing (fast when already installed), then run
-# the default test suite.  LMZIP_SLOW_TESTS=1 adds the long tests.
+# the default test suite (Ray too: the executor test starts a local instance).
+# LMZIP_SLOW_TESTS=1 adds the long tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-LMZIP_EXTRAS=test LMZIP_QUIET_INSTALL=1 bash scripts/install.sh
+LMZIP_EXTRAS=test,ray LMZIP_QUIET_INSTALL=1 bash scripts/install.sh
 exec "${PYTHON:-python3}" -m pytest -q "$@"

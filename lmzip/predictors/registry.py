@@ -6,6 +6,7 @@ files come from PyPI packages that ship them: nothing is downloaded at run time.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -223,14 +224,18 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, context: int | 
     if spec is not None and spec.backend == "order1":
         from .order1 import Order1Model
 
-        return Order1Model()
-    if spec is not None and spec.backend == "ngram":
+        model: Model = Order1Model()
+    elif spec is not None and spec.backend == "ngram":
         from .ngram import NGramModel
 
-        return NGramModel(mix)
-    llm = _load_llm(name_or_path, spec, context, threads)
-    mix = DEFAULT_MIX if mix is None else mix
-    return MixedModel(llm, mix) if mix.enabled else llm
+        model = NGramModel(mix)
+    else:
+        llm = _load_llm(name_or_path, spec, context, threads)
+        mix = DEFAULT_MIX if mix is None else mix
+        model = MixedModel(llm, mix) if mix.enabled else llm
+    # how a worker process rebuilds it (lmzip.parallel); threads are the worker's own
+    model.recipe = functools.partial(load_model, name_or_path, context=context, mix=mix)
+    return model
 
 
 def _load_llm(name_or_path: str, spec: ModelSpec | None, context: int, threads: int | None) -> Model:

@@ -1,0 +1,315 @@
+"""Coding lockstep groups in parallel: worker processes (one per device), or Ray.
+
+A lockstep group (:func:`lmzip.codec.compress_group`) is the unit of work: its chunks
+share batches, different groups share nothing.  An executor runs groups on workers that
+each hold their own model instance and hands the results back *in order*, so the
+``.lmz`` file is byte for byte the one :class:`lmzip.LMZipCompressor` writes alone with
+the same settings (llama.cpp gives the same logits in any process for the same calls,
+and thread counts do not change them).
+
+- :class:`InlineExecutor`: this process, one group at a time (the default).
+- :class:`ProcessExecutor`: worker processes on this machine, one per planned device
+  (:func:`plan_devices`): one per GPU where there are GPUs, else CPU workers that
+  split the cores between them.
+- :class:`RayExecutor`: Ray actors, local or on a cluster (``address``): Ray ships
+  the groups and the results; lmzip has no cluster code of its own.
+
+Workers rebuild the model from a *recipe*: a picklable callable that returns it.
+Models from :func:`lmzip.predictors.registry.load_model` carry one; for any other
+model, pass ``factory=``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from .codec import Stats, compress_group, decompress_group
+from .errors import LMZipError
+from .format import ChunkInfo
+from .predictors.base import Model
+
+__all__ = ["Device", "Executor", "InlineExecutor", "ProcessExecutor", "RayExecutor", "plan_devices", "recipe_of"]
+
+ModelFactory = Callable[[], Model]
+
+
+# ---------------------------------------------------------------------------- devices
+
+
+@dataclass(frozen=True)
+class Device:
+    """Where one worker runs: ``kind`` "cpu" or "cuda", the device ``index``, CPU ``threads``."""
+
+    kind: str = "cpu"
+    index: int = 0
+    threads: int = 1
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.index} ({self.threads} thread{'s' * (self.threads != 1)})"
+
+
+def detect_gpus() -> list[str]:
+    """CUDA devices torch can see (``["cuda:0", ...]``), none without torch.
+
+    The llama.cpp backend keeps every layer on the CPU (a GPU computes other logits), so
+    GPUs serve the torch backend only."""
+    try:
+        import torch  # noqa: PLC0415 - optional
+    except ImportError:
+        return []
+    try:
+        return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    except Exception:  # pragma: no cover - broken CUDA installs
+        return []
+
+
+def plan_devices(workers: int | None = None, devices: list[str] | None = None,
+                 cores: int | None = None) -> list[Device]:
+    """One :class:`Device` per worker.
+
+    Args:
+        workers: how many workers (default: one per GPU, else 1).
+        devices: GPUs to use, e.g. ``["cuda:0", "cuda:1"]`` (default: :func:`detect_gpus`);
+            ``[]`` for the CPU only.
+        cores: CPU cores to share (default: this machine's).
+
+    With GPUs there is one worker per GPU (``workers`` may ask for fewer; more would
+    share a device, which does not pay), each with one CPU thread to feed it.  Without
+    them, ``workers`` CPU workers split the cores evenly (at least one thread each).
+    """
+    gpus = detect_gpus() if devices is None else list(devices)
+    cores = cores or os.cpu_count() or 1
+    if workers is not None and workers < 1:
+        raise ValueError("workers must be at least 1")
+    if gpus:
+        parsed = []
+        for name in gpus:
+            kind, _, index = name.partition(":")
+            if kind != "cuda" or not index.isdigit():
+                raise ValueError(f"unknown device {name!r} (expected cuda:N)")
+            parsed.append(Device("cuda", int(index), 1))
+        return parsed[: workers or len(parsed)]
+    n = workers or 1
+    return [Device("cpu", i, max(1, cores // n)) for i in range(n)]
+
+
+# ---------------------------------------------------------------------------- recipes
+
+
+def recipe_of(model: Model) -> ModelFactory:
+    """A picklable callable that rebuilds ``model`` in another process."""
+    recipe = getattr(model, "recipe", None)
+    if recipe is None:
+        raise LMZipError(f"model {model.name} cannot be rebuilt in a worker process; pass factory=")
+    return recipe
+
+
+def _build(factory: ModelFactory, device: Device) -> Model:
+    model = factory()
+    if hasattr(model, "threads"):
+        model.threads = device.threads  # never changes the logits, only the speed
+    return model
+
+
+# ---------------------------------------------------------------------------- the jobs
+
+
+@dataclass
+class GroupResult:
+    """What a worker sends back for one group."""
+
+    out: list[Any]  # (info, payload) pairs, or decoded chunks
+    stats: Stats
+
+
+def _compress(model: Model, texts: list[bytes], width: int) -> GroupResult:
+    stats = Stats()
+    return GroupResult(compress_group(model, texts, stats, None, width), stats)
+
+
+def _decompress(model: Model, records: list[tuple[ChunkInfo, bytes]], width: int,
+                replay: dict[int, bytes]) -> GroupResult:
+    stats = Stats()
+    return GroupResult(decompress_group(model, records, stats, None, width, replay), stats)
+
+
+class Executor:
+    """Runs group jobs and returns their results in submission order."""
+
+    #: how many groups it works on at once (the compressor keeps this many in flight)
+    workers: int = 1
+
+    def submit_compress(self, texts: list[bytes], width: int) -> Future:
+        raise NotImplementedError
+
+    def submit_decompress(self, records: list[tuple[ChunkInfo, bytes]], width: int,
+                          replay: dict[int, bytes]) -> Future:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Stop the workers."""
+
+    def __enter__(self) -> Executor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _done(fn: Callable[[], GroupResult]) -> Future:
+    f: Future = Future()
+    try:
+        f.set_result(fn())
+    except BaseException as exc:  # noqa: BLE001 - handed to whoever waits on the future
+        f.set_exception(exc)
+    return f
+
+
+class InlineExecutor(Executor):
+    """This process, this model: each job runs when it is submitted."""
+
+    def __init__(self, model: Model):
+        self.model = model
+
+    def submit_compress(self, texts, width):
+        return _done(lambda: _compress(self.model, texts, width))
+
+    def submit_decompress(self, records, width, replay):
+        return _done(lambda: _decompress(self.model, records, width, replay))
+
+
+# one model per worker process, built by the pool's initializer
+_worker_model: Model | None = None
+
+
+def _init_worker(factory: ModelFactory, devices: list[Device], counter) -> None:
+    global _worker_model
+    with counter.get_lock():
+        slot = counter.value
+        counter.value += 1
+    _worker_model = _build(factory, devices[slot % len(devices)])
+
+
+def _worker_compress(texts, width):
+    assert _worker_model is not None
+    return _compress(_worker_model, texts, width)
+
+
+def _worker_decompress(records, width, replay):
+    assert _worker_model is not None
+    return _decompress(_worker_model, records, width, replay)
+
+
+class ProcessExecutor(Executor):
+    """Worker processes on this machine, one per :class:`Device` (see :func:`plan_devices`).
+
+    Processes are started with ``spawn`` (a fresh interpreter: llama.cpp's threads do
+    not survive ``fork``) and each builds its model once from ``factory``.
+    """
+
+    def __init__(self, factory: ModelFactory, devices: list[Device] | None = None):
+        import multiprocessing
+
+        self.devices = devices or plan_devices()
+        self.workers = len(self.devices)
+        ctx = multiprocessing.get_context("spawn")
+        self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx, initializer=_init_worker,
+                                         initargs=(factory, self.devices, ctx.Value("i", 0)))
+
+    def submit_compress(self, texts, width):
+        return self._pool.submit(_worker_compress, texts, width)
+
+    def submit_decompress(self, records, width, replay):
+        return self._pool.submit(_worker_decompress, records, width, replay)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+class RayExecutor(Executor):
+    """Ray actors, each holding a model (``pip install ray``).
+
+    Args:
+        factory: rebuilds the model on the worker (must be importable there: lmzip and
+            the model installed on every node).
+        workers: actors to start (default: one per planned device of this machine).
+        address: an existing Ray cluster (``"auto"``, ``"ray://host:10001"``); default
+            starts (or joins) a local instance.
+        devices: as for :func:`plan_devices`; a ``cuda`` device asks Ray for one GPU.
+    """
+
+    def __init__(self, factory: ModelFactory, workers: int | None = None, address: str | None = None,
+                 devices: list[Device] | None = None):
+        try:
+            import ray
+        except ImportError:
+            raise LMZipError("the Ray executor needs Ray: pip install ray") from None
+        self._ray = ray
+        if not ray.is_initialized():
+            ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                     configure_logging=False)
+        self.devices = devices or plan_devices(workers)
+        self.workers = len(self.devices)
+        actor = ray.remote(_RayWorker)
+        self._actors = [actor.options(num_cpus=d.threads if d.kind == "cpu" else 1,
+                                      num_gpus=1 if d.kind == "cuda" else 0).remote(factory, d)
+                        for d in self.devices]
+        self._next = 0
+
+    def _actor(self):
+        a = self._actors[self._next % len(self._actors)]
+        self._next += 1
+        return a
+
+    def _wrap(self, ref) -> Future:
+        return _RayFuture(self._ray, ref)
+
+    def submit_compress(self, texts, width):
+        return self._wrap(self._actor().compress.remote(texts, width))
+
+    def submit_decompress(self, records, width, replay):
+        return self._wrap(self._actor().decompress.remote(records, width, replay))
+
+    def close(self) -> None:
+        for a in self._actors:
+            self._ray.kill(a)
+        self._actors = []
+
+
+class _RayWorker:
+    def __init__(self, factory: ModelFactory, device: Device):
+        self.model = _build(factory, device)
+
+    def compress(self, texts, width):
+        return _compress(self.model, texts, width)
+
+    def decompress(self, records, width, replay):
+        return _decompress(self.model, records, width, replay)
+
+
+class _RayFuture(Future):
+    """A Future whose result() waits on a Ray object reference."""
+
+    def __init__(self, ray, ref):
+        super().__init__()
+        self._ray_mod = ray
+        self._ref = ref
+
+    def done(self) -> bool:
+        if super().done():
+            return True
+        ready, _ = self._ray_mod.wait([self._ref], timeout=0)
+        return bool(ready)
+
+    def result(self, timeout=None):
+        if not super().done():  # (self.done() may be True before the result is fetched)
+            try:
+                self.set_result(self._ray_mod.get(self._ref, timeout=timeout))
+            except self._ray_mod.exceptions.RayTaskError as exc:
+                self.set_exception(exc.as_instanceof_cause())
+        return super().result(timeout)
+

@@ -1,0 +1,80 @@
+"""Executors: worker processes and Ray give the same files as coding alone."""
+
+from __future__ import annotations
+
+import pytest
+
+import lmzip
+from lmzip.errors import ChecksumError, CorruptError, LMZipError
+from lmzip.parallel import Device, InlineExecutor, ProcessExecutor, RayExecutor, plan_devices, recipe_of
+from lmzip.predictors.registry import load_model
+
+from .conftest import corpus_slice
+from .test_groups import BatchSensitive
+
+DATA = corpus_slice("alice29.txt", 30000, 9000) + bytes(range(256)) * 12 + corpus_slice("xargs.1", 0, 3000)
+SETTINGS = dict(chunk_size=1500, streams=2, method="auto")
+
+
+@pytest.fixture(scope="module")
+def ngram():
+    return load_model("ngram")
+
+
+@pytest.fixture(scope="module")
+def alone(ngram) -> bytes:
+    return lmzip.compress(DATA, model=ngram, **SETTINGS)
+
+
+@pytest.mark.parametrize("workers, devices, cores, expected", [
+    (None, [], 8, [Device("cpu", 0, 8)]),
+    (2, [], 8, [Device("cpu", 0, 4), Device("cpu", 1, 4)]),
+    (3, [], 2, [Device("cpu", i, 1) for i in range(3)]),
+    (None, ["cuda:0", "cuda:1"], 8, [Device("cuda", 0, 1), Device("cuda", 1, 1)]),
+    (1, ["cuda:0", "cuda:3"], 8, [Device("cuda", 0, 1)]),
+])
+def test_plan_devices(workers, devices, cores, expected):
+    assert plan_devices(workers, devices, cores) == expected
+
+
+def test_plan_devices_refuses_nonsense():
+    with pytest.raises(ValueError, match="unknown device"):
+        plan_devices(None, ["tpu:0"])
+    with pytest.raises(ValueError, match="workers"):
+        plan_devices(0, [])
+
+
+def test_inline_executor_is_the_same_as_none(ngram, alone):
+    assert lmzip.compress(DATA, model=ngram, executor=InlineExecutor(ngram), **SETTINGS) == alone
+    assert lmzip.decompress(alone, model=ngram, executor=InlineExecutor(ngram)) == DATA
+
+
+def test_models_without_a_recipe_are_refused():
+    with pytest.raises(LMZipError, match="factory"):
+        recipe_of(BatchSensitive())
+
+
+def test_worker_processes_write_the_same_file(ngram, alone):
+    with ProcessExecutor(recipe_of(ngram), plan_devices(2, [], 2)) as ex:
+        comp = lmzip.LMZipCompressor(ngram, executor=ex, **SETTINGS)
+        out = b"".join(comp.compress(DATA[i : i + 4000]) for i in range(0, len(DATA), 4000)) + comp.flush()
+        assert out == alone
+        assert comp.stats.raw_bytes == len(DATA) and comp.stats.tokens > 0
+        assert lmzip.decompress(alone, model=ngram, executor=ex) == DATA
+        # damage found in a worker reaches the caller as the same error
+        hurt = bytearray(alone)
+        hurt[len(hurt) // 3] ^= 0x08
+        with pytest.raises((ChecksumError, CorruptError)):
+            lmzip.decompress(bytes(hurt), model=ngram, executor=ex)
+
+
+def test_ray_workers_write_the_same_file(ngram, alone):
+    pytest.importorskip("ray")
+    ray = __import__("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        with RayExecutor(recipe_of(ngram), workers=2) as ex:
+            assert lmzip.compress(DATA, model=ngram, executor=ex, **SETTINGS) == alone
+            assert lmzip.decompress(alone, model=ngram, executor=ex) == DATA
+    finally:
+        ray.shutdown()
