@@ -29,6 +29,7 @@ from .core import (
     scan_streams,
 )
 from .errors import LMZipError
+from .parallel import executor_for
 from .predictors.registry import (
     DEFAULT_CONTEXT,
     DEFAULT_MODEL,
@@ -180,7 +181,7 @@ def _compress_file(fin: IO[bytes], fout: IO[bytes], comp: LMZipCompressor) -> No
 
 
 def _decompress_file(fin: IO[bytes], fout: IO[bytes], model: str | None, threads: int | None,
-                     progress: Callable[[Stats], None] | None) -> Stats:
+                     progress: Callable[[Stats], None] | None, executors=None) -> Stats:
     total = Stats()
 
     def count(st: Stats) -> None:
@@ -188,7 +189,7 @@ def _decompress_file(fin: IO[bytes], fout: IO[bytes], model: str | None, threads
         if progress is not None:
             progress(st)
 
-    for block in iter_decompress(fin, model=model, threads=threads, progress=count):
+    for block in iter_decompress(fin, model=model, threads=threads, progress=count, executor=executors):
         fout.write(block)
     return total
 
@@ -274,6 +275,35 @@ def common_options(f):
     return f
 
 
+def worker_options(f):
+    f = click.option("--ray", "ray_address", metavar="ADDRESS", default=None,
+                     help="Code groups on Ray workers: 'local' starts a local Ray instance, or a cluster "
+                          "address such as 'auto' or 'ray://host:10001' (needs: pip install ray).")(f)
+    return click.option("--workers", type=click.IntRange(1, 256), default=1, show_default=True,
+                        help="Worker processes, each with its own model (same output as one).")(f)
+
+
+class _Executors:
+    """One executor per model, made when a stream needs it (decompression: the model
+    comes from each file's header), closed at the end of the command."""
+
+    def __init__(self, workers: int, ray_address: str | None):
+        self.workers = workers
+        self.ray_address = ray_address
+        self._made: dict[bytes, object] = {}
+
+    def __call__(self, model):
+        key = fmt.fingerprint(model.model_sha256, model.params())
+        if key not in self._made:
+            self._made[key] = executor_for(model, self.workers, self.ray_address)
+        return self._made[key]
+
+    def close(self) -> None:
+        for ex in self._made.values():
+            if ex is not None:
+                ex.close()
+
+
 @click.group(epilog=EXIT_CODES, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "-V", "--version", prog_name="lmzip",
                       message=f"%(prog)s %(version)s (CDF backend: {cdf.backend})")
@@ -318,9 +348,10 @@ def main() -> None:
 @click.option("--method", type=click.Choice(METHODS), default="auto", show_default=True,
               help="auto: text to the model, binary data to LZMA (or stored), whichever codes a chunk "
                    "smaller; model: every chunk through the model; classic: no model.")
+@worker_options
 def compress(files, output, to_stdout, keep, rm, force, quiet, verbose, progress, model, threads,
              context, chunk_size, streams, use_mix, orders, match_len, mix_rate, llm_rate, bias_rate,
-             method) -> None:
+             method, workers, ray_address) -> None:
     """Compress FILES to FILE.lmz with a language model."""
     job = Job(output=output, stdout=to_stdout, keep=keep, rm=rm, force=force, quiet=quiet,
               verbose=verbose, progress=progress)
@@ -341,7 +372,8 @@ def compress(files, output, to_stdout, keep, rm, force, quiet, verbose, progress
             raise Failure("refusing to write compressed data to a terminal (use -o, redirect, or -f)")
         fin, src, size = _open_input(name)
         line = ProgressLine(Path(name).name if src else "stdin", size, job.progress)
-        comp = LMZipCompressor(lm, chunk_size=chunk_size, progress=line, method=method, streams=streams)
+        comp = LMZipCompressor(lm, chunk_size=chunk_size, progress=line, method=method, streams=streams,
+                               executor=executors(lm))
         started = time.monotonic()
         try:
             if target is None:
@@ -369,7 +401,11 @@ def compress(files, output, to_stdout, keep, rm, force, quiet, verbose, progress
                      f"{_human(st.raw_bytes / max(seconds, 1e-9))}/s"
                      + (f" -> {target}" if target else ""))
 
-    _run(job, names, work)
+    executors = _Executors(workers, ray_address)
+    try:
+        _run(job, names, work)
+    finally:
+        executors.close()
 
 
 def _mix_settings(model, use_mix, orders, match_len, mix_rate, llm_rate, bias_rate):
@@ -472,8 +508,9 @@ def _decompress_range(job: Job, names: list[str], text: str, model: str | None, 
 @click.option("--range", "byte_range", metavar="START:END", default=None,
               help="Only bytes START to END (exclusive) of the original, decoding just the chunks that "
                    "cover them; written to standard output unless -o is given.")
+@worker_options
 def decompress(files, output, to_stdout, keep, rm, force, quiet, verbose, progress, model, threads,
-               byte_range) -> None:
+               byte_range, workers, ray_address) -> None:
     """Decompress FILE.lmz to FILE (the model is the one named in the file)."""
     job = Job(output=output, stdout=to_stdout, keep=keep, rm=rm, force=force, quiet=quiet,
               verbose=verbose, progress=progress)
@@ -494,11 +531,11 @@ def decompress(files, output, to_stdout, keep, rm, force, quiet, verbose, progre
         started = time.monotonic()
         try:
             if target is None:
-                st = _decompress_file(fin, sys.stdout.buffer, model, threads, line)
+                st = _decompress_file(fin, sys.stdout.buffer, model, threads, line, executors)
                 sys.stdout.buffer.flush()
             else:
                 with atomic_output(target, job.force, like=src) as fout:
-                    st = _decompress_file(fin, fout, model, threads, line)
+                    st = _decompress_file(fin, fout, model, threads, line, executors)
                 if job.rm and src is not None:
                     src.unlink()  # the output passed every CRC and length check
         finally:
@@ -510,7 +547,11 @@ def decompress(files, output, to_stdout, keep, rm, force, quiet, verbose, progre
             job.note(f"{name}: {size} -> {st.raw_bytes} bytes, "
                      f"{_human(st.raw_bytes / max(seconds, 1e-9))}/s" + (f" -> {target}" if target else ""))
 
-    _run(job, names, work)
+    executors = _Executors(workers, ray_address)
+    try:
+        _run(job, names, work)
+    finally:
+        executors.close()
 
 
 @main.command(epilog=EXIT_CODES)

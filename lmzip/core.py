@@ -246,7 +246,8 @@ class LMZipDecompressor:
         threads: CPU threads for the model (does not change the output).
         progress: called every few tokens with the running :class:`~lmzip.codec.Stats`.
         executor: a :class:`lmzip.parallel.Executor` that decodes groups on other
-            workers, several at once; output stays in order.
+            workers, several at once (output stays in order); or a callable that
+            returns one (or None) for the model the stream header names.
 
     Data after the end of the stream is kept in :attr:`unused_data`.
     """
@@ -262,7 +263,8 @@ class LMZipDecompressor:
         self._buf = bytearray()
         self._pending = bytearray()
         self._group: list[tuple[fmt.ChunkInfo, bytes]] = []  # a lockstep group being read
-        self.executor = executor
+        self._executor_arg = executor
+        self.executor = None if callable(executor) else executor
         # decoded or in flight, in order: (chunks, classic data, decoded or indices, future)
         self._outq: deque = deque()
         self._width = 1
@@ -282,6 +284,8 @@ class LMZipDecompressor:
             self._width = stream_width(header)
             if not header.names_no_model:
                 self.model = model_for_header(header, self._model_arg, threads=self._threads)
+                if callable(self._executor_arg):  # an executor for this stream's model
+                    self.executor = self._executor_arg(self.model)
             self.header = header
             del buf[:size]
             return True
@@ -349,7 +353,8 @@ class LMZipDecompressor:
             assert self.model is not None
             replay = {k: classic[i] for k, i in enumerate(scheduled) if i in classic}
             records = [chunks[i] for i in scheduled]
-            if self.executor is None:
+            ex = self.executor
+            if ex is None or (ex.key is not None and ex.key != (self.model.model_sha256, self.model.params())):
                 out = decompress_group(self.model, records, self.stats, self.progress, self._width, replay)
                 self._outq.append((chunks, classic, list(zip(scheduled, out)), None))
             else:

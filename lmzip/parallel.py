@@ -32,7 +32,8 @@ from .errors import LMZipError
 from .format import ChunkInfo
 from .predictors.base import Model
 
-__all__ = ["Device", "Executor", "InlineExecutor", "ProcessExecutor", "RayExecutor", "plan_devices", "recipe_of"]
+__all__ = ["Device", "Executor", "InlineExecutor", "ProcessExecutor", "RayExecutor", "executor_for", "plan_devices",
+           "recipe_of"]
 
 ModelFactory = Callable[[], Model]
 
@@ -142,6 +143,9 @@ class Executor:
 
     #: how many groups it works on at once (the compressor keeps this many in flight)
     workers: int = 1
+    #: (model_sha256, params) of the model its workers hold, when known: a decompressor
+    #: hands a stream's groups over only if its model is this one
+    key: tuple | None = None
 
     def submit_compress(self, texts: list[bytes], width: int) -> Future:
         raise NotImplementedError
@@ -313,3 +317,19 @@ class _RayFuture(Future):
                 self.set_exception(exc.as_instanceof_cause())
         return super().result(timeout)
 
+
+
+def executor_for(model: Model, workers: int = 1, ray_address: str | None = None) -> Executor | None:
+    """The executor the command line asks for: ``None`` (code here) for one local worker,
+    :class:`ProcessExecutor` for several, :class:`RayExecutor` with a Ray address
+    (``"local"`` starts a local instance)."""
+    if ray_address is None and workers <= 1:
+        return None
+    factory = recipe_of(model)
+    if ray_address is not None:
+        ex: Executor = RayExecutor(factory, workers=workers if workers > 1 else None,
+                                   address=None if ray_address == "local" else ray_address)
+    else:
+        ex = ProcessExecutor(factory, plan_devices(workers))
+    ex.key = (model.model_sha256, model.params())
+    return ex

@@ -78,3 +78,16 @@ def test_ray_workers_write_the_same_file(ngram, alone):
             assert lmzip.decompress(alone, model=ngram, executor=ex) == DATA
     finally:
         ray.shutdown()
+
+
+def test_cli_workers_write_the_same_file(tmp_path):
+    from .test_cli import run
+
+    src = tmp_path / "in.bin"
+    src.write_bytes(DATA)
+    opts = ["-m", "ngram", "--chunk-size", "1500", "--streams", "2"]
+    run("compress", *opts, "-o", str(tmp_path / "one.lmz"), str(src), check=0)
+    run("compress", *opts, "--workers", "2", "-o", str(tmp_path / "two.lmz"), str(src), check=0)
+    assert (tmp_path / "one.lmz").read_bytes() == (tmp_path / "two.lmz").read_bytes()
+    run("decompress", "--workers", "2", "-o", str(tmp_path / "out"), str(tmp_path / "two.lmz"), check=0)
+    assert (tmp_path / "out").read_bytes() == DATA
