@@ -128,7 +128,7 @@ def test_classic_coder_choices():
 def test_llm_never_runs_on_binary_files(monkeypatch, order1):
     from lmzip import core
 
-    monkeypatch.setattr(core, "compress_chunk", lambda *a, **k: pytest.fail("the model ran"))
+    monkeypatch.setattr(core, "compress_group", lambda *a, **k: pytest.fail("the model ran"))
     data = corpus_slice("ptt5", 0, 100_000)
     assert lmzip.decompress(lmzip.compress(data, model=order1)) == data
 
