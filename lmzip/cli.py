@@ -22,6 +22,7 @@ from .codec import Stats
 from .core import DEFAULT_CHUNK_SIZE, METHODS, LMZipCompressor, iter_decompress, scan_streams
 from .errors import LMZipError
 from .predictors.registry import (
+    BACKENDS,
     DEFAULT_CONTEXT,
     DEFAULT_MODEL,
     MAX_CONTEXT,
@@ -304,8 +305,16 @@ def main() -> None:
 @click.option("--method", type=click.Choice(METHODS), default="auto", show_default=True,
               help="auto: text to the model, binary data to LZMA (or stored), whichever codes a chunk "
                    "smaller; model: every chunk through the model; classic: no model.")
+@click.option("--backend", type=click.Choice(BACKENDS), default="llama.cpp", show_default=True,
+              help="What runs the model: llama.cpp, or torch (transformers; pip install 'lmzip[torch]'; "
+                   "also takes a Hugging Face model folder as --model). Stored in the file.")
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32",
+              show_default=True, help="Precision of the torch backend (stored in the file).")
+@click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda|cuda:N",
+              help="Device of the torch backend (the device kind is stored in the file).")
 def compress(files, output, to_stdout, keep, rm, force, quiet, verbose, progress, model, threads,
-             context, chunk_size, use_mix, orders, match_len, mix_rate, llm_rate, bias_rate, method) -> None:
+             context, chunk_size, use_mix, orders, match_len, mix_rate, llm_rate, bias_rate, method,
+             backend, dtype, device) -> None:
     """Compress FILES to FILE.lmz with a language model."""
     job = Job(output=output, stdout=to_stdout, keep=keep, rm=rm, force=force, quiet=quiet,
               verbose=verbose, progress=progress)
@@ -313,8 +322,9 @@ def compress(files, output, to_stdout, keep, rm, force, quiet, verbose, progress
     _check_output_option(job, names)
     mix = _mix_settings(model, use_mix, orders, match_len, mix_rate, llm_rate, bias_rate)
     try:
-        lm = load_model(model or DEFAULT_MODEL, context=context, threads=threads, mix=mix)
-    except LMZipError as exc:
+        lm = load_model(model or DEFAULT_MODEL, context=context, threads=threads, mix=mix, backend=backend,
+                        dtype=dtype, device=device)
+    except (LMZipError, ValueError) as exc:
         click.echo(f"lmzip: {exc}", err=True)
         sys.exit(1)
 
