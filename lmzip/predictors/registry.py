@@ -373,8 +373,8 @@ def model_for_header(header: StreamHeader, model: str | os.PathLike | Model | No
         if model is None and _spec_for(wanted) is None:
             # a name from the file is never taken as a path: the header cannot make us open files
             raise ModelNotFoundError(f"this file needs model {_short(wanted)}, which is not a known model name "
-                                     f"(if it was compressed with a GGUF file or a model folder, give it with "
-                                     f"--model PATH)")
+                                     f"(if it was compressed with a GGUF file, give it with --model PATH.gguf; "
+                                     f"a model folder, with --model FOLDER)")
         try:
             backend = params.get("backend")
             if isinstance(backend, str) and backend.startswith("torch"):

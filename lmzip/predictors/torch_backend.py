@@ -76,7 +76,10 @@ def available() -> bool:
     """True when torch and transformers can be imported (the ``torch`` extra is installed)."""
     from importlib.util import find_spec
 
-    return find_spec("torch") is not None and find_spec("transformers") is not None
+    try:
+        return find_spec("torch") is not None and find_spec("transformers") is not None
+    except (ImportError, ValueError):  # e.g. sys.modules["torch"] = None
+        return False
 
 
 def _modules():
