@@ -154,6 +154,20 @@ def test_group_scores_are_the_models(hf_tok, tiny):
     assert primes > 0
 
 
+def test_own_attention_is_transformers_eager_attention(hf_tok, tiny):
+    mod = tiny._workers[0].module
+    assert mod.config._attn_implementation == tb.ATTENTION
+    ids = torch.tensor([_sequences(tiny, n=(40,), seed=7)[0]]).clamp(max=tiny.tokenizer.n_model_tokens - 1)
+    with torch.inference_mode():
+        ours = mod(input_ids=ids).logits
+        mod.config._attn_implementation = "eager"
+        try:
+            theirs = mod(input_ids=ids).logits
+        finally:
+            mod.config._attn_implementation = tb.ATTENTION
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
+
+
 def test_finished_streams_leave_the_batch(hf_tok, tiny):
     seqs = [[5] * 6, [6] * 3, [7] * 1]
     with tiny.open_group([len(s) for s in seqs]) as g:

@@ -26,7 +26,8 @@ and both directions follow it (docs/format.md, "torch backend"):
   (streams sliding at the same step together, at most ``_PRIME_BATCH`` per forward),
   so positions stay in ``[0, context)``.
 
-Eager attention, ``torch.use_deterministic_algorithms(True)``, no TF32.  The fingerprint
+Eager attention (:func:`_gqa_attention`: no copies of the cache), ``torch.use_deterministic_algorithms(True)``,
+no TF32.  The fingerprint
 (``params()``) holds the torch and transformers versions, the dtype, the device kind
 and, on the CPU, the thread count (see :data:`THREADS_CHANGE_LOGITS`).
 """
@@ -105,11 +106,43 @@ def _modules():
                 torch.backends.cuda.matmul.allow_tf32 = False
                 torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = False
                 torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = False
+            # deterministic mode also fills every new tensor with NaN (no op here reads
+            # uninitialized memory): half of a 32-stream step's time, for nothing
+            torch.utils.deterministic.fill_uninitialized_memory = False
             # lmzip's stderr is the user's: no download/dequantization progress bars or advice
             transformers.utils.logging.set_verbosity_error()
             transformers.utils.logging.disable_progress_bar()
+            from transformers import AttentionInterface
+            from transformers.masking_utils import AttentionMaskInterface, eager_mask
+
+            AttentionInterface.register(ATTENTION, _gqa_attention)
+            AttentionMaskInterface.register(ATTENTION, eager_mask)
             _prepared = True
     return torch, transformers
+
+
+#: the attention function every model runs with (registered with transformers)
+ATTENTION = "lmzip_gqa"
+
+
+def _gqa_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+    """Eager attention without copying the cache: the query heads that share a key/value head
+    (grouped-query attention) are multiplied with it as one matrix, where transformers'
+    eager attention first copies every cached key and value once per query head."""
+    import torch
+
+    for name in ("softcap", "s_aux", "sinks"):
+        if kwargs.get(name) is not None:
+            raise LMZipError(f"attention with {name} is not supported by the torch backend")
+    b, h, q, d = query.shape
+    hk, kv = key.shape[1], key.shape[2]
+    g = h // hk
+    w = torch.matmul(query.reshape(b, hk, g * q, d), key.transpose(2, 3)) * scaling  # [b, hk, g*q, kv]
+    if attention_mask is not None:  # [b, 1, q, kv] additive
+        w = (w.view(b, hk, g, q, kv) + attention_mask[:, :, None, :, :kv]).view(b, hk, g * q, kv)
+    w = torch.nn.functional.softmax(w, dim=-1, dtype=torch.float32).to(query.dtype)
+    out = torch.matmul(w, value).view(b, h, q, d)
+    return out.transpose(1, 2).contiguous(), None
 
 
 def backend_version() -> str:
@@ -609,6 +642,7 @@ class TorchModel(Model):
         self.device_param = plan[0].param
         module.eval()
         module.to(getattr(torch, dtype))
+        module.config._attn_implementation = ATTENTION
         self._workers: list[_Worker] = []
         for i, d in enumerate(plan):
             mod = module if i == len(plan) - 1 else _copy_module(module)
@@ -703,8 +737,11 @@ def load_torch_model(path: str | os.PathLike, *, name: str, sha256: str | None =
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
     path = Path(path)
+    # eager while loading; TorchModel switches the model to ATTENTION
     kwargs: dict[str, Any] = dict(local_files_only=True, dtype=getattr(torch, dtype), attn_implementation="eager")
     keepalive = None
+    quiet = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"  # transformers' GGUF dequantization has its own progress bar
     try:
         if path.is_dir():
             module = transformers.AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
@@ -724,6 +761,11 @@ def load_torch_model(path: str | os.PathLike, *, name: str, sha256: str | None =
         raise
     except (OSError, ValueError, KeyError, ImportError, RuntimeError) as exc:
         raise ModelNotFoundError(f"transformers could not load {path}: {_first_line(exc)}") from None
+    finally:
+        if quiet is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = quiet
     return TorchModel(module, tokenizer, start_token=start, name=name, sha256=sha, context=context, dtype=dtype,
                       threads=threads, streams=streams, device=device, from_param=from_param,
                       keepalive=keepalive, source=source)
