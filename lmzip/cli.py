@@ -526,6 +526,9 @@ def info(files) -> None:
                 click.echo(f"  model sha256  {s.header.model_sha256.hex()}")
             if "context" in p:
                 click.echo(f"  context       {p['context']} tokens")
+            if "dtype" in p:  # the torch backend
+                threads = f", {p['threads']} threads" if "threads" in p else ""
+                click.echo(f"  precision     {p['dtype']} on {p.get('device')}{threads}")
             if "mix" in p:
                 click.echo(f"  mixing        {_describe_mix(p['mix'])}")
             click.echo(f"  fingerprint   {s.header.fingerprint.hex()}")

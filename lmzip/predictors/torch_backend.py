@@ -740,8 +740,15 @@ def load_torch_model(path: str | os.PathLike, *, name: str, sha256: str | None =
     # eager while loading; TorchModel switches the model to ATTENTION
     kwargs: dict[str, Any] = dict(local_files_only=True, dtype=getattr(torch, dtype), attn_implementation="eager")
     keepalive = None
-    quiet = os.environ.get("TQDM_DISABLE")
-    os.environ["TQDM_DISABLE"] = "1"  # transformers' GGUF dequantization has its own progress bar
+    # transformers' GGUF dequantization draws its own progress bar (tqdm, outside its logging
+    # settings); lmzip's stderr is the user's
+    try:
+        import transformers.modeling_gguf_pytorch_utils as gguf_utils
+    except ImportError:  # pragma: no cover - depends on the transformers version
+        gguf_utils = None
+    bar = getattr(gguf_utils, "tqdm", None)
+    if bar is not None:
+        gguf_utils.tqdm = lambda iterable, *a, **k: iterable
     try:
         if path.is_dir():
             module = transformers.AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
@@ -762,10 +769,8 @@ def load_torch_model(path: str | os.PathLike, *, name: str, sha256: str | None =
     except (OSError, ValueError, KeyError, ImportError, RuntimeError) as exc:
         raise ModelNotFoundError(f"transformers could not load {path}: {_first_line(exc)}") from None
     finally:
-        if quiet is None:
-            os.environ.pop("TQDM_DISABLE", None)
-        else:
-            os.environ["TQDM_DISABLE"] = quiet
+        if bar is not None:
+            gguf_utils.tqdm = bar
     return TorchModel(module, tokenizer, start_token=start, name=name, sha256=sha, context=context, dtype=dtype,
                       threads=threads, streams=streams, device=device, from_param=from_param,
                       keepalive=keepalive, source=source)
