@@ -527,7 +527,7 @@ def info(files) -> None:
             if "context" in p:
                 click.echo(f"  context       {p['context']} tokens")
             if "dtype" in p:  # the torch backend
-                threads = f", {p['threads']} threads" if "threads" in p else ""
+                threads = f", {p['threads']} thread{'s' if p['threads'] != 1 else ''}" if "threads" in p else ""
                 click.echo(f"  precision     {p['dtype']} on {p.get('device')}{threads}")
             if "mix" in p:
                 click.echo(f"  mixing        {_describe_mix(p['mix'])}")
