@@ -31,6 +31,7 @@ from .core import (
 from .errors import LMZipError
 from .parallel import executor_for
 from .predictors.registry import (
+    BACKENDS,
     DEFAULT_CONTEXT,
     DEFAULT_MODEL,
     MAX_CONTEXT,
@@ -348,10 +349,17 @@ def main() -> None:
 @click.option("--method", type=click.Choice(METHODS), default="auto", show_default=True,
               help="auto: text to the model, binary data to LZMA (or stored), whichever codes a chunk "
                    "smaller; model: every chunk through the model; classic: no model.")
+@click.option("--backend", type=click.Choice(BACKENDS), default="llama.cpp", show_default=True,
+              help="What runs the model: llama.cpp, or torch (transformers; pip install 'lmzip[torch]'; "
+                   "also takes a Hugging Face model folder as --model). Stored in the file.")
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32",
+              show_default=True, help="Precision of the torch backend (stored in the file).")
+@click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda|cuda:N",
+              help="Device of the torch backend (the device kind is stored in the file).")
 @worker_options
 def compress(files, output, to_stdout, keep, rm, force, quiet, verbose, progress, model, threads,
              context, chunk_size, streams, use_mix, orders, match_len, mix_rate, llm_rate, bias_rate,
-             method, workers, ray_address) -> None:
+             method, backend, dtype, device, workers, ray_address) -> None:
     """Compress FILES to FILE.lmz with a language model."""
     job = Job(output=output, stdout=to_stdout, keep=keep, rm=rm, force=force, quiet=quiet,
               verbose=verbose, progress=progress)
@@ -359,8 +367,9 @@ def compress(files, output, to_stdout, keep, rm, force, quiet, verbose, progress
     _check_output_option(job, names)
     mix = _mix_settings(model, use_mix, orders, match_len, mix_rate, llm_rate, bias_rate)
     try:
-        lm = load_model(model or DEFAULT_MODEL, context=context, threads=threads, mix=mix)
-    except LMZipError as exc:
+        lm = load_model(model or DEFAULT_MODEL, context=context, threads=threads, mix=mix, backend=backend,
+                        dtype=dtype, device=device)
+    except (LMZipError, ValueError) as exc:
         click.echo(f"lmzip: {exc}", err=True)
         sys.exit(1)
 
@@ -615,6 +624,9 @@ def info(files) -> None:
                 click.echo(f"  model sha256  {s.header.model_sha256.hex()}")
             if "context" in p:
                 click.echo(f"  context       {p['context']} tokens")
+            if "dtype" in p:  # the torch backend
+                threads = f", {p['threads']} thread{'s' if p['threads'] != 1 else ''}" if "threads" in p else ""
+                click.echo(f"  precision     {p['dtype']} on {p.get('device')}{threads}")
             if "mix" in p:
                 click.echo(f"  mixing        {_describe_mix(p['mix'])}")
             if "chunk_size" in p:

@@ -111,8 +111,8 @@ def recipe_of(model: Model) -> ModelFactory:
 
 def _build(factory: ModelFactory, device: Device) -> Model:
     model = factory()
-    if hasattr(model, "threads"):
-        model.threads = device.threads  # never changes the logits, only the speed
+    if hasattr(model, "threads") and "threads" not in model.params():
+        model.threads = device.threads  # never changes these logits, only the speed
     return model
 
 

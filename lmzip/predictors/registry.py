@@ -30,6 +30,7 @@ __all__ = [
     "model_for_header",
     "file_sha256",
     "cache_dir",
+    "BACKENDS",
 ]
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -205,14 +206,23 @@ def file_sha256(path: Path) -> str:
 _loaded: dict[tuple, Model] = {}
 
 
+BACKENDS = ("llama.cpp", "torch")
+
+
 def load_model(name_or_path: str | os.PathLike | None = None, *, context: int | None = None,
-               threads: int | None = None, mix=None) -> Model:
+               threads: int | None = None, mix=None, backend: str = "llama.cpp", dtype: str = "float32",
+               streams: int = 1, device: str = "auto") -> Model:
     """Load a model by registry name or GGUF path (cached: the last few stay loaded).
 
     ``mix`` (a :class:`lmzip.mixing.MixSettings`) blends a language model with the
     chunk's own n-gram and match statistics; default :data:`lmzip.mixing.DEFAULT_MIX`,
     :data:`lmzip.mixing.NO_MIX` for the bare model.  For ``ngram`` it sets the byte
     model's settings; ``order1`` ignores it.
+
+    ``backend="torch"`` runs the language model with PyTorch through transformers (the
+    ``torch`` extra): from the same GGUF files, or from a local Hugging Face model folder
+    given as ``name_or_path``; ``dtype``, ``streams`` and ``device`` are its settings
+    (:class:`lmzip.predictors.torch_backend.TorchModel`).
     """
     from ..mixing import DEFAULT_MIX, MixedModel
 
@@ -220,6 +230,8 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, context: int | 
     context = DEFAULT_CONTEXT if context is None else int(context)
     if not MIN_CONTEXT <= context <= MAX_CONTEXT:
         raise ValueError(f"context must be between {MIN_CONTEXT} and {MAX_CONTEXT} tokens")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
     spec = _spec_for(name_or_path)
     if spec is not None and spec.backend == "order1":
         from .order1 import Order1Model
@@ -230,45 +242,111 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, context: int | 
 
         model = NGramModel(mix)
     else:
-        llm = _load_llm(name_or_path, spec, context, threads)
+        if backend == "torch":
+            llm = _load_torch(name_or_path, spec, context, threads, dtype, streams, device)
+        else:
+            llm = _load_llm(name_or_path, spec, context, threads)
         mix = DEFAULT_MIX if mix is None else mix
         model = MixedModel(llm, mix) if mix.enabled else llm
     # how a worker process rebuilds it (lmzip.parallel); threads are the worker's own
-    model.recipe = functools.partial(load_model, name_or_path, context=context, mix=mix)
+    model.recipe = functools.partial(load_model, name_or_path, context=context, mix=mix, backend=backend,
+                                     dtype=dtype, device=device)
     return model
 
 
-def _load_llm(name_or_path: str, spec: ModelSpec | None, context: int, threads: int | None) -> Model:
+def _locate(name_or_path: str, spec: ModelSpec | None, *, folders: bool = False) -> tuple[Path, str]:
+    """The model file (or, for the torch backend, folder) and the name headers store."""
     if spec is not None:
         if not spec.installed():
             raise ModelNotFoundError(f"model '{spec.name}' is not installed: {spec.install}")
         path = spec.locate()
         if path is None:
             raise ModelNotFoundError(f"model '{spec.name}' is not installed: {spec.install}")
-        name = spec.name
-    else:
-        path = Path(name_or_path)
-        if not path.is_file():
-            known = ", ".join(s.name for s in known_models())
-            raise ModelNotFoundError(f"unknown model '{name_or_path}': not a known name ({known}) "
-                                     f"and no such file")
-        name = path.stem
+        return path, spec.name
+    path = Path(name_or_path)
+    if not (path.is_file() or (folders and path.is_dir())):
+        known = ", ".join(s.name for s in known_models())
+        what = "file or model folder" if folders else "file"
+        raise ModelNotFoundError(f"unknown model '{name_or_path}': not a known name ({known}) "
+                                 f"and no such {what}")
+    return path, (path.name if path.is_dir() else path.stem)
+
+
+def _checked_sha256(path: Path, spec: ModelSpec | None) -> str:
+    sha = file_sha256(path)
+    if spec is not None and spec.sha256 and sha != spec.sha256:
+        raise ModelNotFoundError(f"model file {path} is not the expected '{spec.name}' "
+                                 f"(SHA-256 {sha[:16]}…); reinstall: {spec.install}")
+    return sha
+
+
+def _load_llm(name_or_path: str, spec: ModelSpec | None, context: int, threads: int | None) -> Model:
+    path, name = _locate(name_or_path, spec)
     key = (str(Path(path).resolve()), context)
     model = _loaded.get(key)
     if model is None or model.closed:
         from .llamacpp import LlamaCppModel
 
-        sha = file_sha256(path)
-        if spec is not None and spec.sha256 and sha != spec.sha256:
-            raise ModelNotFoundError(f"model file {path} is not the expected '{spec.name}' "
-                                     f"(SHA-256 {sha[:16]}…); reinstall: {spec.install}")
+        sha = _checked_sha256(path, spec)
         model = LlamaCppModel(path, name=name, sha256=sha, context=context, threads=threads)
-        while len(_loaded) >= 2:  # forget the oldest; it is freed once nobody holds it
-            _loaded.pop(next(iter(_loaded)))
-        _loaded[key] = model
+        _remember(key, model)
     elif threads:
         model.threads = int(threads)  # threads never change results, only speed
     return model
+
+
+def _load_torch(name_or_path: str, spec: ModelSpec | None, context: int, threads: int | None, dtype: str,
+                streams: int, device: str, from_param: bool = False) -> Model:
+    from . import torch_backend as tb
+
+    if not tb.available():
+        raise ModelNotFoundError("the torch backend needs torch and transformers: pip install 'lmzip[torch]'")
+    path, name = _locate(name_or_path, spec, folders=True)
+    threads = int(threads) if threads else tb.default_threads()
+    # hashes are cached by size and mtime: cheap, and a changed folder is loaded again
+    sha = _checked_sha256(path, spec) if path.is_file() else tb.folder_sha256(path)
+    key = ("torch", str(Path(path).resolve()), sha, context, dtype, threads, streams, device)
+    model = _loaded.get(key)
+    if model is None or model.closed:
+        model = tb.load_torch_model(path, name=name, sha256=sha, context=context, dtype=dtype, threads=threads,
+                                    streams=streams, device=device, from_param=from_param)
+        _remember(key, model)
+    return model
+
+
+def _remember(key: tuple, model: Model) -> None:
+    while len(_loaded) >= 2:  # forget the oldest; it is freed once nobody holds it
+        _loaded.pop(next(iter(_loaded)))
+    _loaded[key] = model
+
+
+def _torch_settings(params: dict) -> dict:
+    """The torch backend's settings from a header, checked before any model is loaded:
+    another torch/transformers version, precision or device gives a clear error."""
+    from . import torch_backend as tb
+
+    backend = params.get("backend")
+    if not tb.available():
+        raise ModelNotFoundError(f"this file was compressed with the torch backend ({_short(backend)}), "
+                                 f"which is not installed here: pip install 'lmzip[torch]'")
+    mine = tb.backend_version()
+    if backend != mine:
+        raise ModelMismatchError(f"file was compressed with {_short(backend)}; this machine has {mine}, "
+                                 f"whose probabilities may differ (install the same versions)")
+    dtype = params.get("dtype")
+    if dtype not in tb.DTYPES:
+        raise ModelMismatchError(f"file was compressed in precision {_short(dtype)}, which the torch backend "
+                                 f"does not support ({', '.join(tb.DTYPES)})")
+    device = params.get("device")
+    if not isinstance(device, str):
+        raise ModelMismatchError(f"file names no device for the torch backend ({_short(device)})")
+    threads = params.get("threads")
+    if threads is not None and (type(threads) is not int or not 1 <= threads <= 256):
+        raise FormatError(f"stream header asks for {_short(threads)} threads (lmzip supports 1 to 256)")
+    streams = params.get("streams", 1)
+    if type(streams) is not int or not 1 <= streams <= 4096:
+        raise FormatError(f"stream header asks for {_short(streams)} streams")
+    return {"dtype": dtype, "device": device, "threads": threads, "streams": streams}
 
 
 def model_for_header(header: StreamHeader, model: str | os.PathLike | Model | None = None,
@@ -301,9 +379,19 @@ def model_for_header(header: StreamHeader, model: str | os.PathLike | Model | No
         if model is None and _spec_for(wanted) is None:
             # a name from the file is never taken as a path: the header cannot make us open files
             raise ModelNotFoundError(f"this file needs model {_short(wanted)}, which is not a known model name "
-                                     f"(if it was compressed with a GGUF file, give it with --model PATH.gguf)")
+                                     f"(if it was compressed with a GGUF file, give it with --model PATH.gguf; "
+                                     f"a model folder, with --model FOLDER)")
         try:
-            found = load_model(wanted, context=context, threads=threads, mix=mix)
+            backend = params.get("backend")
+            if isinstance(backend, str) and backend.startswith("torch"):
+                ts = _torch_settings(params)
+                # on the CPU the thread count is the file's: it is part of the fingerprint
+                llm = _load_torch(os.fspath(wanted), _spec_for(os.fspath(wanted)), context or DEFAULT_CONTEXT,
+                                  ts["threads"] or threads, ts["dtype"], ts["streams"], ts["device"],
+                                  from_param=True)
+                found = MixedModel(llm, mix) if mix.enabled else llm
+            else:
+                found = load_model(wanted, context=context, threads=threads, mix=mix)
         except ModelNotFoundError as exc:
             if model is None:
                 raise ModelNotFoundError(f"this file needs model '{wanted}': {exc}") from None
