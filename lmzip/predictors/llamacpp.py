@@ -82,31 +82,41 @@ def default_threads() -> int:
     return max(1, min(os.cpu_count() or 1, 8))
 
 
+def _new_context(model: LlamaCppModel, streams: int):
+    """A context with the format's settings (docs/format.md, "Model calls"): ``streams``
+    sequences of ``model.context`` cells each, a KV cache per sequence, batches of up to
+    ``streams`` tokens, flash attention off, f16 cache.  Returns ``(ctx, memory)``."""
+    L = model._L
+    cparams = L.llama_context_default_params()
+    cparams.n_ctx = model.context * streams  # split evenly: each sequence gets `context` cells
+    cparams.n_batch = streams
+    cparams.n_ubatch = streams
+    cparams.n_seq_max = streams
+    cparams.kv_unified = False
+    cparams.n_threads = model.threads
+    cparams.n_threads_batch = model.threads
+    cparams.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_DISABLED
+    cparams.type_k = 1  # GGML_TYPE_F16
+    cparams.type_v = 1
+    cparams.embeddings = False
+    cparams.no_perf = True
+    cparams.swa_full = True
+    ctx = L.llama_init_from_model(model._model, cparams)
+    if not ctx:
+        raise LMZipError("llama.cpp could not create a context (out of memory?)")
+    mem = L.llama_get_memory(ctx)
+    if not L.llama_memory_can_shift(mem):
+        L.llama_free(ctx)
+        raise LMZipError(f"model {model.name} does not support KV-cache shifting")
+    return ctx, mem
+
+
 class _LlamaStream(Stream):
     def __init__(self, model: LlamaCppModel):
         L = model._L
         self._model = model
         self._L = L
-        cparams = L.llama_context_default_params()
-        cparams.n_ctx = model.context
-        cparams.n_batch = 1  # one token per decode call, always: the schedule is the format
-        cparams.n_ubatch = 1
-        cparams.n_seq_max = 1
-        cparams.n_threads = model.threads
-        cparams.n_threads_batch = model.threads
-        cparams.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_DISABLED
-        cparams.type_k = 1  # GGML_TYPE_F16
-        cparams.type_v = 1
-        cparams.embeddings = False
-        cparams.no_perf = True
-        cparams.swa_full = True
-        self._ctx = L.llama_init_from_model(model._model, cparams)
-        if not self._ctx:
-            raise LMZipError("llama.cpp could not create a context (out of memory?)")
-        self._mem = L.llama_get_memory(self._ctx)
-        if not L.llama_memory_can_shift(self._mem):
-            self.close()
-            raise LMZipError(f"model {model.name} does not support KV-cache shifting")
+        self._ctx, self._mem = _new_context(model, 1)  # one token per decode call: the v2 schedule
         self._batch = L.llama_batch_init(1, 0, 1)
         self._batch.n_tokens = 1
         self._batch.n_seq_id[0] = 1
@@ -195,27 +205,7 @@ class _LlamaGroup(StreamGroup):
         self._ctx = None
         self._batch = None
         S = width
-        cparams = L.llama_context_default_params()
-        cparams.n_ctx = model.context * S  # split evenly: each sequence gets `context` cells
-        cparams.n_batch = S
-        cparams.n_ubatch = S
-        cparams.n_seq_max = S
-        cparams.kv_unified = False
-        cparams.n_threads = model.threads
-        cparams.n_threads_batch = model.threads
-        cparams.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_DISABLED
-        cparams.type_k = 1  # GGML_TYPE_F16
-        cparams.type_v = 1
-        cparams.embeddings = False
-        cparams.no_perf = True
-        cparams.swa_full = True
-        self._ctx = L.llama_init_from_model(model._model, cparams)
-        if not self._ctx:
-            raise LMZipError("llama.cpp could not create a context (out of memory?)")
-        self._mem = L.llama_get_memory(self._ctx)
-        if not L.llama_memory_can_shift(self._mem):
-            self.close()
-            raise LMZipError(f"model {model.name} does not support KV-cache shifting")
+        self._ctx, self._mem = _new_context(model, S)
         self._batch = L.llama_batch_init(S, 0, 1)
         n_vocab = model.tokenizer.n_model_tokens
         self._n_vocab = n_vocab
