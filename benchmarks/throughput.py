@@ -77,30 +77,6 @@ def raw_batched(llm: LlamaCppModel, tokens: list[int], window: int = 512) -> flo
     return done / elapsed
 
 
-def raw_lockstep(llm: LlamaCppModel, tokens: list[int], streams: int, steps: int) -> float:
-    """tokens/s advancing ``streams`` sequences one token each per decode call."""
-    L = llm._L
-    ctx = _context(llm, llm.context * streams, streams, streams)
-    batch = L.llama_batch_init(streams, 0, 1)
-    n_vocab = llm.tokenizer.n_model_tokens
-    t = time.perf_counter()
-    for step in range(steps):
-        for s in range(streams):
-            batch.token[s] = tokens[(s * steps + step) % len(tokens)]
-            batch.pos[s] = step
-            batch.n_seq_id[s] = 1
-            batch.seq_id[s][0] = s
-            batch.logits[s] = 1
-        batch.n_tokens = streams
-        assert L.llama_decode(ctx, batch) == 0
-        for s in range(streams):
-            np.ctypeslib.as_array(L.llama_get_logits_ith(ctx, s), shape=(n_vocab,)).max()
-    elapsed = time.perf_counter() - t
-    L.llama_batch_free(batch)
-    L.llama_free(ctx)
-    return streams * steps / elapsed
-
-
 def _prefill(llm: LlamaCppModel, ctx, batch, tokens: list[int], seq: int, n: int, chunk: int) -> None:
     """Evaluate ``n`` tokens into sequence ``seq`` (positions 0..n-1), ``chunk`` per call."""
     L = llm._L
@@ -148,16 +124,15 @@ def steady_batched(llm: LlamaCppModel, tokens: list[int], rounds: int = 3) -> fl
     return rounds * width / elapsed
 
 
-def steady_lockstep(llm: LlamaCppModel, tokens: list[int], streams: int, steps: int = 128) -> float:
-    """tokens/s of ``streams`` sequences advanced one token each per call, each prefilled
-    to 3/4 of ``context`` first (not timed): lmzip's schedule where its window lives."""
+def lockstep(llm: LlamaCppModel, tokens: list[int], streams: int, steps: int, depth: int = 0) -> float:
+    """tokens/s advancing ``streams`` sequences one token each per decode call (lmzip's
+    schedule without any coding), each prefilled to ``depth`` tokens first (not timed)."""
     L = llm._L
-    c = llm.context
-    depth = 3 * c // 4
-    ctx = _context(llm, c * streams, max(streams, 512), streams)
-    batch = L.llama_batch_init(max(streams, 512), 0, 1)
+    n_batch = max(streams, 512) if depth else streams  # room for the prefill
+    ctx = _context(llm, llm.context * streams, n_batch, streams)
+    batch = L.llama_batch_init(n_batch, 0, 1)
     n_vocab = llm.tokenizer.n_model_tokens
-    for s in range(streams):
+    for s in range(streams if depth else 0):
         _prefill(llm, ctx, batch, tokens[(s * depth) % max(1, len(tokens) - depth):], s, depth, 512)
     t = time.perf_counter()
     for step in range(steps):
@@ -205,9 +180,9 @@ def main() -> None:
                  "cores": os.cpu_count()}
     if not args.skip_raw:
         res["raw_batched_tok_s"] = raw_batched(llm, tokens[:4096])
-        res["raw_lockstep_tok_s"] = raw_lockstep(llm, tokens, args.streams, max(32, 2048 // args.streams))
+        res["raw_lockstep_tok_s"] = lockstep(llm, tokens, args.streams, max(32, 2048 // args.streams))
         res["steady_batched_tok_s"] = steady_batched(llm, tokens)
-        res["steady_lockstep_tok_s"] = steady_lockstep(llm, tokens, args.streams)
+        res["steady_lockstep_tok_s"] = lockstep(llm, tokens, args.streams, 128, 3 * args.context // 4)
     if args.raw_only:
         print(json.dumps(res, indent=1))
         if args.json:

@@ -166,25 +166,11 @@ def _llama_bits(model, symbols: Sequence[int], progress: Callable[[int], None] |
     n_eval = int(owner[-1]) + 1  # the last visible token predicts nothing: not evaluated
     cap = int(max(16, min(512, _LOGITS_BUDGET // (4 * n_vocab), model.context)))
 
-    cparams = L.llama_context_default_params()
-    cparams.n_ctx = model.context
-    cparams.n_batch = cap
-    cparams.n_ubatch = cap
-    cparams.n_seq_max = 1
-    cparams.n_threads = model.threads
-    cparams.n_threads_batch = model.threads
-    cparams.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_DISABLED
-    cparams.type_k = 1  # GGML_TYPE_F16, as the coder's streams
-    cparams.type_v = 1
-    cparams.embeddings = False
-    cparams.no_perf = True
-    cparams.swa_full = True
-    ctx = L.llama_init_from_model(model._model, cparams)
-    if not ctx:
-        raise LMZipError("llama.cpp could not create a context (out of memory?)")
+    from .predictors.llamacpp import new_context
+
+    ctx, mem = new_context(model, 1, cap)  # the coder's settings, with batches of `cap`
     batch = L.llama_batch_init(cap, 0, 1)
     try:
-        mem = L.llama_get_memory(ctx)
         pos = 0
         i = 0
         while i < n_eval:

@@ -82,15 +82,16 @@ def default_threads() -> int:
     return max(1, min(os.cpu_count() or 1, 8))
 
 
-def _new_context(model: LlamaCppModel, streams: int):
+def new_context(model: LlamaCppModel, streams: int, batch: int | None = None):
     """A context with the format's settings (docs/format.md, "Model calls"): ``streams``
     sequences of ``model.context`` cells each, a KV cache per sequence, batches of up to
-    ``streams`` tokens, flash attention off, f16 cache.  Returns ``(ctx, memory)``."""
+    ``batch`` tokens (default ``streams``), flash attention off, f16 cache.  Returns
+    ``(ctx, memory)``; free ``ctx`` with ``llama_free``."""
     L = model._L
     cparams = L.llama_context_default_params()
     cparams.n_ctx = model.context * streams  # split evenly: each sequence gets `context` cells
-    cparams.n_batch = streams
-    cparams.n_ubatch = streams
+    cparams.n_batch = batch or streams
+    cparams.n_ubatch = batch or streams
     cparams.n_seq_max = streams
     cparams.kv_unified = False
     cparams.n_threads = model.threads
@@ -116,7 +117,7 @@ class _LlamaStream(Stream):
         L = model._L
         self._model = model
         self._L = L
-        self._ctx, self._mem = _new_context(model, 1)  # one token per decode call: the v2 schedule
+        self._ctx, self._mem = new_context(model, 1)  # one token per decode call: the v2 schedule
         self._batch = L.llama_batch_init(1, 0, 1)
         self._batch.n_tokens = 1
         self._batch.n_seq_id[0] = 1
@@ -205,7 +206,7 @@ class _LlamaGroup(StreamGroup):
         self._ctx = None
         self._batch = None
         S = width
-        self._ctx, self._mem = _new_context(model, S)
+        self._ctx, self._mem = new_context(model, S)
         self._batch = L.llama_batch_init(S, 0, 1)
         n_vocab = model.tokenizer.n_model_tokens
         self._n_vocab = n_vocab
