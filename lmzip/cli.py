@@ -40,6 +40,7 @@ from .predictors.registry import (
     load_model,
 )
 from .ranges import decompress_range, parse_range
+from .status import StatusLine
 
 SUFFIX = ".lmz"
 READ_SIZE = 1 << 16
@@ -68,22 +69,19 @@ def _human(n: float) -> str:
     return f"{n:.1f} GB"  # pragma: no cover
 
 
-class ProgressLine:
-    """One self-rewriting status line on stderr (bytes done, speed, bpb so far)."""
+class ProgressLine(StatusLine):
+    """The status line of compress/decompress/test: bytes done, speed, bpb so far."""
 
     def __init__(self, label: str, total: int | None, enabled: bool):
+        super().__init__(enabled, quiet=False)
         self.label = label
         self.total = total
-        self.enabled = enabled
         self.start = time.monotonic()
-        self._last = 0.0
-        self._shown = False
 
     def __call__(self, st: Stats) -> None:
         now = time.monotonic()
         if not self.enabled or now - self._last < 0.25:
-            return
-        self._last = now
+            return  # before the text is built: this runs every few tokens
         speed = st.raw_bytes / max(now - self.start, 1e-9)
         parts = [self.label]
         if self.total:
@@ -97,14 +95,10 @@ class ProgressLine:
         if self.total and speed > 0:
             left = (self.total - st.raw_bytes) / speed
             parts.append(f"ETA {int(left // 60)}m{int(left % 60):02d}s")
-        sys.stderr.write("\r" + "  ".join(p for p in parts if p) + "\x1b[K")
-        sys.stderr.flush()
-        self._shown = True
+        self.show("  ".join(p for p in parts if p), force=True)
 
     def done(self) -> None:
-        if self._shown:
-            sys.stderr.write("\r\x1b[K")
-            sys.stderr.flush()
+        self.clear()
 
 
 # ---------------------------------------------------------------------------- safe output
