@@ -46,6 +46,14 @@ class Stats:
     coded_bits: float = 0.0
     chunks: list[ChunkInfo] = field(default_factory=list)
 
+    def add_totals(self, other: Stats) -> None:
+        """Add ``other``'s running totals (not its chunk list): a worker's group, a finished stream."""
+        self.raw_bytes += other.raw_bytes
+        self.payload_bytes += other.payload_bytes
+        self.tokens += other.tokens
+        self.model_bits += other.model_bits
+        self.coded_bits += other.coded_bits
+
     @property
     def model_bpb(self) -> float:
         return self.model_bits / self.raw_bytes if self.raw_bytes else 0.0

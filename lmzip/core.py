@@ -143,12 +143,7 @@ class LMZipCompressor:
                                   or len(self._inflight) > 2 * self.executor.workers):
             cut, future = self._inflight.popleft()
             result = future.result()
-            st = result.stats
-            self.stats.raw_bytes += st.raw_bytes
-            self.stats.tokens += st.tokens
-            self.stats.model_bits += st.model_bits
-            self.stats.coded_bits += st.coded_bits
-            self.stats.payload_bytes += st.payload_bytes
+            self.stats.add_totals(result.stats)
             out.append(self._records(cut, result.out, len(self.stats.chunks)))
         return b"".join(out)
 
@@ -313,12 +308,10 @@ class LMZipDecompressor:
         payload = bytes(buf[fmt.CHUNK_RECORD_SIZE : total])
         del buf[:total]
         number = len(self.stats.chunks) + len(self._group)
-        # version 2 had no groups: every model chunk was coded alone
-        starts = info.starts_group or (self.header.version == 2 and info.method == fmt.METHOD_MODEL)
         if info.scheduled:
             if self.model is None:
                 raise CorruptError(f"chunk {number} is coded by a model, but the stream header names none")
-            if starts:
+            if info.opens_group(self.header.version):
                 self._decode_group()
             elif not self._group:
                 raise CorruptError(f"chunk {number} continues a lockstep group that never started")
@@ -375,9 +368,7 @@ class LMZipDecompressor:
                     return
                 result = future.result()
                 decoded = list(zip(decoded, result.out))
-                self.stats.raw_bytes += result.stats.raw_bytes
-                self.stats.tokens += result.stats.tokens
-                self.stats.payload_bytes += result.stats.payload_bytes
+                self.stats.add_totals(result.stats)
             self._outq.popleft()
             done = dict(decoded)
             for i, (info, _) in enumerate(chunks):
@@ -458,8 +449,10 @@ def iter_decompress(fp: IO[bytes], *, model: ModelArg = None, threads: int | Non
 
     def report(st: Stats) -> None:
         assert progress is not None
-        progress(Stats(raw_bytes=done.raw_bytes + st.raw_bytes, tokens=done.tokens + st.tokens,
-                       payload_bytes=done.payload_bytes + st.payload_bytes))
+        total = Stats()
+        total.add_totals(done)
+        total.add_totals(st)
+        progress(total)
 
     d: LMZipDecompressor | None = None
     while True:
@@ -472,9 +465,7 @@ def iter_decompress(fp: IO[bytes], *, model: ModelArg = None, threads: int | Non
             if d is not None:
                 if not raw.startswith(fmt.MAGIC[: len(raw)]):
                     raise FormatError("trailing data after the end of the lmzip stream")
-                done.raw_bytes += d.stats.raw_bytes
-                done.tokens += d.stats.tokens
-                done.payload_bytes += d.stats.payload_bytes
+                done.add_totals(d.stats)
             d = LMZipDecompressor(model, threads=threads, progress=report if progress else None,
                                   executor=executor)
         else:
