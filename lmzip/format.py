@@ -159,6 +159,11 @@ class ChunkInfo:
     def method_byte(self) -> int:
         return self.method | (GROUP_START if self.starts_group else 0)
 
+    def opens_group(self, version: int) -> bool:
+        """Starts a lockstep group in a stream of format ``version`` (version 2 had no
+        groups: every model chunk was coded alone)."""
+        return self.starts_group or (version == 2 and self.method == METHOD_MODEL)
+
 
 @dataclass(frozen=True)
 class EndRecord:

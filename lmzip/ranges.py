@@ -92,18 +92,14 @@ def _stream_range(fp: IO[bytes], offset: int, s, start: int, end: int | None, mo
     lm = None
     width = stream_width(header)
     pieces: dict[int, bytes] = {}
-    done_groups: set[int] = set()
     for i in wanted:
-        if i in pieces:
+        if i in pieces:  # decoded with its group
             continue
         c = chunks[i]
         g = group_of.get(i)
         if g is None or all(chunks[k].method != fmt.METHOD_MODEL for k in g):
             pieces[i] = decompress_classic(c, _payload(fp, at[i], c))
             continue
-        if g[0] in done_groups:
-            continue
-        done_groups.add(g[0])
         if lm is None:
             lm = model_for_header(header, model, threads=threads)
         records = [(chunks[k], _payload(fp, at[k], chunks[k])) for k in g]
@@ -123,7 +119,7 @@ def _groups(header: fmt.StreamHeader, chunks: list[fmt.ChunkInfo]) -> dict[int, 
     for i, c in enumerate(chunks):
         if not c.scheduled:
             continue
-        if c.starts_group or (header.version == 2 and c.method == fmt.METHOD_MODEL):
+        if c.opens_group(header.version):
             current = []
         elif current is None:
             raise CorruptError(f"chunk {i} continues a lockstep group that never started")
