@@ -7,7 +7,7 @@ each hold their own model instance and hands the results back *in order*, so the
 the same settings (llama.cpp gives the same logits in any process for the same calls,
 and thread counts do not change them).
 
-- :class:`InlineExecutor`: this process, one group at a time (the default).
+- :class:`InlineExecutor`: this process, one group at a time (what no executor does).
 - :class:`ProcessExecutor`: worker processes on this machine, one per planned device
   (:func:`plan_devices`): one per GPU where there are GPUs, else CPU workers that
   split the cores between them.
@@ -319,6 +319,11 @@ class _RayFuture(Future):
 
 
 
+def _gpus_for(model: Model) -> list[str] | None:
+    """GPUs to plan over: found ones for a torch model, none for llama.cpp (CPU only)."""
+    return None if str(model.params().get("backend", "")).startswith("torch") else []
+
+
 def executor_for(model: Model, workers: int = 1, ray_address: str | None = None) -> Executor | None:
     """The executor the command line asks for: ``None`` (code here) for one local worker,
     :class:`ProcessExecutor` for several, :class:`RayExecutor` with a Ray address
@@ -327,9 +332,10 @@ def executor_for(model: Model, workers: int = 1, ray_address: str | None = None)
         return None
     factory = recipe_of(model)
     if ray_address is not None:
-        ex: Executor = RayExecutor(factory, workers=workers if workers > 1 else None,
-                                   address=None if ray_address == "local" else ray_address)
+        n = workers if workers > 1 else None
+        ex: Executor = RayExecutor(factory, workers=n, address=None if ray_address == "local" else ray_address,
+                                   devices=plan_devices(n, _gpus_for(model)))
     else:
-        ex = ProcessExecutor(factory, plan_devices(workers))
+        ex = ProcessExecutor(factory, plan_devices(workers, _gpus_for(model)))
     ex.key = (model.model_sha256, model.params())
     return ex
