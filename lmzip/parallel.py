@@ -254,8 +254,12 @@ class RayExecutor(Executor):
             raise LMZipError("the Ray executor needs Ray: pip install ray") from None
         self._ray = ray
         if not ray.is_initialized():
-            ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                     configure_logging=False)
+            try:
+                ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                         configure_logging=False)
+            except Exception as exc:  # Ray raises ValueError, ConnectionError, RuntimeError, ...
+                where = f"Ray at {address!r}" if address else "a local Ray instance"
+                raise LMZipError(f"could not start or join {where}: {str(exc)[:200]}") from None
         self.devices = devices or plan_devices(workers)
         self.workers = len(self.devices)
         actor = ray.remote(_RayWorker)

@@ -91,3 +91,15 @@ def test_cli_workers_write_the_same_file(tmp_path):
     assert (tmp_path / "one.lmz").read_bytes() == (tmp_path / "two.lmz").read_bytes()
     run("decompress", "--workers", "2", "-o", str(tmp_path / "out"), str(tmp_path / "two.lmz"), check=0)
     assert (tmp_path / "out").read_bytes() == DATA
+
+
+def test_a_bad_ray_address_is_one_clear_error(tmp_path, ngram):
+    pytest.importorskip("ray")
+    from .test_cli import assert_one_line_error, run
+
+    with pytest.raises(LMZipError, match="could not start or join Ray at 'bogus-address'"):
+        RayExecutor(recipe_of(ngram), workers=1, address="bogus-address")
+    src = tmp_path / "in.txt"
+    src.write_bytes(b"hello world\n")
+    assert_one_line_error(run("compress", "-m", "ngram", "--ray", "bogus-address", str(src)))
+    assert src.read_bytes() == b"hello world\n" and not (tmp_path / "in.txt.lmz").exists()
