@@ -340,6 +340,10 @@ def main() -> None:
               help="Learning rate of the model's weight (0: fixed).")
 @click.option("--bias-rate", type=click.FloatRange(0, 1), default=None,
               help="Learning rate of the per-token bias (0: off).")
+@click.option("--skip", "skip", type=click.IntRange(0, 4096), default=None, metavar="N",
+              help="Speed option: code a token without the model when the n-gram and match statistics "
+                   "are sure of it and that kind of guess was right at least N-1 times in N, e.g. 32 "
+                   "(0: never, the default). Costs a little size; see BENCHMARKS.md.")
 @click.option("--method", type=click.Choice(METHODS), default="auto", show_default=True,
               help="auto: text to the model, binary data to LZMA (or stored), whichever codes a chunk "
                    "smaller; model: every chunk through the model; classic: no model.")
@@ -353,13 +357,13 @@ def main() -> None:
 @worker_options
 def compress(files, output, to_stdout, keep, rm, force, quiet, verbose, progress, model, threads,
              context, chunk_size, streams, use_mix, orders, match_len, mix_rate, llm_rate, bias_rate,
-             method, backend, dtype, device, workers, ray_address) -> None:
+             skip, method, backend, dtype, device, workers, ray_address) -> None:
     """Compress FILES to FILE.lmz with a language model."""
     job = Job(output=output, stdout=to_stdout, keep=keep, rm=rm, force=force, quiet=quiet,
               verbose=verbose, progress=progress)
     names = _files_or_stdin(files)
     _check_output_option(job, names)
-    mix = _mix_settings(model, use_mix, orders, match_len, mix_rate, llm_rate, bias_rate)
+    mix = _mix_settings(model, use_mix, orders, match_len, mix_rate, llm_rate, bias_rate, skip)
     try:
         lm = load_model(model or DEFAULT_MODEL, context=context, threads=threads, mix=mix, backend=backend,
                         dtype=dtype, device=device)
@@ -411,7 +415,7 @@ def compress(files, output, to_stdout, keep, rm, force, quiet, verbose, progress
         executors.close()
 
 
-def _mix_settings(model, use_mix, orders, match_len, mix_rate, llm_rate, bias_rate):
+def _mix_settings(model, use_mix, orders, match_len, mix_rate, llm_rate, bias_rate, skip=None):
     """The --mix options as MixSettings (None: the model's default)."""
     from .mixing import BYTE_MIX, DEFAULT_MIX, NO_MIX
 
@@ -423,16 +427,20 @@ def _mix_settings(model, use_mix, orders, match_len, mix_rate, llm_rate, bias_ra
         except ValueError:
             raise click.BadParameter(f"{orders!r} is not a comma-separated list of orders",
                                      param_hint="--orders") from None
-    for key, value in (("match", match_len), ("rate", mix_rate), ("llm_rate", llm_rate), ("bias_rate", bias_rate)):
+    for key, value in (("match", match_len), ("rate", mix_rate), ("llm_rate", llm_rate), ("bias_rate", bias_rate),
+                       ("skip", skip)):
         if value is not None:
             changes[key] = value
+    is_ngram = (model or "").lower() == "ngram"
     if not use_mix:
         if changes:
             raise click.UsageError("--no-mix cannot be combined with other mixing options")
+        if is_ngram:
+            raise click.UsageError("--no-mix: the ngram model is nothing but mixing (use --orders/--match)")
         return NO_MIX
     if not changes:
         return None
-    base = BYTE_MIX if (model or "").lower() == "ngram" else DEFAULT_MIX
+    base = BYTE_MIX if is_ngram else DEFAULT_MIX
     try:
         return dataclasses.replace(base, **changes)
     except ValueError as exc:
@@ -448,7 +456,8 @@ def _describe_mix(raw) -> str:
         return f"unreadable ({exc})"
     name = f"preset {raw}: " if isinstance(raw, str) else ""
     return (f"{name}n-gram orders {','.join(map(str, m.orders)) or 'none'}, match {m.match or 'off'}, "
-            f"rates {m.rate}/{m.llm_rate}/{m.bias_rate} (weights/model/bias)")
+            f"rates {m.rate}/{m.llm_rate}/{m.bias_rate} (weights/model/bias)"
+            + (f", skip at {m.skip - 1}/{m.skip}" if m.skip else ""))
 
 
 def _verify(src: Path, packed: Path, model) -> None:

@@ -363,3 +363,18 @@ def test_method_option_and_info_lists_methods(tmp_path):
         assert shown in info and absent not in info, (method, info)
         assert run("decompress", "-c", str(tmp_path / "mixed.bin.lmz"), check=0).stdout == path.read_bytes()
     assert run("compress", *FAST, "--method", "xz", str(path)).returncode == 2
+
+
+def test_mixing_options_reach_the_file_and_bad_combinations_are_usage_errors(tmp_path, sample):
+    text = corpus_slice("alice29.txt", 5000, 1500)
+    sample.write_bytes(text + corpus_slice("alice29.txt", 60_000, 500) + text)
+    run("compress", "-m", "ngram", "--method", "model", "--skip", "16", "--orders", "1,3", str(sample), check=0)
+    packed = tmp_path / "sample.txt.lmz"
+    info = run("info", str(packed), check=0).stdout.decode()
+    assert "skip at 15/16" in info and "n-gram orders 1,3" in info
+    assert lmzip.decompress(packed.read_bytes()) == sample.read_bytes()
+    for bad in (["-m", "ngram", "--no-mix"], ["--no-mix", "--skip", "8"], ["-m", "ngram", "--skip", "1"],
+                ["-m", "ngram", "--orders", "none", "--match", "0", "--skip", "8"]):
+        proc = run("compress", *bad, "-c", str(sample))
+        assert proc.returncode == 2, (bad, proc.stderr.decode())
+        assert "Traceback" not in proc.stderr.decode() and not proc.stdout

@@ -1,6 +1,7 @@
 """The online models and the mixer: feature arithmetic, settings in the header, round
 trips with the byte model and with the LLM, and determinism pinned by golden files."""
 
+import dataclasses
 import hashlib
 import math
 
@@ -8,9 +9,9 @@ import numpy as np
 import pytest
 
 import lmzip
-from lmzip import cdf
+from lmzip import cdf, mixing
 from lmzip.errors import FormatError
-from lmzip.mixing import BYTE_MIX, DEFAULT_MIX, NO_MIX, PRESETS, MixedModel, MixSettings
+from lmzip.mixing import BYTE_MIX, DEFAULT_MIX, NO_MIX, PRESETS, MixedModel, MixedStream, MixSettings
 from lmzip.predictors.ngram import COUNT_BUCKETS, NGramStats, ln_table
 from lmzip.predictors.registry import load_model
 
@@ -52,6 +53,25 @@ def test_match_model_predicts_the_continuation_of_a_repeat():
     assert st.features() == []
 
 
+def test_guess_is_unanimous_evidence_and_names_its_kind():
+    st = NGramStats(vocab_size=50, orders=(1, 2), match_min=0)
+    for tok in [1, 2, 3, 1, 2, 3, 1, 2]:
+        st.update(tok)
+    # the longest context (2-gram "1 2") was seen twice, always followed by 3
+    assert st.guess() == (3, 1 * 8 + 2 - 1)
+    st.update(4)  # "1 2" now has two successors: no guess, whatever shorter contexts say
+    st.update(1)
+    st.update(2)
+    assert st.guess() == (-1, -1)
+    # a long repeat is followed whatever the n-grams say; its situation is its length bucket
+    st = NGramStats(vocab_size=50, orders=(1,), match_min=4)
+    seq = list(range(5, 45))
+    for tok in seq + [1, 1, 2, 2, 3] + seq[:20]:
+        st.update(tok)
+    assert st.match_prediction() == (25, 20)
+    assert st.guess() == (25, 1 * 8 + 2)  # after the order's 8 count slots: bucket 16-31
+
+
 def test_settings_validation_and_presets():
     with pytest.raises(ValueError):
         MixSettings(orders=(0,))
@@ -59,7 +79,19 @@ def test_settings_validation_and_presets():
         MixSettings(match=1)
     with pytest.raises(ValueError):
         MixSettings(rate=2.0)
-    assert DEFAULT_MIX.params() == "m1" and BYTE_MIX.params() == "b1"
+    with pytest.raises(ValueError):
+        MixSettings(skip=1)
+    with pytest.raises(ValueError):
+        MixSettings(orders=(), match=0, skip=8)  # nothing to guess with
+    assert DEFAULT_MIX.params() == "m2" and BYTE_MIX.params() == "b1"
+    # presets are part of the format: files name them, so their values never change
+    assert PRESETS["m1"] == MixSettings(orders=(1, 2, 3, 4), match=6, rate=0.002, llm_rate=0.001, bias_rate=0.01)
+    assert PRESETS["m2"] == MixSettings(orders=(1, 2, 3, 4), match=6, rate=0.002, llm_rate=0.001, bias_rate=0.12)
+    # headers written before skipping existed have no "skip" key, and still parse
+    old = {"orders": [2, 3], "match": 0, "rate": 0.01, "llm_rate": 0.0, "bias_rate": 0.001}
+    assert MixSettings.from_params(old) == MixSettings(orders=(2, 3), match=0, rate=0.01, llm_rate=0.0,
+                                                       bias_rate=0.001)
+    assert MixSettings(match=4, skip=8).params()["skip"] == 8
     custom = MixSettings(orders=(2, 3), match=0, rate=0.01, llm_rate=0.0, bias_rate=0.001)
     assert MixSettings.from_params(custom.params()) == custom
     for name, preset in PRESETS.items():
@@ -106,16 +138,62 @@ def test_ngram_settings_round_trip_across_cdf_backends(settings):
 GOLDEN = {
     "b1": "a040684df9c3d6b19c74d15a1318f831484849cbbc0ff4b401c0626abbff5996",
     "custom": "375f27313bb210896368b517fa29edb423b323cb5560a013ebe4804744060e12",
+    "skip": "9038b5825f7e69bb9248614e1338df59d19e410a86f7740930fa3f932b99648c",
 }
+GOLDEN_MIX = {
+    "b1": BYTE_MIX,
+    "custom": MixSettings(orders=(1, 3), match=5, rate=0.02, llm_rate=0.0, bias_rate=0.005),
+    "skip": MixSettings(orders=(1, 3), match=5, rate=0.02, llm_rate=0.0, bias_rate=0.005, skip=12),
+}
+
+
+def _repetitive_text() -> bytes:
+    """A passage, something else, the passage again: long repeats for the match model."""
+    text = corpus_slice("alice29.txt", 5000, 2500)
+    return text + corpus_slice("alice29.txt", 60_000, 1500) + text
 
 
 @pytest.mark.parametrize("key", sorted(GOLDEN))
 def test_golden_files(key):
-    data = corpus_slice("alice29.txt", 5000, 4000)
-    mix = BYTE_MIX if key == "b1" else MixSettings(orders=(1, 3), match=5, rate=0.02, llm_rate=0.0,
-                                                    bias_rate=0.005)
-    packed = lmzip.compress(data, model="ngram", mix=mix, method="model")
+    data = _repetitive_text() if key == "skip" else corpus_slice("alice29.txt", 5000, 4000)
+    packed = lmzip.compress(data, model="ngram", mix=GOLDEN_MIX[key], method="model")
     assert hashlib.sha256(packed).hexdigest() == GOLDEN[key]
+    assert lmzip.decompress(packed) == data
+
+
+class _CountingMixedStream(MixedStream):
+    """Counts tokens coded without the base model, across all streams."""
+
+    total_skipped = 0
+
+    def close(self) -> None:
+        type(self).total_skipped += self.skipped
+        super().close()
+
+
+def test_skip_codes_long_repeats_without_the_model_and_round_trips(monkeypatch):
+    monkeypatch.setattr(mixing, "MixedStream", _CountingMixedStream)
+    data = _repetitive_text()
+    settings = GOLDEN_MIX["skip"]
+    packed = lmzip.compress(data, model="ngram", mix=settings, method="model")
+    skipped = _CountingMixedStream.total_skipped
+    # the second copy of the passage (2,500 bytes) is mostly skipped; the rest never is
+    assert 2000 < skipped < 2700
+    assert lmzip.decompress(packed) == data
+    assert _CountingMixedStream.total_skipped == 2 * skipped  # the decoder made the same decisions
+    no_skip = lmzip.compress(data, model="ngram", mix=dataclasses.replace(settings, skip=0), method="model")
+    assert abs(len(packed) - len(no_skip)) < 0.1 * len(no_skip)  # skipping costs little on a long repeat
+    # no run of skips is longer than SKIP_RUN
+    stream = MixedStream(None, 256, settings)
+    run = longest = 0
+    q = np.empty(256)
+    for b in data:
+        stream.distribution(q)
+        was_skipped = stream._skip_next
+        stream.push(b)
+        run = run + 1 if was_skipped else 0
+        longest = max(longest, run)
+    assert longest == mixing.SKIP_RUN
 
 
 # ---------------------------------------------------------------------------- with the LLM
@@ -152,3 +230,23 @@ def test_mixed_stream_probabilities_are_a_valid_distribution(llm):
             stream.distribution(q)
             assert q.sum() == cdf.TOTAL - model.vocab_size and q.min() >= 0
             stream.push(t)
+
+
+@pytest.mark.parametrize("streams", [1, 3])
+def test_llm_skip_defers_evaluation_and_round_trips(llm, streams, monkeypatch):
+    """Skipped tokens are evaluated later, several in one call, across the sliding
+    128-token window; the decoder makes the same calls, alone or in a lockstep group."""
+    monkeypatch.setattr(mixing, "MixedStream", _CountingMixedStream)
+    _CountingMixedStream.total_skipped = 0
+    base = llm.base if isinstance(llm, MixedModel) else llm
+    mixed = MixedModel(base, dataclasses.replace(DEFAULT_MIX, skip=8))
+    # three pieces, each a passage, something else, the passage again (chunks of a group)
+    pieces = [corpus_slice("alice29.txt", at, 700) + corpus_slice("alice29.txt", at + 40_000, 300)
+              + corpus_slice("alice29.txt", at, 700) for at in (2_000, 20_000, 90_000)]
+    data = b"".join(pieces)
+    chunk = len(pieces[0]) if streams > 1 else 1 << 20
+    packed = lmzip.compress(data, model=mixed, chunk_size=chunk, streams=streams)
+    skipped = _CountingMixedStream.total_skipped
+    assert skipped > 150
+    assert lmzip.decompress(packed) == data
+    assert _CountingMixedStream.total_skipped == 2 * skipped

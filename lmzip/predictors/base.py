@@ -42,6 +42,12 @@ class Stream(ABC):
 
         return quantize_into(self.scores(), q)
 
+    def defer(self) -> None:
+        """Called after :meth:`push` when the next :meth:`scores` will not be asked for
+        (the mixer codes the next token without this stream).  A backend that evaluates
+        lazily may then keep the pushed tokens and evaluate them with later ones, in one
+        call; the default does nothing."""
+
     def close(self) -> None:
         """Release resources held by the stream."""
 
@@ -104,6 +110,12 @@ class Model(ABC):
     @abstractmethod
     def open_stream(self) -> Stream:
         """A fresh stream with an empty context."""
+
+    #: True for a backend whose streams evaluate deferred tokens together
+    #: (:meth:`Stream.defer`): :meth:`open_stream` and :meth:`open_group` then take
+    #: ``defer``, the most tokens a stream will hold back at once, which sizes their
+    #: batches (part of the call schedule, so the mixer passes it only when it skips)
+    defers: bool = False
 
     #: True for a backend whose :meth:`open_group` evaluates its streams in one batch
     #: (then lockstep groups pay; otherwise the compressor codes chunks one by one)

@@ -112,22 +112,35 @@ def new_context(model: LlamaCppModel, streams: int, batch: int | None = None):
     return ctx, mem
 
 
+def _slide(L, mem, m: LlamaCppModel, seq: int, pos: int, n: int) -> int:
+    """Make room for ``n`` more tokens in sequence ``seq`` (``n <= m.discard``): when
+    they would pass the window, drop ``[keep, keep+discard)`` and shift the rest down.
+    Returns the new position."""
+    if pos + n > m.context:
+        L.llama_memory_seq_rm(mem, seq, m.keep, m.keep + m.discard)
+        L.llama_memory_seq_add(mem, seq, m.keep + m.discard, pos, -m.discard)
+        pos -= m.discard
+    return pos
+
+
 class _LlamaStream(Stream):
-    def __init__(self, model: LlamaCppModel):
+    """One chunk, one sequence.  Tokens are evaluated when scores are next asked for:
+    one token per call (the v2 schedule), or, after :meth:`defer`, everything held
+    back in one call (up to ``defer`` tokens, in pieces of at most ``discard``)."""
+
+    def __init__(self, model: LlamaCppModel, defer: int = 0):
         L = model._L
         self._model = model
         self._L = L
-        self._ctx, self._mem = new_context(model, 1)  # one token per decode call: the v2 schedule
-        self._batch = L.llama_batch_init(1, 0, 1)
-        self._batch.n_tokens = 1
-        self._batch.n_seq_id[0] = 1
-        self._batch.seq_id[0][0] = 0
-        self._batch.logits[0] = 1
+        self._cap = min(max(defer, 1), model.discard)  # tokens per call
+        # without deferral: one token per decode call, the v2 schedule
+        self._ctx, self._mem = new_context(model, 1, self._cap if defer else None)
+        self._batch = L.llama_batch_init(self._cap, 0, 1)
         self._n_vocab = model.tokenizer.n_model_tokens
         # scores for the whole coding alphabet: escape symbols stay at -inf
         self._scores = np.full(model.vocab_size, -np.inf, dtype=np.float32)
         self._pos = 0
-        self._eval(model.start_token)
+        self._pending = [model.start_token]
 
     def __del__(self) -> None:
         try:
@@ -135,28 +148,35 @@ class _LlamaStream(Stream):
         except Exception:  # pragma: no cover - interpreter shutdown
             pass
 
-    def _eval(self, token: int) -> None:
-        L = self._L
-        m = self._model
-        if self._pos >= m.context:  # slide: drop [keep, keep+discard), shift the rest down
-            L.llama_memory_seq_rm(self._mem, 0, m.keep, m.keep + m.discard)
-            L.llama_memory_seq_add(self._mem, 0, m.keep + m.discard, self._pos, -m.discard)
-            self._pos -= m.discard
-        self._batch.token[0] = token
-        self._batch.pos[0] = self._pos
-        rc = L.llama_decode(self._ctx, self._batch)
-        if rc != 0:
-            raise LMZipError(f"llama_decode failed (code {rc})")
-        self._pos += 1
+    def _evaluate(self) -> None:
+        L, m, b = self._L, self._model, self._batch
+        while self._pending:
+            piece = self._pending[: self._cap]
+            del self._pending[: self._cap]
+            self._pos = _slide(L, self._mem, m, 0, self._pos, len(piece))
+            for j, token in enumerate(piece):
+                b.token[j] = token
+                b.pos[j] = self._pos + j
+                b.n_seq_id[j] = 1
+                b.seq_id[j][0] = 0
+                b.logits[j] = 0
+            b.logits[len(piece) - 1] = not self._pending  # only the last token's scores are used
+            b.n_tokens = len(piece)
+            rc = L.llama_decode(self._ctx, b)
+            if rc != 0:
+                raise LMZipError(f"llama_decode failed (code {rc})")
+            self._pos += len(piece)
         ptr = L.llama_get_logits_ith(self._ctx, -1)
         self._scores[: self._n_vocab] = np.ctypeslib.as_array(ptr, shape=(self._n_vocab,))
 
     def scores(self) -> np.ndarray:
+        if self._pending:
+            self._evaluate()
         return self._scores  # valid until the next push()
 
     def push(self, token: int) -> None:
         if token < self._n_vocab:  # escape symbols are not shown to the model
-            self._eval(token)
+            self._pending.append(token)
 
     def close(self) -> None:
         if getattr(self, "_batch", None) is not None:
@@ -177,7 +197,8 @@ class _GroupStream(Stream):
         self._n_vocab = n_vocab
         self.scores_buf = np.full(vocab_size, -np.inf, dtype=np.float32)
         self.pos = 0
-        self.next_token: int | None = None
+        self.pending: list[int] = []  # pushed, not yet evaluated
+        self.deferred = False
 
     def scores(self) -> np.ndarray:
         return self.scores_buf  # valid until the group's next advance()
@@ -185,61 +206,77 @@ class _GroupStream(Stream):
     def push(self, token: int) -> None:
         self._left -= 1
         if token < self._n_vocab and self._left > 0:  # escape symbols are not shown to the model
-            self.next_token = token
+            self.pending.append(token)
+
+    def defer(self) -> None:
+        self.deferred = True  # the next advance() leaves this stream's tokens for later
 
 
 class _LlamaGroup(StreamGroup):
-    """Chunks advanced in lockstep: one ``llama_decode`` per step holding one token of
-    every stream that has one, each stream its own sequence (``seq_id``) in one context
+    """Chunks advanced in lockstep: one ``llama_decode`` per step holding the tokens of
+    every stream that has some, each stream its own sequence (``seq_id``) in one context
     with a KV cache per sequence (``kv_unified`` off, so a token attends to its own
     window only).  Batch shapes follow from the chunk lengths and the tokens, which the
     decoder knows when it needs them: both directions make the same calls.
+
+    Without deferral a stream has one token per step.  A stream that deferred
+    (:meth:`Stream.defer`) sits out the step; its tokens go in later, all at once (in
+    pieces of at most ``discard`` per call, so a slide always makes room).
 
     Every stream starts with the start token at position 0 (all in the first batch) and
     slides exactly as the single stream does (same ``keep``/``discard``).
     """
 
-    def __init__(self, model: LlamaCppModel, lengths: list[int], width: int):
+    def __init__(self, model: LlamaCppModel, lengths: list[int], width: int, defer: int = 0):
         L = model._L
         self._L = L
         self._model = model
         self._ctx = None
         self._batch = None
+        self._cap = min(max(defer, 1), model.discard)  # tokens per stream per call
         S = width
-        self._ctx, self._mem = new_context(model, S)
-        self._batch = L.llama_batch_init(S, 0, 1)
+        self._ctx, self._mem = new_context(model, S, S * self._cap if defer else None)
+        self._batch = L.llama_batch_init(S * self._cap, 0, 1)
         n_vocab = model.tokenizer.n_model_tokens
         self._n_vocab = n_vocab
         super().__init__([_GroupStream(self, i, n, n_vocab, model.vocab_size) for i, n in enumerate(lengths)])
         for s in self.streams:
-            s.next_token = model.start_token
+            s.pending.append(model.start_token)
         self.advance()
 
     def advance(self) -> None:
-        L, m, b = self._L, self._model, self._batch
-        todo = [s for s in self.streams if s.next_token is not None]
-        if not todo:
-            return
-        for j, s in enumerate(todo):
-            if s.pos >= m.context:  # slide this sequence's window, as the single stream does
-                L.llama_memory_seq_rm(self._mem, s.seq, m.keep, m.keep + m.discard)
-                L.llama_memory_seq_add(self._mem, s.seq, m.keep + m.discard, s.pos, -m.discard)
-                s.pos -= m.discard
-            b.token[j] = s.next_token
-            b.pos[j] = s.pos
-            b.n_seq_id[j] = 1
-            b.seq_id[j][0] = s.seq
-            b.logits[j] = 1
-        b.n_tokens = len(todo)
-        rc = L.llama_decode(self._ctx, b)
-        if rc != 0:
-            raise LMZipError(f"llama_decode failed (code {rc})")
-        n = self._n_vocab
-        for j, s in enumerate(todo):
-            ptr = L.llama_get_logits_ith(self._ctx, j)
-            s.scores_buf[:n] = np.ctypeslib.as_array(ptr, shape=(n,))
-            s.pos += 1
-            s.next_token = None
+        L, m, b, cap = self._L, self._model, self._batch, self._cap
+        while True:
+            todo = [s for s in self.streams if s.pending and not s.deferred]
+            if not todo:
+                break
+            j = 0
+            outputs = []
+            for s in todo:
+                piece = s.pending[:cap]
+                del s.pending[:cap]
+                s.pos = _slide(L, self._mem, m, s.seq, s.pos, len(piece))
+                for k, token in enumerate(piece):
+                    b.token[j] = token
+                    b.pos[j] = s.pos + k
+                    b.n_seq_id[j] = 1
+                    b.seq_id[j][0] = s.seq
+                    b.logits[j] = 0
+                    j += 1
+                s.pos += len(piece)
+                if not s.pending:  # its last token: the scores of the stream's next token
+                    b.logits[j - 1] = 1
+                    outputs.append((j - 1, s))
+            b.n_tokens = j
+            rc = L.llama_decode(self._ctx, b)
+            if rc != 0:
+                raise LMZipError(f"llama_decode failed (code {rc})")
+            n = self._n_vocab
+            for j, s in outputs:
+                ptr = L.llama_get_logits_ith(self._ctx, j)
+                s.scores_buf[:n] = np.ctypeslib.as_array(ptr, shape=(n,))
+        for s in self.streams:
+            s.deferred = False
 
     def close(self) -> None:
         if self._batch is not None:
@@ -325,18 +362,21 @@ class LlamaCppModel(Model):
             "model": self.name,
         }
 
-    def open_stream(self) -> Stream:
-        return _LlamaStream(self)
+    def open_stream(self, defer: int = 0) -> Stream:
+        return _LlamaStream(self, defer)
 
     batches = True
+    defers = True
 
-    def open_group(self, lengths: list[int], width: int = 1) -> StreamGroup:
+    def open_group(self, lengths: list[int], width: int = 1, defer: int = 0) -> StreamGroup:
         if width == 1:  # format v2's schedule: a context of its own, one token per call
-            return super().open_group(lengths, width)
+            if len(lengths) != 1:
+                raise ValueError(f"a group of width 1 holds 1 chunk, not {len(lengths)}")
+            return StreamGroup([self.open_stream(defer)])
         if not 1 <= len(lengths) <= width <= MAX_WIDTH:
             raise ValueError(f"a group of width {width} (at most {MAX_WIDTH}) holds 1 to {width} chunks, "
                              f"not {len(lengths)}")
-        return _LlamaGroup(self, lengths, width)
+        return _LlamaGroup(self, lengths, width, defer)
 
     def describe(self) -> str:
         return f"{self.name} ({self.path.name}, llama.cpp {backend_version()}, context {self.context})"

@@ -37,6 +37,9 @@ __all__ = ["Feature", "NGramModel", "NGramStats", "ln_table", "MATCH_BUCKETS", "
 COUNT_BUCKETS = 4
 #: match weights per bucket of the match length: <8, 8-15, 16-31, 32 and more tokens
 MATCH_BUCKETS = 4
+#: :meth:`NGramStats.guess` tells apart contexts seen 1, 2, ..., 8 or more times
+GUESS_COUNTS = 8
+_SURE_MATCH = 16  # a repeat this long is followed by guess() whatever the n-grams say
 _MAX_MATCH = 400  # longest match length tracked (only its bucket matters)
 _MAX_COUNT = (1 << 16) - 1  # counts saturate: ln_table stays small, behaviour stays defined
 
@@ -105,6 +108,7 @@ class NGramStats:
         self._match_ptr = -1  # index in history of the predicted token, -1 when no match
         self._match_len = 0
         self._ln = ln_table()
+        self._longest_first = sorted(range(len(self.orders)), key=lambda j: -self.orders[j])
 
     @property
     def n_slots(self) -> int:
@@ -131,6 +135,49 @@ class NGramStats:
             slot = len(self.orders) * COUNT_BUCKETS + match_bucket(self._match_len)
             out.append(Feature(slot, np.array([h[self._match_ptr]], dtype=np.int64), np.ones(1)))
         return out
+
+    def match_prediction(self) -> tuple[int, int]:
+        """``(token, length)``: what the match model predicts next and the length of the
+        repeat it follows; ``(-1, 0)`` when it follows none."""
+        if self._match_ptr < 0:
+            return -1, 0
+        return self.history[self._match_ptr], self._match_len
+
+    @property
+    def n_situations(self) -> int:
+        """How many kinds of evidence :meth:`guess` tells apart."""
+        return len(self.orders) * GUESS_COUNTS + MATCH_BUCKETS
+
+    def guess(self) -> tuple[int, int]:
+        """The next token when the statistics are sure of it, as ``(token, situation)``,
+        else ``(-1, -1)``.  Sure: the match model follows a repeat of 16 tokens or more;
+        or the longest context seen before has had one successor only (seen ``n``
+        times) and the match model, if it follows a shorter repeat, predicts the same;
+        or no context was seen and the match model predicts.  The situation numbers the
+        kind of evidence (order and ``min(n, 8)``, or the match length's bucket), so
+        that a caller can keep a record of each kind."""
+        h = self.history
+        if self.match_min and self._match_ptr >= 0 and self._match_len >= _SURE_MATCH:
+            return h[self._match_ptr], len(self.orders) * GUESS_COUNTS + match_bucket(self._match_len)
+        token, situation = -1, -1
+        for j in self._longest_first:
+            k = self.orders[j]
+            if len(h) < k:
+                continue
+            succ = self._tables[j].get(tuple(h[-k:]))
+            if succ:
+                if len(succ) > 1:
+                    return -1, -1
+                ((token, n),) = succ.items()
+                situation = j * GUESS_COUNTS + min(n, GUESS_COUNTS) - 1
+                break
+        if self.match_min and self._match_ptr >= 0:
+            predicted = h[self._match_ptr]
+            if token < 0:
+                return predicted, len(self.orders) * GUESS_COUNTS + match_bucket(self._match_len)
+            if predicted != token:
+                return -1, -1
+        return token, situation
 
     def update(self, token: int) -> None:
         """Learn that ``token`` followed, then append it to the history."""
