@@ -17,13 +17,14 @@ Prints a Markdown table.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import time
 from pathlib import Path
 
 import numpy as np
 
-from lmzip.mixing import DEFAULT_MIX, NO_MIX, MixedStream, MixSettings
+from lmzip.mixing import DEFAULT_MIX, NO_MIX, PRESETS, MixedStream, MixSettings
 from lmzip.predictors.base import Stream
 from lmzip.predictors.registry import load_model
 
@@ -39,7 +40,10 @@ CONFIGS = {
                                 llm_rate=DEFAULT_MIX.llm_rate, bias_rate=0.0),
     "all but n-grams": MixSettings(orders=(), match=DEFAULT_MIX.match, rate=DEFAULT_MIX.rate,
                                    llm_rate=DEFAULT_MIX.llm_rate, bias_rate=DEFAULT_MIX.bias_rate),
-    "default (m1: all)": DEFAULT_MIX,
+    "previous default (m1: all, bias rate 0.01)": PRESETS["m1"],
+    "default (m2: all)": DEFAULT_MIX,
+    "default + skip 16": dataclasses.replace(DEFAULT_MIX, skip=16),
+    "default + skip 32": dataclasses.replace(DEFAULT_MIX, skip=32),
 }
 
 

@@ -221,6 +221,11 @@ class LMZipCompressor:
             if self._group_ready():
                 out.append(self._code_cut())
         if self._cut:
+            if not self._started and not self.stats.chunks and not self._inflight:
+                # the whole input is one group short of its width: a narrower group
+                # computes the same kind of schedule on a smaller cache (one chunk: the
+                # single-stream schedule), and the header records the width used
+                self.streams = max(1, min(self.streams, sum(text for _, text in self._cut)))
             out.append(self._code_cut())
         if self._inflight:
             out.append(self._collect(wait_all=True))

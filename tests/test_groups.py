@@ -95,7 +95,8 @@ def test_groups_round_trip_and_record_their_layout(streams):
     model = BatchSensitive()
     packed = lmzip.compress(data, model=model, chunk_size=700, streams=streams, method="model")
     header = fmt.parse_header(packed)
-    assert header.params.get("streams", 1) == streams
+    # a whole input shorter than one group is coded at its own width
+    assert header.params.get("streams", 1) == min(streams, 5)
     assert header.params["chunk_size"] == 700
     chunks = _chunks(packed)
     assert len(chunks) == 5
@@ -223,12 +224,25 @@ def test_default_width_follows_the_backend(order1):
     assert lmzip.LMZipCompressor(BatchSensitive()).streams == core.DEFAULT_STREAMS
 
 
+def test_an_input_shorter_than_a_group_is_coded_at_its_own_width():
+    model = BatchSensitive()
+    one = lmzip.compress(_texts(1, 700)[0], model=model, method="model")
+    assert "streams" not in fmt.parse_header(one).params  # one chunk: the single-stream schedule
+    assert max(model.log) == 1
+    data = b"".join(_texts(10, 700))
+    packed = lmzip.compress(data, model=BatchSensitive(), chunk_size=700, streams=4, method="model")
+    assert fmt.parse_header(packed).params["streams"] == 4  # several groups: the width asked for
+    assert [i for i, c in enumerate(_chunks(packed)) if c.starts_group] == [0, 4, 8]
+    for p, d in ((one, _texts(1, 700)[0]), (packed, data)):
+        assert lmzip.decompress(p, model=BatchSensitive()) == d
+
+
 def test_llama_groups_round_trip(llm):
     """The real model: 3 chunks in one llama.cpp context, each its own sequence, sliding
     its 128-token window; decoded by the same schedule, bit for bit."""
     data = b"".join(corpus_slice("alice29.txt", 20000 + i * 9000, 900) for i in range(3))
-    packed = lmzip.compress(data, model=llm, chunk_size=900, streams=4)
-    assert fmt.parse_header(packed).params["streams"] == 4
+    packed = lmzip.compress(data, model=llm, chunk_size=900, streams=3)
+    assert fmt.parse_header(packed).params["streams"] == 3
     chunks = _chunks(packed)
     assert [c.starts_group for c in chunks] == [True, False, False]
     assert all(c.n_tokens > 128 for c in chunks)  # every window slides
