@@ -2,12 +2,16 @@
 
     python benchmarks/skip.py ../shared/corpora/enwik/enwik6 --limit-bytes 65536 --skip 0,16,32 \
         [--context 2048] [--threads T] [--streams S --chunk-size B]
+    python benchmarks/skip.py FILE... --count-only --skip 16,32
 
 For each setting, compresses the file (the default mixing with ``skip=N``) and
 decompresses it again: tokens coded without the model, size in bits per byte (the
 chunks' payloads, and the whole file: a non-preset setting writes its fields into the
 header, about 80 bytes more), compress and decompress tokens/s; the round trip is
 checked.  Wall clock, one run each: run it on a quiet machine.  Prints a Markdown table.
+
+``--count-only``: how many tokens each setting would skip, from the decisions alone
+(they read only the n-gram and match statistics, so no model runs; seconds per MB).
 """
 
 from __future__ import annotations
@@ -33,9 +37,27 @@ class _Counting(mixing.MixedStream):
         super().close()
 
 
+def count_decisions(base, args) -> None:
+    print("| file | bytes | tokens | skip | tokens skipped | guesses missed |\n|---|---:|---:|---:|---:|---:|")
+    for path in args.files:
+        data = path.read_bytes()[: args.limit_bytes or None]
+        tokens = base.tokenizer.encode(data)
+        for n in (int(x) for x in args.skip.split(",") if int(x)):
+            stream = mixing.MixedStream(None, base.vocab_size, dataclasses.replace(DEFAULT_MIX, skip=n))
+            skipped = missed = 0
+            for t in tokens:  # push() alone updates the statistics and decides
+                if stream._skip_next:
+                    skipped += 1
+                    missed += stream._guess[0] != t
+                stream.push(t)
+            print(f"| {path.name} | {len(data):,} | {len(tokens):,} | {n} | {skipped:,} "
+                  f"({100 * skipped / len(tokens):.1f} %) | {missed:,} |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("file", type=Path)
+    ap.add_argument("files", nargs="+", type=Path)
+    ap.add_argument("--count-only", action="store_true", help="count skip decisions, run no model")
     ap.add_argument("--limit-bytes", type=int, default=0)
     ap.add_argument("--skip", default="0,16,32", help="comma-separated skip settings (0: off)")
     ap.add_argument("--context", type=int, default=2048)
@@ -44,13 +66,17 @@ def main() -> None:
     ap.add_argument("--chunk-size", type=int, default=1 << 20)
     args = ap.parse_args()
 
-    data = args.file.read_bytes()
-    if args.limit_bytes:
-        data = data[: args.limit_bytes]
     base = load_model("smollm2-135m", context=args.context, threads=args.threads, mix=mixing.NO_MIX)
+    if args.count_only:
+        count_decisions(base, args)
+        return
+    if len(args.files) != 1:
+        ap.error("one file (or --count-only)")
+    path = args.files[0]
+    data = path.read_bytes()[: args.limit_bytes or None]
     n_tokens = len(base.tokenizer.encode(data))
     mixing.MixedStream = _Counting  # count through the real code path
-    print(f"{args.file.name}, {len(data):,} bytes, {n_tokens:,} tokens, context {args.context}, "
+    print(f"{path.name}, {len(data):,} bytes, {n_tokens:,} tokens, context {args.context}, "
           f"streams {args.streams}, chunk size {args.chunk_size:,}\n")
     print("| skip | tokens skipped | payload bpb | file bpb | compress tok/s | decompress tok/s |")
     print("|---:|---:|---:|---:|---:|---:|")
