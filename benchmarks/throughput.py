@@ -29,6 +29,7 @@ import numpy as np
 
 import lmzip
 from lmzip.mixing import NO_MIX
+from lmzip.parallel import executor_for
 from lmzip.predictors.llamacpp import LlamaCppModel
 from lmzip.predictors.registry import load_model
 
@@ -164,6 +165,8 @@ def main() -> None:
     ap.add_argument("--no-mix", action="store_true")
     ap.add_argument("--skip-raw", action="store_true", help="only lmzip's own rates")
     ap.add_argument("--raw-only", action="store_true", help="only the model's raw rates")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="worker processes for lmzip's compress and decompress (their start-up is timed too)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     with open(args.file, "rb") as f:
@@ -176,7 +179,8 @@ def main() -> None:
     tokens = [t for t in tokens if t < llm.tokenizer.n_model_tokens]
     res: dict = {"file": os.path.basename(args.file), "bytes": len(data), "model": llm.name,
                  "context": args.context, "chunk_size": args.chunk_size, "streams": args.streams,
-                 "threads": llm.threads, "mix": not args.no_mix, "machine": platform.machine(),
+                 "threads": llm.threads, "workers": args.workers, "mix": not args.no_mix,
+                 "machine": platform.machine(),
                  "cores": os.cpu_count()}
     if not args.skip_raw:
         res["raw_batched_tok_s"] = raw_batched(llm, tokens[:4096])
@@ -190,14 +194,20 @@ def main() -> None:
                 json.dump(res, f, indent=1)
         return
 
-    comp = lmzip.LMZipCompressor(model, chunk_size=args.chunk_size, streams=args.streams, method="model")
     t = time.perf_counter()
-    packed = comp.compress(data) + comp.flush()
-    tc = time.perf_counter() - t
-    n_tokens = comp.stats.tokens
-    t = time.perf_counter()
-    out = lmzip.decompress(packed, model=model)
-    td = time.perf_counter() - t
+    executor = executor_for(model, args.workers)
+    try:
+        comp = lmzip.LMZipCompressor(model, chunk_size=args.chunk_size, streams=args.streams, method="model",
+                                     executor=executor)
+        packed = comp.compress(data) + comp.flush()
+        tc = time.perf_counter() - t
+        n_tokens = comp.stats.tokens
+        t = time.perf_counter()
+        out = lmzip.decompress(packed, model=model, executor=executor)
+        td = time.perf_counter() - t
+    finally:
+        if executor is not None:
+            executor.close()
     assert out == data, "round trip failed"
     res.update(compressed=len(packed), bpb=8 * len(packed) / len(data), tokens=n_tokens,
                compress_s=tc, decompress_s=td, compress_tok_s=n_tokens / tc, decompress_tok_s=n_tokens / td,
@@ -205,6 +215,7 @@ def main() -> None:
 
     print(f"{res['file']}: {len(data)} bytes, {n_tokens} tokens; {llm.name}, context {args.context}, "
           f"chunks of {args.chunk_size} bytes, {args.streams} streams, {llm.threads} threads, "
+          f"{args.workers} worker(s), "
           f"mixing {'on' if res['mix'] else 'off'}; {res['cores']} cores\n")
     print("| measure | tokens/s | bytes/s | share of raw batched |")
     print("|---|---:|---:|---:|")
