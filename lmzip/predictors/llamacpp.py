@@ -124,67 +124,24 @@ def _slide(L, mem, m: LlamaCppModel, seq: int, pos: int, n: int) -> int:
 
 
 class _LlamaStream(Stream):
-    """One chunk, one sequence.  Tokens are evaluated when scores are next asked for:
-    one token per call (the v2 schedule), or, after :meth:`defer`, everything held
-    back in one call (up to ``defer`` tokens, in pieces of at most ``discard``)."""
+    """One chunk alone: a :class:`_LlamaGroup` of width 1 (the v2 schedule: one token per
+    call, or after :meth:`defer` everything held back in one call), evaluated when
+    scores are next asked for, so it needs no ``advance()`` from its caller."""
 
     def __init__(self, model: LlamaCppModel, defer: int = 0):
-        L = model._L
-        self._model = model
-        self._L = L
-        self._cap = min(max(defer, 1), model.discard)  # tokens per call
-        # without deferral: one token per decode call, the v2 schedule
-        self._ctx, self._mem = new_context(model, 1, self._cap if defer else None)
-        self._batch = L.llama_batch_init(self._cap, 0, 1)
-        self._n_vocab = model.tokenizer.n_model_tokens
-        # scores for the whole coding alphabet: escape symbols stay at -inf
-        self._scores = np.full(model.vocab_size, -np.inf, dtype=np.float32)
-        self._pos = 0
-        self._pending = [model.start_token]
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:  # pragma: no cover - interpreter shutdown
-            pass
-
-    def _evaluate(self) -> None:
-        L, m, b = self._L, self._model, self._batch
-        while self._pending:
-            piece = self._pending[: self._cap]
-            del self._pending[: self._cap]
-            self._pos = _slide(L, self._mem, m, 0, self._pos, len(piece))
-            for j, token in enumerate(piece):
-                b.token[j] = token
-                b.pos[j] = self._pos + j
-                b.n_seq_id[j] = 1
-                b.seq_id[j][0] = 0
-                b.logits[j] = 0
-            b.logits[len(piece) - 1] = not self._pending  # only the last token's scores are used
-            b.n_tokens = len(piece)
-            rc = L.llama_decode(self._ctx, b)
-            if rc != 0:
-                raise LMZipError(f"llama_decode failed (code {rc})")
-            self._pos += len(piece)
-        ptr = L.llama_get_logits_ith(self._ctx, -1)
-        self._scores[: self._n_vocab] = np.ctypeslib.as_array(ptr, shape=(self._n_vocab,))
+        # no known length: the last token is never evaluated anyway, scores() is not asked after it
+        self._group = _LlamaGroup(model, [sys.maxsize], 1, defer)
+        self._stream = self._group.streams[0]
 
     def scores(self) -> np.ndarray:
-        if self._pending:
-            self._evaluate()
-        return self._scores  # valid until the next push()
+        self._group.advance()  # the tokens pushed since the last call, if any
+        return self._stream.scores()  # valid until the next push()
 
     def push(self, token: int) -> None:
-        if token < self._n_vocab:  # escape symbols are not shown to the model
-            self._pending.append(token)
+        self._stream.push(token)
 
     def close(self) -> None:
-        if getattr(self, "_batch", None) is not None:
-            self._L.llama_batch_free(self._batch)
-            self._batch = None
-        if getattr(self, "_ctx", None):
-            self._L.llama_free(self._ctx)
-            self._ctx = None
+        self._group.close()
 
 
 class _GroupStream(Stream):
