@@ -184,8 +184,8 @@ class MixedStream(Stream):
         return cdf.quantize_into(s, q)
 
     def _skip_scores(self) -> np.ndarray:
-        """Scores giving the match model's token ``(hits+1)/(tries+2)`` (integer counts,
-        table logs: the same bits everywhere)."""
+        """Scores giving the statistics' guess ``(hits+1)/(tries+2)``, the record of its
+        kind of evidence (integer counts, table logs: the same bits everywhere)."""
         s = self._s
         s.fill(0.0)
         token, k = self._guess
