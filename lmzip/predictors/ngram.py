@@ -131,15 +131,16 @@ class NGramStats:
             counts = np.fromiter(succ.values(), dtype=np.int64, count=u)
             base = ln[self.vocab_size - u] - ln[u]  # same float ops in the same order everywhere
             out.append(Feature(j * COUNT_BUCKETS + count_bucket(self._totals[j][ctx]), tokens, ln[counts] + base))
-        if self.match_min and self._match_ptr >= 0:
-            slot = len(self.orders) * COUNT_BUCKETS + match_bucket(self._match_len)
-            out.append(Feature(slot, np.array([h[self._match_ptr]], dtype=np.int64), np.ones(1)))
+        predicted, length = self.match_prediction()
+        if predicted >= 0:
+            slot = len(self.orders) * COUNT_BUCKETS + match_bucket(length)
+            out.append(Feature(slot, np.array([predicted], dtype=np.int64), np.ones(1)))
         return out
 
     def match_prediction(self) -> tuple[int, int]:
         """``(token, length)``: what the match model predicts next and the length of the
-        repeat it follows; ``(-1, 0)`` when it follows none."""
-        if self._match_ptr < 0:
+        repeat it follows; ``(-1, 0)`` when it follows none (or is off)."""
+        if not self.match_min or self._match_ptr < 0:
             return -1, 0
         return self.history[self._match_ptr], self._match_len
 
@@ -157,8 +158,10 @@ class NGramStats:
         kind of evidence (order and ``min(n, 8)``, or the match length's bucket), so
         that a caller can keep a record of each kind."""
         h = self.history
-        if self.match_min and self._match_ptr >= 0 and self._match_len >= _SURE_MATCH:
-            return h[self._match_ptr], len(self.orders) * GUESS_COUNTS + match_bucket(self._match_len)
+        predicted, length = self.match_prediction()
+        match_situation = len(self.orders) * GUESS_COUNTS + match_bucket(length)
+        if predicted >= 0 and length >= _SURE_MATCH:
+            return predicted, match_situation
         token, situation = -1, -1
         for j in self._longest_first:
             k = self.orders[j]
@@ -171,10 +174,9 @@ class NGramStats:
                 ((token, n),) = succ.items()
                 situation = j * GUESS_COUNTS + min(n, GUESS_COUNTS) - 1
                 break
-        if self.match_min and self._match_ptr >= 0:
-            predicted = h[self._match_ptr]
+        if predicted >= 0:
             if token < 0:
-                return predicted, len(self.orders) * GUESS_COUNTS + match_bucket(self._match_len)
+                return predicted, match_situation
             if predicted != token:
                 return -1, -1
         return token, situation
