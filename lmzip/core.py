@@ -118,10 +118,13 @@ class LMZipCompressor:
             params["streams"] = self.streams
         return fmt.pack_header(self.model.model_sha256, params)
 
+    def _texts_cut(self) -> int:
+        """How many of the chunks cut and not yet coded are text (coded by the model)."""
+        return sum(text for _, text in self._cut)
+
     def _group_ready(self) -> bool:
         """A full lockstep group is cut, or enough binary data waits behind a short one."""
-        texts = sum(text for _, text in self._cut)
-        return texts >= self.streams or sum(len(d) for d, _ in self._cut) >= self.streams * self.chunk_size
+        return self._texts_cut() >= self.streams or sum(len(d) for d, _ in self._cut) >= self.streams * self.chunk_size
 
     def _code_cut(self) -> bytes:
         """Code the chunks cut so far (at most one lockstep group of text) into records;
@@ -225,7 +228,7 @@ class LMZipCompressor:
                 # the whole input is one group short of its width: a narrower group
                 # computes the same kind of schedule on a smaller cache (one chunk: the
                 # single-stream schedule), and the header records the width used
-                self.streams = max(1, min(self.streams, sum(text for _, text in self._cut)))
+                self.streams = max(1, min(self.streams, self._texts_cut()))
             out.append(self._code_cut())
         if self._inflight:
             out.append(self._collect(wait_all=True))
