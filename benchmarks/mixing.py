@@ -8,7 +8,7 @@ coder is asked to spend (sum of -log2(freq/2^24)), which the payload matches wit
 
 Two ways to feed them:
 - live (default): the configurations run beside the LLM, on its exact float32 scores.
-  Nothing is stored, so a megabyte costs only the LLM's time (about an hour here);
+  Nothing is stored, so a megabyte costs only the LLM's time (92 min for enwik6 here);
   the mixers add well under a millisecond per token each.
 - ``--store DIR``: the scores are recorded once (float16, minus each token's max: about
   2 bytes x vocabulary per token, 100 kB a token, so only for short texts) and replayed,
@@ -56,6 +56,25 @@ CONFIGS = {
 }
 
 
+def llm_pass(path: Path, data: bytes, context: int, threads: int | None):
+    """Yields ``(token count, None)`` once, then ``(token, scores)`` for every token of
+    ``data``: the LLM's scores before it, one token per call as the compressor runs it.
+    The scores are a float32 array the stream may reuse: copy them to keep them."""
+    model = load_model("smollm2-135m", context=context, threads=threads, mix=NO_MIX)
+    tokens = model.tokenizer.encode(data)
+    yield len(tokens), None
+    start = time.time()
+    with model.open_stream() as stream:
+        for i, t in enumerate(tokens):
+            yield t, stream.scores()
+            stream.push(t)
+            if i % 5000 == 0 and i:
+                rate = i / (time.time() - start)
+                print(f"  {path.name}: {i}/{len(tokens)} tokens, {rate:.1f} tokens/s, "
+                      f"about {(len(tokens) - i) / rate / 60:.0f} min left", flush=True)
+    model.close()
+
+
 def record(path: Path, data: bytes, store: Path, context: int, threads: int | None) -> tuple[np.ndarray, np.ndarray]:
     """The LLM's scores for every token of ``data`` (cached in ``store``)."""
     stem = store / f"{path.name}.{len(data)}.ctx{context}"
@@ -63,18 +82,16 @@ def record(path: Path, data: bytes, store: Path, context: int, threads: int | No
     if tok_file.is_file() and score_file.is_file():
         return np.load(tok_file), np.load(score_file, mmap_mode="r")
     store.mkdir(parents=True, exist_ok=True)
-    model = load_model("smollm2-135m", context=context, threads=threads, mix=NO_MIX)
-    tokens = np.array(model.tokenizer.encode(data), dtype=np.int32)
+    rows = llm_pass(path, data, context, threads)
+    n, _ = next(rows)
     tmp = Path(f"{stem}.scores.tmp.npy")
-    scores = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(len(tokens), model.vocab_size))
-    start = time.time()
-    with model.open_stream() as stream:
-        for i, t in enumerate(tokens):
-            s = stream.scores()
-            scores[i] = s - s[np.isfinite(s)].max()
-            stream.push(int(t))
-            if i % 1000 == 0:
-                print(f"  recording {path.name}: {i}/{len(tokens)} tokens, {time.time() - start:.0f} s", flush=True)
+    scores = tokens = None
+    for i, (t, s) in enumerate(rows):
+        if scores is None:
+            scores = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(n, len(s)))
+            tokens = np.empty(n, dtype=np.int32)
+        scores[i] = s - s[np.isfinite(s)].max()
+        tokens[i] = t
     scores.flush()
     del scores
     tmp.rename(score_file)
@@ -125,23 +142,16 @@ def replayed_bits(tokens: np.ndarray, scores: np.ndarray, configs: dict[str, Mix
 def live_bits(path: Path, data: bytes, configs: dict[str, MixSettings], context: int,
               threads: int | None) -> dict[str, float]:
     """Bits of each configuration, fed beside one live pass of the LLM."""
-    model = load_model("smollm2-135m", context=context, threads=threads, mix=NO_MIX)
-    tokens = model.tokenizer.encode(data)
-    tallies = {name: _Tally(st, model.vocab_size) for name, st in configs.items()}
-    start = time.time()
-    with model.open_stream() as stream:
-        for i, t in enumerate(tokens):
-            row = np.array(stream.scores(), dtype=np.float32)  # a copy: the stream may reuse its buffer
-            for tally in tallies.values():
-                tally.step(row, t)
-            stream.push(t)
-            if i % 5000 == 0 and i:
-                rate = i / (time.time() - start)
-                left = (len(tokens) - i) / rate
-                print(f"  {path.name}: {i}/{len(tokens)} tokens, {rate:.1f} tokens/s, about {left / 60:.0f} min left",
-                      flush=True)
-    model.close()
-    return {name: tally.bits for name, tally in tallies.items()}
+    tallies = None
+    for t, scores in llm_pass(path, data, context, threads):
+        if scores is None:
+            continue
+        row = np.array(scores, dtype=np.float32)  # a copy: the stream may reuse its buffer
+        if tallies is None:
+            tallies = {name: _Tally(st, len(row)) for name, st in configs.items()}
+        for tally in tallies.values():
+            tally.step(row, t)
+    return {name: tally.bits for name, tally in (tallies or {}).items()}
 
 
 def main() -> None:
