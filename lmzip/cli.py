@@ -29,7 +29,7 @@ from .core import (
     scan_streams,
 )
 from .errors import LMZipError
-from .parallel import executor_for
+from .parallel import auto_workers, executor_for
 from .predictors.registry import (
     BACKENDS,
     DEFAULT_CONTEXT,
@@ -270,27 +270,80 @@ def common_options(f):
     return f
 
 
+class WorkerCount(click.ParamType):
+    """``--workers``: a number of worker processes, or ``auto`` (None)."""
+
+    name = "N|auto"
+
+    def convert(self, value, param, ctx):
+        if value is None or isinstance(value, int):
+            return value
+        if str(value).strip().lower() == "auto":
+            return None
+        try:
+            n = int(value)
+        except ValueError:
+            self.fail(f"{value!r} is neither a number of workers nor 'auto'", param, ctx)
+        if not 1 <= n <= 256:
+            self.fail(f"{n} workers: expected 1 to 256, or 'auto'", param, ctx)
+        return n
+
+
 def worker_options(f):
     f = click.option("--ray", "ray_address", metavar="ADDRESS", default=None,
                      help="Code groups on Ray workers: 'local' starts a local Ray instance, or a cluster "
                           "address such as 'auto' or 'ray://host:10001' (needs: pip install ray).")(f)
-    return click.option("--workers", type=click.IntRange(1, 256), default=1, show_default=True,
-                        help="Worker processes, each with its own model (same output as one).")(f)
+    return click.option("--workers", type=WorkerCount(), default="auto", show_default=True,
+                        help="Worker processes, each with its own model (same output as one). auto: one "
+                             "single-thread worker per core when the input holds two or more lockstep "
+                             "groups and its size is known (a file, not a pipe); else code in this "
+                             "process.")(f)
+
+
+def _lockstep_groups(fin: IO[bytes]) -> int | None:
+    """How many lockstep groups of a seekable ``.lmz`` file need the model, from its
+    chunk tables (None if they cannot be read: decompression then says what is wrong)."""
+    origin = fin.tell()
+    try:
+        streams = scan_streams(fin)
+    except (LMZipError, OSError):
+        return None
+    finally:
+        fin.seek(origin)
+    return sum(c.scheduled and c.opens_group(s.header.version) for s in streams for c in s.end.chunks)
+
+
+def _on_workers(executor) -> str:
+    """For -v: where the groups were coded, if not in this process."""
+    return "" if executor is None else f", {executor.workers} worker{'s' * (executor.workers != 1)}"
 
 
 class _Executors:
     """One executor per model, made when a stream needs it (decompression: the model
-    comes from each file's header), closed at the end of the command."""
+    comes from each file's header), closed at the end of the command.
 
-    def __init__(self, workers: int, ray_address: str | None):
+    ``workers=None`` is ``--workers auto``: worker processes only for an input of
+    several lockstep groups (:func:`lmzip.parallel.auto_workers`), none otherwise."""
+
+    def __init__(self, workers: int | None, ray_address: str | None, threads: int | None = None):
         self.workers = workers
         self.ray_address = ray_address
+        self.threads = threads
         self._made: dict[bytes, object] = {}
 
-    def __call__(self, model):
+    @property
+    def auto(self) -> bool:
+        return self.workers is None and self.ray_address is None
+
+    def __call__(self, model, groups: int | None = None):
+        """The executor for ``model`` (None: code in this process); ``groups``: how many
+        lockstep groups the input holds, when known (only ``auto`` asks)."""
+        n = auto_workers(model, groups, self.threads) if self.auto else self.workers
+        if self.ray_address is None and (n or 1) <= 1:
+            return None
         key = fmt.fingerprint(model.model_sha256, model.params())
         if key not in self._made:
-            self._made[key] = executor_for(model, self.workers, self.ray_address)
+            self._made[key] = executor_for(model, n, self.ray_address)
         return self._made[key]
 
     def close(self) -> None:
@@ -379,8 +432,12 @@ def compress(files, output, to_stdout, keep, rm, force, quiet, verbose, progress
             raise Failure("refusing to write compressed data to a terminal (use -o, redirect, or -f)")
         fin, src, size = _open_input(name)
         line = ProgressLine(Path(name).name if src else "stdin", size, job.progress)
+        # the lockstep groups the input will fill (text and binary alike: an estimate,
+        # which only decides how many workers --workers auto starts)
+        groups = None if size is None else -(-size // (chunk_size * (streams or DEFAULT_STREAMS)))
+        executor = executors(lm, 0 if method == "classic" else groups)
         comp = LMZipCompressor(lm, chunk_size=chunk_size, progress=line, method=method, streams=streams,
-                               executor=executors(lm))
+                               executor=executor)
         started = time.monotonic()
         try:
             if target is None:
@@ -405,10 +462,10 @@ def compress(files, output, to_stdout, keep, rm, force, quiet, verbose, progress
             bpb = 8 * out_size / st.raw_bytes if st.raw_bytes else 0.0
             job.note(f"{name}: {st.raw_bytes} -> {out_size} bytes, {bpb:.3f} bpb "
                      f"(model {st.model_bpb:.3f}), {st.tokens} tokens, "
-                     f"{_human(st.raw_bytes / max(seconds, 1e-9))}/s"
+                     f"{_human(st.raw_bytes / max(seconds, 1e-9))}/s" + _on_workers(executor)
                      + (f" -> {target}" if target else ""))
 
-    executors = _Executors(workers, ray_address)
+    executors = _Executors(workers, ray_address, threads)
     try:
         _run(job, names, work)
     finally:
@@ -540,14 +597,21 @@ def decompress(files, output, to_stdout, keep, rm, force, quiet, verbose, progre
         target = job.target(name, lambda n: n[: -len(SUFFIX)])
         fin, src, size = _open_input(name)
         line = ProgressLine(Path(name).name if src else "stdin", None, job.progress)
+        groups = _lockstep_groups(fin) if executors.auto and size is not None else None
+        used = []
+
+        def executor(lm):
+            used.append(executors(lm, groups))
+            return used[-1]
+
         started = time.monotonic()
         try:
             if target is None:
-                st = _decompress_file(fin, sys.stdout.buffer, model, threads, line, executors)
+                st = _decompress_file(fin, sys.stdout.buffer, model, threads, line, executor)
                 sys.stdout.buffer.flush()
             else:
                 with atomic_output(target, job.force, like=src) as fout:
-                    st = _decompress_file(fin, fout, model, threads, line, executors)
+                    st = _decompress_file(fin, fout, model, threads, line, executor)
                 if job.rm and src is not None:
                     src.unlink()  # the output passed every CRC and length check
         finally:
@@ -556,10 +620,12 @@ def decompress(files, output, to_stdout, keep, rm, force, quiet, verbose, progre
                 fin.close()
         if job.verbose:
             seconds = time.monotonic() - started
-            job.note(f"{name}: {size} -> {st.raw_bytes} bytes, "
-                     f"{_human(st.raw_bytes / max(seconds, 1e-9))}/s" + (f" -> {target}" if target else ""))
+            job.note(f"{name}: {'' if size is None else f'{size} -> '}{st.raw_bytes} bytes, "
+                     f"{_human(st.raw_bytes / max(seconds, 1e-9))}/s"
+                     + _on_workers(next((ex for ex in used if ex is not None), None))
+                     + (f" -> {target}" if target else ""))
 
-    executors = _Executors(workers, ray_address)
+    executors = _Executors(workers, ray_address, threads)
     try:
         _run(job, names, work)
     finally:

@@ -32,8 +32,8 @@ from .errors import LMZipError
 from .format import ChunkInfo
 from .predictors.base import Model
 
-__all__ = ["Device", "Executor", "InlineExecutor", "ProcessExecutor", "RayExecutor", "executor_for", "plan_devices",
-           "recipe_of"]
+__all__ = ["Device", "Executor", "InlineExecutor", "ProcessExecutor", "RayExecutor", "auto_workers", "executor_for",
+           "plan_devices", "recipe_of"]
 
 ModelFactory = Callable[[], Model]
 
@@ -328,15 +328,34 @@ def _gpus_for(model: Model) -> list[str] | None:
     return None if str(model.params().get("backend", "")).startswith("torch") else []
 
 
-def executor_for(model: Model, workers: int = 1, ray_address: str | None = None) -> Executor | None:
+def auto_workers(model: Model, groups: int | None, threads: int | None = None, cores: int | None = None) -> int:
+    """How many local workers pay for coding ``groups`` lockstep groups with ``model``.
+
+    One worker per ``threads`` cores (default: a single-thread worker per core), at most
+    one per group, for any model a worker can rebuild except the torch backend (not
+    measured).  On this project's 2-core machine, two single-thread workers code 38 %
+    more tokens per second than one process with two threads at the window's depth
+    (BENCHMARKS.md, "Throughput"): llama.cpp's threads share one small batch badly.
+    One group cannot be split, so fewer than two groups (or an unknown count, e.g. a
+    pipe) give 1: code in this process, with all its threads.
+    """
+    if groups is None or groups < 2 or getattr(model, "recipe", None) is None:
+        return 1
+    if str(model.params().get("backend", "")).startswith("torch"):
+        return 1
+    cores = cores or os.cpu_count() or 1
+    return max(1, min(groups, cores // max(1, threads or 1)))
+
+
+def executor_for(model: Model, workers: int | None = 1, ray_address: str | None = None) -> Executor | None:
     """The executor the command line asks for: ``None`` (code here) for one local worker,
     :class:`ProcessExecutor` for several, :class:`RayExecutor` with a Ray address
-    (``"local"`` starts a local instance)."""
-    if ray_address is None and workers <= 1:
+    (``"local"`` starts a local instance; ``workers=None``: one per planned device)."""
+    if ray_address is None and (workers or 1) <= 1:
         return None
     factory = recipe_of(model)
     if ray_address is not None:
-        n = workers if workers > 1 else None
+        n = workers if workers and workers > 1 else None
         ex: Executor = RayExecutor(factory, workers=n, address=None if ray_address == "local" else ray_address,
                                    devices=plan_devices(n, _gpus_for(model)))
     else:

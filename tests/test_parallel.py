@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 import lmzip
 from lmzip.errors import ChecksumError, CorruptError, LMZipError
-from lmzip.parallel import Device, InlineExecutor, ProcessExecutor, RayExecutor, plan_devices, recipe_of
+from lmzip.parallel import (
+    Device,
+    InlineExecutor,
+    ProcessExecutor,
+    RayExecutor,
+    auto_workers,
+    plan_devices,
+    recipe_of,
+)
 from lmzip.predictors.registry import load_model
 
 from .conftest import corpus_slice
@@ -42,6 +52,33 @@ def test_plan_devices_refuses_nonsense():
         plan_devices(None, ["tpu:0"])
     with pytest.raises(ValueError, match="workers"):
         plan_devices(0, [])
+
+
+@pytest.mark.parametrize("groups, threads, cores, expected", [
+    (None, None, 2, 1),  # size unknown (a pipe)
+    (0, None, 2, 1),
+    (1, None, 8, 1),  # one group cannot be split
+    (2, None, 2, 2),  # one single-thread worker per core
+    (2, None, 8, 2),  # at most one per group
+    (5, None, 4, 4),
+    (5, 2, 8, 4),  # --threads 2: a worker per two cores
+    (5, 2, 2, 1),
+    (9, 3, 1, 1),
+])
+def test_auto_workers(ngram, groups, threads, cores, expected):
+    assert auto_workers(ngram, groups, threads, cores) == expected
+
+
+def test_auto_workers_only_for_models_a_worker_can_rebuild(ngram):
+    assert auto_workers(BatchSensitive(), 4, None, 2) == 1  # no recipe
+
+    class TorchLike:
+        recipe = staticmethod(lambda: None)
+
+        def params(self):
+            return {"backend": "torch", "dtype": "float32"}
+
+    assert auto_workers(TorchLike(), 4, None, 2) == 1  # not measured: stays in one process
 
 
 def test_inline_executor_is_the_same_as_none(ngram, alone):
@@ -103,3 +140,32 @@ def test_a_bad_ray_address_is_one_clear_error(tmp_path, ngram):
     src.write_bytes(b"hello world\n")
     assert_one_line_error(run("compress", "-m", "ngram", "--ray", "bogus-address", str(src)))
     assert src.read_bytes() == b"hello world\n" and not (tmp_path / "in.txt.lmz").exists()
+
+
+ON_WORKERS = re.compile(r", \d+ workers? -> ")  # what -v says after coding on workers
+
+
+def test_cli_workers_auto_starts_workers_only_for_several_groups(tmp_path, monkeypatch, capsys):
+    from lmzip import parallel
+
+    from .test_cli import run_here
+
+    monkeypatch.setattr(parallel.os, "cpu_count", lambda: 2)
+    src = tmp_path / "in.txt"
+    src.write_bytes(DATA[:9000])  # text: 6 chunks of 1,500 bytes, 3 groups of 2
+    opts = ["-v", "-m", "ngram", "--method", "model", "--chunk-size", "1500", "--streams", "2"]
+    assert run_here("compress", *opts, "--workers", "1", "-o", str(tmp_path / "one.lmz"), str(src)) == 0
+    assert not ON_WORKERS.search(capsys.readouterr().err)
+    assert run_here("compress", *opts, "-o", str(tmp_path / "auto.lmz"), str(src)) == 0
+    assert ", 2 workers -> " in capsys.readouterr().err
+    assert (tmp_path / "auto.lmz").read_bytes() == (tmp_path / "one.lmz").read_bytes()
+    assert run_here("decompress", "-v", "-o", str(tmp_path / "out"), str(tmp_path / "auto.lmz")) == 0
+    assert ", 2 workers -> " in capsys.readouterr().err  # the group count comes from the file's index
+    assert (tmp_path / "out").read_bytes() == DATA[:9000]
+    # one group (the input is under two chunks): coded here, with all the threads
+    src.write_bytes(DATA[:2000])
+    assert run_here("compress", *opts, "-f", "-o", str(tmp_path / "small.lmz"), str(src)) == 0
+    assert not ON_WORKERS.search(capsys.readouterr().err)
+    assert run_here("decompress", "-v", "-o", str(tmp_path / "small"), str(tmp_path / "small.lmz")) == 0
+    assert not ON_WORKERS.search(capsys.readouterr().err)
+    assert (tmp_path / "small").read_bytes() == DATA[:2000]
