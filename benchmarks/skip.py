@@ -46,9 +46,10 @@ def count_decisions(base, args) -> None:
             stream = mixing.MixedStream(None, base.vocab_size, dataclasses.replace(DEFAULT_MIX, skip=n))
             skipped = missed = 0
             for t in tokens:  # push() alone updates the statistics and decides
-                if stream._skip_next:
+                guess = stream.skips_next
+                if guess is not None:
                     skipped += 1
-                    missed += stream._guess[0] != t
+                    missed += guess != t
                 stream.push(t)
             print(f"| {path.name} | {len(data):,} | {len(tokens):,} | {n} | {skipped:,} "
                   f"({100 * skipped / len(tokens):.1f} %) | {missed:,} |", flush=True)

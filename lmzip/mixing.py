@@ -169,6 +169,12 @@ class MixedStream(Stream):
         #: tokens coded without the language model so far
         self.skipped = 0
 
+    @property
+    def skips_next(self) -> int | None:
+        """The statistics' guess of the next token if it will be coded without the
+        language model (``settings.skip``), else None; decided by :meth:`push`."""
+        return self._guess[0] if self._skip_next else None
+
     def scores(self) -> np.ndarray:
         """The mixed scores of the next token (computed once per token)."""
         if not self._ready:

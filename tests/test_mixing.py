@@ -189,7 +189,7 @@ def test_skip_codes_long_repeats_without_the_model_and_round_trips(monkeypatch):
     q = np.empty(256)
     for b in data:
         stream.distribution(q)
-        was_skipped = stream._skip_next
+        was_skipped = stream.skips_next is not None
         stream.push(b)
         run = run + 1 if was_skipped else 0
         longest = max(longest, run)
