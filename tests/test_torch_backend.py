@@ -18,7 +18,7 @@ pytest.importorskip("transformers")
 import lmzip  # noqa: E402
 from lmzip import format as fmt  # noqa: E402
 from lmzip.cdf import quantize_into  # noqa: E402
-from lmzip.coding import Decoder, Encoder  # noqa: E402
+from lmzip.codec import compress_group, decompress_group  # noqa: E402
 from lmzip.errors import FormatError, ModelMismatchError, ModelNotFoundError  # noqa: E402
 from lmzip.mixing import NO_MIX, MixedModel  # noqa: E402
 from lmzip.predictors import registry  # noqa: E402
@@ -194,44 +194,12 @@ def test_thread_count_and_dtype_are_in_the_fingerprint(hf_tok, tiny):
 # ---------------------------------------------------------------------------- coding
 
 
-def _encode_group(model, chunks):
-    """Compress token lists with the group schedule: one payload per chunk."""
-    encs = [Encoder() for _ in chunks]
-    q = np.empty(model.vocab_size, dtype=np.float64)
-    with model.open_group([len(c) for c in chunks], width=64) as g:
-        for step in range(max(len(c) for c in chunks)):
-            for c, st, enc in zip(chunks, g.streams, encs):
-                if step < len(c):
-                    st.distribution(q)
-                    enc.encode(c[step], q)
-                    st.push(c[step])
-            g.advance()
-    return [e.finish() for e in encs]
-
-
-def _decode_group(model, payloads, lengths):
-    decs = [Decoder(p) for p in payloads]
-    out = [[] for _ in payloads]
-    q = np.empty(model.vocab_size, dtype=np.float64)
-    with model.open_group(lengths, width=64) as g:
-        for step in range(max(lengths)):
-            for i, (st, dec) in enumerate(zip(g.streams, decs)):
-                if step < lengths[i]:
-                    st.distribution(q)
-                    tok = dec.decode(q)
-                    out[i].append(tok)
-                    st.push(tok)
-            g.advance()
-    return out
-
-
 def test_group_round_trip_through_the_range_coder(hf_tok, tiny):
+    # the compressor's own group coder (lmzip.codec), decoded by a second instance
     texts = [TEXT, b"then the sea", TEXT[::-1][:50], b"\xff"]
-    chunks = [tiny.tokenizer.encode(t) for t in texts]
-    payloads = _encode_group(tiny, chunks)
-    decoded = _decode_group(_tiny(hf_tok), payloads, [len(c) for c in chunks])
-    assert decoded == chunks
-    assert [tiny.tokenizer.decode(c) for c in decoded] == texts
+    records = compress_group(tiny, texts, width=64)
+    assert [info.n_tokens for info, _ in records] == [len(tiny.tokenizer.encode(t)) for t in texts]
+    assert decompress_group(_tiny(hf_tok), records, width=64) == texts
 
 
 def test_quantized_distributions_identical_on_both_sides(hf_tok, tiny):
@@ -392,11 +360,10 @@ def test_smollm2_tokens_are_llama_cpps(smol_torch, llm):
 @pytest.mark.llm
 def test_smollm2_group_round_trip(smol_torch):
     texts = [TEXT, b"Alice was beginning to get very tired of sitting by her sister on the bank.", b"x"]
-    chunks = [smol_torch.tokenizer.encode(t) for t in texts]
-    payloads = _encode_group(smol_torch, chunks)
-    assert _decode_group(smol_torch, payloads, [len(c) for c in chunks]) == chunks
-    # a real model: the English sentence costs well under 2 bits per byte
-    assert len(payloads[1]) * 8 / len(texts[1]) < 3.0
+    records = compress_group(smol_torch, texts, width=64)
+    assert decompress_group(smol_torch, records, width=64) == texts
+    # a real model: the English sentence costs well under 3 bits per byte
+    assert len(records[1][1]) * 8 / len(texts[1]) < 3.0
 
 
 @pytest.mark.slow
