@@ -313,9 +313,25 @@ def _lockstep_groups(fin: IO[bytes]) -> int | None:
     return sum(c.scheduled and c.opens_group(s.header.version) for s in streams for c in s.end.chunks)
 
 
-def _on_workers(executor) -> str:
-    """For -v: where the groups were coded, if not in this process."""
-    return "" if executor is None else f", {executor.workers} worker{'s' * (executor.workers != 1)}"
+def _file_executors(executors: _Executors, fin: IO[bytes], size: int | None):
+    """For decompressing one input: the ``executor=`` callable that gives each stream's
+    model its executor (``--workers auto`` counts the file's groups first, if it is a
+    regular file), and the list of executors it handed out."""
+    groups = _lockstep_groups(fin) if executors.auto and size is not None else None
+    used: list = []
+
+    def executor(lm):
+        used.append(executors(lm, groups))
+        return used[-1]
+
+    return executor, used
+
+
+def _on_workers(used) -> str:
+    """For -v: where the groups were coded (an executor, or the list of those used), if
+    not in this process."""
+    ex = next((e for e in used if e is not None), None) if isinstance(used, list) else used
+    return "" if ex is None else f", {ex.workers} worker{'s' * (ex.workers != 1)}"
 
 
 class _Executors:
@@ -597,13 +613,7 @@ def decompress(files, output, to_stdout, keep, rm, force, quiet, verbose, progre
         target = job.target(name, lambda n: n[: -len(SUFFIX)])
         fin, src, size = _open_input(name)
         line = ProgressLine(Path(name).name if src else "stdin", None, job.progress)
-        groups = _lockstep_groups(fin) if executors.auto and size is not None else None
-        used = []
-
-        def executor(lm):
-            used.append(executors(lm, groups))
-            return used[-1]
-
+        executor, used = _file_executors(executors, fin, size)
         started = time.monotonic()
         try:
             if target is None:
@@ -622,7 +632,7 @@ def decompress(files, output, to_stdout, keep, rm, force, quiet, verbose, progre
             seconds = time.monotonic() - started
             job.note(f"{name}: {'' if size is None else f'{size} -> '}{st.raw_bytes} bytes, "
                      f"{_human(st.raw_bytes / max(seconds, 1e-9))}/s"
-                     + _on_workers(next((ex for ex in used if ex is not None), None))
+                     + _on_workers(used)
                      + (f" -> {target}" if target else ""))
 
     executors = _Executors(workers, ray_address, threads)
@@ -638,7 +648,8 @@ def decompress(files, output, to_stdout, keep, rm, force, quiet, verbose, progre
 @click.option("--progress/--no-progress", default=None, help="Show a progress line on stderr.")
 @click.option("-m", "--model", metavar="NAME|PATH", default=None, help="Model name or GGUF file.")
 @click.option("--threads", type=click.IntRange(1, 256), default=None, help="CPU threads for the model.")
-def test(files, quiet, progress, model, threads) -> None:
+@worker_options
+def test(files, quiet, progress, model, threads, workers, ray_address) -> None:
     """Decompress FILES and check every checksum; write nothing."""
     job = Job(output=None, stdout=False, keep=True, rm=False, force=False, quiet=quiet, verbose=False,
               progress=progress)
@@ -648,17 +659,22 @@ def test(files, quiet, progress, model, threads) -> None:
             return len(b)
 
     def work(name: str) -> None:
-        fin, src, _ = _open_input(name)
+        fin, src, size = _open_input(name)
         line = ProgressLine(Path(name).name if src else "stdin", None, job.progress)
+        executor, used = _file_executors(executors, fin, size)
         try:
-            st = _decompress_file(fin, Discard(), model, threads, line)  # type: ignore[arg-type]
+            st = _decompress_file(fin, Discard(), model, threads, line, executor)  # type: ignore[arg-type]
         finally:
             line.done()
             if src is not None:
                 fin.close()
-        job.note(f"{name}: OK ({st.raw_bytes} bytes)")
+        job.note(f"{name}: OK ({st.raw_bytes} bytes{_on_workers(used)})")
 
-    _run(job, list(files), work)
+    executors = _Executors(workers, ray_address, threads)
+    try:
+        _run(job, list(files), work)
+    finally:
+        executors.close()
 
 
 @main.command(epilog=EXIT_CODES)

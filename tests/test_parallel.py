@@ -162,6 +162,8 @@ def test_cli_workers_auto_starts_workers_only_for_several_groups(tmp_path, monke
     assert run_here("decompress", "-v", "-o", str(tmp_path / "out"), str(tmp_path / "auto.lmz")) == 0
     assert ", 2 workers -> " in capsys.readouterr().err  # the group count comes from the file's index
     assert (tmp_path / "out").read_bytes() == DATA[:9000]
+    assert run_here("test", str(tmp_path / "auto.lmz")) == 0
+    assert "auto.lmz: OK (9000 bytes, 2 workers)" in capsys.readouterr().err
     # one group (the input is under two chunks): coded here, with all the threads
     src.write_bytes(DATA[:2000])
     assert run_here("compress", *opts, "-f", "-o", str(tmp_path / "small.lmz"), str(src)) == 0
