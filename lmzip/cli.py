@@ -460,7 +460,7 @@ def compress(files, output, to_stdout, keep, rm, force, quiet, verbose, progress
                 _compress_file(fin, sys.stdout.buffer, comp)
                 sys.stdout.buffer.flush()
             else:
-                verify = (lambda packed: _verify(src, packed, lm)) if job.rm and src is not None else None
+                verify = (lambda packed: _verify(src, packed, lm, executor)) if job.rm and src is not None else None
                 with atomic_output(target, job.force, like=src, verify=verify) as fout:
                     _compress_file(fin, fout, comp)
                 if verify is not None:
@@ -533,7 +533,7 @@ def _describe_mix(raw) -> str:
             + (f", skip at {m.skip - 1}/{m.skip}" if m.skip else ""))
 
 
-def _verify(src: Path, packed: Path, model) -> None:
+def _verify(src: Path, packed: Path, model, executor=None) -> None:
     """--rm: decompress the complete (not yet renamed) output with the model that made it
     and compare it with the input (the header's name alone cannot find a --model PATH.gguf).
     On failure the output is never put in place and the input is kept."""
@@ -542,7 +542,7 @@ def _verify(src: Path, packed: Path, model) -> None:
 
     try:
         with open(packed, "rb") as fp, open(src, "rb") as original:
-            for block in iter_decompress(fp, model=model):
+            for block in iter_decompress(fp, model=model, executor=executor):  # the compressor's workers
                 if original.read(len(block)) != block:
                     raise failed("decompressed data differs from the input")
             if original.read(1):

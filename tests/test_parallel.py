@@ -164,6 +164,12 @@ def test_cli_workers_auto_starts_workers_only_for_several_groups(tmp_path, monke
     assert (tmp_path / "out").read_bytes() == DATA[:9000]
     assert run_here("test", str(tmp_path / "auto.lmz")) == 0
     assert "auto.lmz: OK (9000 bytes, 2 workers)" in capsys.readouterr().err
+    # --rm checks the output on the same workers before it removes the input
+    gone = tmp_path / "gone.txt"
+    gone.write_bytes(DATA[:9000])
+    assert run_here("compress", *opts, "--rm", str(gone)) == 0
+    assert ", 2 workers -> " in capsys.readouterr().err and not gone.exists()
+    assert (tmp_path / "gone.txt.lmz").read_bytes() == (tmp_path / "one.lmz").read_bytes()
     # one group (the input is under two chunks): coded here, with all the threads
     src.write_bytes(DATA[:2000])
     assert run_here("compress", *opts, "-f", "-o", str(tmp_path / "small.lmz"), str(src)) == 0
