@@ -327,10 +327,9 @@ def _file_executors(executors: _Executors, fin: IO[bytes], size: int | None):
     return executor, used
 
 
-def _on_workers(used) -> str:
-    """For -v: where the groups were coded (an executor, or the list of those used), if
-    not in this process."""
-    ex = next((e for e in used if e is not None), None) if isinstance(used, list) else used
+def _on_workers(used: list) -> str:
+    """For -v: where the groups were coded (the executors used), if not in this process."""
+    ex = next((e for e in used if e is not None), None)
     return "" if ex is None else f", {ex.workers} worker{'s' * (ex.workers != 1)}"
 
 
@@ -478,7 +477,7 @@ def compress(files, output, to_stdout, keep, rm, force, quiet, verbose, progress
             bpb = 8 * out_size / st.raw_bytes if st.raw_bytes else 0.0
             job.note(f"{name}: {st.raw_bytes} -> {out_size} bytes, {bpb:.3f} bpb "
                      f"(model {st.model_bpb:.3f}), {st.tokens} tokens, "
-                     f"{_human(st.raw_bytes / max(seconds, 1e-9))}/s" + _on_workers(executor)
+                     f"{_human(st.raw_bytes / max(seconds, 1e-9))}/s" + _on_workers([executor])
                      + (f" -> {target}" if target else ""))
 
     executors = _Executors(workers, ray_address, threads)

@@ -323,9 +323,13 @@ class _RayFuture(Future):
 
 
 
+def _runs_on_torch(model: Model) -> bool:
+    return str(model.params().get("backend", "")).startswith("torch")
+
+
 def _gpus_for(model: Model) -> list[str] | None:
     """GPUs to plan over: found ones for a torch model, none for llama.cpp (CPU only)."""
-    return None if str(model.params().get("backend", "")).startswith("torch") else []
+    return None if _runs_on_torch(model) else []
 
 
 def auto_workers(model: Model, groups: int | None, threads: int | None = None, cores: int | None = None) -> int:
@@ -339,9 +343,7 @@ def auto_workers(model: Model, groups: int | None, threads: int | None = None, c
     One group cannot be split, so fewer than two groups (or an unknown count, e.g. a
     pipe) give 1: code in this process, with all its threads.
     """
-    if groups is None or groups < 2 or getattr(model, "recipe", None) is None:
-        return 1
-    if str(model.params().get("backend", "")).startswith("torch"):
+    if groups is None or groups < 2 or getattr(model, "recipe", None) is None or _runs_on_torch(model):
         return 1
     cores = cores or os.cpu_count() or 1
     return max(1, min(groups, cores // max(1, threads or 1)))
