@@ -447,12 +447,12 @@ def compress(files, output, to_stdout, keep, rm, force, quiet, verbose, progress
             raise Failure("refusing to write compressed data to a terminal (use -o, redirect, or -f)")
         fin, src, size = _open_input(name)
         line = ProgressLine(Path(name).name if src else "stdin", size, job.progress)
-        # the lockstep groups the input will fill (text and binary alike: an estimate,
-        # which only decides how many workers --workers auto starts)
-        groups = None if size is None else -(-size // (chunk_size * (streams or DEFAULT_STREAMS)))
-        executor = executors(lm, 0 if method == "classic" else groups)
-        comp = LMZipCompressor(lm, chunk_size=chunk_size, progress=line, method=method, streams=streams,
-                               executor=executor)
+        comp = LMZipCompressor(lm, chunk_size=chunk_size, progress=line, method=method, streams=streams)
+        # the lockstep groups the input will fill, at the width the compressor settled on
+        # (text and binary alike: an estimate, which only decides how many workers
+        # --workers auto starts)
+        groups = None if size is None else -(-size // (comp.chunk_size * comp.streams))
+        executor = comp.executor = executors(lm, 0 if method == "classic" else groups)
         started = time.monotonic()
         try:
             if target is None:

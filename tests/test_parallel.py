@@ -170,6 +170,9 @@ def test_cli_workers_auto_starts_workers_only_for_several_groups(tmp_path, monke
     assert run_here("compress", *opts, "--rm", str(gone)) == 0
     assert ", 2 workers -> " in capsys.readouterr().err and not gone.exists()
     assert (tmp_path / "gone.txt.lmz").read_bytes() == (tmp_path / "one.lmz").read_bytes()
+    # the group count uses the compressor's own default width (1 for a model that does not batch)
+    assert run_here("compress", *opts[:-2], "-o", str(tmp_path / "narrow.lmz"), str(src)) == 0
+    assert ", 2 workers -> " in capsys.readouterr().err
     # one group (the input is under two chunks): coded here, with all the threads
     src.write_bytes(DATA[:2000])
     assert run_here("compress", *opts, "-f", "-o", str(tmp_path / "small.lmz"), str(src)) == 0
