@@ -1,4 +1,4 @@
-"""Build the optional C extension lmzip._cdf (metadata lives in pyproject.toml).
+"""Build the optional C extensions lmzip._cdf and lmzip._crashguard (metadata lives in pyproject.toml).
 
 -ffp-contract=off keeps every a*b+c two correctly rounded operations: the
 quantization rule must give the same bits as the numpy reference on every CPU.
@@ -14,6 +14,9 @@ setup(
             sources=["native/cdf.c"],
             extra_compile_args=["-O3", "-ffp-contract=off", "-fno-trapping-math", "-fno-fast-math", "-std=c99"],
             optional=True,
-        )
+        ),
+        # one line on stderr instead of a bare "Segmentation fault" when a model engine crashes
+        Extension("lmzip._crashguard", sources=["native/crashguard.c"], extra_compile_args=["-O2", "-std=c99"],
+                  optional=True),
     ]
 )

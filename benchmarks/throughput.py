@@ -45,7 +45,7 @@ def _context(llm: LlamaCppModel, n_ctx: int, n_batch: int, n_seq: int):
     p.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_DISABLED
     p.type_k = p.type_v = 1
     p.no_perf = True
-    ctx = L.llama_init_from_model(llm._model, p)
+    ctx = L.llama_init_from_model(llm._weights_for(n_batch), p)  # plain weights for batches on AMX builds
     assert ctx, "could not create a llama.cpp context"
     return ctx
 

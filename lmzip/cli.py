@@ -751,8 +751,25 @@ for _command in _MEASURING:
     main.add_command(_command)
 
 
+#: what a crash of native code (the model engine) prints instead of a bare "Segmentation fault"
+CRASH_MESSAGE = (b"the model engine crashed in native code on this CPU, and the command did not finish; "
+                 b"if it is llama.cpp, reinstall it for this machine (bash scripts/install.sh) and report the CPU")
+
+
+def _report_native_crashes() -> None:
+    try:
+        from . import _crashguard
+    except ImportError:  # not built: Python's own report, a traceback, is better than nothing
+        import faulthandler
+
+        faulthandler.enable()
+        return
+    _crashguard.install(CRASH_MESSAGE)
+
+
 def run(argv: list[str] | None = None) -> None:
     """Console entry point: click's handling, but Ctrl-C exits 130 without a traceback."""
+    _report_native_crashes()
     try:
         main.main(args=argv, prog_name="lmzip", standalone_mode=False)
     except (click.exceptions.Abort, KeyboardInterrupt):

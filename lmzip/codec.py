@@ -131,10 +131,10 @@ class _ChunkDecoder:
         token = self.decoder.decode(q)
         self.spent += _LOG2_TOTAL - math.log2(q[token] + 1)
         if self.spent > self.budget:
-            raise CorruptError("chunk payload is damaged (it decodes to more information than it holds)")
+            raise CorruptError("chunk payload is damaged (it decodes to more information than it holds)" + _CAUSES)
         piece = self.pieces[token] if token < len(self.pieces) else b""
         if not piece:
-            raise CorruptError("chunk payload is damaged (decoded a token that spells nothing)")
+            raise CorruptError("chunk payload is damaged (decoded a token that spells nothing)" + _CAUSES)
         self.done += len(piece)
         if self.done > self.info.raw_len:
             raise _mismatch("decoded more bytes than the chunk holds")
@@ -211,10 +211,11 @@ def _check(info: ChunkInfo, data: bytes) -> None:
         raise _mismatch("decoded data does not match its CRC-32")
 
 
+#: what a payload that decodes wrongly may mean: the decoder cannot tell the two apart
+_CAUSES = (": the compressed data was altered, or the model computed different probabilities than when "
+           "compressing (same model file, but another llama.cpp build or CPU?)")
+
+
 def _mismatch(what: str) -> ChecksumError:
-    return ChecksumError(
-        f"chunk is damaged: {what} (the compressed data was altered, or the model "
-        f"computed different probabilities than when compressing: same model file, "
-        f"but another llama.cpp build or CPU?)"
-    )
+    return ChecksumError(f"chunk is damaged: {what}{_CAUSES}")
 

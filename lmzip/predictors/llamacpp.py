@@ -11,7 +11,21 @@ the sliding window moves at fixed points:
   token are removed from the KV cache and the rest shifted down (llama.cpp
   re-rotates the cached keys), so the window slides without re-evaluation.
 
-Compressor and decompressor make the same calls, hence the same logits.
+Compressor and decompressor make the same calls, hence the same logits -- on a
+machine whose llama.cpp computes the same numbers.  Its CPU kernels are chosen when it
+is built (AVX2, AVX-512, AMX, ...) and give other logits, so the build's kernel family
+is part of the file's settings (``params["kernels"]``): a file is refused at once on a
+machine whose llama.cpp was built for other kernels, instead of failing as "damaged".
+
+Weight buffers: with its "extra" buffer types llama.cpp repacks weights for AMX tiles
+on CPUs that have them; that build segfaults on any call that evaluates more than one
+token (llama-cpp-python 0.3.36 on an Intel Xeon with AMX) but runs one-token calls
+twice as fast as plain weights.  So on a build with AMX, contexts that evaluate one
+token per call use the repacked weights and batched contexts (lockstep groups, the
+skipping schedule, ``lmzip entropy``) a second, plain copy of the model, loaded when
+first needed.  Builds without AMX use one copy with the extra buffers everywhere, as
+lmzip always did there.  The rule follows from the kernel family, so it is recorded
+with it.
 """
 
 from __future__ import annotations
@@ -29,7 +43,7 @@ from ..errors import LMZipError, ModelNotFoundError
 from ..tokenization import PieceTokenizer
 from .base import Model, Stream, StreamGroup
 
-__all__ = ["LlamaCppModel", "backend_version"]
+__all__ = ["LlamaCppModel", "backend_version", "build_features", "kernel_family"]
 
 #: widest lockstep group one context runs (each stream holds a KV cache of `context` cells)
 MAX_WIDTH = 64
@@ -73,6 +87,34 @@ def backend_version() -> str:
         return "unknown"
 
 
+def build_features() -> list[str]:
+    """The CPU features this llama.cpp was built for, lower case, in its own order
+    (``llama_print_system_info``: the ``NAME = 1`` entries, e.g. ``avx2``, ``amx_int8``)."""
+    info = _llama().llama_print_system_info()
+    text = info.decode("utf-8", "replace") if isinstance(info, bytes) else str(info)
+    features: list[str] = []
+    for part in text.split("|"):
+        name, _, value = part.rpartition("=")
+        name = name.split(":")[-1].strip().lower()
+        if name and value.strip() == "1" and name not in features:
+            features.append(name)
+    return features
+
+
+def kernel_family() -> str:
+    """What decides this build's logits besides its version: the machine type and the
+    SIMD kernels it was compiled with, e.g. ``"x86_64 sse3 ssse3 avx avx2 f16c fma ..."``.
+    Stored in a file's header (``params["kernels"]``) and compared when decoding."""
+    import platform
+
+    return " ".join([platform.machine().lower() or "unknown", *build_features()])
+
+
+def _batches_on_plain_weights(features: list[str]) -> bool:
+    """True for builds whose repacked (AMX) weights crash on batched calls."""
+    return any(f.startswith("amx") for f in features)
+
+
 def default_threads() -> int:
     """``$LMZIP_THREADS``, else one per core up to 8 (llama.cpp's threads spin while
     waiting, so on a machine busy with other work fewer threads can be much faster)."""
@@ -88,10 +130,12 @@ def new_context(model: LlamaCppModel, streams: int, batch: int | None = None):
     ``batch`` tokens (default ``streams``), flash attention off, f16 cache.  Returns
     ``(ctx, memory)``; free ``ctx`` with ``llama_free``."""
     L = model._L
+    n_batch = batch or streams
+    weights = model._weights_for(n_batch)
     cparams = L.llama_context_default_params()
     cparams.n_ctx = model.context * streams  # split evenly: each sequence gets `context` cells
-    cparams.n_batch = batch or streams
-    cparams.n_ubatch = batch or streams
+    cparams.n_batch = n_batch
+    cparams.n_ubatch = n_batch
     cparams.n_seq_max = streams
     cparams.kv_unified = False
     cparams.n_threads = model.threads
@@ -102,7 +146,7 @@ def new_context(model: LlamaCppModel, streams: int, batch: int | None = None):
     cparams.embeddings = False
     cparams.no_perf = True
     cparams.swa_full = True
-    ctx = L.llama_init_from_model(model._model, cparams)
+    ctx = L.llama_init_from_model(weights, cparams)
     if not ctx:
         raise LMZipError("llama.cpp could not create a context (out of memory?)")
     mem = L.llama_get_memory(ctx)
@@ -277,11 +321,10 @@ class LlamaCppModel(Model):
         self.keep = 1
         self.discard = max(1, (self.context - self.keep) // 4)
         self.threads = int(threads) if threads else default_threads()
-        mparams = L.llama_model_default_params()
-        mparams.n_gpu_layers = 0  # CPU only: results must not depend on an accelerator
-        self._model = L.llama_model_load_from_file(str(self.path).encode(), mparams)
-        if not self._model:
-            raise ModelNotFoundError(f"llama.cpp could not load {self.path} (not a GGUF model?)")
+        self.kernels = kernel_family()
+        self._plain_batches = _batches_on_plain_weights(build_features())
+        self._plain = None  # the copy without repacked weights, for batched calls (AMX builds)
+        self._model = self._load(extra_buffers=True)
         self._vocab = L.llama_model_get_vocab(self._model)
         n_vocab = L.llama_vocab_n_tokens(self._vocab)
         bos = L.llama_vocab_bos(self._vocab)
@@ -290,6 +333,25 @@ class LlamaCppModel(Model):
             raise LMZipError(f"model {name} has neither a BOS nor an EOS token")
         self.tokenizer = PieceTokenizer([self._piece(t) for t in range(n_vocab)], self._tokenize_text)
         self.n_ctx_train = L.llama_model_n_ctx_train(self._model)
+
+    def _load(self, *, extra_buffers: bool):
+        L = self._L
+        mparams = L.llama_model_default_params()
+        mparams.n_gpu_layers = 0  # CPU only: results must not depend on an accelerator
+        mparams.use_extra_bufts = extra_buffers
+        model = L.llama_model_load_from_file(str(self.path).encode(), mparams)
+        if not model:
+            raise ModelNotFoundError(f"llama.cpp could not load {self.path} (not a GGUF model?)")
+        return model
+
+    def _weights_for(self, n_batch: int):
+        """The llama.cpp model a context of batches of ``n_batch`` tokens runs on (module
+        docstring, "Weight buffers")."""
+        if n_batch <= 1 or not self._plain_batches:
+            return self._model
+        if self._plain is None:
+            self._plain = self._load(extra_buffers=False)
+        return self._plain
 
     def _piece(self, token: int) -> bytes:
         buf = ctypes.create_string_buffer(256)
@@ -316,6 +378,7 @@ class LlamaCppModel(Model):
         return {
             "backend": f"llama.cpp {backend_version()}",
             "context": self.context,
+            "kernels": self.kernels,
             "model": self.name,
         }
 
@@ -344,6 +407,9 @@ class LlamaCppModel(Model):
 
     def close(self) -> None:
         """Free the weights; the model must not be used afterwards."""
+        if getattr(self, "_plain", None):
+            self._L.llama_model_free(self._plain)
+            self._plain = None
         if getattr(self, "_model", None):
             self._L.llama_model_free(self._model)
             self._model = None

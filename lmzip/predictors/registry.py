@@ -397,8 +397,15 @@ def model_for_header(header: StreamHeader, model: str | os.PathLike | Model | No
                 raise ModelNotFoundError(f"this file needs model '{wanted}': {exc}") from None
             raise
     mine = found.params()
+    if "kernels" in mine and "kernels" not in params:
+        del mine["kernels"]  # written before lmzip recorded llama.cpp's kernels: nothing to compare
     if mine != params:
         diffs = sorted(k for k in set(mine) | set(params) if mine.get(k) != params.get(k))
+        if diffs == ["kernels"]:
+            raise ModelMismatchError(
+                f"file was compressed by llama.cpp built for other CPU kernels ({_short(params['kernels'], 160)}); "
+                f"this machine's llama.cpp was built for {_short(mine.get('kernels'), 160)} and computes other "
+                f"logits, so it cannot decode the file: decompress it on a machine with the same llama.cpp build")
         detail = "; ".join(f"{_short(k)}: file has {_short(params.get(k))}, model has {_short(mine.get(k))}"
                            for k in diffs[:4])
         raise ModelMismatchError(f"file was compressed with another model or settings ({detail})")
