@@ -314,17 +314,31 @@ class GGUFTokenizer:
         self.vocab = v = read_vocab(source)
         self.pieces = gguf_pieces(v)
         tk = _tokenizers()
-        if v.model != "gpt2":
-            raise LMZipError(f"tokenizer kind {v.model!r} is not supported without llama.cpp (gpt2 is)")
+        if v.model == "gpt2":
+            self._tok = self._byte_level_bpe(tk, v)
+        elif v.model == "llama":
+            self._tok = self._sentencepiece(tk, v)
+        else:
+            raise LMZipError(f"tokenizer kind {v.model!r} is not supported without llama.cpp (gpt2 and llama are)")
+
+    @staticmethod
+    def _vocab_dict(v: GGUFVocab) -> dict[str, int]:
+        vocab: dict[str, int] = {}
+        for i, t in enumerate(v.tokens):
+            vocab.setdefault(t.decode("utf-8", "replace"), i)
+        return vocab
+
+    @classmethod
+    def _byte_level_bpe(cls, tk, v: GGUFVocab):
+        """gpt2: the GGUF's ranked merges over GPT-2's byte alphabet, after the split of
+        llama.cpp's pre-tokenizer."""
         if v.pre not in SUPPORTED_PRE:
             raise LMZipError(f"pre-tokenizer {v.pre!r} is not supported without llama.cpp "
                              f"(supported: {', '.join(sorted(SUPPORTED_PRE))})")
         if any(t == USER_DEFINED for t in v.types):
-            # llama.cpp splits user-defined tokens out of the text even with parse_special off
-            raise LMZipError("vocabularies with user-defined tokens are not supported without llama.cpp")
-        vocab = {}
-        for i, t in enumerate(v.tokens):
-            vocab.setdefault(t.decode("utf-8", "replace"), i)
+            # llama.cpp would split them out of the text first, then byte-level encode the rest;
+            # not needed for the known models, so not done
+            raise LMZipError("byte-level vocabularies with user-defined tokens are not supported without llama.cpp")
         merges = []
         for m in v.merges:
             s = m.decode("utf-8", "replace")
@@ -332,7 +346,7 @@ class GGUFTokenizer:
             if cut < 0:
                 raise LMZipError(f"GGUF merge rule {s!r} has no space")
             merges.append((s[:cut], s[cut + 1 :]))
-        model = tk.models.BPE(vocab=vocab, merges=merges, unk_token=None, fuse_unk=False,
+        model = tk.models.BPE(vocab=cls._vocab_dict(v), merges=merges, unk_token=None, fuse_unk=False,
                               byte_fallback=False, ignore_merges=False)
         tok = tk.Tokenizer(model)
         steps = []
@@ -340,7 +354,43 @@ class GGUFTokenizer:
             steps.append(tk.pre_tokenizers.Digits(individual_digits=True))
         steps.append(tk.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True))
         tok.pre_tokenizer = tk.pre_tokenizers.Sequence(steps)
-        self._tok = tok
+        return tok
+
+    @classmethod
+    def _sentencepiece(cls, tk, v: GGUFVocab):
+        """llama (SentencePiece BPE with byte fallback), as llama.cpp's SPM tokenizer does it:
+        user-defined tokens are cut out of the text first (longest first); in each other
+        part spaces become U+2581 and adjacent symbols merge, the pair whose concatenation
+        is the vocabulary token of highest score first, while any pair forms a token;
+        characters left outside the vocabulary are spelled in <0xXX> byte tokens.
+
+        As ranked merges: every split (a, b) of a token t with a and b tokens too, ranked
+        by t's score (ties by id).  Exact except for equal-score pairs that compete for
+        the same symbol (llama.cpp takes the leftmost; a static rank cannot)."""
+        if v.scores is None:
+            raise LMZipError("the GGUF's SentencePiece vocabulary has no scores (tokenizer.ggml.scores)")
+        vocab = cls._vocab_dict(v)
+        scores = v.scores.tolist()
+        cands = []
+        for t, i in vocab.items():
+            for k in range(1, len(t)):
+                a, b = t[:k], t[k:]
+                if a in vocab and b in vocab:
+                    cands.append((-scores[i], i, k, a, b))
+        cands.sort()
+        merges = [(a, b) for _, _, _, a, b in cands]
+        model = tk.models.BPE(vocab=vocab, merges=merges, unk_token=None, fuse_unk=False,
+                              byte_fallback=True, ignore_merges=False)
+        tok = tk.Tokenizer(model)
+        steps = [tk.normalizers.Replace(" ", "\u2581")]
+        if v.add_space_prefix:  # llama.cpp: at the start and after each token cut out
+            steps.insert(0, tk.normalizers.Prepend("\u2581"))
+        tok.normalizer = tk.normalizers.Sequence(steps)
+        user = [v.tokens[i].decode("utf-8", "replace") for i, t in enumerate(v.types) if t == USER_DEFINED]
+        if user:
+            tok.add_tokens([tk.AddedToken(u, single_word=False, lstrip=False, rstrip=False,
+                                          normalized=False, special=False) for u in user])
+        return tok
 
     def tokenize_text(self, text: bytes) -> list[int]:
         """Token ids for valid UTF-8 ``text`` (as llama.cpp tokenizes it)."""
