@@ -194,6 +194,12 @@ class GGUFVocab:
                     force(name, CONTROL)
         for name in _USER_NAMES:
             force(name, USER_DEFINED)
+        # end-of-generation tokens are control tokens; two workarounds of llama.cpp's
+        eog = {self.tokens[i] for i, t in enumerate(self.types) if t == CONTROL}
+        if {b"<|return|>", b"<|call|>", b"<|end|>"} <= eog or {b"<|calls|>", b"<|flush|>", b"<|end|>"} <= eog:
+            self.types[index[b"<|end|>"]] = USER_DEFINED  # o200k_harmony, solar-open
+        if b"</s>" in eog and eog & {b"<|tool_response>", b"<|plamo:eos|>"}:
+            self.types[index[b"</s>"]] = NORMAL  # gemma4, plamo
 
     def __len__(self) -> int:
         return len(self.tokens)
