@@ -378,12 +378,9 @@ class GGUFTokenizer:
             raise LMZipError("the GGUF's SentencePiece vocabulary has no scores (tokenizer.ggml.scores)")
         vocab = cls._vocab_dict(v)
         scores = v.scores.tolist()
-        cands = []
-        for t, i in vocab.items():
-            for k in range(1, len(t)):
-                a, b = t[:k], t[k:]
-                if a in vocab and b in vocab:
-                    cands.append((-scores[i], i, k, a, b))
+        has = vocab.__contains__  # (a comprehension: this is most of the build time)
+        cands = [(-scores[i], i, k, t[:k], t[k:]) for t, i in vocab.items() if len(t) > 1
+                 for k in range(1, len(t)) if has(t[:k]) and has(t[k:])]
         cands.sort()
         merges = [(a, b) for _, _, _, a, b in cands]
         model = tk.models.BPE(vocab=vocab, merges=merges, unk_token=None, fuse_unk=False,
