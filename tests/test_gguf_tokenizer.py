@@ -152,6 +152,8 @@ TRICKY = {
     "whitespace runs": b" " * 300 + b"x" + b"\n" * 200 + b"\t" * 70 + b" \t \n \r\n " * 20 + "\u3000\u00a0\u2028".encode(),
     "crlf": b"line one\r\nline\ttwo\r\n\r\n\r\r\n",
     "contractions": b"I'm you're we'll they'd it's O'NEIL'S 'tis ''s",
+    # SmolLM2 has no token for 0x04, 0x1d or 0xf1: llama.cpp drops them but does not merge across them
+    "bytes without a token": "and  \x1d\u180e a\x04b \x1d\u200b \U00040000x ab\x1dcd".encode(),
 }
 
 

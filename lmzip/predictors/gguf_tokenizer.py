@@ -321,8 +321,9 @@ class GGUFTokenizer:
         self.vocab = v = read_vocab(source)
         self.pieces = gguf_pieces(v)
         tk = _tokenizers()
+        self._drop: int | None = None  # a token id to remove from every result
         if v.model == "gpt2":
-            self._tok = self._byte_level_bpe(tk, v)
+            self._tok, self._drop = self._byte_level_bpe(tk, v)
         elif v.model == "llama":
             self._tok = self._sentencepiece(tk, v)
         else:
@@ -338,7 +339,13 @@ class GGUFTokenizer:
     @classmethod
     def _byte_level_bpe(cls, tk, v: GGUFVocab):
         """gpt2: the GGUF's ranked merges over GPT-2's byte alphabet, after the split of
-        llama.cpp's pre-tokenizer."""
+        llama.cpp's pre-tokenizer.  Returns the tokenizer and the id of its stand-in for
+        characters outside the vocabulary (or None).
+
+        A byte without a token of its own (SmolLM2 has none for 0x04 or 0x1d) stays a
+        symbol in llama.cpp, so its neighbours cannot merge across it, and is dropped at
+        the end; Hugging Face's BPE drops it first.  So it becomes an "unknown" token that
+        no merge rule mentions, removed from the result afterwards."""
         if v.pre not in SUPPORTED_PRE:
             raise LMZipError(f"pre-tokenizer {v.pre!r} is not supported without llama.cpp "
                              f"(supported: {', '.join(sorted(SUPPORTED_PRE))})")
@@ -353,7 +360,16 @@ class GGUFTokenizer:
             if cut < 0:
                 raise LMZipError(f"GGUF merge rule {s!r} has no space")
             merges.append((s[:cut], s[cut + 1 :]))
-        model = tk.models.BPE(vocab=cls._vocab_dict(v), merges=merges, unk_token=None, fuse_unk=False,
+        vocab = cls._vocab_dict(v)
+        unk = None
+        if any(c not in vocab for c in _BYTE_OF_CHAR):
+            in_merges = {x for a, b in merges for x in (a, b, a + b)}
+            unk = next((t for t, i in vocab.items() if len(t) > 1 and t not in in_merges
+                        and v.types[i] in (CONTROL, UNKNOWN, UNUSED)), None)
+            if unk is None:
+                raise LMZipError("byte-level vocabulary without all 256 bytes and without a spare control "
+                                 "token: not supported without llama.cpp")
+        model = tk.models.BPE(vocab=vocab, merges=merges, unk_token=unk, fuse_unk=False,
                               byte_fallback=False, ignore_merges=False)
         tok = tk.Tokenizer(model)
         steps = []
@@ -361,7 +377,7 @@ class GGUFTokenizer:
             steps.append(tk.pre_tokenizers.Digits(individual_digits=True))
         steps.append(tk.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True))
         tok.pre_tokenizer = tk.pre_tokenizers.Sequence(steps)
-        return tok
+        return tok, (None if unk is None else vocab[unk])
 
     @classmethod
     def _sentencepiece(cls, tk, v: GGUFVocab):
@@ -401,12 +417,15 @@ class GGUFTokenizer:
         if not text:
             return []
         # the batch call without character offsets is the faster one, even for one text
-        return self._tok.encode_batch_fast([text.decode("utf-8")], add_special_tokens=False)[0].ids
+        ids = self._tok.encode_batch_fast([text.decode("utf-8")], add_special_tokens=False)[0].ids
+        drop = self._drop
+        return [t for t in ids if t != drop] if drop is not None and drop in ids else ids
 
     def tokenize_many(self, texts: Sequence[bytes]) -> list[list[int]]:
         """:meth:`tokenize_text` of each text, in one call (on Rust threads)."""
         encs = self._tok.encode_batch_fast([t.decode("utf-8") for t in texts], add_special_tokens=False)
-        return [e.ids for e in encs]
+        drop = self._drop
+        return [[t for t in e.ids if t != drop] if drop is not None else e.ids for e in encs]
 
     def piece_tokenizer(self) -> PieceTokenizer:
         return PieceTokenizer(self.pieces, self.tokenize_text)
