@@ -19,8 +19,8 @@ benchmarks/gguf_tokenizer.py): the same pieces for every id and the same tokens 
 of Canterbury and enwik6, for SmolLM2 and Gemma 3.  Known differences, all rare:
 
 - characters whose Unicode class differs between llama.cpp's tables and those of
-  ``tokenizers`` (newer: e.g. the Unicode 16 digits U+116DC, U+16135, U+11BF9) may be
-  split differently from their neighbours (gpt2);
+  ``tokenizers``, beyond the digits new in Unicode 16 and 17 that are handled
+  (:data:`_NEWER`), may be split differently from their neighbours (gpt2);
 - SentencePiece merges of equal score competing for one symbol (llama.cpp takes the
   leftmost pair, a ranked merge list cannot), never seen in testing;
 - llama.cpp's name-based token type fixes are copied for the names it knows; a fill-in-
@@ -311,6 +311,19 @@ SUPPORTED_PRE = {
 }
 
 
+# GPT-2's split, as llama.cpp does it (unicode.cpp): its Unicode tables are older than
+# those of tokenizers' regex engine (Oniguruma), and these digits, new in Unicode 16 and
+# 17, are neither letters nor numbers there (found by comparing every code point up to
+# U+3FFFF unassigned in Unicode 14 with llama-cpp-python 0.3.36)
+_NEWER = (r"\x{10D40}-\x{10D49}\x{116D0}-\x{116E3}\x{11BF0}-\x{11BF9}\x{11DE0}-\x{11DE9}\x{16130}-\x{16139}"
+          r"\x{16D70}-\x{16D79}\x{16FF4}-\x{16FF6}\x{1CCF0}-\x{1CCF9}\x{1E5F1}-\x{1E5FA}")
+_LETTER = r"[\p{L}&&[^" + _NEWER + "]]"
+_DIGIT = r"[\p{N}&&[^" + _NEWER + "]]"
+_OTHER = r"[[^\s\p{L}\p{N}]" + _NEWER + "]"
+_GPT2_SPLIT = (r"'s|'t|'re|'ve|'m|'ll|'d| ?" + _LETTER + "+| ?" + _DIGIT + "+| ?" + _OTHER
+               + r"+|\s+(?!\S)|\s+")
+
+
 def _tokenizers():
     try:
         import tokenizers
@@ -387,8 +400,9 @@ class GGUFTokenizer:
         tok = tk.Tokenizer(model)
         steps = []
         if SUPPORTED_PRE[v.pre]:
-            steps.append(tk.pre_tokenizers.Digits(individual_digits=True))
-        steps.append(tk.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True))
+            steps.append(tk.pre_tokenizers.Split(tk.Regex(_DIGIT), behavior="isolated"))
+        steps.append(tk.pre_tokenizers.Split(tk.Regex(_GPT2_SPLIT), behavior="isolated"))
+        steps.append(tk.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False))
         tok.pre_tokenizer = tk.pre_tokenizers.Sequence(steps)
         return tok, (None if unk is None else vocab[unk])
 
