@@ -139,7 +139,7 @@ def measure(model_name: str, texts: Sequence[CorpusFile], *, samples: int = 8, s
         raise ValueError("need at least one sample of at least two tokens")
     started = time.monotonic()
     # a window longer than a sample: every token sees its whole sample, nothing slides
-    from .mixing import NO_MIX
+    from .predictors.mixing import NO_MIX
 
     # the model's own capacity: no mixing with the text's statistics
     model = load_model(model_name, context=max(DEFAULT_CONTEXT, sample_tokens + 1), threads=threads, mix=NO_MIX)

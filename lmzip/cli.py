@@ -489,7 +489,7 @@ def compress(files, output, to_stdout, keep, rm, force, quiet, verbose, progress
 
 def _mix_settings(model, use_mix, orders, match_len, mix_rate, llm_rate, bias_rate, skip=None):
     """The --mix options as MixSettings (None: the model's default)."""
-    from .mixing import BYTE_MIX, DEFAULT_MIX, NO_MIX
+    from .predictors.mixing import BYTE_MIX, DEFAULT_MIX, NO_MIX
 
     changes = {}
     if orders is not None:
@@ -520,7 +520,7 @@ def _mix_settings(model, use_mix, orders, match_len, mix_rate, llm_rate, bias_ra
 
 
 def _describe_mix(raw) -> str:
-    from .mixing import MixSettings
+    from .predictors.mixing import MixSettings
 
     try:
         m = MixSettings.from_params(raw)

@@ -203,7 +203,7 @@ def entropy(files, model, context, threads, limit_bytes, as_json, progress, use_
     the compressor's one token per call (about 0.1 %).
     """
     from .entropy import cross_entropy
-    from .mixing import NO_MIX
+    from .predictors.mixing import NO_MIX
     from .predictors.registry import load_model
 
     try:

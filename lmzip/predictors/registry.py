@@ -187,7 +187,7 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, context: int | 
     given as ``name_or_path``; ``dtype``, ``streams`` and ``device`` are its settings
     (:class:`lmzip.predictors.torch_backend.TorchModel`).
     """
-    from ..mixing import DEFAULT_MIX, MixedModel
+    from .mixing import DEFAULT_MIX, MixedModel
 
     name_or_path = os.fspath(name_or_path) if name_or_path is not None else DEFAULT_MODEL
     context = DEFAULT_CONTEXT if context is None else int(context)
@@ -201,7 +201,7 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, context: int | 
 
         model: Model = Order1Model()
     elif spec is not None and spec.backend == "ngram":
-        from .ngram import NGramModel
+        from .mixing import NGramModel
 
         model = NGramModel(mix)
     else:
@@ -318,8 +318,7 @@ def model_for_header(header: StreamHeader, model: str | os.PathLike | Model | No
 
     ``model`` overrides the name stored in the header (e.g. a GGUF path).
     """
-    from ..mixing import NO_MIX, MixedModel, MixSettings
-    from .ngram import NGramModel
+    from .mixing import NO_MIX, MixedModel, MixSettings, NGramModel
 
     params = {k: v for k, v in header.params.items() if k not in CONTAINER_PARAMS}  # the model's own
     context = params.get("context")
