@@ -226,7 +226,7 @@ def test_ctrl_c_leaves_no_partial_output(tmp_path):
 
 def run_here(*args) -> int:
     """The CLI in this process (so a test can break one of its parts); returns the exit status."""
-    from lmzip import cli
+    from lmzip.cli import commands as cli
 
     try:
         cli.main.main(args=list(args), prog_name="lmzip", standalone_mode=False)
@@ -236,7 +236,7 @@ def run_here(*args) -> int:
 
 
 def test_rm_verification_failure_writes_nothing_and_keeps_the_input(tmp_path, sample, monkeypatch, capsys):
-    from lmzip import cli
+    from lmzip.cli import commands as cli
 
     original = sample.read_bytes()
     (tmp_path / "sample.txt.lmz").write_bytes(b"older output")

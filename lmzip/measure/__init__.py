@@ -12,5 +12,5 @@ imports them.
 - ``flops``: forward FLOPs per token from a GGUF file's metadata.
 - ``capacity``: information capacity of the installed models (entropy and FLOPs).
 
-Their commands (``lmzip bench``, ``entropy``, ``capacity``) are in :mod:`lmzip.cli_measure`.
+Their commands (``lmzip bench``, ``entropy``, ``capacity``) are in :mod:`lmzip.cli.measure`.
 """

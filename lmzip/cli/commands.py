@@ -16,10 +16,10 @@ from typing import IO
 
 import click
 
-from . import __version__, cdf
-from . import format as fmt
-from .codec import Stats
-from .core import (
+from .. import __version__, cdf
+from .. import format as fmt
+from ..codec import Stats
+from ..core import (
     DEFAULT_CHUNK_SIZE,
     DEFAULT_STREAMS,
     MAX_STREAMS,
@@ -28,9 +28,9 @@ from .core import (
     iter_decompress,
     scan_streams,
 )
-from .errors import LMZipError
-from .parallel import auto_workers, executor_for
-from .predictors.registry import (
+from ..errors import LMZipError
+from ..parallel import auto_workers, executor_for
+from ..predictors.registry import (
     BACKENDS,
     DEFAULT_CONTEXT,
     DEFAULT_MODEL,
@@ -39,7 +39,7 @@ from .predictors.registry import (
     known_models,
     load_model,
 )
-from .ranges import decompress_range, parse_range
+from ..ranges import decompress_range, parse_range
 from .status import StatusLine
 
 SUFFIX = ".lmz"
@@ -489,7 +489,7 @@ def compress(files, output, to_stdout, keep, rm, force, quiet, verbose, progress
 
 def _mix_settings(model, use_mix, orders, match_len, mix_rate, llm_rate, bias_rate, skip=None):
     """The --mix options as MixSettings (None: the model's default)."""
-    from .predictors.mixing import BYTE_MIX, DEFAULT_MIX, NO_MIX
+    from ..predictors.mixing import BYTE_MIX, DEFAULT_MIX, NO_MIX
 
     changes = {}
     if orders is not None:
@@ -520,7 +520,7 @@ def _mix_settings(model, use_mix, orders, match_len, mix_rate, llm_rate, bias_ra
 
 
 def _describe_mix(raw) -> str:
-    from .predictors.mixing import MixSettings
+    from ..predictors.mixing import MixSettings
 
     try:
         m = MixSettings.from_params(raw)
@@ -745,7 +745,7 @@ def models() -> None:
     click.echo("Any GGUF file also works: --model PATH.gguf")
 
 
-from .cli_measure import COMMANDS as _MEASURING  # noqa: E402  (bench, entropy, capacity)
+from .measure import COMMANDS as _MEASURING  # noqa: E402  (bench, entropy, capacity)
 
 for _command in _MEASURING:
     main.add_command(_command)
@@ -765,6 +765,3 @@ def run(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     sys.exit(0)
 
-
-if __name__ == "__main__":  # pragma: no cover
-    run()

@@ -1,0 +1,14 @@
+"""The ``lmzip`` command line (``lmzip = "lmzip.cli:run"``, also ``python -m lmzip``).
+
+- ``commands``: the click group and the coding commands: compress, decompress, test,
+  info, models; ``run`` is the console entry point.
+- ``measure``: the measuring commands, bench, entropy and capacity
+  (their logic is in :mod:`lmzip.measure`).
+- ``status``: the self-rewriting status line on stderr.
+
+The command line sits on top: nothing else in lmzip imports it.
+"""
+
+from .commands import main, run
+
+__all__ = ["main", "run"]
