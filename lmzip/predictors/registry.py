@@ -177,9 +177,9 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, context: int | 
                streams: int = 1, device: str = "auto") -> Model:
     """Load a model by registry name or GGUF path (cached: the last few stay loaded).
 
-    ``mix`` (a :class:`lmzip.mixing.MixSettings`) blends a language model with the
-    chunk's own n-gram and match statistics; default :data:`lmzip.mixing.DEFAULT_MIX`,
-    :data:`lmzip.mixing.NO_MIX` for the bare model.  For ``ngram`` it sets the byte
+    ``mix`` (a :class:`lmzip.predictors.mixing.MixSettings`) blends a language model with the
+    chunk's own n-gram and match statistics; default :data:`lmzip.predictors.mixing.DEFAULT_MIX`,
+    :data:`lmzip.predictors.mixing.NO_MIX` for the bare model.  For ``ngram`` it sets the byte
     model's settings; ``order1`` ignores it.
 
     ``backend="torch"`` runs the language model with PyTorch through transformers (the
