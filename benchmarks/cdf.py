@@ -19,7 +19,7 @@ import numpy as np
 
 from lmzip import cdf, codec
 from lmzip.coding import Decoder, Encoder
-from lmzip.mixing import NO_MIX
+from lmzip.predictors.mixing import NO_MIX
 
 
 def median_ms(fn, repeat: int) -> float:
@@ -66,7 +66,7 @@ def share(path: str, limit: int, model_name: str | None, context: int | None, wi
 
     with open(path, "rb") as f:
         data = f.read(limit)
-    from lmzip.mixing import MixedModel, MixedStream
+    from lmzip.predictors.mixing import MixedModel, MixedStream
 
     model = load_model(model_name, context=context, mix=None if with_mix else NO_MIX)
     base = model.base if isinstance(model, MixedModel) else model

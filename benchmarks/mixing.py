@@ -2,7 +2,7 @@
 
 The LLM runs once per file (SmolLM2-135M, one token per call, as the compressor does)
 and its scores feed every configuration side by side, each through the real mixer
-(lmzip.mixing.MixedStream) and the real quantization rule.  The sizes are what the range
+(lmzip.predictors.mixing.MixedStream) and the real quantization rule.  The sizes are what the range
 coder is asked to spend (sum of -log2(freq/2^24)), which the payload matches within
 0.1 %.  Confirm the chosen configuration with a real `lmzip compress` run.
 
@@ -33,8 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lmzip.mixing import DEFAULT_MIX, NO_MIX, PRESETS, MixedStream, MixSettings
 from lmzip.predictors.base import Stream
+from lmzip.predictors.mixing import DEFAULT_MIX, NO_MIX, PRESETS, MixedStream, MixSettings
 from lmzip.predictors.registry import load_model
 
 CONFIGS = {

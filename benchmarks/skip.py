@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 
 import lmzip
-from lmzip import mixing
-from lmzip.mixing import DEFAULT_MIX, MixedModel
+from lmzip.predictors import mixing
+from lmzip.predictors.mixing import DEFAULT_MIX, MixedModel
 from lmzip.predictors.registry import load_model
 
 

@@ -28,9 +28,9 @@ import time
 import numpy as np
 
 import lmzip
-from lmzip.mixing import NO_MIX
 from lmzip.parallel import executor_for
 from lmzip.predictors.llamacpp import LlamaCppModel
+from lmzip.predictors.mixing import NO_MIX
 from lmzip.predictors.registry import load_model
 
 

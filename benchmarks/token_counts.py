@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from lmzip import corpora
+from lmzip.measure import corpora
 from lmzip.predictors.registry import load_model
 
 

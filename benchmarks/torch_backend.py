@@ -29,7 +29,7 @@ import numpy as np
 
 from lmzip.cdf import TOTAL
 from lmzip.coding import Decoder, Encoder
-from lmzip.mixing import NO_MIX
+from lmzip.predictors.mixing import NO_MIX
 from lmzip.predictors.registry import load_model
 
 

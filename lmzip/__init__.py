@@ -4,6 +4,11 @@
 >>> packed = lmzip.compress(b"hello, hello, hello", model="order1")
 >>> lmzip.decompress(packed)
 b'hello, hello, hello'
+
+The pipeline (bytes -> tokens -> probabilities -> CDF -> range coder -> container) is
+in the modules of ``lmzip`` itself, the models that give the probabilities in
+``lmzip.predictors``, the measuring tools in ``lmzip.measure`` and the command line
+in ``lmzip.cli`` (README.md, "Layout").
 """
 
 from .core import DEFAULT_CHUNK_SIZE, LMZipCompressor, LMZipDecompressor, compress, decompress

@@ -72,7 +72,7 @@ class LMZipCompressor:
         executor: a :class:`lmzip.parallel.Executor` that codes groups on other workers
             (processes, Ray); the output is the same as without one.
         progress: called every few tokens with the running :class:`~lmzip.codec.Stats`.
-        mix: a :class:`~lmzip.mixing.MixSettings` (default ``DEFAULT_MIX``; ``NO_MIX``
+        mix: a :class:`~lmzip.predictors.mixing.MixSettings` (default ``DEFAULT_MIX``; ``NO_MIX``
             for the bare language model); ignored when ``model`` is a loaded model.
         method: ``"auto"`` (default): text goes to the model, binary regions (found by
             :mod:`lmzip.detect`) to the classic coder (LZMA or stored), and a model-coded

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
-from lmzip import corpora
+from lmzip.measure import corpora
 
 ROOT = Path(__file__).resolve().parent.parent
 

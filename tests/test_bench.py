@@ -13,9 +13,9 @@ import sys
 
 import pytest
 
-from lmzip import bench, corpora, report
-from lmzip.baselines import CLASSIC, Classic
-from lmzip.plots import have_matplotlib
+from lmzip.measure import bench, corpora, report
+from lmzip.measure.baselines import CLASSIC, Classic
+from lmzip.measure.plots import have_matplotlib
 
 
 @pytest.fixture(scope="module")
@@ -137,5 +137,5 @@ def test_cli_bench_errors_are_one_line(args, message):
 
 @pytest.mark.parametrize("module", ["bench", "report", "baselines"])
 def test_docstring_examples(module):
-    result = doctest.testmod(importlib.import_module(f"lmzip.{module}"))
+    result = doctest.testmod(importlib.import_module(f"lmzip.measure.{module}"))
     assert result.attempted and not result.failed

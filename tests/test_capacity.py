@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from lmzip import capacity, corpora
-from lmzip.flops import SMOLLM2_135M, Architecture, average_flops
+from lmzip.measure import capacity, corpora
+from lmzip.measure.flops import SMOLLM2_135M, Architecture, average_flops
 
 
 def test_formula():
@@ -40,5 +40,5 @@ def test_capacity_needs_a_gguf_model():
 
 @pytest.mark.parametrize("module", ["capacity"])
 def test_docstring_examples(module):
-    result = doctest.testmod(importlib.import_module(f"lmzip.{module}"))
+    result = doctest.testmod(importlib.import_module(f"lmzip.measure.{module}"))
     assert result.attempted and not result.failed

@@ -236,7 +236,7 @@ def run_here(*args) -> int:
 
 
 def test_rm_verification_failure_writes_nothing_and_keeps_the_input(tmp_path, sample, monkeypatch, capsys):
-    from lmzip import cli
+    from lmzip.cli import files  # where --rm verifies the output
 
     original = sample.read_bytes()
     (tmp_path / "sample.txt.lmz").write_bytes(b"older output")
@@ -245,7 +245,7 @@ def test_rm_verification_failure_writes_nothing_and_keeps_the_input(tmp_path, sa
         data = b"".join(lmzip.core.iter_decompress(fp, **kw))
         yield data[:-1]
 
-    monkeypatch.setattr(cli, "iter_decompress", lossy)
+    monkeypatch.setattr(files, "iter_decompress", lossy)
     assert run_here("compress", *FAST, "--rm", "-f", str(sample)) == 1
     err = capsys.readouterr().err
     assert "verification failed (decompressed data is shorter than the input); no output written, input kept" in err
@@ -258,7 +258,7 @@ def test_rm_verification_failure_writes_nothing_and_keeps_the_input(tmp_path, sa
         yield b""
 
     (tmp_path / "sample.txt.lmz").unlink()
-    monkeypatch.setattr(cli, "iter_decompress", damaged)
+    monkeypatch.setattr(files, "iter_decompress", damaged)
     assert run_here("compress", *FAST, "--rm", str(sample)) == 1
     assert "verification failed (chunk is damaged)" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sample.txt"]

@@ -9,8 +9,8 @@ import shutil
 
 import pytest
 
-from lmzip import corpora
-from lmzip.corpora import CorpusError
+from lmzip.measure import corpora
+from lmzip.measure.corpora import CorpusError
 
 
 def test_canterbury_is_all_eleven_files_verified():
@@ -80,5 +80,5 @@ def test_unknown_names_are_clear_errors():
 
 @pytest.mark.parametrize("module", ["corpora"])
 def test_docstring_examples(module):
-    result = doctest.testmod(importlib.import_module(f"lmzip.{module}"))
+    result = doctest.testmod(importlib.import_module(f"lmzip.measure.{module}"))
     assert result.attempted and not result.failed

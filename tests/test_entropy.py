@@ -11,7 +11,7 @@ import sys
 import pytest
 
 import lmzip
-from lmzip.entropy import cross_entropy, split_chunks
+from lmzip.measure.entropy import cross_entropy, split_chunks
 
 from .conftest import corpus_slice
 
@@ -66,5 +66,5 @@ def test_cli_entropy(tmp_path, order1):
 
 @pytest.mark.parametrize("module", ["entropy"])
 def test_docstring_examples(module):
-    result = doctest.testmod(importlib.import_module(f"lmzip.{module}"))
+    result = doctest.testmod(importlib.import_module(f"lmzip.measure.{module}"))
     assert result.attempted and not result.failed

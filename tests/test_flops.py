@@ -7,7 +7,7 @@ import importlib
 
 import pytest
 
-from lmzip.flops import (
+from lmzip.measure.flops import (
     GEMMA3_270M,
     SMOLLM2_135M,
     Architecture,
@@ -75,5 +75,5 @@ def test_metadata_read_from_the_installed_model(llm):
 
 @pytest.mark.parametrize("module", ["flops"])
 def test_docstring_examples(module):
-    result = doctest.testmod(importlib.import_module(f"lmzip.{module}"))
+    result = doctest.testmod(importlib.import_module(f"lmzip.measure.{module}"))
     assert result.attempted and not result.failed

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 import lmzip
-from lmzip import cdf, mixing
+from lmzip import cdf
 from lmzip.errors import FormatError
-from lmzip.mixing import BYTE_MIX, DEFAULT_MIX, NO_MIX, PRESETS, MixedModel, MixedStream, MixSettings
+from lmzip.predictors import mixing
+from lmzip.predictors.mixing import BYTE_MIX, DEFAULT_MIX, NO_MIX, PRESETS, MixedModel, MixedStream, MixSettings
 from lmzip.predictors.ngram import COUNT_BUCKETS, NGramStats, ln_table
 from lmzip.predictors.registry import load_model
 

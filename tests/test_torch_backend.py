@@ -20,9 +20,9 @@ from lmzip import format as fmt  # noqa: E402
 from lmzip.cdf import quantize_into  # noqa: E402
 from lmzip.codec import compress_group, decompress_group  # noqa: E402
 from lmzip.errors import FormatError, ModelMismatchError, ModelNotFoundError  # noqa: E402
-from lmzip.mixing import NO_MIX, MixedModel  # noqa: E402
 from lmzip.predictors import registry  # noqa: E402
 from lmzip.predictors import torch_backend as tb  # noqa: E402
+from lmzip.predictors.mixing import NO_MIX, MixedModel  # noqa: E402
 from lmzip.predictors.torch_backend import DeviceInfo, TorchModel, plan_devices  # noqa: E402
 
 CPU = [DeviceInfo("cpu")]

@@ -4,7 +4,7 @@ They learn only from the tokens already coded in the same chunk, so they know wh
 the language model cannot see: names, phrases and whole passages that repeat beyond
 its window, markup that recurs every few lines.  Each turns its counts into *sparse
 features*: a few candidate tokens with a value each, which the mixer
-(:mod:`lmzip.mixing`) weighs and adds to the other models' scores.
+(:mod:`lmzip.predictors.mixing`) weighs and adds to the other models' scores.
 
 - Order-k n-grams (k tokens of context, exact tuples in a dict: no hash collisions).
   For a context seen ``n`` times with ``u`` distinct successors, successor ``i``
@@ -27,10 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..tokenization import PieceTokenizer
-from .base import Model, Stream
-
-__all__ = ["Feature", "NGramModel", "NGramStats", "ln_table", "MATCH_BUCKETS", "COUNT_BUCKETS"]
+__all__ = ["Feature", "NGramStats", "ln_table", "MATCH_BUCKETS", "COUNT_BUCKETS"]
 
 #: n-gram weights are kept per order and per bucket of the context's total count n:
 #: 1, 2-3, 4-15, 16 and more (a context seen once predicts less reliably)
@@ -224,30 +221,3 @@ class NGramStats:
                 self._match_ptr = found
                 self._match_len = length
         self._positions[key] = len(h)
-
-
-class NGramModel(Model):
-    """Byte n-grams and a match model mixed online, no language model (``--model ngram``).
-
-    About as strong as a classic PPM-style compressor on text, and thousands of times
-    faster than the LLM: for quick runs, tests and fuzzing.
-    """
-
-    name = "ngram"
-
-    def __init__(self, settings=None) -> None:
-        from ..mixing import BYTE_MIX
-
-        self.settings = settings if settings is not None else BYTE_MIX
-        self.tokenizer = PieceTokenizer([bytes([b]) for b in range(256)], lambda text: list(text))
-
-    def params(self) -> dict:
-        return {"backend": "ngram", "model": self.name, "mix": self.settings.params()}
-
-    def open_stream(self) -> Stream:
-        from ..mixing import MixedStream
-
-        return MixedStream(None, self.vocab_size, self.settings)
-
-    def describe(self) -> str:
-        return "ngram (byte n-grams and match model mixed online, no LLM)"

@@ -7,8 +7,6 @@ files come from PyPI packages that ship them: nothing is downloaded at run time.
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +15,7 @@ from pathlib import Path
 from ..errors import FormatError, ModelMismatchError, ModelNotFoundError
 from ..format import CONTAINER_PARAMS, StreamHeader
 from .base import Model
+from .cache import cache_dir, file_sha256
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -39,13 +38,6 @@ MIN_CONTEXT = 16
 #: largest window accepted: a header cannot make the decoder reserve more KV cache than this
 #: (65,536 tokens is 1.5 GB of f16 KV cache for SmolLM2-135M)
 MAX_CONTEXT = 1 << 16
-
-
-def cache_dir() -> Path:
-    """Where lmzip keeps assembled model files and hashes (``$LMZIP_CACHE``)."""
-    base = os.environ.get("LMZIP_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "lmzip")
-    return Path(base)
 
 
 # ---------------------------------------------------------------------------- locating files
@@ -172,35 +164,6 @@ def _spec_for(name: str) -> ModelSpec | None:
 # ---------------------------------------------------------------------------- hashing
 
 
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a model file, cached by (path, size, mtime) since hashing takes a while."""
-    path = Path(path).resolve()
-    st = path.stat()
-    key = f"{path}|{st.st_size}|{st.st_mtime_ns}"
-    cache_file = cache_dir() / "sha256.json"
-    try:
-        cache = json.loads(cache_file.read_text())
-    except (OSError, ValueError):
-        cache = {}
-    if isinstance(cache, dict) and isinstance(cache.get(key), str):
-        return cache[key]
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    digest = h.hexdigest()
-    try:
-        cache = cache if isinstance(cache, dict) else {}
-        cache[key] = digest
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_name(f"sha256.json.tmp{os.getpid()}")
-        tmp.write_text(json.dumps(cache, indent=0, sort_keys=True))
-        os.replace(tmp, cache_file)
-    except OSError:
-        pass  # a cache we cannot write only costs time
-    return digest
-
-
 # ---------------------------------------------------------------------------- loading
 
 _loaded: dict[tuple, Model] = {}
@@ -214,9 +177,9 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, context: int | 
                streams: int = 1, device: str = "auto") -> Model:
     """Load a model by registry name or GGUF path (cached: the last few stay loaded).
 
-    ``mix`` (a :class:`lmzip.mixing.MixSettings`) blends a language model with the
-    chunk's own n-gram and match statistics; default :data:`lmzip.mixing.DEFAULT_MIX`,
-    :data:`lmzip.mixing.NO_MIX` for the bare model.  For ``ngram`` it sets the byte
+    ``mix`` (a :class:`lmzip.predictors.mixing.MixSettings`) blends a language model with the
+    chunk's own n-gram and match statistics; default :data:`lmzip.predictors.mixing.DEFAULT_MIX`,
+    :data:`lmzip.predictors.mixing.NO_MIX` for the bare model.  For ``ngram`` it sets the byte
     model's settings; ``order1`` ignores it.
 
     ``backend="torch"`` runs the language model with PyTorch through transformers (the
@@ -224,7 +187,7 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, context: int | 
     given as ``name_or_path``; ``dtype``, ``streams`` and ``device`` are its settings
     (:class:`lmzip.predictors.torch_backend.TorchModel`).
     """
-    from ..mixing import DEFAULT_MIX, MixedModel
+    from .mixing import DEFAULT_MIX, MixedModel
 
     name_or_path = os.fspath(name_or_path) if name_or_path is not None else DEFAULT_MODEL
     context = DEFAULT_CONTEXT if context is None else int(context)
@@ -238,7 +201,7 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, context: int | 
 
         model: Model = Order1Model()
     elif spec is not None and spec.backend == "ngram":
-        from .ngram import NGramModel
+        from .mixing import NGramModel
 
         model = NGramModel(mix)
     else:
@@ -355,8 +318,7 @@ def model_for_header(header: StreamHeader, model: str | os.PathLike | Model | No
 
     ``model`` overrides the name stored in the header (e.g. a GGUF path).
     """
-    from ..mixing import NO_MIX, MixedModel, MixSettings
-    from .ngram import NGramModel
+    from .mixing import NO_MIX, MixedModel, MixSettings, NGramModel
 
     params = {k: v for k, v in header.params.items() if k not in CONTAINER_PARAMS}  # the model's own
     context = params.get("context")

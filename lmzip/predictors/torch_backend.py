@@ -356,7 +356,7 @@ def _hf_start_token(module, hf_tokenizer) -> int:
 def folder_sha256(path: Path) -> str:
     """SHA-256 of a model folder: of ``name NUL sha256 LF`` for each regular file at its top
     level, sorted by name (weights, config and tokenizer files alike)."""
-    from .registry import file_sha256
+    from .cache import file_sha256
 
     h = hashlib.sha256()
     for f in sorted(p for p in Path(path).iterdir() if p.is_file() and not p.name.startswith(".")):
@@ -736,7 +736,7 @@ def load_torch_model(path: str | os.PathLike, *, name: str, sha256: str | None =
                      dtype: str = "float32", threads: int | None = None, streams: int = 1, device: str = "auto",
                      from_param: bool = False) -> TorchModel:
     """Load a GGUF file or a local Hugging Face model folder (offline) as a :class:`TorchModel`."""
-    from .registry import file_sha256
+    from .cache import file_sha256
 
     torch, transformers = _modules()
     if dtype not in DTYPES:

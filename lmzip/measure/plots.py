@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from .errors import LMZipError
+from ..errors import LMZipError
 
 __all__ = ["plot_bench", "plot_capacity", "have_matplotlib"]
 

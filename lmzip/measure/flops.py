@@ -30,7 +30,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from .errors import LMZipError
+from ..errors import LMZipError
 
 __all__ = [
     "Architecture",

@@ -1,36 +1,27 @@
-"""The ``lmzip`` command line, in the manner of gzip, xz and zstd."""
+"""The ``lmzip`` command line, in the manner of gzip, xz and zstd: the click group and its commands."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import io
-import os
-import stat
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO
 
 import click
 
-from . import __version__, cdf
-from . import format as fmt
-from .codec import Stats
-from .core import (
+from .. import __version__, cdf
+from .. import format as fmt
+from ..core import (
     DEFAULT_CHUNK_SIZE,
     DEFAULT_STREAMS,
     MAX_STREAMS,
     METHODS,
     LMZipCompressor,
-    iter_decompress,
     scan_streams,
 )
-from .errors import LMZipError
-from .parallel import auto_workers, executor_for
-from .predictors.registry import (
+from ..errors import LMZipError
+from ..predictors.registry import (
     BACKENDS,
     DEFAULT_CONTEXT,
     DEFAULT_MODEL,
@@ -39,11 +30,22 @@ from .predictors.registry import (
     known_models,
     load_model,
 )
-from .ranges import decompress_range, parse_range
-from .status import StatusLine
-
-SUFFIX = ".lmz"
-READ_SIZE = 1 << 16
+from ..ranges import decompress_range, parse_range
+from .executors import _Executors, _file_executors, _on_workers
+from .files import (
+    SUFFIX,
+    Failure,
+    Job,
+    _check_output_option,
+    _compress_file,
+    _decompress_file,
+    _files_or_stdin,
+    _open_input,
+    _run,
+    _verify,
+    atomic_output,
+)
+from .status import ProgressLine, _human
 
 EXIT_CODES = """\b
 Exit status:
@@ -52,196 +54,6 @@ Exit status:
        the other files are still processed
   2    usage error (bad option or argument)
   130  interrupted (Ctrl-C); no partial output is left behind"""
-
-
-class Failure(Exception):
-    """A per-file error: reported on one line, exit status 1."""
-
-
-# ---------------------------------------------------------------------------- progress
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if abs(n) < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} GB"  # pragma: no cover
-
-
-class ProgressLine(StatusLine):
-    """The status line of compress/decompress/test: bytes done, speed, bpb so far."""
-
-    def __init__(self, label: str, total: int | None, enabled: bool):
-        super().__init__(enabled, quiet=False)
-        self.label = label
-        self.total = total
-        self.start = time.monotonic()
-
-    def __call__(self, st: Stats) -> None:
-        now = time.monotonic()
-        if not self.enabled or now - self._last < 0.25:
-            return  # before the text is built: this runs every few tokens
-        speed = st.raw_bytes / max(now - self.start, 1e-9)
-        parts = [self.label]
-        if self.total:
-            parts.append(f"{100 * st.raw_bytes / self.total:5.1f}%")
-        parts.append(_human(st.raw_bytes) + (f"/{_human(self.total)}" if self.total else ""))
-        parts.append(f"{_human(speed)}/s")
-        if st.tokens:
-            parts.append(f"{st.tokens / max(now - self.start, 1e-9):.0f} tok/s")
-        if st.coded_bits:
-            parts.append(f"{st.coded_bits / st.raw_bytes:.3f} bpb" if st.raw_bytes else "")
-        if self.total and speed > 0:
-            left = (self.total - st.raw_bytes) / speed
-            parts.append(f"ETA {int(left // 60)}m{int(left % 60):02d}s")
-        self.show("  ".join(p for p in parts if p), force=True)
-
-    def done(self) -> None:
-        self.clear()
-
-
-# ---------------------------------------------------------------------------- safe output
-
-
-@contextlib.contextmanager
-def atomic_output(path: Path, force: bool, like: Path | None = None,
-                  verify: Callable[[Path], None] | None = None) -> Iterator[IO[bytes]]:
-    """Write to a temporary file beside ``path``; move it into place only on success.
-
-    Without ``force`` an existing ``path`` is never replaced, even one that appears
-    while we work.  ``verify`` is called with the complete temporary file before it is
-    moved; if it raises, nothing is moved.  On any error or Ctrl-C the temporary file
-    is removed.
-    """
-    if path.exists() and not force:
-        raise Failure(f"{path}: already exists; use -f to overwrite")
-    if path.is_dir():
-        raise Failure(f"{path}: is a directory")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        if verify is not None:
-            verify(tmp)
-        if like is not None:  # keep the input's permissions and times, as gzip does
-            st = like.stat()
-            os.chmod(tmp, stat.S_IMODE(st.st_mode))
-            os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
-        else:  # mkstemp made it 0600: give it the mode a plain open() would
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)
-        if force:
-            os.replace(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)  # fails if path appeared meanwhile: never clobber
-            except FileExistsError:
-                raise Failure(f"{path}: already exists; use -f to overwrite") from None
-            tmp.unlink()
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _open_input(name: str) -> tuple[IO[bytes], Path | None, int | None]:
-    if name == "-":
-        return sys.stdin.buffer, None, None
-    path = Path(name)
-    if path.is_dir():
-        raise Failure(f"{name}: is a directory")
-    try:
-        f = open(path, "rb")
-    except FileNotFoundError:
-        raise Failure(f"{name}: no such file") from None
-    except PermissionError:
-        raise Failure(f"{name}: permission denied") from None
-    except OSError as exc:
-        raise Failure(f"{name}: {exc.strerror or exc}") from None
-    size = os.fstat(f.fileno()).st_size if stat.S_ISREG(os.fstat(f.fileno()).st_mode) else None
-    return f, path, size
-
-
-# ---------------------------------------------------------------------------- the work
-
-
-def _compress_file(fin: IO[bytes], fout: IO[bytes], comp: LMZipCompressor) -> None:
-    while block := fin.read(max(comp.chunk_size, READ_SIZE)):
-        fout.write(comp.compress(block))
-    fout.write(comp.flush())
-
-
-def _decompress_file(fin: IO[bytes], fout: IO[bytes], model: str | None, threads: int | None,
-                     progress: Callable[[Stats], None] | None, executors=None) -> Stats:
-    total = Stats()
-
-    def count(st: Stats) -> None:
-        total.raw_bytes = st.raw_bytes
-        if progress is not None:
-            progress(st)
-
-    for block in iter_decompress(fin, model=model, threads=threads, progress=count, executor=executors):
-        fout.write(block)
-    return total
-
-
-class Job:
-    """Settings shared by every file of one command."""
-
-    def __init__(self, *, output: str | None, stdout: bool, keep: bool, rm: bool, force: bool,
-                 quiet: bool, verbose: bool, progress: bool | None):
-        self.output = output
-        self.stdout = stdout
-        self.keep = keep and not rm
-        self.rm = rm
-        self.force = force
-        self.quiet = quiet
-        self.verbose = verbose and not quiet
-        self.progress = (sys.stderr.isatty() if progress is None else progress) and not quiet
-        self.failed = 0
-
-    def note(self, message: str) -> None:
-        if not self.quiet:
-            click.echo(message, err=True)
-
-    def fail(self, message: str) -> None:
-        self.failed += 1
-        click.echo(f"lmzip: {message}", err=True)
-
-    def target(self, name: str, derive: Callable[[str], str]) -> Path | None:
-        """Where the output for input ``name`` goes (None: stdout)."""
-        if self.stdout or (name == "-" and not self.output):
-            return None
-        return Path(self.output) if self.output else Path(derive(name))
-
-
-def _run(job: Job, names: list[str], work: Callable[[str], None]) -> None:
-    for name in names:
-        try:
-            work(name)
-        except Failure as exc:
-            job.fail(str(exc))
-        except LMZipError as exc:
-            job.fail(f"{name}: {exc}")
-        except OSError as exc:
-            job.fail(f"{name}: {exc.strerror or exc}")
-    if job.failed:
-        sys.exit(1)
-
-
-def _files_or_stdin(files: tuple[str, ...]) -> list[str]:
-    return list(files) or ["-"]
-
-
-def _check_output_option(job: Job, names: list[str]) -> None:
-    if job.output and len(names) > 1:
-        raise click.UsageError("-o/--output takes a single input file")
-    if job.output and job.stdout:
-        raise click.UsageError("-o/--output and -c/--stdout exclude each other")
 
 
 # ---------------------------------------------------------------------------- commands
@@ -298,73 +110,6 @@ def worker_options(f):
                              "single-thread worker per core when the input holds two or more lockstep "
                              "groups and its size is known (a file, not a pipe); else code in this "
                              "process.")(f)
-
-
-def _lockstep_groups(fin: IO[bytes]) -> int | None:
-    """How many lockstep groups of a seekable ``.lmz`` file need the model, from its
-    chunk tables (None if they cannot be read: decompression then says what is wrong)."""
-    origin = fin.tell()
-    try:
-        streams = scan_streams(fin)
-    except (LMZipError, OSError):
-        return None
-    finally:
-        fin.seek(origin)
-    return sum(c.scheduled and c.opens_group(s.header.version) for s in streams for c in s.end.chunks)
-
-
-def _file_executors(executors: _Executors, fin: IO[bytes], size: int | None):
-    """For decompressing one input: the ``executor=`` callable that gives each stream's
-    model its executor (``--workers auto`` counts the file's groups first, if it is a
-    regular file), and the list of executors it handed out."""
-    groups = _lockstep_groups(fin) if executors.auto and size is not None else None
-    used: list = []
-
-    def executor(lm):
-        used.append(executors(lm, groups))
-        return used[-1]
-
-    return executor, used
-
-
-def _on_workers(used: list) -> str:
-    """For -v: where the groups were coded (the executors used), if not in this process."""
-    ex = next((e for e in used if e is not None), None)
-    return "" if ex is None else f", {ex.workers} worker{'s' * (ex.workers != 1)}"
-
-
-class _Executors:
-    """One executor per model, made when a stream needs it (decompression: the model
-    comes from each file's header), closed at the end of the command.
-
-    ``workers=None`` is ``--workers auto``: worker processes only for an input of
-    several lockstep groups (:func:`lmzip.parallel.auto_workers`), none otherwise."""
-
-    def __init__(self, workers: int | None, ray_address: str | None, threads: int | None = None):
-        self.workers = workers
-        self.ray_address = ray_address
-        self.threads = threads
-        self._made: dict[bytes, object] = {}
-
-    @property
-    def auto(self) -> bool:
-        return self.workers is None and self.ray_address is None
-
-    def __call__(self, model, groups: int | None = None):
-        """The executor for ``model`` (None: code in this process); ``groups``: how many
-        lockstep groups the input holds, when known (only ``auto`` asks)."""
-        n = auto_workers(model, groups, self.threads) if self.auto else self.workers
-        if self.ray_address is None and (n or 1) <= 1:
-            return None
-        key = fmt.fingerprint(model.model_sha256, model.params())
-        if key not in self._made:
-            self._made[key] = executor_for(model, n, self.ray_address)
-        return self._made[key]
-
-    def close(self) -> None:
-        for ex in self._made.values():
-            if ex is not None:
-                ex.close()
 
 
 @click.group(epilog=EXIT_CODES, context_settings={"help_option_names": ["-h", "--help"]})
@@ -489,7 +234,7 @@ def compress(files, output, to_stdout, keep, rm, force, quiet, verbose, progress
 
 def _mix_settings(model, use_mix, orders, match_len, mix_rate, llm_rate, bias_rate, skip=None):
     """The --mix options as MixSettings (None: the model's default)."""
-    from .mixing import BYTE_MIX, DEFAULT_MIX, NO_MIX
+    from ..predictors.mixing import BYTE_MIX, DEFAULT_MIX, NO_MIX
 
     changes = {}
     if orders is not None:
@@ -520,7 +265,7 @@ def _mix_settings(model, use_mix, orders, match_len, mix_rate, llm_rate, bias_ra
 
 
 def _describe_mix(raw) -> str:
-    from .mixing import MixSettings
+    from ..predictors.mixing import MixSettings
 
     try:
         m = MixSettings.from_params(raw)
@@ -530,24 +275,6 @@ def _describe_mix(raw) -> str:
     return (f"{name}n-gram orders {','.join(map(str, m.orders)) or 'none'}, match {m.match or 'off'}, "
             f"rates {m.rate}/{m.llm_rate}/{m.bias_rate} (weights/model/bias)"
             + (f", skip at {m.skip - 1}/{m.skip}" if m.skip else ""))
-
-
-def _verify(src: Path, packed: Path, model, executor=None) -> None:
-    """--rm: decompress the complete (not yet renamed) output with the model that made it
-    and compare it with the input (the header's name alone cannot find a --model PATH.gguf).
-    On failure the output is never put in place and the input is kept."""
-    def failed(why: str) -> Failure:
-        return Failure(f"{src}: verification failed ({why}); no output written, input kept")
-
-    try:
-        with open(packed, "rb") as fp, open(src, "rb") as original:
-            for block in iter_decompress(fp, model=model, executor=executor):  # the compressor's workers
-                if original.read(len(block)) != block:
-                    raise failed("decompressed data differs from the input")
-            if original.read(1):
-                raise failed("decompressed data is shorter than the input")
-    except LMZipError as exc:
-        raise failed(str(exc)) from None
 
 
 def _decompress_range(job: Job, names: list[str], text: str, model: str | None, threads: int | None) -> None:
@@ -745,7 +472,7 @@ def models() -> None:
     click.echo("Any GGUF file also works: --model PATH.gguf")
 
 
-from .cli_measure import COMMANDS as _MEASURING  # noqa: E402  (bench, entropy, capacity)
+from .measure import COMMANDS as _MEASURING  # noqa: E402  (bench, entropy, capacity)
 
 for _command in _MEASURING:
     main.add_command(_command)
@@ -782,6 +509,3 @@ def run(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     sys.exit(0)
 
-
-if __name__ == "__main__":  # pragma: no cover
-    run()

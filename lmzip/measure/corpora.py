@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from .errors import LMZipError
+from ..errors import LMZipError
 
 __all__ = [
     "CorpusError",
@@ -39,7 +39,7 @@ __all__ = [
     "sha256_file",
 ]
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the checkout: lmzip/measure/corpora.py
 ENV_VAR = "LMZIP_CORPORA"
 
 

@@ -1,6 +1,6 @@
 """Benchmark results as a terminal table, Markdown, CSV and JSON.
 
->>> from lmzip.bench import Result
+>>> from lmzip.measure.bench import Result
 >>> r = Result(file="a.txt", original=1000, compressor="gzip -9", compressed=400, bpb=3.2,
 ...            compress_seconds=0.001, decompress_seconds=0.0005, peak_rss_mb=30.0, verified=True)
 >>> print(markdown_pivot([r]).splitlines()[2])
@@ -16,7 +16,7 @@ import os
 import platform
 from collections.abc import Sequence
 
-from . import __version__
+from .. import __version__
 from .bench import Result, totals
 
 __all__ = ["machine", "terminal_table", "markdown_pivot", "markdown_lmzip", "markdown_compressors", "to_csv",
@@ -37,7 +37,7 @@ def machine() -> dict[str, str | int | None]:
         mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     except (ValueError, OSError, AttributeError):
         mem_gib = None
-    from .predictors.llamacpp import backend_version
+    from ..predictors.llamacpp import backend_version
 
     return {
         "machine": platform.machine(),

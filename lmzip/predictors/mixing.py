@@ -20,6 +20,10 @@ Only correctly rounded IEEE-754 operations are used, elementwise, or summed in a
 fixed order (:func:`lmzip.cdf.expect`, :func:`math.fsum`): the same bits on any
 machine.  The settings are stored in the stream header (``params["mix"]``), so
 files keep decoding with the settings they were written with.
+
+Two models use it: :class:`MixedModel` (a language model plus the statistics, what
+``load_model`` gives by default) and :class:`NGramModel` (the statistics alone,
+``--model ngram``).
 """
 
 from __future__ import annotations
@@ -30,12 +34,13 @@ from typing import Any
 
 import numpy as np
 
-from . import cdf
-from .errors import FormatError
-from .predictors.base import Model, Stream, StreamGroup
-from .predictors.ngram import NGramStats, ln_table
+from .. import cdf
+from ..errors import FormatError
+from ..tokenization import PieceTokenizer
+from .base import Model, Stream, StreamGroup
+from .ngram import NGramStats, ln_table
 
-__all__ = ["BYTE_MIX", "DEFAULT_MIX", "MixSettings", "MixedModel", "MixedStream", "NO_MIX"]
+__all__ = ["BYTE_MIX", "DEFAULT_MIX", "MixSettings", "MixedModel", "MixedStream", "NGramModel", "NO_MIX"]
 
 _T = float(cdf.TOTAL)
 _W_MIN, _W_MAX = -4.0, 4.0  # feature weights stay in a sane range whatever the data
@@ -338,3 +343,26 @@ class MixedModel(Model):
     def threads(self, value) -> None:
         if hasattr(self.base, "threads"):
             self.base.threads = value
+
+
+class NGramModel(Model):
+    """Byte n-grams and a match model mixed online, no language model (``--model ngram``).
+
+    About as strong as a classic PPM-style compressor on text, and thousands of times
+    faster than the LLM: for quick runs, tests and fuzzing.
+    """
+
+    name = "ngram"
+
+    def __init__(self, settings=None) -> None:
+        self.settings = settings if settings is not None else BYTE_MIX
+        self.tokenizer = PieceTokenizer([bytes([b]) for b in range(256)], lambda text: list(text))
+
+    def params(self) -> dict:
+        return {"backend": "ngram", "model": self.name, "mix": self.settings.params()}
+
+    def open_stream(self) -> Stream:
+        return MixedStream(None, self.vocab_size, self.settings)
+
+    def describe(self) -> str:
+        return "ngram (byte n-grams and match model mixed online, no LLM)"

@@ -13,7 +13,7 @@ lmzip computes, over samples of ``sample_tokens`` (1,024) tokens each::
 - ``NLL``: the model's negative log-likelihood of each token, in bits, averaged over
   the sample's tokens; every sample starts from a fresh context (the start token);
 - ``C``: forward FLOPs per token, counted from the architecture in the GGUF
-  metadata (:mod:`lmzip.flops`) and averaged over a 1,024-token decode;
+  metadata (:mod:`lmzip.measure.flops`) and averaged over a 1,024-token decode;
 - ``b``: a constant offset, the same for every model compared.
 
 Our reading, stated because the paper's own text could not be consulted while
@@ -23,7 +23,7 @@ term, which lmzip leaves at 0 unless ``--bias`` sets it, so capacities reported
 here are the gain over log-compute alone.  Samples are consecutive 1,024-token
 spans from the start of each text, the texts taken in turn.
 
->>> from lmzip.flops import SMOLLM2_135M, Architecture, average_flops
+>>> from lmzip.measure.flops import SMOLLM2_135M, Architecture, average_flops
 >>> round(information_capacity(text_bits_per_token=29.0, nll_bits_per_token=8.0,
 ...                            flops_per_token=average_flops(Architecture.from_metadata(SMOLLM2_135M))), 4)
 0.7452
@@ -37,12 +37,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
+from ..errors import LMZipError
+from ..predictors.base import Model
+from ..predictors.registry import DEFAULT_CONTEXT, known_models, load_model
 from .corpora import CorpusFile, corpus_file
 from .entropy import token_bits
-from .errors import LMZipError
 from .flops import Architecture, average_flops, gguf_metadata
-from .predictors.base import Model
-from .predictors.registry import DEFAULT_CONTEXT, known_models, load_model
 
 __all__ = [
     "CapacityRow",
@@ -139,7 +139,7 @@ def measure(model_name: str, texts: Sequence[CorpusFile], *, samples: int = 8, s
         raise ValueError("need at least one sample of at least two tokens")
     started = time.monotonic()
     # a window longer than a sample: every token sees its whole sample, nothing slides
-    from .mixing import NO_MIX
+    from ..predictors.mixing import NO_MIX
 
     # the model's own capacity: no mixing with the text's statistics
     model = load_model(model_name, context=max(DEFAULT_CONTEXT, sample_tokens + 1), threads=threads, mix=NO_MIX)

@@ -11,7 +11,7 @@ file's SHA-256 and its parameters: backend version, context), the chunk size and
 the lmzip version; for a classic compressor its library's version.  An
 interrupted run, started again, redoes only the jobs it had not finished.
 
->>> from lmzip.corpora import resolve
+>>> from lmzip.measure.corpora import resolve
 >>> files = [f for f in resolve("canterbury") if f.label == "grammar.lsp"]
 >>> rows = run(files, models=["order1"], limit=500, cache_dir=None)
 >>> [(r.compressor, r.original, r.verified) for r in rows][-1]
@@ -33,14 +33,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from . import __version__
+from .. import __version__
+from ..codec import Stats
+from ..core import DEFAULT_CHUNK_SIZE, LMZipCompressor, decompress
+from ..predictors.base import Model
+from ..predictors.cache import cache_dir as lmzip_cache_dir
+from ..predictors.registry import load_model
 from .baselines import Classic, available
-from .codec import Stats
-from .core import DEFAULT_CHUNK_SIZE, LMZipCompressor, decompress
 from .corpora import CorpusFile
-from .predictors.base import Model
-from .predictors.registry import cache_dir as lmzip_cache_dir
-from .predictors.registry import load_model
 
 __all__ = ["Result", "Job", "Reporter", "run", "plan", "totals", "default_cache_dir", "peak_memory", "DEFAULT_LIMIT",
            "CACHE_SCHEMA"]
@@ -278,7 +278,7 @@ def run(files: Sequence[CorpusFile], *, models: Sequence[str] = (), classic: boo
     """Run (or take from the cache) every job; results in job order.
 
     Args:
-        files: the files (see :mod:`lmzip.corpora`).
+        files: the files (see :mod:`lmzip.measure.corpora`).
         models: lmzip models by name or GGUF path (none: classic compressors only).
         classic: include the classic compressors.
         limit: use the first ``limit`` bytes of each file (None or 0: whole files).

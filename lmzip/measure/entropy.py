@@ -32,10 +32,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .cdf import PRECISION
-from .core import DEFAULT_CHUNK_SIZE, _utf8_cut
-from .errors import LMZipError
-from .predictors.base import Model
+from ..cdf import PRECISION
+from ..core import DEFAULT_CHUNK_SIZE, _utf8_cut
+from ..errors import LMZipError
+from ..predictors.base import Model
 
 __all__ = ["Entropy", "cross_entropy", "token_bits", "split_chunks"]
 
@@ -89,7 +89,7 @@ def split_chunks(data: bytes, chunk_size: int = DEFAULT_CHUNK_SIZE) -> list[byte
 
 def token_bits(model: Model, symbols: Sequence[int], progress: Callable[[int], None] | None = None) -> np.ndarray:
     """``-log2 p`` of each symbol of one chunk, from a fresh context (float64 array)."""
-    from .predictors.llamacpp import LlamaCppModel
+    from ..predictors.llamacpp import LlamaCppModel
 
     if isinstance(model, LlamaCppModel):
         return _llama_bits(model, symbols, progress)
@@ -166,7 +166,7 @@ def _llama_bits(model, symbols: Sequence[int], progress: Callable[[int], None] |
     n_eval = int(owner[-1]) + 1  # the last visible token predicts nothing: not evaluated
     cap = int(max(16, min(512, _LOGITS_BUDGET // (4 * n_vocab), model.context)))
 
-    from .predictors.llamacpp import new_context
+    from ..predictors.llamacpp import new_context
 
     ctx, mem = new_context(model, 1, cap)  # the coder's settings, with batches of `cap`
     batch = L.llama_batch_init(cap, 0, 1)

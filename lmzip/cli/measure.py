@@ -1,7 +1,7 @@
 """The measuring commands of the ``lmzip`` CLI: ``bench``, ``entropy``, ``capacity``.
 
-Their logic lives in :mod:`lmzip.bench`, :mod:`lmzip.entropy` and
-:mod:`lmzip.capacity`; this module parses options and prints.
+Their logic lives in :mod:`lmzip.measure.bench`, :mod:`lmzip.measure.entropy` and
+:mod:`lmzip.measure.capacity`; this module parses options and prints.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import click
 
-from .errors import LMZipError
-from .predictors.registry import DEFAULT_CONTEXT, DEFAULT_MODEL
+from ..errors import LMZipError
+from ..predictors.registry import DEFAULT_CONTEXT, DEFAULT_MODEL
 from .status import StatusLine
 
 __all__ = ["bench", "entropy", "capacity", "COMMANDS"]
@@ -125,12 +125,12 @@ def bench(paths, corpora_names, corpora, models, classic, limit_bytes, context, 
       lmzip bench --corpus canterbury --limit-bytes 0  # whole files (hours)
       lmzip bench notes.txt -m smollm2-135m -m gemma3-270m --markdown bench.md --plot bench.png
     """
-    from . import bench as bench_mod
-    from . import corpora as corpora_mod
-    from . import report
+    from ..measure import bench as bench_mod
+    from ..measure import corpora as corpora_mod
+    from ..measure import report
 
     if plot_path:
-        from .plots import have_matplotlib
+        from ..measure.plots import have_matplotlib
 
         if not have_matplotlib():
             _fail('--plot needs matplotlib: pip install matplotlib (or "lmzip[bench]")')
@@ -145,7 +145,7 @@ def bench(paths, corpora_names, corpora, models, classic, limit_bytes, context, 
             raise click.UsageError("no files: give PATHS or --corpus")
         if not models and not classic:
             raise click.UsageError("nothing to run: --no-classic and no model")
-        from .baselines import available
+        from ..measure.baselines import available
 
         missing = available()[1] if classic else []
         if missing:
@@ -170,7 +170,7 @@ def bench(paths, corpora_names, corpora, models, classic, limit_bytes, context, 
                                                 report.markdown_compressors(results),
                                                 report.markdown_lmzip(results)] if x))
     if plot_path:
-        from .plots import plot_bench
+        from ..measure.plots import plot_bench
 
         what = f"first {limit:,} bytes of each file" if limit else "whole files"
         plot_bench(results, plot_path, title=f"Bits per byte ({what}; lower is better)")
@@ -202,9 +202,9 @@ def entropy(files, model, context, threads, limit_bytes, as_json, progress, use_
     plus ~200 bytes of container), and batched evaluation rounds differently from
     the compressor's one token per call (about 0.1 %).
     """
-    from .entropy import cross_entropy
-    from .mixing import NO_MIX
-    from .predictors.registry import load_model
+    from ..measure.entropy import cross_entropy
+    from ..predictors.mixing import NO_MIX
+    from ..predictors.registry import load_model
 
     try:
         lm = load_model(model or DEFAULT_MODEL, context=context, threads=threads, mix=None if use_mix else NO_MIX)
@@ -284,11 +284,11 @@ def capacity(models, texts, corpora, samples, sample_tokens, bias, threads, json
     LM head; 2 FLOPs per multiply-add; averaged over a 1,024-token decode), on
     samples of 1,024 tokens each evaluated from a fresh context.
     """
-    from . import capacity as cap
-    from .corpora import path_file
+    from ..measure import capacity as cap
+    from ..measure.corpora import path_file
 
     if plot_path:
-        from .plots import have_matplotlib
+        from ..measure.plots import have_matplotlib
 
         if not have_matplotlib():
             _fail('--plot needs matplotlib: pip install matplotlib (or "lmzip[bench]")')
@@ -318,7 +318,7 @@ def capacity(models, texts, corpora, samples, sample_tokens, bias, threads, json
     if md_path:
         _write(md_path, cap.markdown_table(rows))
     if plot_path:
-        from .plots import plot_capacity
+        from ..measure.plots import plot_capacity
 
         plot_capacity(rows, plot_path)
 
