@@ -25,8 +25,8 @@ pytestmark = pytest.mark.llm
 BATCHED = textwrap.dedent("""
     import sys
     import lmzip
-    from lmzip.entropy import cross_entropy
-    from lmzip.mixing import DEFAULT_MIX, MixSettings
+    from lmzip.measure.entropy import cross_entropy
+    from lmzip.predictors.mixing import DEFAULT_MIX, MixSettings
     from lmzip.predictors.registry import load_model
 
     text = open(sys.argv[1], "rb").read()
@@ -94,7 +94,7 @@ def test_files_from_before_the_kernels_key_still_decode(llm):
 
 def test_a_native_crash_is_one_line_and_exits_non_zero(tmp_path):
     pytest.importorskip("lmzip._crashguard")
-    crash = "import ctypes; from lmzip.cli import _report_native_crashes; _report_native_crashes(); ctypes.string_at(0)"
+    crash = "import ctypes; from lmzip.cli.commands import _report_native_crashes; _report_native_crashes(); ctypes.string_at(0)"
     proc = subprocess.run([sys.executable, "-c", crash], capture_output=True, text=True, timeout=60,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode != 0

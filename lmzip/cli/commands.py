@@ -485,7 +485,7 @@ CRASH_MESSAGE = (b"the model engine crashed in native code on this CPU, and the 
 
 def _report_native_crashes() -> None:
     try:
-        from . import _crashguard
+        from .. import _crashguard
     except ImportError:  # not built: Python's own report, a traceback, is better than nothing
         import faulthandler
 
