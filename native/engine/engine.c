@@ -25,7 +25,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#if defined(__x86_64__) && defined(__GNUC__)
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(LMZ_NO_SIMD) /* LMZ_NO_SIMD: portable C only */
 #define LMZ_X86 1
 #include <immintrin.h>
 #endif
@@ -452,7 +452,12 @@ static void mm_q8_scalar(const uint8_t *W, int K, int g0, int g1, const act *x, 
 #undef CVT16
 
 static const isa_kernels K_SCALAR = {"scalar", mm_q4_scalar, mm_q8_scalar, attn_scalar};
-static const isa_kernels K_GENERIC = {"sse2", mm_q4_scalar, mm_q8_scalar, attn_generic};
+#if defined(__x86_64__)
+#define GENERIC_NAME "sse2"
+#else
+#define GENERIC_NAME "generic"
+#endif
+static const isa_kernels K_GENERIC = {GENERIC_NAME, mm_q4_scalar, mm_q8_scalar, attn_generic};
 
 /* ------------------------------------------------------------------ kernels: x86 SIMD */
 #if defined(LMZ_X86)
@@ -604,7 +609,7 @@ static void free_buffers(lmz_model *m) {
     free(m->logit_tmp);
     free(m->a_embd.q), free(m->a_embd.s), free(m->a_embd.sa), free(m->a_embd.sum);
     free(m->a_ff.q), free(m->a_ff.s), free(m->a_ff.sa), free(m->a_ff.sum);
-    free(m->tok_stream), free(m->tok_pos), free(m->rope_tab), free(m->sel), free(m->scratch);
+    free(m->tok_stream), free(m->tok_pos), free(m->rope_tab), free(m->sel);
 }
 
 void lmz_free(lmz_model *m) {
@@ -615,6 +620,7 @@ void lmz_free(lmz_model *m) {
         pthread_mutex_destroy(&m->eval_lock);
     }
     free_buffers(m);
+    free(m->scratch);
     free(m->layers);
     if (m->map)
         munmap(m->map, m->map_size);
