@@ -25,11 +25,11 @@ def _byte_decoder() -> dict[str, int]:
     return {chr(c): b for b, c in zip(bs, cs)}
 
 
-def gguf_pieces(path: str | os.PathLike) -> tuple[list[bytes], int]:
-    """(pieces, bos token id) of a GGUF file's vocabulary."""
+def gguf_pieces(path_or_reader) -> tuple[list[bytes], int]:
+    """(pieces, bos token id) of a GGUF file's vocabulary (a path or a ``GGUFReader``)."""
     from gguf import GGUFReader
 
-    r = GGUFReader(str(path))
+    r = path_or_reader if isinstance(path_or_reader, GGUFReader) else GGUFReader(str(path_or_reader))
     model = bytes(r.fields["tokenizer.ggml.model"].parts[-1]).decode()
     f = r.fields["tokenizer.ggml.tokens"]
     tokens = [bytes(f.parts[i]).decode("utf-8") for i in f.data]

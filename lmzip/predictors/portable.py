@@ -28,7 +28,7 @@ from ..errors import LMZipError, ModelNotFoundError
 from ..tokenization import PieceTokenizer
 from .base import Model, Stream, StreamGroup
 from .gguf_vocab import greedy_tokenize, gguf_pieces
-from .portable_weights import cached_weights
+from .portable_weights import cached_weights, read_vocab, vocab_path
 
 __all__ = ["PortableModel", "engine_module", "llamacpp_tokenizer", "MAX_WIDTH"]
 
@@ -208,7 +208,8 @@ class PortableModel(Model):
         except RuntimeError as exc:
             raise LMZipError(f"portable engine: {exc}") from None
         self.numerics = E.NUMERICS
-        pieces, bos = gguf_pieces(self.path)
+        vp = vocab_path(self.weights)
+        pieces, bos = read_vocab(vp) if vp.exists() else gguf_pieces(self.path)
         if len(pieces) != self._engine.n_vocab:
             raise LMZipError("the weights file does not match the model's vocabulary")
         self.start_token = bos

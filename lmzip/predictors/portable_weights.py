@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["ENGINE_FORMAT", "convert", "cached_weights", "cache_dir", "file_sha256"]
+__all__ = ["ENGINE_FORMAT", "convert", "cached_weights", "cache_dir", "file_sha256", "read_vocab", "vocab_path"]
 
 #: version of the weights file layout (not of the numerics: that is the engine's own)
 ENGINE_FORMAT = 1
@@ -89,11 +89,63 @@ def _field(reader, key, default=None):
     return f.parts[f.data[0]].tolist()[0] if len(f.data) == 1 else [f.parts[i].tolist() for i in f.data]
 
 
+VOCAB_MAGIC = b"LMZVOC\x00\x01"
+
+
+def vocab_path(weights: str | os.PathLike) -> Path:
+    """The vocabulary written beside a weights file: the GGUF's token pieces (reading them
+    from the GGUF takes seconds)."""
+    return Path(weights).with_suffix(".vocab")
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def write_vocab(path: Path, pieces: list[bytes], bos: int) -> None:
+    out = [VOCAB_MAGIC, struct.pack("<II", bos, len(pieces))]
+    for p in pieces:
+        out.append(struct.pack("<H", len(p)) + p)
+    _write_atomic(path, b"".join(out))
+
+
+def read_vocab(path: str | os.PathLike) -> tuple[list[bytes], int]:
+    data = Path(path).read_bytes()
+    if data[:8] != VOCAB_MAGIC:
+        raise ValueError(f"{path}: not an engine vocabulary file")
+    bos, n = struct.unpack_from("<II", data, 8)
+    pos = 16
+    pieces = []
+    for _ in range(n):
+        (k,) = struct.unpack_from("<H", data, pos)
+        pieces.append(data[pos + 2 : pos + 2 + k])
+        pos += 2 + k
+    return pieces, bos
+
+
 def convert(gguf_path: str | os.PathLike, out_path: str | os.PathLike) -> None:
-    """Write the engine file for a llama-architecture GGUF (Q4_1/Q8_0 matrices, F32 norms)."""
+    """Write the engine file for a llama-architecture GGUF (Q4_1/Q8_0 matrices, F32 norms),
+    and its vocabulary beside it (:func:`vocab_path`)."""
     from gguf import GGUFReader
 
+    from .gguf_vocab import gguf_pieces
+
     r = GGUFReader(str(gguf_path))
+    pieces, bos_id = gguf_pieces(r)
     arch = bytes(r.fields["general.architecture"].parts[-1]).decode()
     if arch != "llama":
         raise ValueError(f"the portable engine runs llama models, not {arch}")
@@ -151,6 +203,7 @@ def convert(gguf_path: str | os.PathLike, out_path: str | os.PathLike) -> None:
     header = header.ljust(HEADER, b"\0")
 
     out_path = Path(out_path)
+    write_vocab(vocab_path(out_path), pieces, bos_id)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=out_path.name + ".", suffix=".tmp")
     try:
@@ -163,6 +216,7 @@ def convert(gguf_path: str | os.PathLike, out_path: str | os.PathLike) -> None:
             f.truncate(offset)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
         os.replace(tmp, out_path)
     except BaseException:
         try:
@@ -176,6 +230,6 @@ def cached_weights(gguf_path: str | os.PathLike, sha256: str | None = None) -> P
     """The engine file for ``gguf_path``, converted on first use."""
     sha = sha256 or file_sha256(gguf_path)
     path = cache_dir() / f"{sha}-{ENGINE_FORMAT}.bin"
-    if not path.exists():
+    if not path.exists() or not vocab_path(path).exists():
         convert(gguf_path, path)
     return path
