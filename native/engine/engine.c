@@ -380,7 +380,7 @@ static void quantize_row(const float *x, int K, int8_t *q, float *s, float *sa, 
 static float H2F[65536];
 
 /* Q4_1: out[t][16g+l] = sum over blocks b in order of
- *   acc = (acc + (d * s_b) * isum) + m * sa_b,  isum = sum_j q_j a_j (exact int32) */
+ *   acc = acc + ((d * s_b) * isum + m * sa_b),  isum = sum_j q_j a_j (exact int32) */
 static void mm_q4_scalar(const uint8_t *W, int K, int g0, int g1, const act *x, int t0, int T, float *out, int ldo) {
     int nb = K / 32;
     for (int g = g0; g < g1; g++) {
@@ -400,7 +400,7 @@ static void mm_q4_scalar(const uint8_t *W, int K, int g0, int g1, const act *x, 
                             int w = B[64 * c + 4 * l + j];
                             isum += (w & 15) * ab[8 * c + j] + (w >> 4) * ab[8 * c + 4 + j];
                         }
-                    acc[l] = (acc[l] + (H2F[dh[l]] * s[b]) * (float)isum) + H2F[mh[l]] * sa[b];
+                    acc[l] = acc[l] + ((H2F[dh[l]] * s[b]) * (float)isum + H2F[mh[l]] * sa[b]);
                 }
             }
             for (int l = 0; l < 16; l++)
