@@ -109,7 +109,6 @@ def group_speed(model, toks, width=8, depth=2048, measure=64) -> float:
 def rss_child(backend: str, threads: int, ntok: int) -> None:
     ms = models(threads, (backend,))
     m = ms[backend]
-    data = (ROOT.parent / "shared" / "corpora" / "canterbury" / "alice29.txt")
     from lmzip import corpora
 
     data = corpora.corpus_file("alice29.txt").path.read_bytes()
