@@ -111,8 +111,9 @@ def rss_child(backend: str, threads: int, ntok: int) -> None:
     m = ms[backend]
     from lmzip import corpora
 
-    data = corpora.corpus_file("alice29.txt").path.read_bytes()
+    data = corpora.corpus_file("alice29.txt").path.read_bytes()[: 8 * ntok]
     toks = m.tokenizer.encode(data)[:ntok]
+    print(f"RSS-before {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.1f}")
     with m.open_stream() as s:
         for t in toks:
             s.scores()
@@ -154,8 +155,12 @@ def main() -> None:
             r = subprocess.run([sys.executable, __file__, "--rss-child", b, "--threads", str(a.threads), "--tokens",
                                 str(a.tokens)], capture_output=True, text=True, env=dict(os.environ,
                                                                                         PYTHONPATH=str(ROOT)))
-            line = [x for x in r.stdout.splitlines() if x.startswith("RSS")]
-            print(f"{b}: peak RSS after {a.tokens} tokens, one stream: {line[0].split()[1] if line else r.stderr[-300:]} MB")
+            got = dict(x.split() for x in r.stdout.splitlines() if x.startswith("RSS"))
+            if "RSS" not in got:
+                print(f"{b}: failed: {r.stderr[-300:]}")
+                continue
+            print(f"{b}: peak RSS after {a.tokens} tokens, one stream: {got['RSS']} MB "
+                  f"(model loaded, before the stream: {got['RSS-before']} MB)")
     if not (a.ce or a.speed or a.group):
         return
     from lmzip import corpora
