@@ -191,14 +191,21 @@ typedef struct {
 
 /* ------------------------------------------------------------------ thread pool */
 
-typedef void (*task_fn)(void *ctx, int tid, int nth);
+typedef void (*task_fn)(void *ctx, int part, int nparts);
 
+/* A phase is cut into `nparts` parts (a task computes part i of n: the task functions
+ * split their outputs by (i, n)); the caller and the workers claim parts from a shared
+ * counter, so a descheduled worker delays nothing (the others take its parts).  Which
+ * thread computes a part never changes its bits. */
 typedef struct {
     int n; /* threads including the caller */
     pthread_t *th;
-    atomic_int gen, done, stop, sleepers;
+    atomic_int gen, stop, sleepers;
+    atomic_ullong claim; /* generation << 32 | next part */
+    atomic_int finished; /* parts done in this generation */
     task_fn fn;
     void *ctx;
+    int nparts;
     pthread_mutex_t mu;
     pthread_cond_t cv;
 } pool;
@@ -216,10 +223,28 @@ static inline void cpu_relax(void) {
 #endif
 }
 
+/* claim and run parts of generation g until none is left */
+static void run_parts(pool *p, unsigned g) {
+    for (;;) {
+        unsigned long long c = atomic_load(&p->claim);
+        if ((unsigned)(c >> 32) != g)
+            return;
+        task_fn fn = p->fn;
+        void *ctx = p->ctx;
+        int np = p->nparts;
+        int part = (int)(c & 0xffffffffu);
+        if (part >= np)
+            return;
+        if (!atomic_compare_exchange_weak(&p->claim, &c, c + 1))
+            continue;
+        fn(ctx, part, np);
+        atomic_fetch_add(&p->finished, 1);
+    }
+}
+
 static void *worker_main(void *arg) {
     worker_arg *wa = arg;
     pool *p = wa->p;
-    int tid = wa->tid;
     free(wa);
     int seen = 0;
     for (;;) {
@@ -243,8 +268,7 @@ static void *worker_main(void *arg) {
         seen = atomic_load(&p->gen);
         if (atomic_load(&p->stop))
             return NULL;
-        p->fn(p->ctx, tid, p->n);
-        atomic_fetch_add(&p->done, 1);
+        run_parts(p, (unsigned)seen);
     }
 }
 
@@ -253,18 +277,22 @@ static void pool_run(pool *p, task_fn fn, void *ctx) {
         fn(ctx, 0, 1);
         return;
     }
+    int np = 4 * p->n;
+    unsigned g = (unsigned)atomic_load(&p->gen) + 1;
     p->fn = fn;
     p->ctx = ctx;
-    atomic_store(&p->done, 0);
-    atomic_fetch_add(&p->gen, 1);
+    p->nparts = np;
+    atomic_store(&p->finished, 0);
+    atomic_store(&p->claim, (unsigned long long)g << 32);
+    atomic_store(&p->gen, (int)g);
     if (atomic_load(&p->sleepers) > 0) {
         pthread_mutex_lock(&p->mu);
         pthread_cond_broadcast(&p->cv);
         pthread_mutex_unlock(&p->mu);
     }
-    fn(ctx, 0, p->n);
+    run_parts(p, g);
     int spins = 0;
-    while (atomic_load(&p->done) < p->n - 1) {
+    while (atomic_load(&p->finished) < np) {
         if (++spins < 2000)
             cpu_relax();
         else
@@ -840,7 +868,7 @@ static int step(lmz_model *m, int n, lmz_stream *const *streams, const int32_t *
             need_scratch = (size_t)streams[i]->C * 2 + 64;
     if (need_scratch > m->scratch_per_thread) {
         free(m->scratch);
-        m->scratch = malloc(need_scratch * m->pool.n * sizeof(float));
+        m->scratch = malloc(need_scratch * (m->pool.n > 1 ? 4 * m->pool.n : 1) * sizeof(float)); /* one per part */
         if (!m->scratch)
             return -1;
         m->scratch_per_thread = need_scratch;
