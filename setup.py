@@ -1,4 +1,4 @@
-"""Build the optional C extensions lmzip._cdf and lmzip._crashguard (metadata lives in pyproject.toml).
+"""Build the optional C extensions lmzip._cdf, lmzip._engine and lmzip._crashguard (metadata lives in pyproject.toml).
 
 -ffp-contract=off keeps every a*b+c two correctly rounded operations: the
 quantization rule must give the same bits as the numpy reference on every CPU.
@@ -18,5 +18,16 @@ setup(
         # one line on stderr instead of a bare "Segmentation fault" when a model engine crashes
         Extension("lmzip._crashguard", sources=["native/crashguard.c"], extra_compile_args=["-O2", "-std=c99"],
                   optional=True),
+        # the portable inference engine (docs/engine.md): SIMD kernels are chosen at run
+        # time (target attributes), so this baseline build runs on any x86-64/aarch64 CPU
+        Extension(
+            "lmzip._engine",
+            sources=["native/engine/pyengine.c", "native/engine/engine.c"],
+            depends=["native/engine/engine.h", "native/engine/attn.inc", "native/engine/kernels_x86.inc"],
+            extra_compile_args=["-O3", "-ffp-contract=off", "-fno-fast-math", "-fno-math-errno", "-std=c11",
+                                "-pthread", "-Wno-psabi"],
+            extra_link_args=["-pthread", "-lm"],
+            optional=True,
+        ),
     ]
 )

@@ -1,0 +1,185 @@
+"""The portable engine beside llama.cpp: cross-entropy, speed, memory.
+
+    PYTHONPATH=. python benchmarks/engine.py [--ce] [--speed] [--group] [--threads 2]
+        [--tokens 400] [--file alice29.txt]
+
+--ce      bare cross-entropy (bits per byte) of the whole file, one stream, window 2048
+--speed   tokens/s of one stream, one token per call, the first --tokens tokens
+--group   tokens/s of a lockstep group of 8 once the window is full (engine only)
+--rss     peak RSS of one stream over --tokens tokens, each backend in a subprocess
+Also prints the conversion and load times.  Timing on a shared machine is noisy: both
+backends are measured in the same run, one after the other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def gguf_path() -> Path:
+    from lmzip.predictors.registry import _smollm2_path
+
+    return _smollm2_path()
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def models(threads: int, which=("portable", "llama.cpp")):
+    from lmzip.predictors.portable_weights import file_sha256
+
+    g = gguf_path()
+    sha = file_sha256(g)
+    out = {}
+    if "portable" in which:
+        from lmzip.predictors.portable import PortableModel
+
+        t0 = time.perf_counter()
+        out["portable"] = PortableModel(g, name="smollm2-135m", sha256=sha, context=2048, threads=threads)
+        print(f"portable: model ready in {time.perf_counter() - t0:.2f} s (isa {out['portable'].isa})")
+    if "llama.cpp" in which:
+        try:
+            from lmzip.predictors.llamacpp import LlamaCppModel
+
+            out["llama.cpp"] = LlamaCppModel(g, name="smollm2-135m", sha256=sha, context=2048, threads=threads)
+        except Exception as exc:  # pragma: no cover
+            print(f"llama.cpp unavailable: {exc}")
+    return out
+
+
+def cross_entropy(model, toks) -> float:
+    bits = 0.0
+    with model.open_stream() as s:
+        for t in toks:
+            sc = s.scores().astype(np.float64)
+            mx = sc[np.isfinite(sc)].max()
+            bits -= (sc[t] - mx - np.log(np.exp(sc - mx).sum())) / np.log(2)
+            s.push(t)
+    return bits
+
+
+def speed(model, toks) -> float:
+    with model.open_stream() as s:
+        s.scores()
+        t0 = time.perf_counter()
+        for t in toks:
+            s.push(t)
+            s.scores()
+        return len(toks) / (time.perf_counter() - t0)
+
+
+def group_speed(model, toks, width=8, depth=2048, measure=64) -> float:
+    """Lockstep group of `width` streams at the window's depth: tokens/s of `measure` steps."""
+    n = len(toks)
+    texts = [[toks[(i + 997 * w) % n] for i in range(depth + measure + 1)] for w in range(width)]
+    g = model.open_group([len(t) + 1 for t in texts], width)
+    eng = model._engine
+    # fill the caches to the window's depth in big calls (the results do not depend on the calls)
+    eng.eval([s.handle for s in g.streams], [t[:depth] for t in texts], np.empty((width, eng.n_vocab), np.float32))
+    t0 = time.perf_counter()
+    for i in range(depth, depth + measure):
+        for s, t in zip(g.streams, texts):
+            s.push(t[i])
+        g.advance()
+    dt = time.perf_counter() - t0
+    g.close()
+    return width * measure / dt
+
+
+def rss_child(backend: str, threads: int, ntok: int) -> None:
+    ms = models(threads, (backend,))
+    m = ms[backend]
+    from lmzip import corpora
+
+    data = corpora.corpus_file("alice29.txt").path.read_bytes()[: 8 * ntok]
+    toks = m.tokenizer.encode(data)[:ntok]
+    print(f"RSS-before {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.1f}")
+    with m.open_stream() as s:
+        for t in toks:
+            s.scores()
+            s.push(t)
+        print(f"RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.1f}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--ce", action="store_true")
+    ap.add_argument("--speed", action="store_true")
+    ap.add_argument("--group", action="store_true")
+    ap.add_argument("--rss", action="store_true")
+    ap.add_argument("--convert", action="store_true", help="time a fresh conversion into a temporary cache")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--tokens", type=int, default=400)
+    ap.add_argument("--file", default="alice29.txt")
+    ap.add_argument("--backends", default="portable,llama.cpp")
+    ap.add_argument("--rss-child", default=None)
+    a = ap.parse_args()
+    if a.rss_child:
+        rss_child(a.rss_child, a.threads, a.tokens)
+        return
+    print(f"{time.strftime('%Y-%m-%d %H:%M')}  {cpu_name()}  {os.cpu_count()} cpus  threads {a.threads}")
+    if a.convert:
+        from lmzip.predictors.portable_weights import convert
+
+        with tempfile.TemporaryDirectory() as d:
+            t0 = time.perf_counter()
+            convert(gguf_path(), Path(d) / "w.bin")
+            print(f"conversion: {time.perf_counter() - t0:.2f} s, {(Path(d) / 'w.bin').stat().st_size / 1e6:.1f} MB")
+            import lmzip._engine as E
+
+            t0 = time.perf_counter()
+            E.Engine(str(Path(d) / "w.bin"), a.threads)
+            print(f"engine load (mmap): {time.perf_counter() - t0:.3f} s")
+    if a.rss:
+        for b in ("portable", "llama.cpp"):
+            r = subprocess.run([sys.executable, __file__, "--rss-child", b, "--threads", str(a.threads), "--tokens",
+                                str(a.tokens)], capture_output=True, text=True, env=dict(os.environ,
+                                                                                        PYTHONPATH=str(ROOT)))
+            got = dict(x.split() for x in r.stdout.splitlines() if x.startswith("RSS"))
+            if "RSS" not in got:
+                print(f"{b}: failed: {r.stderr[-300:]}")
+                continue
+            print(f"{b}: peak RSS after {a.tokens} tokens, one stream: {got['RSS']} MB "
+                  f"(model loaded, before the stream: {got['RSS-before']} MB)")
+    if not (a.ce or a.speed or a.group):
+        return
+    from lmzip import corpora
+
+    data = corpora.corpus_file(a.file).path.read_bytes()
+    ms = models(a.threads, tuple(a.backends.split(",")))
+    toks = next(iter(ms.values())).tokenizer.encode(data)
+    if a.speed:
+        for name, m in ms.items():
+            print(f"{name}: one stream, one token per call, {a.tokens} tokens: {speed(m, toks[:a.tokens]):.1f} tokens/s")
+    if a.group and "portable" in ms:
+        print(f"portable: lockstep group of 8 at depth 2048: {group_speed(ms['portable'], toks):.1f} tokens/s")
+    if a.ce:
+        for name, m in ms.items():
+            t0 = time.perf_counter()
+            bits = cross_entropy(m, toks)
+            print(f"{name}: cross-entropy of {a.file} ({len(data)} bytes, {len(toks)} tokens, window 2048): "
+                  f"{bits / len(data):.4f} bpb ({time.perf_counter() - t0:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()

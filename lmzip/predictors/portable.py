@@ -1,0 +1,248 @@
+"""The portable backend: lmzip's own deterministic inference engine (docs/engine.md).
+
+Unlike llama.cpp, whose logits differ between CPUs, builds and batch shapes, the
+engine (``lmzip._engine``, native/engine/) computes bit-identical logits on every
+CPU, compiler, SIMD width, thread count and batch grouping, so a file written on one
+machine decodes on any other.  The schedule:
+
+- every stream starts with the start token (BOS) at position 0, kept as an attention
+  sink; each later token at position p attends to the last ``context - 1`` tokens
+  (positions ``max(1, p - context + 2) .. p``) and to the sink, which is rotated as if
+  it sat just before them (so RoPE only sees distances below ``context``);
+- a group evaluates the tokens pushed since its last :meth:`advance` for all its
+  streams in one engine call (the weights are read once per call); a stream's logits
+  do not depend on the group, so widths and batching are free.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import LMZipError, ModelNotFoundError
+from ..tokenization import PieceTokenizer
+from .base import Model, Stream, StreamGroup
+from .gguf_vocab import greedy_tokenize, gguf_pieces
+from .portable_weights import cached_weights, read_vocab, vocab_path
+
+__all__ = ["PortableModel", "engine_module", "llamacpp_tokenizer", "MAX_WIDTH"]
+
+#: widest lockstep group (each stream holds its own cache of ``context`` positions)
+MAX_WIDTH = 64
+
+
+def engine_module():
+    try:
+        from .. import _engine
+    except ImportError as exc:  # pragma: no cover - depends on the build
+        raise ModelNotFoundError(f"the portable backend needs the C extension lmzip._engine: {exc}") from None
+    return _engine
+
+
+def default_threads() -> int:
+    env = os.environ.get("LMZIP_THREADS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    return max(1, min(os.cpu_count() or 1, 8))
+
+
+def llamacpp_tokenizer(gguf_path: str | os.PathLike) -> Callable[[bytes], list[int]] | None:
+    """The model's own tokenizer from llama.cpp (vocabulary only), or None without
+    llama-cpp-python.  Tokenization only affects what the compressor chooses (the
+    decoder never tokenizes), so any tokenizer gives decodable files."""
+    try:
+        from .llamacpp import _llama
+
+        L = _llama()
+    except Exception:
+        return None
+    mp = L.llama_model_default_params()
+    mp.vocab_only = True
+    mp.n_gpu_layers = 0
+    model = L.llama_model_load_from_file(str(gguf_path).encode(), mp)
+    if not model:
+        return None
+    vocab = L.llama_model_get_vocab(model)
+
+    def tokenize(text: bytes, _keep=model) -> list[int]:
+        cap = len(text) + 16
+        out = (L.llama_token * cap)()
+        n = L.llama_tokenize(vocab, text, len(text), out, cap, False, False)
+        if n < 0:
+            cap = -n
+            out = (L.llama_token * cap)()
+            n = L.llama_tokenize(vocab, text, len(text), out, cap, False, False)
+        return list(out[:n]) if n >= 0 else []
+
+    return tokenize
+
+
+class _GroupStream(Stream):
+    """One chunk's stream inside a :class:`_PortableGroup`."""
+
+    def __init__(self, group: _PortableGroup, handle: int, length: int, n_vocab: int, vocab_size: int):
+        self._group = group
+        self.handle = handle
+        self._left = length  # tokens still to be coded: the last one needs no evaluation
+        self._n_vocab = n_vocab
+        self.scores_buf = np.full(vocab_size, -np.inf, dtype=np.float32)
+        self.pending: list[int] = []
+
+    def scores(self) -> np.ndarray:
+        return self.scores_buf  # valid until the group's next advance()
+
+    def push(self, token: int) -> None:
+        self._left -= 1
+        if token < self._n_vocab and self._left > 0:  # escape symbols are not shown to the model
+            self.pending.append(token)
+
+
+class _PortableGroup(StreamGroup):
+    """Chunks in lockstep: :meth:`advance` evaluates every stream's pending tokens in one
+    engine call.  Every stream starts with the start token."""
+
+    def __init__(self, model: PortableModel, lengths: list[int]):
+        self._model = model
+        self._eng = model._engine
+        n_vocab = model.tokenizer.n_model_tokens
+        self._n_vocab = n_vocab
+        self._out = np.empty((len(lengths), n_vocab), dtype=np.float32)
+        streams = []
+        try:
+            for n in lengths:
+                streams.append(_GroupStream(self, self._eng.new_stream(model.context), n, n_vocab, model.vocab_size))
+        except BaseException:
+            for s in streams:
+                self._eng.free_stream(s.handle)
+            raise
+        super().__init__(streams)
+        for s in self.streams:
+            s.pending.append(model.start_token)
+        self.advance()
+
+    def advance(self) -> None:
+        todo = [s for s in self.streams if s.pending]
+        if not todo:
+            return
+        if any(s.handle is None for s in todo):
+            raise LMZipError("stream used after close")
+        out = self._out[: len(todo)]
+        self._eng.eval([s.handle for s in todo], [s.pending for s in todo], out)
+        n = self._n_vocab
+        for i, s in enumerate(todo):
+            s.scores_buf[:n] = out[i]
+            s.pending = []
+
+    def close(self) -> None:
+        for s in self.streams:
+            if s.handle is not None:
+                self._eng.free_stream(s.handle)
+                s.handle = None
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # pragma: no cover - interpreter shutdown
+            pass
+
+
+class _PortableStream(Stream):
+    """One chunk alone: a group of one, evaluated when scores are next asked for."""
+
+    def __init__(self, model: PortableModel):
+        self._group = _PortableGroup(model, [sys.maxsize])
+        self._stream = self._group.streams[0]
+
+    def scores(self) -> np.ndarray:
+        self._group.advance()
+        return self._stream.scores()
+
+    def push(self, token: int) -> None:
+        self._stream.push(token)
+
+    def close(self) -> None:
+        self._group.close()
+
+
+class PortableModel(Model):
+    """A GGUF llama model (Q4_1/Q8_0) run by lmzip's portable engine.
+
+    Args:
+        path: the GGUF file.
+        name: registry name stored in headers.
+        sha256: hex SHA-256 of the GGUF file (part of the fingerprint; names the cache).
+        context: window in tokens (16..65536).
+        threads: CPU threads (does not change results).
+        isa: force a kernel set ("scalar", "sse2", "avx2", "avx512"; default: the best,
+            or ``$LMZIP_ENGINE_ISA``); does not change results.
+        tokenize_text: the text tokenizer (valid UTF-8 -> ids); default llama.cpp's if
+            importable, else longest match over the vocabulary.
+        weights: an engine weights file to use instead of the cached conversion.
+    """
+
+    batches = True
+
+    def __init__(self, path: str | os.PathLike, *, name: str, sha256: str, context: int = 2048,
+                 threads: int | None = None, isa: str | None = None,
+                 tokenize_text: Callable[[bytes], list[int]] | None = None,
+                 weights: str | os.PathLike | None = None):
+        E = engine_module()
+        self.path = Path(path)
+        if not self.path.exists():
+            raise ModelNotFoundError(f"no model file {self.path}")
+        self.name = name
+        self.sha256 = sha256
+        self.model_sha256 = bytes.fromhex(sha256)
+        self.context = int(context)
+        if not 16 <= self.context <= 65536:
+            raise ValueError("context must be 16 to 65536 tokens")
+        self.threads = int(threads) if threads else default_threads()
+        self.weights = Path(weights) if weights else cached_weights(self.path, sha256)
+        try:
+            self._engine = E.Engine(str(self.weights), self.threads, isa or "")
+        except RuntimeError as exc:
+            raise LMZipError(f"portable engine: {exc}") from None
+        self.numerics = E.NUMERICS
+        vp = vocab_path(self.weights)
+        pieces, bos = read_vocab(vp) if vp.exists() else gguf_pieces(self.path)
+        if len(pieces) != self._engine.n_vocab:
+            raise LMZipError("the weights file does not match the model's vocabulary")
+        self.start_token = bos
+        if tokenize_text is None:
+            tokenize_text = llamacpp_tokenizer(self.path)
+        if tokenize_text is None:
+            model_pieces = list(pieces)
+            tokenize_text = lambda text: greedy_tokenize(model_pieces, text)  # noqa: E731
+        self.tokenizer = PieceTokenizer(pieces, tokenize_text)
+
+    @property
+    def isa(self) -> str:
+        return self._engine.isa
+
+    def params(self) -> dict[str, Any]:
+        return {"backend": f"portable {self.numerics}", "context": self.context, "model": self.name}
+
+    def open_stream(self) -> Stream:
+        return _PortableStream(self)
+
+    def open_group(self, lengths: list[int], width: int = 1) -> StreamGroup:
+        if not 1 <= len(lengths) <= width <= MAX_WIDTH:
+            raise ValueError(f"a group of width {width} (at most {MAX_WIDTH}) holds 1 to {width} chunks, "
+                             f"not {len(lengths)}")
+        return _PortableGroup(self, lengths)
+
+    def describe(self) -> str:
+        return (f"{self.name} ({self.path.name}, portable engine {self.numerics}, {self.isa}, "
+                f"context {self.context})")
+
+    @property
+    def closed(self) -> bool:
+        return getattr(self, "_engine", None) is None
+
+    def close(self) -> None:
+        self._engine = None

@@ -1,0 +1,1011 @@
+/* lmzip's portable deterministic inference engine: the forward pass (docs/engine.md).
+ *
+ * Style after karpathy/llama2.c: one forward pass in plain C.  What is different is
+ * that every number is defined: matrix products in exact integer arithmetic inside
+ * 32-column blocks, then float32 operations in one fixed order; everything else in
+ * correctly rounded IEEE float32/float64 basic operations in one fixed order, with the
+ * engine's own exp, log, sin and cos.  SIMD lanes always run across independent outputs
+ * (rows, cache slots, dimensions), so vector code gives the scalar code's bits; threads
+ * split outputs, never one sum.
+ *
+ * Build with -ffp-contract=off (no fused multiply-add), never -ffast-math.
+ */
+#define _GNU_SOURCE
+#include "engine.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(LMZ_NO_SIMD) /* LMZ_NO_SIMD: portable C only */
+#define LMZ_X86 1
+#include <immintrin.h>
+#endif
+
+#if defined(__FAST_MATH__)
+#error "the engine must not be built with -ffast-math"
+#endif
+
+/* ------------------------------------------------------------------ basic helpers */
+
+static inline float f_from_bits(uint32_t b) { float f; memcpy(&f, &b, 4); return f; }
+static inline uint32_t f_bits(float f) { uint32_t b; memcpy(&b, &f, 4); return b; }
+static inline double d_from_bits(uint64_t b) { double f; memcpy(&f, &b, 8); return f; }
+static inline uint64_t d_bits(double f) { uint64_t b; memcpy(&b, &f, 8); return b; }
+
+/* f16 -> f32, exact (finite values; the weights and caches hold no inf/NaN) */
+static inline float h2f(uint16_t h) {
+    uint32_t em = h & 0x7fffu, sign = (uint32_t)(h & 0x8000u) << 16;
+    float normal = f_from_bits((em << 13) + 0x38000000u);
+    float sub = (float)(int32_t)em * 5.9604644775390625e-08f; /* em * 2^-24, exact */
+    float v = em < 0x400u ? sub : normal;
+    return f_from_bits(f_bits(v) | sign);
+}
+
+/* f32 -> f16, round to nearest even; beyond the largest f16 saturates to +-65504 */
+static inline uint16_t f2h(float f) {
+    uint32_t x = f_bits(f), sign = (x >> 16) & 0x8000u;
+    x &= 0x7fffffffu;
+    if (x >= 0x477ff000u) /* >= 65520 (also inf, NaN) */
+        return (uint16_t)(sign | 0x7bffu);
+    if (x < 0x38800000u) { /* below 2^-14: a subnormal f16, units of 2^-24 */
+        float a = f_from_bits(x) * 16777216.0f;             /* exact */
+        float r = (a + 8388608.0f) - 8388608.0f;            /* round half even, a < 2^10 */
+        return (uint16_t)(sign | (uint32_t)r);
+    }
+    return (uint16_t)(sign | ((x - 0x38000000u + 0xfffu + ((x >> 13) & 1u)) >> 13));
+}
+
+/* exp(y) in float32, the engine's own: y clamped to [-87, 88], y = k ln2 + r with
+ * k = rne(y log2 e), r = (y - k LN2_HI) - k LN2_LO, exp(r) by a degree-7 Taylor
+ * polynomial (Horner), times 2^k built from bits.  Branch-free (selects only). */
+static inline float exp_f(float y) {
+    y = y < -87.0f ? -87.0f : y;
+    y = y > 88.0f ? 88.0f : y;
+    float t = y * 1.44269502162933349609375f + 12582912.0f; /* 1.5 * 2^23 */
+    float k = t - 12582912.0f;
+    float r = (y - k * 0.693145751953125f) - k * 1.428606765330187045e-06f;
+    float p = 1.98412698e-4f; /* 1/5040 */
+    p = p * r + 1.38888889e-3f;
+    p = p * r + 8.33333377e-3f;
+    p = p * r + 4.16666679e-2f;
+    p = p * r + 1.66666672e-1f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    int32_t ki = (int32_t)k;
+    return p * f_from_bits((uint32_t)(ki + 127) << 23);
+}
+
+static inline float tree16(const float *l) {
+    return (((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]))) +
+           (((l[8] + l[9]) + (l[10] + l[11])) + ((l[12] + l[13]) + (l[14] + l[15])));
+}
+
+/* double precision helpers for the RoPE tables (basic operations only) */
+static const double D_LN2_HI = 6.93147180369123816490e-01, D_LN2_LO = 1.90821492927058770002e-10;
+static const double D_ROUND = 6755399441055744.0; /* 1.5 * 2^52 */
+
+static double exp_d(double x) { /* |x| < 700 */
+    double t = x * 1.4426950408889634 + D_ROUND;
+    double k = t - D_ROUND;
+    int64_t ki = (int64_t)(d_bits(t) - d_bits(D_ROUND));
+    double r = (x - k * D_LN2_HI) - k * D_LN2_LO;
+    double p = 1.0 / 6227020800.0; /* 1/13! */
+    static const double c[13] = {1.0 / 479001600.0, 1.0 / 39916800.0, 1.0 / 3628800.0, 1.0 / 362880.0,
+                                 1.0 / 40320.0, 1.0 / 5040.0, 1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0,
+                                 0.5, 1.0, 1.0};
+    for (int i = 0; i < 13; i++)
+        p = p * r + c[i];
+    return p * d_from_bits((uint64_t)(ki + 1023) << 52);
+}
+
+static double log_d(double x) { /* x > 0, normal */
+    uint64_t b = d_bits(x);
+    int e = (int)((b >> 52) & 0x7ff) - 1023;
+    double m = d_from_bits((b & 0x000fffffffffffffull) | 0x3ff0000000000000ull); /* [1, 2) */
+    if (m > 1.4142135623730951) {
+        m = m * 0.5;
+        e += 1;
+    }
+    double f = (m - 1.0) / (m + 1.0), s = f * f;
+    double p = 1.0 / 25.0;
+    for (int k = 23; k >= 1; k -= 2)
+        p = p * s + 1.0 / (double)k;
+    double lnm = 2.0 * f * p;
+    return (double)e * D_LN2_HI + ((double)e * D_LN2_LO + lnm);
+}
+
+static void sincos_d(double a, double *s, double *c) { /* a >= 0 */
+    static const double P1 = 1.57079632673412561417e+00, P2 = 6.07710050650619224932e-11,
+                        P3 = 2.02226624879595063154e-21;
+    double t = a * 6.36619772367581382433e-01 + D_ROUND;
+    double k = t - D_ROUND;
+    int64_t q = (int64_t)(d_bits(t) - d_bits(D_ROUND));
+    double r = ((a - k * P1) - k * P2) - k * P3;
+    double r2 = r * r;
+    /* sin r = r (1 - r^2/3! + ...), cos r = 1 - r^2/2! + ...: Taylor to r^17 and r^18 */
+    double ps, pc;
+    /* written out for clarity: sin coefficients of r^(2j+1), cos of r^(2j) */
+    static const double sc[9] = {1.0, -1.0 / 6.0, 1.0 / 120.0, -1.0 / 5040.0, 1.0 / 362880.0,
+                                 -1.0 / 39916800.0, 1.0 / 6227020800.0, -1.0 / 1307674368000.0,
+                                 1.0 / 355687428096000.0};
+    static const double ccf[10] = {1.0, -0.5, 1.0 / 24.0, -1.0 / 720.0, 1.0 / 40320.0, -1.0 / 3628800.0,
+                                   1.0 / 479001600.0, -1.0 / 87178291200.0, 1.0 / 20922789888000.0,
+                                   -1.0 / 6402373705728000.0};
+    ps = sc[8];
+    for (int j = 7; j >= 0; j--)
+        ps = ps * r2 + sc[j];
+    ps = ps * r;
+    pc = ccf[9];
+    for (int j = 8; j >= 0; j--)
+        pc = pc * r2 + ccf[j];
+    switch ((int)(q & 3)) {
+    case 0: *s = ps; *c = pc; break;
+    case 1: *s = pc; *c = -ps; break;
+    case 2: *s = -ps; *c = -pc; break;
+    default: *s = -pc; *c = ps; break;
+    }
+}
+
+/* ------------------------------------------------------------------ types */
+
+enum { T_F32 = 0, T_Q4_1 = 1, T_Q8_0 = 2 };
+#define Q4_GB 320 /* bytes per group (16 rows) x block (32 columns) */
+#define Q8_GB 544
+
+typedef struct {
+    int type, rows, cols;
+    const uint8_t *data;
+} tensor;
+
+typedef struct {
+    tensor attn_norm, wq, wk, wv, wo, ffn_norm, wg, wu, wd;
+} layer;
+
+/* activations quantized per 32-block: q int8, scale s, sum of q, s * sum */
+typedef struct {
+    int8_t *q;
+    float *s, *sa;
+    int32_t *sum;
+} act;
+
+typedef void (*mm_fn)(const uint8_t *W, int K, int g0, int g1, const act *x, int t0, int T, float *out, int ldo);
+typedef void (*attn_fn)(const float *q, const float *sink_k, const float *sink_v, const uint16_t *kc,
+                        const uint16_t *vc, int C, int64_t lo, int n_ring, float *slot_scores, float *e,
+                        float *out);
+
+typedef struct {
+    const char *name;
+    mm_fn q4, q8;
+    attn_fn attn;
+} isa_kernels;
+
+/* ------------------------------------------------------------------ thread pool */
+
+typedef void (*task_fn)(void *ctx, int part, int nparts);
+
+/* A phase is cut into `nparts` parts (a task computes part i of n: the task functions
+ * split their outputs by (i, n)); the caller and the workers claim parts from a shared
+ * counter, so a descheduled worker delays nothing (the others take its parts).  Which
+ * thread computes a part never changes its bits. */
+typedef struct {
+    int n; /* threads including the caller */
+    pthread_t *th;
+    atomic_int gen, stop, sleepers;
+    atomic_ullong claim; /* generation << 32 | next part */
+    atomic_int finished; /* parts done in this generation */
+    task_fn fn;
+    void *ctx;
+    int nparts;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+} pool;
+
+typedef struct {
+    pool *p;
+    int tid;
+} worker_arg;
+
+static inline void cpu_relax(void) {
+#if defined(LMZ_X86)
+    _mm_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+/* claim and run parts of generation g until none is left */
+static void run_parts(pool *p, unsigned g) {
+    for (;;) {
+        unsigned long long c = atomic_load(&p->claim);
+        if ((unsigned)(c >> 32) != g)
+            return;
+        task_fn fn = p->fn;
+        void *ctx = p->ctx;
+        int np = p->nparts;
+        int part = (int)(c & 0xffffffffu);
+        if (part >= np)
+            return;
+        if (!atomic_compare_exchange_weak(&p->claim, &c, c + 1))
+            continue;
+        fn(ctx, part, np);
+        atomic_fetch_add(&p->finished, 1);
+    }
+}
+
+static void *worker_main(void *arg) {
+    worker_arg *wa = arg;
+    pool *p = wa->p;
+    free(wa);
+    int seen = 0;
+    for (;;) {
+        int spins = 0;
+        while (atomic_load(&p->gen) == seen) {
+            if (++spins < 4000) { /* about 0.1-0.5 ms, then yield, then sleep */
+                cpu_relax();
+                continue;
+            }
+            if (spins < 4200) {
+                sched_yield();
+                continue;
+            }
+            pthread_mutex_lock(&p->mu);
+            atomic_fetch_add(&p->sleepers, 1);
+            while (atomic_load(&p->gen) == seen)
+                pthread_cond_wait(&p->cv, &p->mu);
+            atomic_fetch_sub(&p->sleepers, 1);
+            pthread_mutex_unlock(&p->mu);
+        }
+        seen = atomic_load(&p->gen);
+        if (atomic_load(&p->stop))
+            return NULL;
+        run_parts(p, (unsigned)seen);
+    }
+}
+
+static void pool_run(pool *p, task_fn fn, void *ctx) {
+    if (p->n == 1) {
+        fn(ctx, 0, 1);
+        return;
+    }
+    int np = 4 * p->n;
+    unsigned g = (unsigned)atomic_load(&p->gen) + 1;
+    p->fn = fn;
+    p->ctx = ctx;
+    p->nparts = np;
+    atomic_store(&p->finished, 0);
+    atomic_store(&p->claim, (unsigned long long)g << 32);
+    atomic_store(&p->gen, (int)g);
+    if (atomic_load(&p->sleepers) > 0) {
+        pthread_mutex_lock(&p->mu);
+        pthread_cond_broadcast(&p->cv);
+        pthread_mutex_unlock(&p->mu);
+    }
+    run_parts(p, g);
+    int spins = 0;
+    while (atomic_load(&p->finished) < np) {
+        if (++spins < 2000)
+            cpu_relax();
+        else
+            sched_yield();
+    }
+}
+
+static int pool_init(pool *p, int n) {
+    memset(p, 0, sizeof *p);
+    p->n = n;
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->cv, NULL);
+    if (n <= 1)
+        return 0;
+    p->th = calloc((size_t)n, sizeof(pthread_t));
+    for (int i = 1; i < n; i++) {
+        worker_arg *wa = malloc(sizeof *wa);
+        wa->p = p;
+        wa->tid = i;
+        if (pthread_create(&p->th[i], NULL, worker_main, wa) != 0) {
+            p->n = i;
+            free(wa);
+            break;
+        }
+    }
+    return 0;
+}
+
+static void pool_destroy(pool *p) {
+    if (p->n > 1) {
+        atomic_store(&p->stop, 1);
+        pthread_mutex_lock(&p->mu);
+        atomic_fetch_add(&p->gen, 1);
+        pthread_cond_broadcast(&p->cv);
+        pthread_mutex_unlock(&p->mu);
+        for (int i = 1; i < p->n; i++)
+            pthread_join(p->th[i], NULL);
+    }
+    free(p->th);
+    pthread_mutex_destroy(&p->mu);
+    pthread_cond_destroy(&p->cv);
+}
+
+/* ------------------------------------------------------------------ model, stream */
+
+struct lmz_model {
+    int n_layer, n_embd, n_ff, n_head, n_kv, head_dim, n_vocab, bos;
+    double rope_base;
+    float eps;
+    tensor tok_embd, out_norm;
+    layer *layers;
+    void *map;
+    size_t map_size;
+    double inv_freq[32];
+    const isa_kernels *k;
+    pool pool;
+    pthread_mutex_t eval_lock;
+    /* work buffers, grown on demand */
+    size_t cap_tokens;
+    float *x, *xb, *q, *kk, *vv, *ao, *hb, *tmp, *logit_tmp;
+    act a_embd, a_ff;
+    int32_t *tok_stream;
+    int64_t *tok_pos;
+    float *rope_tab; /* per token: cos_p[32], sin_p[32], cos_sink[32], sin_sink[32] */
+    int *sel;
+    float *scratch; /* per thread: slot scores + e */
+    size_t scratch_per_thread;
+};
+
+struct lmz_stream {
+    lmz_model *m;
+    int W, C;      /* window; ring slots (multiple of 16) */
+    int64_t n;     /* tokens evaluated = the next position */
+    uint16_t *kc;  /* [layer][kv head][C/16][64][16] f16, rotated at the absolute position */
+    uint16_t *vc;  /* [layer][kv head][C][64] f16 */
+    float *sink_k; /* [layer][kv head * 64] the start token's key, not rotated */
+    float *sink_v;
+    size_t bytes;
+};
+
+/* ------------------------------------------------------------------ kernels: scalar (the definition) */
+
+/* a = round-half-even(x * (127 / amax)), s = amax / 127, per 32-block; amax == 0: zeros */
+static void quantize_row(const float *x, int K, int8_t *q, float *s, float *sa, int32_t *sum) {
+    for (int b = 0; b < K / 32; b++) {
+        const float *xb = x + 32 * b;
+        float amax = 0.0f;
+        for (int i = 0; i < 32; i++) {
+            float v = f_from_bits(f_bits(xb[i]) & 0x7fffffffu);
+            amax = v > amax ? v : amax;
+        }
+        int32_t acc = 0;
+        if (amax == 0.0f) {
+            memset(q + 32 * b, 0, 32);
+            s[b] = 0.0f;
+        } else {
+            float inv = 127.0f / amax;
+            for (int i = 0; i < 32; i++) {
+                float v = xb[i] * inv;
+                float r = (v + 12582912.0f) - 12582912.0f;
+                int32_t qi = (int32_t)r;
+                qi = qi > 127 ? 127 : (qi < -127 ? -127 : qi);
+                q[32 * b + i] = (int8_t)qi;
+                acc += qi;
+            }
+            s[b] = amax / 127.0f;
+        }
+        sum[b] = acc;
+        sa[b] = s[b] * (float)acc;
+    }
+}
+
+static float H2F[65536];
+
+/* Q4_1: out[t][16g+l] = sum over blocks b in order of
+ *   acc = acc + ((d * s_b) * isum + m * sa_b),  isum = sum_j q_j a_j (exact int32) */
+static void mm_q4_scalar(const uint8_t *W, int K, int g0, int g1, const act *x, int t0, int T, float *out, int ldo) {
+    int nb = K / 32;
+    for (int g = g0; g < g1; g++) {
+        const uint8_t *Wg = W + (size_t)g * nb * Q4_GB;
+        for (int t = t0; t < T; t++) {
+            const int8_t *a = x->q + (size_t)t * K;
+            const float *s = x->s + (size_t)t * nb, *sa = x->sa + (size_t)t * nb;
+            float acc[16] = {0};
+            for (int b = 0; b < nb; b++) {
+                const uint8_t *B = Wg + (size_t)b * Q4_GB;
+                const int8_t *ab = a + 32 * b;
+                const uint16_t *dh = (const uint16_t *)(B + 256), *mh = (const uint16_t *)(B + 288);
+                for (int l = 0; l < 16; l++) {
+                    int32_t isum = 0;
+                    for (int c = 0; c < 4; c++)
+                        for (int j = 0; j < 4; j++) {
+                            int w = B[64 * c + 4 * l + j];
+                            isum += (w & 15) * ab[8 * c + j] + (w >> 4) * ab[8 * c + 4 + j];
+                        }
+                    acc[l] = acc[l] + ((H2F[dh[l]] * s[b]) * (float)isum + H2F[mh[l]] * sa[b]);
+                }
+            }
+            for (int l = 0; l < 16; l++)
+                out[(size_t)t * ldo + 16 * g + l] = acc[l];
+        }
+    }
+}
+
+/* Q8_0: acc = acc + (d * s_b) * isum, isum = sum_j q_j a_j (exact; stored as q + 128) */
+static void mm_q8_scalar(const uint8_t *W, int K, int g0, int g1, const act *x, int t0, int T, float *out, int ldo) {
+    int nb = K / 32;
+    for (int g = g0; g < g1; g++) {
+        const uint8_t *Wg = W + (size_t)g * nb * Q8_GB;
+        for (int t = t0; t < T; t++) {
+            const int8_t *a = x->q + (size_t)t * K;
+            const float *s = x->s + (size_t)t * nb;
+            float acc[16] = {0};
+            for (int b = 0; b < nb; b++) {
+                const uint8_t *B = Wg + (size_t)b * Q8_GB;
+                const int8_t *ab = a + 32 * b;
+                const uint16_t *dh = (const uint16_t *)(B + 512);
+                for (int l = 0; l < 16; l++) {
+                    int32_t isum = 0;
+                    for (int c = 0; c < 8; c++)
+                        for (int j = 0; j < 4; j++)
+                            isum += ((int)B[64 * c + 4 * l + j] - 128) * ab[4 * c + j];
+                    acc[l] = acc[l] + (H2F[dh[l]] * s[b]) * (float)isum;
+                }
+            }
+            for (int l = 0; l < 16; l++)
+                out[(size_t)t * ldo + 16 * g + l] = acc[l];
+        }
+    }
+}
+
+/* attention, plain C (scalar: not vectorized) */
+#define CVT16(dst, src)                                                                                    \
+    do {                                                                                                   \
+        for (int _i = 0; _i < 16; _i++)                                                                    \
+            (dst)[_i] = h2f((src)[_i]);                                                                    \
+    } while (0)
+#define ATTN_FN __attribute__((optimize("no-tree-vectorize"))) attn_scalar
+#include "attn.inc"
+#undef ATTN_FN
+/* the same C, vectorized for the baseline (SSE2 on x86-64, NEON/ASIMD on aarch64) */
+#define ATTN_FN attn_generic
+#include "attn.inc"
+#undef ATTN_FN
+#undef CVT16
+
+static const isa_kernels K_SCALAR = {"scalar", mm_q4_scalar, mm_q8_scalar, attn_scalar};
+#if defined(__x86_64__)
+#define GENERIC_NAME "sse2"
+#else
+#define GENERIC_NAME "generic"
+#endif
+static const isa_kernels K_GENERIC = {GENERIC_NAME, mm_q4_scalar, mm_q8_scalar, attn_generic};
+
+/* ------------------------------------------------------------------ kernels: x86 SIMD */
+#if defined(LMZ_X86)
+#include "kernels_x86.inc"
+#endif
+
+static const isa_kernels *pick_isa(const char *want, char *err, size_t errlen) {
+    const char *env = getenv("LMZIP_ENGINE_ISA");
+    if (!want || !*want)
+        want = env && *env ? env : "auto";
+#if defined(LMZ_X86)
+    __builtin_cpu_init();
+    int has_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    int has_f16c = x86_has_f16c();
+    int has_avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                     __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+    has_avx2 = has_avx2 && has_f16c;
+    if (!strcmp(want, "auto"))
+        return has_avx512 ? &K_AVX512 : has_avx2 ? &K_AVX2 : &K_GENERIC;
+    if (!strcmp(want, "avx512")) {
+        if (has_avx512)
+            return &K_AVX512;
+        snprintf(err, errlen, "LMZIP_ENGINE_ISA=avx512: this CPU lacks AVX-512 F/BW/VL/VNNI");
+        return NULL;
+    }
+    if (!strcmp(want, "avx2")) {
+        if (has_avx2)
+            return &K_AVX2;
+        snprintf(err, errlen, "LMZIP_ENGINE_ISA=avx2: this CPU lacks AVX2/F16C");
+        return NULL;
+    }
+    if (!strcmp(want, "sse2"))
+        return &K_GENERIC;
+#else
+    if (!strcmp(want, "auto") || !strcmp(want, "generic"))
+        return &K_GENERIC;
+#endif
+    if (!strcmp(want, "scalar"))
+        return &K_SCALAR;
+    snprintf(err, errlen, "unknown or unavailable engine ISA '%s' (scalar, sse2, avx2, avx512)", want);
+    return NULL;
+}
+
+/* ------------------------------------------------------------------ loading */
+
+static int read_u32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return (int)v; }
+
+lmz_model *lmz_load(const char *path, int threads, const char *isa, char *err, size_t errlen) {
+    char dummy[8];
+    if (!err) {
+        err = dummy;
+        errlen = sizeof dummy;
+    }
+    const isa_kernels *k = pick_isa(isa, err, errlen);
+    if (!k)
+        return NULL;
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) {
+        snprintf(err, errlen, "cannot open %s: %s", path, strerror(errno));
+        return NULL;
+    }
+    struct stat st;
+    if (fstat(fd, &st) != 0 || st.st_size < 256) {
+        close(fd);
+        snprintf(err, errlen, "%s: not an engine weights file", path);
+        return NULL;
+    }
+    size_t size = (size_t)st.st_size;
+    void *map = mmap(NULL, size, PROT_READ, MAP_SHARED, fd, 0);
+    close(fd);
+    if (map == MAP_FAILED) {
+        snprintf(err, errlen, "cannot map %s: %s", path, strerror(errno));
+        return NULL;
+    }
+    const uint8_t *h = map;
+    if (memcmp(h, "LMZENG\0\1", 8) != 0 || read_u32(h + 8) != LMZ_ENGINE_FORMAT) {
+        munmap(map, size);
+        snprintf(err, errlen, "%s: not an engine weights file of format %d", path, LMZ_ENGINE_FORMAT);
+        return NULL;
+    }
+    lmz_model *m = calloc(1, sizeof *m);
+    m->map = map;
+    m->map_size = size;
+    m->k = k;
+    m->n_layer = read_u32(h + 12);
+    m->n_embd = read_u32(h + 16);
+    m->n_ff = read_u32(h + 20);
+    m->n_head = read_u32(h + 24);
+    m->n_kv = read_u32(h + 28);
+    m->head_dim = read_u32(h + 32);
+    m->n_vocab = read_u32(h + 36);
+    int rope_dim = read_u32(h + 40);
+    m->bos = read_u32(h + 44);
+    memcpy(&m->rope_base, h + 48, 8);
+    memcpy(&m->eps, h + 56, 4);
+    int n_t = read_u32(h + 60);
+    if (m->head_dim != 64 || rope_dim != 64 || n_t != 2 + 9 * m->n_layer || m->n_head % m->n_kv ||
+        m->n_embd != m->n_head * 64 || m->n_embd % 32 || m->n_ff % 32 || m->n_vocab % 16) {
+        lmz_free(m);
+        snprintf(err, errlen, "%s: unsupported model shape", path);
+        return NULL;
+    }
+    tensor *all = calloc((size_t)n_t, sizeof(tensor));
+    for (int i = 0; i < n_t; i++) {
+        const uint8_t *e = h + 256 + 32 * i;
+        uint64_t off, sz;
+        memcpy(&off, e + 16, 8);
+        memcpy(&sz, e + 24, 8);
+        if (off + sz > size) {
+            free(all);
+            lmz_free(m);
+            snprintf(err, errlen, "%s: truncated", path);
+            return NULL;
+        }
+        all[i].type = read_u32(e);
+        all[i].rows = read_u32(e + 4);
+        all[i].cols = read_u32(e + 8);
+        all[i].data = h + off;
+    }
+    m->tok_embd = all[0];
+    m->out_norm = all[1];
+    m->layers = calloc((size_t)m->n_layer, sizeof(layer));
+    for (int l = 0; l < m->n_layer; l++) {
+        tensor *t = all + 2 + 9 * l;
+        layer *L = m->layers + l;
+        L->attn_norm = t[0], L->wq = t[1], L->wk = t[2], L->wv = t[3], L->wo = t[4];
+        L->ffn_norm = t[5], L->wg = t[6], L->wu = t[7], L->wd = t[8];
+    }
+    free(all);
+    if (m->tok_embd.type != T_Q8_0) {
+        lmz_free(m);
+        snprintf(err, errlen, "%s: the token embedding must be Q8_0", path);
+        return NULL;
+    }
+    /* inv_freq[i] = base^(-2i/64) = exp(-(2i/64) ln base), in double with the engine's own functions */
+    double lb = log_d(m->rope_base);
+    for (int i = 0; i < 32; i++)
+        m->inv_freq[i] = exp_d(-((double)(2 * i) / 64.0) * lb);
+    if (!H2F[0x3c00])
+        for (int i = 0; i < 65536; i++)
+            H2F[i] = h2f((uint16_t)i);
+    pthread_mutex_init(&m->eval_lock, NULL);
+    pool_init(&m->pool, threads < 1 ? 1 : threads);
+    return m;
+}
+
+static void free_buffers(lmz_model *m) {
+    free(m->x), free(m->xb), free(m->q), free(m->kk), free(m->vv), free(m->ao), free(m->hb), free(m->tmp);
+    free(m->logit_tmp);
+    free(m->a_embd.q), free(m->a_embd.s), free(m->a_embd.sa), free(m->a_embd.sum);
+    free(m->a_ff.q), free(m->a_ff.s), free(m->a_ff.sa), free(m->a_ff.sum);
+    free(m->tok_stream), free(m->tok_pos), free(m->rope_tab), free(m->sel);
+}
+
+void lmz_free(lmz_model *m) {
+    if (!m)
+        return;
+    if (m->layers) {
+        pool_destroy(&m->pool);
+        pthread_mutex_destroy(&m->eval_lock);
+    }
+    free_buffers(m);
+    free(m->scratch);
+    free(m->layers);
+    if (m->map)
+        munmap(m->map, m->map_size);
+    free(m);
+}
+
+int lmz_n_vocab(const lmz_model *m) { return m->n_vocab; }
+int lmz_bos(const lmz_model *m) { return m->bos; }
+const char *lmz_isa(const lmz_model *m) { return m->k->name; }
+int lmz_threads(const lmz_model *m) { return m->pool.n; }
+
+lmz_stream *lmz_stream_new(lmz_model *m, int context) {
+    if (context < 16 || context > 65536)
+        return NULL;
+    lmz_stream *s = calloc(1, sizeof *s);
+    s->m = m;
+    s->W = context;
+    s->C = ((context - 1) + (LMZ_MAX_STEP - 1) + 15) & ~15;
+    size_t per = (size_t)m->n_layer * m->n_kv * s->C * 64;
+    s->kc = calloc(per, sizeof(uint16_t));
+    s->vc = calloc(per, sizeof(uint16_t));
+    s->sink_k = calloc((size_t)m->n_layer * m->n_kv * 64, sizeof(float));
+    s->sink_v = calloc((size_t)m->n_layer * m->n_kv * 64, sizeof(float));
+    s->bytes = 2 * per * sizeof(uint16_t) + 2 * (size_t)m->n_layer * m->n_kv * 64 * sizeof(float);
+    if (!s->kc || !s->vc || !s->sink_k || !s->sink_v) {
+        lmz_stream_free(s);
+        return NULL;
+    }
+    return s;
+}
+
+void lmz_stream_free(lmz_stream *s) {
+    if (!s)
+        return;
+    free(s->kc), free(s->vc), free(s->sink_k), free(s->sink_v);
+    free(s);
+}
+
+int64_t lmz_stream_pos(const lmz_stream *s) { return s->n; }
+size_t lmz_stream_bytes(const lmz_stream *s) { return s->bytes; }
+
+/* ------------------------------------------------------------------ forward pass */
+
+static int grow(lmz_model *m, size_t T) {
+    if (T <= m->cap_tokens)
+        return 0;
+    free_buffers(m);
+    size_t E = (size_t)m->n_embd, F = (size_t)m->n_ff, KV = (size_t)m->n_kv * 64;
+#define ALLOC(p, n) if (!((p) = malloc((n) * sizeof(*(p)) + 64))) return -1
+    ALLOC(m->x, T * E);
+    ALLOC(m->xb, T * E);
+    ALLOC(m->q, T * E);
+    ALLOC(m->kk, T * KV);
+    ALLOC(m->vv, T * KV);
+    ALLOC(m->ao, T * E);
+    ALLOC(m->hb, T * 2 * F);
+    ALLOC(m->tmp, T * (E > F ? E : F));
+    ALLOC(m->logit_tmp, T * (size_t)m->n_vocab);
+    size_t Kmax = E > F ? E : F;
+    ALLOC(m->a_embd.q, T * E);
+    ALLOC(m->a_embd.s, T * E / 32);
+    ALLOC(m->a_embd.sa, T * E / 32);
+    ALLOC(m->a_embd.sum, T * E / 32);
+    ALLOC(m->a_ff.q, T * Kmax);
+    ALLOC(m->a_ff.s, T * Kmax / 32);
+    ALLOC(m->a_ff.sa, T * Kmax / 32);
+    ALLOC(m->a_ff.sum, T * Kmax / 32);
+    ALLOC(m->tok_stream, T);
+    ALLOC(m->tok_pos, T);
+    ALLOC(m->rope_tab, T * 128);
+    ALLOC(m->sel, T);
+#undef ALLOC
+    m->cap_tokens = T;
+    return 0;
+}
+
+/* y = (float)((double)x_i * r) * w_i, r = 1 / sqrt(sum_i x_i^2 / n + eps) in double,
+ * the sum sequential in index order */
+static void rmsnorm(float *y, const float *x, const float *w, int n, float eps) {
+    double ss = 0.0;
+    for (int i = 0; i < n; i++)
+        ss = ss + (double)x[i] * (double)x[i];
+    double r = 1.0 / __builtin_sqrt(ss / (double)n + (double)eps);
+    for (int i = 0; i < n; i++)
+        y[i] = (float)((double)x[i] * r) * w[i];
+}
+
+static void rope(float *x, const float *cs, const float *sn) {
+    for (int i = 0; i < 32; i++) {
+        float x0 = x[2 * i], x1 = x[2 * i + 1];
+        x[2 * i] = x0 * cs[i] - x1 * sn[i];
+        x[2 * i + 1] = x0 * sn[i] + x1 * cs[i];
+    }
+}
+
+static void rope_table(const lmz_model *m, int64_t pos, float *cs, float *sn) {
+    for (int i = 0; i < 32; i++) {
+        double s, c;
+        sincos_d((double)pos * m->inv_freq[i], &s, &c);
+        cs[i] = (float)c;
+        sn[i] = (float)s;
+    }
+}
+
+/* a matrix product job: several matrices over the same activations, split in units of
+ * `unit` groups of 16 rows among threads (each output computed by one thread) */
+typedef struct {
+    lmz_model *m;
+    int nmat;
+    const tensor *w[3];
+    float *out[3];
+    int ldo[3];
+    const act *x;
+    int T;
+    /* ffn gate/up: fuse SiLU * up and quantize h */
+    int ffn;
+} mm_job;
+
+static void mm_task(void *ctx, int tid, int nth) {
+    mm_job *j = ctx;
+    const isa_kernels *k = j->m->k;
+    if (j->ffn) { /* units of 32 rows of gate and up; then h and its quantized blocks */
+        int F = j->w[0]->rows, units = F / 32;
+        int u0 = (int)((int64_t)units * tid / nth), u1 = (int)((int64_t)units * (tid + 1) / nth);
+        if (u0 >= u1)
+            return;
+        int K = j->w[0]->cols;
+        k->q4(j->w[0]->data, K, 2 * u0, 2 * u1, j->x, 0, j->T, j->out[0], F);
+        k->q4(j->w[1]->data, K, 2 * u0, 2 * u1, j->x, 0, j->T, j->out[1], F);
+        lmz_model *m = j->m;
+        for (int t = 0; t < j->T; t++) {
+            float *g = j->out[0] + (size_t)t * F, *u = j->out[1] + (size_t)t * F;
+            for (int i = 32 * u0; i < 32 * u1; i++) {
+                float gi = g[i];
+                g[i] = (gi / (1.0f + exp_f(-gi))) * u[i];
+            }
+            quantize_row(g + 32 * u0, 32 * (u1 - u0), m->a_ff.q + (size_t)t * F + 32 * u0,
+                         m->a_ff.s + (size_t)t * (F / 32) + u0, m->a_ff.sa + (size_t)t * (F / 32) + u0,
+                         m->a_ff.sum + (size_t)t * (F / 32) + u0);
+        }
+        return;
+    }
+    int total = 0;
+    for (int i = 0; i < j->nmat; i++)
+        total += j->w[i]->rows / 16;
+    int g0 = (int)((int64_t)total * tid / nth), g1 = (int)((int64_t)total * (tid + 1) / nth);
+    int base = 0;
+    for (int i = 0; i < j->nmat; i++) {
+        int G = j->w[i]->rows / 16;
+        int a = g0 > base ? g0 - base : 0, b = g1 - base < G ? g1 - base : G;
+        if (a < b) {
+            mm_fn f = j->w[i]->type == T_Q8_0 ? k->q8 : k->q4;
+            f(j->w[i]->data, j->w[i]->cols, a, b, j->x, 0, j->T, j->out[i], j->ldo[i]);
+        }
+        base += G;
+    }
+}
+
+typedef struct {
+    lmz_model *m;
+    lmz_stream *const *streams;
+    int layer, T;
+} attn_job;
+
+static void attn_task(void *ctx, int tid, int nth) {
+    attn_job *j = ctx;
+    lmz_model *m = j->m;
+    int H = m->n_head, KVH = m->n_kv, gq = H / KVH, E = m->n_embd;
+    int total = j->T * H;
+    int a = (int)((int64_t)total * tid / nth), b = (int)((int64_t)total * (tid + 1) / nth);
+    float *slot_scores = m->scratch + (size_t)tid * m->scratch_per_thread;
+    for (int w = a; w < b; w++) {
+        int t = w / H, h = w % H, kvh = h / gq;
+        lmz_stream *s = j->streams[m->tok_stream[t]];
+        int64_t p = m->tok_pos[t];
+        int64_t lo = p - s->W + 2;
+        if (lo < 1)
+            lo = 1;
+        int n_ring = p >= 1 ? (int)(p - lo + 1) : 0;
+        size_t li = (size_t)j->layer * KVH + kvh;
+        float sk[64];
+        memcpy(sk, s->sink_k + li * 64, sizeof sk);
+        const float *rt = m->rope_tab + (size_t)t * 128;
+        rope(sk, rt + 64, rt + 96); /* the start token at the virtual position lo - 1 */
+        float *e = slot_scores + s->C + 16;
+        m->k->attn(m->q + (size_t)t * E + h * 64, sk, s->sink_v + li * 64, s->kc + li * (size_t)s->C * 64,
+                   s->vc + li * (size_t)s->C * 64, s->C, lo, n_ring, slot_scores, e, m->ao + (size_t)t * E + h * 64);
+    }
+}
+
+static void embed(const lmz_model *m, int token, float *x) {
+    int E = m->n_embd, nb = E / 32, g = token / 16, l = token % 16;
+    const uint8_t *Wg = m->tok_embd.data + (size_t)g * nb * Q8_GB;
+    for (int b = 0; b < nb; b++) {
+        const uint8_t *B = Wg + (size_t)b * Q8_GB;
+        float d = H2F[((const uint16_t *)(B + 512))[l]];
+        for (int c = 0; c < 8; c++)
+            for (int jj = 0; jj < 4; jj++)
+                x[32 * b + 4 * c + jj] = d * (float)((int)B[64 * c + 4 * l + jj] - 128); /* exact */
+    }
+}
+
+/* one step: tokens[i][0..cnt[i]) of streams i (cnt[i] <= LMZ_MAX_STEP, 0 = sits out) */
+static int step(lmz_model *m, int n, lmz_stream *const *streams, const int32_t *const *tokens, const int *cnt,
+                const int *want_logits, float *logits) {
+    int E = m->n_embd, F = m->n_ff, KVD = m->n_kv * 64, V = m->n_vocab;
+    size_t T = 0;
+    for (int i = 0; i < n; i++)
+        T += (size_t)cnt[i];
+    if (T == 0)
+        return 0;
+    if (grow(m, T))
+        return -1;
+    size_t need_scratch = 0;
+    for (int i = 0; i < n; i++)
+        if ((size_t)streams[i]->C * 2 + 64 > need_scratch)
+            need_scratch = (size_t)streams[i]->C * 2 + 64;
+    if (need_scratch > m->scratch_per_thread) {
+        free(m->scratch);
+        m->scratch = malloc(need_scratch * (m->pool.n > 1 ? 4 * m->pool.n : 1) * sizeof(float)); /* one per part */
+        if (!m->scratch)
+            return -1;
+        m->scratch_per_thread = need_scratch;
+    }
+    size_t t = 0;
+    for (int i = 0; i < n; i++)
+        for (int k = 0; k < cnt[i]; k++, t++) {
+            m->tok_stream[t] = i;
+            int64_t p = streams[i]->n + k;
+            m->tok_pos[t] = p;
+            int64_t lo = p - streams[i]->W + 2;
+            if (lo < 1)
+                lo = 1;
+            float *rt = m->rope_tab + t * 128;
+            rope_table(m, p, rt, rt + 32);
+            rope_table(m, lo - 1, rt + 64, rt + 96);
+            embed(m, tokens[i][k], m->x + t * E);
+        }
+    for (int l = 0; l < m->n_layer; l++) {
+        const layer *L = m->layers + l;
+        for (t = 0; t < T; t++) {
+            rmsnorm(m->xb + t * E, m->x + t * E, (const float *)L->attn_norm.data, E, m->eps);
+            quantize_row(m->xb + t * E, E, m->a_embd.q + t * E, m->a_embd.s + t * (E / 32),
+                         m->a_embd.sa + t * (E / 32), m->a_embd.sum + t * (E / 32));
+        }
+        mm_job qkv = {m, 3, {&L->wq, &L->wk, &L->wv}, {m->q, m->kk, m->vv}, {E, KVD, KVD}, &m->a_embd, (int)T, 0};
+        pool_run(&m->pool, mm_task, &qkv);
+        for (t = 0; t < T; t++) {
+            lmz_stream *s = streams[m->tok_stream[t]];
+            int64_t p = m->tok_pos[t];
+            const float *rt = m->rope_tab + t * 128;
+            float *q = m->q + t * E;
+            for (int h = 0; h < m->n_head; h++) {
+                rope(q + h * 64, rt, rt + 32);
+                for (int d = 0; d < 64; d++)
+                    q[h * 64 + d] = q[h * 64 + d] * 0.125f; /* 1/sqrt(64), exact */
+            }
+            for (int kvh = 0; kvh < m->n_kv; kvh++) {
+                float *kx = m->kk + t * KVD + kvh * 64, *vx = m->vv + t * KVD + kvh * 64;
+                size_t li = (size_t)l * m->n_kv + kvh;
+                if (p == 0) {
+                    memcpy(s->sink_k + li * 64, kx, 64 * sizeof(float));
+                    memcpy(s->sink_v + li * 64, vx, 64 * sizeof(float));
+                    continue;
+                }
+                rope(kx, rt, rt + 32);
+                int slot = (int)((p - 1) % s->C);
+                uint16_t *kb = s->kc + li * (size_t)s->C * 64 + (size_t)(slot / 16) * 1024 + slot % 16;
+                uint16_t *vb = s->vc + li * (size_t)s->C * 64 + (size_t)slot * 64;
+                for (int d = 0; d < 64; d++) {
+                    kb[d * 16] = f2h(kx[d]);
+                    vb[d] = f2h(vx[d]);
+                }
+            }
+        }
+        attn_job aj = {m, streams, l, (int)T};
+        pool_run(&m->pool, attn_task, &aj);
+        for (t = 0; t < T; t++)
+            quantize_row(m->ao + t * E, E, m->a_embd.q + t * E, m->a_embd.s + t * (E / 32),
+                         m->a_embd.sa + t * (E / 32), m->a_embd.sum + t * (E / 32));
+        mm_job o = {m, 1, {&L->wo}, {m->tmp}, {E}, &m->a_embd, (int)T, 0};
+        pool_run(&m->pool, mm_task, &o);
+        for (t = 0; t < T; t++) {
+            float *x = m->x + t * E, *y = m->tmp + t * E;
+            for (int i = 0; i < E; i++)
+                x[i] = x[i] + y[i];
+            rmsnorm(m->xb + t * E, x, (const float *)L->ffn_norm.data, E, m->eps);
+            quantize_row(m->xb + t * E, E, m->a_embd.q + t * E, m->a_embd.s + t * (E / 32),
+                         m->a_embd.sa + t * (E / 32), m->a_embd.sum + t * (E / 32));
+        }
+        mm_job gu = {m, 2, {&L->wg, &L->wu}, {m->hb, m->hb + T * F}, {F, F}, &m->a_embd, (int)T, 1};
+        pool_run(&m->pool, mm_task, &gu);
+        mm_job dn = {m, 1, {&L->wd}, {m->tmp}, {E}, &m->a_ff, (int)T, 0};
+        pool_run(&m->pool, mm_task, &dn);
+        for (t = 0; t < T; t++) {
+            float *x = m->x + t * E, *y = m->tmp + t * E;
+            for (int i = 0; i < E; i++)
+                x[i] = x[i] + y[i];
+        }
+    }
+    for (int i = 0; i < n; i++)
+        streams[i]->n += cnt[i];
+    /* logits of the last token of the streams that asked */
+    int ns = 0;
+    t = 0;
+    for (int i = 0; i < n; i++) {
+        t += (size_t)cnt[i];
+        if (cnt[i] > 0 && want_logits[i]) {
+            size_t last = t - 1;
+            rmsnorm(m->xb + ns * (size_t)E, m->x + last * E, (const float *)m->out_norm.data, E, m->eps);
+            quantize_row(m->xb + ns * (size_t)E, E, m->a_embd.q + ns * (size_t)E, m->a_embd.s + ns * (size_t)(E / 32),
+                         m->a_embd.sa + ns * (size_t)(E / 32), m->a_embd.sum + ns * (size_t)(E / 32));
+            m->sel[ns++] = i;
+        }
+    }
+    if (ns) {
+        mm_job hd = {m, 1, {&m->tok_embd}, {m->logit_tmp}, {V}, &m->a_embd, ns, 0};
+        pool_run(&m->pool, mm_task, &hd);
+        for (int k = 0; k < ns; k++)
+            memcpy(logits + (size_t)m->sel[k] * V, m->logit_tmp + (size_t)k * V, (size_t)V * sizeof(float));
+    }
+    return 0;
+}
+
+int lmz_eval(lmz_model *m, int n, lmz_stream *const *streams, const int32_t *const *tokens, const int *counts,
+             float *logits) {
+    for (int i = 0; i < n; i++) {
+        if (counts[i] < 1 || streams[i]->m != m)
+            return -1;
+        for (int k = 0; k < counts[i]; k++)
+            if (tokens[i][k] < 0 || tokens[i][k] >= m->n_vocab)
+                return -1;
+    }
+    int *cnt = malloc(sizeof(int) * (size_t)n * 2);
+    const int32_t **tk = malloc(sizeof(*tk) * (size_t)n);
+    if (!cnt || !tk) {
+        free(cnt), free(tk);
+        return -1;
+    }
+    int *want = cnt + n;
+    int rc = 0;
+    pthread_mutex_lock(&m->eval_lock);
+    for (int done = 0;; done += LMZ_MAX_STEP) {
+        int any = 0;
+        for (int i = 0; i < n; i++) {
+            int left = counts[i] - done;
+            cnt[i] = left <= 0 ? 0 : left > LMZ_MAX_STEP ? LMZ_MAX_STEP : left;
+            want[i] = left > 0 && left <= LMZ_MAX_STEP;
+            tk[i] = tokens[i] + done;
+            any |= cnt[i] > 0;
+        }
+        if (!any)
+            break;
+        if ((rc = step(m, n, streams, tk, cnt, want, logits)) != 0)
+            break;
+    }
+    pthread_mutex_unlock(&m->eval_lock);
+    free(cnt), free(tk);
+    return rc;
+}

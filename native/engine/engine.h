@@ -1,0 +1,54 @@
+/* lmzip's portable deterministic inference engine (docs/engine.md).
+ *
+ * A llama-architecture model (Q4_1/Q8_0 weights) evaluated with logits that are
+ * bit-identical on every CPU, compiler, SIMD width, thread count and batch grouping.
+ * Plain C11 + pthreads, no Python.
+ */
+#ifndef LMZ_ENGINE_H
+#define LMZ_ENGINE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* The numerics version: part of every file's fingerprint ("portable 1"). */
+#define LMZ_ENGINE_NUMERICS 1
+/* The weights file layout this engine reads. */
+#define LMZ_ENGINE_FORMAT 1
+/* Most tokens of one stream evaluated in one internal pass (bigger calls are split;
+ * results do not depend on it). */
+#define LMZ_MAX_STEP 32
+
+typedef struct lmz_model lmz_model;
+typedef struct lmz_stream lmz_stream;
+
+/* Load an engine weights file (mmap).  threads >= 1.  isa: NULL or "" = best the CPU
+ * has (or $LMZIP_ENGINE_ISA), else "scalar", "sse2", "avx2", "avx512".  On error
+ * returns NULL and writes a message into err (errlen bytes). */
+lmz_model *lmz_load(const char *path, int threads, const char *isa, char *err, size_t errlen);
+void lmz_free(lmz_model *m);
+int lmz_n_vocab(const lmz_model *m);
+int lmz_bos(const lmz_model *m);
+const char *lmz_isa(const lmz_model *m);
+int lmz_threads(const lmz_model *m);
+
+/* A stream with an empty context and a window of `context` tokens (16..65536). */
+lmz_stream *lmz_stream_new(lmz_model *m, int context);
+void lmz_stream_free(lmz_stream *s);
+int64_t lmz_stream_pos(const lmz_stream *s);
+size_t lmz_stream_bytes(const lmz_stream *s);
+
+/* Evaluate, for each of n streams, the tokens tokens[i][0..counts[i]) appended to its
+ * context (counts[i] >= 1), in one call: the weights are read once per step for all
+ * of them.  The logits after each stream's last token go to logits + i * n_vocab
+ * (float32).  Returns 0, or -1 on a bad argument (a token out of range). */
+int lmz_eval(lmz_model *m, int n, lmz_stream *const *streams, const int32_t *const *tokens,
+             const int *counts, float *logits);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
