@@ -23,6 +23,7 @@ from ..core import (
 from ..errors import LMZipError
 from ..predictors.registry import (
     BACKENDS,
+    DEFAULT_BACKEND,
     DEFAULT_CONTEXT,
     DEFAULT_MODEL,
     MAX_CONTEXT,
@@ -160,9 +161,12 @@ def main() -> None:
 @click.option("--method", type=click.Choice(METHODS), default="auto", show_default=True,
               help="auto: text to the model, binary data to LZMA (or stored), whichever codes a chunk "
                    "smaller; model: every chunk through the model; classic: no model.")
-@click.option("--backend", type=click.Choice(BACKENDS), default="llama.cpp", show_default=True,
-              help="What runs the model: llama.cpp, or torch (transformers; pip install 'lmzip[torch]'; "
-                   "also takes a Hugging Face model folder as --model). Stored in the file.")
+@click.option("--backend", type=click.Choice(BACKENDS), default=DEFAULT_BACKEND, show_default=True,
+              help="What runs the model: portable (lmzip's own engine: the same logits on every CPU, so "
+                   "the file decodes on any machine), llama.cpp (pip install 'lmzip[llamacpp]'; decodes only "
+                   "where llama.cpp is built for the same CPU kernels), or torch (transformers; "
+                   "pip install 'lmzip[torch]'; also takes a Hugging Face model folder as --model). "
+                   "Stored in the file.")
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32",
               show_default=True, help="Precision of the torch backend (stored in the file).")
 @click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda|cuda:N",

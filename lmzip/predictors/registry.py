@@ -30,6 +30,7 @@ __all__ = [
     "file_sha256",
     "cache_dir",
     "BACKENDS",
+    "DEFAULT_BACKEND",
 ]
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -169,11 +170,13 @@ def _spec_for(name: str) -> ModelSpec | None:
 _loaded: dict[tuple, Model] = {}
 
 
-BACKENDS = ("llama.cpp", "torch")
+BACKENDS = ("portable", "llama.cpp", "torch")
+#: the backend ``load_model`` and ``lmzip compress`` use unless told otherwise
+DEFAULT_BACKEND = "llama.cpp"
 
 
 def load_model(name_or_path: str | os.PathLike | None = None, *, context: int | None = None,
-               threads: int | None = None, mix=None, backend: str = "llama.cpp", dtype: str = "float32",
+               threads: int | None = None, mix=None, backend: str | None = None, dtype: str = "float32",
                streams: int = 1, device: str = "auto") -> Model:
     """Load a model by registry name or GGUF path (cached: the last few stay loaded).
 
@@ -182,7 +185,10 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, context: int | 
     :data:`lmzip.predictors.mixing.NO_MIX` for the bare model.  For ``ngram`` it sets the byte
     model's settings; ``order1`` ignores it.
 
-    ``backend="torch"`` runs the language model with PyTorch through transformers (the
+    ``backend`` (default :data:`DEFAULT_BACKEND`): ``"portable"`` is lmzip's own engine,
+    whose logits are the same on every machine (:mod:`lmzip.predictors.portable`);
+    ``"llama.cpp"`` runs llama-cpp-python (the ``llamacpp`` extra), whose logits depend
+    on the CPU kernels it was built for.  ``backend="torch"`` runs the language model with PyTorch through transformers (the
     ``torch`` extra): from the same GGUF files, or from a local Hugging Face model folder
     given as ``name_or_path``; ``dtype``, ``streams`` and ``device`` are its settings
     (:class:`lmzip.predictors.torch_backend.TorchModel`).
@@ -190,6 +196,7 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, context: int | 
     from .mixing import DEFAULT_MIX, MixedModel
 
     name_or_path = os.fspath(name_or_path) if name_or_path is not None else DEFAULT_MODEL
+    backend = DEFAULT_BACKEND if backend is None else backend
     context = DEFAULT_CONTEXT if context is None else int(context)
     if not MIN_CONTEXT <= context <= MAX_CONTEXT:
         raise ValueError(f"context must be between {MIN_CONTEXT} and {MAX_CONTEXT} tokens")
@@ -207,6 +214,8 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, context: int | 
     else:
         if backend == "torch":
             llm = _load_torch(name_or_path, spec, context, threads, dtype, streams, device)
+        elif backend == "portable":
+            llm = _load_portable(name_or_path, spec, context, threads)
         else:
             llm = _load_llm(name_or_path, spec, context, threads)
         mix = DEFAULT_MIX if mix is None else mix
@@ -243,12 +252,36 @@ def _checked_sha256(path: Path, spec: ModelSpec | None) -> str:
     return sha
 
 
+def _load_portable(name_or_path: str, spec: ModelSpec | None, context: int, threads: int | None) -> Model:
+    path, name = _locate(name_or_path, spec)
+    from .portable import default_threads
+
+    threads = int(threads) if threads else default_threads()  # fixed per engine: part of the key
+    key = ("portable", str(Path(path).resolve()), context, threads)
+    model = _loaded.get(key)
+    if model is None or model.closed:
+        from .gguf_tokenizer import GGUFTokenizer
+        from .portable import PortableModel
+
+        sha = _checked_sha256(path, spec)
+        model = PortableModel(path, name=name, sha256=sha, context=context, threads=threads,
+                              tokenize_text=GGUFTokenizer(path).tokenize_text)
+        _remember(key, model)
+    return model
+
+
 def _load_llm(name_or_path: str, spec: ModelSpec | None, context: int, threads: int | None) -> Model:
     path, name = _locate(name_or_path, spec)
     key = (str(Path(path).resolve()), context)
     model = _loaded.get(key)
     if model is None or model.closed:
-        from .llamacpp import LlamaCppModel
+        try:
+            from .llamacpp import LlamaCppModel, _llama
+
+            _llama()
+        except ModelNotFoundError:
+            raise ModelNotFoundError("the llama.cpp backend needs llama-cpp-python, which is not installed: "
+                                     "pip install 'lmzip[llamacpp]' (it builds llama.cpp, about 10 minutes)") from None
 
         sha = _checked_sha256(path, spec)
         model = LlamaCppModel(path, name=name, sha256=sha, context=context, threads=threads)
@@ -353,7 +386,9 @@ def model_for_header(header: StreamHeader, model: str | os.PathLike | Model | No
                                   from_param=True)
                 found = MixedModel(llm, mix) if mix.enabled else llm
             else:
-                found = load_model(wanted, context=context, threads=threads, mix=mix)
+                # files name their backend; before the portable engine every LLM file was llama.cpp's
+                which = "portable" if isinstance(backend, str) and backend.startswith("portable") else "llama.cpp"
+                found = load_model(wanted, context=context, threads=threads, mix=mix, backend=which)
         except ModelNotFoundError as exc:
             if model is None:
                 raise ModelNotFoundError(f"this file needs model '{wanted}': {exc}") from None
