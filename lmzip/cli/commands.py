@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import os
 import sys
 import time
 from pathlib import Path
@@ -54,6 +55,8 @@ Exit status:
        the other files are still processed
   2    usage error (bad option or argument)
   130  interrupted (Ctrl-C); no partial output is left behind"""
+
+MODEL_ENV = "LMZIP_MODEL"  # the model compress uses without -m (decompression reads it from the file)
 
 
 # ---------------------------------------------------------------------------- commands
@@ -171,7 +174,10 @@ def main() -> None:
 def compress(files, output, to_stdout, keep, rm, force, quiet, verbose, progress, model, threads,
              context, chunk_size, streams, use_mix, orders, match_len, mix_rate, llm_rate, bias_rate,
              skip, method, backend, dtype, device, workers, ray_address) -> None:
-    """Compress FILES to FILE.lmz with a language model."""
+    """Compress FILES to FILE.lmz with a language model.
+
+    Without -m, the model is $LMZIP_MODEL if that is set, else the default model."""
+    model = model or os.environ.get(MODEL_ENV) or None
     job = Job(output=output, stdout=to_stdout, keep=keep, rm=rm, force=force, quiet=quiet,
               verbose=verbose, progress=progress)
     names = _files_or_stdin(files)
@@ -403,6 +409,18 @@ def test(files, quiet, progress, model, threads, workers, ray_address) -> None:
         executors.close()
 
 
+def _scan_file(name: str):
+    """The streams of one .lmz file (or of stdin, read whole), checked but not decoded."""
+    fin, src, _ = _open_input(name)
+    try:
+        if src is None or not fin.seekable():
+            fin = io.BytesIO(fin.read())
+        return scan_streams(fin)
+    finally:
+        if src is not None:
+            fin.close()
+
+
 @main.command(epilog=EXIT_CODES)
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=True, allow_dash=True))
 def info(files) -> None:
@@ -411,14 +429,7 @@ def info(files) -> None:
               progress=False)
 
     def work(name: str) -> None:
-        fin, src, _ = _open_input(name)
-        try:
-            if src is None or not fin.seekable():
-                fin = io.BytesIO(fin.read())
-            streams = scan_streams(fin)
-        finally:
-            if src is not None:
-                fin.close()
+        streams = _scan_file(name)
         click.echo(f"{name}:")
         for number, s in enumerate(streams, 1):
             if len(streams) > 1:
