@@ -13,6 +13,6 @@
 The command line sits on top: nothing else in lmzip imports it.
 """
 
-from .commands import main, run
+from .commands import lmzcat, main, run
 
-__all__ = ["main", "run"]
+__all__ = ["lmzcat", "main", "run"]
