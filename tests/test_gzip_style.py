@@ -13,6 +13,7 @@ import pytest
 import lmzip
 
 from .conftest import corpus_slice
+from .test_cli import assert_one_line_error, sample  # noqa: F401  (sample: a fixture)
 
 ROOT = Path(lmzip.__file__).resolve().parent.parent
 LMZIP = [sys.executable, "-m", "lmzip"]
@@ -33,20 +34,6 @@ def run(*args, input=None, cwd=None, check=None, command=LMZIP, **extra_env):
     if check is not None:
         assert proc.returncode == check, (proc.returncode, proc.stderr.decode())
     return proc
-
-
-def assert_one_line_error(proc, code=1):
-    err = proc.stderr.decode()
-    assert proc.returncode == code, err
-    assert "Traceback" not in err
-    assert err.startswith("lmzip: ") and err.count("\n") == 1, err
-
-
-@pytest.fixture()
-def sample(tmp_path):
-    path = tmp_path / "sample.txt"
-    path.write_bytes(corpus_slice("xargs.1", 0, 2000))
-    return path
 
 
 @pytest.fixture()
