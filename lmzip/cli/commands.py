@@ -536,6 +536,9 @@ for _command in _MEASURING:
 # ---------------------------------------------------------------------------- gzip style
 
 class GzipStyle(click.Command):
+    def format_usage(self, ctx, formatter) -> None:
+        formatter.write_usage(ctx.command_path, "[OPTIONS] [FILE]...")
+
     def get_help(self, ctx) -> str:
         """-h/--help: the group's help, which lists both ways of calling lmzip."""
         with click.Context(main, info_name=ctx.info_name) as group:
