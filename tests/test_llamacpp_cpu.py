@@ -94,7 +94,8 @@ def test_files_from_before_the_kernels_key_still_decode(llm):
 
 def test_a_native_crash_is_one_line_and_exits_non_zero(tmp_path):
     pytest.importorskip("lmzip._crashguard")
-    crash = "import ctypes; from lmzip.cli.commands import _report_native_crashes; _report_native_crashes(); ctypes.string_at(0)"
+    crash = ("import ctypes; from lmzip.cli.commands import _report_native_crashes; "
+             "_report_native_crashes(); ctypes.string_at(0)")
     proc = subprocess.run([sys.executable, "-c", crash], capture_output=True, text=True, timeout=60,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode != 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import os
 import sys
 import time
 from pathlib import Path
@@ -55,6 +56,8 @@ Exit status:
        the other files are still processed
   2    usage error (bad option or argument)
   130  interrupted (Ctrl-C); no partial output is left behind"""
+
+MODEL_ENV = "LMZIP_MODEL"  # the model compress uses without -m (decompression reads it from the file)
 
 
 # ---------------------------------------------------------------------------- commands
@@ -113,13 +116,57 @@ def worker_options(f):
                              "process.")(f)
 
 
-@click.group(epilog=EXIT_CODES, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, "-V", "--version", prog_name="lmzip",
-                      message=f"%(prog)s %(version)s (CDF backend: {cdf.backend})")
+VERSION_MESSAGE = f"%(prog)s %(version)s (CDF backend: {cdf.backend})"
+
+
+class LMZipGroup(click.Group):
+    """The group, which is also a gzip-style command: ``lmzip [OPTIONS] [FILE]...``.
+
+    The first argument names a subcommand only if it is exactly one of their names;
+    any other argument list (none at all, an option first, a file first) goes to the
+    gzip-style command, ``gzip_style`` below.
+    """
+
+    def main(self, args=None, prog_name=None, **extra):
+        args = list(sys.argv[1:] if args is None else args)
+        if args and args[0] in self.commands:
+            return super().main(args, prog_name, **extra)
+        return gzip_style.main(args, prog_name=prog_name or "lmzip", **extra)
+
+    def format_usage(self, ctx, formatter) -> None:
+        formatter.write_usage(ctx.command_path, "[OPTIONS] [FILE]...")
+        formatter.write_usage(ctx.command_path, "COMMAND [ARGS]...", prefix="       ")
+
+    def format_options(self, ctx, formatter) -> None:
+        with click.Context(gzip_style, info_name=ctx.info_name) as own:
+            gzip_style.format_options(own, formatter)  # -d, -t, -l and the compress options
+        self.format_commands(ctx, formatter)
+
+
+@click.group(cls=LMZipGroup, epilog=EXIT_CODES, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "-V", "--version", prog_name="lmzip", message=VERSION_MESSAGE)
 def main() -> None:
     """Lossless compression of text with the probabilities of a language model.
 
     \b
+    As gzip, xz and zstd:
+      lmzip FILE...              FILE -> FILE.lmz (the input is kept)
+      lmzip -d FILE.lmz...       FILE.lmz -> FILE
+      lmzip -t FILE.lmz...       decompress and verify, write nothing
+      lmzip -l FILE.lmz...       one line per file: sizes, bits per byte, model
+      lmzip < in > out.lmz       no FILE, or -: standard input to standard output,
+      lmzip -d < out.lmz > in    so tar -I lmzip and other tools' compressors work
+      lmzcat FILE.lmz...         lmzip -dc FILE.lmz...
+
+    \b
+    The first argument is a command only if it is exactly a command's name:
+    lmzip -- compress, lmzip ./compress and lmzip -v compress all compress the
+    file "compress"; -- ends the options, every later word is a file. A first
+    argument that is neither a command, an option nor an existing file is a usage
+    error (a mistyped command). Without -m, compression uses $LMZIP_MODEL if set.
+
+    \b
+    Commands (the same, with more options for each):
       lmzip compress FILE        FILE -> FILE.lmz (the input is kept)
       lmzip decompress FILE.lmz  FILE.lmz -> FILE
       lmzip test FILE.lmz        decompress and verify, write nothing
@@ -175,7 +222,10 @@ def main() -> None:
 def compress(files, output, to_stdout, keep, rm, force, quiet, verbose, progress, model, threads,
              context, chunk_size, streams, use_mix, orders, match_len, mix_rate, llm_rate, bias_rate,
              skip, method, backend, dtype, device, workers, ray_address) -> None:
-    """Compress FILES to FILE.lmz with a language model."""
+    """Compress FILES to FILE.lmz with a language model.
+
+    Without -m, the model is $LMZIP_MODEL if that is set, else the default model."""
+    model = model or os.environ.get(MODEL_ENV) or None
     job = Job(output=output, stdout=to_stdout, keep=keep, rm=rm, force=force, quiet=quiet,
               verbose=verbose, progress=progress)
     names = _files_or_stdin(files)
@@ -407,6 +457,18 @@ def test(files, quiet, progress, model, threads, workers, ray_address) -> None:
         executors.close()
 
 
+def _scan_file(name: str):
+    """The streams of one .lmz file (or of stdin, read whole), checked but not decoded."""
+    fin, src, _ = _open_input(name)
+    try:
+        if src is None or not fin.seekable():
+            fin = io.BytesIO(fin.read())
+        return scan_streams(fin)
+    finally:
+        if src is not None:
+            fin.close()
+
+
 @main.command(epilog=EXIT_CODES)
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=True, allow_dash=True))
 def info(files) -> None:
@@ -415,14 +477,7 @@ def info(files) -> None:
               progress=False)
 
     def work(name: str) -> None:
-        fin, src, _ = _open_input(name)
-        try:
-            if src is None or not fin.seekable():
-                fin = io.BytesIO(fin.read())
-            streams = scan_streams(fin)
-        finally:
-            if src is not None:
-                fin.close()
+        streams = _scan_file(name)
         click.echo(f"{name}:")
         for number, s in enumerate(streams, 1):
             if len(streams) > 1:
@@ -496,6 +551,97 @@ def _report_native_crashes() -> None:
         faulthandler.enable()
         return
     _crashguard.install(CRASH_MESSAGE)
+
+
+# ---------------------------------------------------------------------------- gzip style
+
+class GzipStyle(click.Command):
+    def format_usage(self, ctx, formatter) -> None:
+        formatter.write_usage(ctx.command_path, "[OPTIONS] [FILE]...")
+
+    def get_help(self, ctx) -> str:
+        """-h/--help: the group's help, which lists both ways of calling lmzip."""
+        with click.Context(main, info_name=ctx.info_name) as group:
+            return main.get_help(group)
+
+    def parse_args(self, ctx, args):
+        first = args[0] if args else None
+        if first is not None and not first.startswith("-") and not os.path.lexists(first):
+            raise click.UsageError(f"{first!r} is neither a command nor a file "
+                                   f"(commands: {', '.join(main.list_commands(ctx))}; "
+                                   f"for a file of that name: lmzip -- {first})", ctx)
+        return super().parse_args(ctx, args)
+
+
+def _params(command: click.Command, values: dict) -> dict:
+    """The values of ``command``'s parameters, from those of the gzip-style command."""
+    return {p.name: values[p.name] for p in command.params if p.name in values}
+
+
+def _list(files: tuple[str, ...], quiet: bool) -> None:
+    """-l: one line per file from its header and index (no decoding), as gzip -l."""
+    job = Job(output=None, stdout=False, keep=True, rm=False, force=False, quiet=quiet, verbose=False,
+              progress=False)
+    if not quiet:
+        click.echo(f"{'compressed':>12} {'original':>12} {'bpb':>6}  {'model':<16} name")
+
+    def work(name: str) -> None:
+        streams = _scan_file(name)
+        packed = sum(s.compressed_size for s in streams)
+        original = sum(s.end.original_len for s in streams)
+        models = dict.fromkeys("none" if s.header.names_no_model else str(s.header.params.get("model"))
+                               for s in streams)
+        bpb = 8 * packed / original if original else 0.0
+        click.echo(f"{packed:>12} {original:>12} {bpb:>6.3f}  {','.join(models):<16} {name}")
+
+    _run(job, _files_or_stdin(files), work)
+
+
+@click.command(cls=GzipStyle, name="lmzip", epilog=EXIT_CODES, context_settings={"help_option_names": ["-h", "--help"]},
+               params=[click.Option(["-d", "--decompress", "decompress_"], is_flag=True,
+                                    help="Decompress (as the decompress command)."),
+                       click.Option(["-t", "--test", "test_"], is_flag=True,
+                                    help="Decompress and check every checksum; write nothing."),
+                       click.Option(["-l", "--list", "list_"], is_flag=True,
+                                    help="One line per file: compressed and original size, bits per byte, "
+                                         "model (no decoding)."),
+                       *compress.params,
+                       *(p for p in decompress.params if p.name == "byte_range")])
+@click.version_option(__version__, "-V", "--version", prog_name="lmzip", message=VERSION_MESSAGE)
+@click.pass_context
+def gzip_style(ctx, decompress_, test_, list_, byte_range, **values) -> None:
+    """lmzip without a command: compress FILES, or -d, -t, -l them; no FILE: stdin to stdout.
+
+    The options of the other modes than compression (e.g. --context with -d, as tar -I
+    'lmzip --context 512' passes it) are ignored, as gzip ignores -9 with -d.
+    """
+    modes = [flag for flag, on in (("-d", decompress_), ("-t", test_), ("-l", list_)) if on]
+    if len(modes) > 1:
+        raise click.UsageError(f"{' and '.join(modes)} exclude each other")
+    if byte_range is not None and not decompress_:
+        raise click.UsageError("--range needs -d")
+    files = values["files"]
+    if test_:
+        ctx.invoke(test, **_params(test, {**values, "files": tuple(_files_or_stdin(files))}))
+    elif list_:
+        _list(files, values["quiet"])
+    elif decompress_:
+        ctx.invoke(decompress, byte_range=byte_range, **_params(decompress, values))
+    else:
+        to_stdout = values["to_stdout"] or (not files or files == ("-",)) and not values["output"]
+        if not values["force"]:
+            if to_stdout and sys.stdout.isatty():
+                raise click.UsageError("compressed data not written to a terminal "
+                                       "(redirect standard output, use -o, or -f to force)")
+            if "-" in _files_or_stdin(files) and sys.stdin.isatty():
+                raise click.UsageError("not reading data to compress from a terminal "
+                                       "(name a FILE, redirect standard input, or -f to force)")
+        ctx.invoke(compress, **_params(compress, values))
+
+
+def lmzcat(argv: list[str] | None = None) -> None:
+    """Console entry point ``lmzcat FILE...``: decompress to standard output, as xzcat and zstdcat."""
+    run(["-d", "-c", *(sys.argv[1:] if argv is None else argv)])
 
 
 def run(argv: list[str] | None = None) -> None:

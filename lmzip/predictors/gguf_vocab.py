@@ -8,8 +8,6 @@ Control tokens (``token_type`` 3) get empty pieces, like llama.cpp's
 
 from __future__ import annotations
 
-import os
-
 __all__ = ["gguf_pieces", "greedy_tokenize"]
 
 

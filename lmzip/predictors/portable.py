@@ -27,7 +27,7 @@ import numpy as np
 from ..errors import LMZipError, ModelNotFoundError
 from ..tokenization import PieceTokenizer
 from .base import Model, Stream, StreamGroup
-from .gguf_vocab import greedy_tokenize, gguf_pieces
+from .gguf_vocab import gguf_pieces, greedy_tokenize
 from .portable_weights import cached_weights, read_vocab, vocab_path
 
 __all__ = ["PortableModel", "engine_module", "llamacpp_tokenizer", "MAX_WIDTH"]

@@ -188,8 +188,8 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, context: int | 
     ``backend`` (default :data:`DEFAULT_BACKEND`): ``"portable"`` is lmzip's own engine,
     whose logits are the same on every machine (:mod:`lmzip.predictors.portable`);
     ``"llama.cpp"`` runs llama-cpp-python (the ``llamacpp`` extra), whose logits depend
-    on the CPU kernels it was built for.  ``backend="torch"`` runs the language model with PyTorch through transformers (the
-    ``torch`` extra): from the same GGUF files, or from a local Hugging Face model folder
+    on the CPU kernels it was built for.  ``backend="torch"`` runs the language model
+    with PyTorch through transformers (the ``torch`` extra): from the same GGUF files, or from a local Hugging Face model folder
     given as ``name_or_path``; ``dtype``, ``streams`` and ``device`` are its settings
     (:class:`lmzip.predictors.torch_backend.TorchModel`).
     """
