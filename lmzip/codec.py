@@ -18,7 +18,7 @@ import numpy as np
 from .cdf import TOTAL
 from .coding import Decoder, Encoder
 from .errors import ChecksumError, CorruptError
-from .format import ChunkInfo
+from .format import VERSION, ChunkInfo
 from .predictors.base import Model
 
 __all__ = ["Stats", "compress_chunk", "compress_group", "decompress_chunk", "decompress_group"]
@@ -64,11 +64,13 @@ class Stats:
 
 
 def compress_group(model: Model, chunks: list[bytes], stats: Stats | None = None,
-                   progress: Progress | None = None, width: int = 1) -> list[tuple[ChunkInfo, bytes]]:
+                   progress: Progress | None = None, width: int = 1,
+                   version: int = VERSION) -> list[tuple[ChunkInfo, bytes]]:
     """Code ``chunks`` (each non-empty, at most ``width`` of them) in lockstep:
     one token of every chunk per step, then one evaluation of them all
     (:meth:`~lmzip.predictors.base.Model.open_group`).  Each chunk gets its own range
-    coder and payload: ``[(info, payload), ...]`` in order."""
+    coder and payload: ``[(info, payload), ...]`` in order; ``version``: the container
+    format the payloads are for (:meth:`lmzip.coding.Encoder.finish`)."""
     stats = stats if stats is not None else Stats()
     tokens = [model.tokenizer.encode(data) for data in chunks]
     pieces = model.tokenizer.pieces
@@ -95,7 +97,7 @@ def compress_group(model: Model, chunks: list[bytes], stats: Stats | None = None
                 progress(stats)
     out = []
     for i, (data, toks, encoder) in enumerate(zip(chunks, tokens, encoders)):
-        payload = encoder.finish()
+        payload = encoder.finish(version)
         info = ChunkInfo(raw_len=len(data), n_tokens=len(toks), payload_len=len(payload),
                          data_crc=zlib.crc32(data) & 0xFFFFFFFF, starts_group=i == 0)
         stats.payload_bytes += len(payload)
@@ -115,9 +117,9 @@ def compress_chunk(model: Model, data: bytes, stats: Stats | None = None,
 class _ChunkDecoder:
     """One chunk's side of :func:`decompress_group`: its range decoder and checks."""
 
-    def __init__(self, info: ChunkInfo, payload: bytes, pieces: list[bytes]):
+    def __init__(self, info: ChunkInfo, payload: bytes, pieces: list[bytes], version: int = VERSION):
         self.info = info
-        self.decoder = Decoder(payload)
+        self.decoder = Decoder(payload, version)
         self.pieces = pieces
         self.out: list[bytes] = []
         self.done = 0
@@ -149,7 +151,7 @@ class _ChunkDecoder:
 
 def decompress_group(model: Model, chunks: list[tuple[ChunkInfo, bytes]], stats: Stats | None = None,
                      progress: Progress | None = None, width: int = 1,
-                     replay: dict[int, bytes] | None = None) -> list[bytes]:
+                     replay: dict[int, bytes] | None = None, version: int = VERSION) -> list[bytes]:
     """Decode a lockstep group (the chunks :func:`compress_group` coded together, with the
     same ``width``), checking each chunk's length and CRC.
 
@@ -168,7 +170,7 @@ def decompress_group(model: Model, chunks: list[tuple[ChunkInfo, bytes]], stats:
                 raise CorruptError(f"chunk declares {info.n_tokens} tokens, its bytes make {len(toks)}")
             plans.append(toks)
         else:
-            plans.append(_ChunkDecoder(info, payload, pieces))
+            plans.append(_ChunkDecoder(info, payload, pieces, version))
     q = np.empty(model.vocab_size, dtype=np.float64)
     with model.open_group([info.n_tokens for info, _ in chunks], width) as group:
         for step in range(max(info.n_tokens for info, _ in chunks)):

@@ -9,7 +9,8 @@ rule, computed in floating point).  We hand it ``q = freq - 1`` (what
 ``cdf(i) = sum(freq[:i])``.  No float rounding is left inside the coder, and the
 compressor and decompressor hand it bit-identical input.
 
-Compressed words are stored little-endian, as constriction recommends.
+Versions 2 and 3 store the compressed words little-endian, as constriction recommends;
+version 4 stores them big-endian and cut to the bytes the decoder needs (:meth:`Encoder.finish`).
 """
 
 from __future__ import annotations
@@ -37,8 +38,28 @@ class Encoder:
         """Code ``symbol`` under ``q = freq - 1`` (float64, as cdf.quantize_into writes it)."""
         self._coder.encode(np.array([symbol], dtype=np.int32), _FAMILY, q[None, :])
 
-    def finish(self) -> bytes:
-        return self._coder.get_compressed().astype("<u4").tobytes()
+    def finish(self, version: int = 4) -> bytes:
+        """The payload.  Versions 2 and 3: constriction's words as it seals them,
+        little-endian.  Version 4: the shortest byte string that decodes the same: the
+        words big-endian (so the bytes are one big-endian number, and bytes cut off the
+        end read as zeros), the sealing word replaced by the value with the most
+        trailing zero bits in the coder's final interval, and trailing zero bytes cut."""
+        if version < 4:
+            return self._coder.get_compressed().astype("<u4").tobytes()
+        n_words, (lower, width) = self._coder.pos()
+        words = self._coder.get_compressed()
+        out = words.astype(">u4").tobytes()
+        # the final interval is [lower, lower + width) in the 64 bits after the first n_words
+        # words; constriction sealed it with one word (its value in that interval) unless a
+        # carry was pending (then keep its words).  The check that its own seal lies in the
+        # interval ties our reading of pos() to what it wrote.
+        top = lower + width - 1
+        if len(words) == n_words + 1 and top < 1 << 64 and lower <= int(words[-1]) << 32 <= top:
+            k = 64
+            while (top >> k) << k < lower:
+                k -= 1
+            out = out[: 4 * n_words] + ((top >> k) << k).to_bytes(8, "big")
+        return out.rstrip(b"\0")
 
 
 class Decoder:
@@ -48,8 +69,12 @@ class Decoder:
     bits, so callers must check what they decode (the container's CRCs do).
     """
 
-    def __init__(self, payload: bytes) -> None:
-        words = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
+    def __init__(self, payload: bytes, version: int = 4) -> None:
+        if version < 4:
+            words = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
+        else:  # big-endian words; the bytes cut off the end are zeros
+            padded = bytes(payload) + bytes(-len(payload) % 4)
+            words = np.frombuffer(padded, dtype=">u4").astype(np.uint32)
         self._coder = constriction.stream.queue.RangeDecoder(words)
 
     def decode(self, q: np.ndarray) -> int:

@@ -41,6 +41,10 @@ DEFAULT_STREAMS = 8
 #: widest lockstep group a file may ask for (each stream holds its own KV cache)
 MAX_STREAMS = 64
 
+#: bytes enough for any stream header (version 4: with the first record head) and record head
+_HEADER_PEEK = 1 << 17
+_HEAD_PEEK = 64
+
 #: how the compressor chooses each chunk's coding method
 METHODS = ("auto", "model", "classic")
 
@@ -78,11 +82,16 @@ class LMZipCompressor:
             :mod:`lmzip.detect`) to the classic coder (LZMA or stored), and a model-coded
             chunk that comes out larger than its classic coding is stored classically;
             ``"model"``: every chunk through the model; ``"classic"``: no model at all.
+        format_version: the container version to write: 4 (default, compact) or 3 (what
+            lmzip 0.1 reads).
     """
 
     def __init__(self, model: ModelArg = None, *, context: int | None = None, threads: int | None = None,
                  chunk_size: int = DEFAULT_CHUNK_SIZE, progress: Progress | None = None, method: str = "auto",
-                 mix=None, streams: int | None = None, executor=None):
+                 mix=None, streams: int | None = None, executor=None, format_version: int = fmt.VERSION):
+        if format_version not in fmt.WRITE_VERSIONS:
+            raise ValueError(f"format_version must be one of {', '.join(map(str, fmt.WRITE_VERSIONS))}")
+        self.version = format_version
         if not 1 <= chunk_size <= fmt.MAX_CHUNK_SIZE:
             raise ValueError(f"chunk_size must be between 1 and {fmt.MAX_CHUNK_SIZE}")
         if context is not None and not MIN_CONTEXT <= context <= MAX_CONTEXT:
@@ -105,6 +114,7 @@ class LMZipCompressor:
         self.executor = executor
         self._inflight: deque = deque()  # (cut, future) of groups handed to the executor
         self._started = False
+        self._prefix = b""  # version 4: the header, until the first record covers it
         self._finished = False
 
     def _header(self, uses_model: bool = True) -> bytes:
@@ -112,11 +122,25 @@ class LMZipCompressor:
             return b""
         self._started = True
         if not uses_model or self.method == "classic":  # decompresses without loading any model
-            return fmt.pack_header(bytes(32), fmt.NO_MODEL_PARAMS)
-        params = {**self.model.params(), "chunk_size": self.chunk_size}
-        if self.streams > 1:  # absent: 1, as in version 2
-            params["streams"] = self.streams
-        return fmt.pack_header(self.model.model_sha256, params)
+            head = fmt.pack_header(bytes(32), fmt.NO_MODEL_PARAMS, self.version)
+        else:
+            params = {**self.model.params(), "chunk_size": self.chunk_size}
+            if self.streams > 1:  # absent: 1, as in version 2
+                params["streams"] = self.streams
+            head = fmt.pack_header(self.model.model_sha256, params, self.version)
+        if self.version >= 4:  # the first record's CRC covers the header
+            self._prefix = head
+        return head
+
+    def _pack(self, units: list[tuple[fmt.ChunkInfo, bytes]]) -> bytes:
+        """The records of ``units``, the header first if not written yet."""
+        if not units:
+            return b""
+        out = [self._header()]
+        for info, payload in units:
+            out.append(fmt.pack_chunk_record(info, payload, self.version, self._prefix))
+            self._prefix = b""
+        return b"".join(out)
 
     def _texts_cut(self) -> int:
         """How many of the chunks cut and not yet coded are text (coded by the model)."""
@@ -126,7 +150,7 @@ class LMZipCompressor:
         """A full lockstep group is cut, or enough binary data waits behind a short one."""
         return self._texts_cut() >= self.streams or sum(len(d) for d, _ in self._cut) >= self.streams * self.chunk_size
 
-    def _code_cut(self) -> bytes:
+    def _code_cut(self) -> list[tuple[fmt.ChunkInfo, bytes]]:
         """Code the chunks cut so far (at most one lockstep group of text) into records;
         with an executor, hand the group over and return the records of groups done."""
         cut, self._cut = self._cut, []
@@ -135,28 +159,29 @@ class LMZipCompressor:
             if self._inflight:  # keep the order: what was handed over comes first
                 return self._collect(wait_all=True) + self._code_cut_now(cut, texts)
             return self._code_cut_now(cut, texts)
-        self._inflight.append((cut, self.executor.submit_compress(texts, self.streams)))
+        self._inflight.append((cut, self.executor.submit_compress(texts, self.streams, self.version)))
         return self._collect(wait_all=False)
 
-    def _collect(self, wait_all: bool) -> bytes:
+    def _collect(self, wait_all: bool) -> list[tuple[fmt.ChunkInfo, bytes]]:
         """Records of the groups handed over, in order: those done (all with ``wait_all``,
         and enough that at most two per worker stay in flight)."""
-        out = []
+        out: list[tuple[fmt.ChunkInfo, bytes]] = []
         while self._inflight and (wait_all or self._inflight[0][1].done()
                                   or len(self._inflight) > 2 * self.executor.workers):
             cut, future = self._inflight.popleft()
             result = future.result()
             self.stats.add_totals(result.stats)
-            out.append(self._records(cut, result.out, len(self.stats.chunks)))
-        return b"".join(out)
+            out += self._records(cut, result.out, len(self.stats.chunks))
+        return out
 
-    def _code_cut_now(self, cut: list[tuple[bytes, bool]], texts: list[bytes]) -> bytes:
+    def _code_cut_now(self, cut: list[tuple[bytes, bool]], texts: list[bytes]) -> list[tuple[fmt.ChunkInfo, bytes]]:
         first = len(self.stats.chunks)
-        coded = compress_group(self.model, texts, self.stats, self.progress, self.streams) if texts else []
+        coded = (compress_group(self.model, texts, self.stats, self.progress, self.streams, self.version)
+                 if texts else [])
         return self._records(cut, coded, first)
 
     def _records(self, cut: list[tuple[bytes, bool]], coded_texts: list[tuple[fmt.ChunkInfo, bytes]],
-                 first: int) -> bytes:
+                 first: int) -> list[tuple[fmt.ChunkInfo, bytes]]:
         """The records of ``cut``, its text chunks coded as ``coded_texts``; binary chunks
         are coded here, and a text chunk that LZMA codes smaller is stored so."""
         coded = iter(coded_texts)
@@ -184,7 +209,7 @@ class LMZipCompressor:
         self.stats.chunks[first:] = infos  # in place of what compress_group appended
         if self.progress is not None:
             self.progress(self.stats)
-        return b"".join(fmt.pack_chunk_record(i, p) for i, p in zip(infos, payloads))
+        return list(zip(infos, payloads))
 
     def _next_chunk(self, final: bool) -> None:
         """Cut the next chunk from the buffer: its first ``chunk_size`` bytes, or less at a
@@ -204,14 +229,13 @@ class LMZipCompressor:
         if self._finished:
             raise ValueError("compressor has been flushed")
         self._buf += memoryview(data).cast("B")
-        out = []
+        units: list[tuple[fmt.ChunkInfo, bytes]] = []
         while len(self._buf) > self.chunk_size:  # '>': keep the last chunk for flush()
             self._next_chunk(final=False)
             if self._group_ready():
-                out.append(self._code_cut())
-        if out:  # later chunks are unknown yet: the header names the model
-            out.insert(0, self._header())
-        return b"".join(out)
+                units += self._code_cut()
+        # later chunks are unknown yet: the header (written with the first record) names the model
+        return self._pack(units)
 
     def flush(self) -> bytes:
         """Finish the stream: code what is buffered and write the end record."""
@@ -219,23 +243,26 @@ class LMZipCompressor:
             raise ValueError("repeated call to flush()")
         out = [self.compress(b"")]
         first = len(self.stats.chunks)
+        units: list[tuple[fmt.ChunkInfo, bytes]] = []
         while self._buf:
             self._next_chunk(final=True)
             if self._group_ready():
-                out.append(self._code_cut())
+                units += self._code_cut()
         if self._cut:
             if not self._started and not self.stats.chunks and not self._inflight:
                 # the whole input is one group short of its width: a narrower group
                 # computes the same kind of schedule on a smaller cache (one chunk: the
                 # single-stream schedule), and the header records the width used
                 self.streams = max(1, min(self.streams, self._texts_cut()))
-            out.append(self._code_cut())
+            units += self._code_cut()
         if self._inflight:
-            out.append(self._collect(wait_all=True))
+            units += self._collect(wait_all=True)
         # all chunks known before the header is written: name no model if none is scheduled
         uses_model = any(c.scheduled for c in self.stats.chunks[first:])
-        out.insert(0, self._header(uses_model))
-        out.append(fmt.pack_end_record(self.stats.chunks))
+        out.append(self._header(uses_model))
+        out.append(self._pack(units))
+        out.append(fmt.pack_end_record(self.stats.chunks, self.version, self._prefix))  # prefix: an empty stream
+        self._prefix = b""
         self._finished = True
         return b"".join(out)
 
@@ -272,6 +299,7 @@ class LMZipDecompressor:
         self._outq: deque = deque()
         self._width = 1
         self._ended = False  # end record read
+        self._prefix = b""  # version 4: the header, until the first record's CRC has covered it
         self.eof = False
         self.needs_input = True
         self.unused_data = b""
@@ -280,46 +308,58 @@ class LMZipDecompressor:
         """Consume one unit (header, chunk or end record) if fully buffered."""
         buf = self._buf
         if self.header is None:
-            size = fmt.header_size(bytes(buf[:8]))
+            peek = bytes(buf[:_HEADER_PEEK])
+            size = fmt.header_need(peek)  # version 4: with the head of the first record
             if size is None or len(buf) < size:
+                if size is None and len(buf) >= _HEADER_PEEK:
+                    raise CorruptError("stream header is damaged (impossible size)")
                 return False
-            header = fmt.parse_header(bytes(buf[:size]))
+            header = fmt.parse_header(peek[:size])
             self._width = stream_width(header)
             if not header.names_no_model:
                 self.model = model_for_header(header, self._model_arg, threads=self._threads)
                 if callable(self._executor_arg):  # an executor for this stream's model
                     self.executor = self._executor_arg(self.model)
             self.header = header
-            del buf[:size]
+            if header.version >= 4:
+                self._prefix = header.raw  # the first record's CRC covers the header
+                del buf[: len(header.raw)]
+            else:
+                del buf[:size]
             return True
-        if len(buf) < 4:
+        version = self.header.version
+        at_end = fmt.is_end_record(buf, 0, version)
+        if at_end is None:
             return False
-        if int.from_bytes(buf[:4], "little") == 0:  # the end record
-            size = fmt.end_record_size(bytes(buf[: fmt.END_HEAD_SIZE]),
-                                       chunks_read=len(self.stats.chunks) + len(self._group))
+        read = len(self.stats.chunks) + len(self._group)
+        if at_end:
+            head = bytes(buf[:_HEAD_PEEK])
+            size = fmt.end_record_size(head, chunks_read=read, version=version)
             if size is None or len(buf) < size:
                 return False
-            end = fmt.parse_end_record(bytes(buf[:size]))
+            chunks = self.stats.chunks + [info for info, _ in self._group]
+            fmt.parse_end_record(bytes(buf[:size]), version=version, chunks=chunks, prefix=self._prefix)
             self._decode_group()
-            if list(end.chunks) != self.stats.chunks:
-                raise CorruptError("end record (index) does not match the chunks read")
             del buf[:size]
             self._ended = True
             return True
-        if len(buf) < fmt.CHUNK_RECORD_SIZE:
+        head = bytes(buf[:_HEAD_PEEK])
+        head_size = fmt.chunk_head_size(head, 0, version)
+        if head_size is None or len(buf) < head_size:
             return False
-        info = fmt.parse_chunk_record(bytes(buf[: fmt.CHUNK_RECORD_SIZE]))
+        info = fmt.parse_chunk_record(head[:head_size], 0, version, self._prefix)
         assert info is not None
-        total = fmt.CHUNK_RECORD_SIZE + info.payload_len
+        total = head_size + info.payload_len
         if len(buf) < total:
             return False
-        payload = bytes(buf[fmt.CHUNK_RECORD_SIZE : total])
+        self._prefix = b""
+        payload = bytes(buf[head_size:total])
         del buf[:total]
-        number = len(self.stats.chunks) + len(self._group)
+        number = read
         if info.scheduled:
             if self.model is None:
                 raise CorruptError(f"chunk {number} is coded by a model, but the stream header names none")
-            if info.opens_group(self.header.version):
+            if info.opens_group(version):
                 self._decode_group()
             elif not self._group:
                 raise CorruptError(f"chunk {number} continues a lockstep group that never started")
@@ -356,10 +396,11 @@ class LMZipDecompressor:
             records = [chunks[i] for i in scheduled]
             ex = self.executor
             if ex is None or (ex.key is not None and ex.key != (self.model.model_sha256, self.model.params())):
-                out = decompress_group(self.model, records, self.stats, self.progress, self._width, replay)
+                out = decompress_group(self.model, records, self.stats, self.progress, self._width, replay,
+                                       self.header.version)
                 self._outq.append((chunks, classic, list(zip(scheduled, out)), None))
             else:
-                future = self.executor.submit_decompress(records, self._width, replay)
+                future = self.executor.submit_decompress(records, self._width, replay, self.header.version)
                 self._outq.append((chunks, classic, scheduled, future))
         self._drain("bound")
 
@@ -431,10 +472,11 @@ def stream_width(header: fmt.StreamHeader) -> int:
 
 def compress(data: bytes, *, model: ModelArg = None, context: int | None = None, threads: int | None = None,
              chunk_size: int = DEFAULT_CHUNK_SIZE, progress: Progress | None = None, method: str = "auto",
-             mix=None, streams: int | None = None, executor=None) -> bytes:
+             mix=None, streams: int | None = None, executor=None, format_version: int = fmt.VERSION) -> bytes:
     """Compress ``data`` into one ``.lmz`` stream (see :class:`LMZipCompressor`)."""
     comp = LMZipCompressor(model, context=context, threads=threads, chunk_size=chunk_size, progress=progress,
-                           method=method, mix=mix, streams=streams, executor=executor)
+                           method=method, mix=mix, streams=streams, executor=executor,
+                           format_version=format_version)
     return comp.compress(data) + comp.flush()
 
 
@@ -492,6 +534,20 @@ class StreamInfo:
     header: fmt.StreamHeader
     end: fmt.EndRecord
     compressed_size: int
+    #: bytes of the header (version 4: without the first record, whose CRC covers it)
+    header_size: int = 0
+    #: where each chunk's record starts (from the start of the stream) and its head's size
+    records: tuple[tuple[int, int], ...] = ()
+
+    @property
+    def payload_size(self) -> int:
+        """Bytes of chunk payloads (the coded data itself)."""
+        return sum(c.payload_len for c in self.end.chunks)
+
+    @property
+    def container_size(self) -> int:
+        """Bytes of everything else: header, chunk heads and end record."""
+        return self.compressed_size - self.payload_size
 
 
 def scan_streams(fp: IO[bytes]) -> list[StreamInfo]:
@@ -501,10 +557,10 @@ def scan_streams(fp: IO[bytes]) -> list[StreamInfo]:
     the chunks) without running a model.
     """
 
-    def read_exact(n: int, what: str) -> bytes:
+    def peek(n: int) -> bytes:
+        at = fp.tell()
         data = fp.read(n)
-        if len(data) < n:
-            raise TruncatedError(f"input ends inside {what}")
+        fp.seek(at)
         return data
 
     origin = fp.tell()
@@ -513,34 +569,48 @@ def scan_streams(fp: IO[bytes]) -> list[StreamInfo]:
     streams: list[StreamInfo] = []
     while True:
         start = fp.tell()
-        head = fp.read(8)
+        head = peek(_HEADER_PEEK)
         if not head and streams:
             return streams
         if not head:
             raise TruncatedError("empty input is not an lmzip stream")
         if streams and not head.startswith(fmt.MAGIC[: len(head)]):
             raise FormatError("trailing data after the end of the lmzip stream")
-        size = fmt.header_size(head)
-        if size is None:
+        need = fmt.header_need(head)
+        if need is None or len(head) < need:
             raise TruncatedError("input ends inside the lmzip stream header")
-        header = fmt.parse_header(head + read_exact(size - 8, "the lmzip stream header"))
-        chunks = []
+        header = fmt.parse_header(head[:need])
+        version = header.version
+        prefix = header.raw if version >= 4 else b""
+        fp.seek(start + len(header.raw))
+        chunks: list[fmt.ChunkInfo] = []
+        records: list[tuple[int, int]] = []
         while True:
-            marker = read_exact(4, "the lmzip stream (no end record)")
-            if marker == bytes(4):
-                rest = read_exact(fmt.END_HEAD_SIZE - 4, "the end record")
-                end_size = fmt.end_record_size(marker + rest, chunks_read=len(chunks))
-                assert end_size is not None
-                end = fmt.parse_end_record(marker + rest + read_exact(end_size - fmt.END_HEAD_SIZE, "the end record"))
-                if list(end.chunks) != chunks:
-                    raise CorruptError("end record (index) does not match the chunks read")
+            head = peek(_HEAD_PEEK)
+            at_end = fmt.is_end_record(head, 0, version)
+            if at_end is None:
+                raise TruncatedError("input ends inside the lmzip stream (no end record)")
+            if at_end:
+                size = fmt.end_record_size(head, chunks_read=len(chunks), version=version)
+                if size is None:
+                    raise TruncatedError("input ends inside the end record")
+                data = fp.read(size)
+                if len(data) < size:
+                    raise TruncatedError("input ends inside the end record")
+                end = fmt.parse_end_record(data, version=version, chunks=chunks, prefix=prefix)
                 break
-            info = fmt.parse_chunk_record(marker + read_exact(fmt.CHUNK_RECORD_SIZE - 4, "a chunk header"))
+            head_size = fmt.chunk_head_size(head, 0, version)
+            if head_size is None or len(head) < head_size:
+                raise TruncatedError("input ends inside a chunk header")
+            info = fmt.parse_chunk_record(head[:head_size], 0, version, prefix)
+            prefix = b""
             assert info is not None
             if info.method == fmt.METHOD_MODEL and header.names_no_model:
                 raise CorruptError(f"chunk {len(chunks)} is coded by a model, but the stream header names none")
-            if fp.tell() + info.payload_len > total:
+            records.append((fp.tell() - start, head_size))
+            if fp.tell() + head_size + info.payload_len > total:
                 raise TruncatedError("input ends inside a chunk payload")
-            fp.seek(info.payload_len, io.SEEK_CUR)
+            fp.seek(head_size + info.payload_len, io.SEEK_CUR)
             chunks.append(info)
-        streams.append(StreamInfo(header=header, end=end, compressed_size=fp.tell() - start))
+        streams.append(StreamInfo(header=header, end=end, compressed_size=fp.tell() - start,
+                                  header_size=len(header.raw), records=tuple(records)))

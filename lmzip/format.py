@@ -1,6 +1,18 @@
-"""The ``.lmz`` container, version 3: packing and unpacking, nothing else.
+"""The ``.lmz`` container, versions 2 to 4: packing and unpacking, nothing else.
 
-Layout (all integers little-endian; docs/format.md is the reference)::
+Version 4 (written by default; docs/format.md is the reference) is the compact one::
+
+    stream header   magic(4) version(1)=4 code(1) [container(varint)]
+                    [check(4) | model_sha256(32) params_len(varint) params]
+    chunk record*   tag(varint) n_tokens(varint) payload_len(varint) data_crc(4)
+                    record_crc(4) payload(payload_len)
+    end record      0x00 n_chunks(varint) [crc(4) | index_len(varint) index crc(4) end_size(4)]
+
+``code`` names the model and all its settings from a frozen table (:data:`PRESETS`), or
+says that no model is used, or that the SHA-256 and JSON follow in full; ``check`` is the
+first 4 bytes of the preset's fingerprint.  The header has no CRC of its own: the CRC of
+the first record after it (a chunk head, or the end record of an empty stream) covers
+the header too.  Versions 2 and 3 (read, and written on request) use this layout::
 
     stream header   magic(4) version(1) flags(1) params_len(2) model_sha256(32)
                     params(params_len) header_crc(4)
@@ -46,6 +58,10 @@ __all__ = [
     "METHOD_NAMES",
     "GROUP_START",
     "READ_VERSIONS",
+    "WRITE_VERSIONS",
+    "PRESETS",
+    "CODE_FULL",
+    "CODE_NO_MODEL",
     "CONTAINER_PARAMS",
     "NO_MODEL_PARAMS",
     "StreamHeader",
@@ -64,9 +80,11 @@ __all__ = [
 
 MAGIC = b"\x89LMZ"  # high bit first, as PNG: catches 7-bit mangling
 END_MAGIC = b"LMZE"
-VERSION = 3
-#: versions this lmzip reads (2: before lockstep groups; each model chunk is coded alone)
-READ_VERSIONS = (2, 3)
+VERSION = 4
+#: versions this lmzip reads (2: before lockstep groups; each model chunk is coded alone;
+#: 3: the verbose container of lmzip 0.1) and can write (3 and 4)
+READ_VERSIONS = (2, 3, 4)
+WRITE_VERSIONS = (3, 4)
 MAX_CHUNK_SIZE = 1 << 30  # a decoder refuses larger chunks: no allocation from untrusted sizes
 MAX_PARAMS_LEN = 0xFFFF
 
@@ -125,6 +143,12 @@ class StreamHeader:
     params: dict[str, Any]
     flags: int = 0
     version: int = VERSION
+    #: version 4: the model code (CODE_FULL, CODE_NO_MODEL or a key of PRESETS)
+    code: int | None = None
+    #: version 4, presets: the first bytes of the fingerprint the compressor's model had
+    check: bytes = b""
+    #: the header's bytes (version 4: the first record's CRC covers them too)
+    raw: bytes = b""
 
     @property
     def fingerprint(self) -> bytes:
@@ -174,19 +198,18 @@ class EndRecord:
 # ---------------------------------------------------------------------------- header
 
 
-def pack_header(model_sha256: bytes, params: dict[str, Any]) -> bytes:
+def _pack_header_v3(model_sha256: bytes, params: dict[str, Any]) -> bytes:
     blob = canonical_json(params)
     if len(blob) > MAX_PARAMS_LEN:
         raise ValueError("model parameters too long for the header")
     if len(model_sha256) != 32:
         raise ValueError("model_sha256 must be 32 bytes")
-    head = _FIXED.pack(MAGIC, VERSION, 0, len(blob), model_sha256) + blob
+    head = _FIXED.pack(MAGIC, 3, 0, len(blob), model_sha256) + blob
     return head + _CRC.pack(_crc(head))
 
 
-def header_size(prefix: bytes) -> int | None:
+def _header_size_v3(prefix: bytes) -> int | None:
     """Total header size once its first 8 bytes are known, else ``None``."""
-    _check_magic(prefix)
     if len(prefix) < 8:
         return None
     params_len = struct.unpack_from("<H", prefix, 6)[0]
@@ -199,16 +222,8 @@ def _check_magic(data: bytes) -> None:
         raise FormatError("not an lmzip file (bad magic bytes)")
 
 
-def parse_header(data: bytes) -> StreamHeader:
-    """Parse a stream header from the start of ``data`` (which may hold more)."""
-    _check_magic(data)
-    if len(data) < 8:
-        raise TruncatedError("input ends inside the lmzip stream header")
-    version = data[4]
-    if version not in READ_VERSIONS:
-        raise FormatError(f"unsupported lmzip format version {version} "
-                          f"(this lmzip reads versions {', '.join(map(str, READ_VERSIONS))})")
-    size = header_size(data)
+def _parse_header_v3(data: bytes, version: int) -> StreamHeader:
+    size = _header_size_v3(data)
     assert size is not None
     if len(data) < size:
         raise TruncatedError("input ends inside the lmzip stream header")
@@ -218,30 +233,35 @@ def parse_header(data: bytes) -> StreamHeader:
     _, _, flags, params_len, model_sha256 = _FIXED.unpack_from(data)
     if flags != 0:
         raise FormatError(f"unsupported lmzip header flags 0x{flags:02x}")
-    blob = body[_FIXED.size : _FIXED.size + params_len]
+    params = _parse_params(body[_FIXED.size : _FIXED.size + params_len])
+    return StreamHeader(model_sha256=model_sha256, params=params, flags=flags, version=version,
+                        raw=bytes(data[:size]))
+
+
+def _parse_params(blob: bytes) -> dict[str, Any]:
     try:
-        params = json.loads(blob.decode("ascii"))
+        params = json.loads(bytes(blob).decode("ascii"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # RecursionError: [[[[...
         raise CorruptError(f"stream header parameters are not valid JSON: {exc}") from None
     if not isinstance(params, dict):
         raise CorruptError("stream header parameters are not a JSON object")
-    return StreamHeader(model_sha256=model_sha256, params=params, flags=flags, version=version)
+    return params
 
 
 # ---------------------------------------------------------------------------- chunks
 
 
-def pack_chunk_record(info: ChunkInfo, payload: bytes) -> bytes:
+def _pack_chunk_record_v3(info: ChunkInfo, payload: bytes) -> bytes:
     if not 0 < info.raw_len <= MAX_CHUNK_SIZE:
         raise ValueError(f"chunk size {info.raw_len} out of range")
     if len(payload) != info.payload_len:
         raise ValueError("payload length does not match the chunk info")
-    validate_chunk_info(info, ValueError)
+    validate_chunk_info(info, ValueError, version=3)
     head = _CHUNK.pack(info.raw_len, info.n_tokens, info.payload_len, info.data_crc, info.method_byte())
     return head + _CRC.pack(_crc(head)) + payload
 
 
-def parse_chunk_record(data: bytes, offset: int = 0) -> ChunkInfo | None:
+def _parse_chunk_record_v3(data: bytes, offset: int = 0) -> ChunkInfo | None:
     """Parse the 21-byte record head at ``offset``.
 
     Returns ``None`` when the head is the start of the end record (raw_len 0).
@@ -258,7 +278,7 @@ def parse_chunk_record(data: bytes, offset: int = 0) -> ChunkInfo | None:
     if stored_crc != _crc(data[offset : offset + _CHUNK.size]):
         raise CorruptError("chunk header is damaged (CRC mismatch)")
     info = _info(fields)
-    validate_chunk_info(info)
+    validate_chunk_info(info, version=3)
     return info
 
 
@@ -267,7 +287,7 @@ def _info(fields: tuple[int, int, int, int, int]) -> ChunkInfo:
     return ChunkInfo(raw_len, n_tokens, payload_len, data_crc, method & ~GROUP_START, bool(method & GROUP_START))
 
 
-def validate_chunk_info(info: ChunkInfo, error: type[Exception] = CorruptError) -> None:
+def validate_chunk_info(info: ChunkInfo, error: type[Exception] = CorruptError, version: int = VERSION) -> None:
     """Refuse sizes no compressor writes, before anything is allocated or decoded."""
     if info.raw_len > MAX_CHUNK_SIZE:
         raise error(f"chunk declares {info.raw_len} bytes, above the limit of {MAX_CHUNK_SIZE}")
@@ -282,7 +302,7 @@ def validate_chunk_info(info: ChunkInfo, error: type[Exception] = CorruptError) 
     if info.method == METHOD_MODEL:
         if info.n_tokens == 0:
             raise error(f"chunk declares {info.n_tokens} tokens for {info.raw_len} bytes")
-        if info.payload_len % 4:
+        if info.payload_len % 4 and version < 4:
             raise error(f"chunk declares an impossible payload of {info.payload_len} bytes "
                         f"(not whole 32-bit words)")
     elif info.method in (METHOD_STORED, METHOD_LZMA):
@@ -295,7 +315,7 @@ def validate_chunk_info(info: ChunkInfo, error: type[Exception] = CorruptError) 
 # ---------------------------------------------------------------------------- end record
 
 
-def pack_end_record(chunks: list[ChunkInfo]) -> bytes:
+def _pack_end_record_v3(chunks: list[ChunkInfo]) -> bytes:
     original_len = sum(c.raw_len for c in chunks)
     body = _END_HEAD.pack(0, len(chunks), original_len)
     body += b"".join(_CHUNK.pack(c.raw_len, c.n_tokens, c.payload_len, c.data_crc, c.method_byte()) for c in chunks)
@@ -303,7 +323,7 @@ def pack_end_record(chunks: list[ChunkInfo]) -> bytes:
     return body + _END_TAIL.pack(len(body) + END_TAIL_SIZE, END_MAGIC)
 
 
-def end_record_size(prefix: bytes, offset: int = 0, chunks_read: int | None = None) -> int | None:
+def _end_record_size_v3(prefix: bytes, offset: int = 0, chunks_read: int | None = None) -> int | None:
     """Total end record size once its first 16 bytes are known, else ``None``.
 
     With ``chunks_read`` (the chunks the reader has seen), a declared chunk count that
@@ -318,8 +338,8 @@ def end_record_size(prefix: bytes, offset: int = 0, chunks_read: int | None = No
     return END_HEAD_SIZE + _CHUNK.size * n_chunks + _CRC.size + END_TAIL_SIZE
 
 
-def parse_end_record(data: bytes, offset: int = 0) -> EndRecord:
-    size = end_record_size(data, offset)
+def _parse_end_record_v3(data: bytes, offset: int = 0) -> EndRecord:
+    size = _end_record_size_v3(data, offset)
     if size is None or len(data) - offset < size:
         raise TruncatedError("input ends inside the lmzip end record (index)")
     zero, n_chunks, original_len = _END_HEAD.unpack_from(data, offset)
@@ -335,7 +355,428 @@ def parse_end_record(data: bytes, offset: int = 0) -> EndRecord:
         _info(_CHUNK.unpack_from(data, offset + END_HEAD_SIZE + i * _CHUNK.size)) for i in range(n_chunks)
     )
     for c in chunks:
-        validate_chunk_info(c)
+        validate_chunk_info(c, version=3)
     if sum(c.raw_len for c in chunks) != original_len:
         raise CorruptError("end record (index) is inconsistent: chunk sizes do not add up")
     return EndRecord(chunks=chunks, original_len=original_len)
+
+
+# ---------------------------------------------------------------------------- version 4
+#
+# The compact container: varints (LEB128, shortest form only) for lengths and counts, a
+# one-byte model code from a frozen table, and no CRC of its own for the header (the
+# first record's CRC covers it).  docs/format.md, "Version 4", is the reference.
+
+#: version 4 model codes: the SHA-256 and canonical JSON follow in full
+CODE_FULL = 0
+#: version 4 model code: no chunk is coded by a model (nothing follows the code)
+CODE_NO_MODEL = 1
+#: bytes of the model fingerprint a preset header keeps (another model or settings is refused)
+CHECK_SIZE = 4
+#: chunk size written as 0 in the container field (lmzip's default, frozen for version 4)
+V4_DEFAULT_CHUNK_SIZE = 1 << 20
+#: widest lockstep group the container field can hold
+MAX_STREAMS = 64
+_MAX_VARINT = 9  # bytes: 63 bits, more than any field needs
+
+_SMOLLM2 = bytes.fromhex("b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53")
+_GEMMA3 = bytes.fromhex("a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818")
+
+#: version 4 model codes -> (model file SHA-256, the model's own params).  FROZEN: a code
+#: means these exact settings forever; new defaults get new codes (a file written with
+#: settings no code has gets CODE_FULL).  Codes 6 and 7 are reserved for the portable
+#: engine's defaults (its own issue): written as soon as a model reports these params.
+PRESETS: dict[int, tuple[bytes, dict[str, Any]]] = {
+    2: (bytes(32), {"backend": "order1", "model": "order1"}),
+    3: (bytes(32), {"backend": "ngram", "mix": "b1", "model": "ngram"}),
+    4: (_SMOLLM2, {"backend": "llama.cpp 0.3.36", "context": 2048, "mix": "m2", "model": "smollm2-135m"}),
+    5: (_GEMMA3, {"backend": "llama.cpp 0.3.36", "context": 2048, "mix": "m2", "model": "gemma3-270m"}),
+    6: (_SMOLLM2, {"backend": "portable 1", "context": 2048, "mix": "m2", "model": "smollm2-135m"}),
+    7: (_GEMMA3, {"backend": "portable 1", "context": 2048, "mix": "m2", "model": "gemma3-270m"}),
+}
+_CODE_OF = {(sha, canonical_json(p)): code for code, (sha, p) in PRESETS.items()}
+
+
+def pack_varint(value: int) -> bytes:
+    if value < 0:
+        raise ValueError("varints are unsigned")
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _peek_varint(data: bytes, pos: int, what: str = "a length") -> tuple[int, int] | None:
+    """(value, position after it), or ``None`` if ``data`` ends first.  Refuses overlong
+    and non-shortest encodings: every value has exactly one encoding."""
+    value = 0
+    for i in range(_MAX_VARINT):
+        if pos + i >= len(data):
+            return None
+        byte = data[pos + i]
+        value |= (byte & 0x7F) << (7 * i)
+        if not byte & 0x80:
+            if byte == 0 and i > 0:
+                raise CorruptError(f"{what} is damaged (a number in a non-shortest form)")
+            return value, pos + i + 1
+    raise CorruptError(f"{what} is damaged (a number longer than {_MAX_VARINT} bytes)")
+
+
+def _read_varint(data: bytes, pos: int, what: str) -> tuple[int, int]:
+    got = _peek_varint(data, pos, what)
+    if got is None:
+        raise TruncatedError(f"input ends inside {what}")
+    return got
+
+
+def model_check(model_sha256: bytes, own_params: dict[str, Any]) -> bytes:
+    """The bytes of the fingerprint a version 4 preset header keeps."""
+    return fingerprint(model_sha256, own_params)[:CHECK_SIZE]
+
+
+def preset_code(model_sha256: bytes, own_params: dict[str, Any]) -> int | None:
+    """The frozen code of exactly this model file and these settings, if there is one."""
+    return _CODE_OF.get((bytes(model_sha256), canonical_json(own_params)))
+
+
+def _container(params: dict[str, Any]) -> bytes:
+    streams = params.get("streams", 1)
+    chunk = params.get("chunk_size", V4_DEFAULT_CHUNK_SIZE)
+    if type(streams) is not int or not 1 <= streams <= MAX_STREAMS:
+        raise ValueError(f"streams must be between 1 and {MAX_STREAMS} in a version 4 header")
+    if type(chunk) is not int or not 1 <= chunk <= MAX_CHUNK_SIZE:
+        raise ValueError(f"chunk_size must be between 1 and {MAX_CHUNK_SIZE}")
+    return pack_varint((streams - 1) + MAX_STREAMS * (0 if chunk == V4_DEFAULT_CHUNK_SIZE else chunk))
+
+
+def _pack_header_v4(model_sha256: bytes, params: dict[str, Any]) -> bytes:
+    if len(model_sha256) != 32:
+        raise ValueError("model_sha256 must be 32 bytes")
+    own = {k: v for k, v in params.items() if k not in CONTAINER_PARAMS}
+    if own == NO_MODEL_PARAMS and not any(model_sha256):
+        return MAGIC + bytes([4, CODE_NO_MODEL])
+    code = preset_code(model_sha256, own)
+    if code is not None:
+        return MAGIC + bytes([4, code]) + _container(params) + model_check(model_sha256, own)
+    blob = canonical_json(own)
+    if len(blob) > MAX_PARAMS_LEN:
+        raise ValueError("model parameters too long for the header")
+    return MAGIC + bytes([4, CODE_FULL]) + _container(params) + bytes(model_sha256) + pack_varint(len(blob)) + blob
+
+
+def _header_size_v4(data: bytes) -> int | None:
+    """The header's own size (without the first record), or ``None`` until known."""
+    if len(data) < 6:
+        return None
+    code = data[5]
+    if code == CODE_NO_MODEL:
+        return 6
+    if code != CODE_FULL and code not in PRESETS:
+        raise FormatError(f"unknown model code {code} in the lmzip stream header "
+                          f"(damaged, or written by a newer lmzip)")
+    got = _peek_varint(data, 6, "the stream header")
+    if got is None:
+        return None
+    pos = got[1]
+    if code != CODE_FULL:
+        return pos + CHECK_SIZE
+    got = _peek_varint(data, pos + 32, "the stream header")
+    if got is None:
+        return None
+    length, pos = got
+    if length > MAX_PARAMS_LEN:
+        raise CorruptError("stream header is damaged (impossible parameter length)")
+    return pos + length
+
+
+def _chunk_head_size_v4(data: bytes, offset: int) -> int | None:
+    pos = offset
+    for _ in range(3):
+        got = _peek_varint(data, pos, "a chunk header")
+        if got is None:
+            return None
+        pos = got[1]
+    return pos - offset + 8
+
+
+def _first_unit_size(data: bytes, at: int) -> int | None:
+    """Size of the head of the first record after a version 4 header (its CRC covers both)."""
+    if len(data) <= at:
+        return None
+    if data[at] == 0:  # the end record of an empty stream
+        return _end_record_size_v4(data, at, 0)
+    return _chunk_head_size_v4(data, at)
+
+
+def _parse_header_v4(data: bytes) -> StreamHeader:
+    need = header_need(data)
+    if need is None or len(data) < need:
+        raise TruncatedError("input ends inside the lmzip stream header")
+    size = _header_size_v4(data)
+    assert size is not None
+    if _CRC.unpack_from(data, need - _CRC.size)[0] != _crc(bytes(data[: need - _CRC.size])):
+        raise CorruptError("stream header is damaged (CRC mismatch of the header and the record after it)")
+    code = data[5]
+    raw = bytes(data[:size])
+    if code == CODE_NO_MODEL:
+        return StreamHeader(bytes(32), dict(NO_MODEL_PARAMS), version=4, code=code, raw=raw)
+    container, pos = _read_varint(data, 6, "the stream header")
+    streams = container % MAX_STREAMS + 1
+    chunk = container // MAX_STREAMS or V4_DEFAULT_CHUNK_SIZE
+    if chunk > MAX_CHUNK_SIZE:
+        raise CorruptError(f"stream header declares a chunk size of {chunk} bytes, above the limit")
+    extra: dict[str, Any] = {"chunk_size": chunk}
+    if streams > 1:  # absent: 1, as in versions 2 and 3
+        extra["streams"] = streams
+    if code == CODE_FULL:
+        sha = raw[pos : pos + 32]
+        length, pos = _read_varint(data, pos + 32, "the stream header")
+        own = _parse_params(raw[pos : pos + length])
+        if any(k in own for k in CONTAINER_PARAMS):
+            raise CorruptError("stream header is damaged (container settings inside the model's)")
+        return StreamHeader(sha, {**own, **extra}, version=4, code=code, raw=raw)
+    sha, own = PRESETS[code]
+    return StreamHeader(sha, {**own, **extra}, version=4, code=code, check=raw[pos : pos + CHECK_SIZE], raw=raw)
+
+
+def _tag(info: ChunkInfo) -> int:
+    return info.raw_len << 3 | (4 if info.starts_group else 0) | info.method
+
+
+def _pack_chunk_record_v4(info: ChunkInfo, payload: bytes, prefix: bytes = b"") -> bytes:
+    if not 0 < info.raw_len <= MAX_CHUNK_SIZE:
+        raise ValueError(f"chunk size {info.raw_len} out of range")
+    if len(payload) != info.payload_len:
+        raise ValueError("payload length does not match the chunk info")
+    if not 0 <= info.method <= 3:
+        raise ValueError(f"method {info.method} does not fit a version 4 chunk record")
+    validate_chunk_info(info, ValueError, version=4)
+    head = pack_varint(_tag(info)) + pack_varint(info.n_tokens) + pack_varint(info.payload_len) + _CRC.pack(info.data_crc)
+    return head + _CRC.pack(_crc(prefix + head)) + payload
+
+
+def _parse_chunk_record_v4(data: bytes, offset: int, prefix: bytes) -> ChunkInfo | None:
+    if len(data) <= offset:
+        raise TruncatedError("input ends before the end of the lmzip stream")
+    if data[offset] == 0:
+        return None
+    size = _chunk_head_size_v4(data, offset)
+    if size is None or len(data) - offset < size:
+        raise TruncatedError("input ends inside a chunk header")
+    end = offset + size - _CRC.size
+    if _CRC.unpack_from(data, end)[0] != _crc(prefix + bytes(data[offset:end])):
+        raise CorruptError("chunk header is damaged (CRC mismatch)" if not prefix else
+                           "stream header or first chunk header is damaged (CRC mismatch)")
+    tag, pos = _read_varint(data, offset, "a chunk header")
+    n_tokens, pos = _read_varint(data, pos, "a chunk header")
+    payload_len, pos = _read_varint(data, pos, "a chunk header")
+    info = ChunkInfo(tag >> 3, n_tokens, payload_len, _CRC.unpack_from(data, pos)[0], tag & 3, bool(tag & 4))
+    validate_chunk_info(info, version=4)
+    return info
+
+
+def _end_record_size_v4(data: bytes, offset: int, chunks_read: int | None) -> int | None:
+    got = _peek_varint(data, offset + 1, "the end record (index)")
+    if got is None:
+        return None
+    n_chunks, pos = got
+    if chunks_read is not None and n_chunks != chunks_read:
+        raise CorruptError(f"end record (index) is damaged: it lists {n_chunks} chunks, "
+                           f"the stream has {chunks_read}")
+    if n_chunks == 0:
+        return pos - offset + _CRC.size
+    if n_chunks == 1:
+        return pos - offset
+    got = _peek_varint(data, pos, "the end record (index)")
+    if got is None:
+        return None
+    index_len, pos = got
+    if not 3 * n_chunks <= index_len <= 15 * n_chunks:  # three varints of 1 to 5 bytes each
+        raise CorruptError(f"end record (index) is damaged: {index_len} bytes cannot index {n_chunks} chunks")
+    return pos - offset + index_len + 2 * _CRC.size
+
+
+def _pack_end_record_v4(chunks: list[ChunkInfo], prefix: bytes = b"") -> bytes:
+    body = b"\0" + pack_varint(len(chunks))
+    if not chunks:  # the first record after the header: its CRC covers the header too
+        return body + _CRC.pack(_crc(prefix + body))
+    if len(chunks) == 1:  # no index: each byte is checked against the chunk read
+        return body
+    index = b"".join(pack_varint(_tag(c)) + pack_varint(c.n_tokens) + pack_varint(c.payload_len) for c in chunks)
+    body += pack_varint(len(index)) + index
+    body += _CRC.pack(_crc(body))
+    return body + _CRC.pack(len(body) + _CRC.size)
+
+
+def _same_head(a: ChunkInfo, b: ChunkInfo) -> bool:
+    return (a.raw_len, a.n_tokens, a.payload_len, a.method, a.starts_group) == \
+        (b.raw_len, b.n_tokens, b.payload_len, b.method, b.starts_group)
+
+
+def _parse_end_record_v4(data: bytes, offset: int, chunks: list[ChunkInfo] | None, prefix: bytes) -> EndRecord:
+    if len(data) <= offset:
+        raise TruncatedError("input ends inside the lmzip end record (index)")
+    if data[offset] != 0:
+        raise CorruptError("end record (index) is damaged (bad marker)")
+    size = _end_record_size_v4(data, offset, None if chunks is None else len(chunks))
+    if size is None or len(data) - offset < size:
+        raise TruncatedError("input ends inside the lmzip end record (index)")
+    n_chunks, pos = _read_varint(data, offset + 1, "the end record (index)")
+    if n_chunks == 0:
+        crc_at = offset + size - _CRC.size
+        if _CRC.unpack_from(data, crc_at)[0] != _crc(prefix + bytes(data[offset:crc_at])):
+            raise CorruptError("end record is damaged (CRC mismatch)" if not prefix else
+                               "stream header or end record is damaged (CRC mismatch)")
+        return EndRecord(chunks=(), original_len=0)
+    if n_chunks == 1:
+        if chunks is None:
+            raise ValueError("a version 4 stream of one chunk has no index: pass the chunk read")
+        return EndRecord(chunks=tuple(chunks), original_len=sum(c.raw_len for c in chunks))
+    crc_at = offset + size - 2 * _CRC.size
+    if _CRC.unpack_from(data, crc_at)[0] != _crc(bytes(data[offset:crc_at])):
+        raise CorruptError("end record (index) is damaged (CRC mismatch)")
+    if _CRC.unpack_from(data, crc_at + _CRC.size)[0] != size:
+        raise CorruptError("end record (index) is damaged (bad trailer)")
+    index_len, pos = _read_varint(data, pos, "the end record (index)")
+    entries = []
+    for i in range(n_chunks):
+        tag, pos = _read_varint(data, pos, "the end record (index)")
+        n_tokens, pos = _read_varint(data, pos, "the end record (index)")
+        payload_len, pos = _read_varint(data, pos, "the end record (index)")
+        crc = chunks[i].data_crc if chunks is not None else None
+        info = ChunkInfo(tag >> 3, n_tokens, payload_len, crc, tag & 3, bool(tag & 4))  # type: ignore[arg-type]
+        validate_chunk_info(info, version=4)
+        entries.append(info)
+    if pos != crc_at:
+        raise CorruptError("end record (index) is damaged (its entries do not fill it)")
+    if chunks is not None:
+        if not all(_same_head(a, b) for a, b in zip(entries, chunks)):
+            raise CorruptError("end record (index) does not match the chunks read")
+        entries = list(chunks)
+    return EndRecord(chunks=tuple(entries), original_len=sum(c.raw_len for c in entries))
+
+
+# ---------------------------------------------------------------------------- any version
+
+
+def _version_of(data: bytes) -> int | None:
+    _check_magic(data)
+    if len(data) < 5:
+        return None
+    version = data[4]
+    if version not in READ_VERSIONS:
+        raise FormatError(f"unsupported lmzip format version {version} "
+                          f"(this lmzip reads versions {', '.join(map(str, READ_VERSIONS))})")
+    return version
+
+
+def pack_header(model_sha256: bytes, params: dict[str, Any], version: int = VERSION) -> bytes:
+    """A stream header.  Version 4: without a CRC (the first record's CRC covers it, see
+    ``prefix`` of :func:`pack_chunk_record` and :func:`pack_end_record`)."""
+    if version == 4:
+        return _pack_header_v4(model_sha256, params)
+    if version == 3:
+        return _pack_header_v3(model_sha256, params)
+    raise ValueError(f"lmzip writes format versions {WRITE_VERSIONS}, not {version}")
+
+
+def header_size(prefix: bytes) -> int | None:
+    """The header's own size once enough of it is known (8 bytes for versions 2 and 3),
+    else ``None``.  Version 4: without the first record, whose CRC covers the header."""
+    version = _version_of(prefix)
+    if version is None:
+        return None
+    return _header_size_v4(prefix) if version == 4 else _header_size_v3(prefix)
+
+
+def header_need(data: bytes) -> int | None:
+    """Bytes :func:`parse_header` needs (version 4: the header and the head of the record
+    after it), once ``data`` holds enough to tell, else ``None``."""
+    version = _version_of(data)
+    if version is None:
+        return None
+    if version < 4:
+        return _header_size_v3(data)
+    size = _header_size_v4(data)
+    if size is None:
+        return None
+    unit = _first_unit_size(data, size)
+    return None if unit is None else size + unit
+
+
+def parse_header(data: bytes) -> StreamHeader:
+    """Parse and check a stream header from the start of ``data`` (which may hold more;
+    version 4: at least :func:`header_need` bytes)."""
+    version = _version_of(data)
+    if version is None or (version < 4 and len(data) < 8):
+        raise TruncatedError("input ends inside the lmzip stream header")
+    return _parse_header_v4(data) if version == 4 else _parse_header_v3(data, version)
+
+
+def pack_chunk_record(info: ChunkInfo, payload: bytes, version: int = VERSION, prefix: bytes = b"") -> bytes:
+    """A chunk record.  ``prefix``: the version 4 header, when this is its first record."""
+    if version == 4:
+        return _pack_chunk_record_v4(info, payload, prefix)
+    if prefix:
+        raise ValueError("only version 4 records cover the header")
+    return _pack_chunk_record_v3(info, payload)
+
+
+def chunk_head_size(data: bytes, offset: int = 0, version: int = VERSION) -> int | None:
+    """Size of the chunk record head at ``offset`` (``None``: more bytes needed)."""
+    if version < 4:
+        return CHUNK_RECORD_SIZE
+    return _chunk_head_size_v4(data, offset)
+
+
+def is_end_record(data: bytes, offset: int = 0, version: int = VERSION) -> bool | None:
+    """Whether the record at ``offset`` is the end record (``None``: more bytes needed)."""
+    need = 4 if version < 4 else 1
+    if len(data) - offset < need:
+        return None
+    return not any(data[offset : offset + need])
+
+
+def parse_chunk_record(data: bytes, offset: int = 0, version: int = VERSION, prefix: bytes = b"") -> ChunkInfo | None:
+    """Parse the record head at ``offset``; ``None`` for the end record's marker."""
+    if version == 4:
+        return _parse_chunk_record_v4(data, offset, prefix)
+    return _parse_chunk_record_v3(data, offset)
+
+
+def pack_end_record(chunks: list[ChunkInfo], version: int = VERSION, prefix: bytes = b"") -> bytes:
+    if version == 4:
+        return _pack_end_record_v4(chunks, prefix)
+    if prefix:
+        raise ValueError("only version 4 records cover the header")
+    return _pack_end_record_v3(chunks)
+
+
+def end_record_size(prefix: bytes, offset: int = 0, chunks_read: int | None = None,
+                    version: int = VERSION) -> int | None:
+    """Total end record size once its head is known, else ``None``.
+
+    With ``chunks_read`` (the chunks the reader has seen), a declared chunk count that
+    differs is refused at once: the index size is never taken from an untrusted field.
+    """
+    if version == 4:
+        return _end_record_size_v4(prefix, offset, chunks_read)
+    return _end_record_size_v3(prefix, offset, chunks_read)
+
+
+def parse_end_record(data: bytes, offset: int = 0, version: int = VERSION,
+                     chunks: list[ChunkInfo] | None = None, prefix: bytes = b"") -> EndRecord:
+    """Parse and check the end record at ``offset``.  Version 4 needs ``chunks`` (those
+    read) for a stream of one chunk, which has no index, and checks the index against
+    them; ``prefix``: the header, for an empty stream's end record."""
+    if version == 4:
+        return _parse_end_record_v4(data, offset, chunks, prefix)
+    end = _parse_end_record_v3(data, offset)
+    if chunks is not None and list(end.chunks) != list(chunks):
+        raise CorruptError("end record (index) does not match the chunks read")
+    return end

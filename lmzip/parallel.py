@@ -29,7 +29,7 @@ from typing import Any
 
 from .codec import Stats, compress_group, decompress_group
 from .errors import LMZipError
-from .format import ChunkInfo
+from .format import VERSION, ChunkInfo
 from .predictors.base import Model
 
 __all__ = ["Device", "Executor", "InlineExecutor", "ProcessExecutor", "RayExecutor", "auto_workers", "executor_for",
@@ -127,15 +127,15 @@ class GroupResult:
     stats: Stats
 
 
-def _compress(model: Model, texts: list[bytes], width: int) -> GroupResult:
+def _compress(model: Model, texts: list[bytes], width: int, version: int = VERSION) -> GroupResult:
     stats = Stats()
-    return GroupResult(compress_group(model, texts, stats, None, width), stats)
+    return GroupResult(compress_group(model, texts, stats, None, width, version), stats)
 
 
 def _decompress(model: Model, records: list[tuple[ChunkInfo, bytes]], width: int,
-                replay: dict[int, bytes]) -> GroupResult:
+                replay: dict[int, bytes], version: int = VERSION) -> GroupResult:
     stats = Stats()
-    return GroupResult(decompress_group(model, records, stats, None, width, replay), stats)
+    return GroupResult(decompress_group(model, records, stats, None, width, replay, version), stats)
 
 
 class Executor:
@@ -147,11 +147,11 @@ class Executor:
     #: hands a stream's groups over only if its model is this one
     key: tuple | None = None
 
-    def submit_compress(self, texts: list[bytes], width: int) -> Future:
+    def submit_compress(self, texts: list[bytes], width: int, version: int = VERSION) -> Future:
         raise NotImplementedError
 
     def submit_decompress(self, records: list[tuple[ChunkInfo, bytes]], width: int,
-                          replay: dict[int, bytes]) -> Future:
+                          replay: dict[int, bytes], version: int = VERSION) -> Future:
         raise NotImplementedError
 
     def close(self) -> None:
@@ -179,11 +179,11 @@ class InlineExecutor(Executor):
     def __init__(self, model: Model):
         self.model = model
 
-    def submit_compress(self, texts, width):
-        return _done(lambda: _compress(self.model, texts, width))
+    def submit_compress(self, texts, width, version=VERSION):
+        return _done(lambda: _compress(self.model, texts, width, version))
 
-    def submit_decompress(self, records, width, replay):
-        return _done(lambda: _decompress(self.model, records, width, replay))
+    def submit_decompress(self, records, width, replay, version=VERSION):
+        return _done(lambda: _decompress(self.model, records, width, replay, version))
 
 
 # one model per worker process, built by the pool's initializer
@@ -198,14 +198,14 @@ def _init_worker(factory: ModelFactory, devices: list[Device], counter) -> None:
     _worker_model = _build(factory, devices[slot % len(devices)])
 
 
-def _worker_compress(texts, width):
+def _worker_compress(texts, width, version=VERSION):
     assert _worker_model is not None
-    return _compress(_worker_model, texts, width)
+    return _compress(_worker_model, texts, width, version)
 
 
-def _worker_decompress(records, width, replay):
+def _worker_decompress(records, width, replay, version=VERSION):
     assert _worker_model is not None
-    return _decompress(_worker_model, records, width, replay)
+    return _decompress(_worker_model, records, width, replay, version)
 
 
 class ProcessExecutor(Executor):
@@ -224,11 +224,11 @@ class ProcessExecutor(Executor):
         self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx, initializer=_init_worker,
                                          initargs=(factory, self.devices, ctx.Value("i", 0)))
 
-    def submit_compress(self, texts, width):
-        return self._pool.submit(_worker_compress, texts, width)
+    def submit_compress(self, texts, width, version=VERSION):
+        return self._pool.submit(_worker_compress, texts, width, version)
 
-    def submit_decompress(self, records, width, replay):
-        return self._pool.submit(_worker_decompress, records, width, replay)
+    def submit_decompress(self, records, width, replay, version=VERSION):
+        return self._pool.submit(_worker_decompress, records, width, replay, version)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
@@ -276,11 +276,11 @@ class RayExecutor(Executor):
     def _wrap(self, ref) -> Future:
         return _RayFuture(self._ray, ref)
 
-    def submit_compress(self, texts, width):
-        return self._wrap(self._actor().compress.remote(texts, width))
+    def submit_compress(self, texts, width, version=VERSION):
+        return self._wrap(self._actor().compress.remote(texts, width, version))
 
-    def submit_decompress(self, records, width, replay):
-        return self._wrap(self._actor().decompress.remote(records, width, replay))
+    def submit_decompress(self, records, width, replay, version=VERSION):
+        return self._wrap(self._actor().decompress.remote(records, width, replay, version))
 
     def close(self) -> None:
         for a in self._actors:
@@ -292,11 +292,11 @@ class _RayWorker:
     def __init__(self, factory: ModelFactory, device: Device):
         self.model = _build(factory, device)
 
-    def compress(self, texts, width):
-        return _compress(self.model, texts, width)
+    def compress(self, texts, width, version=VERSION):
+        return _compress(self.model, texts, width, version)
 
-    def decompress(self, records, width, replay):
-        return _decompress(self.model, records, width, replay)
+    def decompress(self, records, width, replay, version=VERSION):
+        return _decompress(self.model, records, width, replay, version)
 
 
 class _RayFuture(Future):

@@ -74,15 +74,12 @@ def _stream_range(fp: IO[bytes], offset: int, s, start: int, end: int | None, mo
                   threads: int | None, stats: Stats, progress: Progress | None) -> bytes:
     header = s.header
     chunks = list(s.end.chunks)
-    # where each chunk's record starts, and its first original byte
-    fp.seek(offset)
-    pos = offset + fmt.header_size(fp.read(8))
-    at, raw_at = [], []
+    # where each chunk's record starts (and its head's size), and its first original byte
+    at = [(offset + rel, size) for rel, size in s.records]
+    raw_at = []
     raw = 0
     for c in chunks:
-        at.append(pos)
         raw_at.append(raw)
-        pos += fmt.CHUNK_RECORD_SIZE + c.payload_len
         raw += c.raw_len
     stop = raw if end is None else min(end, raw)
     wanted = [i for i, c in enumerate(chunks) if raw_at[i] < stop and raw_at[i] + c.raw_len > start]
@@ -98,14 +95,14 @@ def _stream_range(fp: IO[bytes], offset: int, s, start: int, end: int | None, mo
         c = chunks[i]
         g = group_of.get(i)
         if g is None or all(chunks[k].method != fmt.METHOD_MODEL for k in g):
-            pieces[i] = decompress_classic(c, _payload(fp, at[i], c))
+            pieces[i] = decompress_classic(c, _payload(fp, at[i], c, header, i))
             continue
         if lm is None:
             lm = model_for_header(header, model, threads=threads)
-        records = [(chunks[k], _payload(fp, at[k], chunks[k])) for k in g]
+        records = [(chunks[k], _payload(fp, at[k], chunks[k], header, k)) for k in g]
         replay = {n: decompress_classic(info, payload) for n, (info, payload) in enumerate(records)
                   if info.method != fmt.METHOD_MODEL}
-        for k, data in zip(g, decompress_group(lm, records, stats, progress, width, replay)):
+        for k, data in zip(g, decompress_group(lm, records, stats, progress, width, replay, header.version)):
             pieces[k] = data
     data = b"".join(pieces[i] for i in wanted)
     first = raw_at[wanted[0]]
@@ -128,10 +125,14 @@ def _groups(header: fmt.StreamHeader, chunks: list[fmt.ChunkInfo]) -> dict[int, 
     return groups
 
 
-def _payload(fp: IO[bytes], record_at: int, info: fmt.ChunkInfo) -> bytes:
+def _payload(fp: IO[bytes], record: tuple[int, int], info: fmt.ChunkInfo, header: fmt.StreamHeader,
+             number: int) -> bytes:
+    record_at, head_size = record
     fp.seek(record_at)
-    head = fp.read(fmt.CHUNK_RECORD_SIZE)
-    if fmt.parse_chunk_record(head) != info:  # the index and the record must agree (also CRC-checked)
+    head = fp.read(head_size)
+    # version 4: the first record's CRC covers the header
+    prefix = header.raw if header.version >= 4 and number == 0 else b""
+    if fmt.parse_chunk_record(head, 0, header.version, prefix) != info:  # the index and the record agree
         raise CorruptError("chunk record does not match the index")
     payload = fp.read(info.payload_len)
     if len(payload) != info.payload_len:

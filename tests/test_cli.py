@@ -157,6 +157,14 @@ def test_test_info_models_version_help(tmp_path, sample):
     assert b"OK" in proc.stderr and proc.stdout == b""
     info = run("info", str(packed), check=0).stdout.decode()
     assert "order1" in info and f"{sample.stat().st_size} bytes" in info and "bits per byte" in info
+    # the container's cost beside the payload's, in bytes and bits per byte
+    import io
+    import re
+
+    s = lmzip.core.scan_streams(io.BytesIO(packed.read_bytes()))[0]
+    assert re.search(rf"payload +{s.payload_size} bytes, [0-9.]+ bits per byte", info)
+    assert re.search(rf"container +{s.container_size} bytes, [0-9.]+ bits per byte", info)
+    assert s.container_size <= 32 and "lmzip version 4 (model code 2)" in info
     models = run("models", check=0).stdout.decode()
     assert "smollm2-135m" in models and "order1" in models
     version = run("--version", check=0).stdout.decode()
@@ -171,7 +179,7 @@ def test_info_lists_concatenated_streams(tmp_path, sample):
     packed = (tmp_path / "sample.txt.lmz").read_bytes()
     (tmp_path / "two.lmz").write_bytes(packed + packed)
     info = run("info", str(tmp_path / "two.lmz"), check=0).stdout.decode()
-    assert "stream 2" in info and info.count("lmzip version 3") == 2
+    assert "stream 2" in info and info.count("lmzip version 4") == 2
 
 
 def test_progress_line(sample):

@@ -17,6 +17,7 @@ def weights(freq):
 
 SYMBOLS = [0, 1, 2, 3, 4, 0, 0, 1, 4, 2]
 GOLDEN = "00bfbc5b"  # one word: 1+2+3+4+4+1+1+2+4+3 = 25 bits of information
+GOLDEN_V4 = "5bbcbf"  # the same number, big-endian, its last byte (zero) cut
 
 
 def test_golden_words():
@@ -24,14 +25,18 @@ def test_golden_words():
     enc = Encoder()
     for s in SYMBOLS:
         enc.encode(s, weights(freq))
-    golden = enc.finish().hex()
-    assert golden == GOLDEN  # little-endian 32-bit words
-    dec = Decoder(bytes.fromhex(GOLDEN))
+    assert enc.finish(version=3).hex() == GOLDEN  # versions 2 and 3: little-endian 32-bit words
+    dec = Decoder(bytes.fromhex(GOLDEN), version=3)
+    assert [dec.decode(weights(freq)) for _ in SYMBOLS] == SYMBOLS
+    # version 4: big-endian, cut to the bytes the decoder needs (25 bits: 4 bytes at most)
+    assert enc.finish().hex() == GOLDEN_V4
+    dec = Decoder(bytes.fromhex(GOLDEN_V4))
     assert [dec.decode(weights(freq)) for _ in SYMBOLS] == SYMBOLS
 
 
 def test_empty():
     assert Encoder().finish() == b""
+    assert Encoder().finish(version=3) == b""
 
 
 def test_coder_uses_our_integer_cdf_exactly():
@@ -72,4 +77,56 @@ def test_property_round_trip(items, n):
     for s, f in zip(syms, rows):
         enc.encode(s, weights(f))
     dec = Decoder(enc.finish())
+    assert [dec.decode(weights(f)) for f in rows] == syms
+
+
+def _random_stream(rng):
+    n_sym = int(rng.integers(2, 400))
+    rows = []
+    for _ in range(int(rng.integers(1, 120))):
+        # from flat to nearly certain: long runs of tiny costs make carries and short tails
+        rows.append(quantize(rng.normal(scale=float(rng.choice([0.5, 4, 30, 300])), size=n_sym)))
+    syms = [int(rng.choice(n_sym, p=f / TOTAL)) if rng.random() < 0.9 else int(rng.integers(n_sym)) for f in rows]
+    return rows, syms
+
+
+def test_version_4_flush_is_shorter_and_decodes_the_same_on_many_random_streams():
+    """The version 4 payload (the final interval's shortest value, big-endian, trailing
+    zero bytes cut and read back as zeros) decodes to the same symbols as constriction's
+    own sealed words, and is never longer."""
+    rng = np.random.default_rng(18)
+    saved = []
+    for _ in range(1500):
+        rows, syms = _random_stream(rng)
+        enc = Encoder()
+        for s, f in zip(syms, rows):
+            enc.encode(s, weights(f))
+        old, new = enc.finish(version=3), enc.finish()
+        assert len(new) <= len(old)
+        saved.append(len(old) - len(new))
+        for payload, version in ((old, 3), (new, 4)):
+            dec = Decoder(payload, version=version)
+            assert [dec.decode(weights(f)) for f in rows] == syms
+        if new:  # not one byte can go: the decoder needs them all
+            dec = Decoder(new[:-1])
+            try:
+                short = [dec.decode(weights(f)) for f in rows]
+            except Exception:
+                short = None
+            assert short != syms or new[:-1] + bytes(1) == new  # (can only hold if it ended in a zero)
+    assert np.mean(saved) > 1  # about 1.6 bytes per chunk
+
+
+@given(st.lists(st.tuples(st.integers(0, 40), st.integers(0, 2**32 - 1)), min_size=1, max_size=60),
+       st.integers(2, 41))
+def test_property_round_trip_version_3(items, n):
+    rows, syms = [], []
+    for sym, seed in items:
+        rng = np.random.default_rng(seed)
+        rows.append(quantize(rng.normal(scale=4, size=n)))
+        syms.append(sym % n)
+    enc = Encoder()
+    for s, f in zip(syms, rows):
+        enc.encode(s, weights(f))
+    dec = Decoder(enc.finish(version=3), version=3)
     assert [dec.decode(weights(f)) for f in rows] == syms

@@ -1,4 +1,5 @@
-"""The .lmz container: golden vectors pin every byte of the v1 layout (docs/format.md)."""
+"""The .lmz container: golden vectors pin every byte of versions 3 and 4 (docs/format.md),
+and version 2 files still decode."""
 
 import struct
 
@@ -84,7 +85,7 @@ V2_LZMA_STREAM = (
 
 
 def test_golden_header():
-    assert fmt.pack_header(SHA, PARAMS).hex() == GOLDEN_HEADER
+    assert fmt.pack_header(SHA, PARAMS, 3).hex() == GOLDEN_HEADER
     h = fmt.parse_header(bytes.fromhex(GOLDEN_HEADER))
     assert h.model_sha256 == SHA and h.params == PARAMS and h.version == 3 and h.flags == 0
     assert fmt.header_size(bytes.fromhex(GOLDEN_HEADER)[:8]) == len(GOLDEN_HEADER) // 2
@@ -92,20 +93,20 @@ def test_golden_header():
 
 def test_golden_chunk_record():
     info = fmt.ChunkInfo(raw_len=5, n_tokens=3, payload_len=8, data_crc=0xDEADBEEF, starts_group=True)
-    assert fmt.pack_chunk_record(info, bytes(range(8))).hex() == GOLDEN_CHUNK
-    assert fmt.parse_chunk_record(bytes.fromhex(GOLDEN_CHUNK)) == info
+    assert fmt.pack_chunk_record(info, bytes(range(8)), 3).hex() == GOLDEN_CHUNK
+    assert fmt.parse_chunk_record(bytes.fromhex(GOLDEN_CHUNK), 0, 3) == info
 
 
 def test_golden_end_record():
     chunks = [fmt.ChunkInfo(5, 3, 8, 0xDEADBEEF, starts_group=True), fmt.ChunkInfo(2, 1, 4, 7)]
-    assert fmt.pack_end_record(chunks).hex() == GOLDEN_END
-    end = fmt.parse_end_record(bytes.fromhex(GOLDEN_END))
+    assert fmt.pack_end_record(chunks, 3).hex() == GOLDEN_END
+    end = fmt.parse_end_record(bytes.fromhex(GOLDEN_END), 0, 3)
     assert list(end.chunks) == chunks and end.original_len == 7
 
 
 def test_golden_stream(order1):
     data = b"abracadabra, abracadabra!"
-    packed = lmzip.compress(data, model=order1)
+    packed = lmzip.compress(data, model=order1, format_version=3)
     assert packed.hex() == GOLDEN_STREAM
     assert lmzip.decompress(bytes.fromhex(GOLDEN_STREAM)) == data
 
@@ -124,7 +125,7 @@ def test_version_2_streams_still_decompress(data, golden):
     (b"\0\1\2\3" * 16, GOLDEN_LZMA_STREAM),
 ])
 def test_golden_classic_streams(order1, data, golden):
-    assert lmzip.compress(data, model=order1, method="classic").hex() == golden
+    assert lmzip.compress(data, model=order1, method="classic", format_version=3).hex() == golden
     assert lmzip.decompress(bytes.fromhex(golden)) == data
     assert lmzip.decompress(bytes.fromhex(golden), model="no-such-model") == data  # no model is loaded
 
@@ -145,13 +146,213 @@ def test_a_stream_names_no_model_only_when_no_chunk_uses_one(order1):
     forged[: len(bytes.fromhex(_ORDER1_HEADER))] = no_model
     with pytest.raises(CorruptError, match="coded by a model, but the stream header names none"):
         lmzip.decompress(bytes(forged))
+    # version 4: the no-model header is 6 bytes; the chunk's CRC covers it
+    head = fmt.pack_header(bytes(32), fmt.NO_MODEL_PARAMS)
+    info = fmt.ChunkInfo(25, 25, 20, 0, starts_group=True)
+    forged = head + fmt.pack_chunk_record(info, bytes(20), 4, head) + fmt.pack_end_record([info])
+    with pytest.raises(CorruptError, match="coded by a model, but the stream header names none"):
+        lmzip.decompress(forged)
 
 
 def test_empty_input_is_header_and_end_record(order1):
-    packed = lmzip.compress(b"", model=order1)
+    packed = lmzip.compress(b"", model=order1, format_version=3)
     assert packed.startswith(fmt.MAGIC)
     assert packed.endswith(fmt.END_MAGIC)
     assert lmzip.decompress(packed) == b""
+    packed = lmzip.compress(b"", model=order1)
+    assert packed.hex() == V4_EMPTY_STREAM
+    assert lmzip.decompress(packed) == b""
+
+
+# ---------------------------------------------------------------------------- version 4
+
+# fmt.pack_header(SHA, PARAMS) + the end record of an empty stream: a model no code names
+V4_FULL_HEADER = (
+    "894c4d5a" "04"  # magic, version 4
+    "00"  # model code 0: the SHA-256 and the JSON follow in full
+    "00"  # container varint: streams - 1 + 64 * chunk field (0: 1 MiB)
+    "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"  # model sha256
+    "1a" "7b22636f6e74657874223a31362c226d6f64656c223a2278227d"  # varint 26, {"context":16,"model":"x"}
+)
+V4_FULL_EMPTY_END = "00" "00" "e353cd89"  # end marker, 0 chunks, CRC-32 of the header and these 2 bytes
+# lmzip.compress(b"abracadabra, abracadabra!", model="order1"): 42 bytes (version 3: 194)
+V4_ORDER1_STREAM = (
+    "894c4d5a" "04" "02" "00"  # magic, version, code 2 (order1), container: 1 stream, 1 MiB chunks
+    "26f3915a"  # check: the first 4 bytes of the model fingerprint (SHA-256 of sha256 + params JSON)
+    "cc01" "19" "11"  # tag 204 = 25 << 3 | group start (4) | model (0); 25 tokens; 17 payload bytes
+    "8146f4c0"  # CRC-32 of the 25 bytes
+    "2ab57736"  # CRC-32 of the header and this record head
+    "61627261733222e9ad52aa4ce5736f8962"  # the coder's number, big-endian, cut after its last non-zero byte
+    "00" "01"  # end record: marker, 1 chunk (no index: the chunk read is the whole table)
+)
+# lmzip.compress(bytes([7, 200, 33]), model="order1", method="classic"): no model at all
+V4_STORED_STREAM = (
+    "894c4d5a" "04" "01"  # code 1: no chunk is coded by a model (nothing else in the header)
+    "19" "00" "03"  # tag 25 = 3 << 3 | stored (1); 0 tokens; 3 payload bytes
+    "8f8244b5" "bb873df2"  # data CRC, CRC of the header and the record head
+    "07c821"  # the bytes themselves
+    "0001"
+)
+# lmzip.compress(b"\0\1\2\3" * 16, model="order1", method="classic")
+V4_LZMA_STREAM = (
+    "894c4d5a" "04" "01"
+    "8204" "00" "14" "8e4f2460" "4fdacf4b"  # tag 514 = 64 << 3 | lzma (2); 0 tokens; 20 bytes
+    "00" "5d" "e0003f000a5d000000525026c8f81b000000"  # no BCJ, lc=3 lp=0 pb=2, raw LZMA2 (as in version 3)
+    "0001"
+)
+# lmzip.compress(b"", model="order1"): no chunk, so no model
+V4_EMPTY_STREAM = "894c4d5a" "04" "01" "00" "00" "2d6d38e5"
+# lmzip.compress(b"abracadabra, abracadabra! " * 3, model="ngram", chunk_size=30): three chunks and an index
+V4_NGRAM_STREAM = (
+    "894c4d5a" "04" "03" "800f"  # code 3 (ngram, mix b1); container 1920 = 64 * 30: 30-byte chunks, 1 stream
+    "87013a21"  # check
+    "f401" "1e" "1d" "0a8f58a3" "dd2f129a"  # 30 bytes (group start, model), 30 tokens, 29 payload bytes
+    "6162726161cb00fffe1ffee4ac07fd045bae5b823c60eb8c98758e3360"
+    "f401" "1e" "1d" "4efd38c2" "5f2efabd"
+    "6361646160e8feb9bf35420af024817da137cd84261653a7dbbb6fc3e0"
+    "9401" "12" "12" "e5c54834" "bddd7053"  # the last 18 bytes
+    "6272612c1f00421100da0ea0cfe051cdfa57"
+    "00" "03" "0c"  # end record: marker, 3 chunks, 12 bytes of index
+    "f4011e1d" "f4011e1d" "94011212"  # tag, n_tokens, payload_len of each chunk
+    "92bdb217"  # CRC-32 of the end record up to here
+    "17000000"  # size of the end record (23), for readers that start from the end
+)
+# the header of a default file (smollm2-135m through llama.cpp 0.3.36, context 2048, mix m2)
+V4_DEFAULT_HEADER = "894c4d5a" "04" "04" "00" "dc681eb0"
+
+
+def test_version_4_golden_header_with_the_settings_in_full():
+    head = fmt.pack_header(SHA, PARAMS)
+    assert head.hex() == V4_FULL_HEADER
+    assert fmt.pack_end_record([], 4, head).hex() == V4_FULL_EMPTY_END
+    data = bytes.fromhex(V4_FULL_HEADER + V4_FULL_EMPTY_END)
+    h = fmt.parse_header(data)
+    assert h.version == 4 and h.code == fmt.CODE_FULL and h.model_sha256 == SHA and h.check == b""
+    assert h.params == {**PARAMS, "chunk_size": 1 << 20}
+    assert h.raw == head and fmt.header_size(data) == len(head) and fmt.header_need(data) == len(data)
+
+
+def test_version_4_golden_default_header():
+    params = {"backend": "llama.cpp 0.3.36", "context": 2048, "mix": "m2", "model": "smollm2-135m"}
+    sha, preset = fmt.PRESETS[4]
+    assert preset == params
+    head = fmt.pack_header(sha, {**params, "chunk_size": 1 << 20})
+    assert head.hex() == V4_DEFAULT_HEADER  # 11 bytes instead of 139
+    assert head[-4:] == fmt.fingerprint(sha, params)[:4]
+    h = fmt.parse_header(head + fmt.pack_end_record([], 4, head))
+    assert h.code == 4 and h.model_sha256 == sha and h.params == {**params, "chunk_size": 1 << 20}
+    # other settings: written in full; a width and chunk size: in the container varint
+    wider = fmt.parse_header(bytes.fromhex(V4_FULL_HEADER + V4_FULL_EMPTY_END))
+    assert wider.code == fmt.CODE_FULL
+    head = fmt.pack_header(sha, {**params, "context": 1024, "streams": 8, "chunk_size": 1000})
+    h = fmt.parse_header(head + fmt.pack_end_record([], 4, head))
+    assert h.code == fmt.CODE_FULL and h.params == {**params, "context": 1024, "streams": 8, "chunk_size": 1000}
+    head = fmt.pack_header(sha, {**params, "streams": 8, "chunk_size": 1 << 20})
+    assert len(head) == 11 and fmt.parse_header(head + fmt.pack_end_record([], 4, head)).params["streams"] == 8
+
+
+def test_preset_codes_are_frozen():
+    """A code means these settings forever: a new default gets a new code."""
+    frozen = {
+        2: ("00" * 32, '{"backend":"order1","model":"order1"}'),
+        3: ("00" * 32, '{"backend":"ngram","mix":"b1","model":"ngram"}'),
+        4: ("b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+            '{"backend":"llama.cpp 0.3.36","context":2048,"mix":"m2","model":"smollm2-135m"}'),
+        5: ("a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+            '{"backend":"llama.cpp 0.3.36","context":2048,"mix":"m2","model":"gemma3-270m"}'),
+        6: ("b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+            '{"backend":"portable 1","context":2048,"mix":"m2","model":"smollm2-135m"}'),
+        7: ("a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+            '{"backend":"portable 1","context":2048,"mix":"m2","model":"gemma3-270m"}'),
+    }
+    assert {c: (sha.hex(), fmt.canonical_json(p).decode()) for c, (sha, p) in fmt.PRESETS.items()} == frozen
+    assert fmt.CODE_FULL == 0 and fmt.CODE_NO_MODEL == 1
+
+
+@pytest.mark.parametrize("data, golden, kwargs", [
+    (b"abracadabra, abracadabra!", V4_ORDER1_STREAM, {}),
+    (bytes([7, 200, 33]), V4_STORED_STREAM, {"method": "classic"}),
+    (b"\0\1\2\3" * 16, V4_LZMA_STREAM, {"method": "classic"}),
+    (b"", V4_EMPTY_STREAM, {}),
+])
+def test_version_4_golden_streams(order1, data, golden, kwargs):
+    assert lmzip.compress(data, model=order1, **kwargs).hex() == golden
+    assert lmzip.decompress(bytes.fromhex(golden)) == data
+
+
+def test_version_4_golden_stream_with_an_index():
+    data = b"abracadabra, abracadabra! " * 3
+    assert lmzip.compress(data, model="ngram", chunk_size=30).hex() == V4_NGRAM_STREAM
+    packed = bytes.fromhex(V4_NGRAM_STREAM)
+    assert lmzip.decompress(packed) == data
+    from lmzip.ranges import decompress_range
+
+    assert decompress_range(packed, 25, 65) == data[25:65]
+    # the index can be read from the end of the file
+    end_size = int.from_bytes(packed[-4:], "little")
+    end = fmt.parse_end_record(packed, len(packed) - end_size, 4)
+    assert [(c.raw_len, c.n_tokens, c.payload_len) for c in end.chunks] == [(30, 30, 29), (30, 30, 29), (18, 18, 18)]
+    assert end.original_len == len(data)
+
+
+def test_version_4_costs_little(order1):
+    """The container of a one-chunk file: 32 bytes at most, whatever the chunk's size."""
+    import io
+
+    from lmzip.core import scan_streams
+
+    sizes = {}
+    for n in (1, 100, 5000):
+        packed = lmzip.compress(b"abracadabra! " * n, model=order1, method="model")
+        s = scan_streams(io.BytesIO(packed))[0]
+        assert len(s.end.chunks) == 1
+        sizes[n] = s.container_size
+    assert sizes[1] == 24 and max(sizes.values()) <= 32, sizes
+    # the largest one-chunk file: 1 MiB of text, about 2**20 tokens and payload bytes
+    sha, params = fmt.PRESETS[4]
+    head = fmt.pack_header(sha, params)
+    big = fmt.ChunkInfo(1 << 20, 1 << 20, 3 << 20, 0, starts_group=True)
+    record = fmt.pack_chunk_record(big, bytes(3 << 20), 4, head)
+    assert len(head) + len(record) - (3 << 20) + len(fmt.pack_end_record([big])) <= 32
+
+
+def test_version_4_header_errors():
+    data = bytearray.fromhex(V4_ORDER1_STREAM)
+    for pos in range(4, 23):  # the header and the first record head: one CRC covers both
+        bad = bytearray(data)
+        bad[pos] ^= 0x20
+        with pytest.raises((CorruptError, FormatError, TruncatedError)):
+            lmzip.decompress(bytes(bad))
+    bad = bytearray(data)
+    bad[5] = 99
+    with pytest.raises(FormatError, match="unknown model code 99"):
+        fmt.parse_header(bytes(bad))
+    for cut in range(23):
+        with pytest.raises(TruncatedError):
+            fmt.parse_header(bytes(data[:cut]))
+    # numbers have one encoding only: a padded varint is damage, not another file
+    with pytest.raises(CorruptError, match="non-shortest"):
+        fmt.parse_header(bytes(data[:6]) + b"\x80\x00" + bytes(data[7:]))
+
+
+@pytest.mark.parametrize("tag, message", [
+    (0 << 3 | 1, "zero bytes"),
+    (10 << 3 | 3, "unknown coding method 3"),
+    (10 << 3 | 4 | 1, "starts a lockstep group but declares no tokens"),
+])
+def test_version_4_chunk_records_with_impossible_fields(tag, message):
+    head = fmt.pack_varint(tag) + b"\x00\x0a" + bytes(4)
+    head += struct.pack("<I", fmt._crc(head))
+    with pytest.raises(CorruptError, match=message):
+        fmt.parse_chunk_record(head, 0, 4)
+
+
+def test_version_4_model_payloads_need_not_be_whole_words():
+    info = fmt.ChunkInfo(10, 5, 3, 0, starts_group=True)
+    record = fmt.pack_chunk_record(info, b"abc", 4)
+    assert fmt.parse_chunk_record(record, 0, 4) == info
+    with pytest.raises(ValueError):
+        fmt.pack_chunk_record(info, b"abc", 3)
 
 
 def test_fingerprint_covers_file_and_settings():
@@ -171,7 +372,7 @@ def test_header_errors():
     raw = bytearray.fromhex(GOLDEN_HEADER)
     with pytest.raises(FormatError, match="not an lmzip file"):
         fmt.parse_header(b"PK\x03\x04" + bytes(raw[4:]))
-    for other in (1, 4):  # version 1 (before chunk methods) and future versions are refused
+    for other in (1, 5):  # version 1 (before chunk methods) and future versions are refused
         future = bytearray(raw)
         future[4] = other
         with pytest.raises(FormatError, match=f"version {other}"):
@@ -188,7 +389,7 @@ def test_header_errors():
 
 
 def test_header_params_must_be_a_json_object():
-    body = fmt._FIXED.pack(fmt.MAGIC, fmt.VERSION, 0, 2, SHA) + b"[]"
+    body = fmt._FIXED.pack(fmt.MAGIC, 3, 0, 2, SHA) + b"[]"
     with pytest.raises(CorruptError, match="JSON object"):
         fmt.parse_header(body + struct.pack("<I", fmt._crc(body)))
 
@@ -215,31 +416,32 @@ def _chunk_head(raw_len, n_tokens, payload_len, crc=0, method=0):
 ])
 def test_chunk_records_with_impossible_sizes(fields, message):
     with pytest.raises(CorruptError, match=message):
-        fmt.parse_chunk_record(_chunk_head(*fields))
+        fmt.parse_chunk_record(_chunk_head(*fields), 0, 3)
 
 
 def test_chunk_record_crc():
     raw = bytearray.fromhex(GOLDEN_CHUNK)
     raw[0] ^= 1
     with pytest.raises(CorruptError, match="CRC"):
-        fmt.parse_chunk_record(bytes(raw))
+        fmt.parse_chunk_record(bytes(raw), 0, 3)
 
 
 def test_end_record_errors():
     raw = bytes.fromhex(GOLDEN_END)
     for cut in range(len(raw)):
         with pytest.raises((TruncatedError, CorruptError)):
-            fmt.parse_end_record(raw[:cut])
+            fmt.parse_end_record(raw[:cut], 0, 3)
     bad = bytearray(raw)
     bad[30] ^= 4
     with pytest.raises(CorruptError):
-        fmt.parse_end_record(bytes(bad))
+        fmt.parse_end_record(bytes(bad), 0, 3)
 
 
-def test_pack_rejects_inconsistent_input():
+@pytest.mark.parametrize("version", [3, 4])
+def test_pack_rejects_inconsistent_input(version):
     with pytest.raises(ValueError):
-        fmt.pack_chunk_record(fmt.ChunkInfo(0, 0, 0, 0), b"")
+        fmt.pack_chunk_record(fmt.ChunkInfo(0, 0, 0, 0), b"", version)
     with pytest.raises(ValueError):
-        fmt.pack_chunk_record(fmt.ChunkInfo(5, 3, 8, 0), b"1234")
+        fmt.pack_chunk_record(fmt.ChunkInfo(5, 3, 8, 0), b"1234", version)
     with pytest.raises(ValueError):
-        fmt.pack_header(b"short", {})
+        fmt.pack_header(b"short", {}, version)

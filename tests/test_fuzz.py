@@ -73,14 +73,17 @@ def make_seeds(model) -> list[Seed]:
         packed = lmzip.compress(data, model=model, **kw)
         return Seed(name, data, packed, (len(packed),))
 
-    seeds = [
-        one("model, 3 chunks", TEXT, chunk_size=64, method="model"),
-        one("lzma and stored", BINARY, chunk_size=160, method="classic"),
-        one("auto, mixed", TEXT + BINARY + TEXT[:50], chunk_size=200),
-        one("empty", b""),
-    ]
-    a, b = seeds[0], seeds[1]
-    seeds.append(Seed("two streams", a.original + b.original, a.packed + b.packed,
+    seeds = []
+    for v in (4, 3):  # the format written today, and the one before
+        seeds += [
+            one(f"v{v} model, 3 chunks", TEXT, chunk_size=64, method="model", format_version=v),
+            one(f"v{v} lzma and stored", BINARY, chunk_size=160, method="classic", format_version=v),
+            one(f"v{v} auto, mixed", TEXT + BINARY + TEXT[:50], chunk_size=200, format_version=v),
+            one(f"v{v} empty", b"", format_version=v),
+            one(f"v{v} model, 1 chunk", TEXT[:90], method="model", format_version=v),
+        ]
+    a, b = seeds[0], seeds[6]
+    seeds.append(Seed("two streams, v4 and v3", a.original + b.original, a.packed + b.packed,
                       (len(a.packed), len(a.packed) + len(b.packed))))
     assert {c.method for s in seeds for c in _chunks(s.packed)} == {0, 1, 2}, "seeds must use every method"
     return seeds
@@ -95,9 +98,78 @@ def _sealed(body: bytes) -> bytes:
 
 
 def _header_end(packed: bytes) -> int:
-    size = fmt.header_size(packed[:8])
+    size = fmt.header_size(packed[: 1 << 17])
     assert size is not None
     return size
+
+
+# version 4: the first record's CRC covers the header, so damage behind the CRCs is made by
+# taking the first stream apart and putting it together again with every CRC recomputed
+
+def _v4_parts(packed: bytes) -> tuple[bytes, list[bytes], list[bytes], bytes, bytes]:
+    """(header, chunk heads without their CRC, payloads, end record, what follows)."""
+    s = scan_streams(io.BytesIO(packed))[0]
+    heads, payloads = [], []
+    pos = s.header_size
+    for (at, size), c in zip(s.records, s.end.chunks):
+        heads.append(packed[at : at + size - 4])
+        payloads.append(packed[at + size : at + size + c.payload_len])
+        pos = at + size + c.payload_len
+    return packed[: s.header_size], heads, payloads, packed[pos : s.compressed_size], packed[s.compressed_size :]
+
+
+def _v4_join(header: bytes, heads: list[bytes], payloads: list[bytes], end: bytes, rest: bytes) -> bytes:
+    out, prefix = [header], header
+    for head, payload in zip(heads, payloads):
+        out.append(head + struct.pack("<I", fmt._crc(prefix + head)) + payload)
+        prefix = b""
+    if end[:2] == b"\0\0" and len(end) == 6:  # an empty stream's end record covers the header
+        end = end[:2] + struct.pack("<I", fmt._crc(prefix + end[:2]))
+    return b"".join(out) + end + rest
+
+
+def _v4_forged_header(rng: random.Random, packed: bytes, blob: bytes, sha: bytes) -> bytes:
+    _, heads, payloads, end, rest = _v4_parts(packed)
+    code = rng.choice([0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 200, 255])
+    container = fmt.pack_varint(rng.choice([0, 1, 7, 63, 64, 100, 64 * (1 << 30), 64 * ((1 << 30) + 1), 2**62]))
+    version = 4 if rng.random() < 0.9 else rng.randrange(256)
+    header = fmt.MAGIC + bytes([version, code])
+    if code != 1:
+        header += container
+        header += sha + fmt.pack_varint(len(blob)) + blob if code == 0 else rng.randbytes(4)
+    return _v4_join(header, heads, payloads, end, rest)
+
+
+def _v4_forged_chunk(rng: random.Random, packed: bytes) -> bytes:
+    header, heads, payloads, end, rest = _v4_parts(packed)
+    fields = [rng.choice(_SIZES) if rng.random() < 0.7 else rng.randrange(2**34) for _ in range(3)]
+    fields[0] = fields[0] << 3 | rng.randrange(8)
+    head = b"".join(fmt.pack_varint(f) for f in fields) + rng.randbytes(4)
+    return _v4_join(header, [head] + heads, [rng.randbytes(rng.randrange(0, 48))] + payloads, end, rest)
+
+
+def _v4_forged_end(rng: random.Random, packed: bytes) -> bytes:
+    header, heads, payloads, _, rest = _v4_parts(packed)
+    n_chunks = rng.choice([0, 1, 2, 3, 1000, 2**32 - 1])
+    body = b"\0" + fmt.pack_varint(n_chunks)
+    if n_chunks >= 2 or rng.random() < 0.3:
+        blob = rng.randbytes(rng.choice([0, 6, 9, 12, rng.randrange(60)]))
+        body += fmt.pack_varint(rng.choice([len(blob), 3 * n_chunks, rng.randrange(100)])) + blob
+        body = _sealed(body)
+        body += struct.pack("<I", rng.choice([len(body) + 4, rng.randrange(2**32)]))
+    elif n_chunks == 0:
+        body = _sealed(body)
+    return _v4_join(header, heads, payloads, body, rest)
+
+
+def _v4_resealed(rng: random.Random, packed: bytes) -> bytes:
+    header, heads, payloads, end, rest = _v4_parts(packed)
+    if not heads:
+        return packed
+    head = bytearray(heads[0])
+    pos = rng.randrange(len(head))
+    head[pos] = rng.randrange(256) if rng.random() < 0.5 else head[pos] ^ (1 << rng.randrange(8))
+    return _v4_join(header, [bytes(head)] + heads[1:], payloads, end, rest)
 
 
 # ---------------------------------------------------------------------------- mutations
@@ -118,7 +190,9 @@ def _forged_header(rng: random.Random, packed: bytes) -> bytes:
     blob = fmt.canonical_json(params) if rng.random() < 0.8 else rng.choice(
         [b"[" * 60000, b"{" * 3000, b"null", b"\xff\xfe", b'{"a":1e99999}', b"9" * 5000, b""])
     sha = bytes(32) if rng.random() < 0.7 else rng.randbytes(32)
-    version = fmt.VERSION if rng.random() < 0.9 else rng.randrange(256)
+    if packed[4] == 4:
+        return _v4_forged_header(rng, packed, blob, sha)
+    version = 3 if rng.random() < 0.9 else rng.randrange(256)
     flags = 0 if rng.random() < 0.9 else rng.randrange(256)
     head = _sealed(struct.pack("<4sBBH32s", fmt.MAGIC, version, flags, len(blob), sha) + blob)
     return head + packed[_header_end(packed):]
@@ -129,6 +203,8 @@ _SIZES = [0, 1, 2, 3, 4, 5, 8, 16, 64, 100, 1 << 20, 1 << 30, (1 << 30) + 1, 2**
 
 def _forged_chunk(rng: random.Random, packed: bytes) -> bytes:
     """A chunk record with any fields and a valid record CRC, at the start of the stream."""
+    if packed[4] == 4:
+        return _v4_forged_chunk(rng, packed)
     fields = [rng.choice(_SIZES) if rng.random() < 0.7 else rng.randrange(2**32) for _ in range(4)]
     method = rng.choice([0, 0, 1, 2, 2, 3, 255])
     payload = rng.randbytes(rng.randrange(0, 48))
@@ -141,6 +217,8 @@ def _forged_chunk(rng: random.Random, packed: bytes) -> bytes:
 
 def _forged_end(rng: random.Random, packed: bytes) -> bytes:
     """The first stream's end record replaced by one with a valid CRC and any counts."""
+    if packed[4] == 4:
+        return _v4_forged_end(rng, packed)
     end_size = int.from_bytes(packed[-8:-4], "little")
     n_chunks = rng.choice([0, 1, 2, 3, 1000, 2**32 - 1])
     body = struct.pack("<IIQ", 0, n_chunks, rng.choice([0, 1, 300, 2**64 - 1]))
@@ -152,6 +230,8 @@ def _forged_end(rng: random.Random, packed: bytes) -> bytes:
 def _resealed(rng: random.Random, packed: bytes) -> bytes:
     """A field of the first chunk record changed and its record CRC fixed: reaches the checks
     behind the CRC (sizes, methods, payload decoding, the index)."""
+    if packed[4] == 4:
+        return _v4_resealed(rng, packed)
     at = _header_end(packed)
     if int.from_bytes(packed[at : at + 4], "little") == 0:
         return packed
@@ -381,14 +461,26 @@ def test_truncation_at_every_position(model, seeds):
 def _record_spans(packed: bytes) -> list[tuple[int, int]]:
     """Byte ranges of headers, chunk records (without payload) and end records."""
     spans, pos = [], 0
+    if packed[4:5] == b"\x04":  # (the seeds with two streams start with a version 4 one)
+        for s in scan_streams(io.BytesIO(packed)):
+            spans.append((pos, pos + s.header_size))
+            end = pos + s.header_size
+            for at, size in s.records:
+                spans.append((pos + at, pos + at + size))
+                end = pos + at + size
+            for c in s.end.chunks[len(s.records) - 1 :] if s.records else []:
+                end += c.payload_len
+            spans.append((end, pos + s.compressed_size))
+            pos += s.compressed_size
+        return spans
     while pos < len(packed):
         end = pos + fmt.header_size(packed[pos : pos + 8])
         spans.append((pos, end))
         pos = end
         while True:
-            info = fmt.parse_chunk_record(packed, pos)
+            info = fmt.parse_chunk_record(packed, pos, 3)
             if info is None:
-                size = fmt.end_record_size(packed, pos)
+                size = fmt.end_record_size(packed, pos, version=3)
                 spans.append((pos, pos + size))
                 pos += size
                 break
@@ -416,7 +508,7 @@ def test_any_bytes_round_trip(model, data, method, chunk_size):
     assert lmzip.decompress(packed, model=model) == data
 
 
-@given(choice=st.integers(0, 4), edits=st.lists(
+@given(choice=st.integers(0, 10), edits=st.lists(
     st.tuples(st.sampled_from(["set", "insert", "delete"]), st.integers(0, 10**6), st.binary(min_size=1, max_size=8)),
     min_size=1, max_size=4))
 def test_hypothesis_mutations(model, seeds, choice, edits):
@@ -443,7 +535,8 @@ def test_anything_after_a_valid_header(model, seeds, tail):
 def _break_index_check() -> None:
     """For the self-test: size the index by its declared count again, unchecked."""
     original = fmt.end_record_size
-    fmt.end_record_size = lambda prefix, offset=0, chunks_read=None: original(prefix, offset)
+    fmt.end_record_size = lambda prefix, offset=0, chunks_read=None, version=fmt.VERSION: original(
+        prefix, offset, version=version)
 
 
 if __name__ == "__main__":  # the child process of run_in_limited_process

@@ -85,8 +85,11 @@ def _texts(n: int, size: int) -> list[bytes]:
 
 
 def _chunks(packed: bytes) -> list[fmt.ChunkInfo]:
-    end_size = int.from_bytes(packed[-8:-4], "little")
-    return list(fmt.parse_end_record(packed, len(packed) - end_size).chunks)
+    import io
+
+    from lmzip.core import scan_streams
+
+    return list(scan_streams(io.BytesIO(packed))[0].end.chunks)
 
 
 @pytest.mark.parametrize("streams", [1, 2, 3, 8])
@@ -117,10 +120,11 @@ def test_each_group_is_one_batch_per_step():
 
 def test_a_wrong_width_does_not_decode_silently():
     data = b"".join(_texts(4, 600))
-    packed = bytearray(lmzip.compress(data, model=BatchSensitive(), chunk_size=600, streams=4, method="model"))
+    packed = bytearray(lmzip.compress(data, model=BatchSensitive(), chunk_size=600, streams=4, method="model",
+                                      format_version=3))  # (version 4: the header CRC covers the width too)
     header_len = fmt.header_size(bytes(packed[:8]))
     params = fmt.parse_header(bytes(packed)).params
-    forged = fmt.pack_header(bytes(32), {**params, "streams": 2})
+    forged = fmt.pack_header(bytes(32), {**params, "streams": 2}, 3)
     with pytest.raises(CorruptError):
         lmzip.decompress(forged + bytes(packed[header_len:]), model=BatchSensitive())
 
@@ -174,7 +178,7 @@ def _records(packed: bytes):
     pos = fmt.header_size(packed[:8])
     out = []
     while True:
-        info = fmt.parse_chunk_record(packed, pos)
+        info = fmt.parse_chunk_record(packed, pos, 3)
         if info is None:
             return out
         out.append((pos, info))
@@ -182,13 +186,14 @@ def _records(packed: bytes):
 
 
 def _rewrite(packed: bytes, offset: int, info: fmt.ChunkInfo) -> bytes:
-    head = fmt.pack_chunk_record(info, bytes(info.payload_len))[: fmt.CHUNK_RECORD_SIZE]
+    head = fmt.pack_chunk_record(info, bytes(info.payload_len), 3)[: fmt.CHUNK_RECORD_SIZE]
     return packed[:offset] + head + packed[offset + fmt.CHUNK_RECORD_SIZE:]
 
 
 def test_damaged_group_marks_are_refused():
     data = b"".join(_texts(4, 600))
-    packed = lmzip.compress(data, model=BatchSensitive(), chunk_size=600, streams=2, method="model")
+    packed = lmzip.compress(data, model=BatchSensitive(), chunk_size=600, streams=2, method="model",
+                            format_version=3)
     (o0, c0), (o1, c1) = _records(packed)[:2]
     # the group's first chunk loses its mark: its chunks continue a group never started
     lost = _rewrite(packed, o0, fmt.ChunkInfo(c0.raw_len, c0.n_tokens, c0.payload_len, c0.data_crc))
@@ -204,12 +209,13 @@ def test_damaged_group_marks_are_refused():
 
 @pytest.mark.parametrize("width", [0, 65, "8", 2.5, None])
 def test_header_widths_out_of_range_are_refused(width):
+    # version 3 (JSON): the version 4 container field holds only widths 1 to 64
     packed = lmzip.compress(b"hello world " * 30, model=BatchSensitive(), chunk_size=100, streams=2,
-                            method="model")
+                            method="model", format_version=3)
     header_len = fmt.header_size(packed[:8])
     params = {**fmt.parse_header(packed).params, "streams": width}
     with pytest.raises(FormatError, match="lockstep streams"):
-        lmzip.decompress(fmt.pack_header(bytes(32), params) + packed[header_len:], model=BatchSensitive())
+        lmzip.decompress(fmt.pack_header(bytes(32), params, 3) + packed[header_len:], model=BatchSensitive())
 
 
 def test_streams_argument_is_checked():

@@ -88,7 +88,8 @@ def test_damage_is_reported(packed):
     with pytest.raises(TruncatedError):
         lmzip.decompress_range(packed[:-10], 0, 100, model=BatchSensitive())
     hurt = bytearray(packed)
-    hurt[fmt.header_size(packed[:8]) + fmt.CHUNK_RECORD_SIZE + 3] ^= 0x40  # first payload
+    at, head = lmzip.core.scan_streams(io.BytesIO(packed))[0].records[0]
+    hurt[at + head + 3] ^= 0x40  # first payload
     with pytest.raises(CorruptError):
         lmzip.decompress_range(bytes(hurt), 0, 100, model=BatchSensitive())
 

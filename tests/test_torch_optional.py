@@ -30,7 +30,7 @@ _SCRIPT = textwrap.dedent("""
         raise AssertionError("loaded a torch model without torch")
     params = {"backend": "torch 2.13.0+cpu transformers 5.23.0", "context": 2048, "device": "cpu",
               "dtype": "float32", "model": "smollm2-135m", "threads": 2}
-    header = fmt.pack_header(bytes(32), params)
+    header = fmt.pack_header(bytes(32), params, 3)
     try:
         registry.model_for_header(fmt.parse_header(header))
     except ModelNotFoundError as exc:

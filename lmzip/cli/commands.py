@@ -485,7 +485,8 @@ def info(files) -> None:
             p = s.header.params
             bpb = 8 * s.compressed_size / s.end.original_len if s.end.original_len else 0.0
             tokens = sum(c.n_tokens for c in s.end.chunks)
-            click.echo(f"  format        lmzip version {s.header.version}")
+            code = f" (model code {s.header.code})" if s.header.code is not None else ""
+            click.echo(f"  format        lmzip version {s.header.version}{code}")
             if s.header.names_no_model:
                 click.echo("  model         none (no chunk is coded by a model)")
             else:
@@ -515,6 +516,9 @@ def info(files) -> None:
             for name, (n, raw, packed) in by_method.items():
                 click.echo(f"  {name + ' chunks':<13} {n}: {raw} -> {packed} bytes")
             click.echo(f"  compressed    {s.compressed_size} bytes, {bpb:.3f} bits per byte")
+            raw = s.end.original_len
+            for what, size in (("payload", s.payload_size), ("container", s.container_size)):
+                click.echo(f"  {what:<13} {size} bytes, {8 * size / raw if raw else 0.0:.4f} bits per byte")
 
     _run(job, list(files), work)
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import FormatError, ModelMismatchError, ModelNotFoundError
-from ..format import CONTAINER_PARAMS, StreamHeader
+from ..format import CONTAINER_PARAMS, StreamHeader, model_check
 from .base import Model
 from .cache import cache_dir, file_sha256
 
@@ -410,6 +410,11 @@ def model_for_header(header: StreamHeader, model: str | os.PathLike | Model | No
         raise ModelMismatchError(
             f"file was compressed with another {_short(params.get('model'))} model file "
             f"(SHA-256 {header.model_sha256.hex()[:16]}…, this one is {found.model_sha256.hex()[:16]}…)")
+    if header.check and model_check(found.model_sha256, mine) != header.check:
+        # version 4 presets: the compressor's model fingerprint, cut short (a table entry
+        # that was changed after files were written with it ends here, not in a CRC error)
+        raise ModelMismatchError(f"file was compressed with another model or settings (fingerprint "
+                                 f"{header.check.hex()}, this model's is {model_check(found.model_sha256, mine).hex()})")
     return found
 
 
