@@ -384,13 +384,12 @@ _GEMMA3 = bytes.fromhex("a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44
 
 #: version 4 model codes -> (model file SHA-256, the model's own params).  FROZEN: a code
 #: means these exact settings forever; new defaults get new codes (a file written with
-#: settings no code has gets CODE_FULL).  Codes 6 and 7 are reserved for the portable
-#: engine's defaults (its own issue): written as soon as a model reports these params.
+#: settings no code has gets CODE_FULL).  Codes 4 and 5 are unused: llama.cpp files record
+#: the CPU kernels of the build that wrote them (``params["kernels"]``), so they are
+#: written in full.
 PRESETS: dict[int, tuple[bytes, dict[str, Any]]] = {
     2: (bytes(32), {"backend": "order1", "model": "order1"}),
     3: (bytes(32), {"backend": "ngram", "mix": "b1", "model": "ngram"}),
-    4: (_SMOLLM2, {"backend": "llama.cpp 0.3.36", "context": 2048, "mix": "m2", "model": "smollm2-135m"}),
-    5: (_GEMMA3, {"backend": "llama.cpp 0.3.36", "context": 2048, "mix": "m2", "model": "gemma3-270m"}),
     6: (_SMOLLM2, {"backend": "portable 1", "context": 2048, "mix": "m2", "model": "smollm2-135m"}),
     7: (_GEMMA3, {"backend": "portable 1", "context": 2048, "mix": "m2", "model": "gemma3-270m"}),
 }
