@@ -109,7 +109,7 @@ def group_speed(model, toks, width=8, depth=2048, measure=64) -> float:
 def rss_child(backend: str, threads: int, ntok: int) -> None:
     ms = models(threads, (backend,))
     m = ms[backend]
-    from lmzip import corpora
+    from lmzip.measure import corpora
 
     data = corpora.corpus_file("alice29.txt").path.read_bytes()[: 8 * ntok]
     toks = m.tokenizer.encode(data)[:ntok]
@@ -163,7 +163,7 @@ def main() -> None:
                   f"(model loaded, before the stream: {got['RSS-before']} MB)")
     if not (a.ce or a.speed or a.group):
         return
-    from lmzip import corpora
+    from lmzip.measure import corpora
 
     data = corpora.corpus_file(a.file).path.read_bytes()
     ms = models(a.threads, tuple(a.backends.split(",")))

@@ -384,12 +384,14 @@ _GEMMA3 = bytes.fromhex("a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44
 
 #: version 4 model codes -> (model file SHA-256, the model's own params).  FROZEN: a code
 #: means these exact settings forever; new defaults get new codes (a file written with
-#: settings no code has gets CODE_FULL).  Codes 4 and 5 are unused: llama.cpp files record
-#: the CPU kernels of the build that wrote them (``params["kernels"]``), so they are
-#: written in full.
+#: settings no code has gets CODE_FULL).  Codes 4 and 5 (llama.cpp) leave out the CPU
+#: kernels of the build that wrote the file (``params["kernels"]``, which differ per
+#: machine): the header's ``check`` covers them, so another build is still refused.
 PRESETS: dict[int, tuple[bytes, dict[str, Any]]] = {
     2: (bytes(32), {"backend": "order1", "model": "order1"}),
     3: (bytes(32), {"backend": "ngram", "mix": "b1", "model": "ngram"}),
+    4: (_SMOLLM2, {"backend": "llama.cpp 0.3.36", "context": 2048, "mix": "m2", "model": "smollm2-135m"}),
+    5: (_GEMMA3, {"backend": "llama.cpp 0.3.36", "context": 2048, "mix": "m2", "model": "gemma3-270m"}),
     6: (_SMOLLM2, {"backend": "portable 1", "context": 2048, "mix": "m2", "model": "smollm2-135m"}),
     7: (_GEMMA3, {"backend": "portable 1", "context": 2048, "mix": "m2", "model": "gemma3-270m"}),
 }
@@ -459,7 +461,8 @@ def _pack_header_v4(model_sha256: bytes, params: dict[str, Any]) -> bytes:
     own = {k: v for k, v in params.items() if k not in CONTAINER_PARAMS}
     if own == NO_MODEL_PARAMS and not any(model_sha256):
         return MAGIC + bytes([4, CODE_NO_MODEL])
-    code = preset_code(model_sha256, own)
+    # llama.cpp's kernel family is not in its presets: the check below still covers it
+    code = preset_code(model_sha256, {k: v for k, v in own.items() if k != "kernels"})
     if code is not None:
         return MAGIC + bytes([4, code]) + _container(params) + model_check(model_sha256, own)
     blob = canonical_json(own)

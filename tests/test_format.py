@@ -218,7 +218,7 @@ V4_NGRAM_STREAM = (
     "17000000"  # size of the end record (23), for readers that start from the end
 )
 # the header of a default file (smollm2-135m through llama.cpp 0.3.36, context 2048, mix m2)
-V4_DEFAULT_HEADER = "894c4d5a" "04" "06" "00" "ea35cb7a"
+V4_DEFAULT_HEADER = "894c4d5a" "04" "04" "00" "dc681eb0"
 
 
 def test_version_4_golden_header_with_the_settings_in_full():
@@ -233,14 +233,14 @@ def test_version_4_golden_header_with_the_settings_in_full():
 
 
 def test_version_4_golden_default_header():
-    params = {"backend": "portable 1", "context": 2048, "mix": "m2", "model": "smollm2-135m"}
-    sha, preset = fmt.PRESETS[6]
+    params = {"backend": "llama.cpp 0.3.36", "context": 2048, "mix": "m2", "model": "smollm2-135m"}
+    sha, preset = fmt.PRESETS[4]
     assert preset == params
     head = fmt.pack_header(sha, {**params, "chunk_size": 1 << 20})
     assert head.hex() == V4_DEFAULT_HEADER  # 11 bytes instead of 139
     assert head[-4:] == fmt.fingerprint(sha, params)[:4]
     h = fmt.parse_header(head + fmt.pack_end_record([], 4, head))
-    assert h.code == 6 and h.model_sha256 == sha and h.params == {**params, "chunk_size": 1 << 20}
+    assert h.code == 4 and h.model_sha256 == sha and h.params == {**params, "chunk_size": 1 << 20}
     # other settings: written in full; a width and chunk size: in the container varint
     wider = fmt.parse_header(bytes.fromhex(V4_FULL_HEADER + V4_FULL_EMPTY_END))
     assert wider.code == fmt.CODE_FULL
@@ -256,6 +256,10 @@ def test_preset_codes_are_frozen():
     frozen = {
         2: ("00" * 32, '{"backend":"order1","model":"order1"}'),
         3: ("00" * 32, '{"backend":"ngram","mix":"b1","model":"ngram"}'),
+        4: ("b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+            '{"backend":"llama.cpp 0.3.36","context":2048,"mix":"m2","model":"smollm2-135m"}'),
+        5: ("a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+            '{"backend":"llama.cpp 0.3.36","context":2048,"mix":"m2","model":"gemma3-270m"}'),
         6: ("b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
             '{"backend":"portable 1","context":2048,"mix":"m2","model":"smollm2-135m"}'),
         7: ("a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
@@ -305,7 +309,7 @@ def test_version_4_costs_little(order1):
         sizes[n] = s.container_size
     assert sizes[1] == 24 and max(sizes.values()) <= 32, sizes
     # the largest one-chunk file: 1 MiB of text, about 2**20 tokens and payload bytes
-    sha, params = fmt.PRESETS[6]
+    sha, params = fmt.PRESETS[4]
     head = fmt.pack_header(sha, params)
     big = fmt.ChunkInfo(1 << 20, 1 << 20, 3 << 20, 0, starts_group=True)
     record = fmt.pack_chunk_record(big, bytes(3 << 20), 4, head)
@@ -441,3 +445,15 @@ def test_pack_rejects_inconsistent_input(version):
         fmt.pack_chunk_record(fmt.ChunkInfo(5, 3, 8, 0), b"1234", version)
     with pytest.raises(ValueError):
         fmt.pack_header(b"short", {}, version)
+
+
+def test_llama_cpp_presets_keep_the_kernels_in_their_check():
+    """Codes 4 and 5 leave llama.cpp's kernel family out of the header, not out of the check."""
+    sha, preset = fmt.PRESETS[4]
+    mine = {**preset, "kernels": "x86_64 avx avx2 f16c fma"}
+    head = fmt.pack_header(sha, {**mine, "chunk_size": 1 << 20})
+    assert len(head) == 11 and head[5] == 4
+    h = fmt.parse_header(head + fmt.pack_end_record([], 4, head))
+    assert h.params == {**preset, "chunk_size": 1 << 20}  # the kernels are not spelled out
+    assert h.check == fmt.model_check(sha, mine)
+    assert h.check != fmt.model_check(sha, {**preset, "kernels": "x86_64 avx avx2 avx512 amx_int8"})

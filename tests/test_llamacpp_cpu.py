@@ -61,7 +61,7 @@ def test_batched_llama_cpp_calls_run_on_this_cpu(tmp_path):
 def test_file_records_the_kernel_family(llm):
     from lmzip.predictors.llamacpp import build_features, kernel_family
 
-    packed = lmzip.compress(b"The kernels decide the logits.", model=llm)
+    packed = lmzip.compress(b"The kernels decide the logits.", model=llm, format_version=3)
     header = fmt.parse_header(packed)
     assert header.params["kernels"] == kernel_family()
     assert kernel_family().split()[0] in ("x86_64", "amd64", "aarch64", "arm64")
@@ -72,21 +72,24 @@ def _with_params(packed: bytes, **changes) -> bytes:
     """The same stream with its header's settings changed (header CRC recomputed)."""
     header = fmt.parse_header(packed)
     params = {k: v for k, v in {**header.params, **changes}.items() if v is not None}
-    return fmt.pack_header(header.model_sha256, params) + packed[fmt.header_size(packed):]
+    return fmt.pack_header(header.model_sha256, params, header.version) + packed[fmt.header_size(packed):]
 
 
-def test_other_kernels_are_refused_before_decoding(llm):
+@pytest.mark.parametrize("version", [3, 4])
+def test_other_kernels_are_refused_before_decoding(llm, monkeypatch, version):
+    # version 3 spells the kernels out; a version 4 preset header keeps them in its check
     text = b"A file from a machine whose llama.cpp uses other kernels."
-    packed = lmzip.compress(text, model=llm)
-    forged = _with_params(packed, kernels="x86_64 sse3 avx avx2 fma f16c")
+    packed = lmzip.compress(text, model=llm, format_version=version)
+    # the decoding machine's llama.cpp: another build (the model object is the registry's, shared)
+    monkeypatch.setattr(llm.base, "kernels", "x86_64 sse3 avx avx2 fma f16c")
     with pytest.raises(lmzip.ModelMismatchError, match="other CPU kernels"):
-        lmzip.decompress(forged)
+        lmzip.decompress(packed)
 
 
 def test_files_from_before_the_kernels_key_still_decode(llm):
     # lmzip before issue 16 wrote no "kernels": such a file decodes on the machine that wrote it
     text = corpus_slice("alice29.txt", 0, 600)
-    packed = lmzip.compress(text, model=llm)
+    packed = lmzip.compress(text, model=llm, format_version=3)
     old = _with_params(packed, kernels=None)
     assert "kernels" not in fmt.parse_header(old).params
     assert lmzip.decompress(old) == text

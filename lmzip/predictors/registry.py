@@ -394,8 +394,10 @@ def model_for_header(header: StreamHeader, model: str | os.PathLike | Model | No
                 raise ModelNotFoundError(f"this file needs model '{wanted}': {exc}") from None
             raise
     mine = found.params()
+    full = dict(mine)  # what a version 4 preset's check covers
     if "kernels" in mine and "kernels" not in params:
-        del mine["kernels"]  # written before lmzip recorded llama.cpp's kernels: nothing to compare
+        # a preset header (its check covers the kernels), or a file from before lmzip recorded them
+        del mine["kernels"]
     if mine != params:
         diffs = sorted(k for k in set(mine) | set(params) if mine.get(k) != params.get(k))
         if diffs == ["kernels"]:
@@ -410,11 +412,13 @@ def model_for_header(header: StreamHeader, model: str | os.PathLike | Model | No
         raise ModelMismatchError(
             f"file was compressed with another {_short(params.get('model'))} model file "
             f"(SHA-256 {header.model_sha256.hex()[:16]}…, this one is {found.model_sha256.hex()[:16]}…)")
-    if header.check and model_check(found.model_sha256, mine) != header.check:
+    if header.check and model_check(found.model_sha256, full) != header.check:
         # version 4 presets: the compressor's model fingerprint, cut short (a table entry
         # that was changed after files were written with it ends here, not in a CRC error)
-        raise ModelMismatchError(f"file was compressed with another model or settings (fingerprint "
-                                 f"{header.check.hex()}, this model's is {model_check(found.model_sha256, mine).hex()})")
+        kernels = (f", or a llama.cpp built for other CPU kernels than this one's ({_short(full['kernels'], 160)})"
+                   if "kernels" in full else "")
+        raise ModelMismatchError(f"file was compressed with another model or settings{kernels} (fingerprint "
+                                 f"{header.check.hex()}, this model's is {model_check(found.model_sha256, full).hex()})")
     return found
 
 
