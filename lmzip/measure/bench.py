@@ -37,6 +37,7 @@ from .. import __version__
 from ..codec import Stats
 from ..core import DEFAULT_CHUNK_SIZE, LMZipCompressor, decompress
 from ..predictors.base import Model
+from .. import format as fmt
 from ..predictors.cache import cache_dir as lmzip_cache_dir
 from ..predictors.registry import load_model
 from .baselines import Classic, available
@@ -219,8 +220,9 @@ def _cache_key(data_sha: str, job: Job, model: Model | None, chunk_size: int) ->
         who = {"classic": job.classic.name, "library": job.classic.version, "classic_schema": CLASSIC_SCHEMA}
     else:
         assert model is not None
+        # the container's version too: it changes the sizes (version 4 is ~180 bytes smaller a file)
         who = {"model_sha256": model.model_sha256.hex(), "params": model.params(), "chunk_size": chunk_size,
-               "lmzip": __version__}
+               "lmzip": __version__, "format": fmt.VERSION}
     blob = json.dumps({"schema": CACHE_SCHEMA, "data": data_sha, **who}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:40]
 
