@@ -13,6 +13,7 @@ written to a temporary file and renamed, so a reader never sees half a file.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import struct
@@ -98,12 +99,15 @@ def vocab_path(weights: str | os.PathLike) -> Path:
     return Path(weights).with_suffix(".vocab")
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+@contextlib.contextmanager
+def _atomic_file(path: Path):
+    """A file opened for writing beside ``path``, renamed onto it only when the block ends
+    without an error (synced first); removed otherwise."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
@@ -120,7 +124,8 @@ def write_vocab(path: Path, pieces: list[bytes], bos: int) -> None:
     out = [VOCAB_MAGIC, struct.pack("<II", bos, len(pieces))]
     for p in pieces:
         out.append(struct.pack("<H", len(p)) + p)
-    _write_atomic(path, b"".join(out))
+    with _atomic_file(path) as f:
+        f.write(b"".join(out))
 
 
 def read_vocab(path: str | os.PathLike) -> tuple[list[bytes], int]:
@@ -204,26 +209,13 @@ def convert(gguf_path: str | os.PathLike, out_path: str | os.PathLike) -> None:
 
     out_path = Path(out_path)
     write_vocab(vocab_path(out_path), pieces, bos_id)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=out_path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(header)
-            f.write(table)
-            for off, data in placed:
-                f.seek(off)
-                f.write(data)
-            f.truncate(offset)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out_path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with _atomic_file(out_path) as f:
+        f.write(header)
+        f.write(table)
+        for off, data in placed:
+            f.seek(off)
+            f.write(data)
+        f.truncate(offset)
 
 
 def cached_weights(gguf_path: str | os.PathLike, sha256: str | None = None) -> Path:
