@@ -22,6 +22,7 @@ from lmzip.codec import compress_group, decompress_group  # noqa: E402
 from lmzip.errors import FormatError, ModelMismatchError, ModelNotFoundError  # noqa: E402
 from lmzip.predictors import registry  # noqa: E402
 from lmzip.predictors import torch_backend as tb  # noqa: E402
+from lmzip.predictors.gguf_tokenizer import _byte_level_alphabet  # noqa: E402
 from lmzip.predictors.mixing import NO_MIX, MixedModel  # noqa: E402
 from lmzip.predictors.torch_backend import DeviceInfo, TorchModel, plan_devices  # noqa: E402
 
@@ -36,7 +37,7 @@ def _hf_tokenizer():
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    b2u = {b: c for c, b in tb._bytes_to_unicode().items()}
+    b2u = {b: c for c, b in _byte_level_alphabet().items()}
     vocab = {b2u[b]: i for i, b in enumerate(b for b in range(256) if b != 0xFF)}
     for a, b in MERGES:
         vocab[a + b] = len(vocab)

@@ -288,19 +288,6 @@ def _llama_vocab_tokenizer(path: Path) -> tuple[PieceTokenizer, int, Any]:
     return tok, int(start), v
 
 
-def _bytes_to_unicode() -> dict[str, int]:
-    """GPT-2's byte-level alphabet, inverted: character -> byte."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return {chr(c): b for b, c in zip(bs, cs)}
-
-
 def hf_pieces(hf_tokenizer) -> list[bytes]:
     """The exact bytes of each token of a transformers (fast) tokenizer.
 
@@ -311,7 +298,8 @@ def hf_pieces(hf_tokenizer) -> list[bytes]:
     n = len(hf_tokenizer)
     added = hf_tokenizer.added_tokens_decoder  # id -> AddedToken
     special_ids = set(hf_tokenizer.all_special_ids) | {i for i, t in added.items() if t.special}
-    inv = _bytes_to_unicode()
+    from .gguf_tokenizer import _BYTE_OF_CHAR as inv  # GPT-2's byte alphabet, character -> byte
+
     vocab_tokens = [t for i, t in enumerate(hf_tokenizer.convert_ids_to_tokens(list(range(n))))
                     if i not in added and t is not None]
     byte_level = bool(vocab_tokens) and all(all(ch in inv for ch in t) for t in vocab_tokens)
