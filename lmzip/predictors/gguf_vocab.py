@@ -1,11 +1,10 @@
 """Token pieces and the start token of a GGUF vocabulary for the portable engine, read
-without llama.cpp (the pieces are :mod:`lmzip.predictors.gguf_tokenizer`'s), and a
-longest-match fallback tokenizer.
+without llama.cpp (the pieces are :mod:`lmzip.predictors.gguf_tokenizer`'s).
 """
 
 from __future__ import annotations
 
-__all__ = ["gguf_pieces", "greedy_tokenize"]
+__all__ = ["gguf_pieces"]
 
 
 def gguf_pieces(path_or_reader) -> tuple[list[bytes], int]:
@@ -19,25 +18,3 @@ def gguf_pieces(path_or_reader) -> tuple[list[bytes], int]:
     bf = r.fields.get("tokenizer.ggml.bos_token_id")
     bos = int(bf.parts[bf.data[0]][0]) if bf is not None else 1
     return pieces_of(r), bos
-
-
-def greedy_tokenize(pieces: list[bytes], data: bytes) -> list[int]:
-    """Longest-match tokenization (valid, not the model's own): for tests and fallbacks."""
-    index: dict[bytes, int] = {}
-    longest = 1
-    for t, p in enumerate(pieces):
-        if p and p not in index:
-            index[p] = t
-            longest = max(longest, len(p))
-    out = []
-    i = 0
-    while i < len(data):
-        for n in range(min(longest, len(data) - i), 0, -1):
-            t = index.get(data[i : i + n])
-            if t is not None:
-                out.append(t)
-                i += n
-                break
-        else:
-            raise ValueError(f"byte {data[i]:#x} has no token")
-    return out

@@ -27,10 +27,10 @@ import numpy as np
 from ..errors import LMZipError, ModelNotFoundError
 from ..tokenization import PieceTokenizer
 from .base import Model, Stream, StreamGroup
-from .gguf_vocab import gguf_pieces, greedy_tokenize
+from .gguf_vocab import gguf_pieces
 from .portable_weights import cached_weights, read_vocab, vocab_path
 
-__all__ = ["PortableModel", "engine_module", "llamacpp_tokenizer", "MAX_WIDTH"]
+__all__ = ["PortableModel", "engine_module", "MAX_WIDTH"]
 
 #: widest lockstep group (each stream holds its own cache of ``context`` positions)
 MAX_WIDTH = 64
@@ -49,37 +49,6 @@ def default_threads() -> int:
     if env.isdigit() and int(env) > 0:
         return int(env)
     return max(1, min(os.cpu_count() or 1, 8))
-
-
-def llamacpp_tokenizer(gguf_path: str | os.PathLike) -> Callable[[bytes], list[int]] | None:
-    """The model's own tokenizer from llama.cpp (vocabulary only), or None without
-    llama-cpp-python.  Tokenization only affects what the compressor chooses (the
-    decoder never tokenizes), so any tokenizer gives decodable files."""
-    try:
-        from .llamacpp import _llama
-
-        L = _llama()
-    except Exception:
-        return None
-    mp = L.llama_model_default_params()
-    mp.vocab_only = True
-    mp.n_gpu_layers = 0
-    model = L.llama_model_load_from_file(str(gguf_path).encode(), mp)
-    if not model:
-        return None
-    vocab = L.llama_model_get_vocab(model)
-
-    def tokenize(text: bytes, _keep=model) -> list[int]:
-        cap = len(text) + 16
-        out = (L.llama_token * cap)()
-        n = L.llama_tokenize(vocab, text, len(text), out, cap, False, False)
-        if n < 0:
-            cap = -n
-            out = (L.llama_token * cap)()
-            n = L.llama_tokenize(vocab, text, len(text), out, cap, False, False)
-        return list(out[:n]) if n >= 0 else []
-
-    return tokenize
 
 
 class _GroupStream(Stream):
@@ -180,8 +149,8 @@ class PortableModel(Model):
         threads: CPU threads (does not change results).
         isa: force a kernel set ("scalar", "sse2", "avx2", "avx512"; default: the best,
             or ``$LMZIP_ENGINE_ISA``); does not change results.
-        tokenize_text: the text tokenizer (valid UTF-8 -> ids); default llama.cpp's if
-            importable, else longest match over the vocabulary.
+        tokenize_text: the text tokenizer (valid UTF-8 -> ids); default the GGUF's own
+            (:class:`lmzip.predictors.gguf_tokenizer.GGUFTokenizer`), which needs no llama.cpp.
         weights: an engine weights file to use instead of the cached conversion.
     """
 
@@ -213,11 +182,10 @@ class PortableModel(Model):
         if len(pieces) != self._engine.n_vocab:
             raise LMZipError("the weights file does not match the model's vocabulary")
         self.start_token = bos
-        if tokenize_text is None:
-            tokenize_text = llamacpp_tokenizer(self.path)
-        if tokenize_text is None:
-            model_pieces = list(pieces)
-            tokenize_text = lambda text: greedy_tokenize(model_pieces, text)  # noqa: E731
+        if tokenize_text is None:  # the model's own tokenizer, without llama.cpp
+            from .gguf_tokenizer import GGUFTokenizer
+
+            tokenize_text = GGUFTokenizer(self.path).tokenize_text
         self.tokenizer = PieceTokenizer(pieces, tokenize_text)
 
     @property

@@ -189,9 +189,9 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, context: int | 
     whose logits are the same on every machine (:mod:`lmzip.predictors.portable`);
     ``"llama.cpp"`` runs llama-cpp-python (the ``llamacpp`` extra), whose logits depend
     on the CPU kernels it was built for.  ``backend="torch"`` runs the language model
-    with PyTorch through transformers (the ``torch`` extra): from the same GGUF files, or from a local Hugging Face model folder
-    given as ``name_or_path``; ``dtype``, ``streams`` and ``device`` are its settings
-    (:class:`lmzip.predictors.torch_backend.TorchModel`).
+    with PyTorch through transformers (the ``torch`` extra): from the same GGUF files, or
+    from a local Hugging Face model folder given as ``name_or_path``; ``dtype``,
+    ``streams`` and ``device`` are its settings (:class:`lmzip.predictors.torch_backend.TorchModel`).
     """
     from .mixing import DEFAULT_MIX, MixedModel
 
@@ -260,12 +260,10 @@ def _load_portable(name_or_path: str, spec: ModelSpec | None, context: int, thre
     key = ("portable", str(Path(path).resolve()), context, threads)
     model = _loaded.get(key)
     if model is None or model.closed:
-        from .gguf_tokenizer import GGUFTokenizer
         from .portable import PortableModel
 
         sha = _checked_sha256(path, spec)
-        model = PortableModel(path, name=name, sha256=sha, context=context, threads=threads,
-                              tokenize_text=GGUFTokenizer(path).tokenize_text)
+        model = PortableModel(path, name=name, sha256=sha, context=context, threads=threads)
         _remember(key, model)
     return model
 
@@ -417,8 +415,9 @@ def model_for_header(header: StreamHeader, model: str | os.PathLike | Model | No
         # that was changed after files were written with it ends here, not in a CRC error)
         kernels = (f", or a llama.cpp built for other CPU kernels than this one's ({_short(full['kernels'], 160)})"
                    if "kernels" in full else "")
+        ours = model_check(found.model_sha256, full).hex()
         raise ModelMismatchError(f"file was compressed with another model or settings{kernels} (fingerprint "
-                                 f"{header.check.hex()}, this model's is {model_check(found.model_sha256, full).hex()})")
+                                 f"{header.check.hex()}, this model's is {ours})")
     return found
 
 
