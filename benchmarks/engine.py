@@ -5,7 +5,7 @@
 
 --ce      bare cross-entropy (bits per byte) of the whole file, one stream, window 2048
 --speed   tokens/s of one stream, one token per call, the first --tokens tokens
---group   tokens/s of a lockstep group of 8 once the window is full (engine only)
+--group   tokens/s of a lockstep group of 8 once the window is full
 --rss     peak RSS of one stream over --tokens tokens, each backend in a subprocess
 Also prints the conversion and load times.  Timing on a shared machine is noisy: both
 backends are measured in the same run, one after the other.
@@ -93,9 +93,16 @@ def group_speed(model, toks, width=8, depth=2048, measure=64) -> float:
     n = len(toks)
     texts = [[toks[(i + 997 * w) % n] for i in range(depth + measure + 1)] for w in range(width)]
     g = model.open_group([len(t) + 1 for t in texts], width)
-    eng = model._engine
-    # fill the caches to the window's depth in big calls (the results do not depend on the calls)
-    eng.eval([s.handle for s in g.streams], [t[:depth] for t in texts], np.empty((width, eng.n_vocab), np.float32))
+    eng = getattr(model, "_engine", None)
+    if eng is not None:
+        # fill the caches to the window's depth in big calls (the results do not depend on the calls)
+        eng.eval([s.handle for s in g.streams], [t[:depth] for t in texts],
+                 np.empty((width, eng.n_vocab), np.float32))
+    else:  # llama.cpp: the lockstep schedule itself, one batch of `width` tokens per step
+        for i in range(depth):
+            for s, t in zip(g.streams, texts):
+                s.push(t[i])
+            g.advance()
     t0 = time.perf_counter()
     for i in range(depth, depth + measure):
         for s, t in zip(g.streams, texts):
@@ -171,8 +178,9 @@ def main() -> None:
     if a.speed:
         for name, m in ms.items():
             print(f"{name}: one stream, one token per call, {a.tokens} tokens: {speed(m, toks[:a.tokens]):.1f} tokens/s")
-    if a.group and "portable" in ms:
-        print(f"portable: lockstep group of 8 at depth 2048: {group_speed(ms['portable'], toks):.1f} tokens/s")
+    if a.group:
+        for name, m in ms.items():
+            print(f"{name}: lockstep group of 8 at depth 2048: {group_speed(m, toks):.1f} tokens/s")
     if a.ce:
         for name, m in ms.items():
             t0 = time.perf_counter()
