@@ -177,7 +177,8 @@ def main() -> None:
     toks = next(iter(ms.values())).tokenizer.encode(data)
     if a.speed:
         for name, m in ms.items():
-            print(f"{name}: one stream, one token per call, {a.tokens} tokens: {speed(m, toks[:a.tokens]):.1f} tokens/s")
+            rate = speed(m, toks[: a.tokens])
+            print(f"{name}: one stream, one token per call, {a.tokens} tokens: {rate:.1f} tokens/s")
     if a.group:
         for name, m in ms.items():
             print(f"{name}: lockstep group of 8 at depth 2048: {group_speed(m, toks):.1f} tokens/s")

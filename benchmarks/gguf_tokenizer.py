@@ -15,10 +15,9 @@ import difflib
 import platform
 import time
 
-from lmzip.predictors.mixing import NO_MIX
-
 from lmzip.measure import corpora
 from lmzip.predictors import gguf_tokenizer as gt
+from lmzip.predictors.mixing import NO_MIX
 from lmzip.predictors.registry import load_model
 from lmzip.tokenization import _split_bounded, utf8_runs
 

@@ -210,7 +210,10 @@ def test_ctrl_c_leaves_no_partial_output(tmp_path):
     path = tmp_path / "long.txt"
     path.write_bytes(corpus_slice("plrabn12.txt", 0, 60_000))
     before = path.read_bytes()
-    proc = subprocess.Popen([*LMZIP, "compress", str(path)], stderr=subprocess.PIPE)
+    # a test run started in the background (nohup, `&`) ignores SIGINT, and children inherit
+    # that: give the compressor the default disposition, as a terminal's foreground job has
+    proc = subprocess.Popen([*LMZIP, "compress", str(path)], stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 600  # loading the model takes minutes on a loaded machine
         while not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]:  # wait until it writes

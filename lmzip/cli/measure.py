@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from ..errors import LMZipError
-from ..predictors.registry import DEFAULT_CONTEXT, DEFAULT_MODEL
+from ..predictors.registry import BACKENDS, DEFAULT_BACKEND, DEFAULT_CONTEXT, DEFAULT_MODEL
 from .status import StatusLine
 
 __all__ = ["bench", "entropy", "capacity", "COMMANDS"]
@@ -26,6 +26,11 @@ Exit status:
        a round trip that does not give back the input)
   2    usage error (bad option or argument)
   130  interrupted (Ctrl-C); finished benchmark jobs stay cached"""
+
+
+def _backend_option(f):
+    return click.option("--backend", type=click.Choice(BACKENDS), default=DEFAULT_BACKEND, show_default=True,
+                        help="What runs the language model (see lmzip compress --help).")(f)
 
 
 _THREADS_HELP = ("CPU threads for the model (results do not change; on a machine busy with other work, "
@@ -110,8 +115,9 @@ class _BenchReporter:
 @click.option("-q", "--quiet", is_flag=True, help="Print only the table and errors.")
 @click.option("--progress/--no-progress", default=None,
               help="Show a status line on stderr (default: when stderr is a terminal).")
+@_backend_option
 def bench(paths, corpora_names, corpora, models, classic, limit_bytes, context, threads, cache_dir, no_cache,
-          json_path, csv_path, md_path, plot_path, quiet, progress) -> None:
+          json_path, csv_path, md_path, plot_path, quiet, progress, backend) -> None:
     """Compress files with lmzip and the classic compressors; tabulate, verify, plot.
 
     Every file goes through each compressor, is decompressed and compared with the
@@ -152,7 +158,7 @@ def bench(paths, corpora_names, corpora, models, classic, limit_bytes, context, 
             line.note(f"lmzip: skipping {', '.join(missing)} (library not installed; pip install \"lmzip[bench]\")")
         results = bench_mod.run(files, models=models, classic=classic, limit=limit, context=context,
                                 threads=threads, cache_dir=False if no_cache else (cache_dir or True),
-                                reporter=_BenchReporter(line))
+                                reporter=_BenchReporter(line), backend=backend)
     except (LMZipError, OSError) as exc:
         _fail_run(line, exc)
     line.clear()
@@ -191,23 +197,26 @@ def bench(paths, corpora_names, corpora, models, classic, limit_bytes, context, 
 @click.option("--mix/--no-mix", "use_mix", default=False, show_default=True,
               help="Include lmzip's default mixing (exact, but one token per model call: as slow as "
                    "compressing).")
-def entropy(files, model, context, threads, limit_bytes, as_json, progress, use_mix) -> None:
+@_backend_option
+def entropy(files, model, context, threads, limit_bytes, as_json, progress, use_mix, backend) -> None:
     """Estimate how small FILES would get: the model's cross-entropy, no coding.
 
     By default this is the language model alone (lmzip compresses with the model
     mixed with the text's own statistics, a few percent smaller; --mix includes it).
-    Evaluates many tokens per model call (about 3x faster than compressing) with
-    the compressor's tokens, chunks and sliding window. It is an estimate: the
-    compressed file is slightly larger (quantization and the coder, about 0.1 %,
-    plus ~200 bytes of container), and batched evaluation rounds differently from
-    the compressor's one token per call (about 0.1 %).
+    It uses the compressor's tokens, chunks and sliding window. It is an
+    estimate: the compressed file is slightly larger (quantization and the coder,
+    about 0.1 %, plus 20-30 bytes of container). The default backend computes
+    exactly the compressor's logits, one token per call; --backend llama.cpp
+    evaluates many tokens per call (about 3x faster than compressing), which rounds
+    differently from the compressor's one token per call (about 0.1 %).
     """
     from ..measure.entropy import cross_entropy
     from ..predictors.mixing import NO_MIX
     from ..predictors.registry import load_model
 
     try:
-        lm = load_model(model or DEFAULT_MODEL, context=context, threads=threads, mix=None if use_mix else NO_MIX)
+        lm = load_model(model or DEFAULT_MODEL, context=context, threads=threads, mix=None if use_mix else NO_MIX,
+                        backend=backend)
     except LMZipError as exc:
         _fail(str(exc))
     line = StatusLine(enabled=sys.stderr.isatty() if progress is None else progress, quiet=False)
@@ -273,8 +282,9 @@ def entropy(files, model, context, threads, limit_bytes, as_json, progress, use_
 @click.option("--markdown", "md_path", metavar="FILE", help="Write a Markdown table.")
 @click.option("--plot", "plot_path", metavar="FILE.png", help="Plot capacity, bpb and FLOPs/token per model.")
 @click.option("--progress/--no-progress", default=None, help="Show a status line on stderr.")
+@_backend_option
 def capacity(models, texts, corpora, samples, sample_tokens, bias, threads, json_path, md_path, plot_path,
-             progress) -> None:
+             progress, backend) -> None:
     """Information capacity of the installed models (Yuan et al., 2025).
 
     Per token: (L - NLL + b) / log2(C), with L the text's raw size in bits per
@@ -306,7 +316,7 @@ def capacity(models, texts, corpora, samples, sample_tokens, bias, threads, json
                 line.show(f"{name}: {done:,}/{total:,} tokens {_eta(done, total, started)}")
 
             rows.append(cap.measure(name, files, samples=samples, sample_tokens=sample_tokens, bias=bias,
-                                    threads=threads, progress=show))
+                                    threads=threads, progress=show, backend=backend))
             line.clear()
     except (LMZipError, OSError) as exc:
         _fail_run(line, exc)

@@ -34,10 +34,10 @@ from pathlib import Path
 from typing import Protocol
 
 from .. import __version__
+from .. import format as fmt
 from ..codec import Stats
 from ..core import DEFAULT_CHUNK_SIZE, LMZipCompressor, decompress
 from ..predictors.base import Model
-from .. import format as fmt
 from ..predictors.cache import cache_dir as lmzip_cache_dir
 from ..predictors.registry import load_model
 from .baselines import Classic, available
@@ -276,7 +276,7 @@ def _run_lmzip(model: Model, data: bytes, chunk_size: int, reporter: Reporter) -
 def run(files: Sequence[CorpusFile], *, models: Sequence[str] = (), classic: bool = True,
         limit: int | None = DEFAULT_LIMIT, context: int | None = None, threads: int | None = None,
         chunk_size: int = DEFAULT_CHUNK_SIZE, cache_dir: str | os.PathLike | None | bool = True,
-        reporter: Reporter | None = None) -> list[Result]:
+        reporter: Reporter | None = None, backend: str | None = None) -> list[Result]:
     """Run (or take from the cache) every job; results in job order.
 
     Args:
@@ -286,6 +286,7 @@ def run(files: Sequence[CorpusFile], *, models: Sequence[str] = (), classic: boo
         limit: use the first ``limit`` bytes of each file (None or 0: whole files).
         cache_dir: results cache folder; True for the default, None or False for none.
         reporter: told about progress.
+        backend: what runs the language models (default: the registry's default backend).
     """
     reporter = reporter or _Silent()
     limit = limit or None
@@ -301,7 +302,8 @@ def run(files: Sequence[CorpusFile], *, models: Sequence[str] = (), classic: boo
             model = loaded.get(job.model_name)
             if model is None:
                 loaded.clear()  # done with the previous model (the registry may still keep it loaded)
-                model = loaded[job.model_name] = load_model(job.model_name, context=context, threads=threads)
+                model = loaded[job.model_name] = load_model(job.model_name, context=context, threads=threads,
+                                                                 backend=backend)
         path = cache / f"{_cache_key(data_sha, job, model, chunk_size)}.json" if cache else None
         reporter.start(index, len(jobs), job, len(data))
         result = _load_cached(path)

@@ -98,8 +98,8 @@ class CapacityRow:
 
 
 def installed_llms() -> list[str]:
-    """Names of the registry's llama.cpp models that are installed."""
-    return [s.name for s in known_models() if s.backend == "llama.cpp" and s.installed()]
+    """Names of the registry's language models (GGUF files) that are installed."""
+    return [s.name for s in known_models() if s.kind == "gguf" and s.installed()]
 
 
 def default_texts(corpora: str | os.PathLike | None = None) -> list[CorpusFile]:
@@ -130,7 +130,7 @@ def _samples(model: Model, texts: Sequence[CorpusFile], count: int, sample_token
 
 def measure(model_name: str, texts: Sequence[CorpusFile], *, samples: int = 8, sample_tokens: int = SAMPLE_TOKENS,
             bias: float = 0.0, threads: int | None = None,
-            progress: Callable[[int, int], None] | None = None) -> CapacityRow:
+            progress: Callable[[int, int], None] | None = None, backend: str | None = None) -> CapacityRow:
     """Information capacity of one model on ``samples`` samples cut from ``texts``.
 
     ``progress(tokens_done, tokens_total)`` is called as the samples are evaluated.
@@ -142,8 +142,9 @@ def measure(model_name: str, texts: Sequence[CorpusFile], *, samples: int = 8, s
     from ..predictors.mixing import NO_MIX
 
     # the model's own capacity: no mixing with the text's statistics
-    model = load_model(model_name, context=max(DEFAULT_CONTEXT, sample_tokens + 1), threads=threads, mix=NO_MIX)
-    if not hasattr(model, "_model"):
+    model = load_model(model_name, context=max(DEFAULT_CONTEXT, sample_tokens + 1), threads=threads, mix=NO_MIX,
+                       backend=backend)
+    if not str(getattr(model, "path", "")).endswith(".gguf"):
         raise LMZipError(f"model '{model_name}' is not a transformer in a GGUF file: no FLOPs to count")
     arch = Architecture.from_metadata(gguf_metadata(model))
     flops = average_flops(arch, sample_tokens)

@@ -166,21 +166,28 @@ def average_flops(arch: Architecture, tokens: int = 1024) -> float:
 
 
 def gguf_metadata(model) -> dict[str, str]:
-    """Every key/value of a loaded :class:`~lmzip.predictors.llamacpp.LlamaCppModel`'s GGUF
-    metadata, as strings, through llama.cpp's meta API; plus ``tokenizer.vocab_size``
-    (the vocabulary's size, which the LM head produces)."""
-    import ctypes
+    """Every scalar key/value of a loaded model's GGUF file, as strings (arrays of numbers
+    as ``[a, b, ...]``, as llama.cpp prints them; the tokenizer's long arrays left out);
+    plus ``tokenizer.vocab_size`` (the vocabulary's size, which the LM head produces).
+    Read from the file with ``gguf``, so any backend that runs a GGUF file will do."""
+    from gguf import GGUFReader, GGUFValueType
 
     model = getattr(model, "base", model)  # a mixed model: its language model
-    L = model._L
+    path = getattr(model, "path", None)
+    if path is None or not str(path).endswith(".gguf"):
+        raise ArchitectureError(f"{getattr(model, 'name', model)!r} is not a model in a GGUF file")
     out: dict[str, str] = {}
-    buf = ctypes.create_string_buffer(1 << 12)
-    for i in range(L.llama_model_meta_count(model._model)):
-        if L.llama_model_meta_key_by_index(model._model, i, buf, len(buf)) < 0:
+    for key, field in GGUFReader(path).fields.items():
+        if not field.types:
             continue
-        key = buf.value.decode("utf-8", "replace")
-        if L.llama_model_meta_val_str_by_index(model._model, i, buf, len(buf)) < 0:
-            continue
-        out[key] = buf.value.decode("utf-8", "replace")
+        if field.types[0] == GGUFValueType.ARRAY:
+            if len(field.data) > 1024 or (len(field.types) > 1 and field.types[1] == GGUFValueType.STRING):
+                continue
+            out[key] = "[" + ", ".join(str(field.parts[i][0]) for i in field.data) + "]"
+        elif field.types[0] == GGUFValueType.STRING:
+            out[key] = bytes(field.parts[field.data[0]]).decode("utf-8", "replace")
+        else:
+            value = field.parts[field.data[0]][0]
+            out[key] = str(int(value)) if float(value).is_integer() else repr(float(value))
     out["tokenizer.vocab_size"] = str(model.tokenizer.n_model_tokens)
     return out
