@@ -1,5 +1,6 @@
 """Shared fixtures: corpora from ../shared/corpora (checked against corpora/manifest.tsv),
-the real default model with a small window, and the fast order-1 model.
+the real default model with a small window (on the default backend and on llama.cpp),
+and the fast order-1 model.
 
 Environment:
   LMZIP_CORPORA     folder holding canterbury/ and enwik/ (default: ../shared/corpora)
@@ -61,10 +62,20 @@ def corpus_slice(name: str, start: int, length: int) -> bytes:
 
 @pytest.fixture(scope="session")
 def llm():
-    """The real default model (SmolLM2-135M) with a small window."""
+    """The real default model (SmolLM2-135M on the default backend, lmzip's own engine)
+    with a small window."""
     from lmzip.predictors.registry import load_model
 
     return load_model("smollm2-135m", context=TEST_CONTEXT)
+
+
+@pytest.fixture(scope="session")
+def llama_llm():
+    """SmolLM2-135M on the llama.cpp backend (the llamacpp extra), with a small window."""
+    pytest.importorskip("llama_cpp", reason="the llama.cpp backend is not installed (lmzip[llamacpp])")
+    from lmzip.predictors.registry import load_model
+
+    return load_model("smollm2-135m", context=TEST_CONTEXT, backend="llama.cpp")
 
 
 @pytest.fixture(scope="session")

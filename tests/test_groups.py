@@ -243,10 +243,15 @@ def test_an_input_shorter_than_a_group_is_coded_at_its_own_width():
         assert lmzip.decompress(p, model=BatchSensitive()) == d
 
 
-def test_llama_groups_round_trip(llm):
+def _three_chunks() -> bytes:
+    return b"".join(corpus_slice("alice29.txt", 20000 + i * 9000, 900) for i in range(3))
+
+
+def test_llama_groups_round_trip(llama_llm):
     """The real model: 3 chunks in one llama.cpp context, each its own sequence, sliding
     its 128-token window; decoded by the same schedule, bit for bit."""
-    data = b"".join(corpus_slice("alice29.txt", 20000 + i * 9000, 900) for i in range(3))
+    llm = llama_llm
+    data = _three_chunks()
     packed = lmzip.compress(data, model=llm, chunk_size=900, streams=3)
     assert fmt.parse_header(packed).params["streams"] == 3
     chunks = _chunks(packed)
@@ -256,3 +261,17 @@ def test_llama_groups_round_trip(llm):
     # the batched schedule is not the serial one: a width-1 file differs
     serial = lmzip.compress(data, model=llm, chunk_size=900, streams=1)
     assert serial != packed and lmzip.decompress(serial, model=llm) == data
+
+
+def test_portable_groups_code_each_chunk_as_it_would_be_coded_alone(llm):
+    """The default engine: a chunk's logits do not depend on the streams beside it, so a
+    group of 3 codes every chunk to the same size as the serial schedule, and decodes."""
+    data = _three_chunks()
+    packed = lmzip.compress(data, model=llm, chunk_size=900, streams=3)
+    chunks = _chunks(packed)
+    assert [c.starts_group for c in chunks] == [True, False, False]
+    assert all(c.n_tokens > 128 for c in chunks)  # every window slides
+    assert lmzip.decompress(packed) == data
+    serial = lmzip.compress(data, model=llm, chunk_size=900, streams=1)
+    assert [(c.payload_len, c.data_crc) for c in _chunks(serial)] == [(c.payload_len, c.data_crc) for c in chunks]
+    assert lmzip.decompress(serial) == data

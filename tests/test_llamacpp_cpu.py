@@ -30,12 +30,12 @@ BATCHED = textwrap.dedent("""
     from lmzip.predictors.registry import load_model
 
     text = open(sys.argv[1], "rb").read()
-    model = load_model("smollm2-135m", context=%(context)d)
+    model = load_model("smollm2-135m", context=%(context)d, backend="llama.cpp")
     # a lockstep group of width 3: one batched llama_decode per step
     packed = lmzip.compress(text, model=model, chunk_size=len(text) // 3 + 1, streams=3)
     assert lmzip.decompress(packed, model=model) == text, "lockstep group round trip"
     # the skipping schedule: one stream whose deferred tokens go in one call
-    skipping = load_model("smollm2-135m", context=%(context)d,
+    skipping = load_model("smollm2-135m", context=%(context)d, backend="llama.cpp",
                           mix=MixSettings(**{**DEFAULT_MIX.__dict__, "skip": 2}))
     packed = lmzip.compress(text, model=skipping)
     assert lmzip.decompress(packed) == text, "skipping round trip"
@@ -47,6 +47,7 @@ BATCHED = textwrap.dedent("""
 
 
 def test_batched_llama_cpp_calls_run_on_this_cpu(tmp_path):
+    pytest.importorskip("llama_cpp", reason="the llama.cpp backend is not installed (lmzip[llamacpp])")
     sample = tmp_path / "sample.txt"
     sample.write_bytes(corpus_slice("alice29.txt", 5000, 1500))
     # one thread: llama.cpp's threads spin while they wait, which on a busy machine costs minutes
@@ -58,10 +59,10 @@ def test_batched_llama_cpp_calls_run_on_this_cpu(tmp_path):
     assert proc.stdout.startswith("ok")
 
 
-def test_file_records_the_kernel_family(llm):
+def test_file_records_the_kernel_family(llama_llm):
     from lmzip.predictors.llamacpp import build_features, kernel_family
 
-    packed = lmzip.compress(b"The kernels decide the logits.", model=llm, format_version=3)
+    packed = lmzip.compress(b"The kernels decide the logits.", model=llama_llm, format_version=3)
     header = fmt.parse_header(packed)
     assert header.params["kernels"] == kernel_family()
     assert kernel_family().split()[0] in ("x86_64", "amd64", "aarch64", "arm64")
@@ -76,20 +77,20 @@ def _with_params(packed: bytes, **changes) -> bytes:
 
 
 @pytest.mark.parametrize("version", [3, 4])
-def test_other_kernels_are_refused_before_decoding(llm, monkeypatch, version):
+def test_other_kernels_are_refused_before_decoding(llama_llm, monkeypatch, version):
     # version 3 spells the kernels out; a version 4 preset header keeps them in its check
     text = b"A file from a machine whose llama.cpp uses other kernels."
-    packed = lmzip.compress(text, model=llm, format_version=version)
+    packed = lmzip.compress(text, model=llama_llm, format_version=version)
     # the decoding machine's llama.cpp: another build (the model object is the registry's, shared)
-    monkeypatch.setattr(llm.base, "kernels", "x86_64 sse3 avx avx2 fma f16c")
+    monkeypatch.setattr(llama_llm.base, "kernels", "x86_64 sse3 avx avx2 fma f16c")
     with pytest.raises(lmzip.ModelMismatchError, match="other CPU kernels"):
         lmzip.decompress(packed)
 
 
-def test_files_from_before_the_kernels_key_still_decode(llm):
+def test_files_from_before_the_kernels_key_still_decode(llama_llm):
     # lmzip before issue 16 wrote no "kernels": such a file decodes on the machine that wrote it
     text = corpus_slice("alice29.txt", 0, 600)
-    packed = lmzip.compress(text, model=llm, format_version=3)
+    packed = lmzip.compress(text, model=llama_llm, format_version=3)
     old = _with_params(packed, kernels=None)
     assert "kernels" not in fmt.parse_header(old).params
     assert lmzip.decompress(old) == text

@@ -349,8 +349,8 @@ def smol_torch():
 
 @pytest.mark.slow
 @pytest.mark.llm
-def test_smollm2_tokens_are_llama_cpps(smol_torch, llm):
-    base = llm.base if isinstance(llm, MixedModel) else llm
+def test_smollm2_tokens_are_llama_cpps(smol_torch, llama_llm):
+    base = llama_llm.base if isinstance(llama_llm, MixedModel) else llama_llm
     assert smol_torch.tokenizer.pieces == base.tokenizer.pieces
     assert smol_torch.start_token == base.start_token
     assert smol_torch.tokenizer.encode(TEXT) == base.tokenizer.encode(TEXT)

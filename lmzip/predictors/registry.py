@@ -100,7 +100,7 @@ class ModelSpec:
     locate: Callable[[], Path | None]
     installed: Callable[[], bool]
     aliases: tuple[str, ...] = ()
-    backend: str = "llama.cpp"
+    kind: str = "gguf"  # a language model in a GGUF file, or a built-in model: "ngram", "order1"
 
 
 KNOWN_MODELS: dict[str, ModelSpec] = {
@@ -134,7 +134,7 @@ KNOWN_MODELS: dict[str, ModelSpec] = {
             sha256=None,
             locate=lambda: None,
             installed=lambda: True,
-            backend="ngram",
+            kind="ngram",
         ),
         ModelSpec(
             name="order1",
@@ -144,7 +144,7 @@ KNOWN_MODELS: dict[str, ModelSpec] = {
             sha256=None,
             locate=lambda: None,
             installed=lambda: True,
-            backend="order1",
+            kind="order1",
         ),
     ]
 }
@@ -171,8 +171,10 @@ _loaded: dict[tuple, Model] = {}
 
 
 BACKENDS = ("portable", "llama.cpp", "torch")
-#: the backend ``load_model`` and ``lmzip compress`` use unless told otherwise
-DEFAULT_BACKEND = "llama.cpp"
+#: the backend ``load_model`` and ``lmzip compress`` use unless told otherwise: lmzip's own
+#: engine, whose files decode on every machine (llama.cpp's only where it was built for the
+#: same CPU kernels)
+DEFAULT_BACKEND = "portable"
 
 
 def load_model(name_or_path: str | os.PathLike | None = None, *, context: int | None = None,
@@ -203,11 +205,11 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, context: int | 
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
     spec = _spec_for(name_or_path)
-    if spec is not None and spec.backend == "order1":
+    if spec is not None and spec.kind == "order1":
         from .order1 import Order1Model
 
         model: Model = Order1Model()
-    elif spec is not None and spec.backend == "ngram":
+    elif spec is not None and spec.kind == "ngram":
         from .mixing import NGramModel
 
         model = NGramModel(mix)
@@ -263,7 +265,12 @@ def _load_portable(name_or_path: str, spec: ModelSpec | None, context: int, thre
         from .portable import PortableModel
 
         sha = _checked_sha256(path, spec)
-        model = PortableModel(path, name=name, sha256=sha, context=context, threads=threads)
+        try:
+            model = PortableModel(path, name=name, sha256=sha, context=context, threads=threads)
+        except ValueError as exc:  # the GGUF's architecture or tensor types: not this engine's (yet)
+            raise ModelNotFoundError(f"the portable engine cannot run {name}: {exc}; the llama.cpp backend "
+                                     f"may: --backend llama.cpp (pip install 'lmzip[llamacpp]'), whose "
+                                     f"files decode only where llama.cpp has the same CPU kernels") from None
         _remember(key, model)
     return model
 
