@@ -215,7 +215,7 @@ def _check(info: ChunkInfo, data: bytes) -> None:
 
 #: what a payload that decodes wrongly may mean: the decoder cannot tell the two apart
 _CAUSES = (": the compressed data was altered, or the model computed different probabilities than when "
-           "compressing (same model file, but another llama.cpp build or CPU?)")
+           "compressing (same model file; with the llama.cpp backend, another build or CPU?)")
 
 
 def _mismatch(what: str) -> ChecksumError:

@@ -36,7 +36,7 @@ __all__ = [
 ]
 
 DEFAULT_CHUNK_SIZE = 1 << 20
-#: chunks a batching model (llama.cpp) advances together by default
+#: chunks a batching model (the LLM backends) advances together by default
 DEFAULT_STREAMS = 8
 #: widest lockstep group a file may ask for (each stream holds its own KV cache)
 MAX_STREAMS = 64

@@ -189,7 +189,7 @@ def main() -> None:
               show_default=True, help="Bytes per independently coded chunk.")
 @click.option("--streams", type=click.IntRange(1, MAX_STREAMS), default=None,
               help=f"Chunks coded together, one batched model evaluation per step "
-                   f"[default: {DEFAULT_STREAMS} with llama.cpp, else 1].")
+                   f"[default: {DEFAULT_STREAMS} for a model that batches (the LLMs), else 1].")
 @click.option("--mix/--no-mix", "use_mix", default=True, show_default=True,
               help="Blend the model with the text's own n-gram and match statistics.")
 @click.option("--orders", metavar="LIST", default=None,
@@ -543,7 +543,8 @@ for _command in _MEASURING:
 
 #: what a crash of native code (the model engine) prints instead of a bare "Segmentation fault"
 CRASH_MESSAGE = (b"the model engine crashed in native code on this CPU, and the command did not finish; "
-                 b"if it is llama.cpp, reinstall it for this machine (bash scripts/install.sh) and report the CPU")
+                 b"if it is llama.cpp, rebuild it for this machine (empty ~/.cache/lmzip/wheels, then "
+                 b"LMZIP_EXTRAS=llamacpp bash scripts/install.sh) and report the CPU")
 
 
 def _report_native_crashes() -> None:
