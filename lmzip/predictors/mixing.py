@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from .. import cdf
-from ..errors import FormatError
+from ..errors import FormatError, LMZipError
 from ..tokenization import PieceTokenizer
 from .base import Model, Stream, StreamGroup
 from .ngram import NGramStats, ln_table
@@ -52,6 +52,10 @@ SKIP_RUN = 15
 _SKIP_MAX_COUNT = 1 << 16  # the skip statistics halve when they reach this
 
 
+#: settings added after the first headers, with their "off" values (left out of headers when off)
+_LATER = {"skip": 0, "adapt": 0, "adapt_rate": 0.0}
+
+
 @dataclass(frozen=True)
 class MixSettings:
     """What is mixed and how fast it learns (stored in every stream header).
@@ -65,6 +69,11 @@ class MixSettings:
         skip: a speed option: code a token without the language model when the n-gram
             and match statistics agree on it and that kind of evidence has been right
             at least ``skip - 1`` times in ``skip`` (0: never; see :class:`MixedStream`).
+        adapt: online adaptation of the output layer on the language model's final
+            hidden state (``lmzip._adapt``, native/adapt.c): the scores of the ``adapt``
+            best tokens get a learned correction ``D_i . h`` (0: off; needs a base
+            whose streams give ``hidden()``, the portable backend).
+        adapt_rate: its normalized step (nats per step).
     """
 
     orders: tuple[int, ...] = (1, 2, 3, 4)
@@ -73,6 +82,8 @@ class MixSettings:
     llm_rate: float = 0.001
     bias_rate: float = 0.01
     skip: int = 0
+    adapt: int = 0
+    adapt_rate: float = 0.0
 
     def __post_init__(self) -> None:
         if any(not isinstance(k, int) or not 1 <= k <= 32 for k in self.orders) or len(set(self.orders)) != len(
@@ -84,6 +95,12 @@ class MixSettings:
             raise ValueError(f"skip confidence must be 0 (off) or 2..4096, not {self.skip}")
         if self.skip and not (self.orders or self.match):
             raise ValueError("skipping the language model needs n-grams or the match model")
+        if not isinstance(self.adapt, int) or not 0 <= self.adapt <= 4096:
+            raise ValueError(f"adapt must be 0 (off) or 1..4096 tokens, not {self.adapt}")
+        if not isinstance(self.adapt_rate, float) or not 0.0 <= self.adapt_rate <= 16.0:
+            raise ValueError(f"adapt_rate must be a float in [0, 16], not {self.adapt_rate!r}")
+        if bool(self.adapt) != bool(self.adapt_rate):
+            raise ValueError("adapt and adapt_rate go together (both 0: off)")
         for name in ("rate", "llm_rate", "bias_rate"):
             v = getattr(self, name)
             if not isinstance(v, float) or not 0.0 <= v <= 1.0:
@@ -91,7 +108,7 @@ class MixSettings:
 
     @property
     def enabled(self) -> bool:
-        return bool(self.orders or self.match or self.llm_rate or self.bias_rate)
+        return bool(self.orders or self.match or self.llm_rate or self.bias_rate or self.adapt)
 
     def params(self) -> str | dict[str, Any]:
         """For the header: a preset's name when the settings are one (short), else all fields."""
@@ -100,8 +117,9 @@ class MixSettings:
                 return name
         d = asdict(self)
         d["orders"] = list(self.orders)
-        if not self.skip:
-            del d["skip"]  # headers without skipping stay as they were before it existed
+        for key in _LATER:
+            if not d[key]:
+                del d[key]  # headers without these stay as they were before they existed
         return d
 
     @classmethod
@@ -112,11 +130,11 @@ class MixSettings:
                 raise FormatError(f"stream header names an unknown mixing preset {d!r} (made by a newer lmzip?)")
             return PRESETS[d]
         try:
-            # "skip" came later: headers written before it have no such key (skip off)
-            if not isinstance(d, dict) or set(d) - {"skip"} != set(cls.__dataclass_fields__) - {"skip"}:
+            # these came later: headers written before them have no such key (off)
+            if not isinstance(d, dict) or set(d) - set(_LATER) != set(cls.__dataclass_fields__) - set(_LATER):
                 raise TypeError("unexpected keys")
             return cls(orders=tuple(d["orders"]), match=d["match"], rate=d["rate"], llm_rate=d["llm_rate"],
-                       bias_rate=d["bias_rate"], skip=d.get("skip", 0))
+                       bias_rate=d["bias_rate"], **{k: d.get(k, v) for k, v in _LATER.items()})
         except (TypeError, ValueError) as exc:
             raise FormatError(f"stream header has invalid mixing settings ({exc})") from None
 
@@ -160,6 +178,7 @@ class MixedStream(Stream):
         self._g2 = [0.0] * self._stats.n_slots
         self._w_llm = 1.0
         self._bias = np.zeros(vocab_size) if settings.bias_rate else None
+        self._adapt = _adapter(base, settings) if settings.adapt else None
         self._s = np.zeros(vocab_size)
         self._q: np.ndarray | None = None
         self._llm: np.ndarray | None = None
@@ -223,6 +242,8 @@ class MixedStream(Stream):
         self._feats = self._stats.features()
         for f in self._feats:
             s[f.tokens] += self._w[f.slot] * f.values
+        if self._adapt is not None:
+            self._adapt.apply(self._base.hidden(), s)
         self._ready = True
 
     def push(self, token: int) -> None:
@@ -270,10 +291,24 @@ class MixedStream(Stream):
         if self._bias is not None:
             self._bias -= (q + 1.0) * (st.bias_rate / _T)
             self._bias[token] += st.bias_rate
+        if self._adapt is not None:
+            self._adapt.learn(token, q)
 
     def close(self) -> None:
         if self._base is not None:
             self._base.close()
+
+
+def _adapter(base: Stream | None, settings: MixSettings):
+    """The output-row adaptation of a stream (``settings.adapt``), on its base's hidden state."""
+    if base is None or not hasattr(base, "hidden"):
+        raise LMZipError("adaptation (adapt) needs a language model that gives its hidden state "
+                         "(the portable backend)")
+    try:
+        from .. import _adapt
+    except ImportError as exc:  # pragma: no cover - depends on the build
+        raise LMZipError(f"adaptation needs the C extension lmzip._adapt: {exc}") from None
+    return _adapt.Rows(base.n_embd, base.n_model, settings.adapt, settings.adapt_rate)
 
 
 class _MixedGroup(StreamGroup):
