@@ -40,7 +40,7 @@ from ..tokenization import PieceTokenizer
 from .base import Model, Stream, StreamGroup
 from .ngram import NGramStats, ln_table
 
-__all__ = ["BYTE_MIX", "DEFAULT_MIX", "MixSettings", "MixedModel", "MixedStream", "NGramModel", "NO_MIX"]
+__all__ = ["ADAPT_MIX", "BYTE_MIX", "DEFAULT_MIX", "MixSettings", "MixedModel", "MixedStream", "NGramModel", "NO_MIX"]
 
 _T = float(cdf.TOTAL)
 _W_MIN, _W_MAX = -4.0, 4.0  # feature weights stay in a sane range whatever the data
@@ -147,9 +147,11 @@ DEFAULT_MIX = MixSettings(bias_rate=0.12)
 BYTE_MIX = MixSettings(orders=(1, 2, 3, 4, 6), match=12, rate=0.002, llm_rate=0.0, bias_rate=0.0)
 #: the bare language model
 NO_MIX = MixSettings(orders=(), match=0, rate=0.0, llm_rate=0.0, bias_rate=0.0)
+#: m2 plus online adaptation of the output rows on the hidden state (portable backend; issue 20)
+ADAPT_MIX = MixSettings(bias_rate=0.12, adapt=64, adapt_rate=0.1)
 #: presets are written to headers by name; their values are part of the format and
 #: never change (new settings get a new name)
-PRESETS: dict[str, MixSettings] = {"m1": M1_MIX, "m2": DEFAULT_MIX, "b1": BYTE_MIX}
+PRESETS: dict[str, MixSettings] = {"m1": M1_MIX, "m2": DEFAULT_MIX, "b1": BYTE_MIX, "a1": ADAPT_MIX}
 
 
 class MixedStream(Stream):
