@@ -67,23 +67,23 @@ class Cached(MixedStream):
     def __init__(self, base, V, settings, n_model, win=4096, theta=20.0, rate=0.02, lam=0.0):
         super().__init__(base, V, settings)
         self.win, self.theta, self.rate, self.lam = win, theta, rate, lam
-        self.H = np.zeros((0, 576), np.float32)
-        self.Y = np.zeros(0, np.int64)
+        self.H = np.zeros((win, 576), np.float32)
+        self.Y = np.zeros(win, np.int64)
+        self.n = 0
         self._hn = None
         self._ft = None
 
     def _mix(self):
         super()._mix()
         h = self._base.hid
-        hn = h / np.sqrt(float(h @ h))
-        self._hn = hn.astype(np.float32)
+        self._hn = (h / np.sqrt(float(h @ h))).astype(np.float32)
         self._ft = None
-        if len(self.Y):
-            c = self.H[-self.win:] @ self._hn
+        m = min(self.n, self.win)
+        if m:
+            c = self.H[:m] @ self._hn
             e = np.exp(self.theta * (c - 1.0))
-            toks, inv = np.unique(self.Y[-self.win:], return_inverse=True)
-            acc = np.bincount(inv, e)
-            v = np.log1p(acc)
+            toks, inv = np.unique(self.Y[:m], return_inverse=True)
+            v = np.log1p(np.bincount(inv, e))
             self._ft = (toks, v)
             self._s[toks] += self.lam * v
 
@@ -95,8 +95,9 @@ class Cached(MixedStream):
             val = float(v[hit[0]]) if hit.size else 0.0
             exp = float(((q[toks] + 1.0) * v).sum()) / _T
             self.lam = min(8.0, max(0.0, self.lam + self.rate * (val - exp)))
-        self.H = np.vstack([self.H[-(self.win - 1):], self._hn[None]])
-        self.Y = np.append(self.Y[-(self.win - 1):], token)
+        self.H[self.n % self.win] = self._hn
+        self.Y[self.n % self.win] = token
+        self.n += 1
 
 
 class LowRank(MixedStream):
@@ -131,9 +132,11 @@ class Adapted(MixedStream):
     """MixedStream + sparse updates of output rows D (logit_i += D_i . h for the top-K
     tokens of the mixed scores), SGD on the code length with step lr / |h|^2."""
 
-    def __init__(self, base, V, settings, n_model, K=64, lr=0.0, mode="rows"):
+    def __init__(self, base, V, settings, n_model, K=64, lr=0.0, mode="rows", center=0.0):
         super().__init__(base, V, settings)
         self.K, self.lr, self.n_model, self.mode = K, lr, n_model, mode
+        self.center = center
+        self.mu = None
         self.D = np.zeros((n_model, 576), np.float32) if lr else None
         self._top = None
 
@@ -145,6 +148,12 @@ class Adapted(MixedStream):
         n = self.n_model
         top = np.argpartition(-s[:n], self.K)[: self.K]
         h = self._base.hid
+        if self.center:
+            if self.mu is None:
+                self.mu = h.copy()
+            h = h - self.mu
+            self.mu = self.center * self.mu + (1 - self.center) * self._base.hid
+        self._h = h
         s[top] += self.D[top] @ h
         self._top = top
 
@@ -152,8 +161,8 @@ class Adapted(MixedStream):
         super()._learn(token, q)
         if not self.lr or token >= self.n_model:
             return
-        h = self._base.hid
-        step = self.lr / float(h @ h)
+        h = self._h
+        step = self.lr / float(h @ h + 1e-9)
         top = self._top
         p = (q[top] + 1.0) / _T
         self.D[top] -= (step * p)[:, None].astype(np.float32) * h[None, :]
@@ -186,7 +195,8 @@ def main():
         elif isinstance(K, dict):
             m = Cached(v, V, st, n_model, **K)
         else:
-            m = Adapted(v, V, st, n_model, K=K or 64, lr=lr)
+            m = Adapted(v, V, st, n_model, K=K or 64, lr=lr[0] if isinstance(lr, tuple) else lr,
+                        center=lr[1] if isinstance(lr, tuple) else 0.0)
         runs[name] = [v, m, np.empty(V), 0.0]
     full = np.full(V, -np.inf, np.float32)
     t0 = time.time()

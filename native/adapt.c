@@ -8,6 +8,10 @@
  * length -ln p(token) with the coder's own quantized p: D_j -= c p_j h for the K
  * selected tokens j (in selection order), then D_token += c h, with c = rate / (h . h)
  * (a normalized step: one step changes that context's score by at most `rate` nats).
+ * With centering (0 < center < 1) h is first replaced by h - mu, mu a running mean of the
+ * hidden states (the first h, then mu = f32(center * mu) + f32((1 - center) * h) after
+ * each use, float32 with the two constants rounded to float32): the rows then learn
+ * what is particular to a context rather than the direction all states share.
  *
  * Numerics (a file-format commitment, like docs/engine.md): the K best are the K
  * largest finite scores among ids 0..n_model-1, ties to the lower id, in decreasing
@@ -17,7 +21,7 @@
  * -ffp-contract=off, never -ffast-math).  Only basic IEEE operations: the same bits on
  * any CPU, compiler and vector width (lanes run across independent d).
  *
- *   Rows(n_embd, n_model, k, rate)
+ *   Rows(n_embd, n_model, k, rate, center=0.0)
  *     .apply(hidden float32[n_embd], scores float64[>= n_model])   adds the corrections
  *     .learn(token, q float64[>= n_model])                         one step (after apply)
  *     .rows, .bytes                                                rows allocated, memory
@@ -40,6 +44,9 @@
 typedef struct {
     PyObject_HEAD int E, n_model, K;
     double rate;
+    float center, one_minus; /* centering (0: off) */
+    float *mu;     /* [E] the running mean (centering) */
+    int64_t seen;  /* hidden states seen */
     int32_t *idx;  /* [n_model] row of each token, -1 none */
     float *D;      /* [cap][E] */
     int n_rows, cap;
@@ -52,26 +59,29 @@ typedef struct {
 } RowsObject;
 
 static void Rows_dealloc(RowsObject *self) {
-    free(self->idx), free(self->D), free(self->h), free(self->top), free(self->topv);
+    free(self->idx), free(self->D), free(self->h), free(self->top), free(self->topv), free(self->mu);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
 static int Rows_init(RowsObject *self, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"n_embd", "n_model", "k", "rate", NULL};
+    static char *kwlist[] = {"n_embd", "n_model", "k", "rate", "center", NULL};
     int E, n, K;
-    double rate;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "iiid", kwlist, &E, &n, &K, &rate))
+    double rate, center = 0.0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "iiid|d", kwlist, &E, &n, &K, &rate, &center))
         return -1;
-    if (E < 1 || E > MAX_EMBD || n < 1 || K < 1 || K > MAX_K || K > n || !(rate >= 0.0 && rate <= 16.0)) {
+    if (E < 1 || E > MAX_EMBD || n < 1 || K < 1 || K > MAX_K || K > n || !(rate >= 0.0 && rate <= 16.0) ||
+        !(center >= 0.0 && center < 1.0)) {
         PyErr_SetString(PyExc_ValueError, "bad adaptation settings");
         return -1;
     }
     self->E = E, self->n_model = n, self->K = K, self->rate = rate;
+    self->center = (float)center, self->one_minus = (float)(1.0 - center);
+    self->mu = calloc((size_t)E, sizeof(float));
     self->idx = malloc(sizeof(int32_t) * (size_t)n);
     self->h = malloc(sizeof(float) * (size_t)E);
     self->top = malloc(sizeof(int32_t) * (size_t)K);
     self->topv = malloc(sizeof(double) * (size_t)K);
-    if (!self->idx || !self->h || !self->top || !self->topv) {
+    if (!self->idx || !self->h || !self->top || !self->topv || !self->mu) {
         PyErr_NoMemory();
         return -1;
     }
@@ -121,6 +131,17 @@ static PyObject *Rows_apply(RowsObject *self, PyObject *args) {
     }
     const int E = self->E, K = self->K, n = self->n_model;
     memcpy(self->h, hb.buf, sizeof(float) * (size_t)E);
+    if (self->center > 0.0f) {
+        float *h = self->h, *mu = self->mu;
+        if (self->seen == 0)
+            memcpy(mu, h, sizeof(float) * (size_t)E);
+        for (int d = 0; d < E; d++) {
+            float x = h[d];
+            h[d] = x - mu[d];
+            mu[d] = self->center * mu[d] + self->one_minus * x;
+        }
+    }
+    self->seen++;
     double *s = sb.buf;
     const float *h = self->h;
     double hh = 0.0;

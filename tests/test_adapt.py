@@ -25,6 +25,7 @@ _adapt = pytest.importorskip("lmzip._adapt")
 
 E, N, K, RATE = 64, 300, 8, 0.5
 #: sha256 of the float64 scores after every apply() of _synthetic_run()
+GOLD_ROWS_CENTERED = "bbcce6745330b7c4d7c57234d1a29a69cc904561b1822028006f8d282b7e758a"
 GOLD_ROWS = "c10db506d32c536196d79feeb9b52208e76baa3b99bf8147b79aa9273bc31c34"
 
 
@@ -40,13 +41,20 @@ def _synthetic(step: int):
     return h, s, q, token
 
 
-def _reference_run(steps: int, k: int = K, rate: float = RATE) -> list[np.ndarray]:
+def _reference_run(steps: int, k: int = K, rate: float = RATE, center: float = 0.0) -> list[np.ndarray]:
     """native/adapt.c's rule, in plain Python floats (binary64) and numpy float32 scalars."""
     rows: dict[int, np.ndarray] = {}
     out = []
     f32 = np.float32
+    mu = None
     for step in range(steps):
         h, s, q, token = _synthetic(step)
+        if center:
+            mu = h.copy() if mu is None else mu
+            x = h.copy()
+            h = np.array([f32(x[d] - mu[d]) for d in range(E)], np.float32)
+            mu = np.array([f32(f32(f32(center) * mu[d]) + f32(f32(1.0 - center) * x[d])) for d in range(E)],
+                          np.float32)
         hh = 0.0
         for d in range(E):
             hh = hh + float(h[d]) * float(h[d])
@@ -59,6 +67,8 @@ def _reference_run(steps: int, k: int = K, rate: float = RATE) -> list[np.ndarra
                     c = c + float(rows[t][d]) * float(h[d])
                 s[t] = s[t] + c
         out.append(s.copy())
+        if hh == 0.0:
+            continue
         c = rate / hh
         for t in top:
             p = (q[t] + 1.0) / 16777216.0
@@ -73,8 +83,8 @@ def _reference_run(steps: int, k: int = K, rate: float = RATE) -> list[np.ndarra
     return out
 
 
-def _synthetic_run(steps: int, k: int = K, rate: float = RATE) -> list[np.ndarray]:
-    a = _adapt.Rows(E, N, k, rate)
+def _synthetic_run(steps: int, k: int = K, rate: float = RATE, center: float = 0.0) -> list[np.ndarray]:
+    a = _adapt.Rows(E, N, k, rate, center)
     out = []
     for step in range(steps):
         h, s, q, token = _synthetic(step)
@@ -91,8 +101,9 @@ def _hash(rows) -> str:
     return h.hexdigest()
 
 
-def test_rows_match_the_reference():
-    got, want = _synthetic_run(40), _reference_run(40)
+@pytest.mark.parametrize("center", [0.0, 0.9])
+def test_rows_match_the_reference(center):
+    got, want = _synthetic_run(40, center=center), _reference_run(40, center=center)
     for i, (g, w) in enumerate(zip(got, want)):
         assert g.tobytes() == w.tobytes(), i
     assert not np.array_equal(got[-1], _synthetic(39)[1])  # it did change the scores
@@ -100,6 +111,7 @@ def test_rows_match_the_reference():
 
 def test_rows_golden():
     assert _hash(_synthetic_run(200)) == GOLD_ROWS
+    assert _hash(_synthetic_run(200, center=0.99)) == GOLD_ROWS_CENTERED
 
 
 def test_rows_bad_arguments():
@@ -139,7 +151,8 @@ def test_settings_on_round_trip_through_the_header():
 
 
 @pytest.mark.parametrize("change", [{"adapt": -1}, {"adapt": 5000}, {"adapt": 1.5}, {"adapt_rate": "x"},
-                                    {"adapt_rate": 17.0}, {"adapt": 0}, {"unknown": 1}])
+                                    {"adapt_rate": 17.0}, {"adapt": 0}, {"unknown": 1}, {"adapt_center": 1.0},
+                                    {"adapt_center": -0.5}])
 def test_bad_settings_in_a_header_are_a_format_error(change):
     d = dataclasses.replace(ADAPT_MIX, adapt=16).params()
     d.update(change)

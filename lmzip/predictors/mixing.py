@@ -53,7 +53,7 @@ _SKIP_MAX_COUNT = 1 << 16  # the skip statistics halve when they reach this
 
 
 #: settings added after the first headers, with their "off" values (left out of headers when off)
-_LATER = {"skip": 0, "adapt": 0, "adapt_rate": 0.0}
+_LATER = {"skip": 0, "adapt": 0, "adapt_rate": 0.0, "adapt_center": 0.0}
 
 
 @dataclass(frozen=True)
@@ -74,6 +74,8 @@ class MixSettings:
             best tokens get a learned correction ``D_i . h`` (0: off; needs a base
             whose streams give ``hidden()``, the portable backend).
         adapt_rate: its normalized step (nats per step).
+        adapt_center: the decay of the running mean subtracted from the hidden state
+            before it is used (0: no centering).
     """
 
     orders: tuple[int, ...] = (1, 2, 3, 4)
@@ -84,6 +86,7 @@ class MixSettings:
     skip: int = 0
     adapt: int = 0
     adapt_rate: float = 0.0
+    adapt_center: float = 0.0
 
     def __post_init__(self) -> None:
         if any(not isinstance(k, int) or not 1 <= k <= 32 for k in self.orders) or len(set(self.orders)) != len(
@@ -99,6 +102,10 @@ class MixSettings:
             raise ValueError(f"adapt must be 0 (off) or 1..4096 tokens, not {self.adapt}")
         if not isinstance(self.adapt_rate, float) or not 0.0 <= self.adapt_rate <= 16.0:
             raise ValueError(f"adapt_rate must be a float in [0, 16], not {self.adapt_rate!r}")
+        if not isinstance(self.adapt_center, float) or not 0.0 <= self.adapt_center < 1.0:
+            raise ValueError(f"adapt_center must be a float in [0, 1), not {self.adapt_center!r}")
+        if self.adapt_center and not self.adapt:
+            raise ValueError("adapt_center needs adapt")
         if bool(self.adapt) != bool(self.adapt_rate):
             raise ValueError("adapt and adapt_rate go together (both 0: off)")
         for name in ("rate", "llm_rate", "bias_rate"):
@@ -310,7 +317,7 @@ def _adapter(base: Stream | None, settings: MixSettings):
         from .. import _adapt
     except ImportError as exc:  # pragma: no cover - depends on the build
         raise LMZipError(f"adaptation needs the C extension lmzip._adapt: {exc}") from None
-    return _adapt.Rows(base.n_embd, base.n_model, settings.adapt, settings.adapt_rate)
+    return _adapt.Rows(base.n_embd, base.n_model, settings.adapt, settings.adapt_rate, settings.adapt_center)
 
 
 class _MixedGroup(StreamGroup):
