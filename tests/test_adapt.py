@@ -237,3 +237,15 @@ def test_round_trip_across_isas(engine_parts):
     assert lmzip.compress(data, model=b) == packed
     plain = lmzip.compress(data, model=MixedModel(a.base, DEFAULT_MIX))
     assert packed != plain  # the adaptation took part
+
+
+def test_cli_adapt(tmp_path, engine_parts):
+    from .test_cli import assert_one_line_error, run
+
+    src = tmp_path / "s.txt"
+    src.write_bytes(corpus_slice("alice29.txt", 0, 120))
+    run("compress", "--adapt", "--backend", "portable", "-k", str(src), check=0)
+    info = run("info", str(src) + ".lmz", check=0).stdout.decode()
+    assert "preset a1" in info and "output-row adaptation" in info
+    assert run("decompress", "-c", str(src) + ".lmz", check=0).stdout == src.read_bytes()
+    assert_one_line_error(run("compress", "-m", "ngram", "--adapt", "-c", str(src)))

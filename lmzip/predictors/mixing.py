@@ -369,7 +369,8 @@ class MixedModel(Model):
         s = self.settings
         parts = [f"orders {','.join(map(str, s.orders))}" if s.orders else "",
                  f"match {s.match}" if s.match else "", "adaptive weight" if s.llm_rate else "",
-                 "bias" if s.bias_rate else "", f"skip at {s.skip - 1}/{s.skip}" if s.skip else ""]
+                 "bias" if s.bias_rate else "", f"skip at {s.skip - 1}/{s.skip}" if s.skip else "",
+                 f"output-row adaptation ({s.adapt} best)" if s.adapt else ""]
         return f"{self.base.describe()} + mixing ({', '.join(p for p in parts if p) or 'off'})"
 
     @property
