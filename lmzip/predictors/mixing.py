@@ -155,7 +155,7 @@ BYTE_MIX = MixSettings(orders=(1, 2, 3, 4, 6), match=12, rate=0.002, llm_rate=0.
 #: the bare language model
 NO_MIX = MixSettings(orders=(), match=0, rate=0.0, llm_rate=0.0, bias_rate=0.0)
 #: m2 plus online adaptation of the output rows on the hidden state (portable backend; issue 20)
-ADAPT_MIX = MixSettings(bias_rate=0.12, adapt=64, adapt_rate=0.1)
+ADAPT_MIX = MixSettings(bias_rate=0.12, adapt=64, adapt_rate=0.1, adapt_center=0.99)
 #: presets are written to headers by name; their values are part of the format and
 #: never change (new settings get a new name)
 PRESETS: dict[str, MixSettings] = {"m1": M1_MIX, "m2": DEFAULT_MIX, "b1": BYTE_MIX, "a1": ADAPT_MIX}
