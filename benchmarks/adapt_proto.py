@@ -19,7 +19,7 @@ import numpy as np
 
 from lmzip import cdf
 from lmzip.predictors.base import Stream
-from lmzip.predictors.mixing import DEFAULT_MIX, NO_MIX, MixedStream, MixSettings  # noqa: F401
+from lmzip.predictors.mixing import ADAPT_MIX, DEFAULT_MIX, NO_MIX, MixedStream, MixSettings  # noqa: F401
 from lmzip.predictors.registry import _smollm2_path
 
 _T = float(cdf.TOTAL)
@@ -173,7 +173,7 @@ def main():
     pre = sys.argv[1]
     hid = np.load(pre + ".hidden.npy")
     tok = np.load(pre + ".tokens.npy")
-    N = int(sys.argv[2]) if len(sys.argv) > 2 else len(tok)
+    N = min(int(sys.argv[2]), len(tok)) if len(sys.argv) > 2 else len(tok)
     configs = eval(sys.argv[3]) if len(sys.argv) > 3 else None
     W = head()
     n_model = W.shape[0]
