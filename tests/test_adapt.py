@@ -152,7 +152,7 @@ def test_settings_on_round_trip_through_the_header():
 
 @pytest.mark.parametrize("change", [{"adapt": -1}, {"adapt": 5000}, {"adapt": 1.5}, {"adapt_rate": "x"},
                                     {"adapt_rate": 17.0}, {"adapt": 0}, {"unknown": 1}, {"adapt_center": 1.0},
-                                    {"adapt_center": -0.5}])
+                                    {"adapt_center": -0.5}, {"adapt": True}])
 def test_bad_settings_in_a_header_are_a_format_error(change):
     d = dataclasses.replace(ADAPT_MIX, adapt=16).params()
     d.update(change)

@@ -98,7 +98,7 @@ class MixSettings:
             raise ValueError(f"skip confidence must be 0 (off) or 2..4096, not {self.skip}")
         if self.skip and not (self.orders or self.match):
             raise ValueError("skipping the language model needs n-grams or the match model")
-        if not isinstance(self.adapt, int) or not 0 <= self.adapt <= 4096:
+        if type(self.adapt) is not int or not 0 <= self.adapt <= 4096:
             raise ValueError(f"adapt must be 0 (off) or 1..4096 tokens, not {self.adapt}")
         if not isinstance(self.adapt_rate, float) or not 0.0 <= self.adapt_rate <= 16.0:
             raise ValueError(f"adapt_rate must be a float in [0, 16], not {self.adapt_rate!r}")
