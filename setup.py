@@ -1,4 +1,5 @@
-"""Build the optional C extensions lmzip._cdf, lmzip._engine and lmzip._crashguard (metadata lives in pyproject.toml).
+"""Build the optional C extensions lmzip._cdf, lmzip._engine, lmzip._adapt and lmzip._crashguard
+(metadata lives in pyproject.toml).
 
 -ffp-contract=off keeps every a*b+c two correctly rounded operations: the
 quantization rule must give the same bits as the numpy reference on every CPU.
@@ -18,6 +19,9 @@ setup(
         # one line on stderr instead of a bare "Segmentation fault" when a model engine crashes
         Extension("lmzip._crashguard", sources=["native/crashguard.c"], extra_compile_args=["-O2", "-std=c99"],
                   optional=True),
+        # online adaptation of the output rows on the engine's hidden state (issue 20)
+        Extension("lmzip._adapt", sources=["native/adapt.c"],
+                  extra_compile_args=["-O2", "-ffp-contract=off", "-fno-fast-math", "-std=c99"], optional=True),
         # the portable inference engine (docs/engine.md): SIMD kernels are chosen at run
         # time (target attributes), so this baseline build runs on any x86-64/aarch64 CPU
         Extension(

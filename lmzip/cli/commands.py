@@ -205,6 +205,9 @@ def main() -> None:
               help="Speed option: code a token without the model when the n-gram and match statistics "
                    "are sure of it and that kind of guess was right at least N-1 times in N, e.g. 32 "
                    "(0: never, the default). Costs a little size; see BENCHMARKS.md.")
+@click.option("--adapt/--no-adapt", "adapt", default=False, show_default=True,
+              help="Also learn the model's output layer online from its hidden state as the text is "
+                   "coded (mixing preset a1; portable backend only). Stored in the file.")
 @click.option("--method", type=click.Choice(METHODS), default="auto", show_default=True,
               help="auto: text to the model, binary data to LZMA (or stored), whichever codes a chunk "
                    "smaller; model: every chunk through the model; classic: no model.")
@@ -221,7 +224,7 @@ def main() -> None:
 @worker_options
 def compress(files, output, to_stdout, keep, rm, force, quiet, verbose, progress, model, threads,
              context, chunk_size, streams, use_mix, orders, match_len, mix_rate, llm_rate, bias_rate,
-             skip, method, backend, dtype, device, workers, ray_address) -> None:
+             skip, adapt, method, backend, dtype, device, workers, ray_address) -> None:
     """Compress FILES to FILE.lmz with a language model.
 
     Without -m, the model is $LMZIP_MODEL if that is set, else the default model."""
@@ -230,7 +233,7 @@ def compress(files, output, to_stdout, keep, rm, force, quiet, verbose, progress
               verbose=verbose, progress=progress)
     names = _files_or_stdin(files)
     _check_output_option(job, names)
-    mix = _mix_settings(model, use_mix, orders, match_len, mix_rate, llm_rate, bias_rate, skip)
+    mix = _mix_settings(model, use_mix, orders, match_len, mix_rate, llm_rate, bias_rate, skip, adapt)
     try:
         lm = load_model(model or DEFAULT_MODEL, context=context, threads=threads, mix=mix, backend=backend,
                         dtype=dtype, device=device)
@@ -286,9 +289,9 @@ def compress(files, output, to_stdout, keep, rm, force, quiet, verbose, progress
         executors.close()
 
 
-def _mix_settings(model, use_mix, orders, match_len, mix_rate, llm_rate, bias_rate, skip=None):
+def _mix_settings(model, use_mix, orders, match_len, mix_rate, llm_rate, bias_rate, skip=None, adapt=False):
     """The --mix options as MixSettings (None: the model's default)."""
-    from ..predictors.mixing import BYTE_MIX, DEFAULT_MIX, NO_MIX
+    from ..predictors.mixing import ADAPT_MIX, BYTE_MIX, DEFAULT_MIX, NO_MIX
 
     changes = {}
     if orders is not None:
@@ -302,6 +305,8 @@ def _mix_settings(model, use_mix, orders, match_len, mix_rate, llm_rate, bias_ra
                        ("skip", skip)):
         if value is not None:
             changes[key] = value
+    if adapt:
+        changes.update(adapt=ADAPT_MIX.adapt, adapt_rate=ADAPT_MIX.adapt_rate, adapt_center=ADAPT_MIX.adapt_center)
     is_ngram = (model or "").lower() == "ngram"
     if not use_mix:
         if changes:
@@ -328,7 +333,9 @@ def _describe_mix(raw) -> str:
     name = f"preset {raw}: " if isinstance(raw, str) else ""
     return (f"{name}n-gram orders {','.join(map(str, m.orders)) or 'none'}, match {m.match or 'off'}, "
             f"rates {m.rate}/{m.llm_rate}/{m.bias_rate} (weights/model/bias)"
-            + (f", skip at {m.skip - 1}/{m.skip}" if m.skip else ""))
+            + (f", skip at {m.skip - 1}/{m.skip}" if m.skip else "")
+            + (f", output-row adaptation (best {m.adapt}, rate {m.adapt_rate}, centering {m.adapt_center})"
+               if m.adapt else ""))
 
 
 def _decompress_range(job: Job, names: list[str], text: str, model: str | None, threads: int | None) -> None:

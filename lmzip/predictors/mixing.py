@@ -35,12 +35,12 @@ from typing import Any
 import numpy as np
 
 from .. import cdf
-from ..errors import FormatError
+from ..errors import FormatError, LMZipError
 from ..tokenization import PieceTokenizer
 from .base import Model, Stream, StreamGroup
 from .ngram import NGramStats, ln_table
 
-__all__ = ["BYTE_MIX", "DEFAULT_MIX", "MixSettings", "MixedModel", "MixedStream", "NGramModel", "NO_MIX"]
+__all__ = ["ADAPT_MIX", "BYTE_MIX", "DEFAULT_MIX", "MixSettings", "MixedModel", "MixedStream", "NGramModel", "NO_MIX"]
 
 _T = float(cdf.TOTAL)
 _W_MIN, _W_MAX = -4.0, 4.0  # feature weights stay in a sane range whatever the data
@@ -50,6 +50,10 @@ _DECAY = 0.99
 #: skipped tokens and the next one in one call (at most SKIP_RUN + 1 tokens)
 SKIP_RUN = 15
 _SKIP_MAX_COUNT = 1 << 16  # the skip statistics halve when they reach this
+
+
+#: settings added after the first headers, with their "off" values (left out of headers when off)
+_LATER = {"skip": 0, "adapt": 0, "adapt_rate": 0.0, "adapt_center": 0.0}
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,13 @@ class MixSettings:
         skip: a speed option: code a token without the language model when the n-gram
             and match statistics agree on it and that kind of evidence has been right
             at least ``skip - 1`` times in ``skip`` (0: never; see :class:`MixedStream`).
+        adapt: online adaptation of the output layer on the language model's final
+            hidden state (``lmzip._adapt``, native/adapt.c): the scores of the ``adapt``
+            best tokens get a learned correction ``D_i . h`` (0: off; needs a base
+            whose streams give ``hidden()``, the portable backend).
+        adapt_rate: its normalized step (nats per step).
+        adapt_center: the decay of the running mean subtracted from the hidden state
+            before it is used (0: no centering).
     """
 
     orders: tuple[int, ...] = (1, 2, 3, 4)
@@ -73,6 +84,9 @@ class MixSettings:
     llm_rate: float = 0.001
     bias_rate: float = 0.01
     skip: int = 0
+    adapt: int = 0
+    adapt_rate: float = 0.0
+    adapt_center: float = 0.0
 
     def __post_init__(self) -> None:
         if any(not isinstance(k, int) or not 1 <= k <= 32 for k in self.orders) or len(set(self.orders)) != len(
@@ -84,6 +98,16 @@ class MixSettings:
             raise ValueError(f"skip confidence must be 0 (off) or 2..4096, not {self.skip}")
         if self.skip and not (self.orders or self.match):
             raise ValueError("skipping the language model needs n-grams or the match model")
+        if type(self.adapt) is not int or not 0 <= self.adapt <= 4096:
+            raise ValueError(f"adapt must be 0 (off) or 1..4096 tokens, not {self.adapt}")
+        if not isinstance(self.adapt_rate, float) or not 0.0 <= self.adapt_rate <= 16.0:
+            raise ValueError(f"adapt_rate must be a float in [0, 16], not {self.adapt_rate!r}")
+        if not isinstance(self.adapt_center, float) or not 0.0 <= self.adapt_center < 1.0:
+            raise ValueError(f"adapt_center must be a float in [0, 1), not {self.adapt_center!r}")
+        if self.adapt_center and not self.adapt:
+            raise ValueError("adapt_center needs adapt")
+        if bool(self.adapt) != bool(self.adapt_rate):
+            raise ValueError("adapt and adapt_rate go together (both 0: off)")
         for name in ("rate", "llm_rate", "bias_rate"):
             v = getattr(self, name)
             if not isinstance(v, float) or not 0.0 <= v <= 1.0:
@@ -91,7 +115,7 @@ class MixSettings:
 
     @property
     def enabled(self) -> bool:
-        return bool(self.orders or self.match or self.llm_rate or self.bias_rate)
+        return bool(self.orders or self.match or self.llm_rate or self.bias_rate or self.adapt)
 
     def params(self) -> str | dict[str, Any]:
         """For the header: a preset's name when the settings are one (short), else all fields."""
@@ -100,8 +124,9 @@ class MixSettings:
                 return name
         d = asdict(self)
         d["orders"] = list(self.orders)
-        if not self.skip:
-            del d["skip"]  # headers without skipping stay as they were before it existed
+        for key in _LATER:
+            if not d[key]:
+                del d[key]  # headers without these stay as they were before they existed
         return d
 
     @classmethod
@@ -112,11 +137,11 @@ class MixSettings:
                 raise FormatError(f"stream header names an unknown mixing preset {d!r} (made by a newer lmzip?)")
             return PRESETS[d]
         try:
-            # "skip" came later: headers written before it have no such key (skip off)
-            if not isinstance(d, dict) or set(d) - {"skip"} != set(cls.__dataclass_fields__) - {"skip"}:
+            # these came later: headers written before them have no such key (off)
+            if not isinstance(d, dict) or set(d) - set(_LATER) != set(cls.__dataclass_fields__) - set(_LATER):
                 raise TypeError("unexpected keys")
             return cls(orders=tuple(d["orders"]), match=d["match"], rate=d["rate"], llm_rate=d["llm_rate"],
-                       bias_rate=d["bias_rate"], skip=d.get("skip", 0))
+                       bias_rate=d["bias_rate"], **{k: d.get(k, v) for k, v in _LATER.items()})
         except (TypeError, ValueError) as exc:
             raise FormatError(f"stream header has invalid mixing settings ({exc})") from None
 
@@ -129,9 +154,11 @@ DEFAULT_MIX = MixSettings(bias_rate=0.12)
 BYTE_MIX = MixSettings(orders=(1, 2, 3, 4, 6), match=12, rate=0.002, llm_rate=0.0, bias_rate=0.0)
 #: the bare language model
 NO_MIX = MixSettings(orders=(), match=0, rate=0.0, llm_rate=0.0, bias_rate=0.0)
+#: m2 plus online adaptation of the output rows on the hidden state (portable backend; issue 20)
+ADAPT_MIX = MixSettings(bias_rate=0.12, adapt=64, adapt_rate=0.1, adapt_center=0.99)
 #: presets are written to headers by name; their values are part of the format and
 #: never change (new settings get a new name)
-PRESETS: dict[str, MixSettings] = {"m1": M1_MIX, "m2": DEFAULT_MIX, "b1": BYTE_MIX}
+PRESETS: dict[str, MixSettings] = {"m1": M1_MIX, "m2": DEFAULT_MIX, "b1": BYTE_MIX, "a1": ADAPT_MIX}
 
 
 class MixedStream(Stream):
@@ -160,6 +187,7 @@ class MixedStream(Stream):
         self._g2 = [0.0] * self._stats.n_slots
         self._w_llm = 1.0
         self._bias = np.zeros(vocab_size) if settings.bias_rate else None
+        self._adapt = _adapter(base, settings) if settings.adapt else None
         self._s = np.zeros(vocab_size)
         self._q: np.ndarray | None = None
         self._llm: np.ndarray | None = None
@@ -223,6 +251,8 @@ class MixedStream(Stream):
         self._feats = self._stats.features()
         for f in self._feats:
             s[f.tokens] += self._w[f.slot] * f.values
+        if self._adapt is not None:
+            self._adapt.apply(self._base.hidden(), s)
         self._ready = True
 
     def push(self, token: int) -> None:
@@ -270,10 +300,24 @@ class MixedStream(Stream):
         if self._bias is not None:
             self._bias -= (q + 1.0) * (st.bias_rate / _T)
             self._bias[token] += st.bias_rate
+        if self._adapt is not None:
+            self._adapt.learn(token, q)
 
     def close(self) -> None:
         if self._base is not None:
             self._base.close()
+
+
+def _adapter(base: Stream | None, settings: MixSettings):
+    """The output-row adaptation of a stream (``settings.adapt``), on its base's hidden state."""
+    if base is None or not hasattr(base, "hidden"):
+        raise LMZipError("adaptation (adapt) needs a language model that gives its hidden state "
+                         "(the portable backend)")
+    try:
+        from .. import _adapt
+    except ImportError as exc:  # pragma: no cover - depends on the build
+        raise LMZipError(f"adaptation needs the C extension lmzip._adapt: {exc}") from None
+    return _adapt.Rows(base.n_embd, base.n_model, settings.adapt, settings.adapt_rate, settings.adapt_center)
 
 
 class _MixedGroup(StreamGroup):
@@ -325,7 +369,8 @@ class MixedModel(Model):
         s = self.settings
         parts = [f"orders {','.join(map(str, s.orders))}" if s.orders else "",
                  f"match {s.match}" if s.match else "", "adaptive weight" if s.llm_rate else "",
-                 "bias" if s.bias_rate else "", f"skip at {s.skip - 1}/{s.skip}" if s.skip else ""]
+                 "bias" if s.bias_rate else "", f"skip at {s.skip - 1}/{s.skip}" if s.skip else "",
+                 f"output-row adaptation ({s.adapt} best)" if s.adapt else ""]
         return f"{self.base.describe()} + mixing ({', '.join(p for p in parts if p) or 'off'})"
 
     @property

@@ -61,9 +61,18 @@ class _GroupStream(Stream):
         self._n_vocab = n_vocab
         self.scores_buf = np.full(vocab_size, -np.inf, dtype=np.float32)
         self.pending: list[int] = []
+        self.n_embd = group._eng.n_embd
+        self.n_model = n_vocab
+        self._hidden = np.zeros(self.n_embd, dtype=np.float32)
 
     def scores(self) -> np.ndarray:
         return self.scores_buf  # valid until the group's next advance()
+
+    def hidden(self) -> np.ndarray:
+        """The final normalized hidden state behind :meth:`scores` (float32, n_embd):
+        what the output head read; valid until the group's next advance()."""
+        self._group._eng.stream_hidden(self.handle, self._hidden)
+        return self._hidden
 
     def push(self, token: int) -> None:
         self._left -= 1
@@ -126,10 +135,15 @@ class _PortableStream(Stream):
     def __init__(self, model: PortableModel):
         self._group = _PortableGroup(model, [sys.maxsize])
         self._stream = self._group.streams[0]
+        self.n_embd, self.n_model = self._stream.n_embd, self._stream.n_model
 
     def scores(self) -> np.ndarray:
         self._group.advance()
         return self._stream.scores()
+
+    def hidden(self) -> np.ndarray:
+        self._group.advance()
+        return self._stream.hidden()
 
     def push(self, token: int) -> None:
         self._stream.push(token)

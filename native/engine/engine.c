@@ -370,6 +370,7 @@ struct lmz_stream {
     uint16_t *vc;  /* [layer][kv head][C][64] f16 */
     float *sink_k; /* [layer][kv head * 64] the start token's key, not rotated */
     float *sink_v;
+    float *hidden; /* [n_embd] the final normalized hidden state of the last token evaluated */
     size_t bytes;
 };
 
@@ -672,8 +673,9 @@ lmz_stream *lmz_stream_new(lmz_model *m, int context) {
     s->vc = calloc(per, sizeof(uint16_t));
     s->sink_k = calloc((size_t)m->n_layer * m->n_kv * 64, sizeof(float));
     s->sink_v = calloc((size_t)m->n_layer * m->n_kv * 64, sizeof(float));
+    s->hidden = calloc((size_t)m->n_embd, sizeof(float));
     s->bytes = 2 * per * sizeof(uint16_t) + 2 * (size_t)m->n_layer * m->n_kv * 64 * sizeof(float);
-    if (!s->kc || !s->vc || !s->sink_k || !s->sink_v) {
+    if (!s->kc || !s->vc || !s->sink_k || !s->sink_v || !s->hidden) {
         lmz_stream_free(s);
         return NULL;
     }
@@ -683,12 +685,14 @@ lmz_stream *lmz_stream_new(lmz_model *m, int context) {
 void lmz_stream_free(lmz_stream *s) {
     if (!s)
         return;
-    free(s->kc), free(s->vc), free(s->sink_k), free(s->sink_v);
+    free(s->kc), free(s->vc), free(s->sink_k), free(s->sink_v), free(s->hidden);
     free(s);
 }
 
 int64_t lmz_stream_pos(const lmz_stream *s) { return s->n; }
 size_t lmz_stream_bytes(const lmz_stream *s) { return s->bytes; }
+const float *lmz_stream_hidden(const lmz_stream *s) { return s->hidden; }
+int lmz_n_embd(const lmz_model *m) { return m->n_embd; }
 
 /* ------------------------------------------------------------------ forward pass */
 
@@ -959,6 +963,7 @@ static int step(lmz_model *m, int n, lmz_stream *const *streams, const int32_t *
         if (cnt[i] > 0 && want_logits[i]) {
             size_t last = t - 1;
             rmsnorm(m->xb + ns * (size_t)E, m->x + last * E, (const float *)m->out_norm.data, E, m->eps);
+            memcpy(streams[i]->hidden, m->xb + ns * (size_t)E, (size_t)E * sizeof(float));
             quantize_row(m->xb + ns * (size_t)E, E, m->a_embd.q + ns * (size_t)E, m->a_embd.s + ns * (size_t)(E / 32),
                          m->a_embd.sa + ns * (size_t)(E / 32), m->a_embd.sum + ns * (size_t)(E / 32));
             m->sel[ns++] = i;

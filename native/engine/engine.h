@@ -40,6 +40,10 @@ lmz_stream *lmz_stream_new(lmz_model *m, int context);
 void lmz_stream_free(lmz_stream *s);
 int64_t lmz_stream_pos(const lmz_stream *s);
 size_t lmz_stream_bytes(const lmz_stream *s);
+/* The final normalized hidden state (RMSNorm(x, output_norm), float32, lmz_n_embd values)
+ * of the stream's last token whose logits were computed: the output head's input. */
+const float *lmz_stream_hidden(const lmz_stream *s);
+int lmz_n_embd(const lmz_model *m);
 
 /* Evaluate, for each of n streams, the tokens tokens[i][0..counts[i]) appended to its
  * context (counts[i] >= 1), in one call: the weights are read once per step for all

@@ -6,6 +6,8 @@
  *     .free_stream(handle)
  *     .stream_pos(handle) -> int       tokens evaluated so far
  *     .stream_bytes(handle) -> int     its cache memory
+ *     .stream_hidden(handle, out)      the final normalized hidden state (n_embd float32)
+ *                                      of its last evaluation into a writable buffer
  *     .eval(handles, tokens, out)      tokens: a list (one per handle) of lists of ids;
  *                                      out: a writable float32 buffer of
  *                                      len(handles) * n_vocab: each stream's logits after
@@ -159,6 +161,26 @@ done:
     return result;
 }
 
+static PyObject *Engine_stream_hidden(EngineObject *self, PyObject *args) {
+    PyObject *h;
+    Py_buffer out;
+    if (!PyArg_ParseTuple(args, "Ow*", &h, &out))
+        return NULL;
+    lmz_stream *s = handle(h);
+    int E = lmz_n_embd(self->m);
+    if (s && out.len < (Py_ssize_t)(E * sizeof(float))) {
+        PyErr_SetString(PyExc_ValueError, "the output buffer is too small");
+        s = NULL;
+    }
+    if (s)
+        memcpy(out.buf, lmz_stream_hidden(s), (size_t)E * sizeof(float));
+    PyBuffer_Release(&out);
+    if (!s)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Engine_get_n_embd(EngineObject *self, void *c) { return PyLong_FromLong(lmz_n_embd(self->m)); }
 static PyObject *Engine_get_n_vocab(EngineObject *self, void *c) { return PyLong_FromLong(lmz_n_vocab(self->m)); }
 static PyObject *Engine_get_bos(EngineObject *self, void *c) { return PyLong_FromLong(lmz_bos(self->m)); }
 static PyObject *Engine_get_isa(EngineObject *self, void *c) { return PyUnicode_FromString(lmz_isa(self->m)); }
@@ -170,11 +192,14 @@ static PyMethodDef Engine_methods[] = {
     {"stream_pos", (PyCFunction)Engine_stream_pos, METH_O, "tokens evaluated by a stream"},
     {"stream_bytes", (PyCFunction)Engine_stream_bytes, METH_O, "cache bytes of a stream"},
     {"eval", (PyCFunction)Engine_eval, METH_VARARGS, "eval(handles, tokens, out)"},
+    {"stream_hidden", (PyCFunction)Engine_stream_hidden, METH_VARARGS,
+     "stream_hidden(handle, out): the final normalized hidden state (n_embd float32) of its last evaluation"},
     {NULL, NULL, 0, NULL},
 };
 
 static PyGetSetDef Engine_getset[] = {
     {"n_vocab", (getter)Engine_get_n_vocab, NULL, NULL, NULL},
+    {"n_embd", (getter)Engine_get_n_embd, NULL, NULL, NULL},
     {"bos", (getter)Engine_get_bos, NULL, NULL, NULL},
     {"isa", (getter)Engine_get_isa, NULL, NULL, NULL},
     {"threads", (getter)Engine_get_threads, NULL, NULL, NULL},
