@@ -11,6 +11,10 @@ The dictionary size is not stored: both sides derive it from the chunk's length
 (``dict_size``), so a damaged record cannot make the decoder reserve more memory
 than ``MAX_DICT`` however large its declared length.
 
+A ``METHOD_RUN`` chunk (version 4) is one byte repeated ``raw_len`` times: its payload
+is that byte, or nothing for ``0x00`` (zeroed images, sparse regions: LZMA's raw stream
+alone takes about 20 bytes for them).
+
 The compressor tries a few settings with xz's strongest preset (``-9e``) and keeps
 the smallest; the decoder only reads what was chosen.
 """
@@ -79,8 +83,11 @@ def looks_incompressible(data: bytes) -> bool:
     return len(zlib.compress(data, 1)) >= _INCOMPRESSIBLE * len(data)
 
 
-def compress_classic(data: bytes) -> tuple[int, bytes]:
-    """The smallest classic coding of ``data`` (non-empty): (method, payload)."""
+def compress_classic(data: bytes, version: int = fmt.VERSION) -> tuple[int, bytes]:
+    """The smallest classic coding of ``data`` (non-empty) for a container of format
+    ``version`` (runs need 4): (method, payload)."""
+    if version >= 4 and data.count(data[:1]) == len(data):
+        return fmt.METHOD_RUN, data[:1].lstrip(b"\0")
     if looks_incompressible(data):
         return fmt.METHOD_STORED, data
     bcj = _bcj_guess(data)
@@ -104,6 +111,12 @@ def decompress_classic(info: fmt.ChunkInfo, payload: bytes) -> bytes:
         data = payload
     elif info.method == fmt.METHOD_LZMA:
         data = _decode_lzma(info.raw_len, payload)
+    elif info.method == fmt.METHOD_RUN:
+        if payload == b"\0":
+            raise CorruptError("run chunk is damaged: its payload spells 0x00, which is written as none")
+        if len(payload) > 1:  # pragma: no cover - the record parser refuses these
+            raise CorruptError(f"run chunk is damaged: payload of {len(payload)} bytes")
+        data = (payload or b"\0") * info.raw_len
     else:  # pragma: no cover - the record parser refuses other methods
         raise CorruptError(f"chunk uses unknown coding method {info.method}")
     if len(data) != info.raw_len:

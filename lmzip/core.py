@@ -190,14 +190,14 @@ class LMZipCompressor:
             if text:
                 info, payload = next(coded)
                 if self.method == "auto":  # safety net: never worse than the classic coder
-                    method, classic = compress_classic(data)
+                    method, classic = compress_classic(data, self.version)
                     if len(classic) < len(payload):
                         self.stats.payload_bytes += len(classic) - len(payload)
                         info = fmt.ChunkInfo(len(data), info.n_tokens, len(classic), info.data_crc, method,
                                              info.starts_group)
                         payload = classic
             else:
-                method, payload = compress_classic(data)
+                method, payload = compress_classic(data, self.version)
                 info = fmt.ChunkInfo(len(data), 0, len(payload), zlib.crc32(data) & 0xFFFFFFFF, method)
                 self.stats.raw_bytes += len(data)
                 self.stats.payload_bytes += len(payload)

@@ -55,6 +55,7 @@ __all__ = [
     "METHOD_MODEL",
     "METHOD_STORED",
     "METHOD_LZMA",
+    "METHOD_RUN",
     "METHOD_NAMES",
     "GROUP_START",
     "READ_VERSIONS",
@@ -96,7 +97,10 @@ NO_MODEL_PARAMS: dict[str, Any] = {}
 METHOD_MODEL = 0  # the stream's model and the range coder: n_tokens symbols
 METHOD_STORED = 1  # the original bytes, as they are
 METHOD_LZMA = 2  # LZMA2 (lmzip/classic.py): for data the model would code worse
-METHOD_NAMES = {METHOD_MODEL: "model", METHOD_STORED: "stored", METHOD_LZMA: "lzma"}
+#: version 4 only: the chunk is one byte repeated raw_len times; the payload is that byte,
+#: or empty for 0x00 (a zero byte as payload is damage: one encoding per chunk)
+METHOD_RUN = 3
+METHOD_NAMES = {METHOD_MODEL: "model", METHOD_STORED: "stored", METHOD_LZMA: "lzma", METHOD_RUN: "run"}
 #: high bit of the method byte (version 3): this scheduled chunk starts a lockstep group
 GROUP_START = 0x80
 
@@ -308,6 +312,9 @@ def validate_chunk_info(info: ChunkInfo, error: type[Exception] = CorruptError, 
     elif info.method in (METHOD_STORED, METHOD_LZMA):
         if info.method == METHOD_STORED and info.payload_len != info.raw_len:
             raise error(f"stored chunk declares {info.payload_len} payload bytes for {info.raw_len} bytes")
+    elif info.method == METHOD_RUN and version >= 4:
+        if info.payload_len > 1:
+            raise error(f"run chunk declares {info.payload_len} payload bytes (at most 1)")
     else:
         raise error(f"chunk uses unknown coding method {info.method}")
 
@@ -558,7 +565,8 @@ def _pack_chunk_record_v4(info: ChunkInfo, payload: bytes, prefix: bytes = b"") 
     if not 0 <= info.method <= 3:
         raise ValueError(f"method {info.method} does not fit a version 4 chunk record")
     validate_chunk_info(info, ValueError, version=4)
-    head = pack_varint(_tag(info)) + pack_varint(info.n_tokens) + pack_varint(info.payload_len) + _CRC.pack(info.data_crc)
+    head = (pack_varint(_tag(info)) + pack_varint(info.n_tokens) + pack_varint(info.payload_len)
+            + _CRC.pack(info.data_crc))
     return head + _CRC.pack(_crc(prefix + head)) + payload
 
 

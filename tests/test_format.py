@@ -337,7 +337,7 @@ def test_version_4_header_errors():
 
 @pytest.mark.parametrize("tag, message", [
     (0 << 3 | 1, "zero bytes"),
-    (10 << 3 | 3, "unknown coding method 3"),
+    (10 << 3 | 3, "run chunk declares 10 payload bytes"),
     (10 << 3 | 4 | 1, "starts a lockstep group but declares no tokens"),
 ])
 def test_version_4_chunk_records_with_impossible_fields(tag, message):

@@ -140,7 +140,7 @@ def test_a_chunk_stored_after_the_model_ran_is_replayed(monkeypatch):
     model = BatchSensitive()
     classic = core.compress_classic  # order-1 loses to LZMA on short texts: only the block may win
     monkeypatch.setattr(core, "compress_classic",
-                        lambda d: classic(d) if d == block * 4 else (fmt.METHOD_STORED, d))
+                        lambda d, v: classic(d, v) if d == block * 4 else (fmt.METHOD_STORED, d))
     packed = lmzip.compress(data, model=model, chunk_size=2000, streams=4)
     chunks = _chunks(packed)
     replayed = [c for c in chunks if c.method != fmt.METHOD_MODEL]

@@ -33,7 +33,7 @@ def packed() -> bytes:
     # order-1 codes short text worse than LZMA: keep LZMA for the binary region only
     classic = core.compress_classic
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(core, "compress_classic", lambda d: (fmt.METHOD_STORED, d) if d.isascii() else classic(d))
+        mp.setattr(core, "compress_classic", lambda d, v: (fmt.METHOD_STORED, d) if d.isascii() else classic(d, v))
         packed = lmzip.compress(_data(), model=BatchSensitive(), chunk_size=500, streams=3)
     methods = [c.method for c in lmzip.core.scan_streams(io.BytesIO(packed))[0].end.chunks]
     assert fmt.METHOD_MODEL in methods and fmt.METHOD_LZMA in methods
