@@ -148,3 +148,13 @@ def test_cli_round_trip(gemma_gguf, gweights, tmp_path):
                          capture_output=True)
     assert out.stdout == data
     assert (tmp_path / "a.lmz").stat().st_size < 0.6 * len(data)
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="x86-64 builds")
+def test_harness_plain_c(gweights, tmp_path, tmp_path_factory):
+    """engine_main.c built with the SIMD kernels compiled out (-DLMZ_NO_SIMD, gcc -O2):
+    the golden bits."""
+    from .test_engine import _build, _run
+
+    exe = _build(tmp_path_factory.mktemp("gemma_builds"), "gcc", ["-O2", "-DLMZ_NO_SIMD"])
+    assert _run(exe, gweights, _tokens(16), tmp_path, "--threads", "2") == GOLD_G16
