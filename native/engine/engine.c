@@ -572,6 +572,51 @@ static const isa_kernels *pick_isa(const char *want, char *err, size_t errlen) {
 
 static int read_u32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return (int)v; }
 
+/* bytes a tensor of this type and shape occupies, or 0 if the shape does not fit the type */
+static uint64_t tensor_bytes(int type, int rows, int cols) {
+    if (rows < 1 || cols < 1)
+        return 0;
+    uint64_t r = (uint64_t)rows, c = (uint64_t)cols;
+    switch (type) {
+    case T_F32: return r * c * 4;
+    case T_Q4_1: return rows % 16 || cols % 32 ? 0 : r / 16 * (c / 32) * Q4_GB;
+    case T_Q8_0: return rows % 16 || cols % 32 ? 0 : r / 16 * (c / 32) * Q8_GB;
+    case T_K16: return rows % 16 || cols % 32 ? 0 : r * c + 2 * r * (c / 16) * 4;
+    default: return 0;
+    }
+}
+
+/* a tensor is a matrix (Q8_0, Q4_1 or K16) or a vector (F32, one row) of the given shape, inside the file */
+static int shape_ok(const tensor *t, int matrix, int rows, int cols, const uint8_t *base, size_t size) {
+    if (matrix ? t->type == T_F32 : t->type != T_F32)
+        return 0;
+    if (t->rows != rows || t->cols != cols)
+        return 0;
+    uint64_t need = tensor_bytes(t->type, rows, cols);
+    uint64_t off = (uint64_t)(t->data - base);
+    return need > 0 && off <= size && need <= size - off;
+}
+
+static int gemma_shapes_ok(const lmz_model *m, size_t size) {
+    const uint8_t *b = m->map;
+    int E = m->n_embd, F = m->n_ff, D = m->head_dim, QD = m->n_head * D, KVD = m->n_kv * D;
+    if (!shape_ok(&m->tok_embd, 1, m->n_vocab, E, b, size) || m->tok_embd.type != T_Q8_0 ||
+        !shape_ok(&m->out_norm, 0, 1, E, b, size))
+        return 0;
+    for (int l = 0; l < m->n_layer; l++) {
+        const layer *L = m->layers + l;
+        if (!shape_ok(&L->attn_norm, 0, 1, E, b, size) || !shape_ok(&L->wq, 1, QD, E, b, size) ||
+            !shape_ok(&L->wk, 1, KVD, E, b, size) || !shape_ok(&L->wv, 1, KVD, E, b, size) ||
+            !shape_ok(&L->q_norm, 0, 1, D, b, size) || !shape_ok(&L->k_norm, 0, 1, D, b, size) ||
+            !shape_ok(&L->wo, 1, E, QD, b, size) || !shape_ok(&L->post_attn_norm, 0, 1, E, b, size) ||
+            !shape_ok(&L->ffn_norm, 0, 1, E, b, size) || !shape_ok(&L->wg, 1, F, E, b, size) ||
+            !shape_ok(&L->wu, 1, F, E, b, size) || !shape_ok(&L->wd, 1, E, F, b, size) ||
+            !shape_ok(&L->post_ffn_norm, 0, 1, E, b, size))
+            return 0;
+    }
+    return 1;
+}
+
 lmz_model *lmz_load(const char *path, int threads, const char *isa, char *err, size_t errlen) {
     char dummy[8];
     if (!err) {
@@ -678,6 +723,11 @@ lmz_model *lmz_load(const char *path, int threads, const char *isa, char *err, s
         }
     }
     free(all);
+    if (m->arch == ARCH_GEMMA3 && !gemma_shapes_ok(m, size)) {
+        lmz_free(m);
+        snprintf(err, errlen, "%s: tensor types or shapes do not match the model (damaged file?)", path);
+        return NULL;
+    }
     if (m->tok_embd.type != T_Q8_0) {
         lmz_free(m);
         snprintf(err, errlen, "%s: the token embedding must be Q8_0", path);
