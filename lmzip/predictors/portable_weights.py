@@ -6,6 +6,9 @@ uint4 values, f16 scale d and f16 offset m; Q8_0: 32 int8 values and f16 d) but
 16 rows are interleaved per 32-column block so that one SIMD vector holds the
 same 4 columns of 16 rows (the engine puts vector lanes across output rows).
 
+A gemma3 GGUF becomes format 2 (:func:`_convert_gemma3`: Q5_0 as Q8_0 blocks, Q4_K and
+Q6_K as K16 rows with per-16-column f32 scales and mins, every value the GGUF's).
+
 The file is converted once per model and engine format and cached at
 ``$LMZIP_CACHE/engine/<model-sha256>-<format>.bin`` (default ``~/.cache/lmzip``),
 written to a temporary file and renamed, so a reader never sees half a file.
