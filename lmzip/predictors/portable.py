@@ -153,7 +153,8 @@ class _PortableStream(Stream):
 
 
 class PortableModel(Model):
-    """A GGUF llama model (Q4_1/Q8_0) run by lmzip's portable engine.
+    """A GGUF llama model (Q4_1/Q8_0) or gemma3 model (Q8_0/Q5_0/Q4_K/Q6_K) run by lmzip's
+    portable engine.
 
     Args:
         path: the GGUF file.

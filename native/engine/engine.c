@@ -158,7 +158,8 @@ static void sincos_d(double a, double *s, double *c) { /* a >= 0 */
 
 /* ------------------------------------------------------------------ types */
 
-enum { T_F32 = 0, T_Q4_1 = 1, T_Q8_0 = 2 };
+enum { T_F32 = 0, T_Q4_1 = 1, T_Q8_0 = 2, T_K16 = 3 };
+enum { ARCH_LLAMA = 0, ARCH_GEMMA3 = 1 };
 #define Q4_GB 320 /* bytes per group (16 rows) x block (32 columns) */
 #define Q8_GB 544
 
@@ -169,6 +170,7 @@ typedef struct {
 
 typedef struct {
     tensor attn_norm, wq, wk, wv, wo, ffn_norm, wg, wu, wd;
+    tensor q_norm, k_norm, post_attn_norm, post_ffn_norm; /* gemma3 only */
 } layer;
 
 /* activations quantized per 32-block: q int8, scale s, sum of q, s * sum */
@@ -339,7 +341,13 @@ static void pool_destroy(pool *p) {
 /* ------------------------------------------------------------------ model, stream */
 
 struct lmz_model {
+    int arch; /* ARCH_LLAMA (weights format 1) or ARCH_GEMMA3 (format 2) */
     int n_layer, n_embd, n_ff, n_head, n_kv, head_dim, n_vocab, bos;
+    /* gemma3: local (sliding-window) layers' RoPE base, window, every swa_pattern-th layer global */
+    double rope_base_local;
+    int swa_window, swa_pattern;
+    float emb_scale, attn_scale; /* f32(sqrt(n_embd)); 1/sqrt(head_dim) from the file */
+    double inv_freq_g[128], inv_freq_l[128];
     double rope_base;
     float eps;
     tensor tok_embd, out_norm;
@@ -465,6 +473,37 @@ static void mm_q8_scalar(const uint8_t *W, int K, int g0, int g1, const act *x, 
     }
 }
 
+/* K16 (gemma3's Q4_K and Q6_K matrices): row-major int8 q, then per row and 16-column
+ * sub-block j an f32 scale ws and an f32 min wm (value = ws * q + wm, GGUF's own values).
+ * For each sub-block j in order (b = j / 2 its activation block):
+ *   acc = acc + ((ws * s_b) * isum_j + wm * (s_b * qsum_j)),
+ * isum_j = sum of q * a over the 16 columns, qsum_j = sum of a (both exact int32). */
+static void mm_k16_scalar(const tensor *W, int g0, int g1, const act *x, int T, float *out, int ldo) {
+    int K = W->cols, nj = K / 16, nb = K / 32;
+    const int8_t *Q = (const int8_t *)W->data;
+    const float *WS = (const float *)(W->data + (size_t)W->rows * K);
+    const float *WM = WS + (size_t)W->rows * nj;
+    for (int r = 16 * g0; r < 16 * g1; r++) {
+        const int8_t *q = Q + (size_t)r * K;
+        const float *ws = WS + (size_t)r * nj, *wm = WM + (size_t)r * nj;
+        for (int t = 0; t < T; t++) {
+            const int8_t *a = x->q + (size_t)t * K;
+            const float *s = x->s + (size_t)t * nb;
+            float acc = 0.0f;
+            for (int j = 0; j < nj; j++) {
+                int32_t isum = 0, qsum = 0;
+                for (int i = 0; i < 16; i++) {
+                    isum += (int32_t)q[16 * j + i] * a[16 * j + i];
+                    qsum += a[16 * j + i];
+                }
+                float sb = s[j / 2];
+                acc = acc + ((ws[j] * sb) * (float)isum + wm[j] * (sb * (float)qsum));
+            }
+            out[(size_t)t * ldo + r] = acc;
+        }
+    }
+}
+
 /* attention, plain C (scalar: not vectorized) */
 #define CVT16(dst, src)                                                                                    \
     do {                                                                                                   \
@@ -534,6 +573,51 @@ static const isa_kernels *pick_isa(const char *want, char *err, size_t errlen) {
 
 static int read_u32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return (int)v; }
 
+/* bytes a tensor of this type and shape occupies, or 0 if the shape does not fit the type */
+static uint64_t tensor_bytes(int type, int rows, int cols) {
+    if (rows < 1 || cols < 1)
+        return 0;
+    uint64_t r = (uint64_t)rows, c = (uint64_t)cols;
+    switch (type) {
+    case T_F32: return r * c * 4;
+    case T_Q4_1: return rows % 16 || cols % 32 ? 0 : r / 16 * (c / 32) * Q4_GB;
+    case T_Q8_0: return rows % 16 || cols % 32 ? 0 : r / 16 * (c / 32) * Q8_GB;
+    case T_K16: return rows % 16 || cols % 32 ? 0 : r * c + 2 * r * (c / 16) * 4;
+    default: return 0;
+    }
+}
+
+/* a tensor is a matrix (Q8_0, Q4_1 or K16) or a vector (F32, one row) of the given shape, inside the file */
+static int shape_ok(const tensor *t, int matrix, int rows, int cols, const uint8_t *base, size_t size) {
+    if (matrix ? t->type == T_F32 : t->type != T_F32)
+        return 0;
+    if (t->rows != rows || t->cols != cols)
+        return 0;
+    uint64_t need = tensor_bytes(t->type, rows, cols);
+    uint64_t off = (uint64_t)(t->data - base);
+    return need > 0 && off <= size && need <= size - off;
+}
+
+static int gemma_shapes_ok(const lmz_model *m, size_t size) {
+    const uint8_t *b = m->map;
+    int E = m->n_embd, F = m->n_ff, D = m->head_dim, QD = m->n_head * D, KVD = m->n_kv * D;
+    if (!shape_ok(&m->tok_embd, 1, m->n_vocab, E, b, size) || m->tok_embd.type != T_Q8_0 ||
+        !shape_ok(&m->out_norm, 0, 1, E, b, size))
+        return 0;
+    for (int l = 0; l < m->n_layer; l++) {
+        const layer *L = m->layers + l;
+        if (!shape_ok(&L->attn_norm, 0, 1, E, b, size) || !shape_ok(&L->wq, 1, QD, E, b, size) ||
+            !shape_ok(&L->wk, 1, KVD, E, b, size) || !shape_ok(&L->wv, 1, KVD, E, b, size) ||
+            !shape_ok(&L->q_norm, 0, 1, D, b, size) || !shape_ok(&L->k_norm, 0, 1, D, b, size) ||
+            !shape_ok(&L->wo, 1, E, QD, b, size) || !shape_ok(&L->post_attn_norm, 0, 1, E, b, size) ||
+            !shape_ok(&L->ffn_norm, 0, 1, E, b, size) || !shape_ok(&L->wg, 1, F, E, b, size) ||
+            !shape_ok(&L->wu, 1, F, E, b, size) || !shape_ok(&L->wd, 1, E, F, b, size) ||
+            !shape_ok(&L->post_ffn_norm, 0, 1, E, b, size))
+            return 0;
+    }
+    return 1;
+}
+
 lmz_model *lmz_load(const char *path, int threads, const char *isa, char *err, size_t errlen) {
     char dummy[8];
     if (!err) {
@@ -562,15 +646,17 @@ lmz_model *lmz_load(const char *path, int threads, const char *isa, char *err, s
         return NULL;
     }
     const uint8_t *h = map;
-    if (memcmp(h, "LMZENG\0\1", 8) != 0 || read_u32(h + 8) != LMZ_ENGINE_FORMAT) {
+    int format = size >= 12 ? read_u32(h + 8) : 0;
+    if (memcmp(h, "LMZENG\0\1", 8) != 0 || (format != 1 && format != 2)) {
         munmap(map, size);
-        snprintf(err, errlen, "%s: not an engine weights file of format %d", path, LMZ_ENGINE_FORMAT);
+        snprintf(err, errlen, "%s: not an engine weights file of format 1 or 2", path);
         return NULL;
     }
     lmz_model *m = calloc(1, sizeof *m);
     m->map = map;
     m->map_size = size;
     m->k = k;
+    m->arch = format == 2 ? ARCH_GEMMA3 : ARCH_LLAMA;
     m->n_layer = read_u32(h + 12);
     m->n_embd = read_u32(h + 16);
     m->n_ff = read_u32(h + 20);
@@ -583,8 +669,24 @@ lmz_model *lmz_load(const char *path, int threads, const char *isa, char *err, s
     memcpy(&m->rope_base, h + 48, 8);
     memcpy(&m->eps, h + 56, 4);
     int n_t = read_u32(h + 60);
-    if (m->head_dim != 64 || rope_dim != 64 || n_t != 2 + 9 * m->n_layer || m->n_head % m->n_kv ||
-        m->n_embd != m->n_head * 64 || m->n_embd % 32 || m->n_ff % 32 || m->n_vocab % 16) {
+    int per_layer = m->arch == ARCH_GEMMA3 ? 13 : 9;
+    int bad;
+    if (m->arch == ARCH_GEMMA3) {
+        memcpy(&m->rope_base_local, h + 64, 8);
+        m->swa_window = read_u32(h + 72);
+        m->swa_pattern = read_u32(h + 76);
+        int D = m->head_dim;
+        bad = D < 2 || D > 512 || D % 32 || rope_dim != D || m->n_kv < 1 || m->n_head % m->n_kv ||
+              m->swa_window < 1 || m->swa_pattern < 1 || m->n_head * D > 65536 || m->n_ff < m->n_head * D ||
+              !(m->rope_base > 1.0 && m->rope_base < 1e300) ||
+              !(m->rope_base_local > 1.0 && m->rope_base_local < 1e300);
+        m->emb_scale = __builtin_sqrtf((float)m->n_embd);
+        m->attn_scale = 1.0f / __builtin_sqrtf((float)D);
+    } else {
+        bad = m->head_dim != 64 || rope_dim != 64 || m->n_head % m->n_kv || m->n_embd != m->n_head * 64;
+    }
+    if (bad || m->n_layer < 1 || n_t != 2 + per_layer * m->n_layer || m->n_embd % 32 || m->n_ff % 32 ||
+        m->n_vocab % 16 || (size_t)256 + 32 * (size_t)n_t > size) {
         lmz_free(m);
         snprintf(err, errlen, "%s: unsupported model shape", path);
         return NULL;
@@ -595,7 +697,7 @@ lmz_model *lmz_load(const char *path, int threads, const char *isa, char *err, s
         uint64_t off, sz;
         memcpy(&off, e + 16, 8);
         memcpy(&sz, e + 24, 8);
-        if (off + sz > size) {
+        if (off > size || sz > size - off) {
             free(all);
             lmz_free(m);
             snprintf(err, errlen, "%s: truncated", path);
@@ -610,16 +712,35 @@ lmz_model *lmz_load(const char *path, int threads, const char *isa, char *err, s
     m->out_norm = all[1];
     m->layers = calloc((size_t)m->n_layer, sizeof(layer));
     for (int l = 0; l < m->n_layer; l++) {
-        tensor *t = all + 2 + 9 * l;
+        tensor *t = all + 2 + per_layer * l;
         layer *L = m->layers + l;
-        L->attn_norm = t[0], L->wq = t[1], L->wk = t[2], L->wv = t[3], L->wo = t[4];
-        L->ffn_norm = t[5], L->wg = t[6], L->wu = t[7], L->wd = t[8];
+        if (m->arch == ARCH_GEMMA3) {
+            L->attn_norm = t[0], L->wq = t[1], L->wk = t[2], L->wv = t[3], L->q_norm = t[4], L->k_norm = t[5];
+            L->wo = t[6], L->post_attn_norm = t[7], L->ffn_norm = t[8], L->wg = t[9], L->wu = t[10];
+            L->wd = t[11], L->post_ffn_norm = t[12];
+        } else {
+            L->attn_norm = t[0], L->wq = t[1], L->wk = t[2], L->wv = t[3], L->wo = t[4];
+            L->ffn_norm = t[5], L->wg = t[6], L->wu = t[7], L->wd = t[8];
+        }
     }
     free(all);
+    if (m->arch == ARCH_GEMMA3 && !gemma_shapes_ok(m, size)) {
+        lmz_free(m);
+        snprintf(err, errlen, "%s: tensor types or shapes do not match the model (damaged file?)", path);
+        return NULL;
+    }
     if (m->tok_embd.type != T_Q8_0) {
         lmz_free(m);
         snprintf(err, errlen, "%s: the token embedding must be Q8_0", path);
         return NULL;
+    }
+    if (m->arch == ARCH_GEMMA3) {
+        double lg = log_d(m->rope_base), ll = log_d(m->rope_base_local);
+        int half = m->head_dim / 2;
+        for (int i = 0; i < half; i++) {
+            m->inv_freq_g[i] = exp_d(-((double)(2 * i) / (double)m->head_dim) * lg);
+            m->inv_freq_l[i] = exp_d(-((double)(2 * i) / (double)m->head_dim) * ll);
+        }
     }
     /* inv_freq[i] = base^(-2i/64) = exp(-(2i/64) ln base), in double with the engine's own functions */
     double lb = log_d(m->rope_base);
@@ -668,13 +789,13 @@ lmz_stream *lmz_stream_new(lmz_model *m, int context) {
     s->m = m;
     s->W = context;
     s->C = ((context - 1) + (LMZ_MAX_STEP - 1) + 15) & ~15;
-    size_t per = (size_t)m->n_layer * m->n_kv * s->C * 64;
+    size_t per = (size_t)m->n_layer * m->n_kv * s->C * m->head_dim;
     s->kc = calloc(per, sizeof(uint16_t));
     s->vc = calloc(per, sizeof(uint16_t));
-    s->sink_k = calloc((size_t)m->n_layer * m->n_kv * 64, sizeof(float));
-    s->sink_v = calloc((size_t)m->n_layer * m->n_kv * 64, sizeof(float));
+    s->sink_k = calloc((size_t)m->n_layer * m->n_kv * m->head_dim, sizeof(float));
+    s->sink_v = calloc((size_t)m->n_layer * m->n_kv * m->head_dim, sizeof(float));
     s->hidden = calloc((size_t)m->n_embd, sizeof(float));
-    s->bytes = 2 * per * sizeof(uint16_t) + 2 * (size_t)m->n_layer * m->n_kv * 64 * sizeof(float);
+    s->bytes = 2 * per * sizeof(uint16_t) + 2 * (size_t)m->n_layer * m->n_kv * m->head_dim * sizeof(float);
     if (!s->kc || !s->vc || !s->sink_k || !s->sink_v || !s->hidden) {
         lmz_stream_free(s);
         return NULL;
@@ -700,14 +821,15 @@ static int grow(lmz_model *m, size_t T) {
     if (T <= m->cap_tokens)
         return 0;
     free_buffers(m);
-    size_t E = (size_t)m->n_embd, F = (size_t)m->n_ff, KV = (size_t)m->n_kv * 64;
+    size_t E = (size_t)m->n_embd, F = (size_t)m->n_ff, KV = (size_t)m->n_kv * m->head_dim;
+    size_t QD = (size_t)m->n_head * m->head_dim, RT = m->arch == ARCH_GEMMA3 ? 1024 : 128;
 #define ALLOC(p, n) if (!((p) = malloc((n) * sizeof(*(p)) + 64))) return -1
     ALLOC(m->x, T * E);
     ALLOC(m->xb, T * E);
-    ALLOC(m->q, T * E);
+    ALLOC(m->q, T * QD);
     ALLOC(m->kk, T * KV);
     ALLOC(m->vv, T * KV);
-    ALLOC(m->ao, T * E);
+    ALLOC(m->ao, T * QD);
     ALLOC(m->hb, T * 2 * F);
     ALLOC(m->tmp, T * (E > F ? E : F));
     ALLOC(m->logit_tmp, T * (size_t)m->n_vocab);
@@ -722,7 +844,7 @@ static int grow(lmz_model *m, size_t T) {
     ALLOC(m->a_ff.sum, T * Kmax / 32);
     ALLOC(m->tok_stream, T);
     ALLOC(m->tok_pos, T);
-    ALLOC(m->rope_tab, T * 128);
+    ALLOC(m->rope_tab, T * RT);
     ALLOC(m->sel, T);
 #undef ALLOC
     m->cap_tokens = T;
@@ -803,7 +925,9 @@ static void mm_task(void *ctx, int tid, int nth) {
     for (int i = 0; i < j->nmat; i++) {
         int G = j->w[i]->rows / 16;
         int a = g0 > base ? g0 - base : 0, b = g1 - base < G ? g1 - base : G;
-        if (a < b) {
+        if (a < b && j->w[i]->type == T_K16) {
+            mm_k16_scalar(j->w[i], a, b, j->x, j->T, j->out[i], j->ldo[i]);
+        } else if (a < b) {
             mm_fn f = j->w[i]->type == T_Q8_0 ? k->q8 : k->q4;
             f(j->w[i]->data, j->w[i]->cols, a, b, j->x, 0, j->T, j->out[i], j->ldo[i]);
         }
@@ -978,6 +1102,8 @@ static int step(lmz_model *m, int n, lmz_stream *const *streams, const int32_t *
     return 0;
 }
 
+#include "gemma.inc"
+
 int lmz_eval(lmz_model *m, int n, lmz_stream *const *streams, const int32_t *const *tokens, const int *counts,
              float *logits) {
     for (int i = 0; i < n; i++) {
@@ -1007,7 +1133,9 @@ int lmz_eval(lmz_model *m, int n, lmz_stream *const *streams, const int32_t *con
         }
         if (!any)
             break;
-        if ((rc = step(m, n, streams, tk, cnt, want, logits)) != 0)
+        rc = m->arch == ARCH_GEMMA3 ? gemma_step(m, n, streams, tk, cnt, want, logits)
+                                    : step(m, n, streams, tk, cnt, want, logits);
+        if (rc != 0)
             break;
     }
     pthread_mutex_unlock(&m->eval_lock);
