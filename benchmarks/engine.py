@@ -1,7 +1,7 @@
 """The portable engine beside llama.cpp: cross-entropy, speed, memory.
 
     PYTHONPATH=. python benchmarks/engine.py [--ce] [--speed] [--group] [--threads 2]
-        [--tokens 400] [--file alice29.txt]
+        [--tokens 400] [--file alice29.txt] [--model smollm2-135m|gemma3-270m]
 
 --ce      bare cross-entropy (bits per byte) of the whole file, one stream, window 2048
 --speed   tokens/s of one stream, one token per call, the first --tokens tokens
@@ -29,10 +29,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def gguf_path() -> Path:
-    from lmzip.predictors.registry import _smollm2_path
+#: the registry model measured (--model)
+MODEL = "smollm2-135m"
 
-    return _smollm2_path()
+
+def gguf_path() -> Path:
+    from lmzip.predictors.registry import KNOWN_MODELS
+
+    return KNOWN_MODELS[MODEL].locate()
 
 
 def cpu_name() -> str:
@@ -55,13 +59,13 @@ def models(threads: int, which=("portable", "llama.cpp")):
         from lmzip.predictors.portable import PortableModel
 
         t0 = time.perf_counter()
-        out["portable"] = PortableModel(g, name="smollm2-135m", sha256=sha, context=2048, threads=threads)
+        out["portable"] = PortableModel(g, name=MODEL, sha256=sha, context=2048, threads=threads)
         print(f"portable: model ready in {time.perf_counter() - t0:.2f} s (isa {out['portable'].isa})")
     if "llama.cpp" in which:
         try:
             from lmzip.predictors.llamacpp import LlamaCppModel
 
-            out["llama.cpp"] = LlamaCppModel(g, name="smollm2-135m", sha256=sha, context=2048, threads=threads)
+            out["llama.cpp"] = LlamaCppModel(g, name=MODEL, sha256=sha, context=2048, threads=threads)
         except Exception as exc:  # pragma: no cover
             print(f"llama.cpp unavailable: {exc}")
     return out
@@ -140,7 +144,10 @@ def main() -> None:
     ap.add_argument("--file", default="alice29.txt")
     ap.add_argument("--backends", default="portable,llama.cpp")
     ap.add_argument("--rss-child", default=None)
+    ap.add_argument("--model", default="smollm2-135m", help="registry name: smollm2-135m or gemma3-270m")
     a = ap.parse_args()
+    global MODEL
+    MODEL = a.model
     if a.rss_child:
         rss_child(a.rss_child, a.threads, a.tokens)
         return
@@ -159,7 +166,8 @@ def main() -> None:
             print(f"engine load (mmap): {time.perf_counter() - t0:.3f} s")
     if a.rss:
         for b in ("portable", "llama.cpp"):
-            r = subprocess.run([sys.executable, __file__, "--rss-child", b, "--threads", str(a.threads), "--tokens",
+            r = subprocess.run([sys.executable, __file__, "--rss-child", b,
+                                "--model", a.model, "--threads", str(a.threads), "--tokens",
                                 str(a.tokens)], capture_output=True, text=True, env=dict(os.environ,
                                                                                         PYTHONPATH=str(ROOT)))
             got = dict(x.split() for x in r.stdout.splitlines() if x.startswith("RSS"))
