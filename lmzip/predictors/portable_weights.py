@@ -169,6 +169,35 @@ def _unpack_q6_k(raw: np.ndarray, rows: int, cols: int):
     return q.reshape(rows, cols), scale, np.zeros_like(scale)
 
 
+#: GGUF tensor types each weights format takes (format 1 has no K16 tensors)
+_LLAMA_TYPES = frozenset({_GGML_F32, _GGML_Q4_1, _GGML_Q8_0})
+_GEMMA3_TYPES = frozenset({_GGML_F32, _GGML_Q8_0, _GGML_Q5_0, _GGML_Q4_K, _GGML_Q6_K})
+
+
+def _blob(name: str, t, accepted: frozenset[int]) -> tuple[int, int, int, bytes]:
+    """A GGUF tensor as the engine stores it: (engine type, rows, cols, bytes), every value
+    the GGUF's; a type outside ``accepted`` or a shape off the engine's blocks is refused."""
+    cols = int(t.shape[0])
+    rows = int(t.shape[1]) if len(t.shape) > 1 else 1
+    ty = int(t.tensor_type)
+    if ty not in accepted:
+        raise ValueError(f"{name}: tensor type {t.tensor_type.name} is not supported")
+    if ty != _GGML_F32 and (rows % 32 or cols % (256 if ty in (_GGML_Q4_K, _GGML_Q6_K) else 32)):
+        raise ValueError(f"{name}: {rows} x {cols} does not fit the engine's blocks")
+    raw = np.asarray(t.data).reshape(-1).view(np.uint8)
+    if ty == _GGML_F32:
+        return T_F32, rows, cols, raw.tobytes()
+    if ty == _GGML_Q4_1:
+        return T_Q4_1, rows, cols, _pack_q4_1(raw, rows, cols)
+    if ty == _GGML_Q8_0:
+        return T_Q8_0, rows, cols, _pack_q8_0(raw, rows, cols)
+    if ty == _GGML_Q5_0:
+        return T_Q8_0, rows, cols, _pack_q8_0(_q5_0_as_q8_0(raw, rows, cols), rows, cols)
+    if ty == _GGML_Q4_K:
+        return T_K16, rows, cols, _k16(*_unpack_q4_k(raw, rows, cols))
+    return T_K16, rows, cols, _k16(*_unpack_q6_k(raw, rows, cols))  # Q6_K, the last accepted type
+
+
 def _field(reader, key, default=None):
     f = reader.fields.get(key)
     if f is None:
@@ -265,24 +294,7 @@ def convert(gguf_path: str | os.PathLike, out_path: str | os.PathLike) -> None:
         names += [f"blk.{i}.{n}.weight" for n in
                   ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up",
                    "ffn_down")]
-    blobs = []
-    for name in names:
-        t = tensors[name]
-        cols = int(t.shape[0])
-        rows = int(t.shape[1]) if len(t.shape) > 1 else 1
-        ty = int(t.tensor_type)
-        raw = np.asarray(t.data).reshape(-1).view(np.uint8)
-        if ty == _GGML_F32:
-            blobs.append((T_F32, rows, cols, raw.tobytes()))
-        elif ty == _GGML_Q4_1:
-            blobs.append((T_Q4_1, rows, cols, _pack_q4_1(raw, rows, cols)))
-        elif ty == _GGML_Q8_0:
-            blobs.append((T_Q8_0, rows, cols, _pack_q8_0(raw, rows, cols)))
-        else:
-            raise ValueError(f"{name}: tensor type {t.tensor_type.name} is not supported")
-        if ty != _GGML_F32 and (rows % 32 or cols % 32):
-            raise ValueError(f"{name}: rows and columns must be multiples of 32")
-
+    blobs = [_blob(name, tensors[name], _LLAMA_TYPES) for name in names]
     header = MAGIC + struct.pack("<IIIIIIIIIIdfI", ENGINE_FORMAT, n_layer, n_embd, n_ff, n_head, n_kv, head_dim,
                                  n_vocab, rope_dim, bos, rope_base, eps, len(blobs))
     _write(out_path, header, blobs, pieces, bos_id)
@@ -346,27 +358,7 @@ def _convert_gemma3(r, pieces, bos_id, out_path) -> None:
         names += [f"blk.{i}.{n}.weight" for n in
                   ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_q_norm", "attn_k_norm", "attn_output",
                    "post_attention_norm", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down", "post_ffw_norm")]
-    blobs = []
-    for name in names:
-        t = tensors[name]
-        cols = int(t.shape[0])
-        rows = int(t.shape[1]) if len(t.shape) > 1 else 1
-        ty = int(t.tensor_type)
-        raw = np.asarray(t.data).reshape(-1).view(np.uint8)
-        if ty != _GGML_F32 and (rows % 32 or cols % (256 if ty in (_GGML_Q4_K, _GGML_Q6_K) else 32)):
-            raise ValueError(f"{name}: {rows} x {cols} does not fit the engine's blocks")
-        if ty == _GGML_F32:
-            blobs.append((T_F32, rows, cols, raw.tobytes()))
-        elif ty == _GGML_Q8_0:
-            blobs.append((T_Q8_0, rows, cols, _pack_q8_0(raw, rows, cols)))
-        elif ty == _GGML_Q5_0:
-            blobs.append((T_Q8_0, rows, cols, _pack_q8_0(_q5_0_as_q8_0(raw, rows, cols), rows, cols)))
-        elif ty == _GGML_Q4_K:
-            blobs.append((T_K16, rows, cols, _k16(*_unpack_q4_k(raw, rows, cols))))
-        elif ty == _GGML_Q6_K:
-            blobs.append((T_K16, rows, cols, _k16(*_unpack_q6_k(raw, rows, cols))))
-        else:
-            raise ValueError(f"{name}: tensor type {t.tensor_type.name} is not supported")
+    blobs = [_blob(name, tensors[name], _GEMMA3_TYPES) for name in names]
     header = MAGIC + struct.pack("<IIIIIIIIIIdfIdII", GEMMA3_FORMAT, n_layer, n_embd, n_ff, n_head, n_kv, head_dim,
                                  n_vocab, head_dim, bos, rope_base, eps, len(blobs), rope_local, window, pattern)
     _write(out_path, header, blobs, pieces, bos_id)
