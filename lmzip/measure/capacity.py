@@ -144,8 +144,6 @@ def measure(model_name: str, texts: Sequence[CorpusFile], *, samples: int = 8, s
     # the model's own capacity: no mixing with the text's statistics
     model = load_model(model_name, context=max(DEFAULT_CONTEXT, sample_tokens + 1), threads=threads, mix=NO_MIX,
                        backend=backend)
-    if not str(getattr(model, "path", "")).endswith(".gguf"):
-        raise LMZipError(f"model '{model_name}' is not a transformer in a GGUF file: no FLOPs to count")
     arch = Architecture.from_metadata(gguf_metadata(model))
     flops = average_flops(arch, sample_tokens)
     pieces = model.tokenizer.pieces

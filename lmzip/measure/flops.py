@@ -175,7 +175,8 @@ def gguf_metadata(model) -> dict[str, str]:
     model = getattr(model, "base", model)  # a mixed model: its language model
     path = getattr(model, "path", None)
     if path is None or not str(path).endswith(".gguf"):
-        raise ArchitectureError(f"{getattr(model, 'name', model)!r} is not a model in a GGUF file")
+        raise ArchitectureError(f"model '{getattr(model, 'name', model)}' is not a transformer in a GGUF file: "
+                                f"no FLOPs to count")
     out: dict[str, str] = {}
     for key, field in GGUFReader(path).fields.items():
         if not field.types:
