@@ -117,17 +117,20 @@ class LMZipCompressor:
         self._prefix = b""  # version 4: the header, until the first record covers it
         self._finished = False
 
+    def _names(self, uses_model: bool) -> tuple[bytes, dict]:
+        """The model SHA-256 and params the header names."""
+        if not uses_model or self.method == "classic":  # decompresses without loading any model
+            return bytes(32), fmt.NO_MODEL_PARAMS
+        params = {**self.model.params(), "chunk_size": self.chunk_size}
+        if self.streams > 1:  # absent: 1, as in version 2
+            params["streams"] = self.streams
+        return self.model.model_sha256, params
+
     def _header(self, uses_model: bool = True) -> bytes:
         if self._started:
             return b""
         self._started = True
-        if not uses_model or self.method == "classic":  # decompresses without loading any model
-            head = fmt.pack_header(bytes(32), fmt.NO_MODEL_PARAMS, self.version)
-        else:
-            params = {**self.model.params(), "chunk_size": self.chunk_size}
-            if self.streams > 1:  # absent: 1, as in version 2
-                params["streams"] = self.streams
-            head = fmt.pack_header(self.model.model_sha256, params, self.version)
+        head = fmt.pack_header(*self._names(uses_model), self.version)
         if self.version >= 4:  # the first record's CRC covers the header
             self._prefix = head
         return head
@@ -259,10 +262,15 @@ class LMZipCompressor:
             units += self._collect(wait_all=True)
         # all chunks known before the header is written: name no model if none is scheduled
         uses_model = any(c.scheduled for c in self.stats.chunks[first:])
-        out.append(self._header(uses_model))
-        out.append(self._pack(units))
-        out.append(fmt.pack_end_record(self.stats.chunks, self.version, self._prefix))  # prefix: an empty stream
-        self._prefix = b""
+        if self.version >= 4 and not self._started and len(units) == 1:
+            # the whole input is one chunk: a one-chunk code, no container field, no end record
+            self._started = True
+            out.append(fmt.pack_one_chunk_stream(*self._names(uses_model), *units[0]))
+        else:
+            out.append(self._header(uses_model))
+            out.append(self._pack(units))
+            out.append(fmt.pack_end_record(self.stats.chunks, self.version, self._prefix))  # prefix: an empty stream
+            self._prefix = b""
         self._finished = True
         return b"".join(out)
 
@@ -328,10 +336,21 @@ class LMZipDecompressor:
                 del buf[:size]
             return True
         version = self.header.version
+        if self.header.chunk is not None:  # one chunk without a model: its payload follows the header
+            size = self.header.chunk.payload_len
+            if len(buf) < size:
+                return False
+            info, payload = fmt.one_chunk_record(self.header.chunk, bytes(buf[:size]))
+            del buf[:size]
+            self._emit([(info, payload)])
+            self._ended = True
+            return True
         at_end = fmt.is_end_record(buf, 0, version)
         if at_end is None:
             return False
         read = len(self.stats.chunks) + len(self._group)
+        if at_end and self.header.one_chunk:
+            raise CorruptError("stream header is damaged: it announces one chunk, but no chunk record follows")
         if at_end:
             head = bytes(buf[:_HEAD_PEEK])
             size = fmt.end_record_size(head, chunks_read=read, version=version)
@@ -371,6 +390,9 @@ class LMZipDecompressor:
                 self._decode_group()  # full: nothing more can join it
         else:
             self._emit([(info, payload)])
+        if self.header.one_chunk:  # the stream's only chunk: no end record follows
+            self._decode_group()
+            self._ended = True
         return True
 
     def _decode_group(self) -> None:
@@ -585,11 +607,24 @@ def scan_streams(fp: IO[bytes]) -> list[StreamInfo]:
         fp.seek(start + len(header.raw))
         chunks: list[fmt.ChunkInfo] = []
         records: list[tuple[int, int]] = []
+        if header.chunk is not None:  # one chunk without a model: its head is the header's
+            if fp.tell() + header.chunk.payload_len > total:
+                raise TruncatedError("input ends inside a chunk payload")
+            fp.seek(header.chunk.payload_len, io.SEEK_CUR)
+            streams.append(StreamInfo(header=header, end=fmt.EndRecord((header.chunk,), header.chunk.raw_len),
+                                      compressed_size=fp.tell() - start, header_size=len(header.raw),
+                                      records=((len(header.raw), 0),)))
+            continue
         while True:
+            if header.one_chunk and chunks:  # no end record
+                end = fmt.EndRecord(tuple(chunks), chunks[0].raw_len)
+                break
             head = peek(_HEAD_PEEK)
             at_end = fmt.is_end_record(head, 0, version)
             if at_end is None:
                 raise TruncatedError("input ends inside the lmzip stream (no end record)")
+            if at_end and header.one_chunk:
+                raise CorruptError("stream header is damaged: it announces one chunk, but no chunk record follows")
             if at_end:
                 size = fmt.end_record_size(head, chunks_read=len(chunks), version=version)
                 if size is None:

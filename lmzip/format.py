@@ -12,7 +12,18 @@ Version 4 (written by default; docs/format.md is the reference) is the compact o
 says that no model is used, or that the SHA-256 and JSON follow in full; ``check`` is the
 first 4 bytes of the preset's fingerprint.  The header has no CRC of its own: the CRC of
 the first record after it (a chunk head, or the end record of an empty stream) covers
-the header too.  Versions 2 and 3 (read, and written on request) use this layout::
+the header too.  Two kinds of codes describe a stream of exactly one chunk (most small
+files), which then has no end record:
+
+    model, one chunk  magic(4) version(1)=4 code|0x80(1) [check(4) | model_sha256(32)
+                      params_len(varint) params]  chunk record
+    no model, one     magic(4) version(1)=4 code(1)=8..10 raw_len(varint)
+    chunk             [payload_len(varint), code 9 only] data_crc(4) payload
+
+(no container field: the stream is its only chunk; the classic one-chunk form has no
+record CRC, as its data CRC checks every field: a damaged one changes what it decodes to).
+
+Versions 2 and 3 (read, and written on request) use this layout::
 
     stream header   magic(4) version(1) flags(1) params_len(2) model_sha256(32)
                     params(params_len) header_crc(4)
@@ -63,6 +74,10 @@ __all__ = [
     "PRESETS",
     "CODE_FULL",
     "CODE_NO_MODEL",
+    "ONE_CHUNK",
+    "CODE_ONE_STORED",
+    "CODE_ONE_LZMA",
+    "CODE_ONE_RUN",
     "CONTAINER_PARAMS",
     "NO_MODEL_PARAMS",
     "StreamHeader",
@@ -70,6 +85,8 @@ __all__ = [
     "EndRecord",
     "fingerprint",
     "pack_header",
+    "pack_one_chunk_stream",
+    "one_chunk_record",
     "parse_header",
     "header_size",
     "pack_chunk_record",
@@ -153,6 +170,11 @@ class StreamHeader:
     check: bytes = b""
     #: the header's bytes (version 4: the first record's CRC covers them too)
     raw: bytes = b""
+    #: version 4, one-chunk codes: the stream is one chunk and has no end record
+    one_chunk: bool = False
+    #: version 4, codes 8 to 10 (one chunk, no model): that chunk's head, read from the header;
+    #: its payload follows the header
+    chunk: ChunkInfo | None = None
 
     @property
     def fingerprint(self) -> bytes:
@@ -378,6 +400,16 @@ def _parse_end_record_v3(data: bytes, offset: int = 0) -> EndRecord:
 CODE_FULL = 0
 #: version 4 model code: no chunk is coded by a model (nothing follows the code)
 CODE_NO_MODEL = 1
+#: version 4 code flag on CODE_FULL or a preset: the stream is exactly one chunk, so the
+#: header has no container field and the stream no end record
+ONE_CHUNK = 0x80
+#: version 4 codes of a stream that is one chunk coded without a model, whose head
+#: (raw_len, [payload_len,] data_crc) is in the header and whose payload follows it
+CODE_ONE_STORED = 8
+CODE_ONE_LZMA = 9
+CODE_ONE_RUN = 10
+_ONE_CHUNK_METHODS = {CODE_ONE_STORED: METHOD_STORED, CODE_ONE_LZMA: METHOD_LZMA, CODE_ONE_RUN: METHOD_RUN}
+_ONE_CHUNK_CODES = {m: c for c, m in _ONE_CHUNK_METHODS.items()}
 #: bytes of the model fingerprint a preset header keeps (another model or settings is refused)
 CHECK_SIZE = 4
 #: chunk size written as 0 in the container field (lmzip's default, frozen for version 4)
@@ -462,20 +494,71 @@ def _container(params: dict[str, Any]) -> bytes:
     return pack_varint((streams - 1) + MAX_STREAMS * (0 if chunk == V4_DEFAULT_CHUNK_SIZE else chunk))
 
 
-def _pack_header_v4(model_sha256: bytes, params: dict[str, Any]) -> bytes:
+def _pack_header_v4(model_sha256: bytes, params: dict[str, Any], one_chunk: bool = False) -> bytes:
     if len(model_sha256) != 32:
         raise ValueError("model_sha256 must be 32 bytes")
     own = {k: v for k, v in params.items() if k not in CONTAINER_PARAMS}
     if own == NO_MODEL_PARAMS and not any(model_sha256):
+        if one_chunk:
+            raise ValueError("a one-chunk stream without a model is written by pack_one_chunk_stream")
         return MAGIC + bytes([4, CODE_NO_MODEL])
+    flag = ONE_CHUNK if one_chunk else 0
+    container = b"" if one_chunk else _container(params)  # one chunk: no width, no chunk size
     # llama.cpp's kernel family is not in its presets: the check below still covers it
     code = preset_code(model_sha256, {k: v for k, v in own.items() if k != "kernels"})
     if code is not None:
-        return MAGIC + bytes([4, code]) + _container(params) + model_check(model_sha256, own)
+        return MAGIC + bytes([4, code | flag]) + container + model_check(model_sha256, own)
     blob = canonical_json(own)
     if len(blob) > MAX_PARAMS_LEN:
         raise ValueError("model parameters too long for the header")
-    return MAGIC + bytes([4, CODE_FULL]) + _container(params) + bytes(model_sha256) + pack_varint(len(blob)) + blob
+    return (MAGIC + bytes([4, CODE_FULL | flag]) + container + bytes(model_sha256) + pack_varint(len(blob))
+            + blob)
+
+
+def _pack_one_classic_chunk(info: ChunkInfo, payload: bytes) -> bytes:
+    """A whole version 4 stream of one chunk coded without a model (codes 8 to 10)."""
+    code = _ONE_CHUNK_CODES.get(info.method)
+    if code is None or info.n_tokens or info.starts_group:
+        raise ValueError("only an unscheduled stored, LZMA or run chunk is written without a model")
+    if info.method == METHOD_RUN:  # the byte itself, also 0x00 (no payload_len to say "empty")
+        payload = payload or b"\0"
+        info = ChunkInfo(info.raw_len, 0, 1, info.data_crc, METHOD_RUN)
+    if len(payload) != info.payload_len:
+        raise ValueError("payload length does not match the chunk info")
+    validate_chunk_info(info, ValueError, version=4)
+    if not 0 < info.raw_len <= MAX_CHUNK_SIZE:
+        raise ValueError(f"chunk size {info.raw_len} out of range")
+    length = pack_varint(info.payload_len) if code == CODE_ONE_LZMA else b""
+    return MAGIC + bytes([4, code]) + pack_varint(info.raw_len) + length + _CRC.pack(info.data_crc) + payload
+
+
+def _one_chunk_head(data: bytes) -> tuple[ChunkInfo, int] | None:
+    """The chunk head a code 8..10 header holds and the header's size (``None``: more
+    bytes needed)."""
+    code = data[5]
+    got = _peek_varint(data, 6, "the stream header")
+    if got is None:
+        return None
+    raw_len, pos = got
+    payload_len = {CODE_ONE_STORED: raw_len, CODE_ONE_RUN: 1}.get(code)
+    if payload_len is None:
+        got = _peek_varint(data, pos, "the stream header")
+        if got is None:
+            return None
+        payload_len, pos = got
+    if len(data) < pos + _CRC.size:
+        return None
+    info = ChunkInfo(raw_len, 0, payload_len, _CRC.unpack_from(data, pos)[0], _ONE_CHUNK_METHODS[code])
+    return info, pos + _CRC.size
+
+
+def _base_code(code: int) -> int:
+    """The model code without the one-chunk flag, checked."""
+    base = code & ~ONE_CHUNK
+    if code in _ONE_CHUNK_METHODS or code == CODE_NO_MODEL or base == CODE_FULL or base in PRESETS:
+        return base
+    raise FormatError(f"unknown model code {code} in the lmzip stream header "
+                      f"(damaged, or written by a newer lmzip)")
 
 
 def _header_size_v4(data: bytes) -> int | None:
@@ -483,16 +566,19 @@ def _header_size_v4(data: bytes) -> int | None:
     if len(data) < 6:
         return None
     code = data[5]
+    base = _base_code(code)
     if code == CODE_NO_MODEL:
         return 6
-    if code != CODE_FULL and code not in PRESETS:
-        raise FormatError(f"unknown model code {code} in the lmzip stream header "
-                          f"(damaged, or written by a newer lmzip)")
-    got = _peek_varint(data, 6, "the stream header")
-    if got is None:
-        return None
-    pos = got[1]
-    if code != CODE_FULL:
+    if code in _ONE_CHUNK_METHODS:
+        got = _one_chunk_head(data)
+        return None if got is None else got[1]
+    pos = 6
+    if not code & ONE_CHUNK:
+        got = _peek_varint(data, 6, "the stream header")
+        if got is None:
+            return None
+        pos = got[1]
+    if base != CODE_FULL:
         return pos + CHECK_SIZE
     got = _peek_varint(data, pos + 32, "the stream header")
     if got is None:
@@ -517,7 +603,7 @@ def _first_unit_size(data: bytes, at: int) -> int | None:
     """Size of the head of the first record after a version 4 header (its CRC covers both)."""
     if len(data) <= at:
         return None
-    if data[at] == 0:  # the end record of an empty stream
+    if data[at] == 0 and not data[5] & ONE_CHUNK:  # the end record of an empty stream
         return _end_record_size_v4(data, at, 0)
     return _chunk_head_size_v4(data, at)
 
@@ -528,29 +614,42 @@ def _parse_header_v4(data: bytes) -> StreamHeader:
         raise TruncatedError("input ends inside the lmzip stream header")
     size = _header_size_v4(data)
     assert size is not None
-    if _CRC.unpack_from(data, need - _CRC.size)[0] != _crc(bytes(data[: need - _CRC.size])):
-        raise CorruptError("stream header is damaged (CRC mismatch of the header and the record after it)")
     code = data[5]
     raw = bytes(data[:size])
+    if code in _ONE_CHUNK_METHODS:  # no CRC to check here: the data CRC covers every field
+        got = _one_chunk_head(data)
+        assert got is not None
+        info = got[0]
+        validate_chunk_info(info, version=4)
+        return StreamHeader(bytes(32), dict(NO_MODEL_PARAMS), version=4, code=code, raw=raw,
+                            one_chunk=True, chunk=info)
+    if _CRC.unpack_from(data, need - _CRC.size)[0] != _crc(bytes(data[: need - _CRC.size])):
+        raise CorruptError("stream header is damaged (CRC mismatch of the header and the record after it)")
     if code == CODE_NO_MODEL:
         return StreamHeader(bytes(32), dict(NO_MODEL_PARAMS), version=4, code=code, raw=raw)
-    container, pos = _read_varint(data, 6, "the stream header")
-    streams = container % MAX_STREAMS + 1
-    chunk = container // MAX_STREAMS or V4_DEFAULT_CHUNK_SIZE
-    if chunk > MAX_CHUNK_SIZE:
-        raise CorruptError(f"stream header declares a chunk size of {chunk} bytes, above the limit")
-    extra: dict[str, Any] = {"chunk_size": chunk}
-    if streams > 1:  # absent: 1, as in versions 2 and 3
-        extra["streams"] = streams
-    if code == CODE_FULL:
+    one_chunk = bool(code & ONE_CHUNK)
+    base = code & ~ONE_CHUNK
+    extra: dict[str, Any] = {}
+    pos = 6
+    if not one_chunk:  # one chunk: width 1, and the chunk size says nothing
+        container, pos = _read_varint(data, 6, "the stream header")
+        streams = container % MAX_STREAMS + 1
+        chunk = container // MAX_STREAMS or V4_DEFAULT_CHUNK_SIZE
+        if chunk > MAX_CHUNK_SIZE:
+            raise CorruptError(f"stream header declares a chunk size of {chunk} bytes, above the limit")
+        extra["chunk_size"] = chunk
+        if streams > 1:  # absent: 1, as in versions 2 and 3
+            extra["streams"] = streams
+    if base == CODE_FULL:
         sha = raw[pos : pos + 32]
         length, pos = _read_varint(data, pos + 32, "the stream header")
         own = _parse_params(raw[pos : pos + length])
         if any(k in own for k in CONTAINER_PARAMS):
             raise CorruptError("stream header is damaged (container settings inside the model's)")
-        return StreamHeader(sha, {**own, **extra}, version=4, code=code, raw=raw)
-    sha, own = PRESETS[code]
-    return StreamHeader(sha, {**own, **extra}, version=4, code=code, check=raw[pos : pos + CHECK_SIZE], raw=raw)
+        return StreamHeader(sha, {**own, **extra}, version=4, code=code, raw=raw, one_chunk=one_chunk)
+    sha, own = PRESETS[base]
+    return StreamHeader(sha, {**own, **extra}, version=4, code=code, check=raw[pos : pos + CHECK_SIZE], raw=raw,
+                        one_chunk=one_chunk)
 
 
 def _tag(info: ChunkInfo) -> int:
@@ -713,8 +812,8 @@ def header_need(data: bytes) -> int | None:
     if version < 4:
         return _header_size_v3(data)
     size = _header_size_v4(data)
-    if size is None:
-        return None
+    if size is None or data[5] in _ONE_CHUNK_METHODS:  # those hold their chunk's head themselves
+        return size
     unit = _first_unit_size(data, size)
     return None if unit is None else size + unit
 
@@ -726,6 +825,29 @@ def parse_header(data: bytes) -> StreamHeader:
     if version is None or (version < 4 and len(data) < 8):
         raise TruncatedError("input ends inside the lmzip stream header")
     return _parse_header_v4(data) if version == 4 else _parse_header_v3(data, version)
+
+
+def pack_one_chunk_stream(model_sha256: bytes, params: dict[str, Any], info: ChunkInfo, payload: bytes) -> bytes:
+    """A whole version 4 stream of exactly one chunk: a one-chunk code and no end record.
+
+    A chunk coded without a model (zero ``model_sha256`` and ``params`` ``{}``) has its
+    head in the header (codes 8 to 10); a model's stream has the ``ONE_CHUNK`` flag on its
+    code and an ordinary chunk record, whose CRC covers the header.
+    """
+    own = {k: v for k, v in params.items() if k not in CONTAINER_PARAMS}
+    if own == NO_MODEL_PARAMS and not any(model_sha256):
+        return _pack_one_classic_chunk(info, payload)
+    head = _pack_header_v4(model_sha256, params, one_chunk=True)
+    return head + _pack_chunk_record_v4(info, payload, head)
+
+
+def one_chunk_record(info: ChunkInfo, payload: bytes) -> tuple[ChunkInfo, bytes]:
+    """The chunk of a code 8..10 stream (its head from the header, ``info``, and the
+    payload after it) as a chunk record would hold it (a run of 0x00: no payload byte)."""
+    if info.method == METHOD_RUN:
+        payload = payload.lstrip(b"\0")
+        info = ChunkInfo(info.raw_len, 0, len(payload), info.data_crc, METHOD_RUN)
+    return info, payload
 
 
 def pack_chunk_record(info: ChunkInfo, payload: bytes, version: int = VERSION, prefix: bytes = b"") -> bytes:

@@ -129,6 +129,11 @@ def _payload(fp: IO[bytes], record: tuple[int, int], info: fmt.ChunkInfo, header
              number: int) -> bytes:
     record_at, head_size = record
     fp.seek(record_at)
+    if header.chunk is not None:  # one chunk without a model: the header is its head
+        payload = fp.read(header.chunk.payload_len)
+        if len(payload) != header.chunk.payload_len:
+            raise TruncatedError("input ends inside a chunk payload")
+        return fmt.one_chunk_record(header.chunk, payload)[1]
     head = fp.read(head_size)
     # version 4: the first record's CRC covers the header
     prefix = header.raw if header.version >= 4 and number == 0 else b""

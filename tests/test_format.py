@@ -175,6 +175,7 @@ V4_FULL_HEADER = (
     "1a" "7b22636f6e74657874223a31362c226d6f64656c223a2278227d"  # varint 26, {"context":16,"model":"x"}
 )
 V4_FULL_EMPTY_END = "00" "00" "e353cd89"  # end marker, 0 chunks, CRC-32 of the header and these 2 bytes
+# Version 4 streams as lmzip wrote them before the one-chunk codes (they keep decoding):
 # lmzip.compress(b"abracadabra, abracadabra!", model="order1"): 42 bytes (version 3: 194)
 V4_ORDER1_STREAM = (
     "894c4d5a" "04" "02" "00"  # magic, version, code 2 (order1), container: 1 stream, 1 MiB chunks
@@ -199,6 +200,25 @@ V4_LZMA_STREAM = (
     "8204" "00" "14" "8e4f2460" "4fdacf4b"  # tag 514 = 64 << 3 | lzma (2); 0 tokens; 20 bytes
     "00" "5d" "e0003f000a5d000000525026c8f81b000000"  # no BCJ, lc=3 lp=0 pb=2, raw LZMA2 (as in version 3)
     "0001"
+)
+# The same inputs as the compressor writes them now, each the whole input in one chunk:
+# a one-chunk code, no container field, no end record
+V4_ONE_ORDER1_STREAM = (
+    "894c4d5a" "04" "82"  # code 2 (order1) with the one-chunk flag 0x80: no container field
+    "26f3915a"  # check, as above
+    "cc01" "19" "11" "8146f4c0"  # the same chunk head
+    "862b4cf8"  # CRC-32 of the header and this record head
+    "61627261733222e9ad52aa4ce5736f8962"  # the same payload; the stream ends here: 39 bytes
+)
+V4_ONE_STORED_STREAM = (
+    "894c4d5a" "04" "08"  # code 8: one stored chunk, no model; its head is in the header
+    "03" "8f8244b5"  # raw_len 3, data CRC (no record CRC: the data CRC checks every field)
+    "07c821"  # the bytes: 14 bytes in all
+)
+V4_ONE_LZMA_STREAM = (
+    "894c4d5a" "04" "09"  # code 9: one LZMA chunk, no model
+    "40" "14" "8e4f2460"  # raw_len 64, payload_len 20, data CRC
+    "00" "5d" "e0003f000a5d000000525026c8f81b000000"
 )
 # lmzip.compress(b"", model="order1"): no chunk, so no model
 V4_EMPTY_STREAM = "894c4d5a" "04" "01" "00" "00" "2d6d38e5"
@@ -275,9 +295,87 @@ def test_preset_codes_are_frozen():
     (b"\0\1\2\3" * 16, V4_LZMA_STREAM, {"method": "classic"}),
     (b"", V4_EMPTY_STREAM, {}),
 ])
+def test_version_4_golden_streams_from_before_the_one_chunk_codes_still_decode(order1, data, golden, kwargs):
+    assert lmzip.decompress(bytes.fromhex(golden)) == data
+    assert lmzip.decompress(bytes.fromhex(golden) * 2) == data * 2
+    if data:  # the empty stream is still written so
+        assert lmzip.compress(data, model=order1, **kwargs).hex() != golden
+
+
+@pytest.mark.parametrize("data, golden, kwargs", [
+    (b"abracadabra, abracadabra!", V4_ONE_ORDER1_STREAM, {}),
+    (bytes([7, 200, 33]), V4_ONE_STORED_STREAM, {"method": "classic"}),
+    (b"\0\1\2\3" * 16, V4_ONE_LZMA_STREAM, {"method": "classic"}),
+    (b"", V4_EMPTY_STREAM, {}),
+])
 def test_version_4_golden_streams(order1, data, golden, kwargs):
     assert lmzip.compress(data, model=order1, **kwargs).hex() == golden
     assert lmzip.decompress(bytes.fromhex(golden)) == data
+    assert lmzip.decompress(bytes.fromhex(golden) * 3) == data * 3  # concatenated streams
+
+
+def test_one_chunk_streams_have_one_chunk(order1):
+    """A one-chunk code promises exactly one chunk: what follows it is another stream or
+    nothing, and a record where its chunk should be is damage."""
+    import io
+
+    from lmzip.core import scan_streams
+
+    one = bytes.fromhex(V4_ONE_ORDER1_STREAM)
+    [s] = scan_streams(io.BytesIO(one))
+    assert s.header.one_chunk and s.header.params == fmt.PRESETS[2][1] and len(s.end.chunks) == 1
+    assert s.container_size == 22 and s.payload_size == 17 and s.end.original_len == 25
+    with pytest.raises(FormatError, match="trailing data"):
+        lmzip.decompress(one + b"\x00\x01")  # an end record after it is not a stream
+    [s] = scan_streams(io.BytesIO(bytes.fromhex(V4_ONE_STORED_STREAM)))
+    assert s.header.chunk == fmt.ChunkInfo(3, 0, 3, 0xB544828F, fmt.METHOD_STORED)
+    assert s.container_size == 11 and s.end.original_len == 3
+    from lmzip.ranges import decompress_range  # random access needs no index here
+
+    assert decompress_range(one, 3, 9) == b"abracadabra, abracadabra!"[3:9]
+    assert decompress_range(bytes.fromhex(V4_ONE_LZMA_STREAM) * 2, 60, 70) == (b"\0\1\2\3" * 32)[60:70]
+    # writing: the whole input in one chunk gets a one-chunk code, a longer one does not
+    assert lmzip.compress(b"abc" * 10, model=order1, chunk_size=30)[5] == 0x82
+    assert lmzip.compress(b"abc" * 11, model=order1, chunk_size=30)[5] == 0x02
+    assert lmzip.compress(b"abc" * 10, model=order1, format_version=3)[4] == 3
+
+
+def test_one_chunk_classic_streams_catch_damage_by_their_data_crc():
+    """No record CRC: a damaged field or payload byte makes other data, which the data
+    CRC (or the LZMA decoder, or the length) refuses; the output is never wrong (a few
+    LZMA settings bits, such as an unused filter, change nothing)."""
+    for golden, original in ((V4_ONE_STORED_STREAM, bytes([7, 200, 33])), (V4_ONE_LZMA_STREAM, b"\0\1\2\3" * 16)):
+        data = bytes.fromhex(golden)
+        caught = 0
+        for pos in range(5, len(data)):
+            for bit in (0x01, 0x80):
+                bad = bytearray(data)
+                bad[pos] ^= bit
+                try:
+                    assert lmzip.decompress(bytes(bad)) == original
+                except (CorruptError, FormatError, TruncatedError):
+                    caught += 1
+        assert caught >= 2 * (len(data) - 5) - 3  # all but the harmless LZMA bits
+        for cut in range(len(data)):
+            with pytest.raises(TruncatedError):
+                lmzip.decompress(data[:cut])
+
+
+def test_one_chunk_model_streams_check_their_header_with_the_record_crc():
+    data = bytes.fromhex(V4_ONE_ORDER1_STREAM)
+    for pos in range(4, 22):  # the header and the record head: one CRC covers both
+        bad = bytearray(data)
+        bad[pos] ^= 0x20
+        with pytest.raises((CorruptError, FormatError, TruncatedError)):
+            lmzip.decompress(bytes(bad))
+    for cut in range(len(data)):
+        with pytest.raises(TruncatedError):
+            lmzip.decompress(data[:cut])
+    for code in (0x81, 0x88, 0x8A, 11, 0xFF):  # no model or classic with the flag; unknown
+        bad = bytearray(data)
+        bad[5] = code
+        with pytest.raises(FormatError, match=f"unknown model code {code}"):
+            fmt.parse_header(bytes(bad))
 
 
 def test_version_4_golden_stream_with_an_index():
@@ -296,7 +394,7 @@ def test_version_4_golden_stream_with_an_index():
 
 
 def test_version_4_costs_little(order1):
-    """The container of a one-chunk file: 32 bytes at most, whatever the chunk's size."""
+    """The container of a one-chunk file: 29 bytes at most, whatever the chunk's size."""
     import io
 
     from lmzip.core import scan_streams
@@ -307,11 +405,13 @@ def test_version_4_costs_little(order1):
         s = scan_streams(io.BytesIO(packed))[0]
         assert len(s.end.chunks) == 1
         sizes[n] = s.container_size
-    assert sizes[1] == 24 and max(sizes.values()) <= 32, sizes
+    assert sizes[1] == 21 and max(sizes.values()) <= 29, sizes
     # the largest one-chunk file: 1 MiB of text, about 2**20 tokens and payload bytes
-    sha, params = fmt.PRESETS[4]
-    head = fmt.pack_header(sha, params)
+    sha, params = fmt.PRESETS[6]
     big = fmt.ChunkInfo(1 << 20, 1 << 20, 3 << 20, 0, starts_group=True)
+    assert len(fmt.pack_one_chunk_stream(sha, params, big, bytes(3 << 20))) - (3 << 20) <= 29
+    # before the one-chunk codes: 3 bytes more (the container field and the end record)
+    head = fmt.pack_header(sha, params)
     record = fmt.pack_chunk_record(big, bytes(3 << 20), 4, head)
     assert len(head) + len(record) - (3 << 20) + len(fmt.pack_end_record([big])) <= 32
 

@@ -10,9 +10,14 @@ from lmzip import format as fmt
 from lmzip.classic import compress_classic, decompress_classic
 from lmzip.errors import ChecksumError, CorruptError, LMZipError, TruncatedError
 
-# 4,096 zero bytes (the ptt5 slice) and 100 bytes 0xff, as lmzip writes them: pinned
-ZEROS_4096 = "894c4d5a0401838002000011001cc7264b32670001"
-FF_100 = "894c4d5a0401a30600018186d2031c7acc11ff0001"
+# 4,096 zero bytes (the ptt5 slice) and 100 bytes 0xff, as lmzip writes them: pinned.
+# The whole input is one run chunk: code 10, raw_len, data CRC, the byte (13 bytes; brotli 13)
+ZEROS_4096 = "894c4d5a" "04" "0a" "8020" "11001cc7" "00"
+FF_100 = "894c4d5a" "04" "0a" "64" "8186d203" "ff"
+# as lmzip wrote them before the one-chunk codes (code 1, a chunk record, an end record):
+# they keep decoding
+ZEROS_4096_RECORD = "894c4d5a0401838002000011001cc7264b32670001"
+FF_100_RECORD = "894c4d5a0401a30600018186d2031c7acc11ff0001"
 
 
 @pytest.mark.parametrize("data, golden", [(bytes(4096), ZEROS_4096), (b"\xff" * 100, FF_100)])
@@ -23,6 +28,12 @@ def test_golden_run_streams(data, golden):
     assert lmzip.decompress(bytes.fromhex(golden), model="no-such-model") == data  # no model loaded
 
 
+@pytest.mark.parametrize("data, golden", [(bytes(4096), ZEROS_4096_RECORD), (b"\xff" * 100, FF_100_RECORD)])
+def test_run_streams_from_before_the_one_chunk_codes_still_decode(data, golden):
+    assert lmzip.decompress(bytes.fromhex(golden)) == data
+    assert lmzip.decompress(bytes.fromhex(golden) + bytes.fromhex(ZEROS_4096)) == data + bytes(4096)
+
+
 @pytest.mark.parametrize("data", [b"a", b"\0", b"\0" * 3, b"z" * 5000, bytes([200]) * 70000])
 def test_runs_round_trip(data):
     method, payload = compress_classic(data)
@@ -30,7 +41,7 @@ def test_runs_round_trip(data):
     assert lmzip.decompress(lmzip.compress(data, model="order1")) == data
     packed = lmzip.compress(data, model="order1", method="classic")
     assert lmzip.decompress(packed) == data
-    assert len(packed) <= 22  # header 6, record head at most 13, payload 1, end 2
+    assert len(packed) <= 15  # magic, version, code 10, raw_len (1 to 3 bytes here), data CRC, the byte
 
 
 @pytest.mark.parametrize("data", [b"ab", b"\0" * 10 + b"\1", b"\1" + b"\0" * 10])
@@ -78,19 +89,25 @@ def test_run_payload_of_a_zero_byte_is_damage():
         fmt.parse_chunk_record(_record(10, b"ab", 0), 6, 4, fmt.pack_header(bytes(32), {}))
 
 
-def test_damaged_run_streams_give_clear_errors():
-    good = bytes.fromhex(FF_100)
+@pytest.mark.parametrize("golden, byte_at", [(FF_100_RECORD, -3), (FF_100, -1), (ZEROS_4096, -1)])
+def test_damaged_run_streams_give_clear_errors(golden, byte_at):
+    good = bytes.fromhex(golden)
     for pos in range(len(good)):
         for flip in (0x01, 0x80):
             bad = bytearray(good)
             bad[pos] ^= flip
             with pytest.raises(LMZipError):
                 lmzip.decompress(bytes(bad))
-    # the payload byte itself: the record CRC does not cover it, the data CRC does
+    # the payload byte itself: no record CRC covers it, the data CRC does
     bad = bytearray(good)
-    bad[-3] = 0xFE
+    bad[byte_at] = 0xFE
     with pytest.raises(ChecksumError, match="does not match its CRC-32"):
         lmzip.decompress(bytes(bad))
+    bad = bytearray(good)  # another length: the data CRC again
+    if golden == FF_100:
+        bad[6] = 0x65
+        with pytest.raises(ChecksumError, match="does not match its CRC-32"):
+            lmzip.decompress(bytes(bad))
     for cut in range(len(good)):
         with pytest.raises(TruncatedError):
             lmzip.decompress(good[:cut])

@@ -492,7 +492,11 @@ def info(files) -> None:
             p = s.header.params
             bpb = 8 * s.compressed_size / s.end.original_len if s.end.original_len else 0.0
             tokens = sum(c.n_tokens for c in s.end.chunks)
-            code = f" (model code {s.header.code})" if s.header.code is not None else ""
+            code = "" if s.header.code is None else f" (model code {s.header.code})"
+            if s.header.chunk is not None:
+                code = f" (code {s.header.code}: one {s.header.chunk.method_name} chunk, no model)"
+            elif s.header.one_chunk:
+                code = f" (model code {s.header.code & ~fmt.ONE_CHUNK}, one chunk: no end record)"
             click.echo(f"  format        lmzip version {s.header.version}{code}")
             if s.header.names_no_model:
                 click.echo("  model         none (no chunk is coded by a model)")
