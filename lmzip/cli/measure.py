@@ -101,7 +101,7 @@ class _BenchReporter:
               help="Also run gzip -9, bzip2 -9, xz -9e, zstd -19, brotli -q 11.")
 @click.option("--limit-bytes", type=click.IntRange(0), default=None, metavar="N",
               help="Use the first N bytes of each file; 0 for whole files. [default: 4096; the whole "
-                   "Canterbury corpus through SmolLM2 takes about 21 hours here]")
+                   "Canterbury corpus through SmolLM2 takes about 3 hours here]")
 @click.option("--context", type=click.IntRange(16, 1 << 20), default=DEFAULT_CONTEXT, show_default=True,
               help="Context window in tokens.")
 @click.option("--threads", type=click.IntRange(1, 256), default=None, help=_THREADS_HELP)
