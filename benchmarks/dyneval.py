@@ -314,7 +314,7 @@ def cmd_adapt(a):
             H, _ = net.forward(p, ids=torch.from_numpy(inp[p:q]))
         lg = H @ net.emb.T
         loss = torch.nn.functional.cross_entropy(lg, torch.from_numpy(toks[p:q]), reduction="sum")
-        bits += float(loss) / math.log(2)
+        bits += float(loss.detach()) / math.log(2)
         hid[p:q] = H.detach().numpy()
         opt.zero_grad(set_to_none=True)
         (loss / (q - p)).backward()
@@ -361,8 +361,14 @@ def cmd_replay(a):
     for name in a.names:
         hid = np.load(name + ".hidden.npy", mmap_mode="r")
         N = min(len(hid), a.tokens) if a.tokens else len(hid)
-        runs = {"bare": [View(), None, np.empty(V), 0.0], "m2": [View(), None, np.empty(V), 0.0]}
-        for k, st in (("bare", NO_MIX), ("m2", DEFAULT_MIX)):
+        from dataclasses import replace
+
+        sets = [("bare", NO_MIX), ("m2", DEFAULT_MIX)]
+        for j, e in enumerate(a.extra):  # variants of m2, e.g. "dict(bias_rate=0.05)"
+            sets.append((f"m2x{j}", replace(DEFAULT_MIX, **eval(e))))
+        runs = {}
+        for k, st in sets:
+            runs[k] = [View(), None, np.empty(V), 0.0]
             runs[k][1] = MixedStream(runs[k][0], V, st)
         full = np.full(V, -np.inf, np.float32)
         t0 = time.time()
@@ -380,11 +386,11 @@ def cmd_replay(a):
                     r[3] += 24.0 - math.log2(r[2][t] + 1.0)
                     r[1].push(t)
         nbytes = int(np.load(a.pre + ".cumbytes.npy")[N - 1])  # bytes of these N tokens
-        res = dict(name=name, tokens=N, bytes=nbytes, seconds=time.time() - t0)
+        res = dict(name=name, tokens=N, bytes=nbytes, seconds=time.time() - t0, extra=a.extra)
         for k, r in runs.items():
             res[k + "_bits_per_token"] = r[3] / N
             res[k + "_bpb"] = r[3] / nbytes
-        json.dump(res, open(name + f".replay{N}.json", "w"))
+        json.dump(res, open(name + f".replay{N}" + ("x" if a.extra else "") + ".json", "w"))
         print(json.dumps(res), flush=True)
 
 
@@ -411,6 +417,7 @@ def main():
     r.add_argument("pre")
     r.add_argument("names", nargs="+", help="prefixes of .hidden.npy files (the frozen one is PRE.frozen)")
     r.add_argument("--tokens", type=int, default=0, help="only the first N tokens")
+    r.add_argument("--extra", action="append", default=[], help="also m2 with these fields changed: 'dict(bias_rate=0.05)'")
     a = ap.parse_args()
     {"frozen": cmd_frozen, "adapt": cmd_adapt, "replay": cmd_replay}[a.cmd](a)
 
