@@ -36,7 +36,8 @@ enwik6, the whole fields.c; ``OUT`` a scratch directory):
     #    variants that need a backward pass through the whole network, on a prefix
     taskset -c 1 python benchmarks/dyneval.py adapt OUT/alice --variant lora4 --lr 1e-3 --tokens 8000
     # 3. replay saved hidden states through the real mixer: NO_MIX (bare) and m2 (DEFAULT_MIX)
-    taskset -c 1 python benchmarks/dyneval.py replay OUT/alice OUT/alice.last1-lr0.0001-s32
+    taskset -c 1 python benchmarks/dyneval.py replay OUT/alice OUT/alice.frozen OUT/alice.last1-adam-lr0.0001-s32
+    #    (prefix runs: --tokens N; m2 variants: --extra "dict(bias_rate=0.04)")
 """
 
 from __future__ import annotations
