@@ -290,7 +290,7 @@ def cmd_adapt(a):
     import torch
 
     torch.set_num_threads(1)
-    info = json.load(open(a.pre + ".json"))
+    json.load(open(a.pre + ".json"))  # the frozen pass must exist
     toks = np.load(a.pre + ".tokens.npy").astype(np.int64)
     N = min(a.tokens, len(toks)) if a.tokens else len(toks)
     W, meta = load_weights()
@@ -305,7 +305,6 @@ def cmd_adapt(a):
     inp = np.concatenate(([info["start"]], toks[:-1]))
     hid = np.empty((N, net.n_embd), np.float32)
     bits = 0.0
-    frozen_bits = None
     t0 = time.time()
     for p in range(0, N, a.seg):
         q = min(N, p + a.seg)
@@ -354,7 +353,7 @@ def cmd_replay(a):
     from lmzip.predictors.mixing import DEFAULT_MIX, NO_MIX, MixedStream
     from lmzip.predictors.registry import load_model
 
-    info = json.load(open(a.pre + ".json"))
+    json.load(open(a.pre + ".json"))  # the frozen pass must exist
     toks = np.load(a.pre + ".tokens.npy")
     V = load_model("smollm2-135m", backend="portable", mix=NO_MIX, threads=1).vocab_size
     Wh = head()
