@@ -71,11 +71,15 @@ def llm():
 
 @pytest.fixture(scope="session")
 def llama_llm():
-    """SmolLM2-135M on the llama.cpp backend (the llamacpp extra), with a small window."""
+    """SmolLM2-135M on the llama.cpp backend (the llamacpp extra), with a small window.
+
+    One thread: llama.cpp's worker threads spin at their barriers, so on a 2-core machine
+    with anything else running two threads can be several times slower (the thread count
+    does not change its logits)."""
     pytest.importorskip("llama_cpp", reason="the llama.cpp backend is not installed (lmzip[llamacpp])")
     from lmzip.predictors.registry import load_model
 
-    return load_model("smollm2-135m", context=TEST_CONTEXT, backend="llama.cpp")
+    return load_model("smollm2-135m", context=TEST_CONTEXT, backend="llama.cpp", threads=1)
 
 
 @pytest.fixture(scope="session")
