@@ -525,9 +525,7 @@ def _pack_one_classic_chunk(info: ChunkInfo, payload: bytes) -> bytes:
         info = ChunkInfo(info.raw_len, 0, 1, info.data_crc, METHOD_RUN)
     if len(payload) != info.payload_len:
         raise ValueError("payload length does not match the chunk info")
-    validate_chunk_info(info, ValueError, version=4)
-    if not 0 < info.raw_len <= MAX_CHUNK_SIZE:
-        raise ValueError(f"chunk size {info.raw_len} out of range")
+    validate_chunk_info(info, ValueError, version=4)  # raw_len 1 .. MAX_CHUNK_SIZE among the rest
     length = pack_varint(info.payload_len) if code == CODE_ONE_LZMA else b""
     return MAGIC + bytes([4, code]) + pack_varint(info.raw_len) + length + _CRC.pack(info.data_crc) + payload
 
@@ -628,7 +626,7 @@ def _parse_header_v4(data: bytes) -> StreamHeader:
     if code == CODE_NO_MODEL:
         return StreamHeader(bytes(32), dict(NO_MODEL_PARAMS), version=4, code=code, raw=raw)
     one_chunk = bool(code & ONE_CHUNK)
-    base = code & ~ONE_CHUNK
+    base = _base_code(code)
     extra: dict[str, Any] = {}
     pos = 6
     if not one_chunk:  # one chunk: width 1, and the chunk size says nothing
