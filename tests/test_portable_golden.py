@@ -11,7 +11,7 @@ picks SIMD kernels per CPU too, so one run decodes with numpy's AVX2/AVX-512 pat
 
 The container has changed since (the one-chunk code of docs/format.md, 2026-12-02):
 the file written on the Xeon keeps decoding, and compressing again gives ONE_CHUNK, which
-was written on an AMD EPYC (AVX2): its payload is the first file's, byte for byte.
+was written on an AMD EPYC (avx512f): its payload is the first file's, byte for byte.
 """
 
 from __future__ import annotations
