@@ -28,7 +28,7 @@ model's final normalized hidden states are replayed exactly through the real mix
 Commands (one core, one thread; texts: the whole alice29.txt, the first 150,000 bytes of
 enwik6, the whole fields.c; ``OUT`` a scratch directory):
 
-    export PYTHONPATH=/work/wt-dyn OMP_NUM_THREADS=1 LMZIP_THREADS=1
+    export OMP_NUM_THREADS=1 LMZIP_THREADS=1   # from the repository root, lmzip installed
     # 1. frozen pass: tokens, final hidden states, the residual entering layer 26
     taskset -c 1 python benchmarks/dyneval.py frozen /work/shared/corpora/canterbury/alice29.txt 0 OUT/alice
     # 2. a variant (bits of the variant alone from torch, hidden states saved for replay)
@@ -192,6 +192,17 @@ class Net:
 # ---------------------------------------------------------------------------- passes
 
 
+def nats(logits, targets):
+    """Summed cross-entropy (natural log) of ``targets`` (int64 numpy) under ``logits``."""
+    import torch
+
+    return torch.nn.functional.cross_entropy(logits, torch.from_numpy(targets), reduction="sum")
+
+
+def progress(q, n, t0, bits):
+    print(f"{q}/{n} {q / (time.time() - t0):.1f} tok/s {bits / q:.4f} bits/tok", file=sys.stderr, flush=True)
+
+
 def tokenize(path, nbytes):
     from lmzip.predictors.mixing import NO_MIX
     from lmzip.predictors.registry import load_model
@@ -228,11 +239,11 @@ def cmd_frozen(a):
             q = min(N, p + a.seg)
             H, R = net.forward(p, ids=torch.from_numpy(inp[p:q]), save_at=CUT)
             lg = H @ net.emb.T
-            bits += float(torch.nn.functional.cross_entropy(lg, torch.from_numpy(toks[p:q]), reduction="sum")) / math.log(2)
+            bits += float(nats(lg, toks[p:q])) / math.log(2)
             hid[p:q] = H.numpy()
             res[p:q] = R.numpy()
             if (p // a.seg) % 20 == 0:
-                print(f"{q}/{N} {q / (time.time() - t0):.1f} tok/s {bits / q:.4f} bits/tok", file=sys.stderr, flush=True)
+                progress(q, N, t0, bits)
     np.save(a.out + ".tokens.npy", toks.astype(np.int32))
     np.save(a.out + ".res.npy", res)
     np.save(a.out + ".frozen.hidden.npy", hid)
@@ -290,7 +301,7 @@ def cmd_adapt(a):
     import torch
 
     torch.set_num_threads(1)
-    json.load(open(a.pre + ".json"))  # the frozen pass must exist
+    info = json.load(open(a.pre + ".json"))  # written by the frozen pass
     toks = np.load(a.pre + ".tokens.npy").astype(np.int64)
     N = min(a.tokens, len(toks)) if a.tokens else len(toks)
     W, meta = load_weights()
@@ -313,7 +324,7 @@ def cmd_adapt(a):
         else:
             H, _ = net.forward(p, ids=torch.from_numpy(inp[p:q]))
         lg = H @ net.emb.T
-        loss = torch.nn.functional.cross_entropy(lg, torch.from_numpy(toks[p:q]), reduction="sum")
+        loss = nats(lg, toks[p:q])
         bits += float(loss.detach()) / math.log(2)
         hid[p:q] = H.detach().numpy()
         opt.zero_grad(set_to_none=True)
@@ -324,23 +335,23 @@ def cmd_adapt(a):
                 for t, t0_ in zip(P, init):
                     t.sub_(a.decay * (t - t0_))
         if (p // a.seg) % 50 == 0:
-            print(f"{q}/{N} {q / (time.time() - t0):.1f} tok/s {bits / q:.4f} bits/tok", file=sys.stderr, flush=True)
+            progress(q, N, t0, bits)
     fro = np.load(a.pre + ".frozen.hidden.npy", mmap_mode="r")
-    name = f"{a.pre}.{a.variant}-{a.opt}-lr{a.lr:g}-s{a.seg}" + (f"-d{a.decay:g}" if a.decay else "") + (f"-n{N}" if a.tokens else "")
+    name = f"{a.pre}.{a.variant}-{a.opt}-lr{a.lr:g}-s{a.seg}"
+    name += (f"-d{a.decay:g}" if a.decay else "") + (f"-n{N}" if a.tokens else "")
     np.save(name + ".hidden.npy", hid)
     out = dict(variant=a.variant, lr=a.lr, seg=a.seg, opt=a.opt, decay=a.decay, tokens=N, bits=bits,
                bits_per_token=bits / N, seconds=time.time() - t0, name=name)
     # the frozen model's bits on the same tokens, for the comparison
-    if True:
-        E = net.emb.detach()
-        fb = 0.0
-        with torch.no_grad():
-            for p in range(0, N, 512):
-                q = min(N, p + 512)
-                lg = torch.from_numpy(np.array(fro[p:q])) @ E.T
-                fb += float(torch.nn.functional.cross_entropy(lg, torch.from_numpy(toks[p:q]), reduction="sum")) / math.log(2)
-        out["frozen_bits_per_token"] = fb / N
-        out["gain_pct"] = 100 * (bits / fb - 1)
+    E = net.emb.detach()
+    fb = 0.0
+    with torch.no_grad():
+        for p in range(0, N, 512):
+            q = min(N, p + 512)
+            lg = torch.from_numpy(np.array(fro[p:q])) @ E.T
+            fb += float(nats(lg, toks[p:q])) / math.log(2)
+    out["frozen_bits_per_token"] = fb / N
+    out["gain_pct"] = 100 * (bits / fb - 1)
     json.dump(out, open(name + ".json", "w"))
     print(json.dumps(out))
 
@@ -417,7 +428,8 @@ def main():
     r.add_argument("pre")
     r.add_argument("names", nargs="+", help="prefixes of .hidden.npy files (the frozen one is PRE.frozen)")
     r.add_argument("--tokens", type=int, default=0, help="only the first N tokens")
-    r.add_argument("--extra", action="append", default=[], help="also m2 with these fields changed: 'dict(bias_rate=0.05)'")
+    r.add_argument("--extra", action="append", default=[],
+                   help="also m2 with these fields changed: 'dict(bias_rate=0.05)'")
     a = ap.parse_args()
     {"frozen": cmd_frozen, "adapt": cmd_adapt, "replay": cmd_replay}[a.cmd](a)
 

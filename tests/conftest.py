@@ -60,6 +60,14 @@ def corpus_slice(name: str, start: int, length: int) -> bytes:
         return f.read(length)
 
 
+@pytest.fixture()
+def sample(tmp_path):
+    """A small text file (the first 2,000 bytes of xargs.1) for the command-line tests."""
+    path = tmp_path / "sample.txt"
+    path.write_bytes(corpus_slice("xargs.1", 0, 2000))
+    return path
+
+
 @pytest.fixture(scope="session")
 def llm():
     """The real default model (SmolLM2-135M on the default backend, lmzip's own engine)

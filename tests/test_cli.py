@@ -30,13 +30,6 @@ def assert_one_line_error(proc, code=1):
     assert err.startswith("lmzip: ") and err.count("\n") == 1, err
 
 
-@pytest.fixture()
-def sample(tmp_path):
-    path = tmp_path / "sample.txt"
-    path.write_bytes(corpus_slice("xargs.1", 0, 2000))
-    return path
-
-
 def test_compress_decompress_files(tmp_path, sample):
     original = sample.read_bytes()
     os.utime(sample, (1_000_000_000, 1_000_000_000))

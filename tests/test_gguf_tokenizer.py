@@ -149,7 +149,8 @@ TRICKY = {
     "cjk": "日本語のテキストと中文文本，한국어 텍스트。".encode(),
     "mixed scripts": "Ελληνικά русский עברית العربية हिन्दी ไทย Grüße ﬁ Å Å \u200b\ufeff".encode(),
     "digits": b"0123456789" * 20 + " ٣٤٥ ①② ５６".encode() + b" 3.14159e-10 1,000,000",
-    "whitespace runs": b" " * 300 + b"x" + b"\n" * 200 + b"\t" * 70 + b" \t \n \r\n " * 20 + "\u3000\u00a0\u2028".encode(),
+    "whitespace runs": b" " * 300 + b"x" + b"\n" * 200 + b"\t" * 70 + b" \t \n \r\n " * 20
+    + "\u3000\u00a0\u2028".encode(),
     "crlf": b"line one\r\nline\ttwo\r\n\r\n\r\r\n",
     "contractions": b"I'm you're we'll they'd it's O'NEIL'S 'tis ''s",
     # SmolLM2 has no token for 0x04, 0x1d or 0xf1: llama.cpp drops them but does not merge across them

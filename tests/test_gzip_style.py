@@ -13,7 +13,7 @@ import pytest
 import lmzip
 
 from .conftest import corpus_slice
-from .test_cli import assert_one_line_error, sample  # noqa: F401  (sample: a fixture)
+from .test_cli import assert_one_line_error
 
 ROOT = Path(lmzip.__file__).resolve().parent.parent
 LMZIP = [sys.executable, "-m", "lmzip"]
