@@ -7,6 +7,9 @@
 --speed   tokens/s of one stream, one token per call, the first --tokens tokens
 --group   tokens/s of a lockstep group of 8 once the window is full
 --rss     peak RSS of one stream over --tokens tokens, each backend in a subprocess
+--backends  comma-separated: portable, llama.cpp, or portable@ISA for one kernel set of the
+          engine (scalar, sse2, avx2, avx512; neon on aarch64), e.g.
+          --speed --backends portable@scalar,portable@sse2,portable@avx2
 Also prints the conversion and load times.  Timing on a shared machine is noisy: both
 backends are measured in the same run, one after the other.
 """
@@ -55,12 +58,15 @@ def models(threads: int, which=("portable", "llama.cpp")):
     g = gguf_path()
     sha = file_sha256(g)
     out = {}
-    if "portable" in which:
+    for backend in which:
+        if backend.split("@")[0] != "portable":
+            continue
         from lmzip.predictors.portable import PortableModel
 
+        isa = backend.partition("@")[2] or None
         t0 = time.perf_counter()
-        out["portable"] = PortableModel(g, name=MODEL, sha256=sha, context=2048, threads=threads)
-        print(f"portable: model ready in {time.perf_counter() - t0:.2f} s (isa {out['portable'].isa})")
+        out[backend] = m = PortableModel(g, name=MODEL, sha256=sha, context=2048, threads=threads, isa=isa)
+        print(f"{backend}: model ready in {time.perf_counter() - t0:.2f} s (isa {m.isa})")
     if "llama.cpp" in which:
         try:
             from lmzip.predictors.llamacpp import LlamaCppModel

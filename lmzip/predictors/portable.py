@@ -162,7 +162,7 @@ class PortableModel(Model):
         sha256: hex SHA-256 of the GGUF file (part of the fingerprint; names the cache).
         context: window in tokens (16..65536).
         threads: CPU threads (does not change results).
-        isa: force a kernel set ("scalar", "sse2", "avx2", "avx512"; default: the best,
+        isa: force a kernel set ("scalar", "sse2", "avx2", "avx512"; "neon" on aarch64; default: the best,
             or ``$LMZIP_ENGINE_ISA``); does not change results.
         tokenize_text: the text tokenizer (valid UTF-8 -> ids); default the GGUF's own
             (:class:`lmzip.predictors.gguf_tokenizer.GGUFTokenizer`), which needs no llama.cpp.

@@ -28,6 +28,9 @@
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(LMZ_NO_SIMD) /* LMZ_NO_SIMD: portable C only */
 #define LMZ_X86 1
 #include <immintrin.h>
+#elif defined(__aarch64__) && defined(__GNUC__) && !defined(LMZ_NO_SIMD)
+#define LMZ_NEON 1
+#include <arm_neon.h>
 #endif
 
 #if defined(__FAST_MATH__)
@@ -520,17 +523,67 @@ static void mm_k16_scalar(const tensor *W, int g0, int g1, const act *x, int T, 
 #undef CVT16
 
 static const isa_kernels K_SCALAR = {"scalar", mm_q4_scalar, mm_q8_scalar, attn_scalar};
+
+/* ------------------------------------------------------------------ kernels: SIMD, shared */
+
+/* token loop shared by the SIMD matrix products: tokens in fours, twos, ones */
+#define MM_DRIVER(NAME, GB, K1, K2, K4, EXTRA)                                                             \
+    static void NAME(const uint8_t *W, int K, int g0, int g1, const act *x, int t0, int T, float *out,     \
+                     int ldo)                                                                              \
+    {                                                                                                      \
+        int nb = K / 32;                                                                                   \
+        for (int g = g0; g < g1; g++) {                                                                    \
+            const uint8_t *Wg = W + (size_t)g * nb * GB;                                                   \
+            int t = t0;                                                                                    \
+            while (t < T) {                                                                                \
+                int nt = T - t >= 4 ? 4 : T - t >= 2 ? 2 : 1;                                              \
+                const int8_t *a[4];                                                                        \
+                const float *s[4], *sa[4];                                                                 \
+                const int32_t *sm[4];                                                                      \
+                float *o[4];                                                                               \
+                for (int i = 0; i < nt; i++) {                                                             \
+                    a[i] = x->q + (size_t)(t + i) * K;                                                     \
+                    s[i] = x->s + (size_t)(t + i) * nb;                                                    \
+                    sa[i] = x->sa + (size_t)(t + i) * nb;                                                  \
+                    sm[i] = x->sum + (size_t)(t + i) * nb;                                                 \
+                    o[i] = out + (size_t)(t + i) * ldo + 16 * g;                                           \
+                }                                                                                          \
+                (void)sa;                                                                                  \
+                (void)sm;                                                                                  \
+                if (nt == 4)                                                                               \
+                    K4(Wg, nb, a, s, EXTRA, o);                                                            \
+                else if (nt == 2)                                                                          \
+                    K2(Wg, nb, a, s, EXTRA, o);                                                            \
+                else                                                                                       \
+                    K1(Wg, nb, a, s, EXTRA, o);                                                            \
+                t += nt;                                                                                   \
+            }                                                                                              \
+        }                                                                                                  \
+    }
+
+/* ------------------------------------------------------------------ kernels: x86, aarch64 SIMD */
+#if defined(LMZ_X86)
+#include "kernels_x86.inc"
+#define BASE_Q4 mm_q4_sse2
+#define BASE_Q8 mm_q8_sse2
+#elif defined(LMZ_NEON)
+#include "kernels_neon.inc"
+#define BASE_Q4 mm_q4_neon
+#define BASE_Q8 mm_q8_neon
+#else
+#define BASE_Q4 mm_q4_scalar
+#define BASE_Q8 mm_q8_scalar
+#endif
+
+/* the baseline every CPU of the architecture has: SSE2 on x86-64, NEON (ASIMD) on aarch64 */
 #if defined(__x86_64__)
 #define GENERIC_NAME "sse2"
+#elif defined(__aarch64__)
+#define GENERIC_NAME "neon"
 #else
 #define GENERIC_NAME "generic"
 #endif
-static const isa_kernels K_GENERIC = {GENERIC_NAME, mm_q4_scalar, mm_q8_scalar, attn_generic};
-
-/* ------------------------------------------------------------------ kernels: x86 SIMD */
-#if defined(LMZ_X86)
-#include "kernels_x86.inc"
-#endif
+static const isa_kernels K_GENERIC = {GENERIC_NAME, BASE_Q4, BASE_Q8, attn_generic};
 
 static const isa_kernels *pick_isa(const char *want, char *err, size_t errlen) {
     const char *env = getenv("LMZIP_ENGINE_ISA");
@@ -560,12 +613,16 @@ static const isa_kernels *pick_isa(const char *want, char *err, size_t errlen) {
     if (!strcmp(want, "sse2"))
         return &K_GENERIC;
 #else
-    if (!strcmp(want, "auto") || !strcmp(want, "generic"))
+    if (!strcmp(want, "auto") || !strcmp(want, "generic") || !strcmp(want, GENERIC_NAME))
         return &K_GENERIC;
 #endif
     if (!strcmp(want, "scalar"))
         return &K_SCALAR;
+#if defined(LMZ_X86)
     snprintf(err, errlen, "unknown or unavailable engine ISA '%s' (scalar, sse2, avx2, avx512)", want);
+#else
+    snprintf(err, errlen, "unknown or unavailable engine ISA '%s' (scalar, %s)", want, GENERIC_NAME);
+#endif
     return NULL;
 }
 
