@@ -28,6 +28,7 @@ setup(
             "lmzip._engine",
             sources=["native/engine/pyengine.c", "native/engine/engine.c"],
             depends=["native/engine/engine.h", "native/engine/attn.inc", "native/engine/kernels_x86.inc",
+                     "native/engine/kernels_neon.inc",
                      "native/engine/gemma.inc"],
             extra_compile_args=["-O3", "-ffp-contract=off", "-fno-fast-math", "-fno-math-errno", "-std=c11",
                                 "-pthread", "-Wno-psabi"],

@@ -258,16 +258,24 @@ def test_harness_isas_and_streams(build_dir, weights, tmp_path):
 
 
 def test_aarch64_qemu(build_dir, weights, tmp_path):
-    """A cross-built aarch64 harness under qemu-user: the NEON kernels (in a group of seven
-    streams, so their 4-, 2- and 1-token paths) and the plain C definition."""
+    """A cross-built aarch64 harness under qemu-user: the NEON kernels with and without the
+    dot product instructions (each in a group of seven streams, so their 4-, 2- and 1-token
+    paths) and the plain C definition; a CPU without DotProd picks the baseline NEON set."""
     if shutil.which("aarch64-linux-gnu-gcc") is None or shutil.which("qemu-aarch64") is None:
         pytest.skip("needs gcc-aarch64-linux-gnu and qemu-user")
     exe = _build(build_dir, "aarch64-linux-gnu-gcc", ["-O2"])
     toks = _tokens(6)
     qemu = ["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu"]
-    assert _run(exe, weights, toks, tmp_path, "--context", "16", "--isa", "neon", "--streams", "7",
-                "--threads", "2", prefix=qemu) == GOLD_6_W16
+    for isa in ("dotprod", "neon"):
+        assert _run(exe, weights, toks, tmp_path, "--context", "16", "--isa", isa, "--streams", "7",
+                    "--threads", "2", prefix=qemu) == GOLD_6_W16, isa
     assert _run(exe, weights, toks, tmp_path, "--context", "16", "--isa", "scalar", prefix=qemu) == GOLD_6_W16
+    a53 = [qemu[0], "-cpu", "cortex-a53", *qemu[1:]]  # ARMv8.0: no DotProd
+    tok = tmp_path / "tokens6.txt"
+    r = subprocess.run([*a53, str(exe), str(weights), str(tok), "--context", "16"], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.split()[1] == GOLD_6_W16 and "isa neon " in r.stdout, r.stdout + r.stderr
+    r = subprocess.run([*a53, str(exe), str(weights), str(tok), "--isa", "dotprod"], capture_output=True, text=True)
+    assert r.returncode != 0 and "lacks the ARMv8.2 dot product" in r.stderr
 
 
 @pytest.mark.slow

@@ -584,6 +584,9 @@ static const isa_kernels K_SCALAR = {"scalar", mm_q4_scalar, mm_q8_scalar, attn_
 #define GENERIC_NAME "generic"
 #endif
 static const isa_kernels K_GENERIC = {GENERIC_NAME, BASE_Q4, BASE_Q8, attn_generic};
+#if defined(LMZ_NEON_DOT)
+static const isa_kernels K_NEON_DOT = {"dotprod", mm_q4_neon_dot, mm_q8_neon_dot, attn_generic};
+#endif
 
 static const isa_kernels *pick_isa(const char *want, char *err, size_t errlen) {
     const char *env = getenv("LMZIP_ENGINE_ISA");
@@ -613,6 +616,17 @@ static const isa_kernels *pick_isa(const char *want, char *err, size_t errlen) {
     if (!strcmp(want, "sse2"))
         return &K_GENERIC;
 #else
+#if defined(LMZ_NEON_DOT)
+    int has_dot = neon_has_dotprod();
+    if (!strcmp(want, "auto"))
+        return has_dot ? &K_NEON_DOT : &K_GENERIC;
+    if (!strcmp(want, "dotprod")) {
+        if (has_dot)
+            return &K_NEON_DOT;
+        snprintf(err, errlen, "LMZIP_ENGINE_ISA=dotprod: this CPU lacks the ARMv8.2 dot product instructions");
+        return NULL;
+    }
+#endif
     if (!strcmp(want, "auto") || !strcmp(want, "generic") || !strcmp(want, GENERIC_NAME))
         return &K_GENERIC;
 #endif
@@ -621,7 +635,11 @@ static const isa_kernels *pick_isa(const char *want, char *err, size_t errlen) {
 #if defined(LMZ_X86)
     snprintf(err, errlen, "unknown or unavailable engine ISA '%s' (scalar, sse2, avx2, avx512)", want);
 #else
+#if defined(LMZ_NEON)
+    snprintf(err, errlen, "unknown or unavailable engine ISA '%s' (scalar, neon, dotprod)", want);
+#else
     snprintf(err, errlen, "unknown or unavailable engine ISA '%s' (scalar, %s)", want, GENERIC_NAME);
+#endif
 #endif
     return NULL;
 }
