@@ -188,10 +188,13 @@ typedef void (*attn_fn)(const float *q, const float *sink_k, const float *sink_v
                         const uint16_t *vc, int C, int64_t lo, int n_ring, float *slot_scores, float *e,
                         float *out);
 
+typedef void (*k16_fn)(const tensor *W, int g0, int g1, const act *x, int T, float *out, int ldo);
+
 typedef struct {
     const char *name;
     mm_fn q4, q8;
     attn_fn attn;
+    k16_fn k16;
 } isa_kernels;
 
 /* ------------------------------------------------------------------ thread pool */
@@ -522,7 +525,7 @@ static void mm_k16_scalar(const tensor *W, int g0, int g1, const act *x, int T, 
 #undef ATTN_FN
 #undef CVT16
 
-static const isa_kernels K_SCALAR = {"scalar", mm_q4_scalar, mm_q8_scalar, attn_scalar};
+static const isa_kernels K_SCALAR = {"scalar", mm_q4_scalar, mm_q8_scalar, attn_scalar, mm_k16_scalar};
 
 /* ------------------------------------------------------------------ kernels: SIMD, shared */
 
@@ -583,9 +586,9 @@ static const isa_kernels K_SCALAR = {"scalar", mm_q4_scalar, mm_q8_scalar, attn_
 #else
 #define GENERIC_NAME "generic"
 #endif
-static const isa_kernels K_GENERIC = {GENERIC_NAME, BASE_Q4, BASE_Q8, attn_generic};
+static const isa_kernels K_GENERIC = {GENERIC_NAME, BASE_Q4, BASE_Q8, attn_generic, mm_k16_scalar};
 #if defined(LMZ_NEON_DOT)
-static const isa_kernels K_NEON_DOT = {"dotprod", mm_q4_neon_dot, mm_q8_neon_dot, attn_generic};
+static const isa_kernels K_NEON_DOT = {"dotprod", mm_q4_neon_dot, mm_q8_neon_dot, attn_generic, mm_k16_scalar};
 #endif
 
 static const isa_kernels *pick_isa(const char *want, char *err, size_t errlen) {
@@ -1001,7 +1004,7 @@ static void mm_task(void *ctx, int tid, int nth) {
         int G = j->w[i]->rows / 16;
         int a = g0 > base ? g0 - base : 0, b = g1 - base < G ? g1 - base : G;
         if (a < b && j->w[i]->type == T_K16) {
-            mm_k16_scalar(j->w[i], a, b, j->x, j->T, j->out[i], j->ldo[i]);
+            k->k16(j->w[i], a, b, j->x, j->T, j->out[i], j->ldo[i]);
         } else if (a < b) {
             mm_fn f = j->w[i]->type == T_Q8_0 ? k->q8 : k->q4;
             f(j->w[i]->data, j->w[i]->cols, a, b, j->x, 0, j->T, j->out[i], j->ldo[i]);
