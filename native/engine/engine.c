@@ -637,12 +637,10 @@ static const isa_kernels *pick_isa(const char *want, char *err, size_t errlen) {
         return &K_SCALAR;
 #if defined(LMZ_X86)
     snprintf(err, errlen, "unknown or unavailable engine ISA '%s' (scalar, sse2, avx2, avx512)", want);
-#else
-#if defined(LMZ_NEON)
+#elif defined(LMZ_NEON)
     snprintf(err, errlen, "unknown or unavailable engine ISA '%s' (scalar, neon, dotprod)", want);
 #else
     snprintf(err, errlen, "unknown or unavailable engine ISA '%s' (scalar, %s)", want, GENERIC_NAME);
-#endif
 #endif
     return NULL;
 }
