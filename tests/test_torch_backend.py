@@ -68,9 +68,26 @@ def _module(hf, seed=0):
     return mod
 
 
-def _tiny(hf, *, context=16, streams=4, dtype="float32", seed=0, threads=1):
-    return TorchModel(_module(hf, seed), tb._hf_piece_tokenizer(hf), start_token=hf.bos_token_id, name="tiny",
-                      sha256="ab" * 32, context=context, dtype=dtype, threads=threads, streams=streams,
+def _gemma_module(hf, seed=0):
+    """A tiny Gemma 3: sliding-window layers (window 4) beside a full-attention one."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    cfg = Gemma3TextConfig(vocab_size=len(hf), hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                           num_attention_heads=4, num_key_value_heads=2, head_dim=8, query_pre_attn_scalar=8,
+                           sliding_window=4, layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+                           max_position_embeddings=256, bos_token_id=hf.bos_token_id, eos_token_id=hf.eos_token_id,
+                           pad_token_id=hf.eos_token_id)
+    cfg._attn_implementation = "eager"
+    torch.manual_seed(seed)
+    mod = Gemma3ForCausalLM(cfg)
+    with torch.no_grad():
+        mod.lm_head.weight.mul_(40.0)
+    return mod
+
+
+def _tiny(hf, *, context=16, streams=4, dtype="float32", seed=0, threads=1, module=None):
+    return TorchModel(module or _module(hf, seed), tb._hf_piece_tokenizer(hf), start_token=hf.bos_token_id,
+                      name="tiny", sha256="ab" * 32, context=context, dtype=dtype, threads=threads, streams=streams,
                       devices=CPU)
 
 
@@ -135,9 +152,17 @@ def test_group_is_deterministic_across_instances(hf_tok, tiny):
     assert all(np.all(np.isneginf(x[tiny.tokenizer.n_model_tokens:])) for s in a for x in s)
 
 
-def test_group_scores_are_the_models(hf_tok, tiny):
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_group_scores_are_the_models(hf_tok, tiny, arch):
     """The slot cache computes the model: each stream's scores equal one plain forward of
-    its window (the start token, the tokens kept after slides, the model tokens since)."""
+    its window (the start token, the tokens kept after slides, the model tokens since).
+    gemma3: its sliding-window layers see only their last 4 positions, as in the plain
+    forward, where transformers builds the masks itself."""
+    if arch == "gemma3":
+        tiny = _tiny(hf_tok, module=_gemma_module(hf_tok))
+        assert tiny.sliding_window == 4 and tiny.params()["sliding_window"] == 4
+    else:
+        assert tiny.sliding_window is None and "sliding_window" not in tiny.params()
     seqs = _sequences(tiny, n=(40, 23, 5), seed=3)
     seen, forwards, primes = _drive(tiny, seqs)
     n_model = tiny.tokenizer.n_model_tokens
@@ -153,6 +178,17 @@ def test_group_scores_are_the_models(hf_tok, tiny):
                     window = window[: tiny.keep] + window[tiny.keep + tiny.discard:]
                 window.append(tok)
     assert primes > 0
+
+
+def test_layer_kinds_without_a_mask_are_refused():
+    from types import SimpleNamespace
+
+    assert tb._sliding_window(SimpleNamespace(layer_types=["full_attention"] * 2), "m") is None
+    assert tb._sliding_window(SimpleNamespace(), "m") is None
+    with pytest.raises(ModelNotFoundError, match="chunked_attention"):
+        tb._sliding_window(SimpleNamespace(layer_types=["full_attention", "chunked_attention"], sliding_window=8), "m")
+    with pytest.raises(ModelNotFoundError, match="masks"):  # sliding layers without a window size
+        tb._sliding_window(SimpleNamespace(layer_types=["sliding_attention"], sliding_window=None), "m")
 
 
 def test_own_attention_is_transformers_eager_attention(hf_tok, tiny):

@@ -355,6 +355,26 @@ def folder_sha256(path: Path) -> str:
 # ---------------------------------------------------------------------------- the KV cache
 
 
+def _additive_mask(torch, visible, dtype):
+    """[k, kv_len] booleans -> the [k, 1, 1, kv_len] additive mask (0 or the dtype's minimum)."""
+    mask = torch.zeros((visible.shape[0], 1, 1, visible.shape[1]), dtype=dtype, device=visible.device)
+    return mask.masked_fill_(~visible[:, None, None, :], torch.finfo(dtype).min)
+
+
+def _sliding_window(config, name: str) -> int | None:
+    """The window of the model's sliding-window layers if it mixes them with full-attention
+    layers (Gemma 3), else None; refuses layer kinds the one-token step cannot mask."""
+    types = set(getattr(config, "layer_types", None) or ())
+    if not types or types == {"full_attention"}:
+        return None
+    window = getattr(config, "sliding_window", None)
+    if types - {"full_attention", "sliding_attention"} or not window:
+        raise ModelNotFoundError(f"model {name} is not supported by the torch backend: its layer kinds "
+                                 f"({', '.join(sorted(types))}) need attention masks it cannot build")
+    return int(window)
+
+
+
 def _slot_cache(torch, keys: list, values: list, write_pos, kv_len: int):
     """A transformers ``Cache`` over our own buffers: each layer writes the new token's key
     and value of row ``r`` at column ``write_pos[r]`` (in place) and attends over the first
@@ -533,9 +553,14 @@ class TorchGroup(StreamGroup):
         ids = torch.tensor(tokens, dtype=torch.long, device=dev).unsqueeze(1)
         pos = torch.tensor(used, dtype=torch.long, device=dev)
         dtype = self._keys[0].dtype
-        visible = torch.arange(kv_len, device=dev).unsqueeze(0) <= pos.unsqueeze(1)  # [k, kv_len]
-        mask = torch.zeros((k, 1, 1, kv_len), dtype=dtype, device=dev)
-        mask.masked_fill_(~visible[:, None, None, :], torch.finfo(dtype).min)
+        col = torch.arange(kv_len, device=dev).unsqueeze(0)  # column = position
+        visible = col <= pos.unsqueeze(1)  # [k, kv_len]
+        mask = _additive_mask(torch, visible, dtype)
+        if m.sliding_window:
+            # a 4-D mask is taken as given, so the sliding-window layers get their own: the
+            # last `sliding_window` positions, as transformers' own masks do
+            local = visible & (col > pos.unsqueeze(1) - m.sliding_window)
+            mask = {"full_attention": mask, "sliding_attention": _additive_mask(torch, local, dtype)}
         cache = _slot_cache(torch, [t[:k] for t in self._keys], [t[:k] for t in self._values], pos, kv_len)
         out = self._forward(ids, position_ids=pos.unsqueeze(1), attention_mask=mask, past_key_values=cache)
         done = [self._rows[i] for i in evaluate]
@@ -624,6 +649,7 @@ class TorchModel(Model):
         self.streams = max(1, int(streams))
         self.source = source
         self._keepalive = keepalive  # e.g. llama.cpp's vocabulary, for the tokenizer
+        self.sliding_window = _sliding_window(module.config, name)
         n_logits = int(getattr(module.config, "vocab_size", 0) or 0)
         if n_logits and n_logits < tokenizer.n_model_tokens:
             raise ModelNotFoundError(f"model {name} has {n_logits} outputs for {tokenizer.n_model_tokens} tokens")
@@ -677,6 +703,8 @@ class TorchModel(Model):
         }
         if self.device_param == "cpu" and THREADS_CHANGE_LOGITS:
             p["threads"] = self.threads
+        if self.sliding_window:  # masked since 2026-12-02; files from before had no such layers masked
+            p["sliding_window"] = self.sliding_window
         return p  # the lockstep width is the container's (header "streams"), not the model's
 
     def open_stream(self) -> Stream:
