@@ -89,8 +89,8 @@ sys.stdout.buffer.write(data)
 
 def test_the_golden_file_decodes_without_numpy_simd_on_another_engine_isa(tmp_path):
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    # written on the AVX-512 path: decode on AVX2 where the CPU has both (the scalar and SSE2
-    # matrix products take minutes here; tests/test_engine.py compares every ISA's logits)
+    # written on the AVX-512 path: decode on AVX2 where the CPU has both (the scalar matrix
+    # products take minutes here; tests/test_engine.py compares every ISA's logits)
     isa = "avx2" if " avx2" in flags and " avx512f" in flags else ""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "NPY_DISABLE_CPU_FEATURES": "X86_V4 X86_V3"}
     if isa:
