@@ -72,12 +72,34 @@ def test_a_failed_round_trip_is_reported_and_not_cached(tmp_path, two_files, mon
         assert not r.verified and not r.cached
 
 
-def test_totals_are_total_bits_over_total_bytes(tmp_path, two_files):
-    results = bench.run(two_files, models=["order1"], classic=False, limit=900, cache_dir=None)
+def test_totals_are_total_bits_over_total_bytes(tmp_path):
+    texts = [corpora.corpus_file("grammar.lsp"), corpora.corpus_file("xargs.1")]
+    results = bench.run(texts, models=["order1"], classic=False, limit=900, cache_dir=None)
+    assert all(r.tokens for r in results)
     (t,) = bench.totals(results)
     assert t.original == 1800 and t.compressed == sum(r.compressed for r in results)
     assert t.bpb == pytest.approx(8 * t.compressed / 1800)
     assert t.model_bpb == pytest.approx(sum(r.model_bpb for r in results) / 2)
+
+
+def test_a_binary_file_has_no_cross_entropy(tmp_path):
+    """kennedy.xls goes to the classic coder whole: no model cross-entropy (not 0.0), and a
+    total over it and a text file has none either (it would compare all bytes' size with
+    the text's bits); results cached with 0.0 before this rule read back as None."""
+    files = [corpora.corpus_file("kennedy.xls"), corpora.corpus_file("grammar.lsp")]
+    binary, text = bench.run(files, models=["order1"], classic=False, limit=4096, cache_dir=tmp_path)
+    assert binary.tokens == 0 and binary.model_bpb is None and binary.overhead_pct is None
+    assert text.tokens and text.model_bpb > 0
+    (t,) = bench.totals([binary, text])
+    assert t.model_bpb is None and t.overhead_pct is None
+    assert "| kennedy.xls | order1 | 4,096 | 0 |" in report.markdown_lmzip([binary])
+    for path in tmp_path.glob("*.json"):  # as an older lmzip wrote them
+        d = json.loads(path.read_text())
+        if d["tokens"] == 0:
+            d["model_bpb"] = 0.0
+            path.write_text(json.dumps(d))
+    again = bench.run(files[:1], models=["order1"], classic=False, limit=4096, cache_dir=tmp_path)
+    assert again[0].cached and again[0].model_bpb is None
 
 
 def test_reports(two_files):

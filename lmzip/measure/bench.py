@@ -82,7 +82,8 @@ class Result:
     model: str | None = None
     context: int | None = None
     tokens: int | None = None
-    #: the model's cross-entropy (unquantized softmax) in bits per byte, lmzip only
+    #: the model's cross-entropy (unquantized softmax) in bits per byte, lmzip only; None
+    #: when the model coded nothing (a binary file, all of it by the classic coder)
     model_bpb: float | None = None
     #: bytes of range-coded payload (the file without its container), lmzip only
     payload: int | None = None
@@ -234,6 +235,8 @@ def _load_cached(path: Path | None) -> Result | None:
         r = Result.from_dict(json.loads(path.read_text()))
     except (OSError, ValueError, TypeError):
         return None  # missing or damaged: redo the job
+    if r.kind == "lmzip" and not r.tokens:
+        r.model_bpb = None  # results cached before binary files had no cross-entropy stored 0.0
     r.cached = True
     return r
 
@@ -329,7 +332,7 @@ def run(files: Sequence[CorpusFile], *, models: Sequence[str] = (), classic: boo
                 result.model = model.name
                 result.context = model.params().get("context")
                 result.tokens = stats.tokens
-                result.model_bpb = stats.model_bpb
+                result.model_bpb = stats.model_bpb if stats.tokens else None
                 result.payload = stats.payload_bytes
             if ok:  # a failed round trip is reported, never cached
                 _store(path, result)
@@ -365,8 +368,8 @@ def totals(results: Sequence[Result]) -> list[Result]:
             t.payload += r.payload
         if t.tokens is not None and r.tokens is not None:
             t.tokens += r.tokens
-        if t.model_bpb is not None and r.model_bpb is not None:
-            t.model_bpb += r.model_bpb * r.original  # bits, divided below
+        if t.model_bpb is not None:  # a total's cross-entropy only if every file has one
+            t.model_bpb = None if r.model_bpb is None else t.model_bpb + r.model_bpb * r.original  # bits
     for t in out.values():
         t.bpb = 8 * t.compressed / t.original if t.original else 0.0
         if t.model_bpb is not None and t.original:
