@@ -217,6 +217,46 @@ def test_forced_isa_unavailable(engine, weights):
         engine.Engine(str(weights), 1, "avx512")
 
 
+def _tensor(ty: str, data: np.ndarray, shape: tuple[int, int]):
+    from types import SimpleNamespace
+
+    from gguf import GGMLQuantizationType
+
+    return SimpleNamespace(shape=shape, tensor_type=GGMLQuantizationType[ty], data=data)
+
+
+@pytest.mark.parametrize("ty,block,offsets", [("Q4_1", 20, (0, 2)), ("Q8_0", 34, (0,)), ("Q5_0", 22, (0,)),
+                                              ("Q4_K", 144, (0, 2)), ("Q6_K", 210, (208,))])
+def test_conversion_refuses_nonfinite_scales(ty, block, offsets):
+    """A block with an inf or NaN f16 scale is refused (SIMD conversions agree on finite
+    values only); the same tensor with finite scales converts."""
+    from lmzip.predictors import portable_weights as pw
+
+    cols = 256
+    nblocks = 32 * cols // (256 if ty in ("Q4_K", "Q6_K") else 32)
+    raw = np.zeros((nblocks, block), np.uint8)
+    for o in offsets:
+        raw[:, o:o + 2] = np.frombuffer(np.float16(0.5).tobytes(), np.uint8)
+    accepted = frozenset({int(_tensor(ty, raw, (cols, 32)).tensor_type)})
+    pw._blob("w", _tensor(ty, raw, (cols, 32)), accepted)
+    for o in offsets:
+        for bad in (np.inf, -np.inf, np.nan):
+            r = raw.copy()
+            r[nblocks // 2, o:o + 2] = np.frombuffer(np.float16(bad).tobytes(), np.uint8)
+            with pytest.raises(ValueError, match="inf or NaN"):
+                pw._blob("w", _tensor(ty, r, (cols, 32)), accepted)
+
+
+def test_conversion_refuses_nonfinite_f32():
+    from lmzip.predictors import portable_weights as pw
+
+    v = np.ones(64, np.float32)
+    pw._blob("norm", _tensor("F32", v, (64,)), frozenset({0}))
+    v[3] = np.nan
+    with pytest.raises(ValueError, match="norm: the tensor holds inf or NaN"):
+        pw._blob("norm", _tensor("F32", v, (64,)), frozenset({0}))
+
+
 def test_bad_token(engine, weights):
     eng = engine.Engine(str(weights), 1)
     h = eng.new_stream(64)

@@ -174,6 +174,25 @@ _LLAMA_TYPES = frozenset({_GGML_F32, _GGML_Q4_1, _GGML_Q8_0})
 _GEMMA3_TYPES = frozenset({_GGML_F32, _GGML_Q8_0, _GGML_Q5_0, _GGML_Q4_K, _GGML_Q6_K})
 
 
+#: GGUF block types: (bytes per block, offsets of its f16 scales)
+_F16_SCALES = {_GGML_Q4_1: (20, (0, 2)), _GGML_Q5_0: (22, (0,)), _GGML_Q8_0: (34, (0,)),
+               _GGML_Q4_K: (144, (0, 2)), _GGML_Q6_K: (210, (208,))}
+
+
+def _check_finite(name: str, ty: int, raw: np.ndarray) -> None:
+    """Refuse inf and NaN in a tensor's floats: the engine's f16 conversions (table, SSE2
+    integer steps, F16C, NEON) agree on every finite value only, and NaN's bits are not the
+    same on every CPU."""
+    if ty == _GGML_F32:
+        bad = not np.isfinite(raw.view("<f4")).all()
+    else:
+        size, offsets = _F16_SCALES[ty]
+        blk = raw.reshape(-1, size)
+        bad = any(((blk[:, o:o + 2].copy().view("<u2") & 0x7C00) == 0x7C00).any() for o in offsets)
+    if bad:
+        raise ValueError(f"{name}: the tensor holds inf or NaN (a damaged model file?)")
+
+
 def _blob(name: str, t, accepted: frozenset[int]) -> tuple[int, int, int, bytes]:
     """A GGUF tensor as the engine stores it: (engine type, rows, cols, bytes), every value
     the GGUF's; a type outside ``accepted`` or a shape off the engine's blocks is refused."""
@@ -185,6 +204,7 @@ def _blob(name: str, t, accepted: frozenset[int]) -> tuple[int, int, int, bytes]
     if ty != _GGML_F32 and (rows % 32 or cols % (256 if ty in (_GGML_Q4_K, _GGML_Q6_K) else 32)):
         raise ValueError(f"{name}: {rows} x {cols} does not fit the engine's blocks")
     raw = np.asarray(t.data).reshape(-1).view(np.uint8)
+    _check_finite(name, ty, raw)
     if ty == _GGML_F32:
         return T_F32, rows, cols, raw.tobytes()
     if ty == _GGML_Q4_1:
