@@ -83,7 +83,7 @@ def _isas() -> list[str]:
     f = _cpu_flags()
     if os.uname().machine in ("aarch64", "arm64"):
         return ["scalar", "neon"] + (["dotprod"] if "asimddp" in f else [])
-    isas = ["scalar", "sse2"]
+    isas = ["scalar", "sse2"] + (["ssse3"] if "ssse3" in f else [])
     if {"avx2", "f16c", "fma"} <= f:
         isas.append("avx2")
     if {"avx512f", "avx512bw", "avx512vl", "avx512_vnni"} <= f:
@@ -300,6 +300,17 @@ def test_harness_isas_and_streams(build_dir, weights, tmp_path):
     assert _run(exe, weights, _tokens(16), tmp_path, env=env) == GOLD_16
 
 
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="x86-64 builds")
+@pytest.mark.parametrize("flags", [["-O2"], ["-O0"]], ids=["O2", "O0"])
+def test_harness_f16_selfcheck(build_dir, flags):
+    """The SSE2 and F16C f16 -> f32 conversions give h2f's bits on every finite f16 (the
+    goldens reach only the scales one model has)."""
+    r = subprocess.run([str(_build(build_dir, "gcc", flags)), "--selfcheck"], capture_output=True, text=True)
+    assert r.returncode == 0 and "sse2 0 wrong" in r.stdout, r.stdout + r.stderr
+    if "f16c" in _cpu_flags():
+        assert "f16c 0 wrong" in r.stdout and "not on this CPU" not in r.stdout, r.stdout
+
+
 def test_aarch64_qemu(build_dir, weights, tmp_path):
     """A cross-built aarch64 harness under qemu-user: the NEON kernels with and without the
     dot product instructions (each in a group of seven streams, so their 4-, 2- and 1-token
@@ -319,6 +330,8 @@ def test_aarch64_qemu(build_dir, weights, tmp_path):
     assert r.returncode == 0 and r.stdout.split()[1] == GOLD_6_W16 and "isa neon " in r.stdout, r.stdout + r.stderr
     r = subprocess.run([*a53, str(exe), str(weights), str(tok), "--isa", "dotprod"], capture_output=True, text=True)
     assert r.returncode != 0 and "lacks the ARMv8.2 dot product" in r.stderr
+    r = subprocess.run([*qemu, str(exe), "--selfcheck"], capture_output=True, text=True)
+    assert r.returncode == 0 and "neon 0 wrong" in r.stdout, r.stdout + r.stderr
 
 
 @pytest.mark.slow

@@ -44,7 +44,7 @@ static inline uint32_t f_bits(float f) { uint32_t b; memcpy(&b, &f, 4); return b
 static inline double d_from_bits(uint64_t b) { double f; memcpy(&f, &b, 8); return f; }
 static inline uint64_t d_bits(double f) { uint64_t b; memcpy(&b, &f, 8); return b; }
 
-/* f16 -> f32, exact (finite values; the weights and caches hold no inf/NaN) */
+/* f16 -> f32, exact (finite values: the converter refuses weights with inf/NaN, f2h saturates) */
 static inline float h2f(uint16_t h) {
     uint32_t em = h & 0x7fffu, sign = (uint32_t)(h & 0x8000u) << 16;
     float normal = f_from_bits((em << 13) + 0x38000000u);
@@ -519,10 +519,13 @@ static void mm_k16_scalar(const tensor *W, int g0, int g1, const act *x, int T, 
 #define ATTN_FN __attribute__((optimize("no-tree-vectorize"))) attn_scalar
 #include "attn.inc"
 #undef ATTN_FN
-/* the same C, vectorized for the baseline (SSE2 on x86-64, NEON/ASIMD on aarch64) */
+#if !defined(LMZ_X86) && !defined(LMZ_NEON)
+/* the same C, vectorized by the compiler where it can (SIMD builds have attn_sse2 and
+ * attn_neon, with explicit f16 conversions) */
 #define ATTN_FN attn_generic
 #include "attn.inc"
 #undef ATTN_FN
+#endif
 #undef CVT16
 
 static const isa_kernels K_SCALAR = {"scalar", mm_q4_scalar, mm_q8_scalar, attn_scalar, mm_k16_scalar};
@@ -569,13 +572,16 @@ static const isa_kernels K_SCALAR = {"scalar", mm_q4_scalar, mm_q8_scalar, attn_
 #include "kernels_x86.inc"
 #define BASE_Q4 mm_q4_sse2
 #define BASE_Q8 mm_q8_sse2
+#define BASE_ATTN attn_sse2
 #elif defined(LMZ_NEON)
 #include "kernels_neon.inc"
 #define BASE_Q4 mm_q4_neon
 #define BASE_Q8 mm_q8_neon
+#define BASE_ATTN attn_neon
 #else
 #define BASE_Q4 mm_q4_scalar
 #define BASE_Q8 mm_q8_scalar
+#define BASE_ATTN attn_generic
 #endif
 
 /* the baseline every CPU of the architecture has: SSE2 on x86-64, NEON (ASIMD) on aarch64 */
@@ -586,10 +592,54 @@ static const isa_kernels K_SCALAR = {"scalar", mm_q4_scalar, mm_q8_scalar, attn_
 #else
 #define GENERIC_NAME "generic"
 #endif
-static const isa_kernels K_GENERIC = {GENERIC_NAME, BASE_Q4, BASE_Q8, attn_generic, mm_k16_scalar};
+static const isa_kernels K_GENERIC = {GENERIC_NAME, BASE_Q4, BASE_Q8, BASE_ATTN, mm_k16_scalar};
 #if defined(LMZ_NEON_DOT)
-static const isa_kernels K_NEON_DOT = {"dotprod", mm_q4_neon_dot, mm_q8_neon_dot, attn_generic, mm_k16_scalar};
+static const isa_kernels K_NEON_DOT = {"dotprod", mm_q4_neon_dot, mm_q8_neon_dot, attn_neon, mm_k16_scalar};
 #endif
+
+#if defined(LMZ_X86)
+/* the hardware conversion the AVX2 and AVX-512 kernels use */
+__attribute__((target("f16c,avx"))) static void h2f16_f16c(const uint16_t *h, float *out) {
+    _mm256_storeu_ps(out, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)h)));
+    _mm256_storeu_ps(out + 8, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + 8))));
+}
+#endif
+
+#if defined(LMZ_X86) || defined(LMZ_NEON)
+/* One conversion of 16 f16 against h2f on every finite f16 (inf and NaN: the converter
+ * refuses models that hold them): the mismatches. */
+static long f16_mismatches(void (*convert)(const uint16_t *, float *)) {
+    long bad = 0;
+    uint16_t h[16];
+    float out[16];
+    for (uint32_t base = 0; base < 0x10000u; base += 16) {
+        for (int i = 0; i < 16; i++)
+            h[i] = (uint16_t)(base + i);
+        convert(h, out);
+        for (int i = 0; i < 16; i++)
+            if ((h[i] & 0x7c00u) != 0x7c00u && f_bits(out[i]) != f_bits(h2f(h[i])))
+                bad++;
+    }
+    return bad;
+}
+#endif
+
+long lmz_selfcheck(char *report, size_t len) {
+    long bad = 0;
+    report[0] = 0;
+#if defined(LMZ_X86)
+    long sse2 = f16_mismatches(h2f16_sse2), f16c = x86_has_f16c() ? f16_mismatches(h2f16_f16c) : -1;
+    snprintf(report, len, "f16->f32 on 63488 finite values: sse2 %ld wrong, f16c %ld wrong%s", sse2,
+             f16c < 0 ? 0 : f16c, f16c < 0 ? " (not on this CPU)" : "");
+    bad = sse2 + (f16c > 0 ? f16c : 0);
+#elif defined(LMZ_NEON)
+    bad = f16_mismatches(h2f16_neon);
+    snprintf(report, len, "f16->f32 on 63488 finite values: neon %ld wrong", bad);
+#else
+    snprintf(report, len, "no SIMD conversions in this build");
+#endif
+    return bad;
+}
 
 static const isa_kernels *pick_isa(const char *want, char *err, size_t errlen) {
     const char *env = getenv("LMZIP_ENGINE_ISA");
@@ -602,8 +652,9 @@ static const isa_kernels *pick_isa(const char *want, char *err, size_t errlen) {
     int has_avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
     has_avx2 = has_avx2 && has_f16c;
+    int has_ssse3 = __builtin_cpu_supports("ssse3");
     if (!strcmp(want, "auto"))
-        return has_avx512 ? &K_AVX512 : has_avx2 ? &K_AVX2 : &K_GENERIC;
+        return has_avx512 ? &K_AVX512 : has_avx2 ? &K_AVX2 : has_ssse3 ? &K_SSSE3 : &K_GENERIC;
     if (!strcmp(want, "avx512")) {
         if (has_avx512)
             return &K_AVX512;
@@ -614,6 +665,12 @@ static const isa_kernels *pick_isa(const char *want, char *err, size_t errlen) {
         if (has_avx2)
             return &K_AVX2;
         snprintf(err, errlen, "LMZIP_ENGINE_ISA=avx2: this CPU lacks AVX2/F16C");
+        return NULL;
+    }
+    if (!strcmp(want, "ssse3")) {
+        if (has_ssse3)
+            return &K_SSSE3;
+        snprintf(err, errlen, "LMZIP_ENGINE_ISA=ssse3: this CPU lacks SSSE3");
         return NULL;
     }
     if (!strcmp(want, "sse2"))
@@ -636,7 +693,7 @@ static const isa_kernels *pick_isa(const char *want, char *err, size_t errlen) {
     if (!strcmp(want, "scalar"))
         return &K_SCALAR;
 #if defined(LMZ_X86)
-    snprintf(err, errlen, "unknown or unavailable engine ISA '%s' (scalar, sse2, avx2, avx512)", want);
+    snprintf(err, errlen, "unknown or unavailable engine ISA '%s' (scalar, sse2, ssse3, avx2, avx512)", want);
 #elif defined(LMZ_NEON)
     snprintf(err, errlen, "unknown or unavailable engine ISA '%s' (scalar, neon, dotprod)", want);
 #else

@@ -26,10 +26,14 @@ typedef struct lmz_model lmz_model;
 typedef struct lmz_stream lmz_stream;
 
 /* Load an engine weights file (mmap).  threads >= 1.  isa: NULL or "" = best the CPU
- * has (or $LMZIP_ENGINE_ISA), else "scalar", "sse2", "avx2", "avx512".  On error
+ * has (or $LMZIP_ENGINE_ISA), else "scalar", "sse2", "ssse3", "avx2", "avx512" (x86-64) or
+ * "scalar", "neon", "dotprod" (aarch64).  On error
  * returns NULL and writes a message into err (errlen bytes). */
 lmz_model *lmz_load(const char *path, int threads, const char *isa, char *err, size_t errlen);
 void lmz_free(lmz_model *m);
+/* Check the SIMD f16 -> f32 conversions of this build and CPU against the portable C on
+ * every finite f16; writes a line into report.  Returns the number of wrong values. */
+long lmz_selfcheck(char *report, size_t len);
 int lmz_n_vocab(const lmz_model *m);
 int lmz_bos(const lmz_model *m);
 const char *lmz_isa(const lmz_model *m);

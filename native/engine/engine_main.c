@@ -101,9 +101,16 @@ static void hash_floats(sha256 *s, const float *x, int n) {
 }
 
 int main(int argc, char **argv) {
+    if (argc == 2 && !strcmp(argv[1], "--selfcheck")) {
+        char report[200];
+        long bad = lmz_selfcheck(report, sizeof report);
+        printf("%s\n", report);
+        return bad ? 1 : 0;
+    }
     if (argc < 3) {
-        fprintf(stderr, "usage: %s WEIGHTS TOKENS [--threads N] [--streams S] [--context C] [--isa NAME] [--step K]\n",
-                argv[0]);
+        fprintf(stderr, "usage: %s WEIGHTS TOKENS [--threads N] [--streams S] [--context C] [--isa NAME] [--step K]\n"
+                "       %s --selfcheck\n",
+                argv[0], argv[0]);
         return 2;
     }
     int threads = 1, streams = 1, context = 2048, stepk = 1;
