@@ -303,12 +303,15 @@ def test_harness_isas_and_streams(build_dir, weights, tmp_path):
 @pytest.mark.skipif(os.uname().machine != "x86_64", reason="x86-64 builds")
 @pytest.mark.parametrize("flags", [["-O2"], ["-O0"]], ids=["O2", "O0"])
 def test_harness_f16_selfcheck(build_dir, flags):
-    """The SSE2 and F16C f16 -> f32 conversions give h2f's bits on every finite f16 (the
-    goldens reach only the scales one model has)."""
+    """The SSE2, F16C and AVX-512 f16 -> f32 conversions give h2f's bits on every finite f16
+    (the goldens reach only the scales one model has)."""
     r = subprocess.run([str(_build(build_dir, "gcc", flags)), "--selfcheck"], capture_output=True, text=True)
     assert r.returncode == 0 and "sse2 0 wrong" in r.stdout, r.stdout + r.stderr
-    if "f16c" in _cpu_flags():
-        assert "f16c 0 wrong" in r.stdout and "not on this CPU" not in r.stdout, r.stdout
+    f = _cpu_flags()
+    if {"avx2", "f16c"} <= f:
+        assert "f16c 0 wrong" in r.stdout and "f16c: not on this CPU" not in r.stdout, r.stdout
+    if "avx512f" in f:
+        assert "avx512 0 wrong" in r.stdout and "avx512: not on this CPU" not in r.stdout, r.stdout
 
 
 def test_aarch64_qemu(build_dir, weights, tmp_path):

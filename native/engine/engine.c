@@ -597,16 +597,7 @@ static const isa_kernels K_GENERIC = {GENERIC_NAME, BASE_Q4, BASE_Q8, BASE_ATTN,
 static const isa_kernels K_NEON_DOT = {"dotprod", mm_q4_neon_dot, mm_q8_neon_dot, attn_neon, mm_k16_scalar};
 #endif
 
-#if defined(LMZ_X86)
-/* the hardware conversion the AVX2 and AVX-512 kernels use */
-__attribute__((target("f16c,avx"))) static void h2f16_f16c(const uint16_t *h, float *out) {
-    _mm256_storeu_ps(out, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)h)));
-    _mm256_storeu_ps(out + 8, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + 8))));
-}
-#endif
-
-#if defined(LMZ_X86) || defined(LMZ_NEON)
-/* One conversion of 16 f16 against h2f on every finite f16 (inf and NaN: the converter
+/* One 16-value f16 conversion against h2f on every finite f16 (inf and NaN: the converter
  * refuses models that hold them): the mismatches. */
 static long f16_mismatches(void (*convert)(const uint16_t *, float *)) {
     long bad = 0;
@@ -617,27 +608,37 @@ static long f16_mismatches(void (*convert)(const uint16_t *, float *)) {
             h[i] = (uint16_t)(base + i);
         convert(h, out);
         for (int i = 0; i < 16; i++)
-            if ((h[i] & 0x7c00u) != 0x7c00u && f_bits(out[i]) != f_bits(h2f(h[i])))
-                bad++;
+            bad += (h[i] & 0x7c00u) != 0x7c00u && f_bits(out[i]) != f_bits(h2f(h[i]));
     }
     return bad;
 }
-#endif
 
 long lmz_selfcheck(char *report, size_t len) {
-    long bad = 0;
-    report[0] = 0;
+    const struct {
+        const char *name;
+        void (*convert)(const uint16_t *, float *);
+        int present;
+    } sets[] = {
 #if defined(LMZ_X86)
-    long sse2 = f16_mismatches(h2f16_sse2), f16c = x86_has_f16c() ? f16_mismatches(h2f16_f16c) : -1;
-    snprintf(report, len, "f16->f32 on 63488 finite values: sse2 %ld wrong, f16c %ld wrong%s", sse2,
-             f16c < 0 ? 0 : f16c, f16c < 0 ? " (not on this CPU)" : "");
-    bad = sse2 + (f16c > 0 ? f16c : 0);
+        {"sse2", h2f16_sse2, 1},
+        {"f16c", h2f16_f16c, __builtin_cpu_supports("avx2") && x86_has_f16c()},
+        {"avx512", h2f16_avx512, __builtin_cpu_supports("avx512f")},
 #elif defined(LMZ_NEON)
-    bad = f16_mismatches(h2f16_neon);
-    snprintf(report, len, "f16->f32 on 63488 finite values: neon %ld wrong", bad);
-#else
-    snprintf(report, len, "no SIMD conversions in this build");
+        {"neon", h2f16_neon, 1},
 #endif
+        {NULL, NULL, 0},
+    };
+    long bad = 0;
+    size_t at = (size_t)snprintf(report, len, "f16->f32 on 63488 finite values:");
+    if (!sets[0].name)
+        snprintf(report, len, "no SIMD conversions in this build");
+    for (int k = 0; sets[k].name && at < len; k++) {
+        long wrong = sets[k].present ? f16_mismatches(sets[k].convert) : 0;
+        bad += wrong;
+        const char *sep = k ? "," : "";
+        at += (size_t)(sets[k].present ? snprintf(report + at, len - at, "%s %s %ld wrong", sep, sets[k].name, wrong)
+                                       : snprintf(report + at, len - at, "%s %s: not on this CPU", sep, sets[k].name));
+    }
     return bad;
 }
 

@@ -31,8 +31,9 @@ typedef struct lmz_stream lmz_stream;
  * returns NULL and writes a message into err (errlen bytes). */
 lmz_model *lmz_load(const char *path, int threads, const char *isa, char *err, size_t errlen);
 void lmz_free(lmz_model *m);
-/* Check the SIMD f16 -> f32 conversions of this build and CPU against the portable C on
- * every finite f16; writes a line into report.  Returns the number of wrong values. */
+/* Check each SIMD f16 -> f32 conversion of this build that the CPU can run (x86-64: SSE2,
+ * F16C, AVX-512; aarch64: NEON) against the portable C on every finite f16; writes a line
+ * into report.  Returns the number of wrong values. */
 long lmz_selfcheck(char *report, size_t len);
 int lmz_n_vocab(const lmz_model *m);
 int lmz_bos(const lmz_model *m);
