@@ -1,0 +1,297 @@
+"""The engine's forward pass on a GPU: weights on the device, the streams' caches, and the
+step schedule of native/engine/engine.c's ``step`` (docs/engine.md), with the Triton
+kernels of :mod:`lmzip.gpu.kernels`.
+
+:class:`GPUEngine` has the interface of the C engine (``lmzip._engine.Engine``):
+``new_stream``, ``eval(handles, token_lists, out)``, ``free_stream``, ``stream_pos``,
+``stream_hidden``, ``n_vocab``, ``bos``, ``n_embd``.  A call evaluates every stream's
+tokens in steps of at most 32 tokens per stream, all streams of a step together (the
+weights are read once per step); a stream's logits do not depend on the others, nor on
+how its tokens are split into calls, exactly as on the CPU.
+
+Under ``TRITON_INTERPRET=1`` the same code runs on the CPU (torch CPU tensors, Triton's
+interpreter): the tests use it to compare the kernels with the C engine.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import LMZipError
+from . import kernels as K
+from .rope import RopeTable
+from .weights import T_Q4_1, read_llama
+
+__all__ = ["GPUEngine", "Blocks", "MAX_STEP", "launch", "interpreting"]
+
+#: most tokens of one stream in one step (the ring holds context - 1 + 31 slots: LMZ_MAX_STEP)
+MAX_STEP = 32
+
+
+def interpreting() -> bool:
+    """True when Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def launch(kernel, grid, *args, **meta):
+    """Launch a kernel with floating-point contraction off (no a*b+c -> fma): always."""
+    kernel[grid](*args, enable_fp_fusion=False, **meta)
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, (int(n) - 1).bit_length())
+
+
+@dataclass(frozen=True)
+class Blocks:
+    """Tile sizes (never change results: every output is computed whole by one lane)."""
+
+    rows: int = 64  # matrix rows per program
+    tokens: int = 16  # tokens per program of a product (>= 16: tl.dot's smallest tile)
+    norm_tokens: int = 16  # tokens per program of the norms, quantizations, RoPE and embedding
+    attn_tokens: int = 1  # tokens per program of the attention
+    slots: int = 64  # attention time indices per program of the scores
+    dims: int = 16  # value dimensions per program of the attention (divides 64)
+    quant_blocks: int = 2  # 32-column blocks a norm or quantization program takes at a time (<= 16)
+    dot_f32: bool = False  # block products in float32 (exact, see matmul_kernel): the interpreter's
+
+    @classmethod
+    def for_interpreter(cls) -> Blocks:
+        # the interpreter pays per operation, not per element: few big tiles
+        return cls(rows=2048, tokens=32, norm_tokens=32, attn_tokens=32, slots=128, dims=64, quant_blocks=16, dot_f32=True)
+
+
+class _Stream:
+    __slots__ = ("slot", "pos")
+
+    def __init__(self, slot: int):
+        self.slot = slot
+        self.pos = 0
+
+
+class GPUEngine:
+    """A format 1 (llama) weights file on a torch device, evaluated with the Triton kernels."""
+
+    def __init__(self, weights_path, device: str = "cuda", context: int = 2048, blocks: Blocks | None = None):
+        import torch
+
+        self.torch = torch
+        self.device = torch.device(device)
+        if not 16 <= int(context) <= 65536:
+            raise ValueError("context must be 16 to 65536 tokens")
+        self.window = int(context)
+        self.ring = ((self.window - 1) + (MAX_STEP - 1) + 15) // 16 * 16  # the engine's C
+        self.blocks = blocks or (Blocks.for_interpreter() if interpreting() else Blocks())
+        w = read_llama(weights_path)
+        self.n_layer, self.n_embd, self.n_ff = w.n_layer, w.n_embd, w.n_ff
+        self.n_head, self.n_kv, self.n_vocab, self.bos = w.n_head, w.n_kv, w.n_vocab, w.bos
+        self.eps = float(w.eps)
+        self.group = self.n_head // self.n_kv
+        dev = self.device
+
+        def up(a):
+            return torch.from_numpy(np.ascontiguousarray(a)).to(dev)
+
+        def mat(*ms):  # matrices over the same input, stacked by rows: every row is its own output
+            out = {"kind": ms[0].kind, "rows": sum(m.rows for m in ms), "K": ms[0].cols,
+                   "q": up(np.concatenate([m.q for m in ms])), "d": up(np.concatenate([m.d for m in ms]))}
+            out["m"] = up(np.concatenate([m.m for m in ms])) if ms[0].kind == T_Q4_1 else out["d"]
+            return out
+
+        self.embd = mat(w.embd)
+        self.out_norm = up(w.out_norm)
+        self.layers = []
+        for L in w.layers:
+            self.layers.append({"attn_norm": up(L["attn_norm"]), "qkv": mat(L["wq"], L["wk"], L["wv"]),
+                                "wo": mat(L["wo"]), "ffn_norm": up(L["ffn_norm"]), "gu": mat(L["wg"], L["wu"]),
+                                "wd": mat(L["wd"])})
+        self.rope = RopeTable(torch, dev, w.rope_base)
+        self._streams: dict[int, _Stream] = {}
+        self._free: list[int] = []
+        self._cap = 0
+        self._next_handle = 1
+        self.kc = self.vc = self.sk = self.sv = self.hidden = None
+        self.stream_bytes_each = (2 * self.n_layer * self.n_kv * 64 * self.ring * 2
+                                  + 2 * self.n_layer * self.n_kv * 64 * 4)
+
+    # ------------------------------------------------------------------ streams
+
+    def _grow(self, cap: int) -> None:
+        t = self.torch
+        L, KV, C, E = self.n_layer, self.n_kv, self.ring, self.n_embd
+
+        def more(old, shape, dtype):
+            new = t.zeros((cap, *shape), dtype=dtype, device=self.device)
+            if old is not None:
+                new[: old.shape[0]] = old
+            return new
+
+        self.kc = more(self.kc, (L, KV, 64, C), t.int16)
+        self.vc = more(self.vc, (L, KV, C, 64), t.int16)
+        self.sk = more(self.sk, (L, KV, 64), t.float32)
+        self.sv = more(self.sv, (L, KV, 64), t.float32)
+        self.hidden = more(self.hidden, (E,), t.float32)
+        self._free.extend(range(self._cap, cap))
+        self._cap = cap
+
+    def new_stream(self, context: int | None = None) -> int:
+        if context is not None and int(context) != self.window:
+            raise ValueError(f"this GPU engine runs a window of {self.window} tokens, not {context}")
+        if not self._free:
+            self._grow(max(8, 2 * self._cap))
+        self._free.sort(reverse=True)
+        h = self._next_handle
+        self._next_handle += 1
+        self._streams[h] = _Stream(self._free.pop())
+        return h
+
+    def free_stream(self, handle: int) -> None:
+        s = self._streams.pop(handle, None)
+        if s is not None:
+            self._free.append(s.slot)
+
+    def stream_pos(self, handle: int) -> int:
+        return self._streams[handle].pos
+
+    def stream_bytes(self, handle: int) -> int:
+        return self.stream_bytes_each
+
+    def stream_hidden(self, handle: int, out: np.ndarray) -> None:
+        out[:] = self.hidden[self._streams[handle].slot].cpu().numpy()
+
+    # ------------------------------------------------------------------ evaluation
+
+    def eval(self, handles, token_lists, out: np.ndarray | None = None, every: list | None = None):
+        """Evaluate each stream's tokens; the logits after each stream's last token go to
+        ``out[i]`` (float32 [n, n_vocab], host).  ``every`` (a list) instead receives, for
+        each step, the logits of every token (device tensor [tokens, n_vocab], tokens in
+        stream order): the golden checks use it."""
+        streams = [self._streams[h] for h in handles]
+        tokens = [[int(t) for t in tl] for tl in token_lists]
+        for tl in tokens:
+            if not tl:
+                raise LMZipError("every stream needs at least one token")
+            if min(tl) < 0 or max(tl) >= self.n_vocab:
+                raise LMZipError("token out of range")
+        done = 0
+        while True:
+            cnt = [max(0, min(MAX_STEP, len(tl) - done)) for tl in tokens]
+            if not any(cnt):
+                break
+            want = [c > 0 and len(tl) - done <= MAX_STEP for c, tl in zip(cnt, tokens)]
+            logits = self._step(streams, [tl[done: done + c] for tl, c in zip(tokens, cnt)], want,
+                                every is not None)
+            if every is not None:
+                every.append(logits)
+            elif out is not None and logits is not None:
+                rows = [i for i, w in enumerate(want) if w]
+                host = logits.cpu().numpy()
+                out[rows] = host
+            done += MAX_STEP
+
+    def _step(self, streams, toks, want, all_logits: bool):
+        t = self.torch
+        dev = self.device
+        B = self.blocks
+        E, F, NH, KV, G = self.n_embd, self.n_ff, self.n_head, self.n_kv, self.group
+        GP = _pow2(G)
+        tok_ids, slots, poss, last = [], [], [], []
+        for s, tl in zip(streams, toks):
+            for k, tok in enumerate(tl):
+                tok_ids.append(tok)
+                slots.append(s.slot)
+                poss.append(s.pos + k)
+            last.append(len(tok_ids) - 1)
+        T = len(tok_ids)
+        top = max(poss)
+        self.rope.ensure(top + 1)
+        tok_d = t.tensor(tok_ids, dtype=t.int32, device=dev)
+        slot_d = t.tensor(slots, dtype=t.int32, device=dev)
+        pos_d = t.tensor(poss, dtype=t.int64, device=dev)
+        NS = (min(top, self.window - 1) + 1 + 15) // 16 * 16  # the longest score row
+        QKV = (NH + 2 * KV) * 64
+        x = t.empty((T, E), dtype=t.float32, device=dev)
+        qkv = t.empty((T, QKV), dtype=t.float32, device=dev)
+        ao = t.empty((T, E), dtype=t.float32, device=dev)
+        gu = t.empty((T, 2 * F), dtype=t.float32, device=dev)
+        aq_e = t.empty((T, E), dtype=t.int8, device=dev)
+        aq_f = t.empty((T, F), dtype=t.int8, device=dev)
+        nb = max(E, F) // 32
+        a_s = t.empty((T, nb), dtype=t.float32, device=dev)
+        a_sa = t.empty((T, nb), dtype=t.float32, device=dev)
+        scores = t.empty((T, KV, GP, NS), dtype=t.float32, device=dev)
+        rk = t.empty((T, KV, 64), dtype=t.float32, device=dev)
+        cos, sin = self.rope.cos, self.rope.sin
+        nt = triton_cdiv(T, B.norm_tokens)
+
+        na = triton_cdiv(T, B.attn_tokens)
+        nbe = _blocks(E, B.quant_blocks)
+        launch(K.embed_kernel, (nt,), tok_d, self.embd["q"], self.embd["d"], x, T, E=E, BT=B.norm_tokens)
+        for li, L in enumerate(self.layers):
+            launch(K.norm_quant_kernel, (nt,), x, L["attn_norm"], slot_d, x, aq_e, a_s, a_sa, T, self.eps,
+                   E=E, NORM=True, GATHER=False, STORE_Y=False, BT=B.norm_tokens, NBLK=nbe)
+            self._matmul(L["qkv"], aq_e, a_s, a_sa, qkv, T, QKV, residual=False)
+            launch(K.rope_cache_kernel, (nt,), qkv, slot_d, pos_d, cos, sin, self.kc, self.vc, self.sk, self.sv, T,
+                   li, self.ring, self.n_layer, NH=NH, NKV=KV, HP=_pow2(NH), KP=_pow2(KV), BT=B.norm_tokens)
+            launch(K.sink_rope_kernel, (nt,), slot_d, pos_d, cos, sin, self.sk, rk, T, li, self.n_layer,
+                   self.window, NKV=KV, KP=_pow2(KV), BT=B.norm_tokens)
+            launch(K.attn_scores_kernel, (na, KV, triton_cdiv(NS, B.slots)), qkv, slot_d, pos_d, self.kc, rk, scores,
+                   T, li, self.ring, self.n_layer, self.window, NS, NH=NH, NKV=KV, G=G, GP=GP, BT=B.attn_tokens,
+                   BS=B.slots)
+            launch(K.attn_values_kernel, (na, KV, 64 // B.dims), slot_d, pos_d, self.vc, self.sv, scores, ao, T, li,
+                   self.ring, self.n_layer, self.window, NS, NH=NH, NKV=KV, G=G, GP=GP, BT=B.attn_tokens,
+                   BD=B.dims)
+            launch(K.norm_quant_kernel, (nt,), ao, L["attn_norm"], slot_d, ao, aq_e, a_s, a_sa, T, self.eps,
+                   E=E, NORM=False, GATHER=False, STORE_Y=False, BT=B.norm_tokens, NBLK=nbe)
+            self._matmul(L["wo"], aq_e, a_s, a_sa, x, T, E, residual=True)
+            launch(K.norm_quant_kernel, (nt,), x, L["ffn_norm"], slot_d, x, aq_e, a_s, a_sa, T, self.eps,
+                   E=E, NORM=True, GATHER=False, STORE_Y=False, BT=B.norm_tokens, NBLK=nbe)
+            self._matmul(L["gu"], aq_e, a_s, a_sa, gu, T, 2 * F, residual=False)
+            launch(K.silu_quant_kernel, (nt,), gu, aq_f, a_s, a_sa, T, F=F, BT=B.norm_tokens,
+                   NBLK=_blocks(F, B.quant_blocks))
+            self._matmul(L["wd"], aq_f, a_s, a_sa, x, T, E, residual=True)
+        for s, tl in zip(streams, toks):
+            s.pos += len(tl)
+        # logits of the last token of each stream that asks (or of every token)
+        if all_logits:
+            rows = list(range(T))
+            latest = [(s.slot, last[i]) for i, (s, tl) in enumerate(zip(streams, toks)) if tl]
+        else:
+            rows = [r for r, w in zip(last, want) if w]
+            latest = [(s.slot, k) for k, s in enumerate(s for s, w in zip(streams, want) if w)]
+        if not rows:
+            return None
+        ns = len(rows)
+        rows_d = t.tensor(rows, dtype=t.int32, device=dev)
+        y = t.empty((ns, E), dtype=t.float32, device=dev)
+        launch(K.norm_quant_kernel, (triton_cdiv(ns, B.norm_tokens),), x, self.out_norm, rows_d, y, aq_e, a_s, a_sa,
+               ns, self.eps, E=E, NORM=True, GATHER=True, STORE_Y=True, BT=B.norm_tokens, NBLK=nbe)
+        logits = t.empty((ns, self.n_vocab), dtype=t.float32, device=dev)
+        self._matmul(self.embd, aq_e, a_s, a_sa, logits, ns, self.n_vocab, residual=False)
+        # the hidden state behind each stream's latest logits (the output head's input)
+        if latest:
+            slot_idx = t.tensor([a for a, _ in latest], dtype=t.int64, device=dev)
+            row_idx = t.tensor([b for _, b in latest], dtype=t.int64, device=dev)
+            self.hidden.index_copy_(0, slot_idx, y.index_select(0, row_idx))
+        return logits
+
+    def _matmul(self, W, aq, a_s, a_sa, out, T, ldo, residual: bool) -> None:
+        B = self.blocks
+        R = W["rows"]
+        launch(K.matmul_kernel, (triton_cdiv(R, B.rows), triton_cdiv(T, B.tokens)), aq, a_s, a_sa, W["q"], W["d"],
+               W["m"], out, T, R, ldo, K=W["K"], Q4=W["kind"] == T_Q4_1, RESIDUAL=residual, BT=B.tokens, BR=B.rows,
+               DOT_F32=B.dot_f32)
+
+
+def _blocks(width: int, most: int) -> int:
+    """32-column blocks a norm or quantization program takes at a time: the largest power of
+    two up to ``most`` that divides the row's blocks."""
+    nb = width // 32
+    return min(most, nb & -nb)
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-int(a) // int(b))
