@@ -61,7 +61,8 @@ class Blocks:
     @classmethod
     def for_interpreter(cls) -> Blocks:
         # the interpreter pays per operation, not per element: few big tiles
-        return cls(rows=2048, tokens=32, norm_tokens=32, attn_tokens=32, slots=128, dims=64, quant_blocks=16, dot_f32=True)
+        return cls(rows=2048, tokens=32, norm_tokens=32, attn_tokens=32, slots=128, dims=64, quant_blocks=16,
+                   dot_f32=True)
 
 
 class _Stream:
