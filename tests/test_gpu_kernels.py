@@ -294,7 +294,7 @@ def test_rope_and_cache_writes(probe):
     """RoPE and the query scale in place; the start token's key and value kept; later keys
     rotated and both rounded to f16 into their ring slots."""
     rng = np.random.default_rng(8)
-    NH, KV, C, WIN = 9, 3, 48, 16
+    NH, KV, C = 9, 3, 48
     W = (NH + 2 * KV) * 64
     pos = [0, 1, 17, 47, 48, 200]
     T = len(pos)

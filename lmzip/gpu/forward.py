@@ -36,9 +36,19 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+#: the PTX of every kernel compiled in this process (name and constexprs -> text), for
+#: lmzip.gpu.trust's scan; empty under the interpreter
+COMPILED_PTX: dict[str, str] = {}
+
+
 def launch(kernel, grid, *args, **meta):
     """Launch a kernel with floating-point contraction off (no a*b+c -> fma): always."""
-    kernel[grid](*args, enable_fp_fusion=False, **meta)
+    compiled = kernel[grid](*args, enable_fp_fusion=False, **meta)
+    asm = getattr(compiled, "asm", None)
+    if asm and "ptx" in asm:
+        key = kernel.__name__ + repr(sorted(meta.items()))
+        if key not in COMPILED_PTX:
+            COMPILED_PTX[key] = asm["ptx"]
 
 
 def _pow2(n: int) -> int:
