@@ -48,6 +48,7 @@ def portable_model(path, *, name: str, sha256: str, context: int, threads: int |
     a GPU that passes lmzip.gpu.trust's check, else (with a one-line warning when a GPU was
     there but failed) the CPU engine's PortableModel."""
     target = resolve(device)
+    weights = None
     if target is not None:
         from ..predictors.portable_weights import cached_weights
         from .trust import check
@@ -59,4 +60,4 @@ def portable_model(path, *, name: str, sha256: str, context: int, threads: int |
         if why is None:
             return GPUModel(path, name=name, sha256=sha256, context=context, device=target, weights=weights)
         print(f"lmzip: warning: not using the GPU ({target}): {why}; running on the CPU", file=sys.stderr)
-    return PortableModel(path, name=name, sha256=sha256, context=context, threads=threads)
+    return PortableModel(path, name=name, sha256=sha256, context=context, threads=threads, weights=weights)
