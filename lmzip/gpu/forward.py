@@ -60,7 +60,7 @@ class Blocks:
     """Tile sizes (never change results: every output is computed whole by one lane)."""
 
     rows: int = 64  # matrix rows per program
-    tokens: int = 16  # tokens per program of a product (>= 16: tl.dot's smallest tile)
+    tokens: int = 64  # most tokens per program of a product (16 .. this, by the step's tokens)
     norm_tokens: int = 16  # tokens per program of the norms, quantizations, RoPE and embedding
     attn_tokens: int = 1  # tokens per program of the attention
     slots: int = 64  # attention time indices per program of the scores
@@ -125,6 +125,9 @@ class GPUEngine:
         self._cap = 0
         self._next_handle = 1
         self.kc = self.vc = self.sk = self.sv = self.hidden = None
+        self._pinned = None
+        # CUDA graphs of one-token steps, by width (None: off, on the CPU and with LMZIP_GPU_GRAPHS=0)
+        self._graphs = {} if self.device.type == "cuda" and os.environ.get("LMZIP_GPU_GRAPHS", "1") != "0" else None
         self.stream_bytes_each = (2 * self.n_layer * self.n_kv * 64 * self.ring * 2
                                   + 2 * self.n_layer * self.n_kv * 64 * 4)
 
@@ -145,6 +148,7 @@ class GPUEngine:
         self.sk = more(self.sk, (L, KV, 64), t.float32)
         self.sv = more(self.sv, (L, KV, 64), t.float32)
         self.hidden = more(self.hidden, (E,), t.float32)
+        self._drop_graphs()  # the caches moved
         self._free.extend(range(self._cap, cap))
         self._cap = cap
 
@@ -177,9 +181,10 @@ class GPUEngine:
 
     def eval(self, handles, token_lists, out: np.ndarray | None = None, every: list | None = None):
         """Evaluate each stream's tokens; the logits after each stream's last token go to
-        ``out[i]`` (float32 [n, n_vocab], host).  ``every`` (a list) instead receives, for
-        each step, the logits of every token (device tensor [tokens, n_vocab], tokens in
-        stream order): the golden checks use it."""
+        ``out[i]`` (float32 [n, n_vocab], host), and the last step's logits (a device tensor,
+        rows of the streams whose last token it held) are returned.  ``every`` (a list)
+        instead receives, for each step, the logits of every token (device tensor
+        [tokens, n_vocab], tokens in stream order): the golden checks use it."""
         streams = [self._streams[h] for h in handles]
         tokens = [[int(t) for t in tl] for tl in token_lists]
         for tl in tokens:
@@ -188,27 +193,39 @@ class GPUEngine:
             if min(tl) < 0 or max(tl) >= self.n_vocab:
                 raise LMZipError("token out of range")
         done = 0
+        logits = None
         while True:
             cnt = [max(0, min(MAX_STEP, len(tl) - done)) for tl in tokens]
             if not any(cnt):
                 break
             want = [c > 0 and len(tl) - done <= MAX_STEP for c, tl in zip(cnt, tokens)]
-            logits = self._step(streams, [tl[done: done + c] for tl, c in zip(tokens, cnt)], want,
-                                every is not None)
+            step_toks = [tl[done: done + c] for tl, c in zip(tokens, cnt)]
+            if every is None and all(c == 1 for c in cnt) and self._graphs is not None:
+                logits = self._graph_step(streams, [tl[0] for tl in step_toks])  # every stream: its logits
+            else:
+                logits = self._step(streams, step_toks, want, every is not None)
             if every is not None:
                 every.append(logits)
             elif out is not None and logits is not None:
                 rows = [i for i, w in enumerate(want) if w]
-                host = logits.cpu().numpy()
-                out[rows] = host
+                out[rows] = self._to_host(logits)
             done += MAX_STEP
+        return logits
+
+    def _to_host(self, logits) -> np.ndarray:
+        if self.device.type != "cuda":
+            return logits.numpy()
+        n = logits.shape[0]
+        if self._pinned is None or self._pinned.shape[0] < n:
+            self._pinned = self.torch.empty((max(n, 8), self.n_vocab), dtype=self.torch.float32, pin_memory=True)
+        host = self._pinned[:n]
+        host.copy_(logits)
+        return host.numpy()
 
     def _step(self, streams, toks, want, all_logits: bool):
+        """One step, launched eagerly: the streams' tokens (at most MAX_STEP each)."""
         t = self.torch
         dev = self.device
-        B = self.blocks
-        E, F, NH, KV, G = self.n_embd, self.n_ff, self.n_head, self.n_kv, self.group
-        GP = _pow2(G)
         tok_ids, slots, poss, last = [], [], [], []
         for s, tl in zip(streams, toks):
             for k, tok in enumerate(tl):
@@ -218,11 +235,43 @@ class GPUEngine:
             last.append(len(tok_ids) - 1)
         T = len(tok_ids)
         top = max(poss)
-        self.rope.ensure(top + 1)
-        tok_d = t.tensor(tok_ids, dtype=t.int32, device=dev)
-        slot_d = t.tensor(slots, dtype=t.int32, device=dev)
-        pos_d = t.tensor(poss, dtype=t.int64, device=dev)
+        self._ensure_rope(top + 1)
         NS = (min(top, self.window - 1) + 1 + 15) // 16 * 16  # the longest score row
+        if all_logits:
+            rows = list(range(T))
+            latest = [(s.slot, last[i]) for i, (s, tl) in enumerate(zip(streams, toks)) if tl]
+        else:
+            rows = [r for r, w in zip(last, want) if w]
+            latest = [(s.slot, k) for k, s in enumerate(s for s, w in zip(streams, want) if w)]
+        ints = t.tensor(tok_ids + slots + rows + [a for a, _ in latest] + [b for _, b in latest], dtype=t.int32)
+        ints = ints.to(dev)
+        pos_d = t.tensor(poss, dtype=t.int64).to(dev)
+        n_r, n_l = len(rows), len(latest)
+        tok_d, slot_d = ints[:T], ints[T: 2 * T]
+        rows_d = ints[2 * T: 2 * T + n_r]
+        lslot_d = ints[2 * T + n_r: 2 * T + n_r + n_l].long()
+        lrow_d = ints[2 * T + n_r + n_l:].long()
+        logits = t.empty((n_r, self.n_vocab), dtype=t.float32, device=dev) if rows else None
+        self._forward(tok_d, slot_d, pos_d, T, NS, rows_d, lslot_d, lrow_d, logits)
+        for s, tl in zip(streams, toks):
+            s.pos += len(tl)
+        return logits
+
+    def _ensure_rope(self, size: int) -> None:
+        if size > self.rope.size:
+            self.rope.ensure(size)
+            self._drop_graphs()  # the tables moved
+
+    def _forward(self, tok_d, slot_d, pos_d, T: int, NS: int, rows_d, lslot_d, lrow_d, logits) -> None:
+        """The step's kernels, on device tensors only (so that a CUDA graph can hold them):
+        tokens, their streams' cache slots and positions [T]; NS >= every token's scores
+        (the window's, in a graph); the rows whose logits go to ``logits``; the hidden state
+        of row lrow[i] to stream slot lslot[i]."""
+        t = self.torch
+        dev = self.device
+        B = self.blocks
+        E, F, NH, KV, G = self.n_embd, self.n_ff, self.n_head, self.n_kv, self.group
+        GP = _pow2(G)
         QKV = (NH + 2 * KV) * 64
         x = t.empty((T, E), dtype=t.float32, device=dev)
         qkv = t.empty((T, QKV), dtype=t.float32, device=dev)
@@ -237,9 +286,9 @@ class GPUEngine:
         rk = t.empty((T, KV, 64), dtype=t.float32, device=dev)
         cos, sin = self.rope.cos, self.rope.sin
         nt = triton_cdiv(T, B.norm_tokens)
-
         na = triton_cdiv(T, B.attn_tokens)
         nbe = _blocks(E, B.quant_blocks)
+
         launch(K.embed_kernel, (nt,), tok_d, self.embd["q"], self.embd["d"], x, T, E=E, BT=B.norm_tokens)
         for li, L in enumerate(self.layers):
             launch(K.norm_quant_kernel, (nt,), x, L["attn_norm"], slot_d, x, aq_e, a_s, a_sa, T, self.eps,
@@ -253,8 +302,7 @@ class GPUEngine:
                    T, li, self.ring, self.n_layer, self.window, NS, NH=NH, NKV=KV, G=G, GP=GP, BT=B.attn_tokens,
                    BS=B.slots)
             launch(K.attn_values_kernel, (na, KV, 64 // B.dims), slot_d, pos_d, self.vc, self.sv, scores, ao, T, li,
-                   self.ring, self.n_layer, self.window, NS, NH=NH, NKV=KV, G=G, GP=GP, BT=B.attn_tokens,
-                   BD=B.dims)
+                   self.ring, self.n_layer, self.window, NS, NH=NH, NKV=KV, G=G, GP=GP, BT=B.attn_tokens, BD=B.dims)
             launch(K.norm_quant_kernel, (nt,), ao, L["attn_norm"], slot_d, ao, aq_e, a_s, a_sa, T, self.eps,
                    E=E, NORM=False, GATHER=False, STORE_Y=False, BT=B.norm_tokens, NBLK=nbe)
             self._matmul(L["wo"], aq_e, a_s, a_sa, x, T, E, residual=True)
@@ -264,37 +312,78 @@ class GPUEngine:
             launch(K.silu_quant_kernel, (nt,), gu, aq_f, a_s, a_sa, T, F=F, BT=B.norm_tokens,
                    NBLK=_blocks(F, B.quant_blocks))
             self._matmul(L["wd"], aq_f, a_s, a_sa, x, T, E, residual=True)
-        for s, tl in zip(streams, toks):
-            s.pos += len(tl)
-        # logits of the last token of each stream that asks (or of every token)
-        if all_logits:
-            rows = list(range(T))
-            latest = [(s.slot, last[i]) for i, (s, tl) in enumerate(zip(streams, toks)) if tl]
-        else:
-            rows = [r for r, w in zip(last, want) if w]
-            latest = [(s.slot, k) for k, s in enumerate(s for s, w in zip(streams, want) if w)]
-        if not rows:
-            return None
-        ns = len(rows)
-        rows_d = t.tensor(rows, dtype=t.int32, device=dev)
+        if logits is None:
+            return
+        ns = logits.shape[0]
         y = t.empty((ns, E), dtype=t.float32, device=dev)
         launch(K.norm_quant_kernel, (triton_cdiv(ns, B.norm_tokens),), x, self.out_norm, rows_d, y, aq_e, a_s, a_sa,
                ns, self.eps, E=E, NORM=True, GATHER=True, STORE_Y=True, BT=B.norm_tokens, NBLK=nbe)
-        logits = t.empty((ns, self.n_vocab), dtype=t.float32, device=dev)
         self._matmul(self.embd, aq_e, a_s, a_sa, logits, ns, self.n_vocab, residual=False)
         # the hidden state behind each stream's latest logits (the output head's input)
-        if latest:
-            slot_idx = t.tensor([a for a, _ in latest], dtype=t.int64, device=dev)
-            row_idx = t.tensor([b for _, b in latest], dtype=t.int64, device=dev)
-            self.hidden.index_copy_(0, slot_idx, y.index_select(0, row_idx))
-        return logits
+        if lslot_d.numel():
+            self.hidden.index_copy_(0, lslot_d, y.index_select(0, lrow_d))
 
     def _matmul(self, W, aq, a_s, a_sa, out, T, ldo, residual: bool) -> None:
         B = self.blocks
         R = W["rows"]
-        launch(K.matmul_kernel, (triton_cdiv(R, B.rows), triton_cdiv(T, B.tokens)), aq, a_s, a_sa, W["q"], W["d"],
-               W["m"], out, T, R, ldo, K=W["K"], Q4=W["kind"] == T_Q4_1, RESIDUAL=residual, BT=B.tokens, BR=B.rows,
+        bt = product_tokens(T, B.tokens)
+        launch(K.matmul_kernel, (triton_cdiv(R, B.rows), triton_cdiv(T, bt)), aq, a_s, a_sa, W["q"], W["d"],
+               W["m"], out, T, R, ldo, K=W["K"], Q4=W["kind"] == T_Q4_1, RESIDUAL=residual, BT=bt, BR=B.rows,
                DOT_F32=B.dot_f32)
+
+    # ------------------------------------------------------------------ CUDA graphs
+
+    def _drop_graphs(self) -> None:
+        if self._graphs:
+            self._graphs = {}
+
+    def _graph_step(self, streams, toks):
+        """A step of one token for every stream (the lockstep case), replayed from a CUDA
+        graph of the same kernels (one per number of streams): ~420 launches cost one.  The
+        first step of a width runs eagerly (it compiles the kernels) and then captures."""
+        t = self.torch
+        T = len(streams)
+        top = max(s.pos for s in streams)
+        self._ensure_rope(top + 1)
+        g = self._graphs.get(T)
+        if g is None:
+            logits = self._step(streams, [[x] for x in toks], [True] * T, False)
+            try:
+                self._capture(T)
+            except Exception as exc:  # graphs are a speed-up: never a failure
+                import sys
+
+                print(f"lmzip: note: CUDA graphs off ({type(exc).__name__}: {str(exc)[:120]})", file=sys.stderr)
+                self._graphs = None
+            return logits
+        host = t.tensor(toks + [s.slot for s in streams] + [s.pos for s in streams], dtype=t.int64)
+        g["ints"].copy_(host, non_blocking=False)
+        g["graph"].replay()
+        for s in streams:
+            s.pos += 1
+        return g["logits"]
+
+    def _capture(self, T: int) -> None:
+        t = self.torch
+        dev = self.device
+        ints = t.zeros(3 * T, dtype=t.int64, device=dev)  # tokens, cache slots, positions: set before each replay
+        rows_d = t.arange(T, dtype=t.int32, device=dev)
+        lrow_d = rows_d.long()
+        logits = t.empty((T, self.n_vocab), dtype=t.float32, device=dev)
+        NS = (self.window + 15) // 16 * 16  # every depth: the kernels mask what a token does not see
+        graph = t.cuda.CUDAGraph()
+        t.cuda.synchronize()
+        with t.cuda.graph(graph):
+            tok_c = ints[:T].to(t.int32)
+            slot_c = ints[T: 2 * T].to(t.int32)
+            self._forward(tok_c, slot_c, ints[2 * T:], T, NS, rows_d, slot_c.long(), lrow_d, logits)
+        self._graphs[T] = {"graph": graph, "ints": ints, "logits": logits}
+
+
+def product_tokens(T: int, most: int) -> int:
+    """Tokens per program of a block product: a power of two from 16 (tl.dot's smallest tile)
+    up to ``most``, enough for T."""
+    return max(16, min(most, _pow2(T)))
 
 
 def _blocks(width: int, most: int) -> int:

@@ -373,7 +373,9 @@ def attn_values_kernel(stream_ptr, pos_ptr, vc_ptr, sv_ptr, sc_ptr, ao_ptr, T, l
     the 64 dimensions a program (grid (cdiv(T, BT), NKV, 64 / BD)): mx = max e;
     e_i = exp(e_i - mx); the sum in 16 lanes (lane i mod 16, increasing i) and the fixed
     tree; values in 4 position lanes A_j (time index i mod 4, increasing i, from 0),
-    o = (A_0 + A_1) + (A_2 + A_3); out o / sum."""
+    o = (A_0 + A_1) + (A_2 + A_3); out o / sum.  The loops run to NS, the step's longest
+    score row (a plain argument: a CUDA graph replays with other positions); what a token
+    does not see is masked, adding exact zeros."""
     t = tl.program_id(0) * BT + tl.arange(0, BT)
     kvh = tl.program_id(1)
     d0 = tl.program_id(2) * BD
@@ -383,14 +385,13 @@ def attn_values_kernel(stream_ptr, pos_ptr, vc_ptr, sv_ptr, sc_ptr, ao_ptr, T, l
     p = tl.load(pos_ptr + t, mask=tok, other=0)
     lo = tl.maximum(p - WIN + 2, 1)
     n = tl.where(p >= 1, p - lo + 1, 0) + 1
-    n_top = tl.max(tl.where(tok, n, 0))
     g = tl.arange(0, GP)[None, :]
     qm = tok[:, None] & (g < G)  # [BT, GP]
     srow = sc_ptr + ((t64[:, None] * NKV + kvh) * GP + g) * NS  # [BT, GP]
     # the maximum (order does not matter)
     c16 = tl.arange(0, 16)[None, None, :]
     mx = tl.full([BT, GP], float("-inf"), tl.float32)
-    for c0 in range(0, n_top, 16):
+    for c0 in range(0, NS, 16):
         m = qm[:, :, None] & (c0 + c16 < n[:, None, None])
         mx = tl.maximum(mx, tl.max(tl.load(srow[:, :, None] + c0 + c16, mask=m, other=float("-inf")), axis=2))
     mx = tl.where(qm, mx, 0.0)
@@ -404,7 +405,7 @@ def attn_values_kernel(stream_ptr, pos_ptr, vc_ptr, sv_ptr, sc_ptr, ao_ptr, T, l
     sink_v = tl.load(sv_ptr + head[:, None, None] * 64 + dd, mask=tok[:, None, None], other=0.0)  # [BT, 1, BD]
     lanes = tl.zeros([BT, GP, 4, 4], tl.float32)
     A = tl.zeros([BT, GP, 4, BD], tl.float32)
-    for c0 in range(0, n_top, 16):
+    for c0 in range(0, NS, 16):
         tau4 = c0 + 4 * u4 + j4  # [1, 1, 4, 4]
         ok4 = qm[:, :, None, None] & (tau4 < n[:, None, None, None])
         sc = tl.load(srow[:, :, None, None] + tau4, mask=ok4, other=0.0)

@@ -84,7 +84,7 @@ def smollm2_specs(blocks=None, n_embd: int = 576, n_ff: int = 1536, n_head: int 
                   n_vocab: int = 49152) -> list[KernelSpec]:
     """Every kernel launch of a SmolLM2 step (:meth:`lmzip.gpu.forward.GPUEngine._step`), with the
     GPU tile sizes (``blocks``, default :class:`lmzip.gpu.forward.Blocks`)."""
-    from .forward import Blocks, _blocks, _pow2
+    from .forward import Blocks, _blocks, _pow2, product_tokens
 
     b = blocks or Blocks()
     E, F, G = n_embd, n_ff, n_head // n_kv
@@ -92,9 +92,10 @@ def smollm2_specs(blocks=None, n_embd: int = 576, n_ff: int = 1536, n_head: int 
     for norm, gather, store in ((True, False, False), (False, False, False), (True, True, True)):
         specs.append(("norm_quant_kernel", dict(E=E, NORM=norm, GATHER=gather, STORE_Y=store, BT=b.norm_tokens,
                                                 NBLK=_blocks(E, b.quant_blocks))))
-    for K, q4, residual in ((E, True, False), (E, True, True), (F, True, True), (E, False, False)):
-        specs.append(("matmul_kernel", dict(K=K, Q4=q4, RESIDUAL=residual, BT=b.tokens, BR=b.rows,
-                                            DOT_F32=b.dot_f32)))
+    for bt in sorted({product_tokens(n, b.tokens) for n in (1, 2 * b.tokens)} | {b.tokens // 2}):
+        for K, q4, residual in ((E, True, False), (E, True, True), (F, True, True), (E, False, False)):
+            specs.append(("matmul_kernel", dict(K=K, Q4=q4, RESIDUAL=residual, BT=bt, BR=b.rows,
+                                                DOT_F32=b.dot_f32)))
     specs += [
         ("silu_quant_kernel", dict(F=F, BT=b.norm_tokens, NBLK=_blocks(F, b.quant_blocks))),
         ("rope_cache_kernel", dict(NH=n_head, NKV=n_kv, HP=_pow2(n_head), KP=_pow2(n_kv), BT=b.norm_tokens)),
