@@ -183,3 +183,9 @@ def test_device_names(monkeypatch):
         monkeypatch.setenv("TRITON_INTERPRET", "0")
         with pytest.raises(gdev.DeviceError, match="no CUDA GPU"):
             gdev.resolve("cuda:1")
+
+
+def test_auto_imports_no_torch_without_an_nvidia_driver(monkeypatch):
+    monkeypatch.setattr(gdev, "nvidia_present", lambda: False)
+    monkeypatch.setattr(gdev, "extra_installed", lambda: pytest.fail("looked for the extra"))
+    assert gdev.resolve("auto") is None

@@ -15,7 +15,7 @@ import re
 
 from ..errors import LMZipError
 
-__all__ = ["DeviceError", "DEVICE_ENV", "resolve", "extra_installed"]
+__all__ = ["DeviceError", "DEVICE_ENV", "resolve", "extra_installed", "nvidia_present"]
 
 DEVICE_ENV = "LMZIP_DEVICE"
 _FORM = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
@@ -34,6 +34,14 @@ def extra_installed() -> bool:
         return False
 
 
+def nvidia_present() -> bool:
+    """Whether this machine shows an NVIDIA driver at all (Linux device nodes or /proc): a
+    cheap test, so that ``auto`` does not import torch where no GPU can be."""
+    import glob
+
+    return bool(glob.glob("/dev/nvidia[0-9]*")) or os.path.isdir("/proc/driver/nvidia") or os.name != "posix"
+
+
 def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
@@ -44,7 +52,7 @@ def resolve(device: str | None = None) -> str | None:
     device = (device or os.environ.get(DEVICE_ENV) or "auto").strip().lower()
     if not _FORM.match(device):
         raise ValueError(f"device must be auto, cpu, cuda or cuda:N, not {device!r}")
-    if device == "cpu":
+    if device == "cpu" or (device == "auto" and not nvidia_present()):
         return None
     if not extra_installed():
         if device == "auto":

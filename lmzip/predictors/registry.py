@@ -286,9 +286,9 @@ def _portable_on_device(path, name: str, sha: str, context: int, threads: int, d
     wanted = device or os.environ.get("LMZIP_DEVICE") or "auto"
     if wanted == "cpu":
         return PortableModel(path, name=name, sha256=sha, context=context, threads=threads)
-    from ..gpu.device import extra_installed
+    from ..gpu.device import extra_installed, nvidia_present
 
-    if wanted == "auto" and not extra_installed():  # no torch to import: the CPU, at once
+    if wanted == "auto" and not (nvidia_present() and extra_installed()):  # no GPU here: the CPU, at once
         return PortableModel(path, name=name, sha256=sha, context=context, threads=threads)
     from ..gpu.model import portable_model
 
