@@ -153,7 +153,7 @@ def norm_quant_kernel(x_ptr, w_ptr, rows_ptr, y_ptr, q_ptr, s_ptr, sa_ptr, T, ep
         # with split (no arithmetic), added in index order
         xrow = x_ptr + row[:, None] * E + tl.arange(0, 4)[None, :]
         ss = tl.zeros([BT], tl.float64)
-        for k in range(0, E, 4):
+        for k in tl.range(0, E, 4, loop_unroll_factor=4):
             v = tl.load(xrow + k, mask=ok[:, None], other=0.0).to(tl.float64)
             even, odd = tl.split(tl.reshape(v * v, [BT, 2, 2]))
             c0, c2 = tl.split(even)
@@ -356,7 +356,7 @@ def attn_scores_kernel(qkv_ptr, stream_ptr, pos_ptr, kc_ptr, rk_ptr, sc_ptr, T, 
     rbase = rk_ptr + (t64 * NKV + kvh) * 64
     first = tau == 0
     acc = tl.zeros([BT, GP, BS], tl.float32)
-    for d in range(64):
+    for d in tl.range(0, 64, loop_unroll_factor=8):  # unrolled: the loads overlap, the sums stay in order
         qd = tl.load(qbase + d, mask=qm, other=0.0)
         kd = tl.load(kbase + d * C, mask=ring, other=0).to(tl.float16, bitcast=True).to(tl.float32)
         kd = tl.where(first, tl.load(rbase + d, mask=tok, other=0.0)[:, None], kd)
