@@ -189,3 +189,52 @@ def test_auto_imports_no_torch_without_an_nvidia_driver(monkeypatch):
     monkeypatch.setattr(gdev, "nvidia_present", lambda: False)
     monkeypatch.setattr(gdev, "extra_installed", lambda: pytest.fail("looked for the extra"))
     assert gdev.resolve("auto") is None
+
+
+def test_one_token_steps_through_the_graph_path(tiny, monkeypatch):
+    """The CUDA-graph path of one-token steps (static inputs, the window's score rows,
+    replays with new tokens and positions, a width that changes), with a stand-in for
+    torch's graph that replays the recorded call: the C engine's logits, call by call."""
+    weights, _ = tiny
+    from lmzip.gpu import forward
+
+    class Graph:
+        fn = None
+
+        def replay(self):
+            self.fn()
+
+    capturing = []
+
+    class Capture:
+        def __init__(self, graph):
+            self.graph = graph
+
+        def __enter__(self):
+            capturing.append(self.graph)
+
+        def __exit__(self, *exc):
+            capturing.clear()
+
+    real = forward.GPUEngine._run_static
+
+    def run_static(self, g):
+        if capturing:  # record instead of running (as a capture does)
+            capturing[0].fn = lambda: real(self, g)
+            return
+        real(self, g)
+
+    monkeypatch.setattr(forward.GPUEngine, "_run_static", run_static)
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", Graph)
+    monkeypatch.setattr(torch.cuda, "graph", Capture)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    rng = np.random.default_rng(5)
+    seqs = [[BOS] + rng.integers(0, 256, n).tolist() for n in (14, 14, 6)]
+    calls = [1] * 15
+    want = _cpu_logits(weights, seqs, calls, 16)
+    eng = GPUEngine(weights, device=DEV, context=16)
+    eng._graphs = {}  # on, as on a GPU
+    got = _run(eng, [eng.new_stream() for _ in seqs], seqs, calls)
+    assert set(eng._graphs) == {3, 2}  # widths 3, then 2 once the short stream is done
+    for (wi, w), (gi, g) in zip(want, got):
+        assert wi == gi and w.tobytes() == g.tobytes()

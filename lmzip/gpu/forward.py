@@ -340,44 +340,51 @@ class GPUEngine:
     def _graph_step(self, streams, toks):
         """A step of one token for every stream (the lockstep case), replayed from a CUDA
         graph of the same kernels (one per number of streams): ~420 launches cost one.  The
-        first step of a width runs eagerly (it compiles the kernels) and then captures."""
+        first step of a width runs the graph's own call eagerly on the same tensors (it
+        compiles exactly the kernels the graph holds), then captures it."""
         t = self.torch
         T = len(streams)
-        top = max(s.pos for s in streams)
-        self._ensure_rope(top + 1)
+        self._ensure_rope(max(s.pos for s in streams) + 1)
+        host = t.tensor(toks + [s.slot for s in streams] + [s.pos for s in streams], dtype=t.int64)
         g = self._graphs.get(T)
         if g is None:
-            logits = self._step(streams, [[x] for x in toks], [True] * T, False)
+            g = self._static(T)
+            g["ints"].copy_(host)
+            self._run_static(g)
             try:
-                self._capture(T)
+                graph = t.cuda.CUDAGraph()
+                t.cuda.synchronize()
+                with t.cuda.graph(graph):
+                    self._run_static(g)
+                g["graph"] = graph
+                self._graphs[T] = g
             except Exception as exc:  # graphs are a speed-up: never a failure
                 import sys
 
                 print(f"lmzip: note: CUDA graphs off ({type(exc).__name__}: {str(exc)[:120]})", file=sys.stderr)
                 self._graphs = None
-            return logits
-        host = t.tensor(toks + [s.slot for s in streams] + [s.pos for s in streams], dtype=t.int64)
-        g["ints"].copy_(host, non_blocking=False)
-        g["graph"].replay()
+        else:
+            g["ints"].copy_(host)
+            g["graph"].replay()
         for s in streams:
             s.pos += 1
         return g["logits"]
 
-    def _capture(self, T: int) -> None:
+    def _static(self, T: int) -> dict:
+        """The tensors a graph of width T reads and writes."""
         t = self.torch
         dev = self.device
-        ints = t.zeros(3 * T, dtype=t.int64, device=dev)  # tokens, cache slots, positions: set before each replay
-        rows_d = t.arange(T, dtype=t.int32, device=dev)
-        lrow_d = rows_d.long()
-        logits = t.empty((T, self.n_vocab), dtype=t.float32, device=dev)
+        rows = t.arange(T, dtype=t.int32, device=dev)
+        return {"T": T, "ints": t.zeros(3 * T, dtype=t.int64, device=dev),  # tokens, cache slots, positions
+                "rows": rows, "rows64": rows.long(), "logits": t.empty((T, self.n_vocab), dtype=t.float32, device=dev)}
+
+    def _run_static(self, g: dict) -> None:
+        t = self.torch
+        T, ints = g["T"], g["ints"]
+        tok = ints[:T].to(t.int32)
+        slot = ints[T: 2 * T].to(t.int32)
         NS = (self.window + 15) // 16 * 16  # every depth: the kernels mask what a token does not see
-        graph = t.cuda.CUDAGraph()
-        t.cuda.synchronize()
-        with t.cuda.graph(graph):
-            tok_c = ints[:T].to(t.int32)
-            slot_c = ints[T: 2 * T].to(t.int32)
-            self._forward(tok_c, slot_c, ints[2 * T:], T, NS, rows_d, slot_c.long(), lrow_d, logits)
-        self._graphs[T] = {"graph": graph, "ints": ints, "logits": logits}
+        self._forward(tok, slot, ints[2 * T:], T, NS, g["rows"], slot.long(), g["rows64"], g["logits"])
 
 
 def product_tokens(T: int, most: int) -> int:
