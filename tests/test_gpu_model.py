@@ -238,3 +238,25 @@ def test_one_token_steps_through_the_graph_path(tiny, monkeypatch):
     assert set(eng._graphs) == {3, 2}  # widths 3, then 2 once the short stream is done
     for (wi, w), (gi, g) in zip(want, got):
         assert wi == gi and w.tobytes() == g.tobytes()
+
+
+def test_a_kernel_compiled_with_fusion_stops_the_run():
+    """launch() scans the PTX of each kernel it compiles: a fused multiply-add (or any
+    forbidden instruction) is an error before the kernel's results are used."""
+    from lmzip.errors import LMZipError
+    from lmzip.gpu import forward
+
+    class Compiled:
+        hash = "test"
+        asm = {"ptx": ".target sm_90\n    mul.rn.f32 %f1, %f2, %f3;\n    fma.rn.f32 %f4, %f1, %f2, %f3;\n"}
+
+    class Kernel:
+        __name__ = "fused_kernel"
+
+        def __getitem__(self, grid):
+            return lambda *args, **meta: Compiled()
+
+    with pytest.raises(LMZipError, match="fused_kernel was compiled with fused multiply-add"):
+        forward.launch(Kernel(), (1,), 1.0, BT=16)
+    Compiled.asm = {"ptx": ".target sm_90\n    mul.rn.f32 %f1, %f2, %f3;\n"}
+    forward.launch(Kernel(), (1,), 1.0, BT=32)  # a clean kernel runs

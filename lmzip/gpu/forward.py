@@ -42,13 +42,22 @@ COMPILED_PTX: dict[str, str] = {}
 
 
 def launch(kernel, grid, *args, **meta):
-    """Launch a kernel with floating-point contraction off (no a*b+c -> fma): always."""
+    """Launch a kernel with floating-point contraction off (no a*b+c -> fma): always.  The
+    PTX of each kernel compiled here is scanned once (lmzip.gpu.ptx): a forbidden
+    instruction stops the run before its results are used."""
     compiled = kernel[grid](*args, enable_fp_fusion=False, **meta)
     asm = getattr(compiled, "asm", None)
     if asm and "ptx" in asm:
-        key = kernel.__name__ + repr(sorted(meta.items()))
+        key = f"{kernel.__name__}{sorted(meta.items())} {getattr(compiled, 'hash', '')}"
         if key not in COMPILED_PTX:
-            COMPILED_PTX[key] = asm["ptx"]
+            from .ptx import scan_ptx
+
+            text = asm["ptx"]
+            bad = scan_ptx(text)
+            if bad:
+                raise LMZipError(f"the GPU kernel {kernel.__name__} was compiled with {bad[0]}: it would not "
+                                 f"compute the engine's numbers (use --device cpu)")
+            COMPILED_PTX[key] = text
 
 
 def _pow2(n: int) -> int:
