@@ -59,5 +59,6 @@ def portable_model(path, *, name: str, sha256: str, context: int, threads: int |
         why = check(sha256, weights, target) if llama else "the GPU kernels run llama models (format 1) only"
         if why is None:
             return GPUModel(path, name=name, sha256=sha256, context=context, device=target, weights=weights)
-        print(f"lmzip: warning: not using the GPU ({target}): {why}; running on the CPU", file=sys.stderr)
+        if llama or device not in (None, "auto"):  # Gemma under auto: the CPU, as expected
+            print(f"lmzip: warning: not using the GPU ({target}): {why}; running on the CPU", file=sys.stderr)
     return PortableModel(path, name=name, sha256=sha256, context=context, threads=threads, weights=weights)
