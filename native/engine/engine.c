@@ -23,6 +23,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(LMZ_NO_SIMD) /* LMZ_NO_SIMD: portable C only */
@@ -69,18 +70,28 @@ static inline uint16_t f2h(float f) {
 
 /* exp(y) in float32, the engine's own: y clamped to [-87, 88], y = k ln2 + r with
  * k = rne(y log2 e), r = (y - k LN2_HI) - k LN2_LO, exp(r) by a degree-7 Taylor
- * polynomial (Horner), times 2^k built from bits.  Branch-free (selects only). */
+ * polynomial (Horner), times 2^k built from bits.  Branch-free (selects only).  The
+ * constants are shared with the SIMD versions (attn_simd.inc). */
+#define EXP_LOG2E 1.44269502162933349609375f
+#define EXP_ROUND 12582912.0f /* 1.5 * 2^23 */
+#define EXP_LN2_HI 0.693145751953125f
+#define EXP_LN2_LO 1.428606765330187045e-06f
+#define EXP_C7 1.98412698e-4f /* 1/5040 */
+#define EXP_C6 1.38888889e-3f
+#define EXP_C5 8.33333377e-3f
+#define EXP_C4 4.16666679e-2f
+#define EXP_C3 1.66666672e-1f
 static inline float exp_f(float y) {
     y = y < -87.0f ? -87.0f : y;
     y = y > 88.0f ? 88.0f : y;
-    float t = y * 1.44269502162933349609375f + 12582912.0f; /* 1.5 * 2^23 */
-    float k = t - 12582912.0f;
-    float r = (y - k * 0.693145751953125f) - k * 1.428606765330187045e-06f;
-    float p = 1.98412698e-4f; /* 1/5040 */
-    p = p * r + 1.38888889e-3f;
-    p = p * r + 8.33333377e-3f;
-    p = p * r + 4.16666679e-2f;
-    p = p * r + 1.66666672e-1f;
+    float t = y * EXP_LOG2E + EXP_ROUND;
+    float k = t - EXP_ROUND;
+    float r = (y - k * EXP_LN2_HI) - k * EXP_LN2_LO;
+    float p = EXP_C7;
+    p = p * r + EXP_C6;
+    p = p * r + EXP_C5;
+    p = p * r + EXP_C4;
+    p = p * r + EXP_C3;
     p = p * r + 0.5f;
     p = p * r + 1.0f;
     p = p * r + 1.0f;
@@ -184,9 +195,27 @@ typedef struct {
 } act;
 
 typedef void (*mm_fn)(const uint8_t *W, int K, int g0, int g1, const act *x, int t0, int T, float *out, int ldo);
-typedef void (*attn_fn)(const float *q, const float *sink_k, const float *sink_v, const uint16_t *kc,
-                        const uint16_t *vc, int C, int64_t lo, int n_ring, float *slot_scores, float *e,
-                        float *out);
+/* Attention of one token over one KV head, for the G query heads that share it
+ * (docs/engine.md, per layer, step 4).  Time index i: the sink (if use_sink) is i = 0,
+ * then ring positions lo, lo + 1, ... (n_ring of them, from ring slot (lo - 1) mod C). */
+typedef struct {
+    int G, D, C;          /* query heads, head dimensions (a multiple of 16), ring slots (of 16) */
+    int use_sink, n_ring; /* the sink first in time order; ring positions */
+    int64_t lo;           /* the first ring position */
+    const float *q;       /* G x D: the rotated, scaled queries */
+    const float *sink_k;  /* D: the start token's key, rotated where the schedule puts it */
+    const float *sink_v;  /* D */
+    const uint16_t *kc;   /* [C/16][D][16] f16 keys: 16 slots side by side per dimension */
+    const uint16_t *vc;   /* [D/16][C][16] f16 values: 16 dimensions of a slot side by side */
+    float *out;           /* G x D */
+} attn_args;
+
+typedef void (*attn_fn)(const attn_args *a, float *work);
+
+/* floats of work space an attention call needs (attn_args with these G and C) */
+static size_t attn_work_floats(int G, int C) { return (size_t)G * (2 * (size_t)C + 48) + 64; }
+/* most query heads per KV head */
+#define LMZ_MAX_GQ 16
 
 typedef void (*k16_fn)(const tensor *W, int g0, int g1, const act *x, int T, float *out, int ldo);
 
@@ -344,6 +373,18 @@ static void pool_destroy(pool *p) {
     pthread_cond_destroy(&p->cv);
 }
 
+/* ------------------------------------------------------------------ profile */
+
+enum { P_PRODUCTS, P_ATTENTION, P_ROPE_CACHE, P_NORMS, P_HEAD, P_OTHER };
+static const char *const PROF_NAMES[LMZ_PROF_PHASES] = {"products", "attention", "rope+cache", "norms",
+                                                        "head", "other"};
+
+static double mono_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
 /* ------------------------------------------------------------------ model, stream */
 
 struct lmz_model {
@@ -372,16 +413,45 @@ struct lmz_model {
     int64_t *tok_pos;
     float *rope_tab; /* per token: cos_p[32], sin_p[32], cos_sink[32], sin_sink[32] */
     int *sel;
-    float *scratch; /* per thread: slot scores + e */
+    float *scratch; /* per part of a phase: the attention's work space */
     size_t scratch_per_thread;
+    /* lmz_profile: seconds per phase since the last read, when on */
+    int prof_on;
+    double prof[LMZ_PROF_PHASES], prof_t;
 };
+
+/* the time since the last mark belongs to `phase` (a no-op unless profiling) */
+static inline void prof_mark(lmz_model *m, int phase) {
+    if (m->prof_on) {
+        double t = mono_seconds();
+        m->prof[phase] += t - m->prof_t;
+        m->prof_t = t;
+    }
+}
+
+static inline void prof_start(lmz_model *m) {
+    if (m->prof_on)
+        m->prof_t = mono_seconds();
+}
+
+int lmz_profile(lmz_model *m, int enable, double *seconds) {
+    pthread_mutex_lock(&m->eval_lock); /* not while an evaluation runs */
+    if (seconds)
+        memcpy(seconds, m->prof, sizeof m->prof);
+    memset(m->prof, 0, sizeof m->prof);
+    m->prof_on = enable != 0;
+    pthread_mutex_unlock(&m->eval_lock);
+    return LMZ_PROF_PHASES;
+}
+
+const char *lmz_profile_name(int phase) { return phase >= 0 && phase < LMZ_PROF_PHASES ? PROF_NAMES[phase] : NULL; }
 
 struct lmz_stream {
     lmz_model *m;
     int W, C;      /* window; ring slots (multiple of 16) */
     int64_t n;     /* tokens evaluated = the next position */
-    uint16_t *kc;  /* [layer][kv head][C/16][64][16] f16, rotated at the absolute position */
-    uint16_t *vc;  /* [layer][kv head][C][64] f16 */
+    uint16_t *kc;  /* [layer][kv head][C/16][head_dim][16] f16, rotated at the absolute position */
+    uint16_t *vc;  /* [layer][kv head][head_dim/16][C][16] f16 */
     float *sink_k; /* [layer][kv head * 64] the start token's key, not rotated */
     float *sink_v;
     float *hidden; /* [n_embd] the final normalized hidden state of the last token evaluated */
@@ -510,23 +580,54 @@ static void mm_k16_scalar(const tensor *W, int g0, int g1, const act *x, int T, 
     }
 }
 
-/* attention, plain C (scalar: not vectorized) */
-#define CVT16(dst, src)                                                                                    \
-    do {                                                                                                   \
-        for (int _i = 0; _i < 16; _i++)                                                                    \
-            (dst)[_i] = h2f((src)[_i]);                                                                    \
-    } while (0)
-#define ATTN_FN __attribute__((optimize("no-tree-vectorize"))) attn_scalar
-#include "attn.inc"
-#undef ATTN_FN
-#if !defined(LMZ_X86) && !defined(LMZ_NEON)
-/* the same C, vectorized by the compiler where it can (SIMD builds have attn_sse2 and
- * attn_neon, with explicit f16 conversions) */
-#define ATTN_FN attn_generic
-#include "attn.inc"
-#undef ATTN_FN
-#endif
-#undef CVT16
+/* Attention, the definition: one query head at a time in plain C, the scores in time
+ * order, each sum in the order docs/engine.md gives (the scalar set runs this; the SIMD
+ * sets compute the same operations for all G heads in one pass over the cache,
+ * attn_simd.inc).  e: n = use_sink + n_ring floats. */
+__attribute__((optimize("no-tree-vectorize"))) static void attn_head_ref(const attn_args *a, const float *q,
+                                                                         float *e, float *out) {
+    int D = a->D, C = a->C, n = a->use_sink + a->n_ring;
+    int s0 = a->n_ring > 0 ? (int)((a->lo - 1) % C) : 0;
+    int i = 0;
+    if (a->use_sink) {
+        float acc = 0.0f;
+        for (int d = 0; d < D; d++)
+            acc = acc + q[d] * a->sink_k[d];
+        e[i++] = acc;
+    }
+    for (int r = 0, s = s0; r < a->n_ring; r++, s = s + 1 == C ? 0 : s + 1) {
+        const uint16_t *kb = a->kc + (size_t)(s / 16) * D * 16 + s % 16;
+        float acc = 0.0f;
+        for (int d = 0; d < D; d++)
+            acc = acc + q[d] * h2f(kb[16 * d]);
+        e[i++] = acc;
+    }
+    float mx = e[0];
+    for (i = 1; i < n; i++)
+        mx = e[i] > mx ? e[i] : mx;
+    float lane[16] = {0};
+    for (i = 0; i < n; i++) {
+        e[i] = exp_f(e[i] - mx);
+        lane[i % 16] = lane[i % 16] + e[i];
+    }
+    float sum = tree16(lane);
+    for (int d = 0; d < D; d++) {
+        float A[4] = {0};
+        i = 0;
+        if (a->use_sink) {
+            A[0] = A[0] + e[0] * a->sink_v[d];
+            i = 1;
+        }
+        for (int s = s0; i < n; i++, s = s + 1 == C ? 0 : s + 1)
+            A[i % 4] = A[i % 4] + e[i] * h2f(a->vc[((size_t)(d / 16) * C + s) * 16 + d % 16]);
+        out[d] = ((A[0] + A[1]) + (A[2] + A[3])) / sum;
+    }
+}
+
+static void attn_scalar(const attn_args *a, float *work) {
+    for (int g = 0; g < a->G; g++)
+        attn_head_ref(a, a->q + (size_t)g * a->D, work, a->out + (size_t)g * a->D);
+}
 
 static const isa_kernels K_SCALAR = {"scalar", mm_q4_scalar, mm_q8_scalar, attn_scalar, mm_k16_scalar};
 
@@ -581,7 +682,7 @@ static const isa_kernels K_SCALAR = {"scalar", mm_q4_scalar, mm_q8_scalar, attn_
 #else
 #define BASE_Q4 mm_q4_scalar
 #define BASE_Q8 mm_q8_scalar
-#define BASE_ATTN attn_generic
+#define BASE_ATTN attn_scalar
 #endif
 
 /* the baseline every CPU of the architecture has: SSE2 on x86-64, NEON (ASIMD) on aarch64 */
@@ -819,7 +920,7 @@ lmz_model *lmz_load(const char *path, int threads, const char *isa, char *err, s
     } else {
         bad = m->head_dim != 64 || rope_dim != 64 || m->n_head % m->n_kv || m->n_embd != m->n_head * 64;
     }
-    if (bad || m->n_layer < 1 || n_t != 2 + per_layer * m->n_layer || m->n_embd % 32 || m->n_ff % 32 ||
+    if (bad || m->n_kv < 1 || m->n_head % m->n_kv || m->n_head / m->n_kv > LMZ_MAX_GQ || m->n_layer < 1 || n_t != 2 + per_layer * m->n_layer || m->n_embd % 32 || m->n_ff % 32 ||
         m->n_vocab % 16 || (size_t)256 + 32 * (size_t)n_t > size) {
         lmz_free(m);
         snprintf(err, errlen, "%s: unsupported model shape", path);
@@ -922,7 +1023,12 @@ lmz_stream *lmz_stream_new(lmz_model *m, int context) {
     lmz_stream *s = calloc(1, sizeof *s);
     s->m = m;
     s->W = context;
-    s->C = ((context - 1) + (LMZ_MAX_STEP - 1) + 15) & ~15;
+    /* the ring holds the window, and Gemma's local layers' window when that is longer, and
+     * the rest of a step's tokens */
+    int span = context - 1;
+    if (m->arch == ARCH_GEMMA3 && m->swa_window > span)
+        span = m->swa_window;
+    s->C = (span + (LMZ_MAX_STEP - 1) + 15) & ~15;
     size_t per = (size_t)m->n_layer * m->n_kv * s->C * m->head_dim;
     s->kc = calloc(per, sizeof(uint16_t));
     s->vc = calloc(per, sizeof(uint16_t));
@@ -1075,30 +1181,52 @@ typedef struct {
     int layer, T;
 } attn_job;
 
-static void attn_task(void *ctx, int tid, int nth) {
+/* the attention of token t over KV head kvh of layer l (llama): the sink's key rotated at
+ * the virtual position lo - 1 into sk */
+static attn_args attn_llama(const lmz_model *m, lmz_stream *const *streams, int l, int t, int kvh, float *sk) {
+    int G = m->n_head / m->n_kv, E = m->n_embd;
+    lmz_stream *s = streams[m->tok_stream[t]];
+    int64_t p = m->tok_pos[t];
+    int64_t lo = p - s->W + 2;
+    if (lo < 1)
+        lo = 1;
+    size_t li = (size_t)l * m->n_kv + kvh;
+    memcpy(sk, s->sink_k + li * 64, 64 * sizeof(float));
+    const float *rt = m->rope_tab + (size_t)t * 128;
+    rope(sk, rt + 64, rt + 96);
+    attn_args a = {G, 64, s->C, 1, p >= 1 ? (int)(p - lo + 1) : 0, lo,
+                   m->q + (size_t)t * E + (size_t)kvh * G * 64, sk, s->sink_v + li * 64,
+                   s->kc + li * (size_t)s->C * 64, s->vc + li * (size_t)s->C * 64,
+                   m->ao + (size_t)t * E + (size_t)kvh * G * 64};
+    return a;
+}
+
+static void attn_task(void *ctx, int part, int nparts) {
     attn_job *j = ctx;
     lmz_model *m = j->m;
-    int H = m->n_head, KVH = m->n_kv, gq = H / KVH, E = m->n_embd;
-    int total = j->T * H;
-    int a = (int)((int64_t)total * tid / nth), b = (int)((int64_t)total * (tid + 1) / nth);
-    float *slot_scores = m->scratch + (size_t)tid * m->scratch_per_thread;
+    int total = j->T * m->n_kv;
+    int a = (int)((int64_t)total * part / nparts), b = (int)((int64_t)total * (part + 1) / nparts);
+    float *work = m->scratch + (size_t)part * m->scratch_per_thread;
+    float sk[64];
     for (int w = a; w < b; w++) {
-        int t = w / H, h = w % H, kvh = h / gq;
-        lmz_stream *s = j->streams[m->tok_stream[t]];
-        int64_t p = m->tok_pos[t];
-        int64_t lo = p - s->W + 2;
-        if (lo < 1)
-            lo = 1;
-        int n_ring = p >= 1 ? (int)(p - lo + 1) : 0;
-        size_t li = (size_t)j->layer * KVH + kvh;
-        float sk[64];
-        memcpy(sk, s->sink_k + li * 64, sizeof sk);
-        const float *rt = m->rope_tab + (size_t)t * 128;
-        rope(sk, rt + 64, rt + 96); /* the start token at the virtual position lo - 1 */
-        float *e = slot_scores + s->C + 16;
-        m->k->attn(m->q + (size_t)t * E + h * 64, sk, s->sink_v + li * 64, s->kc + li * (size_t)s->C * 64,
-                   s->vc + li * (size_t)s->C * 64, s->C, lo, n_ring, slot_scores, e, m->ao + (size_t)t * E + h * 64);
+        attn_args aa = attn_llama(m, j->streams, j->layer, w / m->n_kv, w % m->n_kv, sk);
+        m->k->attn(&aa, work);
     }
+}
+
+/* work space for the attention: one per part of a phase */
+static int ensure_scratch(lmz_model *m, int n, lmz_stream *const *streams) {
+    size_t need = 0;
+    for (int i = 0; i < n; i++) {
+        size_t w = attn_work_floats(m->n_head / m->n_kv, streams[i]->C);
+        need = w > need ? w : need;
+    }
+    if (need <= m->scratch_per_thread)
+        return 0;
+    free(m->scratch);
+    m->scratch = malloc(need * (m->pool.n > 1 ? 4 * (size_t)m->pool.n : 1) * sizeof(float));
+    m->scratch_per_thread = m->scratch ? need : 0;
+    return m->scratch ? 0 : -1;
 }
 
 static void embed(const lmz_model *m, int token, float *x) {
@@ -1124,17 +1252,9 @@ static int step(lmz_model *m, int n, lmz_stream *const *streams, const int32_t *
         return 0;
     if (grow(m, T))
         return -1;
-    size_t need_scratch = 0;
-    for (int i = 0; i < n; i++)
-        if ((size_t)streams[i]->C * 2 + 64 > need_scratch)
-            need_scratch = (size_t)streams[i]->C * 2 + 64;
-    if (need_scratch > m->scratch_per_thread) {
-        free(m->scratch);
-        m->scratch = malloc(need_scratch * (m->pool.n > 1 ? 4 * m->pool.n : 1) * sizeof(float)); /* one per part */
-        if (!m->scratch)
-            return -1;
-        m->scratch_per_thread = need_scratch;
-    }
+    if (ensure_scratch(m, n, streams))
+        return -1;
+    prof_start(m);
     size_t t = 0;
     for (int i = 0; i < n; i++)
         for (int k = 0; k < cnt[i]; k++, t++) {
@@ -1149,6 +1269,7 @@ static int step(lmz_model *m, int n, lmz_stream *const *streams, const int32_t *
             rope_table(m, lo - 1, rt + 64, rt + 96);
             embed(m, tokens[i][k], m->x + t * E);
         }
+    prof_mark(m, P_OTHER);
     for (int l = 0; l < m->n_layer; l++) {
         const layer *L = m->layers + l;
         for (t = 0; t < T; t++) {
@@ -1157,7 +1278,9 @@ static int step(lmz_model *m, int n, lmz_stream *const *streams, const int32_t *
                          m->a_embd.sa + t * (E / 32), m->a_embd.sum + t * (E / 32));
         }
         mm_job qkv = {m, 3, {&L->wq, &L->wk, &L->wv}, {m->q, m->kk, m->vv}, {E, KVD, KVD}, &m->a_embd, (int)T, 0};
+        prof_mark(m, P_NORMS);
         pool_run(&m->pool, mm_task, &qkv);
+        prof_mark(m, P_PRODUCTS);
         for (t = 0; t < T; t++) {
             lmz_stream *s = streams[m->tok_stream[t]];
             int64_t p = m->tok_pos[t];
@@ -1179,20 +1302,24 @@ static int step(lmz_model *m, int n, lmz_stream *const *streams, const int32_t *
                 rope(kx, rt, rt + 32);
                 int slot = (int)((p - 1) % s->C);
                 uint16_t *kb = s->kc + li * (size_t)s->C * 64 + (size_t)(slot / 16) * 1024 + slot % 16;
-                uint16_t *vb = s->vc + li * (size_t)s->C * 64 + (size_t)slot * 64;
+                uint16_t *vb = s->vc + li * (size_t)s->C * 64 + (size_t)slot * 16;
                 for (int d = 0; d < 64; d++) {
                     kb[d * 16] = f2h(kx[d]);
-                    vb[d] = f2h(vx[d]);
+                    vb[(size_t)(d / 16) * s->C * 16 + d % 16] = f2h(vx[d]);
                 }
             }
         }
         attn_job aj = {m, streams, l, (int)T};
+        prof_mark(m, P_ROPE_CACHE);
         pool_run(&m->pool, attn_task, &aj);
+        prof_mark(m, P_ATTENTION);
         for (t = 0; t < T; t++)
             quantize_row(m->ao + t * E, E, m->a_embd.q + t * E, m->a_embd.s + t * (E / 32),
                          m->a_embd.sa + t * (E / 32), m->a_embd.sum + t * (E / 32));
         mm_job o = {m, 1, {&L->wo}, {m->tmp}, {E}, &m->a_embd, (int)T, 0};
+        prof_mark(m, P_NORMS);
         pool_run(&m->pool, mm_task, &o);
+        prof_mark(m, P_PRODUCTS);
         for (t = 0; t < T; t++) {
             float *x = m->x + t * E, *y = m->tmp + t * E;
             for (int i = 0; i < E; i++)
@@ -1202,9 +1329,11 @@ static int step(lmz_model *m, int n, lmz_stream *const *streams, const int32_t *
                          m->a_embd.sa + t * (E / 32), m->a_embd.sum + t * (E / 32));
         }
         mm_job gu = {m, 2, {&L->wg, &L->wu}, {m->hb, m->hb + T * F}, {F, F}, &m->a_embd, (int)T, 1};
-        pool_run(&m->pool, mm_task, &gu);
+        prof_mark(m, P_NORMS);
+        pool_run(&m->pool, mm_task, &gu); /* with SiLU and the quantization of its output */
         mm_job dn = {m, 1, {&L->wd}, {m->tmp}, {E}, &m->a_ff, (int)T, 0};
         pool_run(&m->pool, mm_task, &dn);
+        prof_mark(m, P_PRODUCTS);
         for (t = 0; t < T; t++) {
             float *x = m->x + t * E, *y = m->tmp + t * E;
             for (int i = 0; i < E; i++)
@@ -1227,12 +1356,14 @@ static int step(lmz_model *m, int n, lmz_stream *const *streams, const int32_t *
             m->sel[ns++] = i;
         }
     }
+    prof_mark(m, P_NORMS);
     if (ns) {
         mm_job hd = {m, 1, {&m->tok_embd}, {m->logit_tmp}, {V}, &m->a_embd, ns, 0};
         pool_run(&m->pool, mm_task, &hd);
         for (int k = 0; k < ns; k++)
             memcpy(logits + (size_t)m->sel[k] * V, m->logit_tmp + (size_t)k * V, (size_t)V * sizeof(float));
     }
+    prof_mark(m, P_HEAD);
     return 0;
 }
 
