@@ -182,9 +182,10 @@ def test_sliding_window(engine, weights):
         assert _run_binding(engine, weights, toks, context=16, width=3, threads=2, isa=isa) == GOLD_64_W16, isa
 
 
-def _deep_hash(engine, weights, *, isa, context, n, width=2, call=37, threads=2) -> str:
-    """Hash of every stream's logits after each call of `call` tokens per stream (steps of up
-    to 32 inside a call), over n tokens: the window slides and the ring wraps several times."""
+def _deep_hash(engine, weights, *, isa, context, n, width=1, calls=(1, 1, 1, 37), threads=2) -> str:
+    """Hash of stream 0's logits after each call, over n tokens, the calls' sizes taken from
+    `calls` in turn (one token: a step of one token per stream; more: steps of up to 32
+    inside a call): the window slides and the ring wraps several times."""
     eng = engine.Engine(str(weights), threads, isa)
     base = _tokens(64)
     seqs = [[eng.bos] + [(base[i % 64] + 131 * (i // 64) + 977 * s) % eng.n_vocab for i in range(n)]
@@ -193,9 +194,12 @@ def _deep_hash(engine, weights, *, isa, context, n, width=2, call=37, threads=2)
     out = np.empty((width, eng.n_vocab), np.float32)
     h = hashlib.sha256()
     try:
-        for i in range(0, n + 1, call):
-            eng.eval(hs, [sq[i:i + call] for sq in seqs], out)
-            h.update(out.astype("<f4").tobytes())
+        i, k = 0, 0
+        while i <= n:
+            c = calls[k % len(calls)]
+            eng.eval(hs, [sq[i:i + c] for sq in seqs], out)
+            h.update(out[0].astype("<f4").tobytes())
+            i, k = i + c, k + 1
     finally:
         for x in hs:
             eng.free_stream(x)
@@ -205,18 +209,23 @@ def _deep_hash(engine, weights, *, isa, context, n, width=2, call=37, threads=2)
 def test_isas_agree_deep_in_a_sliding_window(engine, weights):
     """Every SIMD set's attention (one pass over each KV head's cache for its query heads,
     attn_simd.inc) equals the definition (scalar, one head at a time) far past the start:
-    200 tokens through a window of 64 (a ring of 96 slots, wrapped twice), in multi-token calls."""
-    ref = _deep_hash(engine, weights, isa="scalar", context=64, n=200)
+    200 tokens through a window of 64 (a ring of 96 slots, wrapped twice), in multi-token
+    calls; one stream on 2 threads (its 3 KV heads' attention split in stages among the
+    threads) and in a group of 2 (a (token, KV head) pair per thread)."""
+    ref = _deep_hash(engine, weights, isa="scalar", context=64, n=200, threads=1)
     for isa in _isas()[1:]:
-        assert _deep_hash(engine, weights, isa=isa, context=64, n=200) == ref, isa
+        for width in (1, 2):
+            assert _deep_hash(engine, weights, isa=isa, context=64, n=200, width=width) == ref, (isa, width)
 
 
 @pytest.mark.slow
 def test_isas_agree_at_full_depth(engine, weights):
     """The same at the default window, 2,100 tokens deep (the ring wraps once)."""
-    ref = _deep_hash(engine, weights, isa="scalar", context=2048, n=2100, width=1, call=64)
+    calls = (1, 64)
+    ref = _deep_hash(engine, weights, isa="scalar", context=2048, n=2100, calls=calls)
     for isa in _isas()[1:]:
-        assert _deep_hash(engine, weights, isa=isa, context=2048, n=2100, width=1, call=64) == ref, isa
+        for width in (1, 3):
+            assert _deep_hash(engine, weights, isa=isa, context=2048, n=2100, width=width, calls=calls) == ref, isa
 
 
 def test_multi_token_calls(engine, weights):

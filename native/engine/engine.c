@@ -81,6 +81,8 @@ static inline uint16_t f2h(float f) {
 #define EXP_C5 8.33333377e-3f
 #define EXP_C4 4.16666679e-2f
 #define EXP_C3 1.66666672e-1f
+#define GELU_A 0.797884560802865f /* sqrt(2 / pi) */
+#define GELU_B 0.044715f
 static inline float exp_f(float y) {
     y = y < -87.0f ? -87.0f : y;
     y = y > 88.0f ? 88.0f : y;
@@ -212,18 +214,57 @@ typedef struct {
 
 typedef void (*attn_fn)(const attn_args *a, float *work);
 
+/* The same attention in three stages, so that a few (token, KV head) pairs can be shared
+ * among threads (the SIMD sets; the results do not depend on how it is split):
+ * scores of the ring's blocks i0..i1-1 into sc (G x C, by slot); one head's scores in
+ * time order into e and their softmax (returns the sum); the outputs over dimensions
+ * c0..c1-1 (multiples of 16) from the exps of all heads (e + g * es). */
+typedef struct {
+    void (*scores)(const attn_args *a, int i0, int i1, float *sc);
+    float (*softmax)(const attn_args *a, int g, const float *sc, float *e);
+    void (*values)(const attn_args *a, int c0, int c1, const float *e, size_t es, const float *sum);
+} attn_stages;
+
+/* the ring's 16-slot blocks in time order: n0 from block first[0] (up to the ring's
+ * end), then n1 from first[1] = 0 after the wrap */
+typedef struct {
+    int first[2], n0, n1;
+} attn_ring;
+
+static inline int attn_s0(const attn_args *a) { return a->n_ring > 0 ? (int)((a->lo - 1) % a->C) : 0; }
+
+static inline attn_ring attn_ring_blocks(const attn_args *a) {
+    attn_ring r = {{0, 0}, 0, 0};
+    if (a->n_ring > 0) {
+        int s0 = attn_s0(a), end = s0 + a->n_ring;
+        r.first[0] = s0 / 16;
+        r.n0 = ((end < a->C ? end : a->C) + 15) / 16 - r.first[0];
+        r.n1 = end > a->C ? (end - a->C + 15) / 16 : 0;
+    }
+    return r;
+}
+
+/* floats per head of the time-ordered scores (n <= C + 1, padded to 16) */
+static inline size_t attn_e_stride(int C) { return (size_t)C + 48; }
+
 /* floats of work space an attention call needs (attn_args with these G and C) */
-static size_t attn_work_floats(int G, int C) { return (size_t)G * (2 * (size_t)C + 48) + 64; }
+static size_t attn_work_floats(int G, int C) { return (size_t)G * ((size_t)C + attn_e_stride(C)) + 64; }
 /* most query heads per KV head */
 #define LMZ_MAX_GQ 16
 
 typedef void (*k16_fn)(const tensor *W, int g0, int g1, const act *x, int T, float *out, int ldo);
 
+typedef void (*quant_fn)(const float *x, int K, int8_t *q, float *s, float *sa, int32_t *sum);
+typedef void (*act_fn)(float *g, const float *u, int n); /* g = f(g) * u */
+
 typedef struct {
     const char *name;
     mm_fn q4, q8;
     attn_fn attn;
+    const attn_stages *attn_split; /* NULL: the attention is never split (scalar) */
     k16_fn k16;
+    quant_fn quant;          /* activation quantization (quantize_row) */
+    act_fn silu_mul, gelu_mul; /* the gated MLP's activation times the up projection */
 } isa_kernels;
 
 /* ------------------------------------------------------------------ thread pool */
@@ -415,6 +456,8 @@ struct lmz_model {
     int *sel;
     float *scratch; /* per part of a phase: the attention's work space */
     size_t scratch_per_thread;
+    float *split; /* the attention's buffers when split in stages (run_attention) */
+    size_t split_cap;
     /* lmz_profile: seconds per phase since the last read, when on */
     int prof_on;
     double prof[LMZ_PROF_PHASES], prof_t;
@@ -629,7 +672,28 @@ static void attn_scalar(const attn_args *a, float *work) {
         attn_head_ref(a, a->q + (size_t)g * a->D, work, a->out + (size_t)g * a->D);
 }
 
-static const isa_kernels K_SCALAR = {"scalar", mm_q4_scalar, mm_q8_scalar, attn_scalar, mm_k16_scalar};
+/* g = (g / (1 + exp(-g))) * u: SiLU of the gate times the up projection */
+static void silu_mul_scalar(float *g, const float *u, int n) {
+    for (int i = 0; i < n; i++)
+        g[i] = (g[i] / (1.0f + exp_f(-g[i]))) * u[i];
+}
+
+/* tanh-form GELU from the engine's own exp:
+ * u = 0.7978845608 * (x * (1 + 0.044715 * (x * x))); t = 1 - 2 / (exp(2u) + 1);
+ * gelu = (0.5 * x) * (1 + t)  (binary32, in this order) */
+static inline float gelu_f(float x) {
+    float u = GELU_A * (x * (1.0f + GELU_B * (x * x)));
+    float t = 1.0f - 2.0f / (exp_f(u + u) + 1.0f);
+    return (0.5f * x) * (1.0f + t);
+}
+
+static void gelu_mul_scalar(float *g, const float *u, int n) {
+    for (int i = 0; i < n; i++)
+        g[i] = gelu_f(g[i]) * u[i];
+}
+
+static const isa_kernels K_SCALAR = {"scalar", mm_q4_scalar, mm_q8_scalar, attn_scalar, NULL, mm_k16_scalar,
+                                     quantize_row, silu_mul_scalar, gelu_mul_scalar};
 
 /* ------------------------------------------------------------------ kernels: SIMD, shared */
 
@@ -674,15 +738,27 @@ static const isa_kernels K_SCALAR = {"scalar", mm_q4_scalar, mm_q8_scalar, attn_
 #define BASE_Q4 mm_q4_sse2
 #define BASE_Q8 mm_q8_sse2
 #define BASE_ATTN attn_sse2
+#define BASE_STAGES (&attn_stages_sse2)
+#define BASE_QUANT quantize_sse2
+#define BASE_SILU silu_mul_sse2
+#define BASE_GELU gelu_mul_sse2
 #elif defined(LMZ_NEON)
 #include "kernels_neon.inc"
 #define BASE_Q4 mm_q4_neon
 #define BASE_Q8 mm_q8_neon
 #define BASE_ATTN attn_neon
+#define BASE_STAGES (&attn_stages_neon)
+#define BASE_QUANT quantize_neon
+#define BASE_SILU silu_mul_neon
+#define BASE_GELU gelu_mul_neon
 #else
 #define BASE_Q4 mm_q4_scalar
 #define BASE_Q8 mm_q8_scalar
 #define BASE_ATTN attn_scalar
+#define BASE_STAGES NULL
+#define BASE_QUANT quantize_row
+#define BASE_SILU silu_mul_scalar
+#define BASE_GELU gelu_mul_scalar
 #endif
 
 /* the baseline every CPU of the architecture has: SSE2 on x86-64, NEON (ASIMD) on aarch64 */
@@ -693,9 +769,12 @@ static const isa_kernels K_SCALAR = {"scalar", mm_q4_scalar, mm_q8_scalar, attn_
 #else
 #define GENERIC_NAME "generic"
 #endif
-static const isa_kernels K_GENERIC = {GENERIC_NAME, BASE_Q4, BASE_Q8, BASE_ATTN, mm_k16_scalar};
+static const isa_kernels K_GENERIC = {GENERIC_NAME, BASE_Q4, BASE_Q8, BASE_ATTN, BASE_STAGES, mm_k16_scalar, BASE_QUANT,
+                                      BASE_SILU, BASE_GELU};
 #if defined(LMZ_NEON_DOT)
-static const isa_kernels K_NEON_DOT = {"dotprod", mm_q4_neon_dot, mm_q8_neon_dot, attn_neon, mm_k16_scalar};
+static const isa_kernels K_NEON_DOT = {"dotprod", mm_q4_neon_dot, mm_q8_neon_dot, attn_neon, &attn_stages_neon,
+                                       mm_k16_scalar,
+                                       quantize_neon, silu_mul_neon, gelu_mul_neon};
 #endif
 
 /* One 16-value f16 conversion against h2f on every finite f16 (inf and NaN: the converter
@@ -1006,6 +1085,7 @@ void lmz_free(lmz_model *m) {
     }
     free_buffers(m);
     free(m->scratch);
+    free(m->split);
     free(m->layers);
     if (m->map)
         munmap(m->map, m->map_size);
@@ -1119,8 +1199,17 @@ static void rope_table(const lmz_model *m, int64_t pos, float *cs, float *sn) {
     }
 }
 
-/* a matrix product job: several matrices over the same activations, split in units of
- * `unit` groups of 16 rows among threads (each output computed by one thread) */
+/* What a matrix product task does with its rows once computed (the same operations,
+ * moved into the parallel phase: each row belongs to one thread) */
+enum {
+    POST_NONE,
+    POST_QKV,      /* llama: RoPE of q and k, q scaled, k and v into the stream's cache */
+    POST_RESIDUAL, /* out[t][r] is added to the residual stream x[t][r] */
+    POST_FFN,      /* gate and up in units of 32 rows: SiLU(gate) * up (GELU for Gemma), quantized */
+};
+
+/* a matrix product job: several matrices over the same activations, split among the
+ * parts of the phase in units of 16 rows (each output computed by one thread) */
 typedef struct {
     lmz_model *m;
     int nmat;
@@ -1129,31 +1218,72 @@ typedef struct {
     int ldo[3];
     const act *x;
     int T;
-    /* ffn gate/up: fuse SiLU * up and quantize h */
-    int ffn;
+    int post;
+    lmz_stream *const *streams; /* POST_QKV */
+    int layer;
 } mm_job;
+
+/* POST_QKV for rows r0..r1-1 of matrix i (0 q, 1 k, 2 v) of every token: RoPE on the
+ * pairs (2i, 2i+1) of each head (a pair never straddles a group of 16 rows), then q
+ * times 0.125 (1/sqrt(64), exact); the start token's k (unrotated) and v are the sink's,
+ * binary32; later tokens' go to ring slot (p - 1) mod C in f16 */
+static void qkv_post(const mm_job *j, int i, int r0, int r1) {
+    lmz_model *m = j->m;
+    for (int t = 0; t < j->T; t++) {
+        float *y = j->out[i] + (size_t)t * j->ldo[i];
+        lmz_stream *s = j->streams[m->tok_stream[t]];
+        int64_t p = m->tok_pos[t];
+        const float *rt = m->rope_tab + (size_t)t * 128;
+        if (i < 2 && (i == 0 || p > 0))
+            for (int r = r0; r < r1; r += 2) {
+                int pi = (r % 64) / 2;
+                float x0 = y[r], x1 = y[r + 1];
+                y[r] = x0 * rt[pi] - x1 * rt[32 + pi];
+                y[r + 1] = x0 * rt[32 + pi] + x1 * rt[pi];
+            }
+        if (i == 0) {
+            for (int r = r0; r < r1; r++)
+                y[r] = y[r] * 0.125f;
+            continue;
+        }
+        for (int r = r0; r < r1; r++) {
+            size_t li = (size_t)j->layer * m->n_kv + r / 64;
+            int d = r % 64;
+            if (p == 0) {
+                (i == 1 ? s->sink_k : s->sink_v)[li * 64 + d] = y[r];
+                continue;
+            }
+            int slot = (int)((p - 1) % s->C);
+            if (i == 1)
+                s->kc[li * (size_t)s->C * 64 + (size_t)(slot / 16) * 1024 + (size_t)d * 16 + slot % 16] = f2h(y[r]);
+            else
+                s->vc[li * (size_t)s->C * 64 + ((size_t)(d / 16) * s->C + slot) * 16 + d % 16] = f2h(y[r]);
+        }
+    }
+}
 
 static void mm_task(void *ctx, int tid, int nth) {
     mm_job *j = ctx;
-    const isa_kernels *k = j->m->k;
-    if (j->ffn) { /* units of 32 rows of gate and up; then h and its quantized blocks */
+    lmz_model *m = j->m;
+    const isa_kernels *k = m->k;
+    if (j->post == POST_FFN) { /* units of 32 rows of gate and up; then h and its quantized blocks */
         int F = j->w[0]->rows, units = F / 32;
         int u0 = (int)((int64_t)units * tid / nth), u1 = (int)((int64_t)units * (tid + 1) / nth);
         if (u0 >= u1)
             return;
-        int K = j->w[0]->cols;
-        k->q4(j->w[0]->data, K, 2 * u0, 2 * u1, j->x, 0, j->T, j->out[0], F);
-        k->q4(j->w[1]->data, K, 2 * u0, 2 * u1, j->x, 0, j->T, j->out[1], F);
-        lmz_model *m = j->m;
+        for (int i = 0; i < 2; i++) {
+            const tensor *W = j->w[i];
+            if (W->type == T_K16)
+                k->k16(W, 2 * u0, 2 * u1, j->x, j->T, j->out[i], F);
+            else
+                (W->type == T_Q8_0 ? k->q8 : k->q4)(W->data, W->cols, 2 * u0, 2 * u1, j->x, 0, j->T, j->out[i], F);
+        }
+        act_fn act = m->arch == ARCH_GEMMA3 ? k->gelu_mul : k->silu_mul;
         for (int t = 0; t < j->T; t++) {
-            float *g = j->out[0] + (size_t)t * F, *u = j->out[1] + (size_t)t * F;
-            for (int i = 32 * u0; i < 32 * u1; i++) {
-                float gi = g[i];
-                g[i] = (gi / (1.0f + exp_f(-gi))) * u[i];
-            }
-            quantize_row(g + 32 * u0, 32 * (u1 - u0), m->a_ff.q + (size_t)t * F + 32 * u0,
-                         m->a_ff.s + (size_t)t * (F / 32) + u0, m->a_ff.sa + (size_t)t * (F / 32) + u0,
-                         m->a_ff.sum + (size_t)t * (F / 32) + u0);
+            float *g = j->out[0] + (size_t)t * F + 32 * u0, *u = j->out[1] + (size_t)t * F + 32 * u0;
+            act(g, u, 32 * (u1 - u0));
+            k->quant(g, 32 * (u1 - u0), m->a_ff.q + (size_t)t * F + 32 * u0, m->a_ff.s + (size_t)t * (F / 32) + u0,
+                     m->a_ff.sa + (size_t)t * (F / 32) + u0, m->a_ff.sum + (size_t)t * (F / 32) + u0);
         }
         return;
     }
@@ -1165,21 +1295,60 @@ static void mm_task(void *ctx, int tid, int nth) {
     for (int i = 0; i < j->nmat; i++) {
         int G = j->w[i]->rows / 16;
         int a = g0 > base ? g0 - base : 0, b = g1 - base < G ? g1 - base : G;
-        if (a < b && j->w[i]->type == T_K16) {
+        base += G;
+        if (a >= b)
+            continue;
+        if (j->w[i]->type == T_K16) {
             k->k16(j->w[i], a, b, j->x, j->T, j->out[i], j->ldo[i]);
-        } else if (a < b) {
+        } else {
             mm_fn f = j->w[i]->type == T_Q8_0 ? k->q8 : k->q4;
             f(j->w[i]->data, j->w[i]->cols, a, b, j->x, 0, j->T, j->out[i], j->ldo[i]);
         }
-        base += G;
+        if (j->post == POST_QKV)
+            qkv_post(j, i, 16 * a, 16 * b);
+        else if (j->post == POST_RESIDUAL)
+            for (int t = 0; t < j->T; t++) {
+                float *x = m->x + (size_t)t * m->n_embd, *y = j->out[i] + (size_t)t * j->ldo[i];
+                for (int r = 16 * a; r < 16 * b; r++)
+                    x[r] = x[r] + y[r];
+            }
     }
 }
 
-typedef struct {
+/* Work per token between the products, split among threads by token when there are
+ * several (each token's sums stay sequential, computed by one thread) */
+typedef struct tok_job {
     lmz_model *m;
     lmz_stream *const *streams;
     int layer, T;
-} attn_job;
+    void (*fn)(const struct tok_job *j, size_t t);
+    const float *norm; /* the RMSNorm weights of fn, when it has one */
+} tok_job;
+
+static void tok_task(void *ctx, int part, int nparts) {
+    tok_job *j = ctx;
+    size_t a = (size_t)j->T * part / nparts, b = (size_t)j->T * (part + 1) / nparts;
+    for (size_t t = a; t < b; t++)
+        j->fn(j, t);
+}
+
+static void for_tokens(lmz_model *m, tok_job *j) {
+    if (j->T > 1 && m->pool.n > 1) {
+        pool_run(&m->pool, tok_task, j);
+        return;
+    }
+    for (size_t t = 0; t < (size_t)j->T; t++)
+        j->fn(j, t);
+}
+
+/* the activations a_embd[t] of RMSNorm(x[t], norm), quantized */
+static void norm_quant_tok(const tok_job *j, size_t t) {
+    lmz_model *m = j->m;
+    size_t E = (size_t)m->n_embd;
+    rmsnorm(m->xb + t * E, m->x + t * E, j->norm, (int)E, m->eps);
+    m->k->quant(m->xb + t * E, (int)E, m->a_embd.q + t * E, m->a_embd.s + t * (E / 32), m->a_embd.sa + t * (E / 32),
+                m->a_embd.sum + t * (E / 32));
+}
 
 /* the attention of token t over KV head kvh of layer l (llama): the sink's key rotated at
  * the virtual position lo - 1 into sk */
@@ -1201,17 +1370,124 @@ static attn_args attn_llama(const lmz_model *m, lmz_stream *const *streams, int 
     return a;
 }
 
+static attn_args attn_gemma(const lmz_model *m, lmz_stream *const *streams, int l, int t, int kvh, float *sk);
+
+/* The attention phase of a layer: per (token, KV head) pair, all its query heads; the
+ * outputs quantized into aq for the output projection. */
+typedef struct {
+    lmz_model *m;
+    lmz_stream *const *streams;
+    int layer, T;
+    act *aq;
+    /* split mode (few pairs): each pair's arguments; its buffers at buf + w * per_pair:
+     * scores by slot (G x C), exps in time order (G x es), the sums (G), the sink's key
+     * (D); R parts of its scores */
+    attn_args *args;
+    float *buf;
+    size_t per_pair, es;
+    int cmax, R;
+} attn_job;
+
+static attn_args attn_pair(const attn_job *j, int w, float *sk) {
+    int t = w / j->m->n_kv, kvh = w % j->m->n_kv;
+    return j->m->arch == ARCH_GEMMA3 ? attn_gemma(j->m, j->streams, j->layer, t, kvh, sk)
+                                     : attn_llama(j->m, j->streams, j->layer, t, kvh, sk);
+}
+
+/* pair w's outputs (G x D values, whole 32-blocks) quantized */
+static void attn_quant(const attn_job *j, const attn_args *a) {
+    size_t o = (size_t)(a->out - j->m->ao), ob = o / 32;
+    j->m->k->quant(a->out, a->G * a->D, j->aq->q + o, j->aq->s + ob, j->aq->sa + ob, j->aq->sum + ob);
+}
+
 static void attn_task(void *ctx, int part, int nparts) {
     attn_job *j = ctx;
     lmz_model *m = j->m;
     int total = j->T * m->n_kv;
     int a = (int)((int64_t)total * part / nparts), b = (int)((int64_t)total * (part + 1) / nparts);
-    float *work = m->scratch + (size_t)part * m->scratch_per_thread;
-    float sk[64];
+    float *work = m->scratch + (size_t)part * m->scratch_per_thread, sk[512];
     for (int w = a; w < b; w++) {
-        attn_args aa = attn_llama(m, j->streams, j->layer, w / m->n_kv, w % m->n_kv, sk);
+        attn_args aa = attn_pair(j, w, sk);
         m->k->attn(&aa, work);
+        attn_quant(j, &aa);
     }
+}
+
+static float *split_sc(const attn_job *j, int w) { return j->buf + (size_t)w * j->per_pair; }
+static float *split_e(const attn_job *j, int w) { return split_sc(j, w) + (size_t)j->args[w].G * j->cmax; }
+static float *split_sum(const attn_job *j, int w) { return split_e(j, w) + (size_t)j->args[w].G * j->es; }
+
+/* items in order (pair, index) over n per pair: this part's range */
+#define SPLIT_RANGE(n)                                                                                     \
+    int total = j->T * j->m->n_kv * (n);                                                                   \
+    int a = (int)((int64_t)total * part / nparts), b = (int)((int64_t)total * (part + 1) / nparts)
+
+static void split_scores_task(void *ctx, int part, int nparts) {
+    attn_job *j = ctx;
+    SPLIT_RANGE(j->R);
+    for (int it = a; it < b; it++) {
+        const attn_args *aa = &j->args[it / j->R];
+        attn_ring rb = attn_ring_blocks(aa);
+        int nb = rb.n0 + rb.n1, r = it % j->R;
+        j->m->k->attn_split->scores(aa, nb * r / j->R, nb * (r + 1) / j->R, split_sc(j, it / j->R));
+    }
+}
+
+static void split_softmax_task(void *ctx, int part, int nparts) {
+    attn_job *j = ctx;
+    int G = j->m->n_head / j->m->n_kv;
+    SPLIT_RANGE(G);
+    for (int it = a; it < b; it++) {
+        int w = it / G, g = it % G;
+        split_sum(j, w)[g] = j->m->k->attn_split->softmax(&j->args[w], g, split_sc(j, w), split_e(j, w) + g * j->es);
+    }
+}
+
+static void split_values_task(void *ctx, int part, int nparts) {
+    attn_job *j = ctx;
+    int nc = j->m->head_dim / 16;
+    SPLIT_RANGE(nc);
+    for (int it = a; it < b; it++) {
+        int w = it / nc, c = it % nc;
+        j->m->k->attn_split->values(&j->args[w], 16 * c, 16 * c + 16, split_e(j, w), j->es, split_sum(j, w));
+    }
+}
+
+/* the attention of a layer: one (token, KV head) pair per item when there are enough
+ * pairs to keep the threads busy, else each pair in three stages split among them */
+static int run_attention(lmz_model *m, lmz_stream *const *streams, int layer, int T, act *aq) {
+    attn_job j = {m, streams, layer, T, aq, NULL, NULL, 0, 0, 0, 1};
+    int pairs = T * m->n_kv, G = m->n_head / m->n_kv, D = m->head_dim;
+    if (!m->k->attn_split || m->pool.n < 2 || pairs >= 2 * m->pool.n) {
+        pool_run(&m->pool, attn_task, &j);
+        return 0;
+    }
+    int Cmax = 0;
+    for (int t = 0; t < T; t++)
+        Cmax = streams[m->tok_stream[t]]->C > Cmax ? streams[m->tok_stream[t]]->C : Cmax;
+    j.cmax = Cmax;
+    j.es = attn_e_stride(Cmax);
+    j.per_pair = (size_t)G * ((size_t)Cmax + j.es + 1) + (size_t)D + 16;
+    size_t arg_floats = (sizeof(attn_args) + sizeof(float) - 1) / sizeof(float) + 1;
+    size_t need = (size_t)pairs * (j.per_pair + arg_floats);
+    if (need > m->split_cap) {
+        free(m->split);
+        m->split = malloc(need * sizeof(float));
+        m->split_cap = m->split ? need : 0;
+        if (!m->split)
+            return -1;
+    }
+    j.args = (attn_args *)(void *)m->split;
+    j.buf = m->split + (size_t)pairs * arg_floats;
+    for (int w = 0; w < pairs; w++) /* the sink's key kept after the pair's sums */
+        j.args[w] = attn_pair(&j, w, j.buf + (size_t)w * j.per_pair + (size_t)G * ((size_t)Cmax + j.es + 1));
+    j.R = (4 * m->pool.n + pairs - 1) / pairs;
+    pool_run(&m->pool, split_scores_task, &j);
+    pool_run(&m->pool, split_softmax_task, &j);
+    pool_run(&m->pool, split_values_task, &j);
+    for (int w = 0; w < pairs; w++)
+        attn_quant(&j, &j.args[w]);
+    return 0;
 }
 
 /* work space for the attention: one per part of a phase */
@@ -1272,73 +1548,27 @@ static int step(lmz_model *m, int n, lmz_stream *const *streams, const int32_t *
     prof_mark(m, P_OTHER);
     for (int l = 0; l < m->n_layer; l++) {
         const layer *L = m->layers + l;
-        for (t = 0; t < T; t++) {
-            rmsnorm(m->xb + t * E, m->x + t * E, (const float *)L->attn_norm.data, E, m->eps);
-            quantize_row(m->xb + t * E, E, m->a_embd.q + t * E, m->a_embd.s + t * (E / 32),
-                         m->a_embd.sa + t * (E / 32), m->a_embd.sum + t * (E / 32));
-        }
-        mm_job qkv = {m, 3, {&L->wq, &L->wk, &L->wv}, {m->q, m->kk, m->vv}, {E, KVD, KVD}, &m->a_embd, (int)T, 0};
+        tok_job norm = {m, streams, l, (int)T, norm_quant_tok, (const float *)L->attn_norm.data};
+        for_tokens(m, &norm);
         prof_mark(m, P_NORMS);
-        pool_run(&m->pool, mm_task, &qkv);
+        mm_job qkv = {m, 3, {&L->wq, &L->wk, &L->wv}, {m->q, m->kk, m->vv}, {E, KVD, KVD}, &m->a_embd, (int)T,
+                      POST_QKV, streams, l};
+        pool_run(&m->pool, mm_task, &qkv); /* with RoPE and the cache writes */
         prof_mark(m, P_PRODUCTS);
-        for (t = 0; t < T; t++) {
-            lmz_stream *s = streams[m->tok_stream[t]];
-            int64_t p = m->tok_pos[t];
-            const float *rt = m->rope_tab + t * 128;
-            float *q = m->q + t * E;
-            for (int h = 0; h < m->n_head; h++) {
-                rope(q + h * 64, rt, rt + 32);
-                for (int d = 0; d < 64; d++)
-                    q[h * 64 + d] = q[h * 64 + d] * 0.125f; /* 1/sqrt(64), exact */
-            }
-            for (int kvh = 0; kvh < m->n_kv; kvh++) {
-                float *kx = m->kk + t * KVD + kvh * 64, *vx = m->vv + t * KVD + kvh * 64;
-                size_t li = (size_t)l * m->n_kv + kvh;
-                if (p == 0) {
-                    memcpy(s->sink_k + li * 64, kx, 64 * sizeof(float));
-                    memcpy(s->sink_v + li * 64, vx, 64 * sizeof(float));
-                    continue;
-                }
-                rope(kx, rt, rt + 32);
-                int slot = (int)((p - 1) % s->C);
-                uint16_t *kb = s->kc + li * (size_t)s->C * 64 + (size_t)(slot / 16) * 1024 + slot % 16;
-                uint16_t *vb = s->vc + li * (size_t)s->C * 64 + (size_t)slot * 16;
-                for (int d = 0; d < 64; d++) {
-                    kb[d * 16] = f2h(kx[d]);
-                    vb[(size_t)(d / 16) * s->C * 16 + d % 16] = f2h(vx[d]);
-                }
-            }
-        }
-        attn_job aj = {m, streams, l, (int)T};
-        prof_mark(m, P_ROPE_CACHE);
-        pool_run(&m->pool, attn_task, &aj);
+        if (run_attention(m, streams, l, (int)T, &m->a_embd)) /* with the quantization of its outputs */
+            return -1;
         prof_mark(m, P_ATTENTION);
-        for (t = 0; t < T; t++)
-            quantize_row(m->ao + t * E, E, m->a_embd.q + t * E, m->a_embd.s + t * (E / 32),
-                         m->a_embd.sa + t * (E / 32), m->a_embd.sum + t * (E / 32));
-        mm_job o = {m, 1, {&L->wo}, {m->tmp}, {E}, &m->a_embd, (int)T, 0};
-        prof_mark(m, P_NORMS);
+        mm_job o = {m, 1, {&L->wo}, {m->tmp}, {E}, &m->a_embd, (int)T, POST_RESIDUAL};
         pool_run(&m->pool, mm_task, &o);
         prof_mark(m, P_PRODUCTS);
-        for (t = 0; t < T; t++) {
-            float *x = m->x + t * E, *y = m->tmp + t * E;
-            for (int i = 0; i < E; i++)
-                x[i] = x[i] + y[i];
-            rmsnorm(m->xb + t * E, x, (const float *)L->ffn_norm.data, E, m->eps);
-            quantize_row(m->xb + t * E, E, m->a_embd.q + t * E, m->a_embd.s + t * (E / 32),
-                         m->a_embd.sa + t * (E / 32), m->a_embd.sum + t * (E / 32));
-        }
-        mm_job gu = {m, 2, {&L->wg, &L->wu}, {m->hb, m->hb + T * F}, {F, F}, &m->a_embd, (int)T, 1};
+        norm.norm = (const float *)L->ffn_norm.data;
+        for_tokens(m, &norm);
         prof_mark(m, P_NORMS);
+        mm_job gu = {m, 2, {&L->wg, &L->wu}, {m->hb, m->hb + T * F}, {F, F}, &m->a_embd, (int)T, POST_FFN};
         pool_run(&m->pool, mm_task, &gu); /* with SiLU and the quantization of its output */
-        mm_job dn = {m, 1, {&L->wd}, {m->tmp}, {E}, &m->a_ff, (int)T, 0};
+        mm_job dn = {m, 1, {&L->wd}, {m->tmp}, {E}, &m->a_ff, (int)T, POST_RESIDUAL};
         pool_run(&m->pool, mm_task, &dn);
         prof_mark(m, P_PRODUCTS);
-        for (t = 0; t < T; t++) {
-            float *x = m->x + t * E, *y = m->tmp + t * E;
-            for (int i = 0; i < E; i++)
-                x[i] = x[i] + y[i];
-        }
     }
     for (int i = 0; i < n; i++)
         streams[i]->n += cnt[i];
@@ -1351,7 +1581,7 @@ static int step(lmz_model *m, int n, lmz_stream *const *streams, const int32_t *
             size_t last = t - 1;
             rmsnorm(m->xb + ns * (size_t)E, m->x + last * E, (const float *)m->out_norm.data, E, m->eps);
             memcpy(streams[i]->hidden, m->xb + ns * (size_t)E, (size_t)E * sizeof(float));
-            quantize_row(m->xb + ns * (size_t)E, E, m->a_embd.q + ns * (size_t)E, m->a_embd.s + ns * (size_t)(E / 32),
+            m->k->quant(m->xb + ns * (size_t)E, E, m->a_embd.q + ns * (size_t)E, m->a_embd.s + ns * (size_t)(E / 32),
                          m->a_embd.sa + ns * (size_t)(E / 32), m->a_embd.sum + ns * (size_t)(E / 32));
             m->sel[ns++] = i;
         }
