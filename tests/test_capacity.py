@@ -350,3 +350,32 @@ def test_backends_score_alike(llm):
 def test_docstring_examples(module):
     result = doctest.testmod(importlib.import_module(f"lmzip.measure.{module}"))
     assert result.attempted and not result.failed
+
+
+def hf_folder_from_gguf(path, folder):
+    """A Hugging Face model folder holding a GGUF model's weights, dequantized by transformers."""
+    import transformers
+
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name)
+    plain = transformers.AutoModelForCausalLM.from_config(loaded.config)  # one transformers will save
+    plain.load_state_dict(loaded.state_dict())
+    plain.save_pretrained(folder)
+    transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.slow
+def test_model_folder_on_torch_matches_the_engine(llm, tmp_path):
+    """A model folder runs on torch with its own tokenizer, as the reference runs it; on the
+    same (dequantized) weights it gives the engine's samples and, to rounding, its NLL."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from lmzip.predictors.registry import KNOWN_MODELS
+
+    folder = hf_folder_from_gguf(KNOWN_MODELS["smollm2-135m"].locate(), tmp_path / "SmolLM2-135M")
+    ds = documents.Dataset("x", documents.default_dataset().documents[:2], "x")
+    row = capacity.measure(str(folder), ds, threads=1)
+    engine = capacity.measure("smollm2-135m", ds, threads=1)
+    assert row.backend == "torch" and row.flops_per_token == engine.flops_per_token == 304_314_624
+    assert (row.tokens, row.text_bits_per_token) == (engine.tokens, engine.text_bits_per_token)
+    assert row.nll_bits_per_token == pytest.approx(engine.nll_bits_per_token, abs=0.01)
