@@ -27,7 +27,8 @@ setup(
         Extension(
             "lmzip._engine",
             sources=["native/engine/pyengine.c", "native/engine/engine.c"],
-            depends=["native/engine/engine.h", "native/engine/attn.inc", "native/engine/kernels_x86.inc",
+            depends=["native/engine/engine.h", "native/engine/attn_simd.inc", "native/engine/vec_undef.inc",
+                     "native/engine/kernels_x86.inc",
                      "native/engine/kernels_neon.inc",
                      "native/engine/gemma.inc"],
             extra_compile_args=["-O3", "-ffp-contract=off", "-fno-fast-math", "-fno-math-errno", "-std=c11",

@@ -70,21 +70,36 @@ def share(path: str, limit: int, model_name: str | None, context: int | None, wi
 
     model = load_model(model_name, context=context, mix=None if with_mix else NO_MIX)
     base = model.base if isinstance(model, MixedModel) else model
-    spent = {"model (llama_decode)": 0.0, "mixing (n-grams, learning)": 0.0, "distribution (cdf)": 0.0,
-             "range coder": 0.0}
+    backend = base.params().get("backend", "?")
+    model_key = f"model ({backend})"
+    spent = {model_key: 0.0, "mixing (n-grams, learning)": 0.0, "distribution (cdf)": 0.0, "range coder": 0.0}
+    # time spent inside a timed call that is itself timed (the mixer asks the model for its
+    # scores) counts for the inner part only
+    nested: list[float] = []
 
     def timed(key, fn):
         def wrapper(*args, **kwargs):
+            nested.append(0.0)
             t = time.perf_counter()
             try:
                 return fn(*args, **kwargs)
             finally:
-                spent[key] += time.perf_counter() - t
+                elapsed = time.perf_counter() - t
+                spent[key] += elapsed - nested.pop()
+                if nested:
+                    nested[-1] += elapsed
         return wrapper
 
-    stream_cls = type(base.open_stream())
-    patches = [
-        (stream_cls, "push", timed("model (llama_decode)", stream_cls.push)),
+    # the model's work happens in push (llama.cpp evaluates there), in scores (the
+    # portable engine evaluates lazily, when asked) or in a group's advance (one batched
+    # evaluation for all its streams; lmzip compress codes a chunk as a group of one)
+    probe_stream, probe_group = base.open_stream(), base.open_group([2], 1)
+    classes = {type(probe_stream), *(type(st) for st in probe_group.streams)}
+    group_cls = type(probe_group)
+    probe_stream.close(), probe_group.close()
+    patches = [(c, name, timed(model_key, getattr(c, name))) for c in classes for name in ("push", "scores")]
+    patches += [
+        (group_cls, "advance", timed(model_key, group_cls.advance)),
         (cdf, "quantize_into", timed("distribution (cdf)", cdf.quantize_into)),
         (Encoder, "encode", timed("range coder", Encoder.encode)),
         (MixedStream, "_mix", timed("mixing (n-grams, learning)", MixedStream._mix)),
@@ -112,8 +127,9 @@ def share(path: str, limit: int, model_name: str | None, context: int | None, wi
     print("|---|---:|---:|")
     for key, seconds in spent.items():
         print(f"| {key} | {1e3 * seconds / stats.tokens:.3f} | {100 * seconds / total:.1f}% |")
-    model_ms = spent["model (llama_decode)"]
-    print(f"\ndistribution step / model evaluation: {100 * spent['distribution (cdf)'] / model_ms:.1f}%")
+    model_s = spent[model_key]
+    if model_s > 0:
+        print(f"\ndistribution step / model evaluation: {100 * spent['distribution (cdf)'] / model_s:.1f}%")
 
 
 def main() -> None:

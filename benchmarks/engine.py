@@ -7,6 +7,9 @@
 --speed   tokens/s of one stream, one token per call, the first --tokens tokens
 --group   tokens/s of a lockstep group of 8 once the window is full
 --rss     peak RSS of one stream over --tokens tokens, each backend in a subprocess
+--profile the engine's time per phase of the forward pass (products, attention, norms, the
+          logits, ...; Engine.profile) for one stream and lockstep groups (--widths, default
+          1,8) at depth 64 and 2048: ms per step and tokens/s
 --backends  comma-separated: portable, llama.cpp, or portable@ISA for one kernel set of the
           engine (scalar, sse2, avx2, avx512; neon on aarch64), e.g.
           --speed --backends portable@scalar,portable@sse2,portable@avx2
@@ -123,6 +126,38 @@ def group_speed(model, toks, width=8, depth=2048, measure=64) -> float:
     return width * measure / dt
 
 
+def profile(model, toks, widths=(1, 8), depths=(64, 2048), steps=None) -> None:
+    """Markdown table: milliseconds per step in each phase of the engine's forward pass,
+    for groups of each width at each depth (the caches filled first in big calls)."""
+    eng = model._engine
+    n = len(toks)
+    rows = []
+    for depth in depths:
+        for width in widths:
+            measure = steps or max(8, 128 // width)
+            texts = [[toks[(i + 997 * w) % n] for i in range(depth + measure)] for w in range(width)]
+            hs = [eng.new_stream(2048) for _ in range(width)]
+            out = np.empty((width, eng.n_vocab), np.float32)
+            try:
+                eng.eval(hs, [[eng.bos] + t[:depth - 1] for t in texts], out)
+                eng.profile(True)
+                t0 = time.perf_counter()
+                for i in range(depth, depth + measure):
+                    eng.eval(hs, [[t[i]] for t in texts], out)
+                dt = time.perf_counter() - t0
+                phases = eng.profile(False)
+            finally:
+                for h in hs:
+                    eng.free_stream(h)
+            rows.append((width, depth, width * measure / dt, 1e3 * dt / measure,
+                         {k: 1e3 * v / measure for k, v in phases.items()}))
+    names = list(rows[0][4])
+    print("| width | depth | tokens/s | ms/step | " + " | ".join(names) + " |")
+    print("|---:|---:|---:|---:|" + "---:|" * len(names))
+    for width, depth, rate, ms, ph in rows:
+        print(f"| {width} | {depth} | {rate:.1f} | {ms:.2f} | " + " | ".join(f"{ph[k]:.2f}" for k in names) + " |")
+
+
 def rss_child(backend: str, threads: int, ntok: int) -> None:
     ms = models(threads, (backend,))
     m = ms[backend]
@@ -144,6 +179,8 @@ def main() -> None:
     ap.add_argument("--speed", action="store_true")
     ap.add_argument("--group", action="store_true")
     ap.add_argument("--rss", action="store_true")
+    ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--widths", default="1,8", help="--profile: lockstep widths")
     ap.add_argument("--convert", action="store_true", help="time a fresh conversion into a temporary cache")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--tokens", type=int, default=400)
@@ -182,13 +219,20 @@ def main() -> None:
                 continue
             print(f"{b}: peak RSS after {a.tokens} tokens, one stream: {got['RSS']} MB "
                   f"(model loaded, before the stream: {got['RSS-before']} MB)")
-    if not (a.ce or a.speed or a.group):
+    if not (a.ce or a.speed or a.group or a.profile):
         return
     from lmzip.measure import corpora
 
     data = corpora.corpus_file(a.file).path.read_bytes()
     ms = models(a.threads, tuple(a.backends.split(",")))
     toks = next(iter(ms.values())).tokenizer.encode(data)
+    if a.profile:
+        for name, m in ms.items():
+            if getattr(m, "_engine", None) is None:
+                print(f"{name}: --profile times the portable engine only")
+                continue
+            print(f"{name}: time per phase (ms per step; isa {m.isa}, {a.threads} threads)")
+            profile(m, toks, tuple(int(w) for w in a.widths.split(",")))
     if a.speed:
         for name, m in ms.items():
             rate = speed(m, toks[: a.tokens])

@@ -145,6 +145,12 @@ class PieceTokenizer:
             out += tokens if tokens is not None else self.spell_bytes(line)
         return out
 
+    def model_tokens(self, text: bytes) -> list[int]:
+        """The model's own tokenizer's ids for valid UTF-8 ``text``, unchecked: what the
+        model's reference tokenizer gives (a tokenizer that drops or normalizes some
+        characters spells other bytes; :meth:`encode` is the lossless one)."""
+        return list(self._tokenize_text(text))
+
     def encode(self, data: bytes) -> list[int]:
         """Token ids whose pieces concatenate to exactly ``data``."""
         out: list[int] = []

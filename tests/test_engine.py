@@ -182,6 +182,52 @@ def test_sliding_window(engine, weights):
         assert _run_binding(engine, weights, toks, context=16, width=3, threads=2, isa=isa) == GOLD_64_W16, isa
 
 
+def _deep_hash(engine, weights, *, isa, context, n, width=1, calls=(1, 1, 1, 37), threads=2) -> str:
+    """Hash of stream 0's logits after each call, over n tokens, the calls' sizes taken from
+    `calls` in turn (one token: a step of one token per stream; more: steps of up to 32
+    inside a call): the window slides and the ring wraps several times."""
+    eng = engine.Engine(str(weights), threads, isa)
+    base = _tokens(64)
+    seqs = [[eng.bos] + [(base[i % 64] + 131 * (i // 64) + 977 * s) % eng.n_vocab for i in range(n)]
+            for s in range(width)]
+    hs = [eng.new_stream(context) for _ in range(width)]
+    out = np.empty((width, eng.n_vocab), np.float32)
+    h = hashlib.sha256()
+    try:
+        i, k = 0, 0
+        while i <= n:
+            c = calls[k % len(calls)]
+            eng.eval(hs, [sq[i:i + c] for sq in seqs], out)
+            h.update(out[0].astype("<f4").tobytes())
+            i, k = i + c, k + 1
+    finally:
+        for x in hs:
+            eng.free_stream(x)
+    return h.hexdigest()
+
+
+def test_isas_agree_deep_in_a_sliding_window(engine, weights):
+    """Every SIMD set's attention (one pass over each KV head's cache for its query heads,
+    attn_simd.inc) equals the definition (scalar, one head at a time) far past the start:
+    200 tokens through a window of 64 (a ring of 96 slots, wrapped twice), in multi-token
+    calls; one stream on 2 threads (its 3 KV heads' attention split in stages among the
+    threads) and in a group of 2 (a (token, KV head) pair per thread)."""
+    ref = _deep_hash(engine, weights, isa="scalar", context=64, n=200, threads=1)
+    for isa in _isas()[1:]:
+        for width in (1, 2):
+            assert _deep_hash(engine, weights, isa=isa, context=64, n=200, width=width) == ref, (isa, width)
+
+
+@pytest.mark.slow
+def test_isas_agree_at_full_depth(engine, weights):
+    """The same at the default window, 2,100 tokens deep (the ring wraps once)."""
+    calls = (1, 64)
+    ref = _deep_hash(engine, weights, isa="scalar", context=2048, n=2100, calls=calls)
+    for isa in _isas()[1:]:
+        for width in (1, 3):
+            assert _deep_hash(engine, weights, isa=isa, context=2048, n=2100, width=width, calls=calls) == ref, isa
+
+
 def test_multi_token_calls(engine, weights):
     """Several tokens of a stream in one call (split in internal steps of up to 32)
     give the logits of one-token calls, also with a small window sliding inside a call."""

@@ -71,6 +71,38 @@ def _hash(engine, weights, n, *, isa="", threads=1, context=2048, width=1) -> st
     return h.hexdigest()
 
 
+def _deep_hash(engine, weights, *, isa, context, n, calls=(1, 49), threads=2) -> str:
+    """Hash of the logits after each call, n tokens in all, the calls' sizes taken from
+    `calls` in turn (a one-token call on 2 threads splits the attention in stages)."""
+    eng = engine.Engine(str(weights), threads, isa)
+    base = _tokens(32)
+    seq = [eng.bos] + [(base[i % 32] + 257 * (i // 32)) % eng.n_vocab for i in range(n)]
+    s = eng.new_stream(context)
+    out = np.empty((1, eng.n_vocab), np.float32)
+    h = hashlib.sha256()
+    try:
+        i, k = 0, 0
+        while i <= n:
+            c = calls[k % len(calls)]
+            eng.eval([s], [seq[i:i + c]], out)
+            h.update(out.astype("<f4").tobytes())
+            i, k = i + c, k + 1
+    finally:
+        eng.free_stream(s)
+    return h.hexdigest()
+
+
+@pytest.mark.slow
+def test_isas_agree_past_the_local_window(engine, gweights):
+    """Past position 512 the local layers drop the sink and slide (the SIMD attention's path
+    without a sink, 4 query heads of 256 dimensions); a window of 300 (shorter than the
+    local layers' 512: the ring holds the longer of the two) slides the global layers too."""
+    ref = _deep_hash(engine, gweights, isa="scalar", context=300, n=560)
+    for isa in _isas()[1:]:
+        for threads in (1, 2):  # its one KV head's attention whole, and split in stages among threads
+            assert _deep_hash(engine, gweights, isa=isa, context=300, n=560, threads=threads) == ref, (isa, threads)
+
+
 @pytest.mark.parametrize("isa", _isas())
 def test_golden_per_isa(engine, gweights, isa):
     assert _hash(engine, gweights, 16, isa=isa) == GOLD_G16

@@ -175,7 +175,7 @@ def main() -> None:
       lmzip models               known models and whether they are installed
       lmzip bench                lmzip beside gzip, bzip2, xz, zstd, brotli on a corpus
       lmzip entropy FILE         the model's cross-entropy of FILE: a quick size estimate
-      lmzip capacity             information capacity of the installed models
+      lmzip capacity             information capacity (Yuan et al., 2025) of the installed models
 
     With no FILE, or with -, read standard input and write standard output.
     """

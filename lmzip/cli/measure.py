@@ -270,35 +270,62 @@ def entropy(files, model, context, threads, limit_bytes, as_json, progress, use_
 
 @click.command(epilog=EXIT_CODES)
 @click.option("-m", "--model", "models", multiple=True, metavar="NAME|PATH",
-              help="Model, repeatable (default: every installed LLM).")
-@click.option("--text", "texts", multiple=True, type=click.Path(dir_okay=False), metavar="PATH",
-              help="Text to cut samples from, repeatable (default: alice29.txt, asyoulik.txt, lcet10.txt, "
-                   "plrabn12.txt from the Canterbury corpus).")
-@click.option("--corpora", metavar="DIR", default=None, help="Corpus folder for the default texts.")
-@click.option("--samples", type=click.IntRange(1, 10_000), default=8, show_default=True,
-              help="Number of samples.")
+              help="Model, repeatable: a registry name, a GGUF file, or a Hugging Face model folder "
+                   "(torch backend). Default: every installed LLM.")
+@click.option("--dataset", "datasets", multiple=True, type=click.Path(dir_okay=False), metavar="FILE",
+              help="Documents to measure on, repeatable (a row per model and dataset): JSON lines with a "
+                   "\"text\" field, one document per line (the paper's format), or a plain UTF-8 text "
+                   "file, one document. Default: the first 16 Wikipedia articles of enwik6 with at least "
+                   "6,000 bytes of running text (markup stripped), from the benchmark corpora.")
+@click.option("--corpora", metavar="DIR", default=None, help="Corpus folder holding enwik/enwik6 (default set).")
+@click.option("--samples", type=click.IntRange(1), default=None, metavar="N",
+              help="Only the first N documents of each dataset. [default: all, as the reference]")
 @click.option("--sample-tokens", type=click.IntRange(2, 1 << 16), default=1024, show_default=True,
-              help="Tokens per sample (and the decode length FLOPs are averaged over).")
-@click.option("--bias", type=float, default=0.0, show_default=True, help="The constant b of the formula.")
+              help="Tokens per sample, special tokens included (and the decode FLOPs are averaged over).")
+@click.option("--b", "--bias", "bias", type=float, default=None,
+              help="The constant b. [default: by the dataset's name, as the reference: -24 for "
+                   "mixed_text.jsonl, -18.7 for Ch-FineWeb-Edu.jsonl, -27 for any other data]")
+@click.option("--flops", "flops_convention", type=click.Choice(["reference", "physical"]), default="reference",
+              show_default=True,
+              help="FLOPs per token: the paper's reference code's convention, or lmzip's physical count "
+                   "(head_dim, sliding windows, experts used).")
+@click.option("--backend", type=click.Choice(BACKENDS), default=None,
+              help=f"What runs the model. [default: {DEFAULT_BACKEND} for GGUF models, torch for a model folder]")
 @click.option("--threads", type=click.IntRange(1, 256), default=None, help=_THREADS_HELP)
-@click.option("--json", "json_path", metavar="FILE", help="Write the results as JSON.")
+@click.option("--json", "json_path", metavar="FILE", help="Write the results as JSON, one object per row.")
 @click.option("--markdown", "md_path", metavar="FILE", help="Write a Markdown table.")
 @click.option("--plot", "plot_path", metavar="FILE.png", help="Plot capacity, bpb and FLOPs/token per model.")
 @click.option("--progress/--no-progress", default=None, help="Show a status line on stderr.")
-@_backend_option
-def capacity(models, texts, corpora, samples, sample_tokens, bias, threads, json_path, md_path, plot_path,
-             progress, backend) -> None:
-    """Information capacity of the installed models (Yuan et al., 2025).
+def capacity(models, datasets, corpora, samples, sample_tokens, bias, flops_convention, backend, threads,
+             json_path, md_path, plot_path, progress) -> None:
+    """Information capacity of language models, as Yuan et al. (2025) define it.
 
-    Per token: (L - NLL + b) / log2(C), with L the text's raw size in bits per
-    token (8 x bytes/token with the model's tokenizer), NLL the model's negative
-    log-likelihood in bits, C the forward FLOPs per token counted from the GGUF
-    architecture (attention projections, attention over the cache, gated MLP,
-    LM head; 2 FLOPs per multiply-add; averaged over a 1,024-token decode), on
-    samples of 1,024 tokens each evaluated from a fresh context.
+    \b
+    IC = (text size - NLL + b) / log2(FLOPs per token), per token, computed as the
+    paper's reference code computes it (GitHub TeleAI-AI-Flow/InformationCapacity):
+    \b
+    - one sample per document: its first 1,024 tokens with the model's tokenizer,
+      special tokens included (Gemma's BOS); the first token is context only;
+    - text size: 8 x UTF-8 bytes of each sample's decoded text (tokens 1..n-1) per
+      token, averaged over samples, rounded to 2 decimals;
+    - NLL: the model's -log2 p of those tokens, averaged over all of them;
+    - FLOPs per token: the reference's count from the model's configuration
+      (projections with d_k = d/heads, gated MLP, attention over a 1,024-token
+      decode, LM head; nothing for sliding windows, norms or embeddings);
+    - b: -24 (mixed_text.jsonl), -18.7 (Ch-FineWeb-Edu.jsonl), -27 otherwise.
+
+    The default data (16 Wikipedia articles as plain text) is not one of the paper's
+    datasets: its b is -27. With the paper's own files (--dataset mixed_text.jsonl)
+    the figures are comparable with its leaderboard, up to quantization: the paper ran
+    unquantized weights, lmzip's registry models are 4-bit GGUF (see BENCHMARKS.md).
+
+    \b
+      lmzip capacity                                   # installed models, default data
+      lmzip capacity -m smollm2-135m --json out.json
+      lmzip capacity -m ./SmolLM2-135M --dataset datasets/mixed_text.jsonl   # HF folder, torch
     """
     from ..measure import capacity as cap
-    from ..measure.corpora import path_file
+    from ..measure.documents import default_dataset, read_dataset
 
     if plot_path:
         from ..measure.plots import have_matplotlib
@@ -308,25 +335,27 @@ def capacity(models, texts, corpora, samples, sample_tokens, bias, threads, json
     line = StatusLine(enabled=sys.stderr.isatty() if progress is None else progress, quiet=False)
     rows = []
     try:
-        files = [path_file(t) for t in texts] or cap.default_texts(corpora)
+        sets = [read_dataset(d) for d in datasets] or [default_dataset(corpora)]
         names = list(models) or cap.installed_llms()
         if not names:
             raise LMZipError("no LLM is installed (lmzip models)")
         for name in names:
-            started = time.monotonic()
+            for ds in sets:
+                started = time.monotonic()
+                line.show(f"{name} · {ds.label}: loading", force=True)
 
-            def show(done: int, total: int, name: str = name, started: float = started) -> None:
-                line.show(f"{name}: {done:,}/{total:,} tokens {_eta(done, total, started)}")
+                def show(done: int, total: int, label: str = f"{name} · {ds.label}", started: float = started) -> None:
+                    line.show(f"{label}: {done:,}/{total:,} tokens {_eta(done, total, started)}")
 
-            rows.append(cap.measure(name, files, samples=samples, sample_tokens=sample_tokens, bias=bias,
-                                    threads=threads, progress=show, backend=backend))
-            line.clear()
+                rows.append(cap.measure(name, ds, samples=samples, sample_tokens=sample_tokens, bias=bias,
+                                        flops=flops_convention, threads=threads, backend=backend, progress=show))
+                line.clear()
     except (LMZipError, OSError) as exc:
         _fail_run(line, exc)
     click.echo(cap.terminal_table(rows))
+    click.echo(cap.describe(rows))
     if json_path:
-        _write(json_path, json.dumps({"texts": [f.label for f in files], "samples": samples,
-                                      "sample_tokens": sample_tokens, "bias": bias,
+        _write(json_path, json.dumps({"command": "lmzip capacity " + " ".join(sys.argv[2:]),
                                       "rows": [r.to_dict() for r in rows]}, indent=1))
     if md_path:
         _write(md_path, cap.markdown_table(rows))

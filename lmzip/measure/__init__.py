@@ -9,8 +9,12 @@ imports them.
 - ``report``: benchmark results as tables (terminal, Markdown, CSV, JSON).
 - ``plots``: PNG plots of benchmark and capacity results (matplotlib).
 - ``entropy``: a model's cross-entropy of a file, without coding (a quick size estimate).
-- ``flops``: forward FLOPs per token from a GGUF file's metadata.
-- ``capacity``: information capacity of the installed models (entropy and FLOPs).
+- ``flops``: lmzip's physical count of forward FLOPs per token, from a GGUF file's metadata.
+- ``reference_flops``: FLOPs per token by the information-capacity paper's reference code.
+- ``documents``: the datasets capacity reads (JSON lines, plain text, the default articles) and b.
+- ``samples``: one sample per document as the reference cuts it, and its text size.
+- ``likelihood``: each sample's negative log-likelihood, first token not scored, on any backend.
+- ``capacity``: information capacity (Yuan et al., 2025) of models: the formula and the table.
 
 Their commands (``lmzip bench``, ``entropy``, ``capacity``) are in :mod:`lmzip.cli.measure`.
 """

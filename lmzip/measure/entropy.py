@@ -87,12 +87,18 @@ def split_chunks(data: bytes, chunk_size: int = DEFAULT_CHUNK_SIZE) -> list[byte
     return out
 
 
-def token_bits(model: Model, symbols: Sequence[int], progress: Callable[[int], None] | None = None) -> np.ndarray:
-    """``-log2 p`` of each symbol of one chunk, from a fresh context (float64 array)."""
+def token_bits(model: Model, symbols: Sequence[int], progress: Callable[[int], None] | None = None, *,
+               start: int | None = None) -> np.ndarray:
+    """``-log2 p`` of each symbol of one chunk, from a fresh context (float64 array).
+
+    ``start``: the token at position 0, context only (default: the model's start token;
+    another one only for a llama.cpp model, whose context this code fills itself)."""
     from ..predictors.llamacpp import LlamaCppModel
 
     if isinstance(model, LlamaCppModel):
-        return _llama_bits(model, symbols, progress)
+        return _llama_bits(model, symbols, progress, model.start_token if start is None else start)
+    if start is not None and start != model.start_token:
+        raise ValueError("only a llama.cpp model starts from another token than its own start token")
     return _stream_bits(model, symbols, progress)
 
 
@@ -150,7 +156,7 @@ def _bits_from_scores(x: np.ndarray, s: int) -> float:
 # ---------------------------------------------------------------------------- llama.cpp, batched
 
 
-def _llama_bits(model, symbols: Sequence[int], progress: Callable[[int], None] | None) -> np.ndarray:
+def _llama_bits(model, symbols: Sequence[int], progress: Callable[[int], None] | None, start: int) -> np.ndarray:
     L = model._L
     n_vocab = model.tokenizer.n_model_tokens
     n = len(symbols)
@@ -162,7 +168,7 @@ def _llama_bits(model, symbols: Sequence[int], progress: Callable[[int], None] |
     # owner[j]: index (in the evaluated sequence start, visible...) of the token whose
     # logits predict symbol j: the last visible token before it
     owner = np.concatenate([[0], np.cumsum(visible_mask)[:-1]])
-    sequence = np.concatenate([[model.start_token], sym[visible_mask]])
+    sequence = np.concatenate([[start], sym[visible_mask]])
     n_eval = int(owner[-1]) + 1  # the last visible token predicts nothing: not evaluated
     cap = int(max(16, min(512, _LOGITS_BUDGET // (4 * n_vocab), model.context)))
 

@@ -1,6 +1,9 @@
-"""Forward FLOPs per token of a decoder-only transformer, from its GGUF metadata.
+"""lmzip's own (physical) count of forward FLOPs per token, from a model's GGUF metadata.
 
-What is counted, per generated token, with 2 FLOPs per multiply-add:
+``lmzip capacity --flops physical``; the default is the paper's reference convention
+(:mod:`lmzip.measure.reference_flops`), which ignores ``head_dim`` and sliding windows:
+537,536,000 FLOPs per token for Gemma 3 270M where this count gives 565,990,400.
+What is counted here, per generated token, with 2 FLOPs per multiply-add:
 
 - attention projections: ``Q = x·Wq`` (d × H·dk), ``K``, ``V`` (d × Hkv·dk, d × Hkv·dv)
   and the output ``O`` (H·dv × d);
@@ -30,6 +33,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import numpy as np
+
 from ..errors import LMZipError
 
 __all__ = [
@@ -37,6 +42,7 @@ __all__ = [
     "flops_at",
     "average_flops",
     "gguf_metadata",
+    "gguf_file_metadata",
     "SLIDING_WINDOW_PATTERN",
     "ArchitectureError",
     "SMOLLM2_135M",
@@ -166,29 +172,36 @@ def average_flops(arch: Architecture, tokens: int = 1024) -> float:
 
 
 def gguf_metadata(model) -> dict[str, str]:
-    """Every scalar key/value of a loaded model's GGUF file, as strings (arrays of numbers
-    as ``[a, b, ...]``, as llama.cpp prints them; the tokenizer's long arrays left out);
-    plus ``tokenizer.vocab_size`` (the vocabulary's size, which the LM head produces).
-    Read from the file with ``gguf``, so any backend that runs a GGUF file will do."""
-    from gguf import GGUFReader, GGUFValueType
-
+    """:func:`gguf_file_metadata` of a loaded model's GGUF file (any backend that runs one)."""
     model = getattr(model, "base", model)  # a mixed model: its language model
     path = getattr(model, "path", None)
     if path is None or not str(path).endswith(".gguf"):
         raise ArchitectureError(f"model '{getattr(model, 'name', model)}' is not a transformer in a GGUF file: "
                                 f"no FLOPs to count")
+    return gguf_file_metadata(path, model.tokenizer.n_model_tokens)
+
+
+def gguf_file_metadata(path, vocab_size: int | None = None) -> dict[str, str]:
+    """Every scalar key/value of a GGUF file, as strings (arrays of numbers as ``[a, b, ...]``,
+    as llama.cpp prints them; the tokenizer's long arrays left out); plus
+    ``tokenizer.vocab_size``: ``vocab_size`` if given (the vocabulary's size, which the LM
+    head produces), else the number of tokens the file lists.  Only the header is read
+    (Gemma 3's 262,144-token vocabulary takes ``gguf.GGUFReader`` about ten seconds)."""
+    from ..predictors.gguf_tokenizer import _Metadata  # lmzip's own header reader
+
+    fields = _Metadata(path).fields
     out: dict[str, str] = {}
-    for key, field in GGUFReader(path).fields.items():
-        if not field.types:
+    for key, value in fields.items():
+        if isinstance(value, bytes):
+            out[key] = value.decode("utf-8", "replace")
+        elif isinstance(value, list):  # arrays of strings (the vocabulary, merges)
             continue
-        if field.types[0] == GGUFValueType.ARRAY:
-            if len(field.data) > 1024 or (len(field.types) > 1 and field.types[1] == GGUFValueType.STRING):
-                continue
-            out[key] = "[" + ", ".join(str(field.parts[i][0]) for i in field.data) + "]"
-        elif field.types[0] == GGUFValueType.STRING:
-            out[key] = bytes(field.parts[field.data[0]]).decode("utf-8", "replace")
+        elif isinstance(value, np.ndarray):
+            if len(value) <= 1024:
+                out[key] = "[" + ", ".join(str(v) for v in value.tolist()) + "]"
         else:
-            value = field.parts[field.data[0]][0]
             out[key] = str(int(value)) if float(value).is_integer() else repr(float(value))
-    out["tokenizer.vocab_size"] = str(model.tokenizer.n_model_tokens)
+    if vocab_size is None:
+        vocab_size = len(fields.get("tokenizer.ggml.tokens", ()))
+    out["tokenizer.vocab_size"] = str(vocab_size)
     return out

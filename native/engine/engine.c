@@ -23,6 +23,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(LMZ_NO_SIMD) /* LMZ_NO_SIMD: portable C only */
@@ -69,18 +70,30 @@ static inline uint16_t f2h(float f) {
 
 /* exp(y) in float32, the engine's own: y clamped to [-87, 88], y = k ln2 + r with
  * k = rne(y log2 e), r = (y - k LN2_HI) - k LN2_LO, exp(r) by a degree-7 Taylor
- * polynomial (Horner), times 2^k built from bits.  Branch-free (selects only). */
+ * polynomial (Horner), times 2^k built from bits.  Branch-free (selects only).  The
+ * constants are shared with the SIMD versions (attn_simd.inc). */
+#define EXP_LOG2E 1.44269502162933349609375f
+#define EXP_ROUND 12582912.0f /* 1.5 * 2^23 */
+#define EXP_LN2_HI 0.693145751953125f
+#define EXP_LN2_LO 1.428606765330187045e-06f
+#define EXP_C7 1.98412698e-4f /* 1/5040 */
+#define EXP_C6 1.38888889e-3f
+#define EXP_C5 8.33333377e-3f
+#define EXP_C4 4.16666679e-2f
+#define EXP_C3 1.66666672e-1f
+#define GELU_A 0.797884560802865f /* sqrt(2 / pi) */
+#define GELU_B 0.044715f
 static inline float exp_f(float y) {
     y = y < -87.0f ? -87.0f : y;
     y = y > 88.0f ? 88.0f : y;
-    float t = y * 1.44269502162933349609375f + 12582912.0f; /* 1.5 * 2^23 */
-    float k = t - 12582912.0f;
-    float r = (y - k * 0.693145751953125f) - k * 1.428606765330187045e-06f;
-    float p = 1.98412698e-4f; /* 1/5040 */
-    p = p * r + 1.38888889e-3f;
-    p = p * r + 8.33333377e-3f;
-    p = p * r + 4.16666679e-2f;
-    p = p * r + 1.66666672e-1f;
+    float t = y * EXP_LOG2E + EXP_ROUND;
+    float k = t - EXP_ROUND;
+    float r = (y - k * EXP_LN2_HI) - k * EXP_LN2_LO;
+    float p = EXP_C7;
+    p = p * r + EXP_C6;
+    p = p * r + EXP_C5;
+    p = p * r + EXP_C4;
+    p = p * r + EXP_C3;
     p = p * r + 0.5f;
     p = p * r + 1.0f;
     p = p * r + 1.0f;
@@ -184,17 +197,74 @@ typedef struct {
 } act;
 
 typedef void (*mm_fn)(const uint8_t *W, int K, int g0, int g1, const act *x, int t0, int T, float *out, int ldo);
-typedef void (*attn_fn)(const float *q, const float *sink_k, const float *sink_v, const uint16_t *kc,
-                        const uint16_t *vc, int C, int64_t lo, int n_ring, float *slot_scores, float *e,
-                        float *out);
+/* Attention of one token over one KV head, for the G query heads that share it
+ * (docs/engine.md, per layer, step 4).  Time index i: the sink (if use_sink) is i = 0,
+ * then ring positions lo, lo + 1, ... (n_ring of them, from ring slot (lo - 1) mod C). */
+typedef struct {
+    int G, D, C;          /* query heads, head dimensions (a multiple of 16), ring slots (of 16) */
+    int use_sink, n_ring; /* the sink first in time order; ring positions */
+    int64_t lo;           /* the first ring position */
+    const float *q;       /* G x D: the rotated, scaled queries */
+    const float *sink_k;  /* D: the start token's key, rotated where the schedule puts it */
+    const float *sink_v;  /* D */
+    const uint16_t *kc;   /* [C/16][D][16] f16 keys: 16 slots side by side per dimension */
+    const uint16_t *vc;   /* [D/16][C][16] f16 values: 16 dimensions of a slot side by side */
+    float *out;           /* G x D */
+} attn_args;
+
+typedef void (*attn_fn)(const attn_args *a, float *work);
+
+/* The same attention in three stages, so that a few (token, KV head) pairs can be shared
+ * among threads (the SIMD sets; the results do not depend on how it is split):
+ * scores of the ring's blocks i0..i1-1 into sc (G x C, by slot); one head's scores in
+ * time order into e and their softmax (returns the sum); the outputs over dimensions
+ * c0..c1-1 (multiples of 16) from the exps of all heads (e + g * es). */
+typedef struct {
+    void (*scores)(const attn_args *a, int i0, int i1, float *sc);
+    float (*softmax)(const attn_args *a, int g, const float *sc, float *e);
+    void (*values)(const attn_args *a, int c0, int c1, const float *e, size_t es, const float *sum);
+} attn_stages;
+
+/* the ring's 16-slot blocks in time order: n0 from block first[0] (up to the ring's
+ * end), then n1 from first[1] = 0 after the wrap */
+typedef struct {
+    int first[2], n0, n1;
+} attn_ring;
+
+static inline int attn_s0(const attn_args *a) { return a->n_ring > 0 ? (int)((a->lo - 1) % a->C) : 0; }
+
+static inline attn_ring attn_ring_blocks(const attn_args *a) {
+    attn_ring r = {{0, 0}, 0, 0};
+    if (a->n_ring > 0) {
+        int s0 = attn_s0(a), end = s0 + a->n_ring;
+        r.first[0] = s0 / 16;
+        r.n0 = ((end < a->C ? end : a->C) + 15) / 16 - r.first[0];
+        r.n1 = end > a->C ? (end - a->C + 15) / 16 : 0;
+    }
+    return r;
+}
+
+/* floats per head of the time-ordered scores (n <= C + 1, padded to 16) */
+static inline size_t attn_e_stride(int C) { return (size_t)C + 48; }
+
+/* floats of work space an attention call needs (attn_args with these G and C) */
+static size_t attn_work_floats(int G, int C) { return (size_t)G * ((size_t)C + attn_e_stride(C)) + 64; }
+/* most query heads per KV head */
+#define LMZ_MAX_GQ 16
 
 typedef void (*k16_fn)(const tensor *W, int g0, int g1, const act *x, int T, float *out, int ldo);
+
+typedef void (*quant_fn)(const float *x, int K, int8_t *q, float *s, float *sa, int32_t *sum);
+typedef void (*act_fn)(float *g, const float *u, int n); /* g = f(g) * u */
 
 typedef struct {
     const char *name;
     mm_fn q4, q8;
     attn_fn attn;
+    const attn_stages *attn_split; /* NULL: the attention is never split (scalar) */
     k16_fn k16;
+    quant_fn quant;          /* activation quantization (quantize_row) */
+    act_fn silu_mul, gelu_mul; /* the gated MLP's activation times the up projection */
 } isa_kernels;
 
 /* ------------------------------------------------------------------ thread pool */
@@ -344,6 +414,18 @@ static void pool_destroy(pool *p) {
     pthread_cond_destroy(&p->cv);
 }
 
+/* ------------------------------------------------------------------ profile */
+
+enum { P_PRODUCTS, P_ATTENTION, P_ROPE_CACHE, P_NORMS, P_HEAD, P_OTHER };
+static const char *const PROF_NAMES[LMZ_PROF_PHASES] = {"products", "attention", "rope+cache", "norms",
+                                                        "head", "other"};
+
+static double mono_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
 /* ------------------------------------------------------------------ model, stream */
 
 struct lmz_model {
@@ -372,16 +454,47 @@ struct lmz_model {
     int64_t *tok_pos;
     float *rope_tab; /* per token: cos_p[32], sin_p[32], cos_sink[32], sin_sink[32] */
     int *sel;
-    float *scratch; /* per thread: slot scores + e */
+    float *scratch; /* per part of a phase: the attention's work space */
     size_t scratch_per_thread;
+    float *split; /* the attention's buffers when split in stages (run_attention) */
+    size_t split_cap;
+    /* lmz_profile: seconds per phase since the last read, when on */
+    int prof_on;
+    double prof[LMZ_PROF_PHASES], prof_t;
 };
+
+/* the time since the last mark belongs to `phase` (a no-op unless profiling) */
+static inline void prof_mark(lmz_model *m, int phase) {
+    if (m->prof_on) {
+        double t = mono_seconds();
+        m->prof[phase] += t - m->prof_t;
+        m->prof_t = t;
+    }
+}
+
+static inline void prof_start(lmz_model *m) {
+    if (m->prof_on)
+        m->prof_t = mono_seconds();
+}
+
+int lmz_profile(lmz_model *m, int enable, double *seconds) {
+    pthread_mutex_lock(&m->eval_lock); /* not while an evaluation runs */
+    if (seconds)
+        memcpy(seconds, m->prof, sizeof m->prof);
+    memset(m->prof, 0, sizeof m->prof);
+    m->prof_on = enable != 0;
+    pthread_mutex_unlock(&m->eval_lock);
+    return LMZ_PROF_PHASES;
+}
+
+const char *lmz_profile_name(int phase) { return phase >= 0 && phase < LMZ_PROF_PHASES ? PROF_NAMES[phase] : NULL; }
 
 struct lmz_stream {
     lmz_model *m;
     int W, C;      /* window; ring slots (multiple of 16) */
     int64_t n;     /* tokens evaluated = the next position */
-    uint16_t *kc;  /* [layer][kv head][C/16][64][16] f16, rotated at the absolute position */
-    uint16_t *vc;  /* [layer][kv head][C][64] f16 */
+    uint16_t *kc;  /* [layer][kv head][C/16][head_dim][16] f16, rotated at the absolute position */
+    uint16_t *vc;  /* [layer][kv head][head_dim/16][C][16] f16 */
     float *sink_k; /* [layer][kv head * 64] the start token's key, not rotated */
     float *sink_v;
     float *hidden; /* [n_embd] the final normalized hidden state of the last token evaluated */
@@ -510,25 +623,77 @@ static void mm_k16_scalar(const tensor *W, int g0, int g1, const act *x, int T, 
     }
 }
 
-/* attention, plain C (scalar: not vectorized) */
-#define CVT16(dst, src)                                                                                    \
-    do {                                                                                                   \
-        for (int _i = 0; _i < 16; _i++)                                                                    \
-            (dst)[_i] = h2f((src)[_i]);                                                                    \
-    } while (0)
-#define ATTN_FN __attribute__((optimize("no-tree-vectorize"))) attn_scalar
-#include "attn.inc"
-#undef ATTN_FN
-#if !defined(LMZ_X86) && !defined(LMZ_NEON)
-/* the same C, vectorized by the compiler where it can (SIMD builds have attn_sse2 and
- * attn_neon, with explicit f16 conversions) */
-#define ATTN_FN attn_generic
-#include "attn.inc"
-#undef ATTN_FN
-#endif
-#undef CVT16
+/* Attention, the definition: one query head at a time in plain C, the scores in time
+ * order, each sum in the order docs/engine.md gives (the scalar set runs this; the SIMD
+ * sets compute the same operations for all G heads in one pass over the cache,
+ * attn_simd.inc).  e: n = use_sink + n_ring floats. */
+__attribute__((optimize("no-tree-vectorize"))) static void attn_head_ref(const attn_args *a, const float *q,
+                                                                         float *e, float *out) {
+    int D = a->D, C = a->C, n = a->use_sink + a->n_ring;
+    int s0 = a->n_ring > 0 ? (int)((a->lo - 1) % C) : 0;
+    int i = 0;
+    if (a->use_sink) {
+        float acc = 0.0f;
+        for (int d = 0; d < D; d++)
+            acc = acc + q[d] * a->sink_k[d];
+        e[i++] = acc;
+    }
+    for (int r = 0, s = s0; r < a->n_ring; r++, s = s + 1 == C ? 0 : s + 1) {
+        const uint16_t *kb = a->kc + (size_t)(s / 16) * D * 16 + s % 16;
+        float acc = 0.0f;
+        for (int d = 0; d < D; d++)
+            acc = acc + q[d] * h2f(kb[16 * d]);
+        e[i++] = acc;
+    }
+    float mx = e[0];
+    for (i = 1; i < n; i++)
+        mx = e[i] > mx ? e[i] : mx;
+    float lane[16] = {0};
+    for (i = 0; i < n; i++) {
+        e[i] = exp_f(e[i] - mx);
+        lane[i % 16] = lane[i % 16] + e[i];
+    }
+    float sum = tree16(lane);
+    for (int d = 0; d < D; d++) {
+        float A[4] = {0};
+        i = 0;
+        if (a->use_sink) {
+            A[0] = A[0] + e[0] * a->sink_v[d];
+            i = 1;
+        }
+        for (int s = s0; i < n; i++, s = s + 1 == C ? 0 : s + 1)
+            A[i % 4] = A[i % 4] + e[i] * h2f(a->vc[((size_t)(d / 16) * C + s) * 16 + d % 16]);
+        out[d] = ((A[0] + A[1]) + (A[2] + A[3])) / sum;
+    }
+}
 
-static const isa_kernels K_SCALAR = {"scalar", mm_q4_scalar, mm_q8_scalar, attn_scalar, mm_k16_scalar};
+static void attn_scalar(const attn_args *a, float *work) {
+    for (int g = 0; g < a->G; g++)
+        attn_head_ref(a, a->q + (size_t)g * a->D, work, a->out + (size_t)g * a->D);
+}
+
+/* g = (g / (1 + exp(-g))) * u: SiLU of the gate times the up projection */
+static void silu_mul_scalar(float *g, const float *u, int n) {
+    for (int i = 0; i < n; i++)
+        g[i] = (g[i] / (1.0f + exp_f(-g[i]))) * u[i];
+}
+
+/* tanh-form GELU from the engine's own exp:
+ * u = 0.7978845608 * (x * (1 + 0.044715 * (x * x))); t = 1 - 2 / (exp(2u) + 1);
+ * gelu = (0.5 * x) * (1 + t)  (binary32, in this order) */
+static inline float gelu_f(float x) {
+    float u = GELU_A * (x * (1.0f + GELU_B * (x * x)));
+    float t = 1.0f - 2.0f / (exp_f(u + u) + 1.0f);
+    return (0.5f * x) * (1.0f + t);
+}
+
+static void gelu_mul_scalar(float *g, const float *u, int n) {
+    for (int i = 0; i < n; i++)
+        g[i] = gelu_f(g[i]) * u[i];
+}
+
+static const isa_kernels K_SCALAR = {"scalar", mm_q4_scalar, mm_q8_scalar, attn_scalar, NULL, mm_k16_scalar,
+                                     quantize_row, silu_mul_scalar, gelu_mul_scalar};
 
 /* ------------------------------------------------------------------ kernels: SIMD, shared */
 
@@ -573,15 +738,27 @@ static const isa_kernels K_SCALAR = {"scalar", mm_q4_scalar, mm_q8_scalar, attn_
 #define BASE_Q4 mm_q4_sse2
 #define BASE_Q8 mm_q8_sse2
 #define BASE_ATTN attn_sse2
+#define BASE_STAGES (&attn_stages_sse2)
+#define BASE_QUANT quantize_sse2
+#define BASE_SILU silu_mul_sse2
+#define BASE_GELU gelu_mul_sse2
 #elif defined(LMZ_NEON)
 #include "kernels_neon.inc"
 #define BASE_Q4 mm_q4_neon
 #define BASE_Q8 mm_q8_neon
 #define BASE_ATTN attn_neon
+#define BASE_STAGES (&attn_stages_neon)
+#define BASE_QUANT quantize_neon
+#define BASE_SILU silu_mul_neon
+#define BASE_GELU gelu_mul_neon
 #else
 #define BASE_Q4 mm_q4_scalar
 #define BASE_Q8 mm_q8_scalar
-#define BASE_ATTN attn_generic
+#define BASE_ATTN attn_scalar
+#define BASE_STAGES NULL
+#define BASE_QUANT quantize_row
+#define BASE_SILU silu_mul_scalar
+#define BASE_GELU gelu_mul_scalar
 #endif
 
 /* the baseline every CPU of the architecture has: SSE2 on x86-64, NEON (ASIMD) on aarch64 */
@@ -592,9 +769,12 @@ static const isa_kernels K_SCALAR = {"scalar", mm_q4_scalar, mm_q8_scalar, attn_
 #else
 #define GENERIC_NAME "generic"
 #endif
-static const isa_kernels K_GENERIC = {GENERIC_NAME, BASE_Q4, BASE_Q8, BASE_ATTN, mm_k16_scalar};
+static const isa_kernels K_GENERIC = {GENERIC_NAME, BASE_Q4, BASE_Q8, BASE_ATTN, BASE_STAGES, mm_k16_scalar, BASE_QUANT,
+                                      BASE_SILU, BASE_GELU};
 #if defined(LMZ_NEON_DOT)
-static const isa_kernels K_NEON_DOT = {"dotprod", mm_q4_neon_dot, mm_q8_neon_dot, attn_neon, mm_k16_scalar};
+static const isa_kernels K_NEON_DOT = {"dotprod", mm_q4_neon_dot, mm_q8_neon_dot, attn_neon, &attn_stages_neon,
+                                       mm_k16_scalar,
+                                       quantize_neon, silu_mul_neon, gelu_mul_neon};
 #endif
 
 /* One 16-value f16 conversion against h2f on every finite f16 (inf and NaN: the converter
@@ -819,7 +999,7 @@ lmz_model *lmz_load(const char *path, int threads, const char *isa, char *err, s
     } else {
         bad = m->head_dim != 64 || rope_dim != 64 || m->n_head % m->n_kv || m->n_embd != m->n_head * 64;
     }
-    if (bad || m->n_layer < 1 || n_t != 2 + per_layer * m->n_layer || m->n_embd % 32 || m->n_ff % 32 ||
+    if (bad || m->n_kv < 1 || m->n_head % m->n_kv || m->n_head / m->n_kv > LMZ_MAX_GQ || m->n_layer < 1 || n_t != 2 + per_layer * m->n_layer || m->n_embd % 32 || m->n_ff % 32 ||
         m->n_vocab % 16 || (size_t)256 + 32 * (size_t)n_t > size) {
         lmz_free(m);
         snprintf(err, errlen, "%s: unsupported model shape", path);
@@ -905,6 +1085,7 @@ void lmz_free(lmz_model *m) {
     }
     free_buffers(m);
     free(m->scratch);
+    free(m->split);
     free(m->layers);
     if (m->map)
         munmap(m->map, m->map_size);
@@ -922,7 +1103,12 @@ lmz_stream *lmz_stream_new(lmz_model *m, int context) {
     lmz_stream *s = calloc(1, sizeof *s);
     s->m = m;
     s->W = context;
-    s->C = ((context - 1) + (LMZ_MAX_STEP - 1) + 15) & ~15;
+    /* the ring holds the window, and Gemma's local layers' window when that is longer, and
+     * the rest of a step's tokens */
+    int span = context - 1;
+    if (m->arch == ARCH_GEMMA3 && m->swa_window > span)
+        span = m->swa_window;
+    s->C = (span + (LMZ_MAX_STEP - 1) + 15) & ~15;
     size_t per = (size_t)m->n_layer * m->n_kv * s->C * m->head_dim;
     s->kc = calloc(per, sizeof(uint16_t));
     s->vc = calloc(per, sizeof(uint16_t));
@@ -1013,8 +1199,17 @@ static void rope_table(const lmz_model *m, int64_t pos, float *cs, float *sn) {
     }
 }
 
-/* a matrix product job: several matrices over the same activations, split in units of
- * `unit` groups of 16 rows among threads (each output computed by one thread) */
+/* What a matrix product task does with its rows once computed (the same operations,
+ * moved into the parallel phase: each row belongs to one thread) */
+enum {
+    POST_NONE,
+    POST_QKV,      /* llama: RoPE of q and k, q scaled, k and v into the stream's cache */
+    POST_RESIDUAL, /* out[t][r] is added to the residual stream x[t][r] */
+    POST_FFN,      /* gate and up in units of 32 rows: SiLU(gate) * up (GELU for Gemma), quantized */
+};
+
+/* a matrix product job: several matrices over the same activations, split among the
+ * parts of the phase in units of 16 rows (each output computed by one thread) */
 typedef struct {
     lmz_model *m;
     int nmat;
@@ -1023,31 +1218,72 @@ typedef struct {
     int ldo[3];
     const act *x;
     int T;
-    /* ffn gate/up: fuse SiLU * up and quantize h */
-    int ffn;
+    int post;
+    lmz_stream *const *streams; /* POST_QKV */
+    int layer;
 } mm_job;
+
+/* POST_QKV for rows r0..r1-1 of matrix i (0 q, 1 k, 2 v) of every token: RoPE on the
+ * pairs (2i, 2i+1) of each head (a pair never straddles a group of 16 rows), then q
+ * times 0.125 (1/sqrt(64), exact); the start token's k (unrotated) and v are the sink's,
+ * binary32; later tokens' go to ring slot (p - 1) mod C in f16 */
+static void qkv_post(const mm_job *j, int i, int r0, int r1) {
+    lmz_model *m = j->m;
+    for (int t = 0; t < j->T; t++) {
+        float *y = j->out[i] + (size_t)t * j->ldo[i];
+        lmz_stream *s = j->streams[m->tok_stream[t]];
+        int64_t p = m->tok_pos[t];
+        const float *rt = m->rope_tab + (size_t)t * 128;
+        if (i < 2 && (i == 0 || p > 0))
+            for (int r = r0; r < r1; r += 2) {
+                int pi = (r % 64) / 2;
+                float x0 = y[r], x1 = y[r + 1];
+                y[r] = x0 * rt[pi] - x1 * rt[32 + pi];
+                y[r + 1] = x0 * rt[32 + pi] + x1 * rt[pi];
+            }
+        if (i == 0) {
+            for (int r = r0; r < r1; r++)
+                y[r] = y[r] * 0.125f;
+            continue;
+        }
+        for (int r = r0; r < r1; r++) {
+            size_t li = (size_t)j->layer * m->n_kv + r / 64;
+            int d = r % 64;
+            if (p == 0) {
+                (i == 1 ? s->sink_k : s->sink_v)[li * 64 + d] = y[r];
+                continue;
+            }
+            int slot = (int)((p - 1) % s->C);
+            if (i == 1)
+                s->kc[li * (size_t)s->C * 64 + (size_t)(slot / 16) * 1024 + (size_t)d * 16 + slot % 16] = f2h(y[r]);
+            else
+                s->vc[li * (size_t)s->C * 64 + ((size_t)(d / 16) * s->C + slot) * 16 + d % 16] = f2h(y[r]);
+        }
+    }
+}
 
 static void mm_task(void *ctx, int tid, int nth) {
     mm_job *j = ctx;
-    const isa_kernels *k = j->m->k;
-    if (j->ffn) { /* units of 32 rows of gate and up; then h and its quantized blocks */
+    lmz_model *m = j->m;
+    const isa_kernels *k = m->k;
+    if (j->post == POST_FFN) { /* units of 32 rows of gate and up; then h and its quantized blocks */
         int F = j->w[0]->rows, units = F / 32;
         int u0 = (int)((int64_t)units * tid / nth), u1 = (int)((int64_t)units * (tid + 1) / nth);
         if (u0 >= u1)
             return;
-        int K = j->w[0]->cols;
-        k->q4(j->w[0]->data, K, 2 * u0, 2 * u1, j->x, 0, j->T, j->out[0], F);
-        k->q4(j->w[1]->data, K, 2 * u0, 2 * u1, j->x, 0, j->T, j->out[1], F);
-        lmz_model *m = j->m;
+        for (int i = 0; i < 2; i++) {
+            const tensor *W = j->w[i];
+            if (W->type == T_K16)
+                k->k16(W, 2 * u0, 2 * u1, j->x, j->T, j->out[i], F);
+            else
+                (W->type == T_Q8_0 ? k->q8 : k->q4)(W->data, W->cols, 2 * u0, 2 * u1, j->x, 0, j->T, j->out[i], F);
+        }
+        act_fn act = m->arch == ARCH_GEMMA3 ? k->gelu_mul : k->silu_mul;
         for (int t = 0; t < j->T; t++) {
-            float *g = j->out[0] + (size_t)t * F, *u = j->out[1] + (size_t)t * F;
-            for (int i = 32 * u0; i < 32 * u1; i++) {
-                float gi = g[i];
-                g[i] = (gi / (1.0f + exp_f(-gi))) * u[i];
-            }
-            quantize_row(g + 32 * u0, 32 * (u1 - u0), m->a_ff.q + (size_t)t * F + 32 * u0,
-                         m->a_ff.s + (size_t)t * (F / 32) + u0, m->a_ff.sa + (size_t)t * (F / 32) + u0,
-                         m->a_ff.sum + (size_t)t * (F / 32) + u0);
+            float *g = j->out[0] + (size_t)t * F + 32 * u0, *u = j->out[1] + (size_t)t * F + 32 * u0;
+            act(g, u, 32 * (u1 - u0));
+            k->quant(g, 32 * (u1 - u0), m->a_ff.q + (size_t)t * F + 32 * u0, m->a_ff.s + (size_t)t * (F / 32) + u0,
+                     m->a_ff.sa + (size_t)t * (F / 32) + u0, m->a_ff.sum + (size_t)t * (F / 32) + u0);
         }
         return;
     }
@@ -1059,46 +1295,214 @@ static void mm_task(void *ctx, int tid, int nth) {
     for (int i = 0; i < j->nmat; i++) {
         int G = j->w[i]->rows / 16;
         int a = g0 > base ? g0 - base : 0, b = g1 - base < G ? g1 - base : G;
-        if (a < b && j->w[i]->type == T_K16) {
+        base += G;
+        if (a >= b)
+            continue;
+        if (j->w[i]->type == T_K16) {
             k->k16(j->w[i], a, b, j->x, j->T, j->out[i], j->ldo[i]);
-        } else if (a < b) {
+        } else {
             mm_fn f = j->w[i]->type == T_Q8_0 ? k->q8 : k->q4;
             f(j->w[i]->data, j->w[i]->cols, a, b, j->x, 0, j->T, j->out[i], j->ldo[i]);
         }
-        base += G;
+        if (j->post == POST_QKV)
+            qkv_post(j, i, 16 * a, 16 * b);
+        else if (j->post == POST_RESIDUAL)
+            for (int t = 0; t < j->T; t++) {
+                float *x = m->x + (size_t)t * m->n_embd, *y = j->out[i] + (size_t)t * j->ldo[i];
+                for (int r = 16 * a; r < 16 * b; r++)
+                    x[r] = x[r] + y[r];
+            }
     }
 }
 
+/* Work per token between the products, split among threads by token when there are
+ * several (each token's sums stay sequential, computed by one thread) */
+typedef struct tok_job {
+    lmz_model *m;
+    lmz_stream *const *streams;
+    int layer, T;
+    void (*fn)(const struct tok_job *j, size_t t);
+    const float *norm; /* the RMSNorm weights of fn, when it has one */
+} tok_job;
+
+static void tok_task(void *ctx, int part, int nparts) {
+    tok_job *j = ctx;
+    size_t a = (size_t)j->T * part / nparts, b = (size_t)j->T * (part + 1) / nparts;
+    for (size_t t = a; t < b; t++)
+        j->fn(j, t);
+}
+
+static void for_tokens(lmz_model *m, tok_job *j) {
+    if (j->T > 1 && m->pool.n > 1) {
+        pool_run(&m->pool, tok_task, j);
+        return;
+    }
+    for (size_t t = 0; t < (size_t)j->T; t++)
+        j->fn(j, t);
+}
+
+/* the activations a_embd[t] of RMSNorm(x[t], norm), quantized */
+static void norm_quant_tok(const tok_job *j, size_t t) {
+    lmz_model *m = j->m;
+    size_t E = (size_t)m->n_embd;
+    rmsnorm(m->xb + t * E, m->x + t * E, j->norm, (int)E, m->eps);
+    m->k->quant(m->xb + t * E, (int)E, m->a_embd.q + t * E, m->a_embd.s + t * (E / 32), m->a_embd.sa + t * (E / 32),
+                m->a_embd.sum + t * (E / 32));
+}
+
+/* the attention of token t over KV head kvh of layer l (llama): the sink's key rotated at
+ * the virtual position lo - 1 into sk */
+static attn_args attn_llama(const lmz_model *m, lmz_stream *const *streams, int l, int t, int kvh, float *sk) {
+    int G = m->n_head / m->n_kv, E = m->n_embd;
+    lmz_stream *s = streams[m->tok_stream[t]];
+    int64_t p = m->tok_pos[t];
+    int64_t lo = p - s->W + 2;
+    if (lo < 1)
+        lo = 1;
+    size_t li = (size_t)l * m->n_kv + kvh;
+    memcpy(sk, s->sink_k + li * 64, 64 * sizeof(float));
+    const float *rt = m->rope_tab + (size_t)t * 128;
+    rope(sk, rt + 64, rt + 96);
+    attn_args a = {G, 64, s->C, 1, p >= 1 ? (int)(p - lo + 1) : 0, lo,
+                   m->q + (size_t)t * E + (size_t)kvh * G * 64, sk, s->sink_v + li * 64,
+                   s->kc + li * (size_t)s->C * 64, s->vc + li * (size_t)s->C * 64,
+                   m->ao + (size_t)t * E + (size_t)kvh * G * 64};
+    return a;
+}
+
+static attn_args attn_gemma(const lmz_model *m, lmz_stream *const *streams, int l, int t, int kvh, float *sk);
+
+/* The attention phase of a layer: per (token, KV head) pair, all its query heads; the
+ * outputs quantized into aq for the output projection. */
 typedef struct {
     lmz_model *m;
     lmz_stream *const *streams;
     int layer, T;
+    act *aq;
+    /* split mode (few pairs): each pair's arguments; its buffers at buf + w * per_pair:
+     * scores by slot (G x C), exps in time order (G x es), the sums (G), the sink's key
+     * (D); R parts of its scores */
+    attn_args *args;
+    float *buf;
+    size_t per_pair, es;
+    int cmax, R;
 } attn_job;
 
-static void attn_task(void *ctx, int tid, int nth) {
+static attn_args attn_pair(const attn_job *j, int w, float *sk) {
+    int t = w / j->m->n_kv, kvh = w % j->m->n_kv;
+    return j->m->arch == ARCH_GEMMA3 ? attn_gemma(j->m, j->streams, j->layer, t, kvh, sk)
+                                     : attn_llama(j->m, j->streams, j->layer, t, kvh, sk);
+}
+
+/* pair w's outputs (G x D values, whole 32-blocks) quantized */
+static void attn_quant(const attn_job *j, const attn_args *a) {
+    size_t o = (size_t)(a->out - j->m->ao), ob = o / 32;
+    j->m->k->quant(a->out, a->G * a->D, j->aq->q + o, j->aq->s + ob, j->aq->sa + ob, j->aq->sum + ob);
+}
+
+static void attn_task(void *ctx, int part, int nparts) {
     attn_job *j = ctx;
     lmz_model *m = j->m;
-    int H = m->n_head, KVH = m->n_kv, gq = H / KVH, E = m->n_embd;
-    int total = j->T * H;
-    int a = (int)((int64_t)total * tid / nth), b = (int)((int64_t)total * (tid + 1) / nth);
-    float *slot_scores = m->scratch + (size_t)tid * m->scratch_per_thread;
+    int total = j->T * m->n_kv;
+    int a = (int)((int64_t)total * part / nparts), b = (int)((int64_t)total * (part + 1) / nparts);
+    float *work = m->scratch + (size_t)part * m->scratch_per_thread, sk[512];
     for (int w = a; w < b; w++) {
-        int t = w / H, h = w % H, kvh = h / gq;
-        lmz_stream *s = j->streams[m->tok_stream[t]];
-        int64_t p = m->tok_pos[t];
-        int64_t lo = p - s->W + 2;
-        if (lo < 1)
-            lo = 1;
-        int n_ring = p >= 1 ? (int)(p - lo + 1) : 0;
-        size_t li = (size_t)j->layer * KVH + kvh;
-        float sk[64];
-        memcpy(sk, s->sink_k + li * 64, sizeof sk);
-        const float *rt = m->rope_tab + (size_t)t * 128;
-        rope(sk, rt + 64, rt + 96); /* the start token at the virtual position lo - 1 */
-        float *e = slot_scores + s->C + 16;
-        m->k->attn(m->q + (size_t)t * E + h * 64, sk, s->sink_v + li * 64, s->kc + li * (size_t)s->C * 64,
-                   s->vc + li * (size_t)s->C * 64, s->C, lo, n_ring, slot_scores, e, m->ao + (size_t)t * E + h * 64);
+        attn_args aa = attn_pair(j, w, sk);
+        m->k->attn(&aa, work);
+        attn_quant(j, &aa);
     }
+}
+
+static float *split_sc(const attn_job *j, int w) { return j->buf + (size_t)w * j->per_pair; }
+static float *split_e(const attn_job *j, int w) { return split_sc(j, w) + (size_t)j->args[w].G * j->cmax; }
+static float *split_sum(const attn_job *j, int w) { return split_e(j, w) + (size_t)j->args[w].G * j->es; }
+
+/* items in order (pair, index) over n per pair: this part's range */
+#define SPLIT_RANGE(n)                                                                                     \
+    int total = j->T * j->m->n_kv * (n);                                                                   \
+    int a = (int)((int64_t)total * part / nparts), b = (int)((int64_t)total * (part + 1) / nparts)
+
+static void split_scores_task(void *ctx, int part, int nparts) {
+    attn_job *j = ctx;
+    SPLIT_RANGE(j->R);
+    for (int it = a; it < b; it++) {
+        const attn_args *aa = &j->args[it / j->R];
+        attn_ring rb = attn_ring_blocks(aa);
+        int nb = rb.n0 + rb.n1, r = it % j->R;
+        j->m->k->attn_split->scores(aa, nb * r / j->R, nb * (r + 1) / j->R, split_sc(j, it / j->R));
+    }
+}
+
+static void split_softmax_task(void *ctx, int part, int nparts) {
+    attn_job *j = ctx;
+    int G = j->m->n_head / j->m->n_kv;
+    SPLIT_RANGE(G);
+    for (int it = a; it < b; it++) {
+        int w = it / G, g = it % G;
+        split_sum(j, w)[g] = j->m->k->attn_split->softmax(&j->args[w], g, split_sc(j, w), split_e(j, w) + g * j->es);
+    }
+}
+
+static void split_values_task(void *ctx, int part, int nparts) {
+    attn_job *j = ctx;
+    int nc = j->m->head_dim / 16;
+    SPLIT_RANGE(nc);
+    for (int it = a; it < b; it++) {
+        int w = it / nc, c = it % nc;
+        j->m->k->attn_split->values(&j->args[w], 16 * c, 16 * c + 16, split_e(j, w), j->es, split_sum(j, w));
+    }
+}
+
+/* the attention of a layer: one (token, KV head) pair per item when there are enough
+ * pairs to keep the threads busy, else each pair in three stages split among them */
+static int run_attention(lmz_model *m, lmz_stream *const *streams, int layer, int T, act *aq) {
+    attn_job j = {m, streams, layer, T, aq, NULL, NULL, 0, 0, 0, 1};
+    int pairs = T * m->n_kv, G = m->n_head / m->n_kv, D = m->head_dim;
+    if (!m->k->attn_split || m->pool.n < 2 || pairs >= 2 * m->pool.n) {
+        pool_run(&m->pool, attn_task, &j);
+        return 0;
+    }
+    int Cmax = 0;
+    for (int t = 0; t < T; t++)
+        Cmax = streams[m->tok_stream[t]]->C > Cmax ? streams[m->tok_stream[t]]->C : Cmax;
+    j.cmax = Cmax;
+    j.es = attn_e_stride(Cmax);
+    j.per_pair = (size_t)G * ((size_t)Cmax + j.es + 1) + (size_t)D + 16;
+    size_t arg_floats = (sizeof(attn_args) + sizeof(float) - 1) / sizeof(float) + 1;
+    size_t need = (size_t)pairs * (j.per_pair + arg_floats);
+    if (need > m->split_cap) {
+        free(m->split);
+        m->split = malloc(need * sizeof(float));
+        m->split_cap = m->split ? need : 0;
+        if (!m->split)
+            return -1;
+    }
+    j.args = (attn_args *)(void *)m->split;
+    j.buf = m->split + (size_t)pairs * arg_floats;
+    for (int w = 0; w < pairs; w++) /* the sink's key kept after the pair's sums */
+        j.args[w] = attn_pair(&j, w, j.buf + (size_t)w * j.per_pair + (size_t)G * ((size_t)Cmax + j.es + 1));
+    j.R = (4 * m->pool.n + pairs - 1) / pairs;
+    pool_run(&m->pool, split_scores_task, &j);
+    pool_run(&m->pool, split_softmax_task, &j);
+    pool_run(&m->pool, split_values_task, &j);
+    for (int w = 0; w < pairs; w++)
+        attn_quant(&j, &j.args[w]);
+    return 0;
+}
+
+/* work space for the attention: one per part of a phase */
+static int ensure_scratch(lmz_model *m, int n, lmz_stream *const *streams) {
+    size_t need = 0;
+    for (int i = 0; i < n; i++) {
+        size_t w = attn_work_floats(m->n_head / m->n_kv, streams[i]->C);
+        need = w > need ? w : need;
+    }
+    if (need <= m->scratch_per_thread)
+        return 0;
+    free(m->scratch);
+    m->scratch = malloc(need * (m->pool.n > 1 ? 4 * (size_t)m->pool.n : 1) * sizeof(float));
+    m->scratch_per_thread = m->scratch ? need : 0;
+    return m->scratch ? 0 : -1;
 }
 
 static void embed(const lmz_model *m, int token, float *x) {
@@ -1124,17 +1528,9 @@ static int step(lmz_model *m, int n, lmz_stream *const *streams, const int32_t *
         return 0;
     if (grow(m, T))
         return -1;
-    size_t need_scratch = 0;
-    for (int i = 0; i < n; i++)
-        if ((size_t)streams[i]->C * 2 + 64 > need_scratch)
-            need_scratch = (size_t)streams[i]->C * 2 + 64;
-    if (need_scratch > m->scratch_per_thread) {
-        free(m->scratch);
-        m->scratch = malloc(need_scratch * (m->pool.n > 1 ? 4 * m->pool.n : 1) * sizeof(float)); /* one per part */
-        if (!m->scratch)
-            return -1;
-        m->scratch_per_thread = need_scratch;
-    }
+    if (ensure_scratch(m, n, streams))
+        return -1;
+    prof_start(m);
     size_t t = 0;
     for (int i = 0; i < n; i++)
         for (int k = 0; k < cnt[i]; k++, t++) {
@@ -1149,67 +1545,30 @@ static int step(lmz_model *m, int n, lmz_stream *const *streams, const int32_t *
             rope_table(m, lo - 1, rt + 64, rt + 96);
             embed(m, tokens[i][k], m->x + t * E);
         }
+    prof_mark(m, P_OTHER);
     for (int l = 0; l < m->n_layer; l++) {
         const layer *L = m->layers + l;
-        for (t = 0; t < T; t++) {
-            rmsnorm(m->xb + t * E, m->x + t * E, (const float *)L->attn_norm.data, E, m->eps);
-            quantize_row(m->xb + t * E, E, m->a_embd.q + t * E, m->a_embd.s + t * (E / 32),
-                         m->a_embd.sa + t * (E / 32), m->a_embd.sum + t * (E / 32));
-        }
-        mm_job qkv = {m, 3, {&L->wq, &L->wk, &L->wv}, {m->q, m->kk, m->vv}, {E, KVD, KVD}, &m->a_embd, (int)T, 0};
-        pool_run(&m->pool, mm_task, &qkv);
-        for (t = 0; t < T; t++) {
-            lmz_stream *s = streams[m->tok_stream[t]];
-            int64_t p = m->tok_pos[t];
-            const float *rt = m->rope_tab + t * 128;
-            float *q = m->q + t * E;
-            for (int h = 0; h < m->n_head; h++) {
-                rope(q + h * 64, rt, rt + 32);
-                for (int d = 0; d < 64; d++)
-                    q[h * 64 + d] = q[h * 64 + d] * 0.125f; /* 1/sqrt(64), exact */
-            }
-            for (int kvh = 0; kvh < m->n_kv; kvh++) {
-                float *kx = m->kk + t * KVD + kvh * 64, *vx = m->vv + t * KVD + kvh * 64;
-                size_t li = (size_t)l * m->n_kv + kvh;
-                if (p == 0) {
-                    memcpy(s->sink_k + li * 64, kx, 64 * sizeof(float));
-                    memcpy(s->sink_v + li * 64, vx, 64 * sizeof(float));
-                    continue;
-                }
-                rope(kx, rt, rt + 32);
-                int slot = (int)((p - 1) % s->C);
-                uint16_t *kb = s->kc + li * (size_t)s->C * 64 + (size_t)(slot / 16) * 1024 + slot % 16;
-                uint16_t *vb = s->vc + li * (size_t)s->C * 64 + (size_t)slot * 64;
-                for (int d = 0; d < 64; d++) {
-                    kb[d * 16] = f2h(kx[d]);
-                    vb[d] = f2h(vx[d]);
-                }
-            }
-        }
-        attn_job aj = {m, streams, l, (int)T};
-        pool_run(&m->pool, attn_task, &aj);
-        for (t = 0; t < T; t++)
-            quantize_row(m->ao + t * E, E, m->a_embd.q + t * E, m->a_embd.s + t * (E / 32),
-                         m->a_embd.sa + t * (E / 32), m->a_embd.sum + t * (E / 32));
-        mm_job o = {m, 1, {&L->wo}, {m->tmp}, {E}, &m->a_embd, (int)T, 0};
+        tok_job norm = {m, streams, l, (int)T, norm_quant_tok, (const float *)L->attn_norm.data};
+        for_tokens(m, &norm);
+        prof_mark(m, P_NORMS);
+        mm_job qkv = {m, 3, {&L->wq, &L->wk, &L->wv}, {m->q, m->kk, m->vv}, {E, KVD, KVD}, &m->a_embd, (int)T,
+                      POST_QKV, streams, l};
+        pool_run(&m->pool, mm_task, &qkv); /* with RoPE and the cache writes */
+        prof_mark(m, P_PRODUCTS);
+        if (run_attention(m, streams, l, (int)T, &m->a_embd)) /* with the quantization of its outputs */
+            return -1;
+        prof_mark(m, P_ATTENTION);
+        mm_job o = {m, 1, {&L->wo}, {m->tmp}, {E}, &m->a_embd, (int)T, POST_RESIDUAL};
         pool_run(&m->pool, mm_task, &o);
-        for (t = 0; t < T; t++) {
-            float *x = m->x + t * E, *y = m->tmp + t * E;
-            for (int i = 0; i < E; i++)
-                x[i] = x[i] + y[i];
-            rmsnorm(m->xb + t * E, x, (const float *)L->ffn_norm.data, E, m->eps);
-            quantize_row(m->xb + t * E, E, m->a_embd.q + t * E, m->a_embd.s + t * (E / 32),
-                         m->a_embd.sa + t * (E / 32), m->a_embd.sum + t * (E / 32));
-        }
-        mm_job gu = {m, 2, {&L->wg, &L->wu}, {m->hb, m->hb + T * F}, {F, F}, &m->a_embd, (int)T, 1};
-        pool_run(&m->pool, mm_task, &gu);
-        mm_job dn = {m, 1, {&L->wd}, {m->tmp}, {E}, &m->a_ff, (int)T, 0};
+        prof_mark(m, P_PRODUCTS);
+        norm.norm = (const float *)L->ffn_norm.data;
+        for_tokens(m, &norm);
+        prof_mark(m, P_NORMS);
+        mm_job gu = {m, 2, {&L->wg, &L->wu}, {m->hb, m->hb + T * F}, {F, F}, &m->a_embd, (int)T, POST_FFN};
+        pool_run(&m->pool, mm_task, &gu); /* with SiLU and the quantization of its output */
+        mm_job dn = {m, 1, {&L->wd}, {m->tmp}, {E}, &m->a_ff, (int)T, POST_RESIDUAL};
         pool_run(&m->pool, mm_task, &dn);
-        for (t = 0; t < T; t++) {
-            float *x = m->x + t * E, *y = m->tmp + t * E;
-            for (int i = 0; i < E; i++)
-                x[i] = x[i] + y[i];
-        }
+        prof_mark(m, P_PRODUCTS);
     }
     for (int i = 0; i < n; i++)
         streams[i]->n += cnt[i];
@@ -1222,17 +1581,19 @@ static int step(lmz_model *m, int n, lmz_stream *const *streams, const int32_t *
             size_t last = t - 1;
             rmsnorm(m->xb + ns * (size_t)E, m->x + last * E, (const float *)m->out_norm.data, E, m->eps);
             memcpy(streams[i]->hidden, m->xb + ns * (size_t)E, (size_t)E * sizeof(float));
-            quantize_row(m->xb + ns * (size_t)E, E, m->a_embd.q + ns * (size_t)E, m->a_embd.s + ns * (size_t)(E / 32),
+            m->k->quant(m->xb + ns * (size_t)E, E, m->a_embd.q + ns * (size_t)E, m->a_embd.s + ns * (size_t)(E / 32),
                          m->a_embd.sa + ns * (size_t)(E / 32), m->a_embd.sum + ns * (size_t)(E / 32));
             m->sel[ns++] = i;
         }
     }
+    prof_mark(m, P_NORMS);
     if (ns) {
         mm_job hd = {m, 1, {&m->tok_embd}, {m->logit_tmp}, {V}, &m->a_embd, ns, 0};
         pool_run(&m->pool, mm_task, &hd);
         for (int k = 0; k < ns; k++)
             memcpy(logits + (size_t)m->sel[k] * V, m->logit_tmp + (size_t)k * V, (size_t)V * sizeof(float));
     }
+    prof_mark(m, P_HEAD);
     return 0;
 }
 

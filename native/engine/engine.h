@@ -57,6 +57,16 @@ int lmz_n_embd(const lmz_model *m);
 int lmz_eval(lmz_model *m, int n, lmz_stream *const *streams, const int32_t *const *tokens,
              const int *counts, float *logits);
 
+/* Profiling: seconds spent per phase of the forward pass (wall time of the calling
+ * thread, which runs and waits for every phase), summed since the last call.  Writes
+ * LMZ_PROF_PHASES values into seconds (if not NULL), resets them, and switches the timing
+ * on or off (off by default; the timers cost a few microseconds per step).  Returns
+ * LMZ_PROF_PHASES.  lmz_profile_name(i): "products", "attention", "rope+cache", "norms"
+ * (RMSNorm, activation quantization, residuals, Gemma's GELU), "head" (the logits), "other". */
+#define LMZ_PROF_PHASES 6
+int lmz_profile(lmz_model *m, int enable, double *seconds);
+const char *lmz_profile_name(int phase);
+
 #ifdef __cplusplus
 }
 #endif

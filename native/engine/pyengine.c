@@ -180,6 +180,26 @@ static PyObject *Engine_stream_hidden(EngineObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* profile(enable) -> {phase: seconds} since the last call; switches the timers on or off */
+static PyObject *Engine_profile(EngineObject *self, PyObject *arg) {
+    int enable = PyObject_IsTrue(arg);
+    if (enable < 0)
+        return NULL;
+    double sec[LMZ_PROF_PHASES];
+    int n = lmz_profile(self->m, enable, sec);
+    PyObject *d = PyDict_New();
+    for (int i = 0; d && i < n; i++) {
+        PyObject *v = PyFloat_FromDouble(sec[i]);
+        if (!v || PyDict_SetItemString(d, lmz_profile_name(i), v) < 0) {
+            Py_XDECREF(v);
+            Py_DECREF(d);
+            return NULL;
+        }
+        Py_DECREF(v);
+    }
+    return d;
+}
+
 static PyObject *Engine_get_n_embd(EngineObject *self, void *c) { return PyLong_FromLong(lmz_n_embd(self->m)); }
 static PyObject *Engine_get_n_vocab(EngineObject *self, void *c) { return PyLong_FromLong(lmz_n_vocab(self->m)); }
 static PyObject *Engine_get_bos(EngineObject *self, void *c) { return PyLong_FromLong(lmz_bos(self->m)); }
@@ -194,6 +214,9 @@ static PyMethodDef Engine_methods[] = {
     {"eval", (PyCFunction)Engine_eval, METH_VARARGS, "eval(handles, tokens, out)"},
     {"stream_hidden", (PyCFunction)Engine_stream_hidden, METH_VARARGS,
      "stream_hidden(handle, out): the final normalized hidden state (n_embd float32) of its last evaluation"},
+    {"profile", (PyCFunction)Engine_profile, METH_O,
+     "profile(enable) -> {phase: seconds} of the forward pass since the last call (wall time; then reset); "
+     "enable switches the timers on or off"},
     {NULL, NULL, 0, NULL},
 };
 
