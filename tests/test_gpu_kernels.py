@@ -61,8 +61,8 @@ def probe(tmp_path_factory):
     lib.probe_exp_d.restype = lib.probe_log_d.restype = ctypes.c_double
     lib.probe_exp_d.argtypes = lib.probe_log_d.argtypes = [ctypes.c_double]
     lib.probe_rmsnorm.argtypes = [F, F, F, ctypes.c_int, ctypes.c_float]
-    lib.probe_attn.argtypes = [F, F, F, ctypes.POINTER(ctypes.c_uint16), ctypes.POINTER(ctypes.c_uint16),
-                               ctypes.c_int, ctypes.c_int64, ctypes.c_int, F]
+    lib.probe_attn.argtypes = [ctypes.c_int, ctypes.c_int, F, F, F, ctypes.POINTER(ctypes.c_uint16),
+                               ctypes.POINTER(ctypes.c_uint16), ctypes.c_int, ctypes.c_int64, ctypes.c_int, F]
     return lib
 
 
@@ -362,21 +362,20 @@ def test_attention(probe, win):
     launch(K.attn_values_kernel, (triton.cdiv(T, 4), KV, 2), stream, pos_d, vc, _dev(sink_v), sc, ao, T, 0, C, 1, win,
            NS, NH=NH, NKV=KV, G=G, GP=4, BT=4, BD=32)
     got = _host(ao)
-    # the engine's layout: keys [C/16][64][16], values [C][64]
+    # the engine's layouts: keys [C/16][64][16], values [64/16][C][16]; the G heads of a KV head at once
     for t, p in enumerate(pos):
         lo, n_ring = _window(p, win)
-        for h in range(NH):
-            kvh = h // G
+        for kvh in range(KV):
             ke = np.ascontiguousarray(kbits[0, 0, kvh].view(np.uint16).reshape(64, C // 16, 16).transpose(1, 0, 2))
-            ve = np.ascontiguousarray(vbits[0, 0, kvh].view(np.uint16))
+            ve = np.ascontiguousarray(vbits[0, 0, kvh].view(np.uint16).reshape(C, 4, 16).transpose(1, 0, 2))
             sk = sink_k[0, 0, kvh].copy()  # probe_rope rotates in place
             probe.probe_rope(_p(sk), _p(np.ascontiguousarray(cos[lo - 1])), _p(np.ascontiguousarray(sin[lo - 1])))
-            q = np.ascontiguousarray(qkv[t, h * 64:(h + 1) * 64])
-            want = np.empty(64, np.float32)
-            probe.probe_attn(_p(q), _p(sk), _p(np.ascontiguousarray(sink_v[0, 0, kvh])),
+            q = np.ascontiguousarray(qkv[t, kvh * G * 64:(kvh + 1) * G * 64])
+            want = np.empty(G * 64, np.float32)
+            probe.probe_attn(G, 64, _p(q), _p(sk), _p(np.ascontiguousarray(sink_v[0, 0, kvh])),
                              _p(ke, ctypes.c_uint16), _p(ve, ctypes.c_uint16), C, lo, n_ring, _p(want))
-            g_ = got[t, h * 64:(h + 1) * 64]
-            assert _same(g_, want), (p, h, float(np.abs(g_ - want).max()), float(np.abs(want).max()))
+            g_ = got[t, kvh * G * 64:(kvh + 1) * G * 64]
+            assert _same(g_, want), (p, kvh, float(np.abs(g_ - want).max()), float(np.abs(want).max()))
 
 
 # ---------------------------------------------------------------------------- the whole forward

@@ -39,12 +39,10 @@ void probe_exp_f(const float *x, float *y, int n) {
         y[i] = exp_f(x[i]);
 }
 
-/* SiLU times the up projection, as the engine's feed-forward task writes it (mm_task) */
+/* SiLU times the up projection (the engine's silu_mul_scalar): y = (g / (1 + exp(-g))) * u */
 void probe_silu_mul(const float *g, const float *u, float *y, int n) {
-    for (int i = 0; i < n; i++) {
-        float gi = g[i];
-        y[i] = (gi / (1.0f + exp_f(-gi))) * u[i];
-    }
+    memcpy(y, g, sizeof(float) * (size_t)n);
+    silu_mul_scalar(y, u, n);
 }
 
 void probe_f2h(const float *x, uint16_t *y, int n) {
@@ -69,11 +67,14 @@ void probe_inv_freq(double base, double *out) {
         out[i] = exp_d(-((double)(2 * i) / 64.0) * lb);
 }
 
-/* one query head's attention (attn.inc, plain C): sink key already rotated, ring caches in the
- * engine's layout (kc [C/16][64][16], vc [C][64]) */
-void probe_attn(const float *q, const float *sink_k, const float *sink_v, const uint16_t *kc, const uint16_t *vc,
-                int C, int64_t lo, int n_ring, float *out) {
-    float *scratch = malloc(sizeof(float) * (size_t)(2 * C + 64));
-    attn_scalar(q, sink_k, sink_v, kc, vc, C, lo, n_ring, scratch, scratch + C + 16, out);
-    free(scratch);
+/* the attention of one token over one KV head for its G query heads (attn_scalar, the
+ * definition): queries G x D (rotated, scaled), the sink's key already rotated, the ring in
+ * the engine's layouts (keys [C/16][D][16], values [D/16][C][16]); out G x D */
+void probe_attn(int G, int D, const float *q, const float *sink_k, const float *sink_v, const uint16_t *kc,
+                const uint16_t *vc, int C, int64_t lo, int n_ring, float *out) {
+    probe_init();
+    attn_args a = {G, D, C, 1, n_ring, lo, q, sink_k, sink_v, kc, vc, out};
+    float *work = malloc(sizeof(float) * attn_work_floats(G, C));
+    attn_scalar(&a, work);
+    free(work);
 }
