@@ -10,9 +10,9 @@ Every kernel reproduces the C engine's scalar definition bit for bit:
 - the engine's own exp; no ``tl.exp`` or libdevice;
 - every sum in the C's order: lanes run across independent outputs (tokens, matrix rows,
   cache slots, head dimensions), and a sequential sum is a loop.  Where a value must be
-  taken out of a register tile, ``tl.sum(tl.where(index == j, tile, 0))`` does it
-  exactly: every other term is +0 (and no value taken out this way is -0 where the sign
-  could matter: squares, exponentials and sums that start from +0).
+  taken out of a register tile, ``tl.split`` does it, or ``tl.sum(tl.where(index == j,
+  tile, 0))``, exactly: every other term is +0 (and no value taken out this way is -0
+  where the sign could matter: exponentials and sums that start from +0).
 
 Layouts (the host side, lmzip.gpu.forward, prepares them): activations [tokens, width]
 float32; quantized activations int8 [tokens, K] with float32 scales [tokens, K/32];
