@@ -121,6 +121,7 @@ def _logits_rate(gguf: Path, streams: int, depth: int, steps: int) -> tuple[floa
     fill = rng.integers(0, eng.n_vocab, (streams, depth)).tolist()
     eng.eval(hs, [[eng.bos] + f[:-1] for f in fill])  # to depth, 32 tokens a step (logits of the last only)
     out = np.empty((streams, eng.n_vocab), np.float32)
+    eng.eval(hs, [[t] for t in rng.integers(0, eng.n_vocab, streams).tolist()], out)  # compiles, captures
     rates = []
     for to_host in (False, True):
         torch.cuda.synchronize()
