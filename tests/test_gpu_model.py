@@ -260,3 +260,16 @@ def test_a_kernel_compiled_with_fusion_stops_the_run():
         forward.launch(Kernel(), (1,), 1.0, BT=16)
     Compiled.asm = {"ptx": ".target sm_90\n    mul.rn.f32 %f1, %f2, %f3;\n"}
     forward.launch(Kernel(), (1,), 1.0, BT=32)  # a clean kernel runs
+
+
+def test_tiles_from_the_environment(monkeypatch):
+    from lmzip.gpu.forward import Blocks
+
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    monkeypatch.setenv("LMZIP_GPU_BLOCKS", "dims=8, slots=128")
+    assert Blocks.from_env() == Blocks(dims=8, slots=128)
+    monkeypatch.setenv("LMZIP_GPU_BLOCKS", "dot_f32=1")
+    with pytest.raises(ValueError, match="unknown tile"):
+        Blocks.from_env()
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert Blocks.from_env() == Blocks.for_interpreter()
