@@ -18,10 +18,12 @@ The next GPU session runs it with the device tool: docs/gpu.md, "The next GPU ru
 preparation here (wheels, the model in two parts, the corpora) and the two calls; the
 second is
 
-    run(command="python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir
+    run(command="test -f .model/smol.part-aa || { echo 'part 1 is gone: call 1 again'; exit 3; };
+        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir
         --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD &&
         (python3 setup.py -q build_ext --inplace || echo C extensions not built);
         cat .model/smol.part-aa .model2/smol.part-ab > /tmp/smol.gguf &&
+        test $(stat -c %s /tmp/smol.gguf) -gt 90000000 &&
         PYTHONUNBUFFERED=1 python3 benchmarks/gpu.py --check --gguf /tmp/smol.gguf --corpora .corpora
         2>&1 | tee $OUT/check.txt", carry=[".model2", ".whl", ".corpora"], timeout_s=600)
 """
