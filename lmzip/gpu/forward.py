@@ -75,6 +75,7 @@ class Blocks:
     slots: int = 64  # attention time indices per program of the scores
     dims: int = 16  # value dimensions per program of the attention (divides 64)
     quant_blocks: int = 2  # 32-column blocks a norm or quantization program takes at a time (<= 16)
+    stages: int = 1  # software pipelining of the attention values' loop (tl.range num_stages)
     dot_f32: bool = False  # block products in float32 (exact, see matmul_kernel): the interpreter's
 
     @classmethod
@@ -329,7 +330,8 @@ class GPUEngine:
                    T, li, self.ring, self.n_layer, self.window, NS, NH=NH, NKV=KV, G=G, GP=GP, BT=B.attn_tokens,
                    BS=B.slots)
             launch(K.attn_values_kernel, (na, KV, 64 // B.dims), slot_d, pos_d, self.vc, self.sv, scores, ao, T, li,
-                   self.ring, self.n_layer, self.window, NS, NH=NH, NKV=KV, G=G, GP=GP, BT=B.attn_tokens, BD=B.dims)
+                   self.ring, self.n_layer, self.window, NS, NH=NH, NKV=KV, G=G, GP=GP, BT=B.attn_tokens, BD=B.dims,
+                   STAGES=B.stages)
             launch(K.norm_quant_kernel, (nt,), ao, L["attn_norm"], slot_d, ao, aq_e, a_s, a_sa, T, self.eps,
                    E=E, NORM=False, GATHER=False, STORE_Y=False, BT=B.norm_tokens, NBLK=nbe)
             self._matmul(L["wo"], aq_e, a_s, a_sa, x, T, E, residual=True)

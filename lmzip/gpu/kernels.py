@@ -368,7 +368,7 @@ def attn_scores_kernel(qkv_ptr, stream_ptr, pos_ptr, kc_ptr, rk_ptr, sc_ptr, T, 
 @triton.jit
 def attn_values_kernel(stream_ptr, pos_ptr, vc_ptr, sv_ptr, sc_ptr, ao_ptr, T, layer, C, NL, WIN, NS,
                        NH: tl.constexpr, NKV: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, BT: tl.constexpr,
-                       BD: tl.constexpr):
+                       BD: tl.constexpr, STAGES: tl.constexpr = 1):
     """Softmax and weighted values of the G query heads of one KV head, BT tokens and BD of
     the 64 dimensions a program (grid (cdiv(T, BT), NKV, 64 / BD)): mx = max e;
     e_i = exp(e_i - mx); the sum in 16 lanes (lane i mod 16, increasing i) and the fixed
@@ -405,7 +405,9 @@ def attn_values_kernel(stream_ptr, pos_ptr, vc_ptr, sv_ptr, sc_ptr, ao_ptr, T, l
     sink_v = tl.load(sv_ptr + head[:, None, None] * 64 + dd, mask=tok[:, None, None], other=0.0)  # [BT, 1, BD]
     lanes = tl.zeros([BT, GP, 4, 4], tl.float32)
     A = tl.zeros([BT, GP, 4, BD], tl.float32)
-    for c0 in range(0, NS, 16):
+    # STAGES > 1: the loads of later chunks are issued early (software pipelining); the sums
+    # keep their order
+    for c0 in tl.range(0, NS, 16, num_stages=STAGES):
         tau4 = c0 + 4 * u4 + j4  # [1, 1, 4, 4]
         ok4 = qm[:, :, None, None] & (tau4 < n[:, None, None, None])
         sc = tl.load(srow[:, :, None, None] + tau4, mask=ok4, other=0.0)

@@ -101,7 +101,9 @@ def smollm2_specs(blocks=None, n_embd: int = 576, n_ff: int = 1536, n_head: int 
         ("rope_cache_kernel", dict(NH=n_head, NKV=n_kv, HP=_pow2(n_head), KP=_pow2(n_kv), BT=b.norm_tokens)),
         ("sink_rope_kernel", dict(NKV=n_kv, KP=_pow2(n_kv), BT=b.norm_tokens)),
         ("attn_scores_kernel", dict(NH=n_head, NKV=n_kv, G=G, GP=_pow2(G), BT=b.attn_tokens, BS=b.slots)),
-        ("attn_values_kernel", dict(NH=n_head, NKV=n_kv, G=G, GP=_pow2(G), BT=b.attn_tokens, BD=b.dims)),
+        ("attn_values_kernel", dict(NH=n_head, NKV=n_kv, G=G, GP=_pow2(G), BT=b.attn_tokens, BD=b.dims,
+                                    STAGES=b.stages)),
+        ("attn_values_kernel", dict(NH=n_head, NKV=n_kv, G=G, GP=_pow2(G), BT=b.attn_tokens, BD=b.dims, STAGES=3)),
     ]
     return [KernelSpec(name, tuple(c.items())) for name, c in specs]
 
