@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Write docs/cli.md and the manual pages docs/man/lmzip.1 and docs/man/lmzcat.1 from the
-click commands, the source `lmzip --help` prints from.
+click commands, the source `lmzip --help` prints from, and the table of models in
+docs/models.md from the registry (lmzip/predictors/registry.py).
 
     python scripts/gen_docs.py           # rewrite the three files
     python scripts/gen_docs.py --check   # exit 1 if one of them is out of date
@@ -30,6 +31,9 @@ from lmzip.cli.commands import gzip_style, main  # noqa: E402
 CLI_MD = "docs/cli.md"
 MAN_LMZIP = "docs/man/lmzip.1"
 MAN_LMZCAT = "docs/man/lmzcat.1"
+MODELS_MD = "docs/models.md"
+MODELS_BEGIN = "<!-- the table of models: made by scripts/gen_docs.py from lmzip/predictors/registry.py -->"
+MODELS_END = "<!-- end of the table of models -->"
 REGENERATE = "python scripts/gen_docs.py"
 
 #: every environment variable lmzip, its engine and its scripts read: (name, who reads it, meaning).
@@ -71,6 +75,55 @@ ENVIRONMENT = [
     ("LMZIP_FUZZ_SEED", "tests", "First seed of the default mutation fuzz (default 0); a failure names its seed."),
     ("LMZIP_FUZZ_LONG_CASES", "tests", "Cases of the long fuzz run (default 200,000)."),
     ("HYPOTHESIS_PROFILE", "tests", "`ci` (default, fewer examples) or `thorough`."),
+]
+
+#: what the commands do that their --help does not say: (title, paragraphs), Markdown with `code`
+NOTES = [
+    ("Files and outputs", [
+        "`lmzip FILE` and `lmzip compress FILE` write `FILE.lmz` and keep `FILE`; `lmzip -d FILE.lmz` and "
+        "`lmzip decompress FILE.lmz` write `FILE`. With no FILE, or `-`, lmzip reads standard input and writes "
+        "standard output. An existing output is refused without `-f`.",
+        "Outputs are written to a temporary file beside the target and renamed into place only when complete "
+        "(with `--rm`, only once the output also decompresses to the input, and only then is the input "
+        "removed): an error, a full disk or Ctrl-C leaves no partial output and never touches the input. "
+        "An error with one file is reported in one line and the other files are still processed (exit "
+        "status 1).",
+        "As gzip does, lmzip refuses to write compressed data to a terminal and to compress what is typed on "
+        "one (usage errors; `-f` forces). With `-d`, `-t` or `-l` the options that only compression uses are "
+        "ignored, so `tar -I 'lmzip --context 512'` can extract too.",
+    ]),
+    ("Chunks, lockstep groups and workers", [
+        "`compress` cuts its input into chunks of `--chunk-size` bytes (1 MiB by default; also where text "
+        "turns into binary data and back) and codes up to `--streams` chunks together, one model evaluation "
+        "per step for all of them. An input of fewer chunks than `--streams` is coded at its own width: a "
+        "file of one chunk uses the single-stream schedule. The width is stored in the file.",
+        "`--workers auto` (the default) starts one single-thread worker process per core when a file (not a "
+        "pipe) holds two or more lockstep groups (`chunk size × streams`, 8 MiB by default), at most one "
+        "worker per group; otherwise it codes in the lmzip process with all its threads. `decompress` and "
+        "`test` read the group count from the file's index. `-v` names the workers used. The output is the "
+        "same with any number of workers.",
+        "`--range START:END` decodes only the groups that hold those bytes of the original.",
+    ]),
+    ("With tar and other tools", [
+        "Anything that takes a compressor program calls it to compress standard input to standard output, "
+        "and with `-d` to decompress; lmzip answers both. `tar -I lmzip -cf src.tar.lmz src/` creates an "
+        "archive, `tar -I lmzip -xf src.tar.lmz` extracts it (the model is read from the archive), "
+        "`tar -I 'lmzip -m gemma3-270m' -cf src.tar.lmz src/` chooses the model, and "
+        "`LMZIP_MODEL=ngram tar -I lmzip -cf logs.tar.lmz logs/` chooses it through the environment. "
+        "`tar --use-compress-program=lmzip` is the long form of `tar -I lmzip`.",
+        "logrotate takes `compresscmd lmzip`, `uncompresscmd lmzcat` and `compressext .lmz`; give "
+        "`compressoptions` too (e.g. `-q`): lmzip has no gzip levels such as `-6`. A damaged archive makes "
+        "`lmzip -d` stop with exit status 1 and a one-line message, which tar reports "
+        "(`tar: Child returned status 1`) and fails on.",
+    ]),
+    ("Measuring", [
+        "`bench` and `capacity` find the benchmark corpora through `--corpora DIR`, `$LMZIP_CORPORA` or "
+        "`../shared/corpora`, and check every file against `corpora/manifest.tsv`. `bench` uses the first "
+        "4,096 bytes of each file unless `--limit-bytes` says otherwise, caches each result in "
+        "`~/.cache/lmzip/bench` (so an interrupted run continues where it stopped), and needs "
+        "`pip install \".[bench]\"` for zstd, brotli and the plots. [BENCHMARKS.md](../BENCHMARKS.md) has "
+        "the figures.",
+    ]),
 ]
 
 COMPLETION = [
@@ -181,14 +234,18 @@ def render_markdown() -> str:
                  else "Compress FILEs, or with -d, -t, -l decompress, test or list them, as gzip does.")
         out.append(f"| [`{name}`](#{anchor(name)}) | {_cell(short)} |")
     out.append("| [`lmzcat`](#lmzcat) | `lmzip -dc`: decompress to standard output |")
-    out += ["", "Also: [exit status](#exit-status), [environment](#environment), "
+    out += ["", "Also: " + ", ".join(f"[{title.lower()}](#{anchor(title)})" for title, _ in NOTES)
+            + ", [exit status](#exit-status), [environment](#environment), "
             "[shell completion](#shell-completion), [manual page](#manual-page).", ""]
     for name, command, ctx in cmds:
         out += [f"## {name}", "", "```text", *usage(command, ctx, name), "```", ""]
         if command is gzip_style:
             help_text = main.help
             out += ["Without a command, lmzip works as gzip, xz and zstd do; this form takes every option "
-                    "of `lmzip compress` and `-d`, `-t`, `-l`, `--range`. `lmzip --help` prints:", ""]
+                    "of `lmzip compress` and `-d`, `-t`, `-l`, `--range`.", ""]
+            for kind, text in blocks(gzip_style.help):
+                out += (["```text", text, "```", ""] if kind == "pre" else [text, ""])
+            out += ["`lmzip --help` prints:", ""]
         else:
             help_text = command.help
         for kind, text in blocks(help_text):
@@ -198,6 +255,10 @@ def render_markdown() -> str:
             out += ["Options:", ""]
             out += [f"- `{synopsis}`: {help_}" if help_ else f"- `{synopsis}`" for synopsis, help_ in rows]
             out.append("")
+    for title, paragraphs in NOTES:
+        out += [f"## {title}", ""]
+        for para in paragraphs:
+            out += [para, ""]
     out += [
         "## lmzcat",
         "",
@@ -251,12 +312,18 @@ def render_markdown() -> str:
 def _roff(text: str) -> str:
     """Plain text as roff: backslashes and hyphens escaped, no line starting with a control character."""
     text = text.replace("\\", "\\e").replace("-", "\\-")
+    text = "".join(c if ord(c) < 128 else f"\\[u{ord(c):04X}]" for c in text)  # e.g. \[u00D7] for ×
     lines = []
     for line in text.split("\n"):
         if line.startswith((".", "'")):
             line = "\\&" + line
         lines.append(line)
     return "\n".join(lines)
+
+
+def _plain(markdown: str) -> str:
+    """Markdown of NOTES as plain text: no backticks, a link's text only."""
+    return re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", markdown).replace("`", "")
 
 
 def _roff_blocks(text: str | None) -> list[str]:
@@ -316,12 +383,17 @@ def render_man() -> str:
     for name, command, ctx in cmds[1:]:
         out += [f'.SS "{_roff(" ".join(usage(command, ctx, name)))}"', *_roff_blocks(command.help)]
         out += _roff_options(command, ctx)
+    out.append(".SH NOTES")
+    for title, paragraphs in NOTES:
+        out.append(f'.SS "{_roff(title)}"')
+        for para in paragraphs:
+            out += [".PP", _roff(_plain(para))]
     out.append(".SH EXIT STATUS")
     for names, text in exit_statuses():
         out += [".PP", _roff(", ".join(names) + ":"), ".nf", _roff(text), ".fi"]
     out.append(".SH ENVIRONMENT")
     for name, _who, meaning in ENVIRONMENT:
-        out += [".TP", f"\\fB{_roff(name)}\\fR", _roff(meaning.replace("`", ""))]
+        out += [".TP", f"\\fB{_roff(name)}\\fR", _roff(_plain(meaning))]
     out += [
         ".SH FILES",
         ".TP",
@@ -360,10 +432,35 @@ def render_lmzcat_man() -> str:
     ])
 
 
+# ---------------------------------------------------------------------------- docs/models.md
+
+def render_models_table() -> str:
+    from lmzip.predictors.registry import DEFAULT_MODEL, known_models
+
+    rows = ["| name | what it is | installed by |", "|---|---|---|"]
+    for spec in known_models():
+        name = f"`{spec.name}`" + (" (default)" if spec.name == DEFAULT_MODEL else "")
+        if spec.aliases:
+            name += ", also " + ", ".join(f"`{a}`" for a in spec.aliases)
+        install = f"`{spec.install}`" if spec.install else "built in"
+        rows.append(f"| {name} | {_cell(spec.description)} | {_cell(install)} |")
+    return "\n".join(rows)
+
+
+def render_models_page() -> str:
+    text = (ROOT / MODELS_MD).read_text()
+    head, begin, rest = text.partition(MODELS_BEGIN)
+    _, end, tail = rest.partition(MODELS_END)
+    if not begin or not end:
+        raise SystemExit(f"{MODELS_MD} lacks the lines {MODELS_BEGIN!r} and {MODELS_END!r}")
+    return f"{head}{MODELS_BEGIN}\n{render_models_table()}\n{MODELS_END}{tail}"
+
+
 # ---------------------------------------------------------------------------- main
 
 def outputs() -> dict[str, str]:
-    return {CLI_MD: render_markdown(), MAN_LMZIP: render_man(), MAN_LMZCAT: render_lmzcat_man()}
+    return {CLI_MD: render_markdown(), MAN_LMZIP: render_man(), MAN_LMZCAT: render_lmzcat_man(),
+            MODELS_MD: render_models_page()}
 
 
 def stale() -> list[str]:

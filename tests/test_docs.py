@@ -254,6 +254,14 @@ def test_a_right_command_line_passes(good):
     assert doc_problems(ROOT / "README.md", f"# page\n\n{good}\n") == []
 
 
+def test_every_module_is_in_the_layout():
+    """docs/how-it-works.md, "The code", names every module of lmzip/."""
+    layout = (ROOT / "docs" / "how-it-works.md").read_text().split("## The code", 1)[1]
+    missing = [str(p.relative_to(ROOT)) for p in sorted((ROOT / "lmzip").rglob("*.py"))
+               if p.name not in ("__init__.py", "__main__.py") and f"`{p.name}`" not in layout]
+    assert not missing, f"not in docs/how-it-works.md, \"The code\": {missing}"
+
+
 # ---------------------------------------------------------------------------- links
 
 
