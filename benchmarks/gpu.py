@@ -142,11 +142,11 @@ def _logits_rate(gguf: Path, streams: int, depth: int, steps: int, blocks=None) 
 
 
 def sweep(gguf: Path, streams: int) -> int:
-    """Logits rates of a few tile settings (lmzip.gpu.forward.Blocks) at depth 2048: tuning
+    """Logits rates of a few tile settings (lmzip.gpu.tiles.Blocks) at depth 2048: tuning
     only, every setting computes the same numbers (set the best with $LMZIP_GPU_BLOCKS)."""
     from dataclasses import replace
 
-    from lmzip.gpu.forward import Blocks
+    from lmzip.gpu.tiles import Blocks
 
     base = Blocks()
     print(f"| tiles ({streams} streams, depth 2048) | logits on GPU tok/s | to host tok/s |", flush=True)

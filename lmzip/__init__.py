@@ -8,7 +8,7 @@ b'hello, hello, hello'
 The pipeline (bytes -> tokens -> probabilities -> CDF -> range coder -> container) is
 in the modules of ``lmzip`` itself, the models that give the probabilities in
 ``lmzip.predictors``, the measuring tools in ``lmzip.measure`` and the command line
-in ``lmzip.cli`` (README.md, "Layout").
+in ``lmzip.cli`` (docs/how-it-works.md, "The code").
 """
 
 from .core import DEFAULT_CHUNK_SIZE, LMZipCompressor, LMZipDecompressor, compress, decompress

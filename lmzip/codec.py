@@ -77,6 +77,7 @@ def compress_group(model: Model, chunks: list[bytes], stats: Stats | None = None
     encoders = [Encoder() for _ in chunks]
     q = np.empty(model.vocab_size, dtype=np.float64)
     with model.open_group([len(t) for t in tokens], width) as group:
+        group.lookahead(tokens)  # the same scores, maybe evaluated several tokens at a time
         for step in range(max(len(t) for t in tokens)):
             for stream, toks, encoder in zip(group.streams, tokens, encoders):
                 if step >= len(toks):

@@ -256,6 +256,31 @@ def test_multi_token_calls(engine, weights):
             eng.free_stream(h)
 
 
+def test_eval_rows_gives_every_tokens_logits(engine, weights):
+    """eval_rows: the logits after every token of every stream, in order, the same numbers
+    one-token calls give (the compressor's lookahead relies on it), also across the
+    engine's 32-token steps and beside another stream."""
+    toks = [1] + _tokens(64)
+    eng = engine.Engine(str(weights), 2)
+    one, a, other = eng.new_stream(16), eng.new_stream(16), eng.new_stream(16)
+    out = np.empty((1, eng.n_vocab), np.float32)
+    ref = []
+    for t in toks:
+        eng.eval([one], [[t]], out)
+        ref.append(out[0].copy())
+    got, i = [], 0
+    for n in (1, 40, len(toks) - 41):
+        rows = np.empty((3 + n, eng.n_vocab), np.float32)
+        eng.eval_rows([other, a], [[5, 6, 7], toks[i:i + n]], rows)
+        got += list(rows[3:])
+        i += n
+    assert len(got) == len(ref) and all(np.array_equal(g, r) for g, r in zip(got, ref))
+    with pytest.raises(ValueError, match="one row per token"):
+        eng.eval_rows([a], [[1, 2]], np.empty((1, eng.n_vocab), np.float32))
+    for h in (one, a, other):
+        eng.free_stream(h)
+
+
 def test_forced_isa_unavailable(engine, weights):
     if "avx512" in _isas():
         pytest.skip("this CPU has every ISA")

@@ -263,7 +263,7 @@ def test_a_kernel_compiled_with_fusion_stops_the_run():
 
 
 def test_tiles_from_the_environment(monkeypatch):
-    from lmzip.gpu.forward import Blocks
+    from lmzip.gpu.tiles import Blocks
 
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     monkeypatch.setenv("LMZIP_GPU_BLOCKS", "dims=8, slots=128")
@@ -273,3 +273,21 @@ def test_tiles_from_the_environment(monkeypatch):
         Blocks.from_env()
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     assert Blocks.from_env() == Blocks.for_interpreter()
+
+
+def test_rows_of_every_token_equal_the_c_engines(tiny):
+    """eval_rows (compression's lookahead): the logits after every token, stream by stream,
+    also for a stream of more tokens than a step, and one token per stream."""
+    weights, _ = tiny
+    rng = np.random.default_rng(11)
+    lists = [[BOS] + rng.integers(0, 256, 40).tolist(), [BOS, 7, 9], [BOS]]
+    cpu = _engine.Engine(str(weights), 1, "")
+    eng = GPUEngine(weights, device=DEV, context=16)
+    hc = [cpu.new_stream(16) for _ in lists]
+    hg = [eng.new_stream() for _ in lists]
+    for call in (lists, [[5], [6], [7]]):
+        want = np.empty((sum(map(len, call)), N_VOCAB), np.float32)
+        got = np.empty_like(want)
+        cpu.eval_rows(hc, call, want)
+        eng.eval_rows(hg, call, got)
+        assert want.tobytes() == got.tobytes()

@@ -275,3 +275,37 @@ def test_portable_groups_code_each_chunk_as_it_would_be_coded_alone(llm):
     serial = lmzip.compress(data, model=llm, chunk_size=900, streams=1)
     assert [(c.payload_len, c.data_crc) for c in _chunks(serial)] == [(c.payload_len, c.data_crc) for c in chunks]
     assert lmzip.decompress(serial) == data
+
+
+def _without_lookahead(monkeypatch):
+    from lmzip.predictors import portable
+
+    monkeypatch.setattr(portable._PortableGroup, "lookahead", StreamGroup.lookahead)
+
+
+@pytest.mark.parametrize("streams", [1, 3])
+def test_the_compressors_lookahead_writes_the_same_bytes(llm, monkeypatch, streams):
+    """Compression tells the engine's group every chunk's tokens: it evaluates several tokens
+    of a stream per call (the weights read once for them).  The scores are the same
+    numbers, so the file is byte for byte the one coded a token at a time, and decodes.
+    The text holds escapes (tokens the model is never shown) and the window slides."""
+    data = b"".join(corpus_slice("alice29.txt", 30000 + i * 7000, 700) for i in range(3))
+    data += bytes(range(200, 256)) + "ünïcödé ✓".encode() * 8
+    ahead = lmzip.compress(data, model=llm, chunk_size=800, streams=streams)
+    _without_lookahead(monkeypatch)
+    one_by_one = lmzip.compress(data, model=llm, chunk_size=800, streams=streams)
+    assert ahead == one_by_one
+    assert lmzip.decompress(ahead) == data
+
+
+def test_the_lookahead_refuses_tokens_it_was_not_told(llm):
+    """The engine has already seen the announced tokens: a stream pushed anything else must
+    stop, not code with the wrong context."""
+    with llm.open_group([6], 1) as g:
+        g.lookahead([[10, 11, 12, 13, 14, 15]])
+        s = g.streams[0]
+        s.push(10)
+        g.advance()
+        s.push(99)
+        with pytest.raises(lmzip.LMZipError, match="lookahead"):
+            g.advance()

@@ -130,9 +130,42 @@ class LMZipGroup(click.Group):
 
     def main(self, args=None, prog_name=None, **extra):
         args = list(sys.argv[1:] if args is None else args)
+        prog_name = prog_name or "lmzip"
+        complete_var = f"_{prog_name}_COMPLETE".replace("-", "_").replace(".", "_").upper()
+        if os.environ.get(complete_var):
+            sys.exit(self._complete(prog_name, complete_var, os.environ[complete_var]))
         if args and args[0] in self.commands:
             return super().main(args, prog_name, **extra)
-        return gzip_style.main(args, prog_name=prog_name or "lmzip", **extra)
+        return gzip_style.main(args, prog_name=prog_name, **extra)
+
+    def _complete(self, prog_name: str, complete_var: str, instruction: str) -> int:
+        """Shell completion (``_LMZIP_COMPLETE=bash_source lmzip``, docs/cli.md), routed as
+        ``main`` routes a command line: after a command's name, that command completes;
+        the first word completes to command names (or, when none matches, file names);
+        anything else is the gzip-style form."""
+        from click.shell_completion import CompletionItem, get_completion_class
+
+        shell, _, mode = instruction.partition("_")
+        complete = get_completion_class(shell)
+        if complete is None:
+            return 1
+        comp = complete(self, {}, prog_name, complete_var)
+        if mode == "source":
+            click.echo(comp.source())
+            return 0
+        if mode != "complete":
+            return 1
+        args, incomplete = comp.get_completion_args()
+        if args and args[0] in self.commands:
+            items = comp.get_completions(args, incomplete)
+        elif not args and not incomplete.startswith("-"):
+            items = [CompletionItem(incomplete, type="file"),
+                     *(CompletionItem(name) for name in self.commands if name.startswith(incomplete))]
+        else:
+            comp.cli = gzip_style
+            items = comp.get_completions(args, incomplete)
+        click.echo("\n".join(comp.format_completion(item) for item in items))
+        return 0
 
     def format_usage(self, ctx, formatter) -> None:
         formatter.write_usage(ctx.command_path, "[OPTIONS] [FILE]...")
@@ -584,7 +617,8 @@ class GzipStyle(click.Command):
 
     def parse_args(self, ctx, args):
         first = args[0] if args else None
-        if first is not None and not first.startswith("-") and not os.path.lexists(first):
+        if (first is not None and not first.startswith("-") and not os.path.lexists(first)
+                and not ctx.resilient_parsing):  # shell completion parses partial command lines
             raise click.UsageError(f"{first!r} is neither a command nor a file "
                                    f"(commands: {', '.join(main.list_commands(ctx))}; "
                                    f"for a file of that name: lmzip -- {first})", ctx)

@@ -16,24 +16,19 @@ interpreter): the tests use it to compare the kernels with the C engine.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 import numpy as np
 
 from ..errors import LMZipError
 from . import kernels as K
 from .rope import RopeTable
+from .tiles import Blocks, _blocks, _pow2, product_tokens, triton_cdiv
 from .weights import T_Q4_1, read_llama
 
-__all__ = ["GPUEngine", "Blocks", "MAX_STEP", "launch", "interpreting"]
+__all__ = ["GPUEngine", "MAX_STEP", "launch"]
 
 #: most tokens of one stream in one step (the ring holds context - 1 + 31 slots: LMZ_MAX_STEP)
 MAX_STEP = 32
-
-
-def interpreting() -> bool:
-    """True when Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``)."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 #: the PTX of every kernel compiled in this process (name and constexprs -> text), for
@@ -58,49 +53,6 @@ def launch(kernel, grid, *args, **meta):
                 raise LMZipError(f"the GPU kernel {kernel.__name__} was compiled with {bad[0]}: it would not "
                                  f"compute the engine's numbers (use --device cpu)")
             COMPILED_PTX[key] = text
-
-
-def _pow2(n: int) -> int:
-    return 1 << max(0, (int(n) - 1).bit_length())
-
-
-@dataclass(frozen=True)
-class Blocks:
-    """Tile sizes (never change results: every output is computed whole by one lane)."""
-
-    rows: int = 64  # matrix rows per program
-    tokens: int = 64  # most tokens per program of a product (16 .. this, by the step's tokens)
-    norm_tokens: int = 16  # tokens per program of the norms, quantizations, RoPE and embedding
-    attn_tokens: int = 1  # tokens per program of the attention
-    slots: int = 64  # attention time indices per program of the scores
-    dims: int = 16  # value dimensions per program of the attention (divides 64)
-    quant_blocks: int = 2  # 32-column blocks a norm or quantization program takes at a time (<= 16)
-    stages: int = 1  # software pipelining of the attention values' loop (tl.range num_stages)
-    dot_f32: bool = False  # block products in float32 (exact, see matmul_kernel): the interpreter's
-
-    @classmethod
-    def from_env(cls) -> Blocks:
-        """The tiles for this process: the interpreter's, or the GPU's with any fields that
-        ``$LMZIP_GPU_BLOCKS`` sets (e.g. ``dims=8,slots=128``: tuning, never other numbers)."""
-        if interpreting():
-            return cls.for_interpreter()
-        spec = os.environ.get("LMZIP_GPU_BLOCKS", "").strip()
-        if not spec:
-            return cls()
-        fields = {}
-        for item in spec.split(","):
-            key, _, value = item.partition("=")
-            key = key.strip()
-            if key not in cls.__dataclass_fields__ or key == "dot_f32":
-                raise ValueError(f"LMZIP_GPU_BLOCKS: unknown tile {key!r}")
-            fields[key] = int(value)
-        return cls(**fields)
-
-    @classmethod
-    def for_interpreter(cls) -> Blocks:
-        # the interpreter pays per operation, not per element: few big tiles
-        return cls(rows=2048, tokens=32, norm_tokens=32, attn_tokens=32, slots=128, dims=64, quant_blocks=16,
-                   dot_f32=True)
 
 
 class _Stream:
@@ -239,6 +191,29 @@ class GPUEngine:
                 out[rows] = self._to_host(logits)
             done += MAX_STEP
         return logits
+
+    def eval_rows(self, handles, token_lists, rows: np.ndarray) -> None:
+        """The C engine's ``eval_rows``: the logits after every token, stream by stream in
+        order, into ``rows`` (float32 [sum of the counts, n_vocab], host).  One token per
+        stream is an ordinary step (a CUDA graph on a GPU)."""
+        lists = [[int(t) for t in tl] for tl in token_lists]
+        if all(len(tl) == 1 for tl in lists):
+            self.eval(handles, lists, rows)
+            return
+        every: list = []
+        self.eval(handles, lists, every=every)
+        # each step holds, stream by stream, that stream's tokens of the step: put them back
+        # in stream order
+        starts = np.cumsum([0] + [len(tl) for tl in lists])
+        done = 0
+        for step in every:
+            host = step.cpu().numpy()
+            r = 0
+            for i, tl in enumerate(lists):
+                k = max(0, min(MAX_STEP, len(tl) - done))
+                rows[starts[i] + done: starts[i] + done + k] = host[r: r + k]
+                r += k
+            done += MAX_STEP
 
     def _to_host(self, logits) -> np.ndarray:
         if self.device.type != "cuda":
@@ -414,20 +389,3 @@ class GPUEngine:
         slot = ints[T: 2 * T].to(t.int32)
         NS = (self.window + 15) // 16 * 16  # every depth: the kernels mask what a token does not see
         self._forward(tok, slot, ints[2 * T:], T, NS, g["rows"], slot.long(), g["rows64"], g["logits"])
-
-
-def product_tokens(T: int, most: int) -> int:
-    """Tokens per program of a block product: a power of two from 16 (tl.dot's smallest tile)
-    up to ``most``, enough for T."""
-    return max(16, min(most, _pow2(T)))
-
-
-def _blocks(width: int, most: int) -> int:
-    """32-column blocks a norm or quantization program takes at a time: the largest power of
-    two up to ``most`` that divides the row's blocks."""
-    nb = width // 32
-    return min(most, nb & -nb)
-
-
-def triton_cdiv(a: int, b: int) -> int:
-    return -(-int(a) // int(b))

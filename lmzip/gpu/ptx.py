@@ -83,8 +83,8 @@ class KernelSpec:
 def smollm2_specs(blocks=None, n_embd: int = 576, n_ff: int = 1536, n_head: int = 9, n_kv: int = 3,
                   n_vocab: int = 49152) -> list[KernelSpec]:
     """Every kernel launch of a SmolLM2 step (:meth:`lmzip.gpu.forward.GPUEngine._step`), with the
-    GPU tile sizes (``blocks``, default :class:`lmzip.gpu.forward.Blocks`)."""
-    from .forward import Blocks, _blocks, _pow2, product_tokens
+    GPU tile sizes (``blocks``, default :class:`lmzip.gpu.tiles.Blocks`)."""
+    from .tiles import Blocks, _blocks, _pow2, product_tokens
 
     b = blocks or Blocks()
     E, F, G = n_embd, n_ff, n_head // n_kv

@@ -78,6 +78,13 @@ class StreamGroup:
     def advance(self) -> None:
         """Evaluate the tokens pushed since the last call (no-op when streams evaluate on push)."""
 
+    def lookahead(self, tokens: list[list[int]]) -> None:
+        """The compressor knows every chunk's tokens before coding them: ``tokens[i]`` is
+        what stream ``i`` will be pushed, in order.  A backend that evaluates several tokens
+        of a stream in one call may then evaluate ahead; the scores are the same numbers
+        (the decompressor, which cannot look ahead, computes them one token at a time).
+        Default: nothing."""
+
     def close(self) -> None:
         for s in self.streams:
             s.close()

@@ -326,9 +326,16 @@ class _MixedGroup(StreamGroup):
     def __init__(self, base: StreamGroup, vocab_size: int, settings: MixSettings):
         super().__init__([MixedStream(s, vocab_size, settings) for s in base.streams])
         self._base = base
+        self._settings = settings
 
     def advance(self) -> None:
         self._base.advance()
+
+    def lookahead(self, tokens: list[list[int]]) -> None:
+        # the adaptation reads the base model's hidden state after each token, which an
+        # evaluation ahead would have moved on
+        if not self._settings.adapt:
+            self._base.lookahead(tokens)
 
     def close(self) -> None:
         super().close()  # the mixed streams (their base streams belong to the base group)

@@ -61,6 +61,12 @@ class _GroupStream(Stream):
         self._n_vocab = n_vocab
         self.scores_buf = np.full(vocab_size, -np.inf, dtype=np.float32)
         self.pending: list[int] = []
+        # lookahead (compression): the tokens the model will be shown, how many of them it
+        # has been shown, and the logits evaluated ahead for future[ahead_from:...]
+        self.future: list[int] | None = None
+        self.shown = 0
+        self.ahead: np.ndarray | None = None
+        self.ahead_from = 0
         self.n_embd = group._eng.n_embd
         self.n_model = n_vocab
         self._hidden = np.zeros(self.n_embd, dtype=np.float32)
@@ -80,9 +86,18 @@ class _GroupStream(Stream):
             self.pending.append(token)
 
 
+#: rows of logits one engine call evaluates ahead for a group, at most (lookahead)
+AHEAD_ROWS = 64
+
+
 class _PortableGroup(StreamGroup):
     """Chunks in lockstep: :meth:`advance` evaluates every stream's pending tokens in one
-    engine call.  Every stream starts with the start token."""
+    engine call.  Every stream starts with the start token.
+
+    With :meth:`lookahead` (compression), a call evaluates each stream's next tokens too,
+    up to the engine's step (32 tokens) and AHEAD_ROWS rows for the group, and later
+    advances use those rows: the weights are read once for all of them.  The logits are
+    the engine's for those tokens however the calls are split, so the file is the same."""
 
     def __init__(self, model: PortableModel, lengths: list[int]):
         self._model = model
@@ -103,18 +118,78 @@ class _PortableGroup(StreamGroup):
             s.pending.append(model.start_token)
         self.advance()
 
+    def lookahead(self, tokens: list[list[int]]) -> None:
+        for s, toks in zip(self.streams, tokens):
+            # what push() will show the model: every token but the last, escapes left out
+            s.future = [t for t in toks[:-1] if t < self._n_vocab]
+            s.shown = 0
+
     def advance(self) -> None:
         todo = [s for s in self.streams if s.pending]
         if not todo:
             return
         if any(s.handle is None for s in todo):
             raise LMZipError("stream used after close")
+        n = self._n_vocab
+        if any(s.future is not None for s in todo):
+            todo = [s for s in todo if not self._from_ahead(s)]
+            if todo:
+                self._eval_ahead(todo)
+            return
         out = self._out[: len(todo)]
         self._eng.eval([s.handle for s in todo], [s.pending for s in todo], out)
-        n = self._n_vocab
         for i, s in enumerate(todo):
             s.scores_buf[:n] = out[i]
             s.pending = []
+
+    def _check_future(self, s: _GroupStream) -> None:
+        k = len(s.pending)
+        if s.future is None or s.future[s.shown : s.shown + k] != s.pending:
+            raise LMZipError("internal error: a stream was pushed other tokens than its lookahead announced")
+
+    def _from_ahead(self, s: _GroupStream) -> bool:
+        """The stream's scores from the rows evaluated ahead if they cover its pending tokens;
+        if they cover only some, those are taken off (the engine has seen them) and the rest
+        stays pending."""
+        if s.ahead is None:
+            return False
+        self._check_future(s)
+        left = s.ahead_from + len(s.ahead) - s.shown  # rows ahead not yet used
+        if len(s.pending) <= left:
+            s.scores_buf[: self._n_vocab] = s.ahead[s.shown + len(s.pending) - 1 - s.ahead_from]
+            s.shown += len(s.pending)
+            s.pending = []
+            if s.shown - s.ahead_from >= len(s.ahead):
+                s.ahead = None
+            return True
+        s.shown += left
+        s.pending = s.pending[left:]
+        s.ahead = None
+        return False
+
+    def _eval_ahead(self, todo: list[_GroupStream]) -> None:
+        """One engine call: each stream's pending tokens and as many of its next ones as fit."""
+        per = max(1, min(32, AHEAD_ROWS // len(todo)))
+        lists = []
+        for s in todo:
+            if s.future is None:
+                lists.append(list(s.pending))
+                continue
+            self._check_future(s)
+            k = max(len(s.pending), min(per, len(s.future) - s.shown))
+            lists.append(s.future[s.shown : s.shown + k])
+        rows = np.empty((sum(len(t) for t in lists), self._n_vocab), dtype=np.float32)
+        self._eng.eval_rows([s.handle for s in todo], lists, rows)
+        r = 0
+        for s, toks in zip(todo, lists):
+            last = r + len(s.pending) - 1
+            s.scores_buf[: self._n_vocab] = rows[last]
+            if s.future is not None:
+                s.ahead_from = s.shown
+                s.shown += len(s.pending)
+                s.ahead = rows[r : r + len(toks)] if len(toks) > len(s.pending) else None
+            s.pending = []
+            r += len(toks)
 
     def close(self) -> None:
         for s in self.streams:

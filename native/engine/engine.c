@@ -453,7 +453,7 @@ struct lmz_model {
     int32_t *tok_stream;
     int64_t *tok_pos;
     float *rope_tab; /* per token: cos_p[32], sin_p[32], cos_sink[32], sin_sink[32] */
-    int *sel;
+    float **dest; /* head_logits: where each selected token's logits go */
     float *scratch; /* per part of a phase: the attention's work space */
     size_t scratch_per_thread;
     float *split; /* the attention's buffers when split in stages (run_attention) */
@@ -1073,7 +1073,7 @@ static void free_buffers(lmz_model *m) {
     free(m->logit_tmp);
     free(m->a_embd.q), free(m->a_embd.s), free(m->a_embd.sa), free(m->a_embd.sum);
     free(m->a_ff.q), free(m->a_ff.s), free(m->a_ff.sa), free(m->a_ff.sum);
-    free(m->tok_stream), free(m->tok_pos), free(m->rope_tab), free(m->sel);
+    free(m->tok_stream), free(m->tok_pos), free(m->rope_tab), free(m->dest);
 }
 
 void lmz_free(lmz_model *m) {
@@ -1165,7 +1165,7 @@ static int grow(lmz_model *m, size_t T) {
     ALLOC(m->tok_stream, T);
     ALLOC(m->tok_pos, T);
     ALLOC(m->rope_tab, T * RT);
-    ALLOC(m->sel, T);
+    ALLOC(m->dest, T);
 #undef ALLOC
     m->cap_tokens = T;
     return 0;
@@ -1517,10 +1517,41 @@ static void embed(const lmz_model *m, int token, float *x) {
     }
 }
 
-/* one step: tokens[i][0..cnt[i]) of streams i (cnt[i] <= LMZ_MAX_STEP, 0 = sits out) */
+/* The logits of the step's tokens (x: their residual streams): of each stream's last token
+ * when want_logits[i], to logits + i * n_vocab; or, when rows is not NULL, of every token,
+ * stream i's k-th to rows[i][k].  A stream's hidden state is its last token's. */
+static int head_logits(lmz_model *m, int n, lmz_stream *const *streams, const int *cnt, const int *want_logits,
+                       float *logits, float *const *rows) {
+    size_t E = (size_t)m->n_embd, V = (size_t)m->n_vocab, ns = 0, t = 0;
+    for (int i = 0; i < n; i++)
+        for (int k = 0; k < cnt[i]; k++, t++) {
+            int last = k == cnt[i] - 1;
+            if (rows ? 0 : !(last && want_logits[i]))
+                continue;
+            float *y = m->xb + ns * E;
+            rmsnorm(y, m->x + t * E, (const float *)m->out_norm.data, (int)E, m->eps);
+            if (last)
+                memcpy(streams[i]->hidden, y, E * sizeof(float));
+            m->k->quant(y, (int)E, m->a_embd.q + ns * E, m->a_embd.s + ns * (E / 32), m->a_embd.sa + ns * (E / 32),
+                        m->a_embd.sum + ns * (E / 32));
+            m->dest[ns++] = rows ? rows[i] + (size_t)k * V : logits + (size_t)i * V;
+        }
+    prof_mark(m, P_NORMS);
+    if (ns) {
+        mm_job hd = {m, 1, {&m->tok_embd}, {m->logit_tmp}, {(int)V}, &m->a_embd, (int)ns, POST_NONE};
+        pool_run(&m->pool, mm_task, &hd);
+        for (size_t k = 0; k < ns; k++)
+            memcpy(m->dest[k], m->logit_tmp + k * V, V * sizeof(float));
+    }
+    prof_mark(m, P_HEAD);
+    return 0;
+}
+
+/* one step: tokens[i][0..cnt[i]) of streams i (cnt[i] <= LMZ_MAX_STEP, 0 = sits out); the
+ * logits per head_logits */
 static int step(lmz_model *m, int n, lmz_stream *const *streams, const int32_t *const *tokens, const int *cnt,
-                const int *want_logits, float *logits) {
-    int E = m->n_embd, F = m->n_ff, KVD = m->n_kv * 64, V = m->n_vocab;
+                const int *want_logits, float *logits, float *const *rows) {
+    int E = m->n_embd, F = m->n_ff, KVD = m->n_kv * 64;
     size_t T = 0;
     for (int i = 0; i < n; i++)
         T += (size_t)cnt[i];
@@ -1572,35 +1603,14 @@ static int step(lmz_model *m, int n, lmz_stream *const *streams, const int32_t *
     }
     for (int i = 0; i < n; i++)
         streams[i]->n += cnt[i];
-    /* logits of the last token of the streams that asked */
-    int ns = 0;
-    t = 0;
-    for (int i = 0; i < n; i++) {
-        t += (size_t)cnt[i];
-        if (cnt[i] > 0 && want_logits[i]) {
-            size_t last = t - 1;
-            rmsnorm(m->xb + ns * (size_t)E, m->x + last * E, (const float *)m->out_norm.data, E, m->eps);
-            memcpy(streams[i]->hidden, m->xb + ns * (size_t)E, (size_t)E * sizeof(float));
-            m->k->quant(m->xb + ns * (size_t)E, E, m->a_embd.q + ns * (size_t)E, m->a_embd.s + ns * (size_t)(E / 32),
-                         m->a_embd.sa + ns * (size_t)(E / 32), m->a_embd.sum + ns * (size_t)(E / 32));
-            m->sel[ns++] = i;
-        }
-    }
-    prof_mark(m, P_NORMS);
-    if (ns) {
-        mm_job hd = {m, 1, {&m->tok_embd}, {m->logit_tmp}, {V}, &m->a_embd, ns, 0};
-        pool_run(&m->pool, mm_task, &hd);
-        for (int k = 0; k < ns; k++)
-            memcpy(logits + (size_t)m->sel[k] * V, m->logit_tmp + (size_t)k * V, (size_t)V * sizeof(float));
-    }
-    prof_mark(m, P_HEAD);
-    return 0;
+    return head_logits(m, n, streams, cnt, want_logits, logits, rows);
 }
 
 #include "gemma.inc"
 
-int lmz_eval(lmz_model *m, int n, lmz_stream *const *streams, const int32_t *const *tokens, const int *counts,
-             float *logits) {
+/* lmz_eval and lmz_eval_rows: steps of at most LMZ_MAX_STEP tokens per stream */
+static int eval_steps(lmz_model *m, int n, lmz_stream *const *streams, const int32_t *const *tokens,
+                      const int *counts, float *logits, float *rows) {
     for (int i = 0; i < n; i++) {
         if (counts[i] < 1 || streams[i]->m != m)
             return -1;
@@ -1610,30 +1620,46 @@ int lmz_eval(lmz_model *m, int n, lmz_stream *const *streams, const int32_t *con
     }
     int *cnt = malloc(sizeof(int) * (size_t)n * 2);
     const int32_t **tk = malloc(sizeof(*tk) * (size_t)n);
-    if (!cnt || !tk) {
-        free(cnt), free(tk);
+    float **rw = malloc(sizeof(*rw) * (size_t)n);
+    if (!cnt || !tk || !rw) {
+        free(cnt), free(tk), free(rw);
         return -1;
     }
     int *want = cnt + n;
     int rc = 0;
+    size_t row0 = 0;
     pthread_mutex_lock(&m->eval_lock);
     for (int done = 0;; done += LMZ_MAX_STEP) {
         int any = 0;
+        row0 = 0;
         for (int i = 0; i < n; i++) {
             int left = counts[i] - done;
             cnt[i] = left <= 0 ? 0 : left > LMZ_MAX_STEP ? LMZ_MAX_STEP : left;
             want[i] = left > 0 && left <= LMZ_MAX_STEP;
             tk[i] = tokens[i] + done;
+            if (rows)
+                rw[i] = rows + (row0 + (size_t)done) * (size_t)m->n_vocab;
+            row0 += (size_t)counts[i];
             any |= cnt[i] > 0;
         }
         if (!any)
             break;
-        rc = m->arch == ARCH_GEMMA3 ? gemma_step(m, n, streams, tk, cnt, want, logits)
-                                    : step(m, n, streams, tk, cnt, want, logits);
+        rc = m->arch == ARCH_GEMMA3 ? gemma_step(m, n, streams, tk, cnt, want, logits, rows ? rw : NULL)
+                                    : step(m, n, streams, tk, cnt, want, logits, rows ? rw : NULL);
         if (rc != 0)
             break;
     }
     pthread_mutex_unlock(&m->eval_lock);
-    free(cnt), free(tk);
+    free(cnt), free(tk), free(rw);
     return rc;
+}
+
+int lmz_eval(lmz_model *m, int n, lmz_stream *const *streams, const int32_t *const *tokens, const int *counts,
+             float *logits) {
+    return eval_steps(m, n, streams, tokens, counts, logits, NULL);
+}
+
+int lmz_eval_rows(lmz_model *m, int n, lmz_stream *const *streams, const int32_t *const *tokens, const int *counts,
+                  float *rows) {
+    return eval_steps(m, n, streams, tokens, counts, NULL, rows);
 }

@@ -57,6 +57,12 @@ int lmz_n_embd(const lmz_model *m);
 int lmz_eval(lmz_model *m, int n, lmz_stream *const *streams, const int32_t *const *tokens,
              const int *counts, float *logits);
 
+/* As lmz_eval, with the logits after every token: rows + r * n_vocab for the r-th token
+ * in order (stream 0's tokens, then stream 1's, ...; sum of counts rows).  The same
+ * numbers lmz_eval gives for those tokens, however the calls are split. */
+int lmz_eval_rows(lmz_model *m, int n, lmz_stream *const *streams, const int32_t *const *tokens,
+                  const int *counts, float *rows);
+
 /* Profiling: seconds spent per phase of the forward pass (wall time of the calling
  * thread, which runs and waits for every phase), summed since the last call.  Writes
  * LMZ_PROF_PHASES values into seconds (if not NULL), resets them, and switches the timing

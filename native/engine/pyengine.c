@@ -82,7 +82,9 @@ static PyObject *Engine_stream_bytes(EngineObject *self, PyObject *arg) {
     return s ? PyLong_FromSize_t(lmz_stream_bytes(s)) : NULL;
 }
 
-static PyObject *Engine_eval(EngineObject *self, PyObject *args) {
+/* eval (rows = 0: the logits after each stream's last token, one row per stream) and
+ * eval_rows (rows = 1: after every token, sum of the counts rows) */
+static PyObject *eval_common(EngineObject *self, PyObject *args, int rows) {
     PyObject *handles, *tokens;
     Py_buffer out;
     if (!PyArg_ParseTuple(args, "OOw*", &handles, &tokens, &out))
@@ -102,7 +104,7 @@ static PyObject *Engine_eval(EngineObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "one token list per stream");
         goto done;
     }
-    if (out.len < (Py_ssize_t)(n * V * sizeof(float))) {
+    if (!rows && out.len < (Py_ssize_t)(n * V * sizeof(float))) {
         PyErr_SetString(PyExc_ValueError, "the output buffer is too small");
         goto done;
     }
@@ -142,8 +144,19 @@ static PyObject *Engine_eval(EngineObject *self, PyObject *args) {
         }
         Py_DECREF(tl);
     }
+    if (rows) {
+        Py_ssize_t total = 0;
+        for (Py_ssize_t i = 0; i < n; i++)
+            total += cnt[i];
+        if (out.len / (Py_ssize_t)sizeof(float) / V < total) {
+            PyErr_SetString(PyExc_ValueError, "the output buffer is too small (one row per token)");
+            goto done;
+        }
+    }
     int rc;
-    Py_BEGIN_ALLOW_THREADS rc = lmz_eval(self->m, (int)n, st, (const int32_t *const *)tp, cnt, (float *)out.buf);
+    Py_BEGIN_ALLOW_THREADS rc = rows ? lmz_eval_rows(self->m, (int)n, st, (const int32_t *const *)tp, cnt,
+                                                     (float *)out.buf)
+                                     : lmz_eval(self->m, (int)n, st, (const int32_t *const *)tp, cnt, (float *)out.buf);
     Py_END_ALLOW_THREADS if (rc != 0) {
         PyErr_SetString(PyExc_RuntimeError, "engine evaluation failed");
         goto done;
@@ -160,6 +173,9 @@ done:
     PyBuffer_Release(&out);
     return result;
 }
+
+static PyObject *Engine_eval(EngineObject *self, PyObject *args) { return eval_common(self, args, 0); }
+static PyObject *Engine_eval_rows(EngineObject *self, PyObject *args) { return eval_common(self, args, 1); }
 
 static PyObject *Engine_stream_hidden(EngineObject *self, PyObject *args) {
     PyObject *h;
@@ -212,6 +228,8 @@ static PyMethodDef Engine_methods[] = {
     {"stream_pos", (PyCFunction)Engine_stream_pos, METH_O, "tokens evaluated by a stream"},
     {"stream_bytes", (PyCFunction)Engine_stream_bytes, METH_O, "cache bytes of a stream"},
     {"eval", (PyCFunction)Engine_eval, METH_VARARGS, "eval(handles, tokens, out)"},
+    {"eval_rows", (PyCFunction)Engine_eval_rows, METH_VARARGS,
+     "eval_rows(handles, tokens, out): the logits after every token, out[sum of the counts, n_vocab] in order"},
     {"stream_hidden", (PyCFunction)Engine_stream_hidden, METH_VARARGS,
      "stream_hidden(handle, out): the final normalized hidden state (n_embd float32) of its last evaluation"},
     {"profile", (PyCFunction)Engine_profile, METH_O,
