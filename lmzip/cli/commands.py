@@ -33,6 +33,7 @@ from ..predictors.registry import (
     load_model,
 )
 from ..ranges import decompress_range, parse_range
+from .device import device_argument, device_option
 from .executors import _Executors, _file_executors, _on_workers
 from .files import (
     SUFFIX,
@@ -252,8 +253,7 @@ def main() -> None:
                    "Stored in the file.")
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32",
               show_default=True, help="Precision of the torch backend (stored in the file).")
-@click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda|cuda:N",
-              help="Device of the torch backend (the device kind is stored in the file).")
+@device_argument
 @worker_options
 def compress(files, output, to_stdout, keep, rm, force, quiet, verbose, progress, model, threads,
              context, chunk_size, streams, use_mix, orders, match_len, mix_rate, llm_rate, bias_rate,
@@ -269,7 +269,7 @@ def compress(files, output, to_stdout, keep, rm, force, quiet, verbose, progress
     mix = _mix_settings(model, use_mix, orders, match_len, mix_rate, llm_rate, bias_rate, skip, adapt)
     try:
         lm = load_model(model or DEFAULT_MODEL, context=context, threads=threads, mix=mix, backend=backend,
-                        dtype=dtype, device=device)
+                        dtype=dtype, device=device or "auto")
     except (LMZipError, ValueError) as exc:
         click.echo(f"lmzip: {exc}", err=True)
         sys.exit(1)
@@ -413,6 +413,7 @@ def _decompress_range(job: Job, names: list[str], text: str, model: str | None, 
 @click.option("--range", "byte_range", metavar="START:END", default=None,
               help="Only bytes START to END (exclusive) of the original, decoding just the chunks that "
                    "cover them; written to standard output unless -o is given.")
+@device_option
 @worker_options
 def decompress(files, output, to_stdout, keep, rm, force, quiet, verbose, progress, model, threads,
                byte_range, workers, ray_address) -> None:
@@ -468,6 +469,7 @@ def decompress(files, output, to_stdout, keep, rm, force, quiet, verbose, progre
 @click.option("--progress/--no-progress", default=None, help="Show a progress line on stderr.")
 @click.option("-m", "--model", metavar="NAME|PATH", default=None, help="Model name or GGUF file.")
 @click.option("--threads", type=click.IntRange(1, 256), default=None, help="CPU threads for the model.")
+@device_option
 @worker_options
 def test(files, quiet, progress, model, threads, workers, ray_address) -> None:
     """Decompress FILES and check every checksum; write nothing."""

@@ -15,6 +15,7 @@ import click
 
 from ..errors import LMZipError
 from ..predictors.registry import BACKENDS, DEFAULT_BACKEND, DEFAULT_CONTEXT, DEFAULT_MODEL
+from .device import device_option
 from .status import StatusLine
 
 __all__ = ["bench", "entropy", "capacity", "COMMANDS"]
@@ -105,6 +106,7 @@ class _BenchReporter:
 @click.option("--context", type=click.IntRange(16, 1 << 20), default=DEFAULT_CONTEXT, show_default=True,
               help="Context window in tokens.")
 @click.option("--threads", type=click.IntRange(1, 256), default=None, help=_THREADS_HELP)
+@device_option
 @click.option("--cache-dir", metavar="DIR", default=None, help="Results cache (default: ~/.cache/lmzip/bench).")
 @click.option("--no-cache", is_flag=True, help="Neither read nor write cached results.")
 @click.option("--json", "json_path", metavar="FILE", help="Write the results as JSON.")
@@ -190,6 +192,7 @@ def bench(paths, corpora_names, corpora, models, classic, limit_bytes, context, 
 @click.option("--context", type=click.IntRange(16, 1 << 20), default=DEFAULT_CONTEXT, show_default=True,
               help="Context window in tokens (the window slides as when compressing).")
 @click.option("--threads", type=click.IntRange(1, 256), default=None, help=_THREADS_HELP)
+@device_option
 @click.option("--limit-bytes", type=click.IntRange(0), default=0, metavar="N",
               help="Only the first N bytes of each file (0: all).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per file on stdout.")

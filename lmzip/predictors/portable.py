@@ -263,7 +263,7 @@ class PortableModel(Model):
         self.threads = int(threads) if threads else default_threads()
         self.weights = Path(weights) if weights else cached_weights(self.path, sha256)
         try:
-            self._engine = E.Engine(str(self.weights), self.threads, isa or "")
+            self._engine = self._make_engine(E, isa)
         except RuntimeError as exc:
             raise LMZipError(f"portable engine: {exc}") from None
         self.numerics = E.NUMERICS
@@ -277,6 +277,10 @@ class PortableModel(Model):
 
             tokenize_text = GGUFTokenizer(self.path).tokenize_text
         self.tokenizer = PieceTokenizer(pieces, tokenize_text)
+
+    def _make_engine(self, E, isa: str | None):
+        """The engine that computes the logits (lmzip.gpu.model.GPUModel puts a GPU's here)."""
+        return E.Engine(str(self.weights), self.threads, isa or "")
 
     @property
     def isa(self) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -217,7 +218,7 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, context: int | 
         if backend == "torch":
             llm = _load_torch(name_or_path, spec, context, threads, dtype, streams, device)
         elif backend == "portable":
-            llm = _load_portable(name_or_path, spec, context, threads)
+            llm = _load_portable(name_or_path, spec, context, threads, device)
         else:
             llm = _load_llm(name_or_path, spec, context, threads)
         mix = DEFAULT_MIX if mix is None else mix
@@ -254,25 +255,44 @@ def _checked_sha256(path: Path, spec: ModelSpec | None) -> str:
     return sha
 
 
-def _load_portable(name_or_path: str, spec: ModelSpec | None, context: int, threads: int | None) -> Model:
+def _load_portable(name_or_path: str, spec: ModelSpec | None, context: int, threads: int | None,
+                   device: str | None = "auto") -> Model:
+    """The portable engine on the CPU, or on a GPU (``device``: auto, cpu, cuda, cuda:N; auto and
+    None take ``$LMZIP_DEVICE``, lmzip.gpu.device): the same logits, so the same files."""
     path, name = _locate(name_or_path, spec)
     from .portable import default_threads
 
     threads = int(threads) if threads else default_threads()  # fixed per engine: part of the key
-    key = ("portable", str(Path(path).resolve()), context, threads)
+    device = None if device in (None, "auto") else device
+    if device is not None and not re.match(r"^(cpu|cuda|cuda:\d+)$", device):
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, not {device!r}")
+    key = ("portable", str(Path(path).resolve()), context, threads, device or os.environ.get("LMZIP_DEVICE", "auto"))
     model = _loaded.get(key)
     if model is None or model.closed:
-        from .portable import PortableModel
-
         sha = _checked_sha256(path, spec)
         try:
-            model = PortableModel(path, name=name, sha256=sha, context=context, threads=threads)
+            model = _portable_on_device(path, name, sha, context, threads, device)
         except ValueError as exc:  # the GGUF's architecture or tensor types: not this engine's (yet)
             raise ModelNotFoundError(f"the portable engine cannot run {name}: {exc}; the llama.cpp backend "
                                      f"may: --backend llama.cpp (pip install 'lmzip[llamacpp]'), whose "
                                      f"files decode only where llama.cpp has the same CPU kernels") from None
         _remember(key, model)
     return model
+
+
+def _portable_on_device(path, name: str, sha: str, context: int, threads: int, device: str | None) -> Model:
+    from .portable import PortableModel
+
+    wanted = device or os.environ.get("LMZIP_DEVICE") or "auto"
+    if wanted == "cpu":
+        return PortableModel(path, name=name, sha256=sha, context=context, threads=threads)
+    from ..gpu.device import extra_installed, nvidia_present
+
+    if wanted == "auto" and not (nvidia_present() and extra_installed()):  # no GPU here: the CPU, at once
+        return PortableModel(path, name=name, sha256=sha, context=context, threads=threads)
+    from ..gpu.model import portable_model
+
+    return portable_model(path, name=name, sha256=sha, context=context, threads=threads, device=wanted)
 
 
 def _load_llm(name_or_path: str, spec: ModelSpec | None, context: int, threads: int | None) -> Model:

@@ -4,8 +4,9 @@ Optional: ``pip install "lmzip[torch]"``.  Nothing here imports torch until a mo
 loaded, so lmzip runs with llama.cpp alone.
 
 Models load offline (``local_files_only``, ``HF_HUB_OFFLINE=1``) from a GGUF file
-(transformers dequantizes it; the tokenizer is llama.cpp's, in vocab-only mode, so the
-tokens are the llama.cpp backend's) or from a local Hugging Face model folder.
+(transformers dequantizes it; the tokenizer is lmzip's own GGUF tokenizer,
+:mod:`lmzip.predictors.gguf_tokenizer`, whose pieces and tokens are llama.cpp's, so no
+llama.cpp is needed) or from a local Hugging Face model folder.
 
 Determinism: PyTorch gives bit-identical logits for the same sequence of calls with the
 same shapes, on the same device and software.  Batched and one-token evaluation differ
@@ -249,6 +250,28 @@ def _plan_from_param(devices: Sequence[DeviceInfo], param: str) -> list[DeviceIn
 
 
 # ---------------------------------------------------------------------------- tokenizers
+
+
+def _gguf_vocab_tokenizer(path: Path) -> tuple[PieceTokenizer, int, Any]:
+    """The tokenizer of a GGUF file without llama.cpp (:class:`~lmzip.predictors.gguf_tokenizer.GGUFTokenizer`:
+    llama.cpp's pieces and tokens, as the portable and llama.cpp backends use).  A tokenizer kind
+    lmzip does not rebuild falls back to llama.cpp's, when it is installed.
+    Returns (tokenizer, start token, keep-alive)."""
+    from .gguf_tokenizer import GGUFTokenizer, _Metadata
+
+    try:
+        tok = GGUFTokenizer(path)
+    except LMZipError as exc:
+        try:
+            return _llama_vocab_tokenizer(path)
+        except ModelNotFoundError:
+            raise ModelNotFoundError(f"cannot tokenize for {path.name}: {exc}") from None
+    fields = _Metadata(path).fields
+    start = next((int(fields[k]) for k in ("tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id")
+                  if k in fields and int(fields[k]) >= 0), None)
+    if start is None:
+        raise LMZipError(f"model {path.name} has neither a BOS nor an EOS token")
+    return tok.piece_tokenizer(), start, None
 
 
 def _llama_vocab_tokenizer(path: Path) -> tuple[PieceTokenizer, int, Any]:
@@ -779,7 +802,7 @@ def load_torch_model(path: str | os.PathLike, *, name: str, sha256: str | None =
             sha = sha256 or folder_sha256(path)
             source = f"folder {path.name}"
         elif path.is_file():
-            tokenizer, start, keepalive = _llama_vocab_tokenizer(path)
+            tokenizer, start, keepalive = _gguf_vocab_tokenizer(path)
             module = transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, **kwargs)
             sha = sha256 or file_sha256(path)
             source = f"{path.name} via transformers"

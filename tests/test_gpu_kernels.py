@@ -1,0 +1,434 @@
+"""The GPU kernels (lmzip.gpu) against the C engine, bit for bit.
+
+Without a GPU they run under Triton's CPU interpreter (TRITON_INTERPRET=1, set here
+before the kernels are imported).  The reference is the engine's own code:
+native/engine/probe.c includes engine.c and exports its static kernels, built here with
+the engine's flags and called through ctypes, so these tests follow every change of the
+engine.  The interpreter computes each basic operation exactly as IEEE says, like a GPU
+with fusion off; tests/test_gpu_ptx.py checks that the GPU build has no fused or
+approximate instruction, which the interpreter cannot see.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from .conftest import ROOT
+
+torch = pytest.importorskip("torch", reason="the gpu extra (torch, triton) is not installed")
+if not torch.cuda.is_available():
+    # read when triton.language and the kernels are defined: before triton's first import
+    if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("triton was imported without TRITON_INTERPRET=1 and there is no GPU", allow_module_level=True)
+    os.environ["TRITON_INTERPRET"] = "1"
+pytest.importorskip("triton", reason="the gpu extra (torch, triton) is not installed")
+
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+
+from lmzip.gpu import kernels as K  # noqa: E402
+from lmzip.gpu import rope, weights  # noqa: E402
+from lmzip.gpu.constants import C_LITERALS  # noqa: E402
+from lmzip.gpu.forward import launch  # noqa: E402
+
+from .test_engine import GOLD_16, _hash_logits, _tokens  # noqa: E402
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+ENGINE = ROOT / "native" / "engine"
+F = ctypes.POINTER(ctypes.c_float)
+D = ctypes.POINTER(ctypes.c_double)
+
+
+def _p(a: np.ndarray, ctype=ctypes.c_float):
+    return a.ctypes.data_as(ctypes.POINTER(ctype))
+
+
+@pytest.fixture(scope="module")
+def probe(tmp_path_factory):
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is not installed")
+    so = tmp_path_factory.mktemp("probe") / "probe.so"
+    subprocess.run(["gcc", "-O2", "-ffp-contract=off", "-fno-math-errno", "-std=c11", "-pthread", "-shared", "-fPIC",
+                    "-o", str(so), str(ENGINE / "probe.c"), "-lm"], check=True, capture_output=True)
+    lib = ctypes.CDLL(str(so))
+    lib.probe_exp_d.restype = lib.probe_log_d.restype = ctypes.c_double
+    lib.probe_exp_d.argtypes = lib.probe_log_d.argtypes = [ctypes.c_double]
+    lib.probe_rmsnorm.argtypes = [F, F, F, ctypes.c_int, ctypes.c_float]
+    lib.probe_attn.argtypes = [ctypes.c_int, ctypes.c_int, F, F, F, ctypes.POINTER(ctypes.c_uint16),
+                               ctypes.POINTER(ctypes.c_uint16), ctypes.c_int, ctypes.c_int64, ctypes.c_int, F]
+    return lib
+
+
+def _dev(a):
+    return torch.from_numpy(np.array(a, copy=True, order="C")).to(DEV)  # never the caller's memory
+
+
+def _host(t):
+    return t.cpu().numpy()
+
+
+def _same(a, b) -> bool:
+    a, b = np.ascontiguousarray(a), np.ascontiguousarray(b)
+    return a.shape == b.shape and a.tobytes() == b.tobytes()
+
+
+def _floats(rng, n, scale=1.0):
+    """Values of many magnitudes, signs and a few zeros and subnormals (float32)."""
+    x = (rng.standard_normal(n) * scale * np.exp2(rng.integers(-12, 6, n))).astype(np.float32)
+    x[rng.random(n) < 0.02] = 0.0
+    x[rng.random(n) < 0.01] = np.float32(1e-41)
+    return x
+
+
+# ---------------------------------------------------------------------------- constants
+
+
+def test_constants_are_the_c_literals(tmp_path):
+    """Each float32 constant of the kernels is an exact binary32 value (so Triton rounds
+    nothing) with the bits the C compiler gives the engine's literal, which engine.c holds."""
+    names = list(C_LITERALS)
+    src = tmp_path / "lit.c"
+    body = "".join(f'    {{ float v = {C_LITERALS[n][1]}; unsigned u; memcpy(&u, &v, 4); printf("%u\\n", u); }}\n'
+                   for n in names)
+    src.write_text("#include <stdio.h>\n#include <string.h>\nint main(void) {\n" + body + "    return 0;\n}\n")
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is not installed")
+    exe = tmp_path / "lit"
+    subprocess.run(["gcc", "-O0", "-o", str(exe), str(src)], check=True)
+    bits = [int(v) for v in subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout.split()]
+    engine_c = (ENGINE / "engine.c").read_text()
+    for name, want in zip(names, bits):
+        value, literal = C_LITERALS[name]
+        f32 = np.float32(value)
+        assert float(f32) == value, f"{name}: {value!r} is not a binary32 value"
+        assert int(f32.view(np.uint32)) == want, f"{name}: {value!r} is not the C's {literal}"
+        assert literal.lstrip("-") in engine_c, f"{name}: engine.c no longer writes {literal}"
+
+
+# ---------------------------------------------------------------------------- elementwise rules
+
+
+@triton.jit
+def _exp_kernel(x_ptr, y_ptr, n, B: tl.constexpr):
+    i = tl.program_id(0) * B + tl.arange(0, B)
+    tl.store(y_ptr + i, K.exp_f(tl.load(x_ptr + i, mask=i < n, other=0.0)), mask=i < n)
+
+
+@triton.jit
+def _f2h_kernel(x_ptr, y_ptr, n, B: tl.constexpr):
+    i = tl.program_id(0) * B + tl.arange(0, B)
+    tl.store(y_ptr + i, K.f2h_bits(tl.load(x_ptr + i, mask=i < n, other=0.0)), mask=i < n)
+
+
+def test_exp_f(probe):
+    rng = np.random.default_rng(1)
+    x = np.concatenate([rng.uniform(-100, 100, 20000), rng.uniform(-1, 1, 4000), [-87.5, -87, -0.0, 0.0, 88, 88.5,
+                        1e-30, -1e-41, 87.99, -86.99]]).astype(np.float32)
+    want = np.empty_like(x)
+    probe.probe_exp_f(_p(x), _p(want), len(x))
+    got = torch.empty(len(x), dtype=torch.float32, device=DEV)
+    launch(_exp_kernel, (triton.cdiv(len(x), 8192),), _dev(x), got, len(x), B=8192)
+    assert _same(_host(got), want)
+
+
+def test_f2h_saturates_and_rounds_half_even(probe):
+    rng = np.random.default_rng(2)
+    specials = [65504, 65519.99, 65520, 70000, 1e30, np.inf, -np.inf, np.nan, 6.1e-5, 6.0e-5, 2.98e-8, 2.99e-8,
+                5.96e-8, 1e-9, 0.0, -0.0, 1.00048828125, 1.000732421875, -2049.0, 2051.0]
+    x = np.concatenate([rng.standard_normal(20000) * np.exp2(rng.integers(-26, 18, 20000)),
+                        specials, np.negative(specials)]).astype(np.float32)
+    want = np.empty(len(x), dtype=np.uint16)
+    probe.probe_f2h(_p(x), _p(want, ctypes.c_uint16), len(x))
+    got = torch.empty(len(x), dtype=torch.int32, device=DEV)
+    launch(_f2h_kernel, (triton.cdiv(len(x), 8192),), _dev(x), got, len(x), B=8192)
+    assert _same(_host(got).astype(np.uint16), want)
+
+
+# ---------------------------------------------------------------------------- quantization, norms
+
+
+def _c_quantize(probe, x: np.ndarray):
+    T, E = x.shape
+    q = np.empty((T, E), np.int8)
+    s = np.empty((T, E // 32), np.float32)
+    sa = np.empty_like(s)
+    sm = np.empty((T, E // 32), np.int32)
+    for t in range(T):
+        row = np.ascontiguousarray(x[t])
+        probe.probe_quantize_row(_p(row), E, _p(q[t], ctypes.c_int8), _p(s[t]), _p(sa[t]), _p(sm[t], ctypes.c_int32))
+    return q, s, sa
+
+
+def _run_norm(x, w, *, norm, rows=None, nblk=2, bt=16, eps=1e-5):
+    T = len(rows) if rows is not None else x.shape[0]
+    E = x.shape[1]
+    q = torch.empty((T, E), dtype=torch.int8, device=DEV)
+    s = torch.empty((T, E // 32), dtype=torch.float32, device=DEV)
+    sa = torch.empty_like(s)
+    y = torch.empty((T, E), dtype=torch.float32, device=DEV)
+    rows_d = _dev(np.asarray(rows if rows is not None else [0], np.int32))
+    launch(K.norm_quant_kernel, (triton.cdiv(T, bt),), _dev(x), _dev(w), rows_d, y, q, s, sa, T,
+           float(np.float32(eps)), E=E, NORM=norm, GATHER=rows is not None, STORE_Y=True, BT=bt, NBLK=nblk)
+    return _host(y), _host(q), _host(s), _host(sa)
+
+
+def test_quantization(probe):
+    rng = np.random.default_rng(3)
+    x = _floats(rng, 20 * 192).reshape(20, 192)
+    x[3] = 0.0  # a row of zero blocks
+    x[5, 32:64] = 0.0
+    x[6, :32] = np.float32(-1e-41)  # a block of subnormals
+    x[7, :32] = np.float32(3e38)
+    _, q, s, sa = _run_norm(x, np.ones(192, np.float32), norm=False, nblk=2)
+    wq, ws, wsa = _c_quantize(probe, x)
+    assert _same(q, wq) and _same(s, ws) and _same(sa, wsa)
+
+
+@pytest.mark.parametrize("nblk", [2, 4])
+def test_rmsnorm_then_quantization(probe, nblk):
+    rng = np.random.default_rng(4)
+    E = 256
+    x = _floats(rng, 19 * E, 3.0).reshape(19, E)
+    x[2] = 0.0
+    w = _floats(rng, E)
+    rows = [18, 0, 2, 7, 7, 11]  # gathered rows, in any order, repeated
+    y, q, s, sa = _run_norm(x, w, norm=True, rows=rows, nblk=nblk, eps=1e-5)
+    want = np.empty((len(rows), E), np.float32)
+    for i, r in enumerate(rows):
+        xr = np.ascontiguousarray(x[r])
+        probe.probe_rmsnorm(_p(want[i]), _p(xr), _p(w), E, ctypes.c_float(1e-5))
+    assert _same(y, want)
+    wq, ws, wsa = _c_quantize(probe, want)
+    assert _same(q, wq) and _same(s, ws) and _same(sa, wsa)
+
+
+def test_silu_then_quantization(probe):
+    rng = np.random.default_rng(5)
+    T, Fd = 17, 128
+    g = _floats(rng, T * Fd, 8.0).reshape(T, Fd)
+    g[0, :8] = [-200, -90, -88, 0, -0.0, 89, 100, 1e-40]
+    u = _floats(rng, T * Fd, 2.0).reshape(T, Fd)
+    q = torch.empty((T, Fd), dtype=torch.int8, device=DEV)
+    s = torch.empty((T, Fd // 32), dtype=torch.float32, device=DEV)
+    sa = torch.empty_like(s)
+    launch(K.silu_quant_kernel, (triton.cdiv(T, 16),), _dev(np.concatenate([g, u], axis=1)), q, s, sa, T, F=Fd,
+           BT=16, NBLK=2)
+    a = np.empty_like(g)
+    probe.probe_silu_mul(_p(np.ascontiguousarray(g)), _p(np.ascontiguousarray(u)), _p(a), T * Fd)
+    wq, ws, wsa = _c_quantize(probe, a)
+    assert _same(_host(q), wq) and _same(_host(s), ws) and _same(_host(sa), wsa)
+
+
+# ---------------------------------------------------------------------------- block products
+
+
+def _random_packed(rng, kind: int, rows: int, cols: int) -> np.ndarray:
+    gb = 320 if kind == weights.T_Q4_1 else 544
+    nscale = 32 if kind == weights.T_Q4_1 else 16
+    raw = rng.integers(0, 256, (rows // 16) * (cols // 32) * gb, dtype=np.uint8).reshape(-1, gb)
+    scales = (rng.standard_normal((len(raw), nscale)) * 0.02).astype(np.float16)
+    raw[:, gb - 2 * nscale:] = scales.view(np.uint8).reshape(len(raw), -1)
+    return raw.reshape(-1)
+
+
+@pytest.mark.parametrize("kind", [weights.T_Q4_1, weights.T_Q8_0])
+@pytest.mark.parametrize("dot_f32", [False, True])
+def test_block_products(probe, kind, dot_f32):
+    rng = np.random.default_rng(6 + kind)
+    R, Kc, T = 80, 128, 19
+    raw = _random_packed(rng, kind, R, Kc)
+    m = weights._unpack_q4_1(raw, R, Kc) if kind == weights.T_Q4_1 else weights._unpack_q8_0(raw, R, Kc)
+    x = _floats(rng, T * Kc, 4.0).reshape(T, Kc)
+    aq, s, sa = _c_quantize(probe, x)
+    sm = np.zeros((T, Kc // 32), np.int32)
+    for t in range(T):
+        sm[t] = aq[t].reshape(-1, 32).astype(np.int32).sum(axis=1)
+    want = np.empty((T, R), np.float32)
+    fn = probe.probe_mm_q4 if kind == weights.T_Q4_1 else probe.probe_mm_q8
+    fn(_p(raw, ctypes.c_uint8), Kc, R // 16, _p(aq, ctypes.c_int8), _p(s), _p(sa), _p(sm, ctypes.c_int32), T,
+       _p(want))
+    residual = _floats(rng, T * R).reshape(T, R)
+    for res in (False, True):
+        out = _dev(residual.copy()) if res else torch.empty((T, R), dtype=torch.float32, device=DEV)
+        dm = m.m if m.m is not None else m.d
+        launch(K.matmul_kernel, (triton.cdiv(R, 32), triton.cdiv(T, 16)), _dev(aq), _dev(s), _dev(sa), _dev(m.q),
+               _dev(m.d), _dev(dm), out, T, R, R, K=Kc, Q4=kind == weights.T_Q4_1, RESIDUAL=res, BT=16, BR=32,
+               DOT_F32=dot_f32)
+        o, w = _host(out), (residual + want if res else want)
+        assert _same(o, w), (res, int((o.view(np.int32) != w.view(np.int32)).sum()), float(np.abs(o - w).max()))
+
+
+# ---------------------------------------------------------------------------- RoPE, cache, attention
+
+
+def test_rope_tables_are_the_engines(probe):
+    rng = np.random.default_rng(7)
+    for x in np.concatenate([rng.uniform(-700, 700, 3000), [-1e-300, 0.0, 1e-300, 699.9]]):
+        assert rope.exp_d(float(x)) == probe.probe_exp_d(float(x))
+    for x in np.exp(rng.uniform(-700, 700, 3000)):
+        assert rope.log_d(float(x)) == probe.probe_log_d(float(x))
+    a = np.concatenate([rng.uniform(0, 1e7, 50000), np.arange(0, 4096) * 0.3, [0.0, np.pi / 4, np.pi / 2]])
+    s, c = np.empty_like(a), np.empty_like(a)
+    probe.probe_sincos_d(_p(a, ctypes.c_double), _p(s, ctypes.c_double), _p(c, ctypes.c_double), len(a))
+    s2, c2 = rope.sincos_d(a)
+    assert _same(s, s2) and _same(c, c2)
+    for base in (10000.0, 100000.0, 1e6):
+        f = np.empty(32)
+        probe.probe_inv_freq(ctypes.c_double(base), _p(f, ctypes.c_double))
+        assert _same(f, rope.inv_freq(base))
+
+
+def _window(p: int, win: int) -> tuple[int, int]:
+    lo = max(1, p - win + 2)
+    return lo, (p - lo + 1 if p >= 1 else 0)
+
+
+def test_rope_and_cache_writes(probe):
+    """RoPE and the query scale in place; the start token's key and value kept; later keys
+    rotated and both rounded to f16 into their ring slots."""
+    rng = np.random.default_rng(8)
+    NH, KV, C = 9, 3, 48
+    W = (NH + 2 * KV) * 64
+    pos = [0, 1, 17, 47, 48, 200]
+    T = len(pos)
+    qkv = _floats(rng, T * W, 50.0).reshape(T, W)
+    qkv[2, NH * 64:NH * 64 + 8] = [7e4, -7e4, 65519, 65521, 1e-7, -3e-8, 0.0, -0.0]
+    cos, sin = rope.cos_sin(np.arange(256), rope.inv_freq(100000.0))
+    kc = torch.zeros((1, 2, KV, 64, C), dtype=torch.int16, device=DEV)
+    vc = torch.zeros((1, 2, KV, C, 64), dtype=torch.int16, device=DEV)
+    sk = torch.zeros((1, 2, KV, 64), dtype=torch.float32, device=DEV)
+    sv = torch.zeros_like(sk)
+    qkv_d = _dev(qkv)
+    launch(K.rope_cache_kernel, (1,), qkv_d, _dev(np.zeros(T, np.int32)), _dev(np.array(pos, np.int64)), _dev(cos),
+           _dev(sin), kc, vc, sk, sv, T, 1, C, 2, NH=NH, NKV=KV, HP=16, KP=4, BT=8)
+    got = _host(qkv_d)
+    for t, p in enumerate(pos):
+        q = qkv[t].copy()
+        for h in range(NH):
+            head = q[h * 64:(h + 1) * 64].copy()
+            probe.probe_rope(_p(head), _p(np.ascontiguousarray(cos[p])), _p(np.ascontiguousarray(sin[p])))
+            q[h * 64:(h + 1) * 64] = head * np.float32(0.125)
+        assert _same(got[t, :NH * 64], q[:NH * 64])
+        assert _same(got[t, NH * 64:], qkv[t, NH * 64:])  # k and v stay as they were
+        for h in range(KV):
+            k = qkv[t, (NH + h) * 64:(NH + h + 1) * 64].copy()  # probe_rope rotates in place
+            v = qkv[t, (NH + KV + h) * 64:(NH + KV + h + 1) * 64].copy()
+            if p == 0:
+                assert _same(_host(sk[0, 1, h]), k) and _same(_host(sv[0, 1, h]), v)
+                continue
+            probe.probe_rope(_p(k), _p(np.ascontiguousarray(cos[p])), _p(np.ascontiguousarray(sin[p])))
+            kh, vh = np.empty(64, np.uint16), np.empty(64, np.uint16)
+            probe.probe_f2h(_p(k), _p(kh, ctypes.c_uint16), 64)
+            probe.probe_f2h(_p(v), _p(vh, ctypes.c_uint16), 64)
+            slot = (p - 1) % C
+            assert _same(_host(kc[0, 1, h, :, slot]).view(np.uint16), kh)
+            assert _same(_host(vc[0, 1, h, slot]).view(np.uint16), vh)
+
+
+@pytest.mark.parametrize("win", [16, 40])
+def test_attention(probe, win):
+    """Scores, softmax and values of every query head against the engine's attention, with
+    a ring that has wrapped and the start token at its virtual position."""
+    rng = np.random.default_rng(9 + win)
+    NH, KV, G = 9, 3, 3
+    C = ((win - 1) + 31 + 15) // 16 * 16
+    W = (NH + 2 * KV) * 64
+    pos = [0, 1, 2, 5, win - 2, win - 1, win, win + 1, 3 * C + 5, 1000]
+    T = len(pos)
+    qkv = _floats(rng, T * W, 0.5).reshape(T, W)
+    cos, sin = rope.cos_sin(np.arange(1024), rope.inv_freq(100000.0))
+    kbits = (rng.standard_normal((1, 1, KV, 64, C)) * 2).astype(np.float16)
+    vbits = (rng.standard_normal((1, 1, KV, C, 64)) * 2).astype(np.float16)
+    sink_k = _floats(rng, KV * 64, 2.0).reshape(1, 1, KV, 64)
+    sink_v = _floats(rng, KV * 64, 2.0).reshape(1, 1, KV, 64)
+    kc, vc = _dev(kbits.view(np.int16)), _dev(vbits.view(np.int16))
+    stream = _dev(np.zeros(T, np.int32))
+    pos_d = _dev(np.array(pos, np.int64))
+    rk = torch.empty((T, KV, 64), dtype=torch.float32, device=DEV)
+    NS = (min(max(pos), win - 1) + 1 + 15) // 16 * 16
+    sc = torch.empty((T, KV, 4, NS), dtype=torch.float32, device=DEV)
+    ao = torch.empty((T, NH * 64), dtype=torch.float32, device=DEV)
+    launch(K.sink_rope_kernel, (1,), stream, pos_d, _dev(cos), _dev(sin), _dev(sink_k), rk, T, 0, 1, win, NKV=KV,
+           KP=4, BT=16)
+    launch(K.attn_scores_kernel, (triton.cdiv(T, 4), KV, triton.cdiv(NS, 16)), _dev(qkv), stream, pos_d, kc, rk, sc,
+           T, 0, C, 1, win, NS, NH=NH, NKV=KV, G=G, GP=4, BT=4, BS=16)
+    launch(K.attn_values_kernel, (triton.cdiv(T, 4), KV, 2), stream, pos_d, vc, _dev(sink_v), sc, ao, T, 0, C, 1, win,
+           NS, NH=NH, NKV=KV, G=G, GP=4, BT=4, BD=32)
+    got = _host(ao)
+    # the engine's layouts: keys [C/16][64][16], values [64/16][C][16]; the G heads of a KV head at once
+    for t, p in enumerate(pos):
+        lo, n_ring = _window(p, win)
+        for kvh in range(KV):
+            ke = np.ascontiguousarray(kbits[0, 0, kvh].view(np.uint16).reshape(64, C // 16, 16).transpose(1, 0, 2))
+            ve = np.ascontiguousarray(vbits[0, 0, kvh].view(np.uint16).reshape(C, 4, 16).transpose(1, 0, 2))
+            sk = sink_k[0, 0, kvh].copy()  # probe_rope rotates in place
+            probe.probe_rope(_p(sk), _p(np.ascontiguousarray(cos[lo - 1])), _p(np.ascontiguousarray(sin[lo - 1])))
+            q = np.ascontiguousarray(qkv[t, kvh * G * 64:(kvh + 1) * G * 64])
+            want = np.empty(G * 64, np.float32)
+            probe.probe_attn(G, 64, _p(q), _p(sk), _p(np.ascontiguousarray(sink_v[0, 0, kvh])),
+                             _p(ke, ctypes.c_uint16), _p(ve, ctypes.c_uint16), C, lo, n_ring, _p(want))
+            g_ = got[t, kvh * G * 64:(kvh + 1) * G * 64]
+            assert _same(g_, want), (p, kvh, float(np.abs(g_ - want).max()), float(np.abs(want).max()))
+
+
+# ---------------------------------------------------------------------------- the whole forward
+
+
+def _weights_or_skip():
+    from lmzip.predictors.portable_weights import cached_weights
+    from lmzip.predictors.registry import _smollm2_path
+
+    path = _smollm2_path()
+    if path is None:
+        pytest.skip("the SmolLM2 model is not installed")
+    return cached_weights(path)
+
+
+def test_forward_gives_the_engines_golden_16():
+    """The start token and the first 16 tokens of alice29.txt in one step (the logits of
+    every token): tests/test_engine.py's GOLD_16, the C engine's hash."""
+    from lmzip.gpu.forward import GPUEngine
+
+    eng = GPUEngine(_weights_or_skip(), device=DEV, context=2048)
+    h = eng.new_stream()
+    every: list = []
+    eng.eval([h], [[eng.bos] + _tokens(16)], every=every)
+    rows = [r for step in every for r in _host(step)]
+    assert len(rows) == 17
+    assert _hash_logits(rows) == GOLD_16
+
+
+def _golden_script(*args: str) -> str:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OPENBLAS_NUM_THREADS": "1"}
+    if not torch.cuda.is_available():
+        env["TRITON_INTERPRET"] = "1"
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu.py"), "--golden", *args], env=env,
+                         capture_output=True, text=True, timeout=3000)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout.split()[-1]
+
+
+@pytest.mark.slow
+@pytest.mark.llm
+def test_forward_golden_64():
+    from .test_engine import GOLD_64
+
+    _weights_or_skip()
+    assert _golden_script() == GOLD_64
+
+
+@pytest.mark.slow
+@pytest.mark.llm
+def test_forward_golden_64_window_16():
+    """The window of 16 slides 49 times: the ring, its wrap and the start token's virtual position."""
+    from .test_engine import GOLD_64_W16
+
+    _weights_or_skip()
+    assert _golden_script("--context", "16") == GOLD_64_W16

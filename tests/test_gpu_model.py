@@ -1,0 +1,293 @@
+"""The GPU engine and model (lmzip.gpu.forward, lmzip.gpu.model) against the C engine on a
+tiny random llama model (2 layers, 3 query heads per KV head, 272 tokens), small enough
+for Triton's CPU interpreter: groups of streams, calls of many tokens, a sliding window,
+codec round trips across devices, the run-time check and --device."""
+
+from __future__ import annotations
+
+import os
+import struct
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="the gpu extra (torch, triton) is not installed")
+if not torch.cuda.is_available():
+    if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("triton was imported without TRITON_INTERPRET=1 and there is no GPU", allow_module_level=True)
+    os.environ["TRITON_INTERPRET"] = "1"
+pytest.importorskip("triton", reason="the gpu extra (torch, triton) is not installed")
+_engine = pytest.importorskip("lmzip._engine")
+
+from lmzip.codec import compress_group, decompress_group  # noqa: E402
+from lmzip.gpu import device as gdev  # noqa: E402
+from lmzip.gpu import trust  # noqa: E402
+from lmzip.gpu.forward import GPUEngine  # noqa: E402
+from lmzip.gpu.model import GPUModel, portable_model  # noqa: E402
+from lmzip.predictors import portable_weights as pw  # noqa: E402
+from lmzip.predictors.portable import PortableModel  # noqa: E402
+
+DEV = "cuda:0" if torch.cuda.is_available() else "cpu"
+N_LAYER, N_EMBD, N_FF, N_HEAD, N_KV, N_VOCAB, BOS = 2, 192, 128, 3, 1, 272, 256
+
+
+def _q4_1(rng, rows, cols, scale):
+    raw = np.zeros((rows, cols // 32, 20), np.uint8)
+    raw[:, :, 0:2] = (rng.standard_normal((rows, cols // 32, 1)) * scale).astype(np.float16).view(np.uint8)
+    raw[:, :, 2:4] = (-rng.random((rows, cols // 32, 1)) * 8 * scale).astype(np.float16).view(np.uint8)
+    raw[:, :, 4:] = rng.integers(0, 256, (rows, cols // 32, 16), dtype=np.uint8)
+    return pw._pack_q4_1(raw.reshape(-1), rows, cols)
+
+
+def _q8_0(rng, rows, cols, scale):
+    raw = np.zeros((rows, cols // 32, 34), np.uint8)
+    raw[:, :, 0:2] = (rng.random((rows, cols // 32, 1)) * scale).astype(np.float16).view(np.uint8)
+    raw[:, :, 2:] = rng.integers(0, 256, (rows, cols // 32, 32), dtype=np.uint8)
+    return pw._pack_q8_0(raw.reshape(-1), rows, cols)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> tuple:
+    """(weights file, a stand-in model file): random weights in the engine's format 1."""
+    rng = np.random.default_rng(28)
+    E, F, KVD = N_EMBD, N_FF, N_KV * 64
+
+    def norm(n):
+        return (1.0 + 0.1 * rng.standard_normal(n)).astype(np.float32).tobytes()
+
+    blobs = [(2, N_VOCAB, E, _q8_0(rng, N_VOCAB, E, 0.02)),  # types: 0 F32, 1 Q4_1, 2 Q8_0
+             (0, 1, E, norm(E))]
+    for _ in range(N_LAYER):
+        blobs += [(0, 1, E, norm(E)), (1, E, E, _q4_1(rng, E, E, 0.01)), (1, KVD, E, _q4_1(rng, KVD, E, 0.01)),
+                  (1, KVD, E, _q4_1(rng, KVD, E, 0.01)), (1, E, E, _q4_1(rng, E, E, 0.01)), (0, 1, E, norm(E)),
+                  (1, F, E, _q4_1(rng, F, E, 0.01)), (1, F, E, _q4_1(rng, F, E, 0.01)),
+                  (1, E, F, _q4_1(rng, E, F, 0.01))]
+    header = pw.MAGIC + struct.pack("<IIIIIIIIIIdfI", 1, N_LAYER, E, F, N_HEAD, N_KV, 64, N_VOCAB, 64, BOS,
+                                    10000.0, 1e-5, len(blobs))
+    folder = tmp_path_factory.mktemp("tiny")
+    weights = folder / "tiny-1.bin"
+    pieces = [bytes([i]) for i in range(256)] + [b""] * (N_VOCAB - 256)
+    pw._write(weights, header, blobs, pieces, BOS)
+    stand_in = folder / "tiny.gguf"
+    stand_in.write_bytes(b"not read: the weights and vocabulary are given")
+    return weights, stand_in
+
+
+def _cpu_logits(weights, seqs, calls, context):
+    eng = _engine.Engine(str(weights), 1, "")
+    hs = [eng.new_stream(context) for _ in seqs]
+    return _run(eng, hs, seqs, calls)
+
+
+def _run(eng, hs, seqs, calls):
+    out = np.empty((len(seqs), eng.n_vocab), np.float32)
+    rows, done = [], 0
+    for k in calls:
+        idx = [i for i, s in enumerate(seqs) if done < len(s)]
+        eng.eval([hs[i] for i in idx], [seqs[i][done:done + k] for i in idx], out[: len(idx)])
+        rows.append((tuple(idx), out[: len(idx)].copy()))
+        done += k
+    return rows
+
+
+@pytest.mark.parametrize("context", [16, 2048])
+def test_group_logits_equal_the_c_engines(tiny, context):
+    """Three streams of different lengths in lockstep, calls of 1, 3 and 40 tokens (over the
+    32-token step, and over the window of 16): every logit the C engine's."""
+    weights, _ = tiny
+    rng = np.random.default_rng(context)
+    seqs = [[BOS] + rng.integers(0, 256, n).tolist() for n in (60, 23, 9)]
+    calls = [1, 3, 1, 40, 1, 20]
+    want = _cpu_logits(weights, seqs, calls, context)
+    eng = GPUEngine(weights, device=DEV, context=context)
+    got = _run(eng, [eng.new_stream() for _ in seqs], seqs, calls)
+    for (wi, w), (gi, g) in zip(want, got):
+        assert wi == gi and w.tobytes() == g.tobytes()
+
+
+def _models(tiny, context=16):
+    weights, stand_in = tiny
+    kw = dict(name="tiny", sha256="00" * 32, context=context, weights=weights, tokenize_text=lambda b: list(b))
+    return PortableModel(stand_in, threads=1, **kw), GPUModel(stand_in, device=DEV, **kw)
+
+
+def test_files_are_the_same_on_both_devices(tiny):
+    """The codec's records from the GPU model are the CPU model's, byte for byte, and each
+    model decodes the other's."""
+    cpu, gpu = _models(tiny)
+    assert gpu.params() == cpu.params() == {"backend": "portable 1", "context": 16, "model": "tiny"}
+    texts = [b"abracadabra abra", b"hello", b"window slides"]
+    rec_cpu = compress_group(cpu, texts, width=3)
+    rec_gpu = compress_group(gpu, texts, width=3)
+    assert rec_gpu == rec_cpu
+    assert decompress_group(cpu, rec_gpu, width=3) == texts
+    assert decompress_group(gpu, rec_cpu, width=3) == texts
+
+
+def test_hidden_state_is_the_c_engines(tiny):
+    cpu, gpu = _models(tiny, context=2048)
+    sc, sg = cpu.open_stream(), gpu.open_stream()
+    for t in b"hidden":
+        sc.push(t)
+        sg.push(t)
+    assert sc.scores().tobytes() == sg.scores().tobytes()
+    assert sc.hidden().tobytes() == sg.hidden().tobytes()
+
+
+def test_trust_check_passes_and_catches_a_wrong_logit(tiny, monkeypatch):
+    weights, _ = tiny
+    assert trust.check("11" * 32, weights, DEV) is None  # compared with the C engine (not SmolLM2)
+
+    from lmzip.gpu import forward
+
+    real = forward.GPUEngine._step
+
+    def off_by_one_bit(self, *args):
+        logits = real(self, *args)
+        if logits is not None:
+            logits.view(torch.int32)[-1, 7] += 1
+        return logits
+
+    monkeypatch.setattr(forward.GPUEngine, "_step", off_by_one_bit)
+    why = trust.check("22" * 32, weights, DEV)
+    assert why is not None and "differ" in why
+
+
+def test_a_failed_check_falls_back_to_the_cpu_with_a_warning(tiny, monkeypatch, capsys):
+    weights, stand_in = tiny
+    monkeypatch.setattr(trust, "check", lambda *a: "its logits differ (test)")
+    monkeypatch.setattr(gdev, "resolve", lambda device=None: DEV)
+    import lmzip.gpu.model as gm
+
+    monkeypatch.setattr(gm, "resolve", lambda device=None: DEV)
+    monkeypatch.setattr(pw, "cached_weights", lambda *a: weights)
+    made = []
+    monkeypatch.setattr(gm, "PortableModel", lambda *a, **k: made.append(k) or "the CPU engine")
+    m = portable_model(stand_in, name="tiny", sha256="33" * 32, context=16, threads=1, device="cuda")
+    assert m == "the CPU engine" and made[0]["weights"] == weights
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not using the GPU" in err and "running on the CPU" in err
+
+
+def test_device_names(monkeypatch):
+    assert gdev.resolve("cpu") is None
+    with pytest.raises(ValueError, match="auto, cpu, cuda or cuda:N"):
+        gdev.resolve("gpu")
+    monkeypatch.setenv("LMZIP_DEVICE", "cpu")
+    assert gdev.resolve(None) is None and gdev.resolve("auto") is None
+    monkeypatch.delenv("LMZIP_DEVICE")
+    if not torch.cuda.is_available():
+        assert gdev.resolve("auto") is None  # never the interpreter by itself
+        assert gdev.resolve("cuda") == "cpu"  # TRITON_INTERPRET=1: the GPU code on the CPU
+        monkeypatch.setenv("TRITON_INTERPRET", "0")
+        with pytest.raises(gdev.DeviceError, match="no CUDA GPU"):
+            gdev.resolve("cuda:1")
+
+
+def test_auto_imports_no_torch_without_an_nvidia_driver(monkeypatch):
+    monkeypatch.setattr(gdev, "nvidia_present", lambda: False)
+    monkeypatch.setattr(gdev, "extra_installed", lambda: pytest.fail("looked for the extra"))
+    assert gdev.resolve("auto") is None
+
+
+def test_one_token_steps_through_the_graph_path(tiny, monkeypatch):
+    """The CUDA-graph path of one-token steps (static inputs, the window's score rows,
+    replays with new tokens and positions, a width that changes), with a stand-in for
+    torch's graph that replays the recorded call: the C engine's logits, call by call."""
+    weights, _ = tiny
+    from lmzip.gpu import forward
+
+    class Graph:
+        fn = None
+
+        def replay(self):
+            self.fn()
+
+    capturing = []
+
+    class Capture:
+        def __init__(self, graph):
+            self.graph = graph
+
+        def __enter__(self):
+            capturing.append(self.graph)
+
+        def __exit__(self, *exc):
+            capturing.clear()
+
+    real = forward.GPUEngine._run_static
+
+    def run_static(self, g):
+        if capturing:  # record instead of running (as a capture does)
+            capturing[0].fn = lambda: real(self, g)
+            return
+        real(self, g)
+
+    monkeypatch.setattr(forward.GPUEngine, "_run_static", run_static)
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", Graph)
+    monkeypatch.setattr(torch.cuda, "graph", Capture)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    rng = np.random.default_rng(5)
+    seqs = [[BOS] + rng.integers(0, 256, n).tolist() for n in (14, 14, 6)]
+    calls = [1] * 15
+    want = _cpu_logits(weights, seqs, calls, 16)
+    eng = GPUEngine(weights, device=DEV, context=16)
+    eng._graphs = {}  # on, as on a GPU
+    got = _run(eng, [eng.new_stream() for _ in seqs], seqs, calls)
+    assert set(eng._graphs) == {3, 2}  # widths 3, then 2 once the short stream is done
+    for (wi, w), (gi, g) in zip(want, got):
+        assert wi == gi and w.tobytes() == g.tobytes()
+
+
+def test_a_kernel_compiled_with_fusion_stops_the_run():
+    """launch() scans the PTX of each kernel it compiles: a fused multiply-add (or any
+    forbidden instruction) is an error before the kernel's results are used."""
+    from lmzip.errors import LMZipError
+    from lmzip.gpu import forward
+
+    class Compiled:
+        hash = "test"
+        asm = {"ptx": ".target sm_90\n    mul.rn.f32 %f1, %f2, %f3;\n    fma.rn.f32 %f4, %f1, %f2, %f3;\n"}
+
+    class Kernel:
+        __name__ = "fused_kernel"
+
+        def __getitem__(self, grid):
+            return lambda *args, **meta: Compiled()
+
+    with pytest.raises(LMZipError, match="fused_kernel was compiled with fused multiply-add"):
+        forward.launch(Kernel(), (1,), 1.0, BT=16)
+    Compiled.asm = {"ptx": ".target sm_90\n    mul.rn.f32 %f1, %f2, %f3;\n"}
+    forward.launch(Kernel(), (1,), 1.0, BT=32)  # a clean kernel runs
+
+
+def test_tiles_from_the_environment(monkeypatch):
+    from lmzip.gpu.tiles import Blocks
+
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    monkeypatch.setenv("LMZIP_GPU_BLOCKS", "dims=8, slots=128")
+    assert Blocks.from_env() == Blocks(dims=8, slots=128)
+    monkeypatch.setenv("LMZIP_GPU_BLOCKS", "dot_f32=1")
+    with pytest.raises(ValueError, match="unknown tile"):
+        Blocks.from_env()
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert Blocks.from_env() == Blocks.for_interpreter()
+
+
+def test_rows_of_every_token_equal_the_c_engines(tiny):
+    """eval_rows (compression's lookahead): the logits after every token, stream by stream,
+    also for a stream of more tokens than a step, and one token per stream."""
+    weights, _ = tiny
+    rng = np.random.default_rng(11)
+    lists = [[BOS] + rng.integers(0, 256, 40).tolist(), [BOS, 7, 9], [BOS]]
+    cpu = _engine.Engine(str(weights), 1, "")
+    eng = GPUEngine(weights, device=DEV, context=16)
+    hc = [cpu.new_stream(16) for _ in lists]
+    hg = [eng.new_stream() for _ in lists]
+    for call in (lists, [[5], [6], [7]]):
+        want = np.empty((sum(map(len, call)), N_VOCAB), np.float32)
+        got = np.empty_like(want)
+        cpu.eval_rows(hc, call, want)
+        eng.eval_rows(hg, call, got)
+        assert want.tobytes() == got.tobytes()

@@ -1,0 +1,88 @@
+"""The GPU kernels compiled ahead of time for sm_80 and sm_90 (no GPU needed: Triton's
+bundled ptxas) and their PTX scanned for instructions that break the engine's numerics:
+fused multiply-adds, approximate division, square root and transcendentals, flushes of
+subnormals (lmzip.gpu.ptx).  The CPU interpreter cannot see those; this closes the hole.
+
+The compilation runs in a child process: this one may run Triton's interpreter
+(tests/test_gpu_kernels.py sets TRITON_INTERPRET=1), which cannot compile."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from .conftest import ROOT
+
+pytest.importorskip("torch", reason="the gpu extra (torch, triton) is not installed")
+pytest.importorskip("triton", reason="the gpu extra (torch, triton) is not installed")
+
+from lmzip.gpu import ptx  # noqa: E402
+
+SPECS = ptx.smollm2_specs()
+
+_COMPILE = textwrap.dedent("""
+    import json
+    from lmzip.gpu import ptx
+    out = {}
+    for spec in ptx.smollm2_specs():
+        for cap in ptx.TARGETS:
+            text = ptx.compile_ptx(spec, cap)
+            out[f"{spec.label()} @ sm_{cap}"] = {"target": f".target sm_{cap}" in text,
+                                                 "muls": text.count("mul.rn.f32") + text.count("mul.rn.f64"),
+                                                 "found": ptx.scan_ptx(text)}
+    fused = next(s for s in ptx.smollm2_specs() if s.name == "silu_quant_kernel")
+    out["fused"] = ptx.scan_ptx(ptx.compile_ptx(fused, 90, fp_fusion=True))
+    print(json.dumps(out))
+""")
+
+
+@pytest.fixture(scope="module")
+def compiled() -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = str(ROOT)
+    out = subprocess.run([sys.executable, "-c", _COMPILE], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=1800)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.splitlines()[-1])
+
+
+@pytest.mark.parametrize("capability", ptx.TARGETS)
+@pytest.mark.parametrize("spec", SPECS, ids=[s.label() for s in SPECS])
+def test_kernel_ptx_is_clean(compiled, spec, capability):
+    r = compiled[f"{spec.label()} @ sm_{capability}"]
+    assert r["target"] and r["muls"] > 0  # the kernel's own code, for this GPU
+    assert r["found"] == []
+
+
+def test_scan_finds_fusion(compiled):
+    """The same kernel compiled with fusion on holds fused multiply-adds: a scan that passed
+    it would be a broken scan."""
+    assert any(line.startswith("fused multiply-add") for line in compiled["fused"]), compiled["fused"]
+
+
+@pytest.mark.parametrize("line, kind", [
+    ("    fma.rn.f32 %f1, %f2, %f3, %f4;", "fused multiply-add"),
+    ("    fma.rn.f64 %fd1, %fd2, %fd3, %fd4;", "fused multiply-add"),
+    ("    mad.rn.f32 %f1, %f2, %f3, %f4;", "fused multiply-add"),
+    ("    add.ftz.f32 %f1, %f2, %f3;", "flush to zero"),
+    ("    div.full.f32 %f1, %f2, %f3;", "approximate division"),
+    ("    ex2.approx.f32 %f1, %f2;", "approximate instruction"),
+    ("    sqrt.approx.ftz.f32 %f1, %f2;", "approximate instruction"),
+    ("    rcp.approx.ftz.f64 %fd1, %fd2;", "approximate instruction"),
+])
+def test_scan_rules(line, kind):
+    assert any(f.startswith(kind) for f in ptx.scan_ptx(line)), ptx.scan_ptx(line)
+
+
+@pytest.mark.parametrize("line", [
+    "    mad.lo.s32 %r1, %r2, %r3, %r4;", "    div.rn.f32 %f1, %f2, %f3;", "    sqrt.rn.f64 %fd1, %fd2;",
+    "    mul.rn.f32 %f1, %f2, %f3;", "    cvt.rn.f16.f32 %rs1, %f1;", "    // fma.rn.f32 in a comment",
+    "    mad.wide.s32 %rd1, %r1, 4, %rd2;",
+])
+def test_scan_allows_exact_instructions(line):
+    assert ptx.scan_ptx(line) == []
