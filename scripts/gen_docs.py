@@ -54,9 +54,9 @@ ENVIRONMENT = [
      "Both give the same bits; `lmzip --version` names the one in use."),
     ("LMZIP_CACHE", "models, engine, bench",
      "lmzip's cache folder (default `$XDG_CACHE_HOME/lmzip`, else `~/.cache/lmzip`): `engine/` (models "
-     "converted for the engine; without `LMZIP_CACHE` always `~/.cache/lmzip/engine`), `models/` "
+     "converted for the engine), `models/` "
      "(assembled model files), `sha256.json` (model hashes), `bench/` (benchmark results)."),
-    ("XDG_CACHE_HOME", "models, bench", "Parent of the default cache folder (see `LMZIP_CACHE`)."),
+    ("XDG_CACHE_HOME", "models, engine, bench", "Parent of the default cache folder (see `LMZIP_CACHE`)."),
     ("LMZIP_CORPORA", "bench, capacity, tests",
      "Folder holding the benchmark corpora `canterbury/` and `enwik/` (default: `../shared/corpora` or a "
      "`shared/corpora` above the current folder)."),

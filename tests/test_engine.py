@@ -483,3 +483,14 @@ def test_portable_cross_entropy_matches_llamacpp(portable, gguf_path):
     ours, theirs = ce(portable), ce(lm)
     lm.close()
     assert abs(ours - theirs) / theirs < 0.01, (ours, theirs)
+
+
+def test_converted_weights_live_in_lmzips_cache_folder(monkeypatch, tmp_path):
+    """engine/ below the one cache folder: $LMZIP_CACHE, else $XDG_CACHE_HOME/lmzip."""
+    from lmzip.predictors import portable_weights as pw
+
+    monkeypatch.delenv("LMZIP_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert pw.cache_dir() == tmp_path / "xdg" / "lmzip" / "engine"
+    monkeypatch.setenv("LMZIP_CACHE", str(tmp_path / "mine"))
+    assert pw.cache_dir() == tmp_path / "mine" / "engine"

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .cache import cache_dir as lmzip_cache_dir
+
 __all__ = ["ENGINE_FORMAT", "convert", "cached_weights", "cache_dir", "file_sha256", "read_vocab", "vocab_path"]
 
 #: version of the weights file layout (not of the numerics: that is the engine's own)
@@ -41,9 +43,8 @@ GEMMA3_FORMAT = 2
 
 
 def cache_dir() -> Path:
-    base = os.environ.get("LMZIP_CACHE")
-    root = Path(base) if base else Path.home() / ".cache" / "lmzip"
-    return root / "engine"
+    """Where converted weights are kept: ``engine/`` in lmzip's cache folder."""
+    return lmzip_cache_dir() / "engine"
 
 
 def file_sha256(path: str | os.PathLike) -> str:
