@@ -9,7 +9,10 @@
 --rss     peak RSS of one stream over --tokens tokens, each backend in a subprocess
 --profile the engine's time per phase of the forward pass (products, attention, norms, the
           logits, ...; Engine.profile) for one stream and lockstep groups (--widths, default
-          1,8) at depth 64 and 2048: ms per step and tokens/s
+          1,8) at depth 64 and 2048: ms per step and tokens/s (an engine built before
+          Engine.profile existed gives the rates alone)
+--build DIR  use the lmzip of another checkout (extensions built in place), to compare
+          builds in one run: e.g. --profile --build ../before, then --profile
 --backends  comma-separated: portable, llama.cpp, or portable@ISA for one kernel set of the
           engine (scalar, sse2, avx2, avx512; neon on aarch64), e.g.
           --speed --backends portable@scalar,portable@sse2,portable@avx2
@@ -32,7 +35,10 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+# --build DIR: time another checkout's lmzip (its extensions built in place), e.g. the
+# commit before a change, with this script
+_build = next((sys.argv[i + 1] for i, x in enumerate(sys.argv[:-1]) if x == "--build"), None)
+sys.path.insert(0, str(Path(_build).resolve() if _build else ROOT))
 
 
 #: the registry model measured (--model)
@@ -138,20 +144,23 @@ def profile(model, toks, widths=(1, 8), depths=(64, 2048), steps=None) -> None:
             texts = [[toks[(i + 997 * w) % n] for i in range(depth + measure)] for w in range(width)]
             hs = [eng.new_stream(2048) for _ in range(width)]
             out = np.empty((width, eng.n_vocab), np.float32)
+            timed = hasattr(eng, "profile")
             try:
                 eng.eval(hs, [[eng.bos] + t[:depth - 1] for t in texts], out)
-                eng.profile(True)
+                if timed:
+                    eng.profile(True)
                 t0 = time.perf_counter()
                 for i in range(depth, depth + measure):
                     eng.eval(hs, [[t[i]] for t in texts], out)
                 dt = time.perf_counter() - t0
-                phases = eng.profile(False)
+                phases = eng.profile(False) if timed else {}
             finally:
                 for h in hs:
                     eng.free_stream(h)
             rows.append((width, depth, width * measure / dt, 1e3 * dt / measure,
                          {k: 1e3 * v / measure for k, v in phases.items()}))
     names = list(rows[0][4])
+    print(f"lmzip from {Path(sys.modules['lmzip'].__file__).parent.parent}")
     print("| width | depth | tokens/s | ms/step | " + " | ".join(names) + " |")
     print("|---:|---:|---:|---:|" + "---:|" * len(names))
     for width, depth, rate, ms, ph in rows:
@@ -181,6 +190,7 @@ def main() -> None:
     ap.add_argument("--rss", action="store_true")
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--widths", default="1,8", help="--profile: lockstep widths")
+    ap.add_argument("--build", default=None, help="another checkout's lmzip (read before argparse)")
     ap.add_argument("--convert", action="store_true", help="time a fresh conversion into a temporary cache")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--tokens", type=int, default=400)
