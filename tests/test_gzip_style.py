@@ -127,6 +127,10 @@ def test_files_like_gzip(tmp_path, sample):
     proc = run(*FAST, "-v", "-k", str(sample), "-o", str(tmp_path / "v.lmz"), check=0)
     assert b"bpb" in proc.stderr
     assert run("-d", "--range", "10:20", str(packed), check=0).stdout == original[10:20]
+    # --device (an option with no value of its own) in every mode
+    assert run("-dc", "--device", "cpu", str(packed), check=0).stdout == original
+    assert b"OK" in run("-t", "--device", "cpu", str(packed), check=0).stderr
+    assert run(*FAST, "--device", "cpu", "-c", str(sample), check=0).stdout == packed.read_bytes()
 
 
 def test_stdin_to_stdout(sample):

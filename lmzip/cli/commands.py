@@ -626,8 +626,11 @@ class GzipStyle(click.Command):
 
 
 def _params(command: click.Command, values: dict) -> dict:
-    """The values of ``command``'s parameters, from those of the gzip-style command."""
-    return {p.name: values[p.name] for p in command.params if p.name in values}
+    """The values of ``command``'s parameters, from those of the gzip-style command.
+
+    Options that act through a callback and pass no value (``--device``) are left out.
+    """
+    return {p.name: values[p.name] for p in command.params if p.expose_value and p.name in values}
 
 
 def _list(files: tuple[str, ...], quiet: bool) -> None:
