@@ -225,6 +225,32 @@ def test_ctrl_c_leaves_no_partial_output(tmp_path):
     assert path.read_bytes() == before
 
 
+@pytest.mark.parametrize("args", [["decompress", "-c"], ["-dc"], ["info"]])
+def test_a_reader_that_stops_early_ends_lmzip_quietly(tmp_path, args):
+    """lmzcat big.lmz | head: exit 141 (gzip's SIGPIPE status) without a message, and the
+    files after the one being written are not decoded for nothing."""
+    packed = tmp_path / "big.lmz"
+    packed.write_bytes(lmzip.compress(corpus_slice("alice29.txt", 0, 100_000), model="order1"))
+    names = [str(packed)] * (1 if args == ["info"] else 3)
+    proc = subprocess.Popen([*LMZIP, *args, *names, *([str(packed)] * 2000 if args == ["info"] else [])],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout.read(10)
+        proc.stdout.close()  # the reader goes away with most of the output unwritten
+        err = proc.stderr.read()
+        proc.wait(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 141, err
+    assert err == b"", err
+    if os.path.exists("/dev/full"):  # another write error on standard output stays a per-file error
+        with open("/dev/full", "wb") as full:
+            proc = subprocess.run([*LMZIP, "-dc", str(packed)], stdout=full, stderr=subprocess.PIPE, timeout=600)
+        assert_one_line_error(proc)
+
+
 # ---------------------------------------------------------------------------- no data loss
 
 

@@ -39,6 +39,7 @@ from .files import (
     SUFFIX,
     Failure,
     Job,
+    StdoutClosed,
     _check_output_option,
     _compress_file,
     _decompress_file,
@@ -47,6 +48,7 @@ from .files import (
     _run,
     _verify,
     atomic_output,
+    stdout_gone,
 )
 from .status import ProgressLine, _human
 
@@ -56,7 +58,9 @@ Exit status:
   1    an error with some file (missing, unreadable, damaged, output exists, ...);
        the other files are still processed
   2    usage error (bad option or argument)
-  130  interrupted (Ctrl-C); no partial output is left behind"""
+  130  interrupted (Ctrl-C); no partial output is left behind
+  141  standard output closed by its reader (as | head does), quietly, as gzip
+       ended by SIGPIPE"""
 
 MODEL_ENV = "LMZIP_MODEL"  # the model compress uses without -m (decompression reads it from the file)
 
@@ -712,5 +716,21 @@ def run(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
+    except (StdoutClosed, BrokenPipeError):
+        if not stdout_gone():
+            raise
+        _stdout_closed()
     sys.exit(0)
+
+
+def _stdout_closed() -> None:
+    """Exit quietly with 141 (128 + SIGPIPE, what a shell reports for gzip | head) once
+    standard output's reader has gone; stdout points at /dev/null so that Python's own
+    flush at exit does not complain."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
+    sys.exit(141)
 

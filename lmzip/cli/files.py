@@ -30,6 +30,23 @@ class Failure(Exception):
     """A per-file error: reported on one line, exit status 1."""
 
 
+class StdoutClosed(Exception):
+    """Standard output's reader has gone (``lmzcat big.lmz | head``): stop all files at once."""
+
+
+def stdout_gone() -> bool:
+    """Whether standard output is a pipe whose reader has closed it (poll reports an error
+    on the write end), as opposed to a broken pipe to a worker process."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+    except (AttributeError, ValueError, OSError):  # no poll (Windows), no real stdout
+        return False
+
+
 # ---------------------------------------------------------------------------- safe output
 
 
@@ -174,6 +191,10 @@ def _run(job: Job, names: list[str], work: Callable[[str], None]) -> None:
             job.fail(str(exc))
         except LMZipError as exc:
             job.fail(f"{name}: {exc}")
+        except BrokenPipeError as exc:
+            if stdout_gone():
+                raise StdoutClosed from None  # no reader: the other files would be decoded for nothing
+            job.fail(f"{name}: {exc.strerror or exc}")
         except OSError as exc:
             job.fail(f"{name}: {exc.strerror or exc}")
     if job.failed:
