@@ -91,6 +91,13 @@ def _run(eng, hs, seqs, calls):
     return rows
 
 
+def test_the_step_is_the_c_engines():
+    """The ring's size and the lookahead's calls follow the engine's step: one number."""
+    from lmzip.gpu import forward
+
+    assert forward.MAX_STEP == _engine.MAX_STEP == 32
+
+
 @pytest.mark.parametrize("context", [16, 2048])
 def test_group_logits_equal_the_c_engines(tiny, context):
     """Three streams of different lengths in lockstep, calls of 1, 3 and 40 tokens (over the

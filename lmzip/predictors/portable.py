@@ -95,7 +95,7 @@ class _PortableGroup(StreamGroup):
     engine call.  Every stream starts with the start token.
 
     With :meth:`lookahead` (compression), a call evaluates each stream's next tokens too,
-    up to the engine's step (32 tokens) and AHEAD_ROWS rows for the group, and later
+    up to the engine's step (``MAX_STEP`` tokens) and AHEAD_ROWS rows for the group, and later
     advances use those rows: the weights are read once for all of them.  The logits are
     the engine's for those tokens however the calls are split, so the file is the same."""
 
@@ -169,7 +169,7 @@ class _PortableGroup(StreamGroup):
 
     def _eval_ahead(self, todo: list[_GroupStream]) -> None:
         """One engine call: each stream's pending tokens and as many of its next ones as fit."""
-        per = max(1, min(32, AHEAD_ROWS // len(todo)))
+        per = max(1, min(engine_module().MAX_STEP, AHEAD_ROWS // len(todo)))
         lists = []
         for s in todo:
             if s.future is None:

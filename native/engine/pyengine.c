@@ -272,5 +272,6 @@ PyMODINIT_FUNC PyInit__engine(void) {
     PyModule_AddObject(mod, "Engine", (PyObject *)&EngineType);
     PyModule_AddIntConstant(mod, "NUMERICS", LMZ_ENGINE_NUMERICS);
     PyModule_AddIntConstant(mod, "FORMAT", LMZ_ENGINE_FORMAT);
+    PyModule_AddIntConstant(mod, "MAX_STEP", LMZ_MAX_STEP);
     return mod;
 }
