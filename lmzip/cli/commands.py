@@ -48,7 +48,6 @@ from .files import (
     _run,
     _verify,
     atomic_output,
-    stdout_gone,
 )
 from .status import ProgressLine, _human
 
@@ -716,9 +715,7 @@ def run(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
-    except (StdoutClosed, BrokenPipeError):
-        if not stdout_gone():
-            raise
+    except StdoutClosed:  # (a broken pipe elsewhere: click's own quiet exit 1)
         _stdout_closed()
     sys.exit(0)
 
