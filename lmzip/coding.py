@@ -28,15 +28,51 @@ assert PRECISION == 24  # constriction's default range coder: 32-bit words, 24-b
 _FAMILY = constriction.stream.model.Categorical(perfect=False)
 
 
+#: symbols an Encoder holds before it hands them to constriction in one call
+_BATCH = 4096
+_T = float(1 << PRECISION)
+
+
+def interval_model(symbol: int, q: np.ndarray) -> tuple[int, tuple[float, float, float]]:
+    """A three-symbol ``(index, q3)`` that constriction codes exactly like ``symbol``
+    under ``q``: a range coder step reads only the symbol's interval
+    ``[cum, cum + freq)`` of the 2**24 total, and constriction's rule (module doc) on
+    ``q3`` (summing to 2**24 - 3, so again scale 1.0) puts symbol ``index``'s interval
+    exactly there.  The same bits for a few numbers instead of the whole vocabulary."""
+    freq = q[symbol] + 1.0
+    cum = float(q[:symbol].sum()) + symbol  # integers below 2**24: exact in any order
+    if cum == 0.0:  # [0, freq), then an empty symbol, then the rest
+        return 0, (freq - 1.0, 0.0, _T - freq - 2.0)
+    if cum + freq == _T:  # the rest, an empty symbol, then [cum, 2**24)
+        return 2, (cum - 2.0, 0.0, freq - 1.0)
+    return 1, (cum - 1.0, freq - 1.0, _T - cum - freq - 1.0)
+
+
 class Encoder:
     """Encodes one symbol at a time; ``finish()`` returns the payload bytes."""
 
     def __init__(self) -> None:
         self._coder = constriction.stream.queue.RangeEncoder()
+        self._symbols: list[int] = []
+        self._models: list[tuple[float, float, float]] = []
 
     def encode(self, symbol: int, q: np.ndarray) -> None:
         """Code ``symbol`` under ``q = freq - 1`` (float64, as cdf.quantize_into writes it)."""
-        self._coder.encode(np.array([symbol], dtype=np.int32), _FAMILY, q[None, :])
+        if len(q) < 3:  # no room for interval_model's three symbols
+            self._flush()
+            self._coder.encode(np.array([symbol], dtype=np.int32), _FAMILY, q[None, :])
+            return
+        index, model = interval_model(symbol, q)
+        self._symbols.append(index)
+        self._models.append(model)
+        if len(self._symbols) >= _BATCH:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._symbols:
+            self._coder.encode(np.array(self._symbols, dtype=np.int32), _FAMILY,
+                               np.array(self._models, dtype=np.float64))
+            self._symbols, self._models = [], []
 
     def finish(self, version: int = 4) -> bytes:
         """The payload.  Versions 2 and 3: constriction's words as it seals them,
@@ -44,6 +80,7 @@ class Encoder:
         words big-endian (so the bytes are one big-endian number, and bytes cut off the
         end read as zeros), the sealing word replaced by the value with the most
         trailing zero bits in the coder's final interval, and trailing zero bytes cut."""
+        self._flush()
         if version < 4:
             return self._coder.get_compressed().astype("<u4").tobytes()
         n_words, (lower, width) = self._coder.pos()

@@ -130,3 +130,58 @@ def test_property_round_trip_version_3(items, n):
         enc.encode(s, weights(f))
     dec = Decoder(enc.finish(version=3), version=3)
     assert [dec.decode(weights(f)) for f in rows] == syms
+
+
+def _constriction_words(symbols, qs) -> np.ndarray:
+    """The reference: constriction coding each symbol under its whole distribution."""
+    import constriction
+
+    family = constriction.stream.model.Categorical(perfect=False)
+    coder = constriction.stream.queue.RangeEncoder()
+    for s, q in zip(symbols, qs):
+        coder.encode(np.array([s], dtype=np.int32), family, q[None, :])
+    return coder.get_compressed()
+
+
+@given(st.lists(st.tuples(st.integers(2, 300), st.floats(0.01, 40.0), st.integers(0, 2**32 - 1)),
+                min_size=1, max_size=40))
+def test_encoder_codes_each_symbol_by_its_interval_exactly_like_the_whole_distribution(items):
+    # the Encoder hands constriction three-symbol stand-ins (coding.interval_model), in
+    # batches: the words must be those of the whole distributions, symbol by symbol
+    rng = np.random.default_rng(len(items))
+    symbols, qs = [], []
+    for n, scale, pick in items:
+        q = np.empty(n)
+        from lmzip.cdf import quantize_into
+
+        quantize_into(rng.normal(scale=scale, size=n), q)
+        symbols.append([0, n - 1, pick % n][pick % 3])  # the first and last symbols are edge cases
+        qs.append(q)
+    enc = Encoder()
+    for s, q in zip(symbols, qs):
+        enc.encode(s, q)
+    expected = _constriction_words(symbols, qs)
+    assert enc.finish(version=3) == expected.astype("<u4").tobytes()
+
+
+def test_interval_model_edges_and_batches():
+    from lmzip import coding
+
+    # a symbol holding almost all the mass, at either end and in the middle
+    for freq in ([TOTAL - 2, 1, 1], [1, 1, TOTAL - 2], [1, TOTAL - 2, 1], [TOTAL - 4, 1, 1, 1, 1]):
+        q = weights(freq)
+        syms = list(range(len(freq))) * 3
+        enc = Encoder()
+        for s in syms:
+            enc.encode(s, q)
+        assert enc.finish(version=3) == _constriction_words(syms, [q] * len(syms)).astype("<u4").tobytes()
+        index, q3 = coding.interval_model(0, q)
+        assert sum(q3) == TOTAL - 3 and min(q3) >= 0
+    # more symbols than one batch: flushed on the way, same words
+    rng = np.random.default_rng(5)
+    q = weights(quantize(rng.normal(scale=2, size=1000)))
+    syms = rng.integers(0, 1000, size=coding._BATCH * 2 + 7).tolist()
+    enc = Encoder()
+    for s in syms:
+        enc.encode(s, q)
+    assert enc.finish(version=3) == _constriction_words(syms, [q] * len(syms)).astype("<u4").tobytes()
