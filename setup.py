@@ -1,4 +1,4 @@
-"""Build the optional C extensions lmzip._cdf, lmzip._engine, lmzip._adapt and lmzip._crashguard
+"""Build the optional C extensions lmzip._cdf, lmzip._mix, lmzip._engine, lmzip._adapt and lmzip._crashguard
 (metadata lives in pyproject.toml).
 
 -ffp-contract=off keeps every a*b+c two correctly rounded operations: the
@@ -13,7 +13,18 @@ setup(
         Extension(
             "lmzip._cdf",
             sources=["native/cdf.c"],
+            depends=["native/cdf_rule.h"],
             extra_compile_args=["-O3", "-ffp-contract=off", "-fno-trapping-math", "-fno-fast-math", "-std=c99"],
+            optional=True,
+        ),
+        # the mixer's vocabulary-wide work for a whole lockstep group, on several threads
+        Extension(
+            "lmzip._mix",
+            sources=["native/mix.c"],
+            depends=["native/cdf_rule.h"],
+            extra_compile_args=["-O3", "-ffp-contract=off", "-fno-trapping-math", "-fno-fast-math", "-std=c99",
+                                "-pthread"],
+            extra_link_args=["-pthread"],
             optional=True,
         ),
         # one line on stderr instead of a bare "Segmentation fault" when a model engine crashes

@@ -1,9 +1,10 @@
 """Coding one chunk: tokens -> model probabilities -> range coder, and back.
 
 Compressor and decompressor run the same loop: open a group of fresh streams (one per
-chunk), then step by step, for each chunk that has a token left, ask for its
-distribution (Stream.distribution), code the token, push it; then advance the group
-(one batched evaluation).  Same calls in the same order, so the same probabilities.
+chunk), then step by step, for the chunks that have a token left, ask for their
+distributions (StreamGroup.distributions), code their tokens, push them
+(StreamGroup.push_all); then advance the group (one batched evaluation).  Same calls
+in the same order, so the same probabilities.
 """
 
 from __future__ import annotations
@@ -75,24 +76,22 @@ def compress_group(model: Model, chunks: list[bytes], stats: Stats | None = None
     tokens = [model.tokenizer.encode(data) for data in chunks]
     pieces = model.tokenizer.pieces
     encoders = [Encoder() for _ in chunks]
-    q = np.empty(model.vocab_size, dtype=np.float64)
+    qs = [np.empty(model.vocab_size, dtype=np.float64) for _ in chunks]
     with model.open_group([len(t) for t in tokens], width) as group:
         group.lookahead(tokens)  # the same scores, maybe evaluated several tokens at a time
         for step in range(max(len(t) for t in tokens)):
-            for stream, toks, encoder in zip(group.streams, tokens, encoders):
-                if step >= len(toks):
-                    continue
-                token = toks[step]
-                top, total = stream.distribution(q)
-                scores = stream.scores()
-                encoder.encode(token, q)
-                x = float(scores[token])
+            active = [i for i, toks in enumerate(tokens) if step < len(toks)]
+            told = [tokens[i][step] for i in active]
+            for i, token, (top, total) in zip(active, told, group.distributions(active, [qs[i] for i in active])):
+                q = qs[i]
+                encoders[i].encode(token, q)
+                x = float(group.streams[i].scores()[token])
                 p = math.exp(x - top) / total if math.isfinite(x) and math.isfinite(top) else (q[token] + 1) / TOTAL
                 stats.model_bits -= math.log2(max(p, _MIN_P))
                 stats.coded_bits += _LOG2_TOTAL - math.log2(q[token] + 1)
                 stats.raw_bytes += len(pieces[token])
                 stats.tokens += 1
-                stream.push(token)
+            group.push_all(active, told)
             group.advance()
             if progress is not None and step % _PROGRESS_EVERY == 0:
                 progress(stats)
@@ -172,20 +171,19 @@ def decompress_group(model: Model, chunks: list[tuple[ChunkInfo, bytes]], stats:
             plans.append(toks)
         else:
             plans.append(_ChunkDecoder(info, payload, pieces, version))
-    q = np.empty(model.vocab_size, dtype=np.float64)
+    qs = [np.empty(model.vocab_size, dtype=np.float64) for _ in chunks]
     with model.open_group([info.n_tokens for info, _ in chunks], width) as group:
         for step in range(max(info.n_tokens for info, _ in chunks)):
-            for stream, plan, (info, _) in zip(group.streams, plans, chunks):
-                if step >= info.n_tokens:
-                    continue
-                if isinstance(plan, list):
-                    stream.push(plan[step])
-                    continue
-                stream.distribution(q)
-                token, piece = plan.decode(q)
-                stream.push(token)
+            active = [i for i, (info, _) in enumerate(chunks) if step < info.n_tokens]
+            decoding = [i for i in active if not isinstance(plans[i], list)]
+            group.distributions(decoding, [qs[i] for i in decoding])
+            told = {}
+            for i in decoding:
+                token, piece = plans[i].decode(qs[i])
+                told[i] = token
                 stats.raw_bytes += len(piece)
                 stats.tokens += 1
+            group.push_all(active, [told[i] if i in told else plans[i][step] for i in active])
             group.advance()
             if progress is not None and step % _PROGRESS_EVERY == 0:
                 progress(stats)

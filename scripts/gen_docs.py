@@ -50,8 +50,13 @@ ENVIRONMENT = [
      "`neon` or `dotprod` on aarch64 (default: the best the CPU has; an error if it lacks the one asked "
      "for). Every set computes the same logits."),
     ("LMZIP_CDF_BACKEND", "coder",
-     "`c` or `numpy`: what builds the coder's distribution (default `c` when the C extension is built). "
-     "Both give the same bits; `lmzip --version` names the one in use."),
+     "`c` or `numpy`: what builds the coder's distribution (default `c` when the C extension is built), and "
+     "what computes the mixer's steps over the vocabulary. Both give the same bits; `lmzip --version` names "
+     "the one in use."),
+    ("LMZIP_HOST_THREADS", "mixer",
+     "Threads for the mixer's work over the vocabulary (the mixed scores, their distribution, the learning "
+     "steps), for all chunks of a lockstep group at once (default: the model's CPU threads). The output "
+     "does not depend on it."),
     ("LMZIP_CACHE", "models, engine, bench",
      "lmzip's cache folder (default `$XDG_CACHE_HOME/lmzip`, else `~/.cache/lmzip`): `engine/` (models "
      "converted for the engine), `models/` "

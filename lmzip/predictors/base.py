@@ -62,7 +62,7 @@ class StreamGroup:
     """Streams advanced in lockstep, one per chunk: the schedule of batched evaluation.
 
     The codec drives every active stream through ``distribution()``/``push()`` for
-    one token, then calls :meth:`advance`, which evaluates all the tokens pushed
+    one token (:meth:`distributions`, :meth:`push_all`), then calls :meth:`advance`, which evaluates all the tokens pushed
     since the last call together (one batch for a batching backend).  A stream's
     ``scores()`` are valid after :meth:`advance`.  ``lengths[i]`` is the number of
     tokens chunk ``i`` codes; the decoder knows them from the chunk records, so
@@ -74,6 +74,16 @@ class StreamGroup:
 
     def __init__(self, streams: list[Stream]):
         self.streams = streams
+
+    def distributions(self, active: list[int], qs: list[np.ndarray]) -> list[tuple[float, float]]:
+        """:meth:`Stream.distribution` of each stream ``active[k]`` into ``qs[k]``, in one
+        call: a group may compute them together (the mixer does, on several threads)."""
+        return [self.streams[i].distribution(q) for i, q in zip(active, qs)]
+
+    def push_all(self, active: list[int], tokens: list[int]) -> None:
+        """:meth:`Stream.push` of ``tokens[k]`` to each stream ``active[k]``, in one call."""
+        for i, token in zip(active, tokens):
+            self.streams[i].push(token)
 
     def advance(self) -> None:
         """Evaluate the tokens pushed since the last call (no-op when streams evaluate on push)."""

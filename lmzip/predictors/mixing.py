@@ -29,6 +29,7 @@ Two models use it: :class:`MixedModel` (a language model plus the statistics, wh
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -41,6 +42,11 @@ from .base import Model, Stream, StreamGroup
 from .ngram import NGramStats, ln_table
 
 __all__ = ["ADAPT_MIX", "BYTE_MIX", "DEFAULT_MIX", "MixSettings", "MixedModel", "MixedStream", "NGramModel", "NO_MIX"]
+
+try:
+    from .. import _mix as _native
+except ImportError:  # no compiler at install time: numpy does the same, slower
+    _native = None
 
 _T = float(cdf.TOTAL)
 _W_MIN, _W_MAX = -4.0, 4.0  # feature weights stay in a sane range whatever the data
@@ -215,12 +221,7 @@ class MixedStream(Stream):
         return self._s
 
     def distribution(self, q: np.ndarray) -> tuple[float, float]:
-        if self._skip_next:
-            self.skipped += 1
-            return cdf.quantize_into(self._skip_scores(), q)  # nothing learns from it
-        s = self.scores()
-        self._q = q  # push() learns from the distribution actually coded with
-        return cdf.quantize_into(s, q)
+        return distributions([self], [q], 1)[0]
 
     def _skip_scores(self) -> np.ndarray:
         """Scores giving the statistics' guess ``(hits+1)/(tries+2)``, the record of its
@@ -240,7 +241,10 @@ class MixedStream(Stream):
         return self._run < SKIP_RUN and token >= 0 and n * (self._hits[k] + 1) >= (n - 1) * (self._tries[k] + 2)
 
     def _mix(self) -> None:
+        """The mixed scores, in numpy (the reference of ``lmzip._mix``, and the path of
+        the adaptation, which adds its correction last)."""
         s = self._s
+        self._feats = self._stats.features()
         if self._base is not None:
             self._llm = self._base.scores()
             np.multiply(self._llm, np.float64(self._w_llm), out=s)  # in float64
@@ -248,17 +252,69 @@ class MixedStream(Stream):
             s.fill(0.0)
         if self._bias is not None:
             s += self._bias
-        self._feats = self._stats.features()
         for f in self._feats:
             s[f.tokens] += self._w[f.slot] * f.values
         if self._adapt is not None:
             self._adapt.apply(self._base.hidden(), s)
         self._ready = True
 
+    def _mix_job(self, q: np.ndarray) -> tuple:
+        """What ``lmzip._mix.distributions`` needs to compute :meth:`_mix` and quantize it."""
+        self._feats = feats = self._stats.features()
+        self._llm = self._base.scores() if self._base is not None else None
+        tokens = adds = None
+        if feats:
+            tokens = np.concatenate([f.tokens for f in feats]) if len(feats) > 1 else feats[0].tokens
+            adds = np.concatenate([self._w[f.slot] * f.values for f in feats])
+        return self._llm, self._w_llm, self._bias, tokens, adds, self._s, q
+
     def push(self, token: int) -> None:
-        if self._q is not None:
-            self._learn(token, self._q)
-            self._q = None
+        push_all([self], [token], 1)
+
+    def _learn_features(self, token: int, q: np.ndarray) -> None:
+        """The n-gram and match weights' step (small: a few candidates per feature)."""
+        st = self._set
+        if not st.rate:
+            return
+        w, v = self._w, self._g2
+        for f in self._feats:
+            hit = np.flatnonzero(f.tokens == token)
+            value = float(f.values[hit[0]]) if hit.size else 0.0
+            expected = math.fsum(((q[f.tokens] + 1.0) * f.values).tolist()) / _T
+            g = value - expected
+            # steps normalized by the slot's running mean square gradient (RMSprop):
+            # features of very different scales learn at the same pace
+            v[f.slot] = _DECAY * v[f.slot] + (1.0 - _DECAY) * (g * g)
+            step = st.rate * g / math.sqrt(v[f.slot] + 1e-6)
+            w[f.slot] = min(_W_MAX, max(_W_MIN, w[f.slot] + step))
+
+    def _learns_llm(self, token: int) -> bool:
+        return bool(self._set.llm_rate) and self._llm is not None and math.isfinite(float(self._llm[token]))
+
+    def _learn_llm(self, token: int, expected: float) -> None:
+        """The language model's weight: ``expected`` is ``cdf.expect(q, llm)``."""
+        value = float(self._llm[token])
+        self._w_llm = min(_LLM_MAX, max(_LLM_MIN, self._w_llm + self._set.llm_rate * (value - expected / _T)))
+
+    def _learn_numpy(self, token: int, q: np.ndarray) -> None:
+        """The vocabulary-wide steps in numpy (the reference of ``lmzip._mix.learn``)."""
+        st = self._set
+        if self._learns_llm(token):
+            self._learn_llm(token, cdf.expect(q, self._llm))
+        if self._bias is not None:
+            self._bias -= (q + 1.0) * (st.bias_rate / _T)
+            self._bias[token] += st.bias_rate
+
+    def _learn_job(self, token: int, q: np.ndarray) -> tuple | None:
+        """What ``lmzip._mix.learn`` needs for :meth:`_learn_numpy`'s steps, or None."""
+        llm = self._llm if self._learns_llm(token) else None
+        if llm is None and self._bias is None:
+            return None
+        return q, llm, self._bias, token, self._set.bias_rate / _T, self._set.bias_rate
+
+    def _pushed(self, token: int) -> None:
+        """Everything after learning: the skip records, the statistics, the base stream."""
+        self._q = None
         self._ready = False
         skip = self._set.skip
         if skip:
@@ -278,34 +334,64 @@ class MixedStream(Stream):
             if self._skip_next and self._base is not None:
                 self._base.defer()
 
-    def _learn(self, token: int, q: np.ndarray) -> None:
-        st = self._set
-        if st.rate:
-            w, v = self._w, self._g2
-            for f in self._feats:
-                hit = np.flatnonzero(f.tokens == token)
-                value = float(f.values[hit[0]]) if hit.size else 0.0
-                expected = math.fsum(((q[f.tokens] + 1.0) * f.values).tolist()) / _T
-                g = value - expected
-                # steps normalized by the slot's running mean square gradient (RMSprop):
-                # features of very different scales learn at the same pace
-                v[f.slot] = _DECAY * v[f.slot] + (1.0 - _DECAY) * (g * g)
-                step = st.rate * g / math.sqrt(v[f.slot] + 1e-6)
-                w[f.slot] = min(_W_MAX, max(_W_MIN, w[f.slot] + step))
-        if st.llm_rate and self._llm is not None:
-            value = float(self._llm[token])
-            if math.isfinite(value):  # escape symbols are not the model's
-                expected = cdf.expect(q, self._llm) / _T
-                self._w_llm = min(_LLM_MAX, max(_LLM_MIN, self._w_llm + st.llm_rate * (value - expected)))
-        if self._bias is not None:
-            self._bias -= (q + 1.0) * (st.bias_rate / _T)
-            self._bias[token] += st.bias_rate
-        if self._adapt is not None:
-            self._adapt.learn(token, q)
-
     def close(self) -> None:
         if self._base is not None:
             self._base.close()
+
+
+def _reference() -> bool:
+    """numpy computes the mixer's vocabulary-wide steps (no ``lmzip._mix``, or
+    ``LMZIP_CDF_BACKEND=numpy``: the reference both must match)."""
+    return _native is None or cdf.backend == "numpy"
+
+
+def distributions(streams: list[MixedStream], qs: list[np.ndarray], threads: int = 1) -> list[tuple[float, float]]:
+    """:meth:`MixedStream.distribution` of each stream into its ``q``: the streams that
+    mix in one call of ``lmzip._mix`` on up to ``threads`` threads (the same bits as
+    one by one in numpy)."""
+    out: list = [None] * len(streams)
+    jobs, where = [], []
+    for i, (st, q) in enumerate(zip(streams, qs)):
+        if st._skip_next:
+            st.skipped += 1
+            out[i] = cdf.quantize_into(st._skip_scores(), q)  # nothing learns from it
+            continue
+        st._q = q  # push() learns from the distribution actually coded with
+        if st._ready or st._adapt is not None or _reference():
+            out[i] = cdf.quantize_into(st.scores(), q)
+        else:
+            jobs.append(st._mix_job(q))
+            where.append(i)
+    if jobs:
+        for i, result in zip(where, _native.distributions(jobs, threads)):
+            streams[i]._ready = True
+            out[i] = result
+    return out
+
+
+def push_all(streams: list[MixedStream], tokens: list[int], threads: int = 1) -> None:
+    """:meth:`MixedStream.push` of ``tokens[i]`` to each stream: the learning steps that
+    run over the vocabulary in one call of ``lmzip._mix`` on up to ``threads`` threads."""
+    jobs, owners = [], []
+    for st, token in zip(streams, tokens):
+        if st._q is None:  # nothing was coded with this stream's mix (a skip, a replay)
+            continue
+        st._learn_features(token, st._q)
+        if _reference():
+            st._learn_numpy(token, st._q)
+        else:
+            job = st._learn_job(token, st._q)
+            if job is not None:
+                jobs.append(job)
+                owners.append((st, token))
+    if jobs:
+        for (st, token), expected in zip(owners, _native.learn(jobs, threads)):
+            if expected is not None:
+                st._learn_llm(token, expected)
+    for st, token in zip(streams, tokens):
+        if st._q is not None and st._adapt is not None:
+            st._adapt.learn(token, st._q)
+        st._pushed(token)
 
 
 def _adapter(base: Stream | None, settings: MixSettings):
@@ -321,12 +407,20 @@ def _adapter(base: Stream | None, settings: MixSettings):
 
 
 class _MixedGroup(StreamGroup):
-    """The base model's lockstep group, each of its streams mixed on its own."""
+    """The base model's lockstep group, each of its streams mixed on its own; the
+    vocabulary-wide steps of all streams run together on up to ``threads`` threads."""
 
-    def __init__(self, base: StreamGroup, vocab_size: int, settings: MixSettings):
+    def __init__(self, base: StreamGroup, vocab_size: int, settings: MixSettings, threads: int = 1):
         super().__init__([MixedStream(s, vocab_size, settings) for s in base.streams])
         self._base = base
         self._settings = settings
+        self._threads = threads
+
+    def distributions(self, active: list[int], qs: list[np.ndarray]) -> list[tuple[float, float]]:
+        return distributions([self.streams[i] for i in active], qs, self._threads)
+
+    def push_all(self, active: list[int], tokens: list[int]) -> None:
+        push_all([self.streams[i] for i in active], tokens, self._threads)
 
     def advance(self) -> None:
         self._base.advance()
@@ -340,6 +434,18 @@ class _MixedGroup(StreamGroup):
     def close(self) -> None:
         super().close()  # the mixed streams (their base streams belong to the base group)
         self._base.close()
+
+
+def host_threads(model: Model) -> int:
+    """Threads for the mixer's steps of a group: ``$LMZIP_HOST_THREADS``, else the
+    model's CPU threads, else the machine's cores (never part of a file)."""
+    env = os.environ.get("LMZIP_HOST_THREADS")
+    if env:
+        try:
+            return max(1, int(env))
+        except ValueError:
+            raise LMZipError(f"LMZIP_HOST_THREADS must be a number of threads, not {env!r}") from None
+    return max(1, int(getattr(model, "threads", None) or os.cpu_count() or 1))
 
 
 class MixedModel(Model):
@@ -370,7 +476,8 @@ class MixedModel(Model):
         return self.base.batches
 
     def open_group(self, lengths: list[int], width: int = 1) -> StreamGroup:
-        return _MixedGroup(self.base.open_group(lengths, width, **self._defer()), self.vocab_size, self.settings)
+        return _MixedGroup(self.base.open_group(lengths, width, **self._defer()), self.vocab_size, self.settings,
+                           host_threads(self.base))
 
     def describe(self) -> str:
         s = self.settings

@@ -1,0 +1,359 @@
+/* lmzip._mix: the mixer's work over the vocabulary, for every stream of a lockstep
+ * group in one call.
+ *
+ * Per token and stream, lmzip/predictors/mixing.py's MixedStream does three things
+ * that touch all V symbols; this computes them bit for bit like its numpy reference:
+ *
+ *   distributions(): s = llm * w_llm (as doubles), + bias, then the sparse features
+ *       added in the order given (s[t] += a), then q = the quantized distribution of
+ *       s (cdf_rule.h, the format's rule);
+ *   learn(): once the token is known, E[llm] under q (the rule's 8-lane expect, for
+ *       the language model's weight) and the bias step
+ *       bias -= (q + 1) * c; bias[token] += rate.
+ *
+ * Only correctly rounded double operations in a fixed order per stream (build with
+ * -ffp-contract=off).  Streams share nothing, so each call runs them on up to
+ * `threads` threads with the GIL released: which thread takes which stream changes no
+ * bit, and the thread count is not part of any file.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include "cdf_rule.h"
+
+#if !defined(_WIN32)
+#include <pthread.h>
+#define HAVE_THREADS 1
+#endif
+
+/* ------------------------------------------------------------------ run in parallel */
+
+typedef void (*task_fn)(void *jobs, Py_ssize_t i);
+
+typedef struct {
+    task_fn fn;
+    void *jobs;
+    Py_ssize_t n;
+    Py_ssize_t next; /* the next job nobody has taken (taken under the GCC atomic builtin) */
+} work_t;
+
+static void *work(void *arg) {
+    work_t *w = (work_t *)arg;
+    for (;;) {
+        Py_ssize_t i = __atomic_fetch_add(&w->next, 1, __ATOMIC_RELAXED);
+        if (i >= w->n)
+            return NULL;
+        w->fn(w->jobs, i);
+    }
+}
+
+/* fn(jobs, i) for i < n on up to `threads` threads (this one included); a thread that
+ * cannot be started leaves its share to the others */
+static void run_jobs(task_fn fn, void *jobs, Py_ssize_t n, int threads) {
+    work_t w = {fn, jobs, n, 0};
+#ifdef HAVE_THREADS
+    enum { MAX_THREADS = 256 };
+    pthread_t ids[MAX_THREADS];
+    int started = 0;
+    Py_ssize_t extra = (threads < n ? threads : n) - 1;
+    if (extra > MAX_THREADS)
+        extra = MAX_THREADS;
+    for (Py_ssize_t t = 0; t < extra; t++)
+        if (pthread_create(&ids[started], NULL, work, &w) == 0)
+            started++;
+    work(&w);
+    for (int t = 0; t < started; t++)
+        pthread_join(ids[t], NULL);
+#else
+    (void)threads;
+    work(&w);
+#endif
+}
+
+/* ------------------------------------------------------------------ buffers */
+
+/* the buffer's element format without its byte-order prefix (native little-endian only) */
+static const char *elem(const Py_buffer *b) {
+    const char *f = b->format ? b->format : "B";
+    while (*f == '@' || *f == '=' || *f == '<')
+        f++;
+    return f;
+}
+
+/* A contiguous buffer of n elements ('d' float64, 'f' float32, 'q'/'l' int64) or None.
+ * Returns 0 with *held set on success (1 if a buffer was taken), -1 with an error set. */
+static int take(PyObject *obj, Py_buffer *b, int *held, const char *what, const char *kinds, Py_ssize_t n,
+                int writable, int none_ok) {
+    *held = 0;
+    if (obj == Py_None) {
+        if (none_ok)
+            return 0;
+        PyErr_Format(PyExc_TypeError, "%s must be an array, not None", what);
+        return -1;
+    }
+    int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
+    if (PyObject_GetBuffer(obj, b, flags) < 0)
+        return -1;
+    *held = 1;
+    const char *f = elem(b);
+    int ok = strlen(f) == 1 && strchr(kinds, f[0]) != NULL && b->itemsize == (f[0] == 'f' ? 4 : 8);
+    if (!ok || (n >= 0 && b->len != n * b->itemsize)) {
+        PyErr_Format(PyExc_ValueError, "%s must be a contiguous %s array%s", what,
+                     kinds[0] == 'q' ? "int64" : kinds[1] == 'f' ? "float64 or float32" : "float64",
+                     n >= 0 ? " as long as the vocabulary" : "");
+        return -1;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------ distributions */
+
+typedef struct {
+    const void *llm; /* NULL: no language model */
+    int llm_double;
+    double w_llm;
+    const double *bias; /* NULL: none */
+    const int64_t *tokens;
+    const double *adds;
+    Py_ssize_t n_feats;
+    double *s, *q;
+    Py_ssize_t n;
+    double top, sum;
+    Py_buffer bufs[6]; /* s, q, llm, bias, tokens, adds */
+    int held[6];
+} dist_job;
+
+/* s = llm * w (+ bias): elementwise, so any vector width gives the same bits */
+DISPATCH static void mix_f(double *s, const float *x, double w, const double *bias, Py_ssize_t n) {
+    if (bias != NULL)
+        for (Py_ssize_t k = 0; k < n; k++)
+            s[k] = (double)x[k] * w + bias[k]; /* two roundings: -ffp-contract=off */
+    else
+        for (Py_ssize_t k = 0; k < n; k++)
+            s[k] = (double)x[k] * w;
+}
+
+DISPATCH static void mix_d(double *s, const double *x, double w, const double *bias, Py_ssize_t n) {
+    if (bias != NULL)
+        for (Py_ssize_t k = 0; k < n; k++)
+            s[k] = x[k] * w + bias[k];
+    else
+        for (Py_ssize_t k = 0; k < n; k++)
+            s[k] = x[k] * w;
+}
+
+static void dist_task(void *jobs, Py_ssize_t i) {
+    dist_job *j = (dist_job *)jobs + i;
+    double *s = j->s;
+    Py_ssize_t n = j->n;
+    if (j->llm == NULL) {
+        for (Py_ssize_t k = 0; k < n; k++) /* 0.0 + bias: numpy's s.fill(0.0); s += bias */
+            s[k] = j->bias != NULL ? 0.0 + j->bias[k] : 0.0;
+    } else if (j->llm_double) {
+        mix_d(s, (const double *)j->llm, j->w_llm, j->bias, n);
+    } else {
+        mix_f(s, (const float *)j->llm, j->w_llm, j->bias, n);
+    }
+    for (Py_ssize_t k = 0; k < j->n_feats; k++) /* in order: a token may be in several features */
+        s[j->tokens[k]] = s[j->tokens[k]] + j->adds[k];
+    quantize(s, 1, n, j->q, &j->top, &j->sum);
+}
+
+static void release(Py_buffer *bufs, int *held, int count) {
+    for (int k = 0; k < count; k++)
+        if (held[k]) {
+            PyBuffer_Release(&bufs[k]);
+            held[k] = 0;
+        }
+}
+
+static int threads_arg(int threads) {
+    if (threads < 1) {
+        PyErr_SetString(PyExc_ValueError, "threads must be at least 1");
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *py_distributions(PyObject *self, PyObject *args) {
+    PyObject *list;
+    int threads;
+    if (!PyArg_ParseTuple(args, "O!i", &PyList_Type, &list, &threads) || threads_arg(threads) < 0)
+        return NULL;
+    Py_ssize_t n_jobs = PyList_GET_SIZE(list);
+    dist_job *jobs = PyMem_Calloc(n_jobs ? n_jobs : 1, sizeof *jobs);
+    if (jobs == NULL)
+        return PyErr_NoMemory();
+    PyObject *result = NULL;
+    Py_ssize_t ready = 0;
+    for (; ready < n_jobs; ready++) {
+        dist_job *j = &jobs[ready];
+        PyObject *llm, *bias, *toks, *adds, *s, *q;
+        PyObject *item = PyList_GET_ITEM(list, ready);
+        if (!PyArg_ParseTuple(item, "OdOOOOO;a job is (llm, w_llm, bias, tokens, adds, s, q)", &llm, &j->w_llm,
+                              &bias, &toks, &adds, &s, &q))
+            goto done;
+        if (take(s, &j->bufs[0], &j->held[0], "s", "d", -1, 1, 0) < 0)
+            goto done;
+        j->n = j->bufs[0].len / 8;
+        if (j->n < 2 || j->n >= TOTAL / 2) {
+            PyErr_Format(PyExc_ValueError, "vocabulary size %zd out of range", j->n);
+            goto done;
+        }
+        if (take(q, &j->bufs[1], &j->held[1], "q", "d", j->n, 1, 0) < 0 ||
+            take(llm, &j->bufs[2], &j->held[2], "llm", "df", j->n, 0, 1) < 0 ||
+            take(bias, &j->bufs[3], &j->held[3], "bias", "d", j->n, 0, 1) < 0 ||
+            take(toks, &j->bufs[4], &j->held[4], "tokens", "ql", -1, 0, 1) < 0)
+            goto done;
+        if (j->bufs[0].buf == j->bufs[1].buf) {
+            PyErr_SetString(PyExc_ValueError, "s and q must be different arrays");
+            goto done;
+        }
+        j->llm = j->held[2] ? j->bufs[2].buf : NULL;
+        j->llm_double = j->held[2] && elem(&j->bufs[2])[0] == 'd';
+        j->bias = j->held[3] ? (const double *)j->bufs[3].buf : NULL;
+        j->s = (double *)j->bufs[0].buf;
+        j->q = (double *)j->bufs[1].buf;
+        if (j->held[4]) {
+            j->n_feats = j->bufs[4].len / 8;
+            if (take(adds, &j->bufs[5], &j->held[5], "adds", "d", -1, 0, 0) < 0)
+                goto done;
+            if (j->bufs[5].len != j->n_feats * 8) {
+                PyErr_SetString(PyExc_ValueError, "tokens and adds must have the same length");
+                goto done;
+            }
+            j->tokens = (const int64_t *)j->bufs[4].buf;
+            j->adds = (const double *)j->bufs[5].buf;
+            for (Py_ssize_t k = 0; k < j->n_feats; k++)
+                if (j->tokens[k] < 0 || j->tokens[k] >= j->n) {
+                    PyErr_Format(PyExc_ValueError, "feature token %lld outside the vocabulary",
+                                 (long long)j->tokens[k]);
+                    goto done;
+                }
+        } else if (adds != Py_None) {
+            PyErr_SetString(PyExc_TypeError, "adds without tokens");
+            goto done;
+        }
+    }
+    Py_BEGIN_ALLOW_THREADS
+    run_jobs(dist_task, jobs, n_jobs, threads);
+    Py_END_ALLOW_THREADS
+    result = PyList_New(n_jobs);
+    for (Py_ssize_t k = 0; result != NULL && k < n_jobs; k++) {
+        PyObject *pair = Py_BuildValue("(dd)", jobs[k].top, jobs[k].sum);
+        if (pair == NULL)
+            Py_CLEAR(result);
+        else
+            PyList_SET_ITEM(result, k, pair);
+    }
+done:
+    for (Py_ssize_t k = 0; k < n_jobs && k <= ready; k++)
+        release(jobs[k].bufs, jobs[k].held, 6);
+    PyMem_Free(jobs);
+    return result;
+}
+
+/* ------------------------------------------------------------------ learn */
+
+typedef struct {
+    const double *q;
+    const void *llm; /* NULL: no expectation wanted */
+    int llm_double;
+    double *bias; /* NULL: no bias */
+    Py_ssize_t token, n;
+    double c, rate, expected;
+    Py_buffer bufs[3];
+    int held[3];
+} learn_job;
+
+/* bias -= (q + 1) * c, elementwise */
+DISPATCH static void bias_step(double *b, const double *q, double c, Py_ssize_t n) {
+    for (Py_ssize_t k = 0; k < n; k++)
+        b[k] = b[k] - (q[k] + 1.0) * c;
+}
+
+static void learn_task(void *jobs, Py_ssize_t i) {
+    learn_job *j = (learn_job *)jobs + i;
+    const double *q = j->q;
+    if (j->llm != NULL)
+        j->expected = j->llm_double ? expect_d(q, (const double *)j->llm, j->n) : expect_f(q, (const float *)j->llm, j->n);
+    if (j->bias != NULL) {
+        bias_step(j->bias, q, j->c, j->n);
+        j->bias[j->token] = j->bias[j->token] + j->rate;
+    }
+}
+
+static PyObject *py_learn(PyObject *self, PyObject *args) {
+    PyObject *list;
+    int threads;
+    if (!PyArg_ParseTuple(args, "O!i", &PyList_Type, &list, &threads) || threads_arg(threads) < 0)
+        return NULL;
+    Py_ssize_t n_jobs = PyList_GET_SIZE(list);
+    learn_job *jobs = PyMem_Calloc(n_jobs ? n_jobs : 1, sizeof *jobs);
+    if (jobs == NULL)
+        return PyErr_NoMemory();
+    PyObject *result = NULL;
+    Py_ssize_t ready = 0;
+    for (; ready < n_jobs; ready++) {
+        learn_job *j = &jobs[ready];
+        PyObject *q, *llm, *bias;
+        PyObject *item = PyList_GET_ITEM(list, ready);
+        if (!PyArg_ParseTuple(item, "OOOndd;a job is (q, llm, bias, token, c, rate)", &q, &llm, &bias, &j->token,
+                              &j->c, &j->rate))
+            goto done;
+        if (take(q, &j->bufs[0], &j->held[0], "q", "d", -1, 0, 0) < 0)
+            goto done;
+        j->n = j->bufs[0].len / 8;
+        if (take(llm, &j->bufs[1], &j->held[1], "llm", "df", j->n, 0, 1) < 0 ||
+            take(bias, &j->bufs[2], &j->held[2], "bias", "d", j->n, 1, 1) < 0)
+            goto done;
+        if (j->token < 0 || j->token >= j->n) {
+            PyErr_Format(PyExc_ValueError, "token %zd outside the vocabulary", j->token);
+            goto done;
+        }
+        if (j->held[2] && (j->bufs[2].buf == j->bufs[0].buf)) {
+            PyErr_SetString(PyExc_ValueError, "bias and q must be different arrays");
+            goto done;
+        }
+        j->q = (const double *)j->bufs[0].buf;
+        j->llm = j->held[1] ? j->bufs[1].buf : NULL;
+        j->llm_double = j->held[1] && elem(&j->bufs[1])[0] == 'd';
+        j->bias = j->held[2] ? (double *)j->bufs[2].buf : NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    run_jobs(learn_task, jobs, n_jobs, threads);
+    Py_END_ALLOW_THREADS
+    result = PyList_New(n_jobs);
+    for (Py_ssize_t k = 0; result != NULL && k < n_jobs; k++) {
+        PyObject *v = jobs[k].llm != NULL ? PyFloat_FromDouble(jobs[k].expected) : (Py_INCREF(Py_None), Py_None);
+        if (v == NULL)
+            Py_CLEAR(result);
+        else
+            PyList_SET_ITEM(result, k, v);
+    }
+done:
+    for (Py_ssize_t k = 0; k < n_jobs && k <= ready; k++)
+        release(jobs[k].bufs, jobs[k].held, 3);
+    PyMem_Free(jobs);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"distributions", py_distributions, METH_VARARGS,
+     "distributions(jobs, threads) -> [(max, sum), ...]\n\n"
+     "For each job (llm, w_llm, bias, tokens, adds, s, q): s = llm * w_llm + bias (llm and bias\n"
+     "may be None), then s[tokens[k]] += adds[k] in order (tokens int64, adds float64, or both\n"
+     "None), then q = freq - 1 of s's quantized distribution (lmzip.cdf.quantize_into)."},
+    {"learn", py_learn, METH_VARARGS,
+     "learn(jobs, threads) -> [expected or None, ...]\n\n"
+     "For each job (q, llm, bias, token, c, rate): expected = lmzip.cdf.expect(q, llm) if llm\n"
+     "is not None; if bias is not None, bias -= (q + 1) * c, then bias[token] += rate."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "lmzip._mix", "The mixer's per-token vocabulary work, a lockstep group at once "
+                                         "(see lmzip/predictors/mixing.py).", -1, methods,
+};
+
+PyMODINIT_FUNC PyInit__mix(void) { return PyModule_Create(&module); }

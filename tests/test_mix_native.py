@@ -1,0 +1,197 @@
+"""lmzip._mix (native/mix.c): the mixer's vocabulary-wide steps for a lockstep group, on
+several threads, bit for bit like the numpy reference in lmzip/predictors/mixing.py.
+
+The mixer's arithmetic is part of the format (files decode only if the decoder mixes
+the same bits), so the C path is checked against numpy value by value here, and whole
+groups are coded with the numpy reference, the C path on one thread and on several:
+the payloads must be identical."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lmzip import cdf
+from lmzip.codec import compress_group, decompress_group
+from lmzip.predictors import mixing
+from lmzip.predictors.base import Model, Stream, StreamGroup
+from lmzip.predictors.mixing import DEFAULT_MIX, M1_MIX, MixedModel, MixSettings
+from lmzip.tokenization import PieceTokenizer
+
+from .conftest import corpus_slice
+
+_mix = pytest.importorskip("lmzip._mix")
+
+V = 1000
+
+
+def _reference_distribution(llm, w_llm, bias, feats, s, q):
+    """What MixedStream._mix and cdf.quantize_into compute in numpy."""
+    if llm is None:
+        s.fill(0.0)
+    else:
+        np.multiply(llm, np.float64(w_llm), out=s)
+    if bias is not None:
+        s += bias
+    for tokens, adds in feats:
+        s[tokens] += adds
+    return cdf._quantize_numpy(s, q)
+
+
+def _random_job(rng, kind):
+    llm = None if kind == "none" else rng.normal(scale=4, size=V).astype(np.float32 if kind == "f32" else np.float64)
+    if llm is not None:
+        llm[rng.integers(0, V, size=5)] = -np.inf  # escape symbols
+    bias = rng.normal(scale=0.3, size=V) if rng.random() < 0.8 else None
+    # features: distinct tokens within one, shared between them (added in order)
+    feats = []
+    for _ in range(int(rng.integers(0, 5))):
+        tokens = rng.choice(V, size=int(rng.integers(1, 40)), replace=False).astype(np.int64)
+        feats.append((tokens, rng.normal(scale=2, size=len(tokens)) * float(rng.normal())))
+    return llm, float(rng.uniform(0.05, 4.0)), bias, feats
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_distributions_are_the_numpy_reference_bit_for_bit(threads):
+    rng = np.random.default_rng(threads)
+    jobs, expected = [], []
+    for k in range(12):
+        llm, w, bias, feats = _random_job(rng, ["f32", "f64", "none"][k % 3])
+        s_ref, q_ref = np.empty(V), np.empty(V)
+        expected.append((_reference_distribution(llm, w, bias, feats, s_ref, q_ref), s_ref, q_ref))
+        tokens = np.concatenate([t for t, _ in feats]) if feats else None
+        adds = np.concatenate([a for _, a in feats]) if feats else None
+        jobs.append((llm, w, bias, tokens, adds, np.empty(V), np.empty(V)))
+    got = _mix.distributions(jobs, threads)
+    for (top_sum, s_ref, q_ref), job, result in zip(expected, jobs, got):
+        assert result == top_sum
+        assert job[5].tobytes() == s_ref.tobytes()
+        assert job[6].tobytes() == q_ref.tobytes()
+        assert job[6].sum() == cdf.TOTAL - V
+
+
+@pytest.mark.parametrize("threads", [1, 4])
+def test_learn_is_the_numpy_reference_bit_for_bit(threads):
+    rng = np.random.default_rng(10 + threads)
+    jobs, expected = [], []
+    for k in range(9):
+        llm, _, _, _ = _random_job(rng, ["f32", "f64", "none"][k % 3])
+        q = np.empty(V)
+        cdf._quantize_numpy(rng.normal(scale=3, size=V), q)
+        bias = rng.normal(scale=0.1, size=V) if k % 4 else None
+        token, rate = int(rng.integers(V)), float(rng.uniform(0, 1))
+        c = rate / float(cdf.TOTAL)
+        want_bias = None
+        if bias is not None:
+            want_bias = bias.copy()
+            want_bias -= (q + 1.0) * c
+            want_bias[token] += rate
+        expected.append((None if llm is None else cdf._expect_numpy(q, llm), want_bias))
+        jobs.append((q, llm, bias, token, c, rate))
+    for (want_e, want_bias), job, got_e in zip(expected, jobs, _mix.learn(jobs, threads)):
+        assert got_e == want_e
+        if want_bias is not None:
+            assert job[2].tobytes() == want_bias.tobytes()
+
+
+def test_bad_jobs_are_refused_cleanly():
+    s, q = np.empty(V), np.empty(V)
+    ok = (None, 1.0, None, None, None, s, q)
+    assert len(_mix.distributions([ok], 1)) == 1
+    bad = [
+        ((None, 1.0, None, None, None, s, s), ValueError),  # s is q
+        ((None, 1.0, None, None, None, s, np.empty(V - 1)), ValueError),
+        ((np.zeros(V, dtype=np.int32), 1.0, None, None, None, s, q), ValueError),
+        ((None, 1.0, np.zeros(V, dtype=np.float32), None, None, s, q), ValueError),
+        ((None, 1.0, None, np.array([V]), np.array([1.0]), s, q), ValueError),  # outside the vocabulary
+        ((None, 1.0, None, np.array([1, 2]), np.array([1.0]), s, q), ValueError),
+        ((None, 1.0, None, None, np.array([1.0]), s, q), TypeError),
+        ((None, 1.0, None, None, None, s[::2].copy(), q[: V // 2]), None),  # fine: another size
+        ((None, 1.0, None), TypeError),
+    ]
+    for job, error in bad:
+        if error is None:
+            _mix.distributions([job], 2)
+            continue
+        with pytest.raises(error):
+            _mix.distributions([ok, job], 2)
+    with pytest.raises(ValueError):
+        _mix.distributions([ok], 0)
+    with pytest.raises(ValueError):
+        _mix.learn([(q, None, np.zeros(V), V, 0.1, 0.1)], 1)  # token outside
+    with pytest.raises(ValueError):
+        _mix.learn([(q, None, q, 1, 0.1, 0.1)], 1)  # bias is q
+    assert _mix.learn([], 3) == [] and _mix.distributions([], 3) == []
+
+
+# ---------------------------------------------------------------- whole groups
+
+
+class _Bank(Stream):
+    def __init__(self, bank, offset):
+        self._bank, self._n = bank, offset
+
+    def scores(self):
+        return self._bank[self._n % len(self._bank)]
+
+    def push(self, token):
+        self._n += 1
+
+
+class BankModel(Model):
+    """A language model that costs nothing: logits from a fixed random bank (float32)."""
+
+    batches = True
+
+    def __init__(self):
+        self.name = "bank"
+        self.tokenizer = PieceTokenizer([bytes([b]) for b in range(256)], lambda text: list(text))
+        rng = np.random.default_rng(0)
+        self.bank = (rng.normal(scale=3, size=(13, 256))).astype(np.float32)
+        self.bank[:, 0] = -np.inf  # an escape symbol: the weight must not learn from it
+
+    def params(self):
+        return {"backend": "bank", "model": "bank"}
+
+    def open_stream(self):
+        return _Bank(self.bank, 0)
+
+    def open_group(self, lengths, width=1):
+        return StreamGroup([_Bank(self.bank, 3 * i) for i in range(len(lengths))])
+
+
+SETTINGS = [DEFAULT_MIX, M1_MIX, MixSettings(orders=(1, 2), match=4, rate=0.05, llm_rate=0.01, bias_rate=0.3, skip=6)]
+
+
+@pytest.mark.parametrize("settings", SETTINGS, ids=["m2", "m1", "skip"])
+def test_groups_code_the_same_bytes_with_numpy_and_on_any_number_of_threads(settings, monkeypatch):
+    text = corpus_slice("alice29.txt", 3000, 1500)
+    chunks = [text[i * 300 : (i + 1) * 300] for i in range(5)] + [text[:120] * 3]
+    model = MixedModel(BankModel(), settings)
+    payloads = {}
+    before = cdf.backend
+    try:
+        for name, backend, threads in [("numpy", "numpy", 1), ("c1", "c", 1), ("c3", "c", 3)]:
+            cdf.set_backend(backend)
+            monkeypatch.setenv("LMZIP_HOST_THREADS", str(threads))
+            coded = compress_group(model, chunks, width=len(chunks))
+            payloads[name] = [p for _, p in coded]
+            assert decompress_group(model, coded, width=len(chunks)) == chunks
+        cdf.set_backend("numpy")  # and a C file decodes with numpy
+        assert decompress_group(model, coded, width=len(chunks)) == chunks
+    finally:
+        cdf.set_backend(before)
+    assert payloads["c1"] == payloads["numpy"]
+    assert payloads["c3"] == payloads["numpy"]
+
+
+def test_host_threads_setting(monkeypatch):
+    monkeypatch.setenv("LMZIP_HOST_THREADS", "3")
+    assert mixing.host_threads(BankModel()) == 3
+    monkeypatch.setenv("LMZIP_HOST_THREADS", "many")
+    with pytest.raises(mixing.LMZipError, match="LMZIP_HOST_THREADS"):
+        mixing.host_threads(BankModel())
+    monkeypatch.delenv("LMZIP_HOST_THREADS")
+    model = BankModel()
+    model.threads = 5
+    assert mixing.host_threads(model) == 5
