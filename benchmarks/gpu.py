@@ -199,6 +199,18 @@ def check(gguf: Path, enwik_bytes: int, budget: float) -> int:
     except RuntimeError as exc:
         ok &= _say(False, f"cross-device round trips: {exc}")
 
+    # the host side alone (mixing, distribution, coding; a stand-in model with free logits):
+    # what bounds lmzip compress whatever the GPU does (issue 28, item 4)
+    try:
+        from host import rates
+
+        cores = os.cpu_count() or 1
+        n, comp, dec = rates(64, 300, cores, (SHARED / "canterbury" / "alice29.txt").read_bytes())
+        print(f"host side alone, 64 streams, {cores} threads: compress {comp:.0f} tok/s, decompress {dec:.0f} tok/s "
+              f"({n} tokens)", flush=True)
+    except Exception as exc:  # a figure, not a check
+        print(f"  host side alone: {type(exc).__name__}: {str(exc)[:200]}", flush=True)
+
     # throughput
     print("| streams | depth | logits on GPU tok/s | logits to host tok/s | lmzip compress tok/s |", flush=True)
     print("|---|---|---|---|---|", flush=True)

@@ -80,38 +80,53 @@ def chunks_of(text: bytes, tokenizer, width: int, tokens: int) -> list[bytes]:
     return [b"".join(pieces[t] for t in toks[i * tokens : (i + 1) * tokens]) for i in range(width)]
 
 
+def rates(width: int, tokens: int, threads: int, text: bytes, decompress: bool = True) -> tuple[int, float, float]:
+    """(tokens coded, compress tokens/s, decompress tokens/s or nan) of one lockstep group
+    of ``width`` chunks of ``text``, ``tokens`` tokens each, on ``threads`` host threads."""
+    from lmzip.predictors.registry import load_model
+
+    tokenizer = load_model("smollm2-135m").tokenizer
+    model = MixedModel(BankModel(tokenizer), DEFAULT_MIX)
+    chunks = chunks_of(text, tokenizer, width, tokens)
+    n = sum(len(tokenizer.encode(c)) for c in chunks)
+    before = os.environ.get("LMZIP_HOST_THREADS")
+    os.environ["LMZIP_HOST_THREADS"] = str(threads)
+    try:
+        t0 = time.perf_counter()
+        coded = compress_group(model, chunks, width=width)
+        tc = time.perf_counter() - t0
+        td = float("nan")
+        if decompress:
+            t0 = time.perf_counter()
+            out = decompress_group(model, coded, width=width)
+            td = time.perf_counter() - t0
+            assert out == chunks, "round trip failed"
+    finally:
+        if before is None:
+            del os.environ["LMZIP_HOST_THREADS"]
+        else:
+            os.environ["LMZIP_HOST_THREADS"] = before
+    return n, n / tc, n / td
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--widths", default="1,8,64")
     ap.add_argument("--tokens", type=int, default=2000, help="tokens per chunk")
-    ap.add_argument("--threads", default="1,2", help="host threads to try (where the build has them)")
+    ap.add_argument("--threads", default="1,2", help="host threads to try")
     ap.add_argument("--file", default=str(ROOT.parent / "shared/corpora/canterbury/alice29.txt"))
     ap.add_argument("--build", help="another checkout's lmzip")
     ap.add_argument("--no-decompress", action="store_true")
     a = ap.parse_args()
     import lmzip
-    from lmzip.predictors.registry import load_model
 
-    tokenizer = load_model("smollm2-135m").tokenizer
-    model = MixedModel(BankModel(tokenizer), DEFAULT_MIX)
     text = Path(a.file).read_bytes()
     print(f"lmzip from {Path(lmzip.__file__).parent.parent}; CPU {_cpu()}; {time.strftime('%Y-%m-%d')}")
     print(f"{'width':>6} {'threads':>7} {'tokens':>7} {'compress tok/s':>15} {'decompress tok/s':>17}")
     for width in map(int, a.widths.split(",")):
-        chunks = chunks_of(text, tokenizer, width, a.tokens)
-        n = sum(len(tokenizer.encode(c)) for c in chunks)
         for threads in map(int, a.threads.split(",")):
-            os.environ["LMZIP_HOST_THREADS"] = str(threads)
-            t0 = time.perf_counter()
-            coded = compress_group(model, chunks, width=width)
-            tc = time.perf_counter() - t0
-            td = float("nan")
-            if not a.no_decompress:
-                t0 = time.perf_counter()
-                out = decompress_group(model, coded, width=width)
-                td = time.perf_counter() - t0
-                assert out == chunks, "round trip failed"
-            print(f"{width:>6} {threads:>7} {n:>7} {n / tc:>15,.0f} {n / td:>17,.0f}", flush=True)
+            n, c, d = rates(width, a.tokens, threads, text, not a.no_decompress)
+            print(f"{width:>6} {threads:>7} {n:>7} {c:>15,.0f} {d:>17,.0f}", flush=True)
 
 
 def _cpu() -> str:

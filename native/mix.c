@@ -34,40 +34,101 @@ typedef struct {
     task_fn fn;
     void *jobs;
     Py_ssize_t n;
-    Py_ssize_t next; /* the next job nobody has taken (taken under the GCC atomic builtin) */
+    Py_ssize_t next; /* the next job nobody has taken (GCC atomic builtins) */
 } work_t;
 
-static void *work(void *arg) {
-    work_t *w = (work_t *)arg;
+static void work(work_t *w) {
     for (;;) {
         Py_ssize_t i = __atomic_fetch_add(&w->next, 1, __ATOMIC_RELAXED);
         if (i >= w->n)
-            return NULL;
+            return;
         w->fn(w->jobs, i);
     }
 }
 
-/* fn(jobs, i) for i < n on up to `threads` threads (this one included); a thread that
- * cannot be started leaves its share to the others */
+#ifdef HAVE_THREADS
+/* A pool of helper threads kept between calls.  A call publishes its work and does it
+ * too; helpers that wake in time take a share.  The caller waits only for helpers
+ * that took part (`busy`), never for one that has not woken yet: on a machine where
+ * other programs hold the cores, a late helper then finds the work gone (`current` is
+ * NULL) and sleeps again, instead of the call waiting for it to be scheduled. */
+enum { MAX_HELPERS = 255 };
+static pthread_mutex_t pool_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t pool_wake = PTHREAD_COND_INITIALIZER, pool_idle = PTHREAD_COND_INITIALIZER;
+static pthread_mutex_t call_mu = PTHREAD_MUTEX_INITIALIZER; /* one call at a time uses the pool */
+static int helpers;             /* threads started */
+static unsigned long generation; /* one per call */
+static work_t *current;         /* the call's work while it runs, else NULL */
+static int busy;                /* helpers inside current */
+
+static void *helper(void *arg) {
+    (void)arg;
+    unsigned long seen = 0;
+    pthread_mutex_lock(&pool_mu);
+    for (;;) {
+        while (generation == seen)
+            pthread_cond_wait(&pool_wake, &pool_mu);
+        seen = generation;
+        work_t *w = current;
+        if (w == NULL)
+            continue; /* that call is over */
+        busy++;
+        pthread_mutex_unlock(&pool_mu);
+        work(w);
+        pthread_mutex_lock(&pool_mu);
+        if (--busy == 0)
+            pthread_cond_signal(&pool_idle);
+    }
+    return NULL;
+}
+
+/* a child process after fork() has none of the parent's helpers */
+static void pool_after_fork(void) {
+    pthread_mutex_init(&pool_mu, NULL);
+    pthread_mutex_init(&call_mu, NULL);
+    pthread_cond_init(&pool_wake, NULL);
+    pthread_cond_init(&pool_idle, NULL);
+    helpers = 0;
+    busy = 0;
+    current = NULL;
+}
+#endif
+
+/* fn(jobs, i) for every i < n, on this thread and up to threads - 1 helpers; a helper
+ * that cannot be started leaves its share to the others */
 static void run_jobs(task_fn fn, void *jobs, Py_ssize_t n, int threads) {
     work_t w = {fn, jobs, n, 0};
 #ifdef HAVE_THREADS
-    enum { MAX_THREADS = 256 };
-    pthread_t ids[MAX_THREADS];
-    int started = 0;
-    Py_ssize_t extra = (threads < n ? threads : n) - 1;
-    if (extra > MAX_THREADS)
-        extra = MAX_THREADS;
-    for (Py_ssize_t t = 0; t < extra; t++)
-        if (pthread_create(&ids[started], NULL, work, &w) == 0)
-            started++;
-    work(&w);
-    for (int t = 0; t < started; t++)
-        pthread_join(ids[t], NULL);
+    int want = (int)((Py_ssize_t)threads < n ? threads : n) - 1;
+    if (want > MAX_HELPERS)
+        want = MAX_HELPERS;
+    if (want > 0) {
+        pthread_mutex_lock(&call_mu);
+        pthread_mutex_lock(&pool_mu);
+        while (helpers < want) {
+            pthread_t id;
+            if (pthread_create(&id, NULL, helper, NULL) != 0)
+                break;
+            pthread_detach(id);
+            helpers++;
+        }
+        current = &w;
+        generation++;
+        pthread_cond_broadcast(&pool_wake);
+        pthread_mutex_unlock(&pool_mu);
+        work(&w);
+        pthread_mutex_lock(&pool_mu);
+        while (busy > 0) /* helpers still finishing the jobs they took */
+            pthread_cond_wait(&pool_idle, &pool_mu);
+        current = NULL;
+        pthread_mutex_unlock(&pool_mu);
+        pthread_mutex_unlock(&call_mu);
+        return;
+    }
 #else
     (void)threads;
-    work(&w);
 #endif
+    work(&w);
 }
 
 /* ------------------------------------------------------------------ buffers */
@@ -356,4 +417,9 @@ static struct PyModuleDef module = {
                                          "(see lmzip/predictors/mixing.py).", -1, methods,
 };
 
-PyMODINIT_FUNC PyInit__mix(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__mix(void) {
+#ifdef HAVE_THREADS
+    pthread_atfork(NULL, NULL, pool_after_fork);
+#endif
+    return PyModule_Create(&module);
+}

@@ -195,3 +195,20 @@ def test_host_threads_setting(monkeypatch):
     model = BankModel()
     model.threads = 5
     assert mixing.host_threads(model) == 5
+
+
+def _four_distributions(threads: int) -> list:
+    rng = np.random.default_rng(3)
+    jobs = [(rng.normal(size=V), 1.0, None, None, None, np.empty(V), np.empty(V)) for _ in range(4)]
+    return [*_mix.distributions(jobs, threads), *(j[6].tobytes() for j in jobs)]
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork()")
+def test_helper_threads_survive_fork():
+    # the parent's helper threads do not exist in a forked worker (lmzip.parallel's
+    # processes): its pool starts afresh, and the same jobs give the same bits there
+    import multiprocessing
+
+    want = _four_distributions(3)
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        assert pool.apply_async(_four_distributions, (3,)).get(timeout=60) == want
