@@ -119,6 +119,26 @@ def _models(tiny, context=16):
     return PortableModel(stand_in, threads=1, **kw), GPUModel(stand_in, device=DEV, **kw)
 
 
+def test_the_gpu_models_cpu_threads_serve_the_mixer(tiny, monkeypatch):
+    """On a GPU the CPU's work is the mixer's: its threads are every core by default, or
+    what --threads says, and the mixed model's groups use them."""
+    import os
+
+    from lmzip.predictors.mixing import MixedModel, host_threads
+
+    weights, stand_in = tiny
+    kw = dict(name="tiny", sha256="00" * 32, context=16, weights=weights, tokenize_text=lambda b: list(b))
+    monkeypatch.delenv("LMZIP_HOST_THREADS", raising=False)
+    assert GPUModel(stand_in, device=DEV, **kw).threads == (os.cpu_count() or 1)
+    gpu = GPUModel(stand_in, device=DEV, threads=3, **kw)
+    assert host_threads(gpu) == 3
+    group = MixedModel(gpu).open_group([4, 4], 2)
+    try:
+        assert group._threads == 3
+    finally:
+        group.close()
+
+
 def test_files_are_the_same_on_both_devices(tiny):
     """The codec's records from the GPU model are the CPU model's, byte for byte, and each
     model decodes the other's."""

@@ -7,6 +7,7 @@ decodes the other's.
 
 from __future__ import annotations
 
+import os
 import sys
 
 from ..predictors.portable import PortableModel
@@ -19,13 +20,14 @@ NUMERICS = 1
 
 
 class GPUModel(PortableModel):
-    """A format 1 (llama) model on ``device`` (a torch device name)."""
+    """A format 1 (llama) model on ``device`` (a torch device name).  ``threads``: CPU
+    threads for the work beside the GPU's, the mixer's (default: every core)."""
 
     def __init__(self, path, *, name: str, sha256: str, context: int = 2048, device: str = "cuda:0",
-                 tokenize_text=None, weights=None):
+                 tokenize_text=None, weights=None, threads: int | None = None):
         self.device = device
-        super().__init__(path, name=name, sha256=sha256, context=context, threads=1, tokenize_text=tokenize_text,
-                         weights=weights)
+        super().__init__(path, name=name, sha256=sha256, context=context, threads=threads or os.cpu_count() or 1,
+                         tokenize_text=tokenize_text, weights=weights)
         if self.numerics != NUMERICS:
             raise ValueError(f"the GPU kernels implement numerics {NUMERICS}, the engine {self.numerics}")
 
@@ -58,7 +60,8 @@ def portable_model(path, *, name: str, sha256: str, context: int, threads: int |
             llama = f.read(12)[8:] == b"\x01\x00\x00\x00"  # weights format 1
         why = check(sha256, weights, target) if llama else "the GPU kernels run llama models (format 1) only"
         if why is None:
-            return GPUModel(path, name=name, sha256=sha256, context=context, device=target, weights=weights)
+            return GPUModel(path, name=name, sha256=sha256, context=context, device=target, weights=weights,
+                            threads=threads)
         if llama or device not in (None, "auto"):  # Gemma under auto: the CPU, as expected
             print(f"lmzip: warning: not using the GPU ({target}): {why}; running on the CPU", file=sys.stderr)
     return PortableModel(path, name=name, sha256=sha256, context=context, threads=threads, weights=weights)
