@@ -1,4 +1,4 @@
-"""Build the optional C extensions lmzip._cdf, lmzip._mix, lmzip._engine, lmzip._adapt and lmzip._crashguard
+"""Build the optional C extensions lmzip._cdf, lmzip._mix, lmzip._ngram, lmzip._engine, lmzip._adapt and lmzip._crashguard
 (metadata lives in pyproject.toml).
 
 -ffp-contract=off keeps every a*b+c two correctly rounded operations: the
@@ -27,6 +27,9 @@ setup(
             extra_link_args=["-pthread"],
             optional=True,
         ),
+        # the n-gram and match statistics (lmzip/predictors/ngram.py) in C
+        Extension("lmzip._ngram", sources=["native/ngram.c"],
+                  extra_compile_args=["-O2", "-ffp-contract=off", "-fno-fast-math", "-std=c99"], optional=True),
         # one line on stderr instead of a bare "Segmentation fault" when a model engine crashes
         Extension("lmzip._crashguard", sources=["native/crashguard.c"], extra_compile_args=["-O2", "-std=c99"],
                   optional=True),

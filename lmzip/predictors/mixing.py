@@ -39,7 +39,7 @@ from .. import cdf
 from ..errors import FormatError, LMZipError
 from ..tokenization import PieceTokenizer
 from .base import Model, Stream, StreamGroup
-from .ngram import NGramStats, ln_table
+from .ngram import ln_table, ngram_stats
 
 __all__ = ["ADAPT_MIX", "BYTE_MIX", "DEFAULT_MIX", "MixSettings", "MixedModel", "MixedStream", "NGramModel", "NO_MIX"]
 
@@ -188,7 +188,7 @@ class MixedStream(Stream):
     def __init__(self, base: Stream | None, vocab_size: int, settings: MixSettings):
         self._base = base
         self._set = settings
-        self._stats = NGramStats(vocab_size, settings.orders, settings.match)
+        self._stats = ngram_stats(vocab_size, settings.orders, settings.match)
         self._w = [0.0] * self._stats.n_slots
         self._g2 = [0.0] * self._stats.n_slots
         self._w_llm = 1.0
@@ -197,7 +197,7 @@ class MixedStream(Stream):
         self._s = np.zeros(vocab_size)
         self._q: np.ndarray | None = None
         self._llm: np.ndarray | None = None
-        self._feats: list = []
+        self._flat: tuple = ([], [], None, None)  # the features mixed in: NGramStats.features_flat()
         self._ready = False
         n = self._stats.n_situations if settings.skip else 0
         self._tries = [0] * n  # the record of each kind of guess (NGramStats.guess)
@@ -244,7 +244,7 @@ class MixedStream(Stream):
         """The mixed scores, in numpy (the reference of ``lmzip._mix``, and the path of
         the adaptation, which adds its correction last)."""
         s = self._s
-        self._feats = self._stats.features()
+        self._flat = slots, bounds, tokens, values = self._stats.features_flat()
         if self._base is not None:
             self._llm = self._base.scores()
             np.multiply(self._llm, np.float64(self._w_llm), out=s)  # in float64
@@ -252,20 +252,22 @@ class MixedStream(Stream):
             s.fill(0.0)
         if self._bias is not None:
             s += self._bias
-        for f in self._feats:
-            s[f.tokens] += self._w[f.slot] * f.values
+        for slot, a, b in zip(slots, [0, *bounds[:-1]], bounds):
+            s[tokens[a:b]] += self._w[slot] * values[a:b]
         if self._adapt is not None:
             self._adapt.apply(self._base.hidden(), s)
         self._ready = True
 
     def _mix_job(self, q: np.ndarray) -> tuple:
         """What ``lmzip._mix.distributions`` needs to compute :meth:`_mix` and quantize it."""
-        self._feats = feats = self._stats.features()
+        self._flat = slots, bounds, tokens, values = self._stats.features_flat()
         self._llm = self._base.scores() if self._base is not None else None
-        tokens = adds = None
-        if feats:
-            tokens = np.concatenate([f.tokens for f in feats]) if len(feats) > 1 else feats[0].tokens
-            adds = np.concatenate([self._w[f.slot] * f.values for f in feats])
+        adds = None
+        if slots:  # w[slot] * value, feature by feature: the same products as _mix's
+            w = self._w
+            adds = np.repeat([w[k] for k in slots], [b - a for a, b in zip([0, *bounds], bounds)]) * values
+        else:
+            tokens = None
         return self._llm, self._w_llm, self._bias, tokens, adds, self._s, q
 
     def push(self, token: int) -> None:
@@ -274,19 +276,23 @@ class MixedStream(Stream):
     def _learn_features(self, token: int, q: np.ndarray) -> None:
         """The n-gram and match weights' step (small: a few candidates per feature)."""
         st = self._set
-        if not st.rate:
+        slots, bounds, tokens, values = self._flat
+        if not st.rate or not slots:
             return
         w, v = self._w, self._g2
-        for f in self._feats:
-            hit = np.flatnonzero(f.tokens == token)
-            value = float(f.values[hit[0]]) if hit.size else 0.0
-            expected = math.fsum(((q[f.tokens] + 1.0) * f.values).tolist()) / _T
+        products = ((q[tokens] + 1.0) * values).tolist()
+        hits = np.flatnonzero(tokens == token).tolist()  # at most one per feature
+        start = 0
+        for slot, end in zip(slots, bounds):
+            value = next((float(values[i]) for i in hits if start <= i < end), 0.0)
+            expected = math.fsum(products[start:end]) / _T
             g = value - expected
             # steps normalized by the slot's running mean square gradient (RMSprop):
             # features of very different scales learn at the same pace
-            v[f.slot] = _DECAY * v[f.slot] + (1.0 - _DECAY) * (g * g)
-            step = st.rate * g / math.sqrt(v[f.slot] + 1e-6)
-            w[f.slot] = min(_W_MAX, max(_W_MIN, w[f.slot] + step))
+            v[slot] = _DECAY * v[slot] + (1.0 - _DECAY) * (g * g)
+            step = st.rate * g / math.sqrt(v[slot] + 1e-6)
+            w[slot] = min(_W_MAX, max(_W_MIN, w[slot] + step))
+            start = end
 
     def _learns_llm(self, token: int) -> bool:
         return bool(self._set.llm_rate) and self._llm is not None and math.isfinite(float(self._llm[token]))

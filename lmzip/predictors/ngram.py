@@ -27,7 +27,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Feature", "NGramStats", "ln_table", "MATCH_BUCKETS", "COUNT_BUCKETS"]
+from .. import cdf
+
+try:
+    from .. import _ngram
+except ImportError:  # no compiler at install time: the Python statistics do the same, slower
+    _ngram = None
+
+__all__ = ["Feature", "NGramStats", "NativeNGramStats", "ln_table", "ngram_stats", "MATCH_BUCKETS", "COUNT_BUCKETS"]
 
 #: n-gram weights are kept per order and per bucket of the context's total count n:
 #: 1, 2-3, 4-15, 16 and more (a context seen once predicts less reliably)
@@ -134,6 +141,11 @@ class NGramStats:
             out.append(Feature(slot, np.array([predicted], dtype=np.int64), np.ones(1)))
         return out
 
+    def features_flat(self) -> tuple[list[int], list[int], np.ndarray, np.ndarray]:
+        """:meth:`features` in one piece: ``(slots, bounds, tokens, values)``, feature ``f``
+        being slot ``slots[f]`` with ``tokens[bounds[f-1]:bounds[f]]`` (from 0 for the first)."""
+        return _flatten(self.features())
+
     def match_prediction(self) -> tuple[int, int]:
         """``(token, length)``: what the match model predicts next and the length of the
         repeat it follows; ``(-1, 0)`` when it follows none (or is off)."""
@@ -221,3 +233,46 @@ class NGramStats:
                 self._match_ptr = found
                 self._match_len = length
         self._positions[key] = len(h)
+
+
+def _flatten(feats: list[Feature]) -> tuple[list[int], list[int], np.ndarray, np.ndarray]:
+    if not feats:
+        return [], [], np.empty(0, np.int64), np.empty(0)
+    bounds = np.cumsum([len(f.tokens) for f in feats]).tolist()
+    return ([f.slot for f in feats], bounds, np.concatenate([f.tokens for f in feats]),
+            np.concatenate([f.values for f in feats]))
+
+
+class NativeNGramStats:
+    """:class:`NGramStats` computed by ``lmzip._ngram`` (native/ngram.c): the same
+    features, in the same order, and the same guesses (tests/test_ngram_native.py)."""
+
+    def __init__(self, vocab_size: int, orders: Sequence[int] = (1, 2, 3, 4), match_min: int = 0):
+        assert _ngram is not None
+        self.vocab_size = vocab_size
+        self.orders = tuple(orders)
+        self.match_min = match_min
+        self._c = _ngram.Stats(vocab_size, self.orders, match_min, ln_table())
+        self.update = self._c.update
+        self.guess = self._c.guess
+        self.match_prediction = self._c.match_prediction
+
+    n_slots = NGramStats.n_slots
+    n_situations = NGramStats.n_situations
+
+    def features_flat(self) -> tuple[list[int], list[int], np.ndarray, np.ndarray]:
+        slots, bounds, tokens, values = self._c.features_flat()
+        return slots, bounds, np.frombuffer(tokens, np.int64), np.frombuffer(values, np.float64)
+
+    def features(self) -> list[Feature]:
+        slots, bounds, tokens, values = self.features_flat()
+        starts = [0, *bounds[:-1]]
+        return [Feature(slot, tokens[a:b], values[a:b]) for slot, a, b in zip(slots, starts, bounds)]
+
+
+def ngram_stats(vocab_size: int, orders: Sequence[int] = (1, 2, 3, 4), match_min: int = 0):
+    """The statistics of one stream: in C when ``lmzip._ngram`` is built (and the
+    reference is not asked for, ``LMZIP_CDF_BACKEND=numpy``), else in Python."""
+    if _ngram is not None and cdf.backend != "numpy":
+        return NativeNGramStats(vocab_size, orders, match_min)
+    return NGramStats(vocab_size, orders, match_min)
