@@ -39,7 +39,7 @@ DEFAULT_CHUNK_SIZE = 1 << 20
 #: chunks a batching model (the LLM backends) advances together by default
 DEFAULT_STREAMS = 8
 #: widest lockstep group a file may ask for (each stream holds its own KV cache)
-MAX_STREAMS = 64
+MAX_STREAMS = fmt.MAX_STREAMS
 
 #: bytes enough for any stream header (version 4: with the first record head) and record head
 _HEADER_PEEK = 1 << 17
@@ -102,8 +102,10 @@ class LMZipCompressor:
                                                                         mix=mix)
         if streams is None:
             streams = DEFAULT_STREAMS if self.model.batches else 1
-        if not 1 <= streams <= MAX_STREAMS:
-            raise ValueError(f"streams must be between 1 and {MAX_STREAMS}")
+        widest = min(MAX_STREAMS, self.model.max_width or MAX_STREAMS)
+        if not 1 <= streams <= widest:
+            raise ValueError(f"streams must be between 1 and {widest}"
+                             + (f" with {self.model.name}'s backend" if widest < MAX_STREAMS else ""))
         self.streams = streams
         self.method = method
         self.chunk_size = chunk_size

@@ -132,6 +132,16 @@ def test_files_are_the_same_on_both_devices(tiny):
     assert decompress_group(gpu, rec_cpu, width=3) == texts
 
 
+def test_groups_wider_than_64_on_both_devices(tiny):
+    """A lockstep group of 65 chunks (the version 4 WIDE header's range): the GPU engine's
+    records are the CPU engine's, and it decodes them."""
+    cpu, gpu = _models(tiny)
+    texts = [bytes([97 + i % 26]) * (1 + i % 2) for i in range(65)]
+    records = compress_group(cpu, texts, width=65)
+    assert compress_group(gpu, texts, width=65) == records
+    assert decompress_group(gpu, records, width=65) == texts
+
+
 def test_hidden_state_is_the_c_engines(tiny):
     cpu, gpu = _models(tiny, context=2048)
     sc, sg = cpu.open_stream(), gpu.open_stream()

@@ -128,6 +128,10 @@ class Model(ABC):
     #: (then lockstep groups pay; otherwise the compressor codes chunks one by one)
     batches: bool = False
 
+    #: widest lockstep group this backend runs (None: as wide as the format holds,
+    #: lmzip.format.MAX_STREAMS)
+    max_width: int | None = None
+
     def open_group(self, lengths: list[int], width: int = 1) -> StreamGroup:
         """Streams for ``len(lengths)`` chunks coded in lockstep, ``lengths[i]`` tokens in
         chunk ``i``.  ``width`` (at least ``len(lengths)``) is the stream's lockstep width,
