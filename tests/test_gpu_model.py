@@ -142,6 +142,30 @@ def test_groups_wider_than_64_on_both_devices(tiny):
     assert decompress_group(gpu, records, width=65) == texts
 
 
+def test_the_width_follows_the_gpus_free_memory(tiny, monkeypatch):
+    """On a GPU, the default width is what its free memory holds (lmzip.sizing); under the
+    interpreter (the CPU) there is none: the CPU's defaults."""
+    from lmzip.gpu import model as gm
+
+    _, gpu = _models(tiny)
+    if not DEV.startswith("cuda"):
+        assert gpu.gpu_width() is None and gpu.gpus() == []
+    per_stream = gpu._engine.stream_bytes_each + 8 * N_VOCAB
+    monkeypatch.setattr(gpu, "device", "cuda:0")
+    monkeypatch.setattr(gm, "free_memory", lambda device: 100 * per_stream)
+    assert gpu.gpu_width() == 80
+    monkeypatch.setattr(gm, "free_memory", lambda device: 1 << 50)
+    assert gpu.gpu_width() == 1024
+
+
+def test_the_gpus_a_device_spreads_over(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    monkeypatch.delenv("LMZIP_DEVICE", raising=False)
+    assert gdev.spread("cuda", "cuda:0") == gdev.spread(None, "cuda:0") == ["cuda:0", "cuda:1", "cuda:2"]
+    assert gdev.spread("cuda:2", "cuda:2") == ["cuda:2"]
+    assert gdev.spread("cuda", "cpu") == []  # Triton's interpreter
+
+
 def test_hidden_state_is_the_c_engines(tiny):
     cpu, gpu = _models(tiny, context=2048)
     sc, sg = cpu.open_stream(), gpu.open_stream()

@@ -10,7 +10,8 @@ from __future__ import annotations
 import sys
 
 from ..predictors.portable import PortableModel
-from .device import resolve
+from ..sizing import width_for_memory
+from .device import free_memory, resolve, spread
 
 __all__ = ["GPUModel", "portable_model"]
 
@@ -22,8 +23,10 @@ class GPUModel(PortableModel):
     """A format 1 (llama) model on ``device`` (a torch device name)."""
 
     def __init__(self, path, *, name: str, sha256: str, context: int = 2048, device: str = "cuda:0",
-                 tokenize_text=None, weights=None):
+                 tokenize_text=None, weights=None, gpus: list[str] | None = None):
         self.device = device
+        #: the GPUs its groups may be spread over (--device cuda: all of them)
+        self._gpus = [device] if gpus is None and device.startswith("cuda") else list(gpus or [])
         super().__init__(path, name=name, sha256=sha256, context=context, threads=1, tokenize_text=tokenize_text,
                          weights=weights)
         if self.numerics != NUMERICS:
@@ -33,6 +36,19 @@ class GPUModel(PortableModel):
         from .forward import GPUEngine
 
         return GPUEngine(self.weights, device=self.device, context=self.context)
+
+    def gpu_width(self) -> int | None:
+        """As many streams as the GPU's free memory holds (lmzip.sizing); None under
+        Triton's interpreter, which runs on the CPU."""
+        if not self.device.startswith("cuda"):
+            return None
+        eng = self._engine
+        # a stream's cache, and its row of logits on the device and pinned on the host
+        per_stream = eng.stream_bytes_each + 2 * 4 * eng.n_vocab
+        return width_for_memory(free_memory(self.device), per_stream)
+
+    def gpus(self) -> list[str]:
+        return list(self._gpus)
 
     @property
     def isa(self) -> str:
@@ -58,7 +74,8 @@ def portable_model(path, *, name: str, sha256: str, context: int, threads: int |
             llama = f.read(12)[8:] == b"\x01\x00\x00\x00"  # weights format 1
         why = check(sha256, weights, target) if llama else "the GPU kernels run llama models (format 1) only"
         if why is None:
-            return GPUModel(path, name=name, sha256=sha256, context=context, device=target, weights=weights)
+            return GPUModel(path, name=name, sha256=sha256, context=context, device=target, weights=weights,
+                            gpus=spread(device, target))
         if llama or device not in (None, "auto"):  # Gemma under auto: the CPU, as expected
             print(f"lmzip: warning: not using the GPU ({target}): {why}; running on the CPU", file=sys.stderr)
     return PortableModel(path, name=name, sha256=sha256, context=context, threads=threads, weights=weights)
