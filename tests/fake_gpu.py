@@ -24,7 +24,8 @@ class FakeGPUModel(NGramModel):
         self.free_bytes = free_bytes
         if log is not None:  # where this copy was built: the process and its device
             with open(log, "a") as f:
-                f.write(f"{os.getpid()} {device} {os.environ.get('LMZIP_DEVICE')}\n")
+                f.write(f"{os.getpid()} {device} {os.environ.get('LMZIP_DEVICE')} "
+                        f"{os.environ.get('CUDA_VISIBLE_DEVICES')}\n")
         self.recipe = functools.partial(FakeGPUModel, device=device, gpus=gpus, free_bytes=free_bytes, log=log)
 
     def gpu_width(self) -> int:
