@@ -22,6 +22,7 @@ from .codec import Progress, Stats, compress_group, decompress_group
 from .errors import CorruptError, FormatError, TruncatedError
 from .predictors.base import Model
 from .predictors.registry import MAX_CONTEXT, MIN_CONTEXT, load_model, model_for_header
+from .sizing import chunk_size_for
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
@@ -39,7 +40,7 @@ DEFAULT_CHUNK_SIZE = 1 << 20
 #: chunks a batching model (the LLM backends) advances together by default
 DEFAULT_STREAMS = 8
 #: widest lockstep group a file may ask for (each stream holds its own KV cache)
-MAX_STREAMS = 64
+MAX_STREAMS = fmt.MAX_STREAMS
 
 #: bytes enough for any stream header (version 4: with the first record head) and record head
 _HEADER_PEEK = 1 << 17
@@ -70,9 +71,11 @@ class LMZipCompressor:
             loaded :class:`~lmzip.predictors.base.Model`.
         context: context window in tokens (default 2048).
         threads: CPU threads for the model (does not change the output).
-        chunk_size: bytes per independently coded chunk (default 1 MiB).
+        chunk_size: bytes per independently coded chunk (default 1 MiB; on a GPU, the
+            input's size over the width, 64 KiB to 1 MiB: :mod:`lmzip.sizing`).
         streams: chunks coded together in lockstep, one batched model evaluation per
-            step (default 8 for a model that batches, else 1); stored in the header.
+            step (default: on a GPU, as many as its free memory holds, at most 1,024;
+            else 8 for a model that batches, else 1); stored in the header.
         executor: a :class:`lmzip.parallel.Executor` that codes groups on other workers
             (processes, Ray); the output is the same as without one.
         progress: called every few tokens with the running :class:`~lmzip.codec.Stats`.
@@ -84,15 +87,19 @@ class LMZipCompressor:
             ``"model"``: every chunk through the model; ``"classic"``: no model at all.
         format_version: the container version to write: 4 (default, compact) or 3 (what
             lmzip 0.1 reads).
+        input_size: the input's size in bytes, when known beforehand (:func:`compress`
+            passes it): on a GPU without ``chunk_size``, the chunks are sized to fill the
+            group.  It never changes what a CPU writes.
     """
 
     def __init__(self, model: ModelArg = None, *, context: int | None = None, threads: int | None = None,
-                 chunk_size: int = DEFAULT_CHUNK_SIZE, progress: Progress | None = None, method: str = "auto",
-                 mix=None, streams: int | None = None, executor=None, format_version: int = fmt.VERSION):
+                 chunk_size: int | None = None, progress: Progress | None = None, method: str = "auto",
+                 mix=None, streams: int | None = None, executor=None, format_version: int = fmt.VERSION,
+                 input_size: int | None = None):
         if format_version not in fmt.WRITE_VERSIONS:
             raise ValueError(f"format_version must be one of {', '.join(map(str, fmt.WRITE_VERSIONS))}")
         self.version = format_version
-        if not 1 <= chunk_size <= fmt.MAX_CHUNK_SIZE:
+        if chunk_size is not None and not 1 <= chunk_size <= fmt.MAX_CHUNK_SIZE:
             raise ValueError(f"chunk_size must be between 1 and {fmt.MAX_CHUNK_SIZE}")
         if context is not None and not MIN_CONTEXT <= context <= MAX_CONTEXT:
             raise ValueError(f"context must be between {MIN_CONTEXT} and {MAX_CONTEXT} tokens")
@@ -100,12 +107,18 @@ class LMZipCompressor:
             raise ValueError(f"method must be one of {', '.join(METHODS)}")
         self.model = model if isinstance(model, Model) else load_model(model, context=context, threads=threads,
                                                                         mix=mix)
+        gpu_width = self.model.gpu_width()  # None on the CPU
         if streams is None:
-            streams = DEFAULT_STREAMS if self.model.batches else 1
-        if not 1 <= streams <= MAX_STREAMS:
-            raise ValueError(f"streams must be between 1 and {MAX_STREAMS}")
+            streams = gpu_width or (DEFAULT_STREAMS if self.model.batches else 1)
+        widest = min(MAX_STREAMS, self.model.max_width or MAX_STREAMS)
+        if not 1 <= streams <= widest:
+            raise ValueError(f"streams must be between 1 and {widest}"
+                             + (f" with {self.model.name}'s backend" if widest < MAX_STREAMS else ""))
         self.streams = streams
         self.method = method
+        if chunk_size is None:  # a GPU's group is filled from an input of known size
+            chunk_size = (DEFAULT_CHUNK_SIZE if gpu_width is None
+                          else chunk_size_for(input_size, streams, DEFAULT_CHUNK_SIZE))
         self.chunk_size = chunk_size
         self.progress = progress
         self.stats = Stats()
@@ -493,12 +506,13 @@ def stream_width(header: fmt.StreamHeader) -> int:
 
 
 def compress(data: bytes, *, model: ModelArg = None, context: int | None = None, threads: int | None = None,
-             chunk_size: int = DEFAULT_CHUNK_SIZE, progress: Progress | None = None, method: str = "auto",
+             chunk_size: int | None = None, progress: Progress | None = None, method: str = "auto",
              mix=None, streams: int | None = None, executor=None, format_version: int = fmt.VERSION) -> bytes:
     """Compress ``data`` into one ``.lmz`` stream (see :class:`LMZipCompressor`)."""
+    data = memoryview(data).cast("B")
     comp = LMZipCompressor(model, context=context, threads=threads, chunk_size=chunk_size, progress=progress,
                            method=method, mix=mix, streams=streams, executor=executor,
-                           format_version=format_version)
+                           format_version=format_version, input_size=len(data))
     return comp.compress(data) + comp.flush()
 
 

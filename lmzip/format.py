@@ -10,7 +10,9 @@ Version 4 (written by default; docs/format.md is the reference) is the compact o
 
 ``code`` names the model and all its settings from a frozen table (:data:`PRESETS`), or
 says that no model is used, or that the SHA-256 and JSON follow in full; ``check`` is the
-first 4 bytes of the preset's fingerprint.  The header has no CRC of its own: the CRC of
+first 4 bytes of the preset's fingerprint.  The container field is
+``(streams - 1) + 64 * chunk``; a group wider than 64 sets the :data:`WIDE` flag on the
+code and writes ``chunk(varint) streams-65(varint)`` instead.  The header has no CRC of its own: the CRC of
 the first record after it (a chunk head, or the end record of an empty stream) covers
 the header too.  Two kinds of codes describe a stream of exactly one chunk (most small
 files), which then has no end record:
@@ -75,6 +77,9 @@ __all__ = [
     "CODE_FULL",
     "CODE_NO_MODEL",
     "ONE_CHUNK",
+    "WIDE",
+    "NARROW_STREAMS",
+    "MAX_STREAMS",
     "CODE_ONE_STORED",
     "CODE_ONE_LZMA",
     "CODE_ONE_RUN",
@@ -403,6 +408,11 @@ CODE_NO_MODEL = 1
 #: version 4 code flag on CODE_FULL or a preset: the stream is exactly one chunk, so the
 #: header has no container field and the stream no end record
 ONE_CHUNK = 0x80
+#: version 4 code flag on CODE_FULL or a preset (never with ONE_CHUNK): a lockstep group
+#: wider than NARROW_STREAMS, so the container field is two varints, ``chunk`` and
+#: ``streams - NARROW_STREAMS - 1``.  An lmzip from before it refuses the code ("unknown
+#: model code ... written by a newer lmzip"): the old container could not hold the width
+WIDE = 0x40
 #: version 4 codes of a stream that is one chunk coded without a model, whose head
 #: (raw_len, [payload_len,] data_crc) is in the header and whose payload follows it
 CODE_ONE_STORED = 8
@@ -414,8 +424,12 @@ _ONE_CHUNK_CODES = {m: c for c, m in _ONE_CHUNK_METHODS.items()}
 CHECK_SIZE = 4
 #: chunk size written as 0 in the container field (lmzip's default, frozen for version 4)
 V4_DEFAULT_CHUNK_SIZE = 1 << 20
-#: widest lockstep group the container field can hold
-MAX_STREAMS = 64
+#: widest lockstep group the one-varint container field holds (without the WIDE flag):
+#: ``(streams - 1) + 64 * chunk``.  FROZEN: every file up to this width is written as before
+NARROW_STREAMS = 64
+#: widest lockstep group lmzip writes and reads (every version; each stream holds its own
+#: model cache, ~48 MB at depth 2048 for SmolLM2): a wider header is refused
+MAX_STREAMS = 1024
 _MAX_VARINT = 9  # bytes: 63 bits, more than any field needs
 
 _SMOLLM2 = bytes.fromhex("b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53")
@@ -484,14 +498,35 @@ def preset_code(model_sha256: bytes, own_params: dict[str, Any]) -> int | None:
     return _CODE_OF.get((bytes(model_sha256), canonical_json(own_params)))
 
 
-def _container(params: dict[str, Any]) -> bytes:
+def _container(params: dict[str, Any]) -> tuple[int, bytes]:
+    """The container field of ``params`` and the code flag it needs: one varint up to
+    NARROW_STREAMS streams (as lmzip always wrote it), else WIDE and two varints."""
     streams = params.get("streams", 1)
     chunk = params.get("chunk_size", V4_DEFAULT_CHUNK_SIZE)
     if type(streams) is not int or not 1 <= streams <= MAX_STREAMS:
         raise ValueError(f"streams must be between 1 and {MAX_STREAMS} in a version 4 header")
     if type(chunk) is not int or not 1 <= chunk <= MAX_CHUNK_SIZE:
         raise ValueError(f"chunk_size must be between 1 and {MAX_CHUNK_SIZE}")
-    return pack_varint((streams - 1) + MAX_STREAMS * (0 if chunk == V4_DEFAULT_CHUNK_SIZE else chunk))
+    chunk_field = 0 if chunk == V4_DEFAULT_CHUNK_SIZE else chunk
+    if streams <= NARROW_STREAMS:
+        return 0, pack_varint((streams - 1) + NARROW_STREAMS * chunk_field)
+    return WIDE, pack_varint(chunk_field) + pack_varint(streams - NARROW_STREAMS - 1)
+
+
+def _peek_container(data: bytes, pos: int, wide: bool) -> tuple[int, int, int] | None:
+    """(streams, chunk size, position after the field), or ``None`` if ``data`` ends first.
+    The width is not checked against MAX_STREAMS here: the header's CRC is checked first."""
+    got = _peek_varint(data, pos, "the stream header")
+    if got is None:
+        return None
+    value, pos = got
+    if not wide:
+        return value % NARROW_STREAMS + 1, value // NARROW_STREAMS or V4_DEFAULT_CHUNK_SIZE, pos
+    got = _peek_varint(data, pos, "the stream header")
+    if got is None:
+        return None
+    extra, pos = got
+    return NARROW_STREAMS + 1 + extra, value or V4_DEFAULT_CHUNK_SIZE, pos
 
 
 def _pack_header_v4(model_sha256: bytes, params: dict[str, Any], one_chunk: bool = False) -> bytes:
@@ -502,8 +537,7 @@ def _pack_header_v4(model_sha256: bytes, params: dict[str, Any], one_chunk: bool
         if one_chunk:
             raise ValueError("a one-chunk stream without a model is written by pack_one_chunk_stream")
         return MAGIC + bytes([4, CODE_NO_MODEL])
-    flag = ONE_CHUNK if one_chunk else 0
-    container = b"" if one_chunk else _container(params)  # one chunk: no width, no chunk size
+    flag, container = (ONE_CHUNK, b"") if one_chunk else _container(params)  # one chunk: no width, no chunk size
     # llama.cpp's kernel family is not in its presets: the check below still covers it
     code = preset_code(model_sha256, {k: v for k, v in own.items() if k != "kernels"})
     if code is not None:
@@ -551,9 +585,12 @@ def _one_chunk_head(data: bytes) -> tuple[ChunkInfo, int] | None:
 
 
 def _base_code(code: int) -> int:
-    """The model code without the one-chunk flag, checked."""
-    base = code & ~ONE_CHUNK
-    if code in _ONE_CHUNK_METHODS or code == CODE_NO_MODEL or base == CODE_FULL or base in PRESETS:
+    """The model code without the one-chunk and wide flags, checked (a one-chunk stream
+    has width 1: the two flags together are no code)."""
+    if code in _ONE_CHUNK_METHODS or code == CODE_NO_MODEL:
+        return code
+    base = code & ~(ONE_CHUNK | WIDE)
+    if (base == CODE_FULL or base in PRESETS) and not (code & ONE_CHUNK and code & WIDE):
         return base
     raise FormatError(f"unknown model code {code} in the lmzip stream header "
                       f"(damaged, or written by a newer lmzip)")
@@ -572,10 +609,10 @@ def _header_size_v4(data: bytes) -> int | None:
         return None if got is None else got[1]
     pos = 6
     if not code & ONE_CHUNK:
-        got = _peek_varint(data, 6, "the stream header")
+        got = _peek_container(data, 6, bool(code & WIDE))
         if got is None:
             return None
-        pos = got[1]
+        pos = got[2]
     if base != CODE_FULL:
         return pos + CHECK_SIZE
     got = _peek_varint(data, pos + 32, "the stream header")
@@ -630,9 +667,12 @@ def _parse_header_v4(data: bytes) -> StreamHeader:
     extra: dict[str, Any] = {}
     pos = 6
     if not one_chunk:  # one chunk: width 1, and the chunk size says nothing
-        container, pos = _read_varint(data, 6, "the stream header")
-        streams = container % MAX_STREAMS + 1
-        chunk = container // MAX_STREAMS or V4_DEFAULT_CHUNK_SIZE
+        got = _peek_container(data, 6, bool(code & WIDE))
+        assert got is not None  # header_need read it
+        streams, chunk, pos = got
+        if streams > MAX_STREAMS:  # the CRC holds: not damage, but more than this lmzip runs
+            raise FormatError(f"stream header asks for {streams} lockstep streams (this lmzip reads 1 to "
+                              f"{MAX_STREAMS}; written by a newer lmzip?)")
         if chunk > MAX_CHUNK_SIZE:
             raise CorruptError(f"stream header declares a chunk size of {chunk} bytes, above the limit")
         extra["chunk_size"] = chunk

@@ -9,10 +9,12 @@ and thread counts do not change them).
 
 - :class:`InlineExecutor`: this process, one group at a time (what no executor does).
 - :class:`ProcessExecutor`: worker processes on this machine, one per planned device
-  (:func:`plan_devices`): one per GPU where there are GPUs, else CPU workers that
-  split the cores between them.
-- :class:`RayExecutor`: Ray actors, local or on a cluster (``address``): Ray ships
-  the groups and the results; lmzip has no cluster code of its own.
+  (:func:`plan_devices`): one per GPU for a model on GPUs (the portable engine with
+  ``--device cuda``: every GPU; ``cuda:N``: that one), each building its model on its
+  own GPU, else CPU workers that split the cores between them.
+- :class:`RayExecutor`: Ray actors, local or on a cluster (``address``), each asking Ray
+  for one GPU on a GPU device: Ray ships the groups and the results; lmzip has no
+  cluster code of its own.
 
 Workers rebuild the model from a *recipe*: a picklable callable that returns it.
 Models from :func:`lmzip.predictors.registry.load_model` carry one; for any other
@@ -21,6 +23,8 @@ model, pass ``factory=``.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -30,6 +34,7 @@ from typing import Any
 from .codec import Stats, compress_group, decompress_group
 from .errors import LMZipError
 from .format import VERSION, ChunkInfo
+from .gpu.device import DEVICE_ENV
 from .predictors.base import Model
 
 __all__ = ["Device", "Executor", "InlineExecutor", "ProcessExecutor", "RayExecutor", "auto_workers", "executor_for",
@@ -110,6 +115,14 @@ def recipe_of(model: Model) -> ModelFactory:
 
 
 def _build(factory: ModelFactory, device: Device) -> Model:
+    """The worker's model, on its GPU for a cuda ``device``: a recipe of
+    :func:`~lmzip.predictors.registry.load_model` is told the device; any other factory
+    finds it in ``$LMZIP_DEVICE``, as do the models a stream header names later."""
+    if device.kind == "cuda":
+        name = f"cuda:{device.index}"
+        os.environ[DEVICE_ENV] = name
+        if isinstance(factory, functools.partial) and "device" in factory.keywords:
+            factory = functools.partial(factory, device=name)
     model = factory()
     if hasattr(model, "threads") and "threads" not in model.params():
         model.threads = device.threads  # never changes these logits, only the speed
@@ -290,6 +303,8 @@ class RayExecutor(Executor):
 
 class _RayWorker:
     def __init__(self, factory: ModelFactory, device: Device):
+        if device.kind == "cuda":  # Ray shows an actor only the GPU it gave it (CUDA_VISIBLE_DEVICES)
+            device = dataclasses.replace(device, index=0)
         self.model = _build(factory, device)
 
     def compress(self, texts, width, version=VERSION):
@@ -327,33 +342,36 @@ def _runs_on_torch(model: Model) -> bool:
     return str(model.params().get("backend", "")).startswith("torch")
 
 
-def _runs_on_gpu(model: Model) -> bool:
-    """The portable engine on a GPU (lmzip.gpu): one process drives the GPU, many streams at once."""
-    from .gpu.model import GPUModel
-
-    return isinstance(getattr(model, "base", model), GPUModel)
+def _model_gpus(model: Model) -> list[str]:
+    """The GPUs the model may spread its groups over (the portable engine on GPUs), else []."""
+    gpus = getattr(model, "gpus", None)
+    return list(gpus()) if gpus is not None else []
 
 
 def _gpus_for(model: Model) -> list[str] | None:
-    """GPUs to plan over: found ones for a torch model, none for llama.cpp (CPU only)."""
-    return None if _runs_on_torch(model) else []
+    """GPUs to plan over: found ones for a torch model, the portable engine's own on GPUs
+    (``--device cuda``: every GPU; ``cuda:N``: that one), none for the CPU engines."""
+    return None if _runs_on_torch(model) else _model_gpus(model)
 
 
 def auto_workers(model: Model, groups: int | None, threads: int | None = None, cores: int | None = None) -> int:
     """How many local workers pay for coding ``groups`` lockstep groups with ``model``.
 
-    One worker per ``threads`` cores (default: a single-thread worker per core), at most
-    one per group, for any model a worker can rebuild except the torch backend (not
-    measured) and the portable engine on a GPU (one process feeds it wide groups).  On
-    this project's 2-core machine, two single-thread workers code 38 % more tokens per
-    second than one process with two threads at the window's depth (BENCHMARKS.md,
-    "Throughput"): llama.cpp's threads share one small batch badly.
+    On GPUs (the portable engine): one worker per GPU, at most one per group; with one GPU,
+    this process drives it (a group is already hundreds of streams wide).  On the CPU: one
+    worker per ``threads`` cores (default: a single-thread worker per core), at most one
+    per group, for any model a worker can rebuild except the torch backend (not
+    measured).  On this project's 2-core machine, two single-thread workers code 38 %
+    more tokens per second than one process with two threads at the window's depth
+    (BENCHMARKS.md, "Throughput"): llama.cpp's threads share one small batch badly.
     One group cannot be split, so fewer than two groups (or an unknown count, e.g. a
     pipe) give 1: code in this process, with all its threads.
     """
-    if (groups is None or groups < 2 or getattr(model, "recipe", None) is None or _runs_on_torch(model)
-            or _runs_on_gpu(model)):
+    if groups is None or groups < 2 or getattr(model, "recipe", None) is None or _runs_on_torch(model):
         return 1
+    gpus = _model_gpus(model)
+    if gpus:
+        return min(groups, len(gpus))
     cores = cores or os.cpu_count() or 1
     return max(1, min(groups, cores // max(1, threads or 1)))
 

@@ -114,11 +114,19 @@ NOTES = [
         "turns into binary data and back) and codes up to `--streams` chunks together, one model evaluation "
         "per step for all of them. An input of fewer chunks than `--streams` is coded at its own width: a "
         "file of one chunk uses the single-stream schedule. The width is stored in the file.",
+        "On a GPU (`--device cuda`), without `--streams` the group is as wide as the GPU's free memory holds "
+        "model caches for (about 48 MB a stream at depth 2048, at most 1,024 streams), and without "
+        "`--chunk-size` a file is cut so that it fills the group: its size over the width, 64 KiB to 1 MiB "
+        "(a pipe: 1 MiB). Smaller chunks cost size (each starts without context: 8 chunks of 128 KiB make "
+        "enwik6 2.0 % larger than one chunk, BENCHMARKS.md); `--chunk-size` overrides. Both values are in "
+        "the file, so any lmzip with wide groups decodes it (docs/gpu.md). On the CPU nothing changes.",
         "`--workers auto` (the default) starts one single-thread worker process per core when a file (not a "
         "pipe) holds two or more lockstep groups (`chunk size × streams`, 8 MiB by default), at most one "
         "worker per group; otherwise it codes in the lmzip process with all its threads. `decompress` and "
         "`test` read the group count from the file's index. `-v` names the workers used. The output is the "
-        "same with any number of workers.",
+        "same with any number of workers. On GPUs it starts one worker per GPU (`--device cuda`: every GPU; "
+        "`cuda:N`: that one, so the lmzip process codes), each on its own GPU, and `--ray` asks Ray for one "
+        "GPU per actor.",
         "`--range START:END` decodes only the groups that hold those bytes of the original.",
     ]),
     ("With tar and other tools", [

@@ -435,6 +435,70 @@ def test_version_4_header_errors():
         fmt.parse_header(bytes(data[:6]) + b"\x80\x00" + bytes(data[7:]))
 
 
+# groups wider than 64: the WIDE flag 0x40 on the code, then chunk and streams - 65 (varints)
+V4_WIDE_HEADERS = {
+    # width: header of ngram (code 3, mix b1) with 1 MiB chunks, then with 65,536-byte chunks
+    64: ("894c4d5a" "04" "03" "3f" "87013a21", "894c4d5a" "04" "03" "bf808002" "87013a21"),  # as always
+    65: ("894c4d5a" "04" "43" "00" "00" "87013a21", "894c4d5a" "04" "43" "808004" "00" "87013a21"),
+    200: ("894c4d5a" "04" "43" "00" "8701" "87013a21", "894c4d5a" "04" "43" "808004" "8701" "87013a21"),
+    1024: ("894c4d5a" "04" "43" "00" "bf07" "87013a21", "894c4d5a" "04" "43" "808004" "bf07" "87013a21"),
+}
+NGRAM = {"backend": "ngram", "mix": "b1", "model": "ngram"}
+
+
+@pytest.mark.parametrize("width", sorted(V4_WIDE_HEADERS))
+def test_version_4_wide_headers(width):
+    for chunk, golden in zip((1 << 20, 65536), V4_WIDE_HEADERS[width]):
+        params = {**NGRAM, "streams": width, "chunk_size": chunk}
+        head = fmt.pack_header(bytes(32), params)
+        assert head.hex() == golden
+        assert bool(head[5] & fmt.WIDE) == (width > fmt.NARROW_STREAMS)  # only above 64
+        data = head + fmt.pack_end_record([], 4, head)
+        h = fmt.parse_header(data)
+        assert h.params == params and h.raw == head and fmt.header_need(data) == len(data)
+
+
+def test_version_4_narrow_headers_are_written_as_before():
+    """Up to 64 streams the container is the one varint lmzip always wrote."""
+    for width in (1, 2, 8, 63, 64):
+        for chunk in (1 << 20, 1, 1000, 65536, fmt.MAX_CHUNK_SIZE):
+            head = fmt.pack_header(bytes(32), {**NGRAM, "streams": width, "chunk_size": chunk})
+            field = fmt.pack_varint((width - 1) + 64 * (0 if chunk == 1 << 20 else chunk))
+            assert head == bytes.fromhex("894c4d5a0403") + field + bytes.fromhex("87013a21")
+
+
+def test_version_4_wide_header_errors():
+    with pytest.raises(ValueError, match="between 1 and 1024"):
+        fmt.pack_header(bytes(32), {**NGRAM, "streams": fmt.MAX_STREAMS + 1})
+
+    def stream(code: int, container: bytes) -> bytes:
+        head = bytes.fromhex("894c4d5a04") + bytes([code]) + container + bytes.fromhex("87013a21")
+        return head + fmt.pack_end_record([], 4, head)
+
+    # a width above the limit with a good CRC: written by a newer lmzip, refused by name
+    with pytest.raises(FormatError, match="1025 lockstep streams .* 1 to 1024"):
+        fmt.parse_header(stream(0x43, b"\x00" + fmt.pack_varint(1025 - 65)))
+    with pytest.raises(FormatError, match="lockstep streams"):
+        lmzip.decompress(stream(0x43, b"\x00" + fmt.pack_varint(1 << 40)))
+    # the flag where no container is (one chunk, no model, one classic chunk): no code
+    for code in (0xC3, 0xC0, 0x41, 0x48, 0x49, 0x4A):
+        with pytest.raises(FormatError, match=f"unknown model code {code}"):
+            fmt.parse_header(stream(code, b"\x00\x00"))
+    # a damaged width (or flag) is caught by the CRC of the first record, which covers the header
+    good = stream(0x43, b"\x00\x87\x01")
+    assert fmt.parse_header(good).params["streams"] == 200
+    for pos, bit in ((5, 0x40), (7, 0x01), (8, 0x01), (8, 0x40)):
+        bad = bytearray(good)
+        bad[pos] ^= bit
+        with pytest.raises((CorruptError, TruncatedError)):
+            fmt.parse_header(bytes(bad))
+    for cut in range(len(good)):
+        with pytest.raises(TruncatedError):
+            fmt.parse_header(good[:cut])
+    with pytest.raises(CorruptError, match="non-shortest"):  # one encoding per width
+        fmt.parse_header(stream(0x43, b"\x00\x80\x00"))
+
+
 @pytest.mark.parametrize("tag, message", [
     (0 << 3 | 1, "zero bytes"),
     (10 << 3 | 3, "run chunk declares 10 payload bytes"),

@@ -152,6 +152,40 @@ def test_files_are_the_same_on_both_devices(tiny):
     assert decompress_group(gpu, rec_cpu, width=3) == texts
 
 
+def test_groups_wider_than_64_on_both_devices(tiny):
+    """A lockstep group of 65 chunks (the version 4 WIDE header's range): the GPU engine's
+    records are the CPU engine's, and it decodes them."""
+    cpu, gpu = _models(tiny)
+    texts = [bytes([97 + i % 26]) * (1 + i % 2) for i in range(65)]
+    records = compress_group(cpu, texts, width=65)
+    assert compress_group(gpu, texts, width=65) == records
+    assert decompress_group(gpu, records, width=65) == texts
+
+
+def test_the_width_follows_the_gpus_free_memory(tiny, monkeypatch):
+    """On a GPU, the default width is what its free memory holds (lmzip.sizing); under the
+    interpreter (the CPU) there is none: the CPU's defaults."""
+    from lmzip.gpu import model as gm
+
+    _, gpu = _models(tiny)
+    if not DEV.startswith("cuda"):
+        assert gpu.gpu_width() is None and gpu.gpus() == []
+    per_stream = gpu._engine.stream_bytes_each + 8 * N_VOCAB
+    monkeypatch.setattr(gpu, "device", "cuda:0")
+    monkeypatch.setattr(gm, "free_memory", lambda device: 100 * per_stream)
+    assert gpu.gpu_width() == 80
+    monkeypatch.setattr(gm, "free_memory", lambda device: 1 << 50)
+    assert gpu.gpu_width() == 1024
+
+
+def test_the_gpus_a_device_spreads_over(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    monkeypatch.delenv("LMZIP_DEVICE", raising=False)
+    assert gdev.spread("cuda", "cuda:0") == gdev.spread(None, "cuda:0") == ["cuda:0", "cuda:1", "cuda:2"]
+    assert gdev.spread("cuda:2", "cuda:2") == ["cuda:2"]
+    assert gdev.spread("cuda", "cpu") == []  # Triton's interpreter
+
+
 def test_hidden_state_is_the_c_engines(tiny):
     cpu, gpu = _models(tiny, context=2048)
     sc, sg = cpu.open_stream(), gpu.open_stream()
@@ -218,12 +252,16 @@ def test_auto_imports_no_torch_without_an_nvidia_driver(monkeypatch):
     assert gdev.resolve("auto") is None
 
 
-def test_one_token_steps_through_the_graph_path(tiny, monkeypatch):
+@pytest.mark.parametrize("kept", [4, 1])
+def test_one_token_steps_through_the_graph_path(tiny, monkeypatch, kept):
     """The CUDA-graph path of one-token steps (static inputs, the window's score rows,
     replays with new tokens and positions, a width that changes), with a stand-in for
-    torch's graph that replays the recorded call: the C engine's logits, call by call."""
+    torch's graph that replays the recorded call: the C engine's logits, call by call.
+    With room for one graph, the width that follows replaces it."""
     weights, _ = tiny
     from lmzip.gpu import forward
+
+    monkeypatch.setattr(forward, "MAX_GRAPHS", kept)
 
     class Graph:
         fn = None
@@ -262,7 +300,8 @@ def test_one_token_steps_through_the_graph_path(tiny, monkeypatch):
     eng = GPUEngine(weights, device=DEV, context=16)
     eng._graphs = {}  # on, as on a GPU
     got = _run(eng, [eng.new_stream() for _ in seqs], seqs, calls)
-    assert set(eng._graphs) == {3, 2}  # widths 3, then 2 once the short stream is done
+    # widths 3, then 2 once the short stream is done
+    assert set(eng._graphs) == ({3, 2} if kept > 1 else {2})
     for (wi, w), (gi, g) in zip(want, got):
         assert wi == gi and w.tobytes() == g.tobytes()
 

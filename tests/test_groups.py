@@ -207,9 +207,9 @@ def test_damaged_group_marks_are_refused():
         lmzip.decompress(split, model=BatchSensitive())
 
 
-@pytest.mark.parametrize("width", [0, 65, "8", 2.5, None])
+@pytest.mark.parametrize("width", [0, core.MAX_STREAMS + 1, "8", 2.5, None])
 def test_header_widths_out_of_range_are_refused(width):
-    # version 3 (JSON): the version 4 container field holds only widths 1 to 64
+    # version 3 (JSON): the version 4 container field holds only widths 1 to 1024
     packed = lmzip.compress(b"hello world " * 30, model=BatchSensitive(), chunk_size=100, streams=2,
                             method="model", format_version=3)
     header_len = fmt.header_size(packed[:8])
@@ -309,3 +309,60 @@ def test_the_lookahead_refuses_tokens_it_was_not_told(llm):
         s.push(99)
         with pytest.raises(lmzip.LMZipError, match="lookahead"):
             g.advance()
+
+
+@pytest.mark.parametrize("version", [4, 3])
+def test_groups_wider_than_64_round_trip(version):
+    """A width of 100 (version 4: the WIDE header) through the one-shot functions, the
+    incremental decompressor and the record walk; the decoder replays batches of 100."""
+    import io
+
+    data = corpus_slice("alice29.txt", 0, 250 * 40)
+    model = BatchSensitive()
+    packed = lmzip.compress(data, model=model, chunk_size=40, streams=100, method="model",
+                            format_version=version)
+    assert max(model.log) == 100
+    header = fmt.parse_header(packed)
+    assert header.params["streams"] == 100 and header.params["chunk_size"] == 40
+    assert version == 3 or header.raw[5] & fmt.WIDE
+    assert [i for i, c in enumerate(_chunks(packed)) if c.starts_group] == [0, 100, 200]
+    model.log.clear()
+    assert lmzip.decompress(packed, model=model) == data
+    assert max(model.log) == 100
+    d = lmzip.LMZipDecompressor(model=BatchSensitive())
+    assert b"".join(d.decompress(packed[i : i + 777]) for i in range(0, len(packed), 777)) == data and d.eof
+    [info] = core.scan_streams(io.BytesIO(packed))
+    assert info.end.original_len == len(data) and len(info.end.chunks) == 250
+
+
+def test_the_widest_group_round_trips(order1):
+    data = corpus_slice("alice29.txt", 0, 8 * core.MAX_STREAMS + 1)  # one group of the widest width, and one more
+    packed = lmzip.compress(data, model=order1, chunk_size=8, streams=core.MAX_STREAMS, method="model")
+    assert fmt.parse_header(packed).params["streams"] == core.MAX_STREAMS
+    assert lmzip.decompress(packed) == data
+
+
+def test_a_backend_narrower_than_the_format_refuses_a_wider_group():
+    class Narrow(BatchSensitive):
+        max_width = 64
+
+    lmzip.LMZipCompressor(Narrow(), streams=64)
+    with pytest.raises(ValueError, match="between 1 and 64 with order1's backend"):
+        lmzip.LMZipCompressor(Narrow(), streams=65)
+
+
+def test_cli_writes_and_reads_wide_groups(tmp_path, capsys):
+    from .test_cli import run, run_here
+
+    src = tmp_path / "in.txt"
+    src.write_bytes(corpus_slice("alice29.txt", 0, 130 * 50))
+    opts = ["-m", "ngram", "--method", "model", "--chunk-size", "50", "--workers", "1"]
+    assert run_here("compress", *opts, "--streams", "65", str(src)) == 0
+    packed = (tmp_path / "in.txt.lmz").read_bytes()
+    assert fmt.parse_header(packed).params["streams"] == 65 and packed[5] & fmt.WIDE
+    assert run_here("info", str(tmp_path / "in.txt.lmz")) == 0
+    assert "65 stream(s) in lockstep" in capsys.readouterr().out
+    assert run_here("decompress", "-o", str(tmp_path / "out"), str(tmp_path / "in.txt.lmz")) == 0
+    assert (tmp_path / "out").read_bytes() == src.read_bytes()
+    r = run("compress", *opts, "--streams", str(core.MAX_STREAMS + 1), "-c", str(src), check=2)
+    assert b"1<=x<=1024" in r.stderr

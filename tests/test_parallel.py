@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 
 import pytest
@@ -14,12 +15,14 @@ from lmzip.parallel import (
     ProcessExecutor,
     RayExecutor,
     auto_workers,
+    executor_for,
     plan_devices,
     recipe_of,
 )
 from lmzip.predictors.registry import load_model
 
-from .conftest import corpus_slice
+from .conftest import ROOT, corpus_slice
+from .fake_gpu import FakeGPUModel
 from .test_groups import BatchSensitive
 
 DATA = corpus_slice("alice29.txt", 30000, 9000) + bytes(range(256)) * 12 + corpus_slice("xargs.1", 0, 3000)
@@ -180,3 +183,44 @@ def test_cli_workers_auto_starts_workers_only_for_several_groups(tmp_path, monke
     assert run_here("decompress", "-v", "-o", str(tmp_path / "small"), str(tmp_path / "small.lmz")) == 0
     assert not ON_WORKERS.search(capsys.readouterr().err)
     assert (tmp_path / "small").read_bytes() == DATA[:2000]
+
+
+def _built(log) -> list[list[str]]:
+    """(pid, device, $LMZIP_DEVICE, $CUDA_VISIBLE_DEVICES) of each stand-in GPU model built
+    outside this process: the workers'."""
+    lines = [line.split() for line in log.read_text().splitlines()] if log.exists() else []
+    return [line for line in lines if int(line[0]) != os.getpid()]
+
+
+def test_one_worker_per_gpu_for_the_portable_engine_on_gpus(tmp_path, alone):
+    """--device cuda on two GPUs: two workers, each building its model on its own GPU, and
+    the file is the one a single process writes; cuda:N (one GPU) codes in this process."""
+    log = tmp_path / "built"
+    gpu = FakeGPUModel(device="cuda", gpus=("cuda:0", "cuda:1"), log=str(log))
+    assert [auto_workers(gpu, n) for n in (None, 1, 2, 5)] == [1, 1, 2, 2]
+    assert auto_workers(FakeGPUModel(device="cuda:1", gpus=("cuda:1",)), 5) == 1
+    with executor_for(gpu, 2) as ex:
+        assert ex.devices == [Device("cuda", 0, 1), Device("cuda", 1, 1)]
+        assert lmzip.compress(DATA, model=gpu, executor=ex, **SETTINGS) == alone
+        assert lmzip.decompress(alone, model=gpu, executor=ex) == DATA
+    built = _built(log)
+    assert sorted(b[1:3] for b in built) == [["cuda:0", "cuda:0"], ["cuda:1", "cuda:1"]]
+
+
+def test_ray_actors_ask_for_one_gpu_each(tmp_path, alone):
+    pytest.importorskip("ray")
+    ray = __import__("ray")
+    # Ray counts the two GPUs declared here and gives each actor one (CUDA_VISIBLE_DEVICES)
+    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
+    try:
+        log = tmp_path / "built"
+        gpu = FakeGPUModel(device="cuda", gpus=("cuda:0", "cuda:1"), log=str(log))
+        with executor_for(gpu, None, ray_address="local") as ex:
+            assert ex.workers == 2
+            assert lmzip.compress(DATA, model=gpu, executor=ex, **SETTINGS) == alone
+        built = _built(log)
+        assert len(built) == 2 and all(b[1:3] == ["cuda:0", "cuda:0"] for b in built)  # each sees one GPU
+        assert sorted(b[3] for b in built) == ["0", "1"]
+    finally:
+        ray.shutdown()

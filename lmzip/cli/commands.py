@@ -33,6 +33,7 @@ from ..predictors.registry import (
     load_model,
 )
 from ..ranges import decompress_range, parse_range
+from ..sizing import MIN_GPU_CHUNK
 from .device import device_argument, device_option
 from .executors import _Executors, _file_executors, _on_workers
 from .files import (
@@ -222,11 +223,14 @@ def main() -> None:
 @common_options
 @click.option("--context", type=click.IntRange(MIN_CONTEXT, MAX_CONTEXT), default=DEFAULT_CONTEXT, show_default=True,
               help="Context window in tokens.")
-@click.option("--chunk-size", type=click.IntRange(1, fmt.MAX_CHUNK_SIZE), default=DEFAULT_CHUNK_SIZE,
-              show_default=True, help="Bytes per independently coded chunk.")
+@click.option("--chunk-size", type=click.IntRange(1, fmt.MAX_CHUNK_SIZE), default=None,
+              help=f"Bytes per independently coded chunk [default: {DEFAULT_CHUNK_SIZE}; on a GPU, a file's "
+                   f"size over --streams, {MIN_GPU_CHUNK} to {DEFAULT_CHUNK_SIZE}, so that it fills the "
+                   f"group].")
 @click.option("--streams", type=click.IntRange(1, MAX_STREAMS), default=None,
-              help=f"Chunks coded together, one batched model evaluation per step "
-                   f"[default: {DEFAULT_STREAMS} for a model that batches (the LLMs), else 1].")
+              help=f"Chunks coded together, one batched model evaluation per step [default: on a GPU, as "
+                   f"many as its free memory holds (at most {MAX_STREAMS}); else {DEFAULT_STREAMS} for a model "
+                   f"that batches (the LLMs), else 1].")
 @click.option("--mix/--no-mix", "use_mix", default=True, show_default=True,
               help="Blend the model with the text's own n-gram and match statistics.")
 @click.option("--orders", metavar="LIST", default=None,
@@ -285,7 +289,8 @@ def compress(files, output, to_stdout, keep, rm, force, quiet, verbose, progress
             raise Failure("refusing to write compressed data to a terminal (use -o, redirect, or -f)")
         fin, src, size = _open_input(name)
         line = ProgressLine(Path(name).name if src else "stdin", size, job.progress)
-        comp = LMZipCompressor(lm, chunk_size=chunk_size, progress=line, method=method, streams=streams)
+        comp = LMZipCompressor(lm, chunk_size=chunk_size, progress=line, method=method, streams=streams,
+                               input_size=size)
         # the lockstep groups the input will fill, at the width the compressor settled on
         # (text and binary alike: an estimate, which only decides how many workers
         # --workers auto starts)

@@ -15,7 +15,7 @@ import re
 
 from ..errors import LMZipError
 
-__all__ = ["DeviceError", "DEVICE_ENV", "resolve", "extra_installed", "nvidia_present"]
+__all__ = ["DeviceError", "DEVICE_ENV", "resolve", "extra_installed", "nvidia_present", "spread", "free_memory"]
 
 DEVICE_ENV = "LMZIP_DEVICE"
 _FORM = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
@@ -73,3 +73,25 @@ def resolve(device: str | None = None) -> str | None:
     if index >= n:
         raise DeviceError(f"--device {device}: there is no CUDA GPU {index} (found {n})")
     return device
+
+
+def spread(device: str | None, target: str) -> list[str]:
+    """The GPUs lockstep groups may be spread over, one worker each (lmzip.parallel), for
+    ``--device`` ``device`` resolved to ``target``: every visible GPU for cuda and auto,
+    the one named for cuda:N, none under Triton's interpreter."""
+    if not target.startswith("cuda"):
+        return []
+    device = (device or os.environ.get(DEVICE_ENV) or "auto").strip().lower()
+    if device not in ("auto", "cuda"):
+        return [target]
+    import torch
+
+    return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+
+
+def free_memory(device: str) -> int:
+    """Bytes free on the CUDA device ``device``, as the driver counts them."""
+    import torch
+
+    free, _total = torch.cuda.mem_get_info(torch.device(device))
+    return int(free)

@@ -31,6 +31,12 @@ __all__ = ["GPUEngine", "MAX_STEP", "launch"]
 MAX_STEP = 32
 
 
+#: CUDA graphs kept, one per group width, the least recently used dropped first: a wide
+#: group's tail (streams finishing step by step) passes through hundreds of widths, and a
+#: graph of width T holds its own [T, n_vocab] logits (0.2 GB at 1,024 streams) and pool
+MAX_GRAPHS = 4
+
+
 #: the PTX of every kernel compiled in this process (name and constexprs -> text), for
 #: lmzip.gpu.trust's scan; empty under the interpreter
 COMPILED_PTX: dict[str, str] = {}
@@ -350,8 +356,10 @@ class GPUEngine:
         T = len(streams)
         self._ensure_rope(max(s.pos for s in streams) + 1)
         host = t.tensor(toks + [s.slot for s in streams] + [s.pos for s in streams], dtype=t.int64)
-        g = self._graphs.get(T)
+        g = self._graphs.pop(T, None)
         if g is None:
+            while len(self._graphs) >= MAX_GRAPHS:
+                del self._graphs[next(iter(self._graphs))]
             g = self._static(T)
             g["ints"].copy_(host)
             self._run_static(g)
@@ -368,6 +376,7 @@ class GPUEngine:
                 print(f"lmzip: note: CUDA graphs off ({type(exc).__name__}: {str(exc)[:120]})", file=sys.stderr)
                 self._graphs = None
         else:
+            self._graphs[T] = g  # the most recently used last
             g["ints"].copy_(host)
             g["graph"].replay()
         for s in streams:

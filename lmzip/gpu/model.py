@@ -11,7 +11,8 @@ import os
 import sys
 
 from ..predictors.portable import PortableModel
-from .device import resolve
+from ..sizing import width_for_memory
+from .device import free_memory, resolve, spread
 
 __all__ = ["GPUModel", "portable_model"]
 
@@ -24,8 +25,10 @@ class GPUModel(PortableModel):
     threads for the work beside the GPU's, the mixer's (default: every core)."""
 
     def __init__(self, path, *, name: str, sha256: str, context: int = 2048, device: str = "cuda:0",
-                 tokenize_text=None, weights=None, threads: int | None = None):
+                 tokenize_text=None, weights=None, threads: int | None = None, gpus: list[str] | None = None):
         self.device = device
+        #: the GPUs its groups may be spread over (--device cuda: all of them)
+        self._gpus = [device] if gpus is None and device.startswith("cuda") else list(gpus or [])
         super().__init__(path, name=name, sha256=sha256, context=context, threads=threads or os.cpu_count() or 1,
                          tokenize_text=tokenize_text, weights=weights)
         if self.numerics != NUMERICS:
@@ -35,6 +38,19 @@ class GPUModel(PortableModel):
         from .forward import GPUEngine
 
         return GPUEngine(self.weights, device=self.device, context=self.context)
+
+    def gpu_width(self) -> int | None:
+        """As many streams as the GPU's free memory holds (lmzip.sizing); None under
+        Triton's interpreter, which runs on the CPU."""
+        if not self.device.startswith("cuda"):
+            return None
+        eng = self._engine
+        # a stream's cache, and its row of logits on the device and pinned on the host
+        per_stream = eng.stream_bytes_each + 2 * 4 * eng.n_vocab
+        return width_for_memory(free_memory(self.device), per_stream)
+
+    def gpus(self) -> list[str]:
+        return list(self._gpus)
 
     @property
     def isa(self) -> str:
@@ -61,7 +77,7 @@ def portable_model(path, *, name: str, sha256: str, context: int, threads: int |
         why = check(sha256, weights, target) if llama else "the GPU kernels run llama models (format 1) only"
         if why is None:
             return GPUModel(path, name=name, sha256=sha256, context=context, device=target, weights=weights,
-                            threads=threads)
+                            threads=threads, gpus=spread(device, target))
         if llama or device not in (None, "auto"):  # Gemma under auto: the CPU, as expected
             print(f"lmzip: warning: not using the GPU ({target}): {why}; running on the CPU", file=sys.stderr)
     return PortableModel(path, name=name, sha256=sha256, context=context, threads=threads, weights=weights)

@@ -138,6 +138,21 @@ class Model(ABC):
     #: (then lockstep groups pay; otherwise the compressor codes chunks one by one)
     batches: bool = False
 
+    #: widest lockstep group this backend runs (None: as wide as the format holds,
+    #: lmzip.format.MAX_STREAMS)
+    max_width: int | None = None
+
+    def gpu_width(self) -> int | None:
+        """On a GPU: the widest lockstep group whose caches its free memory holds (the
+        compressor's default width there, and its cue to size chunks from the input);
+        None on the CPU (8 streams, 1 MiB chunks)."""
+        return None
+
+    def gpus(self) -> list[str]:
+        """The GPUs (``"cuda:N"``) this model may spread lockstep groups over, one worker
+        process each (lmzip.parallel); empty on the CPU."""
+        return []
+
     def open_group(self, lengths: list[int], width: int = 1) -> StreamGroup:
         """Streams for ``len(lengths)`` chunks coded in lockstep, ``lengths[i]`` tokens in
         chunk ``i``.  ``width`` (at least ``len(lengths)``) is the stream's lockstep width,

@@ -45,7 +45,9 @@ from .base import Model, Stream, StreamGroup
 
 __all__ = ["LlamaCppModel", "backend_version", "build_features", "kernel_family"]
 
-#: widest lockstep group one context runs (each stream holds a KV cache of `context` cells)
+#: widest lockstep group one context runs (each stream holds a KV cache of `context` cells;
+#: llama.cpp caps a context's sequences at its LLAMA_MAX_SEQ): the width lmzip always had
+#: here, as groups wider than 64 are for the portable engine on a GPU
 MAX_WIDTH = 64
 
 _init_lock = threading.Lock()
@@ -304,6 +306,8 @@ class LlamaCppModel(Model):
         context: window in tokens; when full, ``discard`` tokens slide out.
         threads: CPU threads (does not change results).
     """
+
+    max_width = MAX_WIDTH
 
     def __init__(self, path: str | os.PathLike, *, name: str, sha256: str, context: int = 2048,
                  threads: int | None = None):

@@ -481,6 +481,16 @@ class MixedModel(Model):
     def batches(self) -> bool:
         return self.base.batches
 
+    @property
+    def max_width(self) -> int | None:
+        return self.base.max_width
+
+    def gpu_width(self) -> int | None:
+        return self.base.gpu_width()
+
+    def gpus(self) -> list[str]:
+        return self.base.gpus()
+
     def open_group(self, lengths: list[int], width: int = 1) -> StreamGroup:
         return _MixedGroup(self.base.open_group(lengths, width, **self._defer()), self.vocab_size, self.settings,
                            host_threads(self.base))

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import LMZipError, ModelNotFoundError
+from ..format import MAX_STREAMS
 from ..tokenization import PieceTokenizer
 from .base import Model, Stream, StreamGroup
 from .gguf_vocab import gguf_pieces
@@ -32,8 +33,9 @@ from .portable_weights import cached_weights, read_vocab, vocab_path
 
 __all__ = ["PortableModel", "engine_module", "MAX_WIDTH"]
 
-#: widest lockstep group (each stream holds its own cache of ``context`` positions)
-MAX_WIDTH = 64
+#: widest lockstep group: the format's (each stream holds its own cache of ``context``
+#: positions, ~48 MB at 2048 for SmolLM2; the engine has no limit of its own)
+MAX_WIDTH = MAX_STREAMS
 
 
 def engine_module():
