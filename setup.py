@@ -1,5 +1,5 @@
-"""Build the optional C extensions lmzip._cdf, lmzip._mix, lmzip._ngram, lmzip._engine, lmzip._adapt and lmzip._crashguard
-(metadata lives in pyproject.toml).
+"""Build the optional C extensions lmzip._cdf, lmzip._mix, lmzip._ngram, lmzip._engine, lmzip._adapt
+and lmzip._crashguard (metadata lives in pyproject.toml).
 
 -ffp-contract=off keeps every a*b+c two correctly rounded operations: the
 quantization rule must give the same bits as the numpy reference on every CPU.

@@ -1,7 +1,8 @@
 """Coding one chunk: tokens -> model probabilities -> range coder, and back.
 
 Compressor and decompressor run the same loop: open a group of fresh streams (one per
-chunk), then step by step, for the chunks that have a token left, ask for their
+chunk; a group wider than the machine holds is coded in slices where the model allows it),
+then step by step, for the chunks that have a token left, ask for their
 distributions (StreamGroup.distributions), code their tokens, push them
 (StreamGroup.push_all); then advance the group (one batched evaluation).  Same calls
 in the same order, so the same probabilities.
@@ -74,9 +75,39 @@ def compress_group(model: Model, chunks: list[bytes], stats: Stats | None = None
     format the payloads are for (:meth:`lmzip.coding.Encoder.finish`)."""
     stats = stats if stats is not None else Stats()
     tokens = [model.tokenizer.encode(data) for data in chunks]
-    pieces = model.tokenizer.pieces
     encoders = [Encoder() for _ in chunks]
-    qs = [np.empty(model.vocab_size, dtype=np.float64) for _ in chunks]
+    slices = _slices(model, len(chunks))
+    for part in slices:
+        _encode(model, [tokens[i] for i in part], [encoders[i] for i in part],
+                width if len(slices) == 1 else len(part), stats, progress)
+    out = []
+    for i, (data, toks, encoder) in enumerate(zip(chunks, tokens, encoders)):
+        payload = encoder.finish(version)
+        info = ChunkInfo(raw_len=len(data), n_tokens=len(toks), payload_len=len(payload),
+                         data_crc=zlib.crc32(data) & 0xFFFFFFFF, starts_group=i == 0)
+        stats.payload_bytes += len(payload)
+        stats.chunks.append(info)
+        out.append((info, payload))
+    if progress is not None:
+        progress(stats)
+    return out
+
+
+def _slices(model: Model, n: int) -> list[range]:
+    """The group's chunks in the slices coded one after the other: all at once, unless
+    the model's streams are independent and this machine holds fewer of them at once (a
+    wide group written on a GPU, coded on a CPU): the same probabilities either way."""
+    most = model.resident_width() if model.independent_streams else None
+    if not most or n <= most:
+        return [range(n)]
+    return [range(a, min(a + most, n)) for a in range(0, n, most)]
+
+
+def _encode(model: Model, tokens: list[list[int]], encoders: list[Encoder], width: int, stats: Stats,
+            progress: Progress | None) -> None:
+    """Code the chunks' ``tokens`` in lockstep, each into its encoder."""
+    pieces = model.tokenizer.pieces
+    qs = [np.empty(model.vocab_size, dtype=np.float64) for _ in tokens]
     with model.open_group([len(t) for t in tokens], width) as group:
         group.lookahead(tokens)  # the same scores, maybe evaluated several tokens at a time
         for step in range(max(len(t) for t in tokens)):
@@ -95,17 +126,6 @@ def compress_group(model: Model, chunks: list[bytes], stats: Stats | None = None
             group.advance()
             if progress is not None and step % _PROGRESS_EVERY == 0:
                 progress(stats)
-    out = []
-    for i, (data, toks, encoder) in enumerate(zip(chunks, tokens, encoders)):
-        payload = encoder.finish(version)
-        info = ChunkInfo(raw_len=len(data), n_tokens=len(toks), payload_len=len(payload),
-                         data_crc=zlib.crc32(data) & 0xFFFFFFFF, starts_group=i == 0)
-        stats.payload_bytes += len(payload)
-        stats.chunks.append(info)
-        out.append((info, payload))
-    if progress is not None:
-        progress(stats)
-    return out
 
 
 def compress_chunk(model: Model, data: bytes, stats: Stats | None = None,
@@ -158,6 +178,10 @@ def decompress_group(model: Model, chunks: list[tuple[ChunkInfo, bytes]], stats:
     ``replay`` maps the index of a chunk whose payload is not the model's (stored classically
     after the model ran) to its decoded bytes: its tokens are fed to the model unchanged,
     so the other chunks see the batches they were coded with.
+
+    A group wider than this machine holds at once (:meth:`Model.resident_width`) is
+    decoded in slices when the model's streams are independent (the portable engine),
+    as :func:`compress_group` codes one: the same probabilities as all at once.
     """
     stats = stats if stats is not None else Stats()
     replay = replay or {}
@@ -171,10 +195,30 @@ def decompress_group(model: Model, chunks: list[tuple[ChunkInfo, bytes]], stats:
             plans.append(toks)
         else:
             plans.append(_ChunkDecoder(info, payload, pieces, version))
-    qs = [np.empty(model.vocab_size, dtype=np.float64) for _ in chunks]
-    with model.open_group([info.n_tokens for info, _ in chunks], width) as group:
-        for step in range(max(info.n_tokens for info, _ in chunks)):
-            active = [i for i, (info, _) in enumerate(chunks) if step < info.n_tokens]
+    slices = _slices(model, len(chunks))
+    for part in slices:
+        _decode(model, [chunks[i][0].n_tokens for i in part], [plans[i] for i in part],
+                width if len(slices) == 1 else len(part), stats, progress)
+    out = []
+    for i, ((_, payload), plan) in enumerate(zip(chunks, plans)):
+        if isinstance(plan, list):
+            out.append(replay[i])
+            continue
+        out.append(plan.result())
+        stats.payload_bytes += len(payload)
+    if progress is not None:
+        progress(stats)
+    return out
+
+
+def _decode(model: Model, lengths: list[int], plans: list, width: int, stats: Stats,
+            progress: Progress | None) -> None:
+    """Decode the chunks of ``plans`` in lockstep (a plan is a :class:`_ChunkDecoder`, or
+    the tokens of a chunk that is replayed)."""
+    qs = [np.empty(model.vocab_size, dtype=np.float64) for _ in plans]
+    with model.open_group(lengths, width) as group:
+        for step in range(max(lengths)):
+            active = [i for i, n in enumerate(lengths) if step < n]
             decoding = [i for i in active if not isinstance(plans[i], list)]
             group.distributions(decoding, [qs[i] for i in decoding])
             told = {}
@@ -187,16 +231,6 @@ def decompress_group(model: Model, chunks: list[tuple[ChunkInfo, bytes]], stats:
             group.advance()
             if progress is not None and step % _PROGRESS_EVERY == 0:
                 progress(stats)
-    out = []
-    for i, ((_, payload), plan) in enumerate(zip(chunks, plans)):
-        if isinstance(plan, list):
-            out.append(replay[i])
-            continue
-        out.append(plan.result())
-        stats.payload_bytes += len(payload)
-    if progress is not None:
-        progress(stats)
-    return out
 
 
 def decompress_chunk(model: Model, info: ChunkInfo, payload: bytes, stats: Stats | None = None,

@@ -277,6 +277,36 @@ def test_portable_groups_code_each_chunk_as_it_would_be_coded_alone(llm):
     assert lmzip.decompress(serial) == data
 
 
+def test_a_group_wider_than_the_machine_holds_is_coded_in_slices(llm, monkeypatch):
+    """The engine's streams are independent: a group wider than this machine holds at once
+    (a wide file from a GPU, decoded on a CPU) is coded and decoded in slices, and the
+    file is byte for byte the one coded all at once."""
+    from lmzip import codec
+    from lmzip.predictors import portable
+
+    data = b"".join(corpus_slice("alice29.txt", 20000 + i * 5000, 400) for i in range(5))
+    whole = lmzip.compress(data, model=llm, chunk_size=400, streams=5)
+    assert len(_chunks(whole)) == 5
+    opened = []
+    real_open = portable.PortableModel.open_group
+    monkeypatch.setattr(portable.PortableModel, "open_group",
+                        lambda self, lengths, width=1: opened.append(len(lengths)) or real_open(self, lengths, width))
+    monkeypatch.setattr(portable.PortableModel, "resident_width", lambda self: 2)
+    assert codec._slices(llm, 5) == [range(0, 2), range(2, 4), range(4, 5)]
+    sliced = lmzip.compress(data, model=llm, chunk_size=400, streams=5)
+    assert opened == [2, 2, 1] and sliced == whole
+    opened.clear()
+    assert lmzip.decompress(whole, model=llm) == data and opened == [2, 2, 1]
+
+
+def test_a_batch_sensitive_model_is_never_sliced():
+    model = BatchSensitive()
+    model.resident_width = lambda: 2
+    from lmzip import codec
+
+    assert codec._slices(model, 5) == [range(5)]
+
+
 def _without_lookahead(monkeypatch):
     from lmzip.predictors import portable
 

@@ -5,7 +5,6 @@ same match prediction and the same guess."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st

@@ -62,8 +62,9 @@ class StreamGroup:
     """Streams advanced in lockstep, one per chunk: the schedule of batched evaluation.
 
     The codec drives every active stream through ``distribution()``/``push()`` for
-    one token (:meth:`distributions`, :meth:`push_all`), then calls :meth:`advance`, which evaluates all the tokens pushed
-    since the last call together (one batch for a batching backend).  A stream's
+    one token (:meth:`distributions`, :meth:`push_all`), then calls :meth:`advance`,
+    which evaluates all the tokens pushed since the last call together (one batch for a
+    batching backend).  A stream's
     ``scores()`` are valid after :meth:`advance`.  ``lengths[i]`` is the number of
     tokens chunk ``i`` codes; the decoder knows them from the chunk records, so
     both directions make the same calls with the same batch shapes.
@@ -141,6 +142,17 @@ class Model(ABC):
     #: widest lockstep group this backend runs (None: as wide as the format holds,
     #: lmzip.format.MAX_STREAMS)
     max_width: int | None = None
+
+    #: a stream's probabilities depend neither on the other streams of its group nor on
+    #: how its evaluations are batched (the portable engine, the statistics alone): the
+    #: codec may then code a wide group in slices that fit in memory, to the same bits
+    independent_streams: bool = False
+
+    def resident_width(self) -> int | None:
+        """The most streams of a group this machine holds at once (each has its own
+        cache); a wider group of :attr:`independent_streams` is coded in slices of this
+        many.  None: no limit."""
+        return None
 
     def gpu_width(self) -> int | None:
         """On a GPU: the widest lockstep group whose caches its free memory holds (the

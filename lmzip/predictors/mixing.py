@@ -485,6 +485,13 @@ class MixedModel(Model):
     def max_width(self) -> int | None:
         return self.base.max_width
 
+    @property
+    def independent_streams(self) -> bool:
+        return self.base.independent_streams
+
+    def resident_width(self) -> int | None:
+        return self.base.resident_width()
+
     def gpu_width(self) -> int | None:
         return self.base.gpu_width()
 
@@ -528,6 +535,7 @@ class NGramModel(Model):
     """
 
     name = "ngram"
+    independent_streams = True
 
     def __init__(self, settings=None) -> None:
         self.settings = settings if settings is not None else BYTE_MIX

@@ -36,6 +36,9 @@ __all__ = ["PortableModel", "engine_module", "MAX_WIDTH"]
 #: widest lockstep group: the format's (each stream holds its own cache of ``context``
 #: positions, ~48 MB at 2048 for SmolLM2; the engine has no limit of its own)
 MAX_WIDTH = MAX_STREAMS
+#: streams of a group a CPU holds at once (3 GB of SmolLM2 caches at 2048); a wider
+#: group, written on a GPU, is coded in slices of this many, to the same bits
+CPU_RESIDENT = 64
 
 
 def engine_module():
@@ -247,6 +250,8 @@ class PortableModel(Model):
     """
 
     batches = True
+    #: the engine's logits do not depend on the calls (docs/engine.md)
+    independent_streams = True
 
     def __init__(self, path: str | os.PathLike, *, name: str, sha256: str, context: int = 2048,
                  threads: int | None = None, isa: str | None = None,
@@ -293,6 +298,9 @@ class PortableModel(Model):
 
     def open_stream(self) -> Stream:
         return _PortableStream(self)
+
+    def resident_width(self) -> int | None:
+        return self.gpu_width() or CPU_RESIDENT
 
     def open_group(self, lengths: list[int], width: int = 1) -> StreamGroup:
         if not 1 <= len(lengths) <= width <= MAX_WIDTH:
