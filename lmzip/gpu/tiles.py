@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-__all__ = ["Blocks", "interpreting", "product_tokens", "triton_cdiv"]
+__all__ = ["Blocks", "interpreting", "product_tokens", "rope_tokens", "triton_cdiv"]
 
 
 def interpreting() -> bool:
@@ -67,6 +67,13 @@ def product_tokens(T: int, most: int) -> int:
     """Tokens per program of a block product: a power of two from 16 (tl.dot's smallest tile)
     up to ``most``, enough for T."""
     return max(16, min(most, _pow2(T)))
+
+
+def rope_tokens(blocks: Blocks, head_dim: int) -> int:
+    """Tokens per program of the RoPE and cache kernels: ``norm_tokens`` for heads of 64
+    dimensions, fewer for longer heads (Gemma's 256: a quarter), so a program's tiles keep
+    their size."""
+    return max(1, blocks.norm_tokens * 64 // max(64, head_dim))
 
 
 def _blocks(width: int, most: int) -> int:
