@@ -510,6 +510,55 @@ def test_forward_gives_the_engines_golden_16():
     assert _hash_logits(rows) == GOLD_16
 
 
+def _gemma_weights_or_skip():
+    from lmzip.predictors.portable_weights import cached_weights
+    from lmzip.predictors.registry import _gemma3_path
+
+    path = _gemma3_path()
+    if path is None:
+        pytest.skip("the gemma3 model package is not installed")
+    return cached_weights(path)
+
+
+def test_gemma_forward_gives_the_c_engines_logits():
+    """Gemma 3 270M: the start token and the first Gemma token of alice29.txt in one step,
+    every logit the C engine's (its 18 layers, local and global, the K16 products and the
+    262,144-row head); longer sequences: the slow golden tests below."""
+    from lmzip import _engine
+    from lmzip.gpu.forward import GPUEngine
+
+    from .test_engine_gemma import _tokens as gemma_tokens
+
+    weights = _gemma_weights_or_skip()
+    eng = GPUEngine(weights, device=DEV, context=2048)
+    seq = [eng.bos] + gemma_tokens(1)
+    every: list = []
+    eng.eval([eng.new_stream()], [seq], every=every)
+    cpu = _engine.Engine(str(weights), 1, "")
+    want = np.empty((len(seq), cpu.n_vocab), np.float32)
+    cpu.eval_rows([cpu.new_stream(2048)], [seq], want)
+    got = _host(every[0])
+    assert _same(got, want), int((got.view(np.int32) != want.view(np.int32)).sum())
+
+
+@pytest.mark.slow
+def test_gemma_forward_golden_16():
+    """The start token and 16 tokens: tests/test_engine_gemma.py's GOLD_G16."""
+    from .test_engine_gemma import GOLD_G16
+
+    _gemma_weights_or_skip()
+    assert _golden_script("--model", "gemma3-270m") == GOLD_G16
+
+
+@pytest.mark.slow
+def test_gemma_forward_golden_24_window_16():
+    """24 tokens at a window of 16: the global layers' window slides 9 times (GOLD_G24_W16)."""
+    from .test_engine_gemma import GOLD_G24_W16
+
+    _gemma_weights_or_skip()
+    assert _golden_script("--model", "gemma3-270m", "--context", "16") == GOLD_G24_W16
+
+
 def _golden_script(*args: str) -> str:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OPENBLAS_NUM_THREADS": "1"}
     if not torch.cuda.is_available():

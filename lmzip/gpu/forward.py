@@ -394,13 +394,14 @@ class GPUEngine:
         """out (+)= the product's matrices times the quantized activations, each part at its
         columns of out."""
         B = self.blocks
-        bt = product_tokens(T, B.tokens)
+        bt = product_tokens(T, B.tokens, B.least_tokens)
         ldo = out.shape[1]
         for W in parts:
             R = W["rows"]
+            br = min(B.rows, _pow2(R))  # the interpreter's wide tiles: no wider than the matrix
             dest = out[:, W["offset"]:] if W["offset"] else out
-            launch(K.matmul_kernel, (triton_cdiv(R, B.rows), triton_cdiv(T, bt)), aq, a_s, a_sa, W["q"], W["d"],
-                   W["m"], dest, T, R, ldo, K=W["K"], KIND=W["kind"], RESIDUAL=residual, BT=bt, BR=B.rows,
+            launch(K.matmul_kernel, (triton_cdiv(R, br), triton_cdiv(T, bt)), aq, a_s, a_sa, W["q"], W["d"],
+                   W["m"], dest, T, R, ldo, K=W["K"], KIND=W["kind"], RESIDUAL=residual, BT=bt, BR=br,
                    DOT_F32=B.dot_f32)
 
     # ------------------------------------------------------------------ CUDA graphs
