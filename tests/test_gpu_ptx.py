@@ -1,7 +1,7 @@
-"""The GPU kernels of a SmolLM2 and of a Gemma 3 step compiled ahead of time for sm_80 and sm_90 (no GPU needed: Triton's
-bundled ptxas) and their PTX scanned for instructions that break the engine's numerics:
-fused multiply-adds, approximate division, square root and transcendentals, flushes of
-subnormals (lmzip.gpu.ptx).  The CPU interpreter cannot see those; this closes the hole.
+"""The GPU kernels of a SmolLM2 and of a Gemma 3 step compiled ahead of time for sm_80 and
+sm_90 (no GPU needed: Triton's bundled ptxas) and their PTX scanned for instructions that
+break the engine's numerics: fused multiply-adds, approximate division, square root and
+transcendentals, flushes of subnormals (lmzip.gpu.ptx).  The CPU interpreter cannot see those; this closes the hole.
 
 The compilation runs in a child process: this one may run Triton's interpreter
 (tests/test_gpu_kernels.py sets TRITON_INTERPRET=1), which cannot compile."""
