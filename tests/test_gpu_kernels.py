@@ -61,8 +61,9 @@ def probe(tmp_path_factory):
     lib.probe_exp_d.restype = lib.probe_log_d.restype = ctypes.c_double
     lib.probe_exp_d.argtypes = lib.probe_log_d.argtypes = [ctypes.c_double]
     lib.probe_rmsnorm.argtypes = [F, F, F, ctypes.c_int, ctypes.c_float]
-    lib.probe_attn.argtypes = [ctypes.c_int, ctypes.c_int, F, F, F, ctypes.POINTER(ctypes.c_uint16),
+    lib.probe_attn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, F, F, F, ctypes.POINTER(ctypes.c_uint16),
                                ctypes.POINTER(ctypes.c_uint16), ctypes.c_int, ctypes.c_int64, ctypes.c_int, F]
+    lib.probe_inv_freq_dim.argtypes = [ctypes.c_double, ctypes.c_int, D]
     return lib
 
 
@@ -209,19 +210,40 @@ def test_rmsnorm_then_quantization(probe, nblk):
     assert _same(q, wq) and _same(s, ws) and _same(sa, wsa)
 
 
-def test_silu_then_quantization(probe):
+def test_post_norm_adds_to_the_residual(probe):
+    """Gemma's post-norms: x = x + RMSNorm(y, w) (the kernel's RESIDUAL mode, no quantization)."""
+    rng = np.random.default_rng(14)
+    T, E = 11, 320
+    y = _floats(rng, T * E, 30.0).reshape(T, E)
+    x = _floats(rng, T * E, 3.0).reshape(T, E)
+    w = _floats(rng, E)
+    x_d = _dev(x)
+    dummy = torch.empty(1, dtype=torch.float32, device=DEV)
+    launch(K.norm_quant_kernel, (triton.cdiv(T, 8),), _dev(y), _dev(w), _dev(np.zeros(1, np.int32)), x_d,
+           torch.empty(1, dtype=torch.int8, device=DEV), dummy, dummy, T, float(np.float32(1e-6)), E=E, NORM=True,
+           GATHER=False, STORE_Y=False, BT=8, NBLK=2, RESIDUAL=True, QUANT=False)
+    want = np.empty_like(y)
+    for t in range(T):
+        probe.probe_rmsnorm(_p(want[t]), _p(np.ascontiguousarray(y[t])), _p(w), E, ctypes.c_float(1e-6))
+    assert _same(_host(x_d), x + want)  # numpy's float32 addition: IEEE, as the C's
+
+
+@pytest.mark.parametrize("gelu", [False, True])
+def test_gate_activation_then_quantization(probe, gelu):
+    """SiLU (SmolLM2) or GELU (Gemma) of the gate times the up projection, quantized."""
     rng = np.random.default_rng(5)
     T, Fd = 17, 128
     g = _floats(rng, T * Fd, 8.0).reshape(T, Fd)
-    g[0, :8] = [-200, -90, -88, 0, -0.0, 89, 100, 1e-40]
+    g[0, :12] = [-200, -90, -88, 0, -0.0, 89, 100, 1e-40, -1e-40, 10.5, -10.5, 44.0]
     u = _floats(rng, T * Fd, 2.0).reshape(T, Fd)
     q = torch.empty((T, Fd), dtype=torch.int8, device=DEV)
     s = torch.empty((T, Fd // 32), dtype=torch.float32, device=DEV)
     sa = torch.empty_like(s)
-    launch(K.silu_quant_kernel, (triton.cdiv(T, 16),), _dev(np.concatenate([g, u], axis=1)), q, s, sa, T, F=Fd,
-           BT=16, NBLK=2)
+    launch(K.gate_quant_kernel, (triton.cdiv(T, 16),), _dev(np.concatenate([g, u], axis=1)), q, s, sa, T, F=Fd,
+           BT=16, NBLK=2, GELU=gelu)
     a = np.empty_like(g)
-    probe.probe_silu_mul(_p(np.ascontiguousarray(g)), _p(np.ascontiguousarray(u)), _p(a), T * Fd)
+    (probe.probe_gelu_mul if gelu else probe.probe_silu_mul)(_p(np.ascontiguousarray(g)),
+                                                              _p(np.ascontiguousarray(u)), _p(a), T * Fd)
     wq, ws, wsa = _c_quantize(probe, a)
     assert _same(_host(q), wq) and _same(_host(s), ws) and _same(_host(sa), wsa)
 
@@ -259,10 +281,51 @@ def test_block_products(probe, kind, dot_f32):
         out = _dev(residual.copy()) if res else torch.empty((T, R), dtype=torch.float32, device=DEV)
         dm = m.m if m.m is not None else m.d
         launch(K.matmul_kernel, (triton.cdiv(R, 32), triton.cdiv(T, 16)), _dev(aq), _dev(s), _dev(sa), _dev(m.q),
-               _dev(m.d), _dev(dm), out, T, R, R, K=Kc, Q4=kind == weights.T_Q4_1, RESIDUAL=res, BT=16, BR=32,
+               _dev(m.d), _dev(dm), out, T, R, R, K=Kc, KIND=kind, RESIDUAL=res, BT=16, BR=32,
                DOT_F32=dot_f32)
         o, w = _host(out), (residual + want if res else want)
         assert _same(o, w), (res, int((o.view(np.int32) != w.view(np.int32)).sum()), float(np.abs(o - w).max()))
+
+
+def _random_k16(rng, rows: int, cols: int, q6: bool) -> bytes:
+    """K16 bytes as the converter writes them: Q6_K-like (q in -32..31, min 0) or Q4_K-like
+    (q in 0..15, a negative min per 32 columns)."""
+    nj = cols // 16
+    if q6:
+        q = rng.integers(-32, 32, (rows, cols))
+        mn = np.zeros((rows, nj), np.float32)
+    else:
+        q = rng.integers(0, 16, (rows, cols))
+        mn = np.repeat(-(rng.random((rows, nj // 2)) * 0.05).astype(np.float32), 2, axis=1)
+    sc = (rng.random((rows, nj)) * 0.01).astype(np.float32)
+    sc[0, :3] = 0.0
+    from lmzip.predictors.portable_weights import _k16
+
+    return _k16(q, sc, mn)
+
+
+@pytest.mark.parametrize("q6", [False, True])
+@pytest.mark.parametrize("dot_f32", [False, True])
+def test_k16_products(probe, q6, dot_f32):
+    """Gemma's K16 products (Q4_K and Q6_K values): per 16-column half, in order,
+    acc + ((scale * s) * isum + min * (s * qsum)), against the engine's mm_k16_scalar."""
+    rng = np.random.default_rng(20 + q6)
+    R, Kc, T = 48, 256, 19
+    raw = np.frombuffer(_random_k16(rng, R, Kc, q6), np.uint8).copy()
+    m = weights._unpack_k16(raw, R, Kc)
+    x = _floats(rng, T * Kc, 4.0).reshape(T, Kc)
+    x[3, 16:32] = 0.0  # a half block of zeros
+    aq, s, sa = _c_quantize(probe, x)
+    sm = aq.reshape(T, -1, 32).astype(np.int32).sum(axis=2).astype(np.int32)
+    want = np.empty((T, R), np.float32)
+    probe.probe_mm_k16(_p(raw, ctypes.c_uint8), R, Kc, _p(aq, ctypes.c_int8), _p(s), _p(sa), _p(sm, ctypes.c_int32),
+                       T, _p(want))
+    out = torch.empty((T, R), dtype=torch.float32, device=DEV)
+    launch(K.matmul_kernel, (triton.cdiv(R, 32), triton.cdiv(T, 16)), _dev(aq), _dev(s), _dev(sa), _dev(m.q),
+           _dev(m.d), _dev(m.m), out, T, R, R, K=Kc, KIND=weights.T_K16, RESIDUAL=False, BT=16, BR=32,
+           DOT_F32=dot_f32)
+    o = _host(out)
+    assert _same(o, want), (int((o.view(np.int32) != want.view(np.int32)).sum()), float(np.abs(o - want).max()))
 
 
 # ---------------------------------------------------------------------------- RoPE, cache, attention
@@ -283,98 +346,140 @@ def test_rope_tables_are_the_engines(probe):
         f = np.empty(32)
         probe.probe_inv_freq(ctypes.c_double(base), _p(f, ctypes.c_double))
         assert _same(f, rope.inv_freq(base))
+        g = np.empty(128)  # Gemma: head dimension 256
+        probe.probe_inv_freq_dim(ctypes.c_double(base), 256, _p(g, ctypes.c_double))
+        assert _same(g, rope.inv_freq(base, 256))
 
 
-def _window(p: int, win: int) -> tuple[int, int]:
-    lo = max(1, p - win + 2)
-    return lo, (p - lo + 1 if p >= 1 else 0)
+def _window(p: int, span: int, sink_until: int = -1) -> tuple[int, int, int]:
+    """(lo, the start token leads, ring positions) of a query at p (docs/engine.md)."""
+    lo = max(1, p - span + 1)
+    return lo, int(sink_until < 0 or p < sink_until), (p - lo + 1 if p >= 1 else 0)
 
 
-def test_rope_and_cache_writes(probe):
-    """RoPE and the query scale in place; the start token's key and value kept; later keys
-    rotated and both rounded to f16 into their ring slots."""
+#: (heads, KV heads, head dimension, NEOX pairs and query/key norms, query scale): SmolLM2's
+#: layer, and Gemma's rules with its head dimension and two KV heads
+HEADS = {"llama": (9, 3, 64, False, 0.125), "gemma": (4, 2, 256, True, 0.0625)}
+
+
+@pytest.mark.parametrize("arch", list(HEADS))
+def test_rope_and_cache_writes(probe, arch):
+    """RoPE (Gemma: after the query and key norms, NEOX pairs) and the query scale in place;
+    the start token's key and value kept; later keys rotated and both rounded to f16 into
+    their ring slots."""
     rng = np.random.default_rng(8)
-    NH, KV, C = 9, 3, 48
-    W = (NH + 2 * KV) * 64
+    NH, KV, HD, gemma, qscale = HEADS[arch]
+    C, half, eps = 48, HD // 2, np.float32(1e-6)
+    W = (NH + 2 * KV) * HD
     pos = [0, 1, 17, 47, 48, 200]
     T = len(pos)
     qkv = _floats(rng, T * W, 50.0).reshape(T, W)
-    qkv[2, NH * 64:NH * 64 + 8] = [7e4, -7e4, 65519, 65521, 1e-7, -3e-8, 0.0, -0.0]
-    cos, sin = rope.cos_sin(np.arange(256), rope.inv_freq(100000.0))
-    kc = torch.zeros((1, 2, KV, 64, C), dtype=torch.int16, device=DEV)
-    vc = torch.zeros((1, 2, KV, C, 64), dtype=torch.int16, device=DEV)
-    sk = torch.zeros((1, 2, KV, 64), dtype=torch.float32, device=DEV)
+    qkv[2, NH * HD:NH * HD + 8] = [7e4, -7e4, 65519, 65521, 1e-7, -3e-8, 0.0, -0.0]
+    if gemma:
+        qkv[3, (NH + 1) * HD:(NH + 2) * HD] = 0.0  # a zero key: its norm divides by sqrt(eps)
+    qn, kn = _floats(rng, HD, 2.0), _floats(rng, HD, 2.0)
+    cos, sin = rope.cos_sin(np.arange(256), rope.inv_freq(100000.0, HD))
+    kc = torch.zeros((1, 2, KV, HD, C), dtype=torch.int16, device=DEV)
+    vc = torch.zeros((1, 2, KV, C, HD), dtype=torch.int16, device=DEV)
+    sk = torch.zeros((1, 2, KV, HD), dtype=torch.float32, device=DEV)
     sv = torch.zeros_like(sk)
     qkv_d = _dev(qkv)
     launch(K.rope_cache_kernel, (1,), qkv_d, _dev(np.zeros(T, np.int32)), _dev(np.array(pos, np.int64)), _dev(cos),
-           _dev(sin), kc, vc, sk, sv, T, 1, C, 2, NH=NH, NKV=KV, HP=16, KP=4, BT=8)
+           _dev(sin), _dev(qn), _dev(kn), kc, vc, sk, sv, T, 1, C, 2, float(eps), qscale, NH=NH, NKV=KV, HP=16,
+           KP=4, BT=8, HD=HD, NEOX=gemma, QK_NORM=gemma)
     got = _host(qkv_d)
+
+    def norm(x, w):
+        if not gemma:
+            return x.copy()
+        y = np.empty_like(x)
+        probe.probe_rmsnorm(_p(y), _p(np.ascontiguousarray(x)), _p(w), HD, ctypes.c_float(eps))
+        return y
+
+    def rotate(x, p):  # in place, the engine's own RoPE
+        cs, sn = np.ascontiguousarray(cos[p]), np.ascontiguousarray(sin[p])
+        if gemma:
+            probe.probe_rope_neox(_p(x), _p(cs), _p(sn), half)
+        else:
+            probe.probe_rope(_p(x), _p(cs), _p(sn))
+
     for t, p in enumerate(pos):
         q = qkv[t].copy()
         for h in range(NH):
-            head = q[h * 64:(h + 1) * 64].copy()
-            probe.probe_rope(_p(head), _p(np.ascontiguousarray(cos[p])), _p(np.ascontiguousarray(sin[p])))
-            q[h * 64:(h + 1) * 64] = head * np.float32(0.125)
-        assert _same(got[t, :NH * 64], q[:NH * 64])
-        assert _same(got[t, NH * 64:], qkv[t, NH * 64:])  # k and v stay as they were
+            head = norm(q[h * HD:(h + 1) * HD], qn)
+            rotate(head, p)
+            q[h * HD:(h + 1) * HD] = head * np.float32(qscale)
+        assert _same(got[t, :NH * HD], q[:NH * HD]), (arch, p)
+        assert _same(got[t, NH * HD:], qkv[t, NH * HD:])  # k and v stay as they were
         for h in range(KV):
-            k = qkv[t, (NH + h) * 64:(NH + h + 1) * 64].copy()  # probe_rope rotates in place
-            v = qkv[t, (NH + KV + h) * 64:(NH + KV + h + 1) * 64].copy()
+            k = norm(qkv[t, (NH + h) * HD:(NH + h + 1) * HD], kn)
+            v = qkv[t, (NH + KV + h) * HD:(NH + KV + h + 1) * HD].copy()
             if p == 0:
                 assert _same(_host(sk[0, 1, h]), k) and _same(_host(sv[0, 1, h]), v)
                 continue
-            probe.probe_rope(_p(k), _p(np.ascontiguousarray(cos[p])), _p(np.ascontiguousarray(sin[p])))
-            kh, vh = np.empty(64, np.uint16), np.empty(64, np.uint16)
-            probe.probe_f2h(_p(k), _p(kh, ctypes.c_uint16), 64)
-            probe.probe_f2h(_p(v), _p(vh, ctypes.c_uint16), 64)
+            rotate(k, p)
+            kh, vh = np.empty(HD, np.uint16), np.empty(HD, np.uint16)
+            probe.probe_f2h(_p(k), _p(kh, ctypes.c_uint16), HD)
+            probe.probe_f2h(_p(v), _p(vh, ctypes.c_uint16), HD)
             slot = (p - 1) % C
-            assert _same(_host(kc[0, 1, h, :, slot]).view(np.uint16), kh)
-            assert _same(_host(vc[0, 1, h, slot]).view(np.uint16), vh)
+            assert _same(_host(kc[0, 1, h, :, slot]).view(np.uint16), kh), (arch, p, h)
+            assert _same(_host(vc[0, 1, h, slot]).view(np.uint16), vh), (arch, p, h)
 
 
-@pytest.mark.parametrize("win", [16, 40])
-def test_attention(probe, win):
+#: (query heads, KV heads, G, head dimension, NEOX, span, sink_until, ring slots): SmolLM2
+#: with windows of 16 and 40 (span = window - 1); Gemma's global layer at a window of 40,
+#: and its local layer (a sliding window of 24 at a window of 16: the ring holds the longer)
+ATTN = {"llama-16": (9, 3, 3, 64, False, 15, -1, 48), "llama-40": (9, 3, 3, 64, False, 39, -1, 80),
+        "gemma-global": (4, 1, 4, 256, True, 39, -1, 80), "gemma-local": (8, 2, 4, 128, True, 24, 24, 64)}
+
+
+@pytest.mark.parametrize("case", list(ATTN))
+def test_attention(probe, case):
     """Scores, softmax and values of every query head against the engine's attention, with
-    a ring that has wrapped and the start token at its virtual position."""
-    rng = np.random.default_rng(9 + win)
-    NH, KV, G = 9, 3, 3
-    C = ((win - 1) + 31 + 15) // 16 * 16
-    W = (NH + 2 * KV) * 64
-    pos = [0, 1, 2, 5, win - 2, win - 1, win, win + 1, 3 * C + 5, 1000]
+    a ring that has wrapped and the start token at its virtual position (or, on a local
+    layer past its window, without the start token)."""
+    NH, KV, G, HD, neox, span, until, C = ATTN[case]
+    rng = np.random.default_rng(9 + span + HD)
+    W = (NH + 2 * KV) * HD
+    pos = [0, 1, 2, 5, span - 1, span, span + 1, span + 2, 3 * C + 5, 1000]
     T = len(pos)
-    qkv = _floats(rng, T * W, 0.5).reshape(T, W)
-    cos, sin = rope.cos_sin(np.arange(1024), rope.inv_freq(100000.0))
-    kbits = (rng.standard_normal((1, 1, KV, 64, C)) * 2).astype(np.float16)
-    vbits = (rng.standard_normal((1, 1, KV, C, 64)) * 2).astype(np.float16)
-    sink_k = _floats(rng, KV * 64, 2.0).reshape(1, 1, KV, 64)
-    sink_v = _floats(rng, KV * 64, 2.0).reshape(1, 1, KV, 64)
+    qkv = _floats(rng, T * W, 0.5 if HD == 64 else 0.25).reshape(T, W)
+    cos, sin = rope.cos_sin(np.arange(1024), rope.inv_freq(100000.0, HD))
+    kbits = (rng.standard_normal((1, 1, KV, HD, C)) * 2).astype(np.float16)
+    vbits = (rng.standard_normal((1, 1, KV, C, HD)) * 2).astype(np.float16)
+    sink_k = _floats(rng, KV * HD, 2.0).reshape(1, 1, KV, HD)
+    sink_v = _floats(rng, KV * HD, 2.0).reshape(1, 1, KV, HD)
     kc, vc = _dev(kbits.view(np.int16)), _dev(vbits.view(np.int16))
     stream = _dev(np.zeros(T, np.int32))
     pos_d = _dev(np.array(pos, np.int64))
-    rk = torch.empty((T, KV, 64), dtype=torch.float32, device=DEV)
-    NS = (min(max(pos), win - 1) + 1 + 15) // 16 * 16
+    rk = torch.empty((T, KV, HD), dtype=torch.float32, device=DEV)
+    NS = (min(max(pos), span) + 1 + 15) // 16 * 16
     sc = torch.empty((T, KV, 4, NS), dtype=torch.float32, device=DEV)
-    ao = torch.empty((T, NH * 64), dtype=torch.float32, device=DEV)
-    launch(K.sink_rope_kernel, (1,), stream, pos_d, _dev(cos), _dev(sin), _dev(sink_k), rk, T, 0, 1, win, NKV=KV,
-           KP=4, BT=16)
+    ao = torch.empty((T, NH * HD), dtype=torch.float32, device=DEV)
+    launch(K.sink_rope_kernel, (1,), stream, pos_d, _dev(cos), _dev(sin), _dev(sink_k), rk, T, 0, 1, span, NKV=KV,
+           KP=4, BT=16, HD=HD, NEOX=neox)
     launch(K.attn_scores_kernel, (triton.cdiv(T, 4), KV, triton.cdiv(NS, 16)), _dev(qkv), stream, pos_d, kc, rk, sc,
-           T, 0, C, 1, win, NS, NH=NH, NKV=KV, G=G, GP=4, BT=4, BS=16)
-    launch(K.attn_values_kernel, (triton.cdiv(T, 4), KV, 2), stream, pos_d, vc, _dev(sink_v), sc, ao, T, 0, C, 1, win,
-           NS, NH=NH, NKV=KV, G=G, GP=4, BT=4, BD=32)
+           T, 0, C, 1, span, until, NS, NH=NH, NKV=KV, G=G, GP=4, BT=4, BS=16, HD=HD)
+    launch(K.attn_values_kernel, (triton.cdiv(T, 4), KV, HD // 32), stream, pos_d, vc, _dev(sink_v), sc, ao, T, 0, C,
+           1, span, until, NS, NH=NH, NKV=KV, G=G, GP=4, BT=4, BD=32, HD=HD)
     got = _host(ao)
-    # the engine's layouts: keys [C/16][64][16], values [64/16][C][16]; the G heads of a KV head at once
+    # the engine's layouts: keys [C/16][HD][16], values [HD/16][C][16]; the G heads of a KV head at once
     for t, p in enumerate(pos):
-        lo, n_ring = _window(p, win)
+        lo, use_sink, n_ring = _window(p, span, until)
         for kvh in range(KV):
-            ke = np.ascontiguousarray(kbits[0, 0, kvh].view(np.uint16).reshape(64, C // 16, 16).transpose(1, 0, 2))
-            ve = np.ascontiguousarray(vbits[0, 0, kvh].view(np.uint16).reshape(C, 4, 16).transpose(1, 0, 2))
-            sk = sink_k[0, 0, kvh].copy()  # probe_rope rotates in place
-            probe.probe_rope(_p(sk), _p(np.ascontiguousarray(cos[lo - 1])), _p(np.ascontiguousarray(sin[lo - 1])))
-            q = np.ascontiguousarray(qkv[t, kvh * G * 64:(kvh + 1) * G * 64])
-            want = np.empty(G * 64, np.float32)
-            probe.probe_attn(G, 64, _p(q), _p(sk), _p(np.ascontiguousarray(sink_v[0, 0, kvh])),
+            ke = np.ascontiguousarray(kbits[0, 0, kvh].view(np.uint16).reshape(HD, C // 16, 16).transpose(1, 0, 2))
+            ve = np.ascontiguousarray(vbits[0, 0, kvh].view(np.uint16).reshape(C, HD // 16, 16).transpose(1, 0, 2))
+            sk = sink_k[0, 0, kvh].copy()  # rotated in place
+            cs, sn = np.ascontiguousarray(cos[lo - 1]), np.ascontiguousarray(sin[lo - 1])
+            if neox:
+                probe.probe_rope_neox(_p(sk), _p(cs), _p(sn), HD // 2)
+            else:
+                probe.probe_rope(_p(sk), _p(cs), _p(sn))
+            q = np.ascontiguousarray(qkv[t, kvh * G * HD:(kvh + 1) * G * HD])
+            want = np.empty(G * HD, np.float32)
+            probe.probe_attn(G, HD, use_sink, _p(q), _p(sk), _p(np.ascontiguousarray(sink_v[0, 0, kvh])),
                              _p(ke, ctypes.c_uint16), _p(ve, ctypes.c_uint16), C, lo, n_ring, _p(want))
-            g_ = got[t, kvh * G * 64:(kvh + 1) * G * 64]
+            g_ = got[t, kvh * G * HD:(kvh + 1) * G * HD]
             assert _same(g_, want), (p, kvh, float(np.abs(g_ - want).max()), float(np.abs(want).max()))
 
 
@@ -403,6 +508,55 @@ def test_forward_gives_the_engines_golden_16():
     rows = [r for step in every for r in _host(step)]
     assert len(rows) == 17
     assert _hash_logits(rows) == GOLD_16
+
+
+def _gemma_weights_or_skip():
+    from lmzip.predictors.portable_weights import cached_weights
+    from lmzip.predictors.registry import _gemma3_path
+
+    path = _gemma3_path()
+    if path is None:
+        pytest.skip("the gemma3 model package is not installed")
+    return cached_weights(path)
+
+
+def test_gemma_forward_gives_the_c_engines_logits():
+    """Gemma 3 270M: the start token and the first Gemma token of alice29.txt in one step,
+    every logit the C engine's (its 18 layers, local and global, the K16 products and the
+    262,144-row head); longer sequences: the slow golden tests below."""
+    from lmzip import _engine
+    from lmzip.gpu.forward import GPUEngine
+
+    from .test_engine_gemma import _tokens as gemma_tokens
+
+    weights = _gemma_weights_or_skip()
+    eng = GPUEngine(weights, device=DEV, context=2048)
+    seq = [eng.bos] + gemma_tokens(1)
+    every: list = []
+    eng.eval([eng.new_stream()], [seq], every=every)
+    cpu = _engine.Engine(str(weights), 1, "")
+    want = np.empty((len(seq), cpu.n_vocab), np.float32)
+    cpu.eval_rows([cpu.new_stream(2048)], [seq], want)
+    got = _host(every[0])
+    assert _same(got, want), int((got.view(np.int32) != want.view(np.int32)).sum())
+
+
+@pytest.mark.slow
+def test_gemma_forward_golden_16():
+    """The start token and 16 tokens: tests/test_engine_gemma.py's GOLD_G16."""
+    from .test_engine_gemma import GOLD_G16
+
+    _gemma_weights_or_skip()
+    assert _golden_script("--model", "gemma3-270m") == GOLD_G16
+
+
+@pytest.mark.slow
+def test_gemma_forward_golden_24_window_16():
+    """24 tokens at a window of 16: the global layers' window slides 9 times (GOLD_G24_W16)."""
+    from .test_engine_gemma import GOLD_G24_W16
+
+    _gemma_weights_or_skip()
+    assert _golden_script("--model", "gemma3-270m", "--context", "16") == GOLD_G24_W16
 
 
 def _golden_script(*args: str) -> str:

@@ -1,7 +1,10 @@
-"""The GPU engine and model (lmzip.gpu.forward, lmzip.gpu.model) against the C engine on a
-tiny random llama model (2 layers, 3 query heads per KV head, 272 tokens), small enough
-for Triton's CPU interpreter: groups of streams, calls of many tokens, a sliding window,
-codec round trips across devices, the run-time check and --device."""
+"""The GPU engine and model (lmzip.gpu.forward, lmzip.gpu.model) against the C engine on
+tiny random models small enough for Triton's CPU interpreter: a llama one (2 layers, 3
+query heads per KV head, 272 tokens: groups of streams, calls of many tokens, a sliding
+window, codec round trips across devices, the run-time check and --device) and a Gemma 3
+one (weights format 2: two local layers and a global one, K16 and Q8_0 matrices mixed in
+one product, query and key norms, post-norms, GELU, a local window longer than the
+context's)."""
 
 from __future__ import annotations
 
@@ -67,6 +70,48 @@ def tiny(tmp_path_factory) -> tuple:
                                     10000.0, 1e-5, len(blobs))
     folder = tmp_path_factory.mktemp("tiny")
     weights = folder / "tiny-1.bin"
+    pieces = [bytes([i]) for i in range(256)] + [b""] * (N_VOCAB - 256)
+    pw._write(weights, header, blobs, pieces, BOS)
+    stand_in = folder / "tiny.gguf"
+    stand_in.write_bytes(b"not read: the weights and vocabulary are given")
+    return weights, stand_in
+
+
+#: the tiny Gemma 3: layers 0 and 1 local (sliding window 24), layer 2 global; head dimension
+#: 128 (n_embd 128 != 3 heads x 128)
+G_LAYER, G_EMBD, G_FF, G_HEAD, G_KV, G_DIM, G_SWA, G_PATTERN = 3, 128, 384, 3, 1, 128, 24, 3
+
+
+def _k16(rng, rows, cols, q6):
+    nj = cols // 16
+    if q6:  # Q6_K's values: q in -32..31, no min
+        q, mn = rng.integers(-32, 32, (rows, cols)), np.zeros((rows, nj), np.float32)
+    else:  # Q4_K's: q in 0..15, a negative min per 32 columns
+        q = rng.integers(0, 16, (rows, cols))
+        mn = np.repeat(-(rng.random((rows, nj // 2)) * 0.08).astype(np.float32), 2, axis=1)
+    return pw._k16(q, (rng.random((rows, nj)) * 0.01).astype(np.float32), mn)
+
+
+@pytest.fixture(scope="module")
+def tiny_gemma(tmp_path_factory) -> tuple:
+    """(weights file, a stand-in model file): random weights in the engine's format 2."""
+    rng = np.random.default_rng(270)
+    E, F, D, QD, KVD = G_EMBD, G_FF, G_DIM, G_HEAD * G_DIM, G_KV * G_DIM
+
+    def norm(n, scale=0.1):
+        return (1.0 + scale * rng.standard_normal(n)).astype(np.float32).tobytes()
+
+    blobs = [(2, N_VOCAB, E, _q8_0(rng, N_VOCAB, E, 0.02)), (0, 1, E, norm(E))]  # types: 0 F32, 2 Q8_0, 3 K16
+    for _ in range(G_LAYER):
+        blobs += [(0, 1, E, norm(E)), (2, QD, E, _q8_0(rng, QD, E, 0.01)), (3, KVD, E, _k16(rng, KVD, E, True)),
+                  (2, KVD, E, _q8_0(rng, KVD, E, 0.01)), (0, 1, D, norm(D)), (0, 1, D, norm(D)),
+                  (3, E, QD, _k16(rng, E, QD, False)), (0, 1, E, norm(E, 0.3)), (0, 1, E, norm(E)),
+                  (2, F, E, _q8_0(rng, F, E, 0.01)), (3, F, E, _k16(rng, F, E, False)),
+                  (3, E, F, _k16(rng, E, F, True)), (0, 1, E, norm(E, 0.3))]
+    header = pw.MAGIC + struct.pack("<IIIIIIIIIIdfIdII", 2, G_LAYER, E, F, G_HEAD, G_KV, D, N_VOCAB, D, BOS,
+                                    1000000.0, 1e-6, len(blobs), 10000.0, G_SWA, G_PATTERN)
+    folder = tmp_path_factory.mktemp("tiny_gemma")
+    weights = folder / "tiny-2.bin"
     pieces = [bytes([i]) for i in range(256)] + [b""] * (N_VOCAB - 256)
     pw._write(weights, header, blobs, pieces, BOS)
     stand_in = folder / "tiny.gguf"
@@ -362,3 +407,58 @@ def test_rows_of_every_token_equal_the_c_engines(tiny):
         cpu.eval_rows(hc, call, want)
         eng.eval_rows(hg, call, got)
         assert want.tobytes() == got.tobytes()
+
+
+# ---------------------------------------------------------------------------- Gemma 3
+
+
+def test_gemma_group_logits_equal_the_c_engines(tiny_gemma):
+    """Gemma 3's rules in a lockstep group at a window of 16 (its global layer slides) and
+    a local window of 24 (past it the local layers drop the start token), calls of 1 to 40
+    tokens (over the 32-token step): every logit the C engine's."""
+    weights, _ = tiny_gemma
+    rng = np.random.default_rng(3)
+    seqs = [[BOS] + rng.integers(0, 256, n).tolist() for n in (45, 20)]
+    calls = [1, 3, 40, 1]
+    want = _cpu_logits(weights, seqs, calls, 16)
+    eng = GPUEngine(weights, device=DEV, context=16)
+    assert eng.ring == 64  # the local window's 24, not the context's 15, plus a step
+    got = _run(eng, [eng.new_stream() for _ in seqs], seqs, calls)
+    for (wi, w), (gi, g) in zip(want, got):
+        assert wi == gi and w.tobytes() == g.tobytes()
+    assert np.isfinite(got[-1][1]).all() and got[-1][1].std() > 0.1  # logits that mean something
+
+
+def test_gemma_rows_and_trust_check(tiny_gemma, monkeypatch, capsys):
+    """eval_rows (the lookahead) at the default window, the run-time check against the C
+    engine, and --device cuda taking the GPU for a Gemma model without a warning."""
+    weights, stand_in = tiny_gemma
+    rng = np.random.default_rng(12)
+    lists = [[BOS] + rng.integers(0, 256, 30).tolist(), [BOS, 7]]
+    cpu = _engine.Engine(str(weights), 1, "")
+    eng = GPUEngine(weights, device=DEV, context=2048)
+    want = np.empty((sum(map(len, lists)), N_VOCAB), np.float32)
+    got = np.empty_like(want)
+    cpu.eval_rows([cpu.new_stream(2048) for _ in lists], lists, want)
+    eng.eval_rows([eng.new_stream() for _ in lists], lists, got)
+    assert want.tobytes() == got.tobytes()
+
+    assert trust.check("44" * 32, weights, DEV) is None
+    import lmzip.gpu.model as gm
+
+    monkeypatch.setattr(gm, "resolve", lambda device=None: DEV)
+    monkeypatch.setattr(pw, "cached_weights", lambda *a: weights)
+    made = []
+    monkeypatch.setattr(gm, "GPUModel", lambda *a, **k: made.append(k) or "the GPU engine")
+    m = portable_model(stand_in, name="tiny-gemma", sha256="44" * 32, context=2048, threads=1, device="cuda")
+    assert m == "the GPU engine" and made[0]["weights"] == weights and made[0]["device"] == DEV
+    assert capsys.readouterr().err == ""  # the check's verdict above, kept: no warning
+
+
+def test_trust_goldens_are_the_engine_tests():
+    """The run-time check's golden tokens and hashes are the C engine's tests' (one source of
+    truth: tests/test_engine.py and tests/test_engine_gemma.py pin the engine to them)."""
+    from . import test_engine, test_engine_gemma
+
+    assert trust.GOLDEN[trust.SMOLLM2_SHA256] == (test_engine._tokens(16), test_engine.GOLD_16)
+    assert trust.GOLDEN[trust.GEMMA3_SHA256] == (test_engine_gemma._tokens(16), test_engine_gemma.GOLD_G16)

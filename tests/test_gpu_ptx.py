@@ -1,7 +1,7 @@
-"""The GPU kernels compiled ahead of time for sm_80 and sm_90 (no GPU needed: Triton's
-bundled ptxas) and their PTX scanned for instructions that break the engine's numerics:
-fused multiply-adds, approximate division, square root and transcendentals, flushes of
-subnormals (lmzip.gpu.ptx).  The CPU interpreter cannot see those; this closes the hole.
+"""The GPU kernels of a SmolLM2 and of a Gemma 3 step compiled ahead of time for sm_80 and
+sm_90 (no GPU needed: Triton's bundled ptxas) and their PTX scanned for instructions that
+break the engine's numerics: fused multiply-adds, approximate division, square root and
+transcendentals, flushes of subnormals (lmzip.gpu.ptx).  The CPU interpreter cannot see those; this closes the hole.
 
 The compilation runs in a child process: this one may run Triton's interpreter
 (tests/test_gpu_kernels.py sets TRITON_INTERPRET=1), which cannot compile."""
@@ -23,19 +23,20 @@ pytest.importorskip("triton", reason="the gpu extra (torch, triton) is not insta
 
 from lmzip.gpu import ptx  # noqa: E402
 
-SPECS = ptx.smollm2_specs()
+#: every launch of a SmolLM2 step and of a Gemma 3 step (a launch both have, once)
+SPECS = list({s.label(): s for s in ptx.smollm2_specs() + ptx.gemma3_specs()}.values())
 
 _COMPILE = textwrap.dedent("""
     import json
     from lmzip.gpu import ptx
     out = {}
-    for spec in ptx.smollm2_specs():
+    for spec in {s.label(): s for s in ptx.smollm2_specs() + ptx.gemma3_specs()}.values():
         for cap in ptx.TARGETS:
             text = ptx.compile_ptx(spec, cap)
             out[f"{spec.label()} @ sm_{cap}"] = {"target": f".target sm_{cap}" in text,
                                                  "muls": text.count("mul.rn.f32") + text.count("mul.rn.f64"),
                                                  "found": ptx.scan_ptx(text)}
-    fused = next(s for s in ptx.smollm2_specs() if s.name == "silu_quant_kernel")
+    fused = next(s for s in ptx.smollm2_specs() if s.name == "gate_quant_kernel")
     out["fused"] = ptx.scan_ptx(ptx.compile_ptx(fused, 90, fp_fusion=True))
     print(json.dumps(out))
 """)

@@ -30,6 +30,9 @@ C_LITERALS: dict[str, tuple[float, str]] = {
     "Q_MAX": (127.0, "127.0f"),
     # 1/sqrt(64), the query scale
     "Q_SCALE": (0.125, "0.125f"),
+    # GELU (Gemma): sqrt(2 / pi) and the cubic term's coefficient
+    "GELU_A": (0.7978845834732056, "0.797884560802865f"),
+    "GELU_B": (0.044714998453855515, "0.044715f"),
     # f2h: a subnormal f16 in units of 2^-24, rounded half even with 2^23
     "TWO24": (16777216.0, "16777216.0f"),
     "TWO23": (8388608.0, "8388608.0f"),

@@ -1,6 +1,8 @@
 """The engine's forward pass on a GPU: weights on the device, the streams' caches, and the
-step schedule of native/engine/engine.c's ``step`` (docs/engine.md), with the Triton
-kernels of :mod:`lmzip.gpu.kernels`.
+step schedule of native/engine/engine.c's ``step`` (llama) and gemma.inc's ``gemma_step``
+(Gemma 3: query and key norms, NEOX RoPE, local layers with their own RoPE base and
+sliding window, post-norms, GELU; docs/engine.md), with the Triton kernels of
+:mod:`lmzip.gpu.kernels`.
 
 :class:`GPUEngine` has the interface of the C engine (``lmzip._engine.Engine``):
 ``new_stream``, ``eval(handles, token_lists, out)``, ``free_stream``, ``stream_pos``,
@@ -15,15 +17,17 @@ interpreter): the tests use it to compare the kernels with the C engine.
 
 from __future__ import annotations
 
+import itertools
 import os
 
 import numpy as np
 
 from ..errors import LMZipError
 from . import kernels as K
+from .constants import F32
 from .rope import RopeTable
-from .tiles import Blocks, _blocks, _pow2, product_tokens, triton_cdiv
-from .weights import T_Q4_1, read_llama
+from .tiles import Blocks, _blocks, _pow2, product_tokens, rope_tokens, triton_cdiv
+from .weights import T_K16, T_Q4_1, read_weights
 
 __all__ = ["GPUEngine", "MAX_STEP", "launch"]
 
@@ -70,7 +74,8 @@ class _Stream:
 
 
 class GPUEngine:
-    """A format 1 (llama) weights file on a torch device, evaluated with the Triton kernels."""
+    """A weights file (format 1, llama; format 2, Gemma 3) on a torch device, evaluated with
+    the Triton kernels."""
 
     def __init__(self, weights_path, device: str = "cuda", context: int = 2048, blocks: Blocks | None = None):
         import torch
@@ -80,32 +85,60 @@ class GPUEngine:
         if not 16 <= int(context) <= 65536:
             raise ValueError("context must be 16 to 65536 tokens")
         self.window = int(context)
-        self.ring = ((self.window - 1) + (MAX_STEP - 1) + 15) // 16 * 16  # the engine's C
         self.blocks = blocks or Blocks.from_env()
-        w = read_llama(weights_path)
+        w = read_weights(weights_path)
+        self.gemma = w.gemma
         self.n_layer, self.n_embd, self.n_ff = w.n_layer, w.n_embd, w.n_ff
         self.n_head, self.n_kv, self.n_vocab, self.bos = w.n_head, w.n_kv, w.n_vocab, w.bos
+        self.head_dim = w.head_dim
         self.eps = float(w.eps)
         self.group = self.n_head // self.n_kv
+        self.swa = w.swa_window if self.gemma else 0
+        # the engine's C (lmz_stream_new): the ring holds the window, Gemma's local window when
+        # that is longer, and the rest of a step's tokens
+        span = max(self.window - 1, self.swa)
+        self.ring = (span + (MAX_STEP - 1) + 15) // 16 * 16
+        # Gemma: x = embed * f32(sqrt(n_embd)); queries times f32(1 / sqrt(head_dim)) (lmz_load)
+        f32 = np.float32
+        self.emb_scale = float(np.sqrt(f32(self.n_embd)))
+        self.q_scale = float(f32(1.0) / np.sqrt(f32(self.head_dim))) if self.gemma else F32["Q_SCALE"]
         dev = self.device
 
         def up(a):
             return torch.from_numpy(np.ascontiguousarray(a)).to(dev)
 
-        def mat(*ms):  # matrices over the same input, stacked by rows: every row is its own output
-            out = {"kind": ms[0].kind, "rows": sum(m.rows for m in ms), "K": ms[0].cols,
-                   "q": up(np.concatenate([m.q for m in ms])), "d": up(np.concatenate([m.d for m in ms]))}
-            out["m"] = up(np.concatenate([m.m for m in ms])) if ms[0].kind == T_Q4_1 else out["d"]
-            return out
+        def product(*ms):
+            """Matrices over the same input: each run of one kind stacked by rows (every row
+            is its own output), one launch per run, at its columns of the output."""
+            parts, offset = [], 0
+            for kind, run in itertools.groupby(ms, key=lambda m: m.kind):
+                run = list(run)
+                part = {"kind": kind, "rows": sum(m.rows for m in run), "K": run[0].cols, "offset": offset,
+                        "q": up(np.concatenate([m.q for m in run])), "d": up(np.concatenate([m.d for m in run]))}
+                part["m"] = up(np.concatenate([m.m for m in run])) if kind in (T_Q4_1, T_K16) else part["d"]
+                parts.append(part)
+                offset += part["rows"]
+            return parts
 
-        self.embd = mat(w.embd)
+        self.embd = product(w.embd)
         self.out_norm = up(w.out_norm)
+        self.rope_global = RopeTable(torch, dev, w.rope_base, self.head_dim)
+        self.rope_local = RopeTable(torch, dev, w.rope_base_local, self.head_dim) if self.gemma else None
         self.layers = []
-        for L in w.layers:
-            self.layers.append({"attn_norm": up(L["attn_norm"]), "qkv": mat(L["wq"], L["wk"], L["wv"]),
-                                "wo": mat(L["wo"]), "ffn_norm": up(L["ffn_norm"]), "gu": mat(L["wg"], L["wu"]),
-                                "wd": mat(L["wd"])})
-        self.rope = RopeTable(torch, dev, w.rope_base)
+        for li, L in enumerate(w.layers):
+            layer = {"attn_norm": up(L["attn_norm"]), "qkv": product(L["wq"], L["wk"], L["wv"]),
+                     "wo": product(L["wo"]), "ffn_norm": up(L["ffn_norm"]), "gu": product(L["wg"], L["wu"]),
+                     "wd": product(L["wd"])}
+            if w.is_global(li):  # the window, the start token always first
+                layer.update(span=self.window - 1, sink_until=-1, rope=self.rope_global)
+            else:  # Gemma's local layers: the last swa positions, the start token while p < swa
+                layer.update(span=self.swa, sink_until=self.swa, rope=self.rope_local)
+            if self.gemma:
+                for name in ("q_norm", "k_norm", "post_attn_norm", "post_ffn_norm"):
+                    layer[name] = up(L[name])
+            else:  # not read (QK_NORM off): any float32 tensor
+                layer["q_norm"] = layer["k_norm"] = layer["attn_norm"]
+            self.layers.append(layer)
         self._streams: dict[int, _Stream] = {}
         self._free: list[int] = []
         self._cap = 0
@@ -114,14 +147,23 @@ class GPUEngine:
         self._pinned = None
         # CUDA graphs of one-token steps, by width (None: off, on the CPU and with LMZIP_GPU_GRAPHS=0)
         self._graphs = {} if self.device.type == "cuda" and os.environ.get("LMZIP_GPU_GRAPHS", "1") != "0" else None
-        self.stream_bytes_each = (2 * self.n_layer * self.n_kv * 64 * self.ring * 2
-                                  + 2 * self.n_layer * self.n_kv * 64 * 4)
+        D = self.head_dim
+        self.stream_bytes_each = (2 * self.n_layer * self.n_kv * D * self.ring * 2
+                                  + 2 * self.n_layer * self.n_kv * D * 4)
+
+    def _score_len(self, top: int) -> int:
+        """Score row length (a multiple of 16) for queries up to position ``top``: the sink
+        and the ring positions of the longest window, global or local."""
+        n = min(top, self.window - 1) + 1
+        if self.gemma:
+            n = max(n, min(top + 1, self.swa))
+        return (n + 15) // 16 * 16
 
     # ------------------------------------------------------------------ streams
 
     def _grow(self, cap: int) -> None:
         t = self.torch
-        L, KV, C, E = self.n_layer, self.n_kv, self.ring, self.n_embd
+        L, KV, C, E, D = self.n_layer, self.n_kv, self.ring, self.n_embd, self.head_dim
 
         def more(old, shape, dtype):
             new = t.zeros((cap, *shape), dtype=dtype, device=self.device)
@@ -129,10 +171,10 @@ class GPUEngine:
                 new[: old.shape[0]] = old
             return new
 
-        self.kc = more(self.kc, (L, KV, 64, C), t.int16)
-        self.vc = more(self.vc, (L, KV, C, 64), t.int16)
-        self.sk = more(self.sk, (L, KV, 64), t.float32)
-        self.sv = more(self.sv, (L, KV, 64), t.float32)
+        self.kc = more(self.kc, (L, KV, D, C), t.int16)
+        self.vc = more(self.vc, (L, KV, C, D), t.int16)
+        self.sk = more(self.sk, (L, KV, D), t.float32)
+        self.sv = more(self.sv, (L, KV, D), t.float32)
         self.hidden = more(self.hidden, (E,), t.float32)
         self._drop_graphs()  # the caches moved
         self._free.extend(range(self._cap, cap))
@@ -245,7 +287,7 @@ class GPUEngine:
         T = len(tok_ids)
         top = max(poss)
         self._ensure_rope(top + 1)
-        NS = (min(top, self.window - 1) + 1 + 15) // 16 * 16  # the longest score row
+        NS = self._score_len(top)  # the longest score row
         if all_logits:
             rows = list(range(T))
             latest = [(s.slot, last[i]) for i, (s, tl) in enumerate(zip(streams, toks)) if tl]
@@ -267,9 +309,10 @@ class GPUEngine:
         return logits
 
     def _ensure_rope(self, size: int) -> None:
-        if size > self.rope.size:
-            self.rope.ensure(size)
-            self._drop_graphs()  # the tables moved
+        for table in (self.rope_global, self.rope_local):
+            if table is not None and size > table.size:
+                table.ensure(size)
+                self._drop_graphs()  # the tables moved
 
     def _forward(self, tok_d, slot_d, pos_d, T: int, NS: int, rows_d, lslot_d, lrow_d, logits) -> None:
         """The step's kernels, on device tensors only (so that a CUDA graph can hold them):
@@ -279,67 +322,93 @@ class GPUEngine:
         t = self.torch
         dev = self.device
         B = self.blocks
-        E, F, NH, KV, G = self.n_embd, self.n_ff, self.n_head, self.n_kv, self.group
+        E, F, NH, KV, G, HD = self.n_embd, self.n_ff, self.n_head, self.n_kv, self.group, self.head_dim
+        QD = NH * HD
         GP = _pow2(G)
-        QKV = (NH + 2 * KV) * 64
+        QKV = (NH + 2 * KV) * HD
+        gemma = self.gemma
         x = t.empty((T, E), dtype=t.float32, device=dev)
+        y = t.empty((T, E), dtype=t.float32, device=dev) if gemma else None  # a product before its post-norm
         qkv = t.empty((T, QKV), dtype=t.float32, device=dev)
-        ao = t.empty((T, E), dtype=t.float32, device=dev)
+        ao = t.empty((T, QD), dtype=t.float32, device=dev)
         gu = t.empty((T, 2 * F), dtype=t.float32, device=dev)
         aq_e = t.empty((T, E), dtype=t.int8, device=dev)
+        aq_o = aq_e if QD == E else t.empty((T, QD), dtype=t.int8, device=dev)
         aq_f = t.empty((T, F), dtype=t.int8, device=dev)
-        nb = max(E, F) // 32
+        nb = max(E, F, QD) // 32  # the block scales of whichever width is quantized
         a_s = t.empty((T, nb), dtype=t.float32, device=dev)
         a_sa = t.empty((T, nb), dtype=t.float32, device=dev)
         scores = t.empty((T, KV, GP, NS), dtype=t.float32, device=dev)
-        rk = t.empty((T, KV, 64), dtype=t.float32, device=dev)
-        cos, sin = self.rope.cos, self.rope.sin
+        rk = t.empty((T, KV, HD), dtype=t.float32, device=dev)
         nt = triton_cdiv(T, B.norm_tokens)
+        rt = rope_tokens(B, HD)
         na = triton_cdiv(T, B.attn_tokens)
         nbe = _blocks(E, B.quant_blocks)
 
-        launch(K.embed_kernel, (nt,), tok_d, self.embd["q"], self.embd["d"], x, T, E=E, BT=B.norm_tokens)
+        def post_norm(out, w):  # Gemma: x = x + RMSNorm(out, w)
+            launch(K.norm_quant_kernel, (nt,), out, w, slot_d, x, aq_e, a_s, a_sa, T, self.eps, E=E, NORM=True,
+                   GATHER=False, STORE_Y=False, BT=B.norm_tokens, NBLK=nbe, RESIDUAL=True, QUANT=False)
+
+        launch(K.embed_kernel, (nt,), tok_d, self.embd[0]["q"], self.embd[0]["d"], x, T, self.emb_scale, E=E,
+               BT=B.norm_tokens, SCALED=gemma)
         for li, L in enumerate(self.layers):
+            rope = L["rope"]
             launch(K.norm_quant_kernel, (nt,), x, L["attn_norm"], slot_d, x, aq_e, a_s, a_sa, T, self.eps,
                    E=E, NORM=True, GATHER=False, STORE_Y=False, BT=B.norm_tokens, NBLK=nbe)
-            self._matmul(L["qkv"], aq_e, a_s, a_sa, qkv, T, QKV, residual=False)
-            launch(K.rope_cache_kernel, (nt,), qkv, slot_d, pos_d, cos, sin, self.kc, self.vc, self.sk, self.sv, T,
-                   li, self.ring, self.n_layer, NH=NH, NKV=KV, HP=_pow2(NH), KP=_pow2(KV), BT=B.norm_tokens)
-            launch(K.sink_rope_kernel, (nt,), slot_d, pos_d, cos, sin, self.sk, rk, T, li, self.n_layer,
-                   self.window, NKV=KV, KP=_pow2(KV), BT=B.norm_tokens)
+            self._matmul(L["qkv"], aq_e, a_s, a_sa, qkv, T, residual=False)
+            launch(K.rope_cache_kernel, (triton_cdiv(T, rt),), qkv, slot_d, pos_d, rope.cos, rope.sin, L["q_norm"],
+                   L["k_norm"], self.kc, self.vc, self.sk, self.sv, T, li, self.ring, self.n_layer, self.eps,
+                   self.q_scale, NH=NH, NKV=KV, HP=_pow2(NH), KP=_pow2(KV), BT=rt, HD=HD, NEOX=gemma,
+                   QK_NORM=gemma)
+            launch(K.sink_rope_kernel, (triton_cdiv(T, rt),), slot_d, pos_d, rope.cos, rope.sin, self.sk, rk, T, li,
+                   self.n_layer, L["span"], NKV=KV, KP=_pow2(KV), BT=rt, HD=HD, NEOX=gemma)
             launch(K.attn_scores_kernel, (na, KV, triton_cdiv(NS, B.slots)), qkv, slot_d, pos_d, self.kc, rk, scores,
-                   T, li, self.ring, self.n_layer, self.window, NS, NH=NH, NKV=KV, G=G, GP=GP, BT=B.attn_tokens,
-                   BS=B.slots)
-            launch(K.attn_values_kernel, (na, KV, 64 // B.dims), slot_d, pos_d, self.vc, self.sv, scores, ao, T, li,
-                   self.ring, self.n_layer, self.window, NS, NH=NH, NKV=KV, G=G, GP=GP, BT=B.attn_tokens, BD=B.dims,
-                   STAGES=B.stages)
-            launch(K.norm_quant_kernel, (nt,), ao, L["attn_norm"], slot_d, ao, aq_e, a_s, a_sa, T, self.eps,
-                   E=E, NORM=False, GATHER=False, STORE_Y=False, BT=B.norm_tokens, NBLK=nbe)
-            self._matmul(L["wo"], aq_e, a_s, a_sa, x, T, E, residual=True)
+                   T, li, self.ring, self.n_layer, L["span"], L["sink_until"], NS, NH=NH, NKV=KV, G=G, GP=GP,
+                   BT=B.attn_tokens, BS=B.slots, HD=HD)
+            launch(K.attn_values_kernel, (na, KV, HD // B.dims), slot_d, pos_d, self.vc, self.sv, scores, ao, T, li,
+                   self.ring, self.n_layer, L["span"], L["sink_until"], NS, NH=NH, NKV=KV, G=G, GP=GP,
+                   BT=B.attn_tokens, BD=B.dims, STAGES=B.stages, HD=HD)
+            launch(K.norm_quant_kernel, (nt,), ao, L["attn_norm"], slot_d, ao, aq_o, a_s, a_sa, T, self.eps,
+                   E=QD, NORM=False, GATHER=False, STORE_Y=False, BT=B.norm_tokens, NBLK=_blocks(QD, B.quant_blocks))
+            if gemma:
+                self._matmul(L["wo"], aq_o, a_s, a_sa, y, T, residual=False)
+                post_norm(y, L["post_attn_norm"])
+            else:
+                self._matmul(L["wo"], aq_o, a_s, a_sa, x, T, residual=True)
             launch(K.norm_quant_kernel, (nt,), x, L["ffn_norm"], slot_d, x, aq_e, a_s, a_sa, T, self.eps,
                    E=E, NORM=True, GATHER=False, STORE_Y=False, BT=B.norm_tokens, NBLK=nbe)
-            self._matmul(L["gu"], aq_e, a_s, a_sa, gu, T, 2 * F, residual=False)
-            launch(K.silu_quant_kernel, (nt,), gu, aq_f, a_s, a_sa, T, F=F, BT=B.norm_tokens,
-                   NBLK=_blocks(F, B.quant_blocks))
-            self._matmul(L["wd"], aq_f, a_s, a_sa, x, T, E, residual=True)
+            self._matmul(L["gu"], aq_e, a_s, a_sa, gu, T, residual=False)
+            launch(K.gate_quant_kernel, (nt,), gu, aq_f, a_s, a_sa, T, F=F, BT=B.norm_tokens,
+                   NBLK=_blocks(F, B.quant_blocks), GELU=gemma)
+            if gemma:
+                self._matmul(L["wd"], aq_f, a_s, a_sa, y, T, residual=False)
+                post_norm(y, L["post_ffn_norm"])
+            else:
+                self._matmul(L["wd"], aq_f, a_s, a_sa, x, T, residual=True)
         if logits is None:
             return
         ns = logits.shape[0]
-        y = t.empty((ns, E), dtype=t.float32, device=dev)
-        launch(K.norm_quant_kernel, (triton_cdiv(ns, B.norm_tokens),), x, self.out_norm, rows_d, y, aq_e, a_s, a_sa,
+        h = t.empty((ns, E), dtype=t.float32, device=dev)
+        launch(K.norm_quant_kernel, (triton_cdiv(ns, B.norm_tokens),), x, self.out_norm, rows_d, h, aq_e, a_s, a_sa,
                ns, self.eps, E=E, NORM=True, GATHER=True, STORE_Y=True, BT=B.norm_tokens, NBLK=nbe)
-        self._matmul(self.embd, aq_e, a_s, a_sa, logits, ns, self.n_vocab, residual=False)
+        self._matmul(self.embd, aq_e, a_s, a_sa, logits, ns, residual=False)
         # the hidden state behind each stream's latest logits (the output head's input)
         if lslot_d.numel():
-            self.hidden.index_copy_(0, lslot_d, y.index_select(0, lrow_d))
+            self.hidden.index_copy_(0, lslot_d, h.index_select(0, lrow_d))
 
-    def _matmul(self, W, aq, a_s, a_sa, out, T, ldo, residual: bool) -> None:
+    def _matmul(self, parts, aq, a_s, a_sa, out, T, residual: bool) -> None:
+        """out (+)= the product's matrices times the quantized activations, each part at its
+        columns of out."""
         B = self.blocks
-        R = W["rows"]
-        bt = product_tokens(T, B.tokens)
-        launch(K.matmul_kernel, (triton_cdiv(R, B.rows), triton_cdiv(T, bt)), aq, a_s, a_sa, W["q"], W["d"],
-               W["m"], out, T, R, ldo, K=W["K"], Q4=W["kind"] == T_Q4_1, RESIDUAL=residual, BT=bt, BR=B.rows,
-               DOT_F32=B.dot_f32)
+        bt = product_tokens(T, B.tokens, B.least_tokens)
+        ldo = out.shape[1]
+        for W in parts:
+            R = W["rows"]
+            br = min(B.rows, _pow2(R))  # the interpreter's wide tiles: no wider than the matrix
+            dest = out[:, W["offset"]:] if W["offset"] else out
+            launch(K.matmul_kernel, (triton_cdiv(R, br), triton_cdiv(T, bt)), aq, a_s, a_sa, W["q"], W["d"],
+                   W["m"], dest, T, R, ldo, K=W["K"], KIND=W["kind"], RESIDUAL=residual, BT=bt, BR=br,
+                   DOT_F32=B.dot_f32)
 
     # ------------------------------------------------------------------ CUDA graphs
 
@@ -396,5 +465,5 @@ class GPUEngine:
         T, ints = g["T"], g["ints"]
         tok = ints[:T].to(t.int32)
         slot = ints[T: 2 * T].to(t.int32)
-        NS = (self.window + 15) // 16 * 16  # every depth: the kernels mask what a token does not see
+        NS = self._score_len(self.window + self.swa)  # every depth: the kernels mask what a token does not see
         self._forward(tok, slot, ints[2 * T:], T, NS, g["rows"], slot.long(), g["rows64"], g["logits"])

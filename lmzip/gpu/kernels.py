@@ -1,4 +1,6 @@
-"""Triton kernels for the engine's numerics "portable 1" (docs/engine.md), SmolLM2 (llama).
+"""Triton kernels for the engine's numerics "portable 1" (docs/engine.md): SmolLM2 (llama)
+and Gemma 3 (its K16 products, query and key norms, NEOX RoPE, GELU, post-norms and local
+layers are constexpr variants and arguments of the same kernels).
 
 Every kernel reproduces the C engine's scalar definition bit for bit:
 
@@ -16,10 +18,16 @@ Every kernel reproduces the C engine's scalar definition bit for bit:
 
 Layouts (the host side, lmzip.gpu.forward, prepares them): activations [tokens, width]
 float32; quantized activations int8 [tokens, K] with float32 scales [tokens, K/32];
-matrices as int8 [rows, K] (Q4_1: 0..15, Q8_0: -128..127) with float32 d (and m)
-[rows, K/32]; the key cache [stream, layer, kv head, 64, C] and the value cache
-[stream, layer, kv head, C, 64] as f16 bits (int16); the start token's key and value
-[stream, layer, kv head, 64] float32.
+matrices as int8 [rows, K] (Q4_1: 0..15, Q8_0: -128..127, K16: Q4_K's 0..15 or Q6_K's
+-32..31) with float32 d (and m) [rows, K/32] (K16: scale and min [rows, K/16]); the key
+cache [stream, layer, kv head, HD, C] and the value cache [stream, layer, kv head, C, HD]
+as f16 bits (int16); the start token's key and value [stream, layer, kv head, HD] float32
+(HD the head dimension: 64 for SmolLM2, 256 for Gemma 3).
+
+The attention's window per layer is two numbers: ``span`` (the ring positions a query
+sees are ``lo = max(1, p - span + 1) .. p``: the window minus one on SmolLM2's and Gemma's
+global layers, the sliding window on Gemma's local ones) and ``sink_until`` (the start
+token leads the scores while ``p < sink_until``; negative: always).
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ __all__ = [
     "embed_kernel",
     "norm_quant_kernel",
     "matmul_kernel",
-    "silu_quant_kernel",
+    "gate_quant_kernel",
     "rope_cache_kernel",
     "sink_rope_kernel",
     "attn_scores_kernel",
@@ -41,7 +49,14 @@ __all__ = [
     "exp_f",
     "f2h_bits",
     "quantize_block",
+    "sum_squares",
+    "KIND_Q4_1",
+    "KIND_Q8_0",
+    "KIND_K16",
 ]
+
+#: matrix kinds (matmul_kernel's KIND): the weights file's tensor types
+KIND_Q4_1, KIND_Q8_0, KIND_K16 = 1, 2, 3
 
 # constexpr globals (the only globals a Triton kernel may read)
 EXP_LO = tl.constexpr(F32["EXP_LO"])
@@ -56,7 +71,8 @@ P5 = tl.constexpr(F32["P5"])
 P4 = tl.constexpr(F32["P4"])
 P3 = tl.constexpr(F32["P3"])
 Q_MAX = tl.constexpr(F32["Q_MAX"])
-Q_SCALE = tl.constexpr(F32["Q_SCALE"])
+GELU_A = tl.constexpr(F32["GELU_A"])
+GELU_B = tl.constexpr(F32["GELU_B"])
 TWO24 = tl.constexpr(F32["TWO24"])
 TWO23 = tl.constexpr(F32["TWO23"])
 
@@ -113,12 +129,43 @@ def quantize_block(y, ok):
     return qi.to(tl.int8), s, sa
 
 
+@triton.jit
+def sum_squares(row, ok, N: tl.constexpr):
+    """RMSNorm's sum: ss = sum of x_i * x_i in double over the N float32s at each pointer of
+    the 2-D tile ``row``, sequential in index order (lanes across rows; 4 columns a step,
+    taken apart with split, no arithmetic); ``ok`` masks rows that do not exist."""
+    R0: tl.constexpr = row.shape[0]
+    R1: tl.constexpr = row.shape[1]
+    ptr = row[:, :, None] + tl.arange(0, 4)[None, None, :]
+    m = ok[:, :, None]
+    ss = tl.zeros([R0, R1], tl.float64)
+    for k in tl.range(0, N, 4, loop_unroll_factor=4):
+        v = tl.load(ptr + k, mask=m, other=0.0).to(tl.float64)
+        even, odd = tl.split(tl.reshape(v * v, [R0, R1, 2, 2]))
+        c0, c2 = tl.split(even)
+        c1, c3 = tl.split(odd)
+        ss = ((ss + c0) + c1) + c2
+        ss = ss + c3
+    return ss
+
+
+@triton.jit
+def gelu_f(g):
+    """The engine's tanh-form GELU (gelu_f): u = A (g (1 + B g^2)); t = 1 - 2 / (exp(2u) + 1);
+    (0.5 g)(1 + t), binary32 in this order."""
+    u = GELU_A * (g * (1.0 + GELU_B * (g * g)))
+    t = 1.0 - tl.div_rn(tl.full(g.shape, 2.0, tl.float32), exp_f(u + u) + 1.0)
+    return (0.5 * g) * (1.0 + t)
+
+
 # ---------------------------------------------------------------------------- kernels
 
 
 @triton.jit
-def embed_kernel(tok_ptr, wq_ptr, wd_ptr, x_ptr, T, E: tl.constexpr, BT: tl.constexpr):
-    """x[t] = d * f32(q) of the token's row of the Q8_0 embedding (exact).  Grid: (cdiv(T, BT),)."""
+def embed_kernel(tok_ptr, wq_ptr, wd_ptr, x_ptr, T, scale, E: tl.constexpr, BT: tl.constexpr,
+                 SCALED: tl.constexpr = False):
+    """x[t] = d * f32(q) of the token's row of the Q8_0 embedding (exact), times ``scale``
+    when SCALED (Gemma: f32(sqrt(n_embd)), one binary32 multiply).  Grid: (cdiv(T, BT),)."""
     NB: tl.constexpr = E // 32
     t = tl.program_id(0) * BT + tl.arange(0, BT)
     ok = t < T
@@ -128,18 +175,23 @@ def embed_kernel(tok_ptr, wq_ptr, wd_ptr, x_ptr, T, E: tl.constexpr, BT: tl.cons
     for blk in range(NB):
         q = tl.load(wq_ptr + tok[:, None] * E + blk * 32 + b[None, :], mask=ok[:, None], other=0).to(tl.float32)
         d = tl.load(wd_ptr + tok * NB + blk, mask=ok, other=0.0)
-        tl.store(x_ptr + t64[:, None] * E + blk * 32 + b[None, :], d[:, None] * q, mask=ok[:, None])
+        x = d[:, None] * q
+        if SCALED:
+            x = x * scale
+        tl.store(x_ptr + t64[:, None] * E + blk * 32 + b[None, :], x, mask=ok[:, None])
 
 
 @triton.jit
 def norm_quant_kernel(x_ptr, w_ptr, rows_ptr, y_ptr, q_ptr, s_ptr, sa_ptr, T, eps,
                       E: tl.constexpr, NORM: tl.constexpr, GATHER: tl.constexpr, STORE_Y: tl.constexpr,
-                      BT: tl.constexpr, NBLK: tl.constexpr):
+                      BT: tl.constexpr, NBLK: tl.constexpr, RESIDUAL: tl.constexpr = False,
+                      QUANT: tl.constexpr = True):
     """Quantize BT rows of x (rows_ptr[i] when GATHER), after RMSNorm with weights w if NORM:
     ss = sum x_i^2 in double, sequential in index order; r = 1 / sqrt(ss / E + eps) in
     double; y = f32(x * r) * w.  Writes q [T, E], s and sa [T, E/32] (output row i for
-    input row rows[i]), and y [T, E] when STORE_Y; NBLK blocks of 32 at a time.
-    Grid: (cdiv(T, BT),)."""
+    input row rows[i]) when QUANT, and y [T, E] when STORE_Y; RESIDUAL adds y to y_ptr's
+    row instead (Gemma's post-norms: x = x + RMSNorm(out, w)).  NBLK blocks of 32 at a
+    time.  Grid: (cdiv(T, BT),)."""
     NB: tl.constexpr = E // 32
     i = tl.program_id(0) * BT + tl.arange(0, BT)
     ok = i < T
@@ -149,17 +201,7 @@ def norm_quant_kernel(x_ptr, w_ptr, rows_ptr, y_ptr, q_ptr, s_ptr, sa_ptr, T, ep
     else:
         row = i64
     if NORM:
-        # lanes across rows, the sum over the row sequential: 4 columns a step, taken apart
-        # with split (no arithmetic), added in index order
-        xrow = x_ptr + row[:, None] * E + tl.arange(0, 4)[None, :]
-        ss = tl.zeros([BT], tl.float64)
-        for k in tl.range(0, E, 4, loop_unroll_factor=4):
-            v = tl.load(xrow + k, mask=ok[:, None], other=0.0).to(tl.float64)
-            even, odd = tl.split(tl.reshape(v * v, [BT, 2, 2]))
-            c0, c2 = tl.split(even)
-            c1, c3 = tl.split(odd)
-            ss = ((ss + c0) + c1) + c2
-            ss = ss + c3
+        ss = tl.reshape(sum_squares((x_ptr + row * E)[:, None], ok[:, None], E), [BT])
         r = (1.0 / tl.sqrt(ss / E + eps))[:, None, None]  # eps: the float32 widened
     col = tl.arange(0, NBLK)[None, :, None] * 32 + tl.arange(0, 32)[None, None, :]  # [1, NBLK, 32]
     blk = tl.arange(0, NBLK)[None, :]
@@ -174,21 +216,29 @@ def norm_quant_kernel(x_ptr, w_ptr, rows_ptr, y_ptr, q_ptr, s_ptr, sa_ptr, T, ep
             y = xb
         if STORE_Y:
             tl.store(y_ptr + i64[:, None, None] * E + b0 * 32 + col, y, mask=m3)
-        q, s, sa = quantize_block(y, ok)
-        tl.store(q_ptr + i64[:, None, None] * E + b0 * 32 + col, q, mask=m3)
-        tl.store(s_ptr + i64[:, None] * NB + b0 + blk, s, mask=m2)
-        tl.store(sa_ptr + i64[:, None] * NB + b0 + blk, sa, mask=m2)
+        if RESIDUAL:
+            res = y_ptr + i64[:, None, None] * E + b0 * 32 + col
+            tl.store(res, tl.load(res, mask=m3, other=0.0) + y, mask=m3)
+        if QUANT:
+            q, s, sa = quantize_block(y, ok)
+            tl.store(q_ptr + i64[:, None, None] * E + b0 * 32 + col, q, mask=m3)
+            tl.store(s_ptr + i64[:, None] * NB + b0 + blk, s, mask=m2)
+            tl.store(sa_ptr + i64[:, None] * NB + b0 + blk, sa, mask=m2)
 
 
 @triton.jit
 def matmul_kernel(aq_ptr, as_ptr, asa_ptr, wq_ptr, wd_ptr, wm_ptr, out_ptr, T, R, ldo,
-                  K: tl.constexpr, Q4: tl.constexpr, RESIDUAL: tl.constexpr, BT: tl.constexpr, BR: tl.constexpr,
+                  K: tl.constexpr, KIND: tl.constexpr, RESIDUAL: tl.constexpr, BT: tl.constexpr, BR: tl.constexpr,
                   DOT_F32: tl.constexpr):
     """out[t, r] (+)= sum over the 32-column blocks b in order of
-    Q4_1: acc + ((d * s) * f32(isum) + m * sa);  Q8_0: acc + (d * s) * f32(isum),
-    isum the exact integer dot product of the block: int8 x int8 -> int32, or, DOT_F32
-    (the interpreter, where numpy's integer products are slow), in float32, exact too:
-    every product and partial sum is an integer below 32 * 128 * 128 < 2^24.
+    Q4_1: acc + ((d * s) * f32(isum) + m * sa);  Q8_0: acc + (d * s) * f32(isum);
+    K16 (Gemma's Q4_K and Q6_K): per 16-column half j of the block, in order,
+    acc + ((scale_j * s) * f32(isum_j) + min_j * (s * f32(qsum_j))), qsum_j the sum of the
+    activations over the half;
+    isum the exact integer dot product: int8 x int8 -> int32 (a K16 half as a 32-column
+    product with the other half's weights zero: tl.dot's int8 tiles are 32 deep), or,
+    DOT_F32 (the interpreter, where numpy's integer products are slow), in float32, exact
+    too: every product and partial sum is an integer below 32 * 128 * 128 < 2^24.
     RESIDUAL: out = out + acc.  Grid: (cdiv(R, BR), cdiv(T, BT))."""
     NB: tl.constexpr = K // 32
     r = tl.program_id(0) * BR + tl.arange(0, BR)
@@ -202,22 +252,44 @@ def matmul_kernel(aq_ptr, as_ptr, asa_ptr, wq_ptr, wd_ptr, wm_ptr, out_ptr, T, R
     wp = wq_ptr + r64[None, :] * K + k[:, None]  # [32, BR]
     amask = tok[:, None]
     wmask = rok[None, :]
+    low = (k < 16)[:, None]  # K16: the block's first 16 columns
     acc = tl.zeros([BT, BR], tl.float32)
     for b in range(NB):
         a = tl.load(ap + b * 32, mask=amask, other=0)
         w = tl.load(wp + b * 32, mask=wmask, other=0)
-        if DOT_F32:
-            isum = tl.dot(a.to(tl.float32), w.to(tl.float32), input_precision="ieee")
-        else:
-            isum = tl.dot(a, w).to(tl.float32)  # int8 x int8 -> int32: exact in any order
         s = tl.load(as_ptr + t64 * NB + b, mask=tok, other=0.0)
-        d = tl.load(wd_ptr + r64 * NB + b, mask=rok, other=0.0)
-        if Q4:
-            sa = tl.load(asa_ptr + t64 * NB + b, mask=tok, other=0.0)
-            m = tl.load(wm_ptr + r64 * NB + b, mask=rok, other=0.0)
-            acc = acc + ((d[None, :] * s[:, None]) * isum + m[None, :] * sa[:, None])
+        if KIND == 3:  # K16
+            zero = tl.zeros_like(w)
+            w0 = tl.where(low, w, zero)
+            w1 = tl.where(low, zero, w)
+            if DOT_F32:
+                af = a.to(tl.float32)
+                isum0 = tl.dot(af, w0.to(tl.float32), input_precision="ieee")
+                isum1 = tl.dot(af, w1.to(tl.float32), input_precision="ieee")
+            else:
+                isum0 = tl.dot(a, w0).to(tl.float32)
+                isum1 = tl.dot(a, w1).to(tl.float32)
+            qs0, qs1 = tl.split(tl.sum(tl.reshape(a.to(tl.int32), [BT, 2, 16]), axis=2))  # exact
+            sq0 = s * qs0.to(tl.float32)
+            sq1 = s * qs1.to(tl.float32)
+            sc0 = tl.load(wd_ptr + r64 * (2 * NB) + 2 * b, mask=rok, other=0.0)
+            sc1 = tl.load(wd_ptr + r64 * (2 * NB) + 2 * b + 1, mask=rok, other=0.0)
+            mn0 = tl.load(wm_ptr + r64 * (2 * NB) + 2 * b, mask=rok, other=0.0)
+            mn1 = tl.load(wm_ptr + r64 * (2 * NB) + 2 * b + 1, mask=rok, other=0.0)
+            acc = acc + ((sc0[None, :] * s[:, None]) * isum0 + mn0[None, :] * sq0[:, None])
+            acc = acc + ((sc1[None, :] * s[:, None]) * isum1 + mn1[None, :] * sq1[:, None])
         else:
-            acc = acc + (d[None, :] * s[:, None]) * isum
+            if DOT_F32:
+                isum = tl.dot(a.to(tl.float32), w.to(tl.float32), input_precision="ieee")
+            else:
+                isum = tl.dot(a, w).to(tl.float32)  # int8 x int8 -> int32: exact in any order
+            d = tl.load(wd_ptr + r64 * NB + b, mask=rok, other=0.0)
+            if KIND == 1:  # Q4_1
+                sa = tl.load(asa_ptr + t64 * NB + b, mask=tok, other=0.0)
+                m = tl.load(wm_ptr + r64 * NB + b, mask=rok, other=0.0)
+                acc = acc + ((d[None, :] * s[:, None]) * isum + m[None, :] * sa[:, None])
+            else:  # Q8_0
+                acc = acc + (d[None, :] * s[:, None]) * isum
     ptrs = out_ptr + t64[:, None] * ldo + r64[None, :]
     mask = tok[:, None] & rok[None, :]
     if RESIDUAL:
@@ -226,9 +298,11 @@ def matmul_kernel(aq_ptr, as_ptr, asa_ptr, wq_ptr, wd_ptr, wm_ptr, out_ptr, T, R
 
 
 @triton.jit
-def silu_quant_kernel(gu_ptr, q_ptr, s_ptr, sa_ptr, T, F: tl.constexpr, BT: tl.constexpr, NBLK: tl.constexpr):
-    """a = (g / (1 + exp(-g))) * u (gu [T, 2F]: g then u), quantized, NBLK blocks of 32 at a
-    time.  Grid: (cdiv(T, BT),)."""
+def gate_quant_kernel(gu_ptr, q_ptr, s_ptr, sa_ptr, T, F: tl.constexpr, BT: tl.constexpr, NBLK: tl.constexpr,
+                      GELU: tl.constexpr = False):
+    """a = act(g) * u (gu [T, 2F]: g then u), quantized, NBLK blocks of 32 at a time; act is
+    SiLU, g / (1 + exp(-g)), or with GELU the engine's tanh-form GELU (Gemma).
+    Grid: (cdiv(T, BT),)."""
     NB: tl.constexpr = F // 32
     i = tl.program_id(0) * BT + tl.arange(0, BT)
     ok = i < T
@@ -240,7 +314,10 @@ def silu_quant_kernel(gu_ptr, q_ptr, s_ptr, sa_ptr, T, F: tl.constexpr, BT: tl.c
     for b0 in range(0, NB, NBLK):
         g = tl.load(gu_ptr + i64[:, None, None] * (2 * F) + b0 * 32 + col, mask=m3, other=0.0)
         u = tl.load(gu_ptr + i64[:, None, None] * (2 * F) + F + b0 * 32 + col, mask=m3, other=0.0)
-        a = tl.div_rn(g, 1.0 + exp_f(-g)) * u
+        if GELU:
+            a = gelu_f(g) * u
+        else:
+            a = tl.div_rn(g, 1.0 + exp_f(-g)) * u
         q, s, sa = quantize_block(a, ok)
         tl.store(q_ptr + i64[:, None, None] * F + b0 * 32 + col, q, mask=m3)
         tl.store(s_ptr + i64[:, None] * NB + b0 + blk, s, mask=m2)
@@ -248,94 +325,140 @@ def silu_quant_kernel(gu_ptr, q_ptr, s_ptr, sa_ptr, T, F: tl.constexpr, BT: tl.c
 
 
 @triton.jit
-def rope_cache_kernel(qkv_ptr, stream_ptr, pos_ptr, cos_ptr, sin_ptr, kc_ptr, vc_ptr, sk_ptr, sv_ptr, T, layer,
-                      C, NL, NH: tl.constexpr, NKV: tl.constexpr, HP: tl.constexpr, KP: tl.constexpr,
-                      BT: tl.constexpr):
-    """Per token (BT tokens a program, grid (cdiv(T, BT),)): RoPE on adjacent pairs of every
-    query head at the token's position, then q * 0.125 (in place in qkv [T, (NH + 2 NKV) 64]);
-    the start token (position 0) keeps its key (unrotated) and value as float32; a later
-    token's key, rotated, and value go to ring slot (p - 1) mod C as f16 (saturating)."""
-    QD: tl.constexpr = NH * 64
-    W: tl.constexpr = (NH + 2 * NKV) * 64
+def _pairs(HD: tl.constexpr, NEOX: tl.constexpr):
+    """The RoPE pairs of a head (i, the first and the second index): adjacent (2i, 2i + 1),
+    or NEOX's (i, i + HD/2)."""
+    i = tl.arange(0, HD // 2)
+    if NEOX:
+        return i, i, i + HD // 2
+    else:
+        return i, 2 * i, 2 * i + 1
+
+
+@triton.jit
+def _head_norm(row, ok, x0, x1, w_ptr, i0, i1, eps, HD: tl.constexpr):
+    """RMSNorm of each head (row: a [BT, heads] tile of pointers to its HD values) on its
+    pairs x0, x1 ([BT, heads, HD/2]): y = f32(x * r) * w, as the rule over the head."""
+    r = (1.0 / tl.sqrt(sum_squares(row, ok, HD) / HD + eps))[:, :, None]
+    y0 = (x0.to(tl.float64) * r).to(tl.float32) * tl.load(w_ptr + i0)
+    y1 = (x1.to(tl.float64) * r).to(tl.float32) * tl.load(w_ptr + i1)
+    return y0, y1
+
+
+@triton.jit
+def rope_cache_kernel(qkv_ptr, stream_ptr, pos_ptr, cos_ptr, sin_ptr, qn_ptr, kn_ptr, kc_ptr, vc_ptr, sk_ptr, sv_ptr,
+                      T, layer, C, NL, eps, qscale, NH: tl.constexpr, NKV: tl.constexpr, HP: tl.constexpr,
+                      KP: tl.constexpr, BT: tl.constexpr, HD: tl.constexpr = 64, NEOX: tl.constexpr = False,
+                      QK_NORM: tl.constexpr = False):
+    """Per token (BT tokens a program, grid (cdiv(T, BT),)): every query head (Gemma,
+    QK_NORM: after RMSNorm with qn) rotated at the token's position (pairs: _pairs), then
+    times qscale (in place in qkv [T, (NH + 2 NKV) HD]); the keys (QK_NORM: after RMSNorm
+    with kn) and values: the start token (position 0) keeps its key (unrotated) and value
+    as float32; a later token's key, rotated, and value go to ring slot (p - 1) mod C as
+    f16 (saturating)."""
+    QD: tl.constexpr = NH * HD
+    W: tl.constexpr = (NH + 2 * NKV) * HD
+    HALF: tl.constexpr = HD // 2
     t = tl.program_id(0) * BT + tl.arange(0, BT)
     tok = t < T
-    t3 = t.to(tl.int64)[:, None, None]
+    t64 = t.to(tl.int64)
     sl = tl.load(stream_ptr + t, mask=tok, other=0).to(tl.int64)
     p = tl.load(pos_ptr + t, mask=tok, other=0)
-    i = tl.arange(0, 32)
+    i, i0, i1 = _pairs(HD, NEOX)
+    i0 = i0[None, None, :]
+    i1 = i1[None, None, :]
     tm2 = tok[:, None]
-    cs = tl.load(cos_ptr + p[:, None] * 32 + i[None, :], mask=tm2, other=0.0)[:, None, :]  # [BT, 1, 32]
-    sn = tl.load(sin_ptr + p[:, None] * 32 + i[None, :], mask=tm2, other=0.0)[:, None, :]
-    i3 = 2 * i[None, None, :]
-    h = tl.arange(0, HP)[None, :, None]
-    hm = tok[:, None, None] & (h < NH)
-    qp = qkv_ptr + t3 * W + h * 64 + i3
-    x0 = tl.load(qp, mask=hm, other=0.0)
-    x1 = tl.load(qp + 1, mask=hm, other=0.0)
-    tl.store(qp, (x0 * cs - x1 * sn) * Q_SCALE, mask=hm)
-    tl.store(qp + 1, (x0 * sn + x1 * cs) * Q_SCALE, mask=hm)
-    kv = tl.arange(0, KP)[None, :, None]
-    km = tok[:, None, None] & (kv < NKV)
-    kp = qkv_ptr + t3 * W + QD + kv * 64 + i3
-    vp = kp + NKV * 64
-    k0 = tl.load(kp, mask=km, other=0.0)
-    k1 = tl.load(kp + 1, mask=km, other=0.0)
-    v0 = tl.load(vp, mask=km, other=0.0)
-    v1 = tl.load(vp + 1, mask=km, other=0.0)
-    head = (sl[:, None, None] * NL + layer) * NKV + kv  # [BT, KP, 1]
+    cs = tl.load(cos_ptr + p[:, None] * HALF + i[None, :], mask=tm2, other=0.0)[:, None, :]  # [BT, 1, HALF]
+    sn = tl.load(sin_ptr + p[:, None] * HALF + i[None, :], mask=tm2, other=0.0)[:, None, :]
+    h = tl.arange(0, HP)[None, :]
+    hm = tok[:, None] & (h < NH)  # [BT, HP]
+    qrow = qkv_ptr + t64[:, None] * W + h * HD
+    x0 = tl.load(qrow[:, :, None] + i0, mask=hm[:, :, None], other=0.0)
+    x1 = tl.load(qrow[:, :, None] + i1, mask=hm[:, :, None], other=0.0)
+    if QK_NORM:
+        x0, x1 = _head_norm(qrow, hm, x0, x1, qn_ptr, i0, i1, eps, HD)
+    tl.store(qrow[:, :, None] + i0, (x0 * cs - x1 * sn) * qscale, mask=hm[:, :, None])
+    tl.store(qrow[:, :, None] + i1, (x0 * sn + x1 * cs) * qscale, mask=hm[:, :, None])
+    kv = tl.arange(0, KP)[None, :]
+    km = tok[:, None] & (kv < NKV)  # [BT, KP]
+    km3 = km[:, :, None]
+    krow = qkv_ptr + t64[:, None] * W + QD + kv * HD
+    vrow = krow + NKV * HD
+    k0 = tl.load(krow[:, :, None] + i0, mask=km3, other=0.0)
+    k1 = tl.load(krow[:, :, None] + i1, mask=km3, other=0.0)
+    if QK_NORM:
+        k0, k1 = _head_norm(krow, km, k0, k1, kn_ptr, i0, i1, eps, HD)
+    v0 = tl.load(vrow[:, :, None] + i0, mask=km3, other=0.0)
+    v1 = tl.load(vrow[:, :, None] + i1, mask=km3, other=0.0)
+    head = ((sl[:, None] * NL + layer) * NKV + kv)[:, :, None]  # [BT, KP, 1]
     p3 = p[:, None, None]
-    sink = km & (p3 == 0)
-    spos = head * 64 + i3
-    tl.store(sk_ptr + spos, k0, mask=sink)
-    tl.store(sk_ptr + spos + 1, k1, mask=sink)
-    tl.store(sv_ptr + spos, v0, mask=sink)
-    tl.store(sv_ptr + spos + 1, v1, mask=sink)
-    ring = km & (p3 >= 1)
+    sink = km3 & (p3 == 0)
+    spos = head * HD
+    tl.store(sk_ptr + spos + i0, k0, mask=sink)
+    tl.store(sk_ptr + spos + i1, k1, mask=sink)
+    tl.store(sv_ptr + spos + i0, v0, mask=sink)
+    tl.store(sv_ptr + spos + i1, v1, mask=sink)
+    ring = km3 & (p3 >= 1)
     slot = tl.where(p3 >= 1, p3 - 1, 0) % C
     r0 = k0 * cs - k1 * sn
     r1 = k0 * sn + k1 * cs
-    kpos = (head * 64 + i3) * C + slot
-    tl.store(kc_ptr + kpos, f2h_bits(r0).to(tl.int16), mask=ring)
-    tl.store(kc_ptr + kpos + C, f2h_bits(r1).to(tl.int16), mask=ring)
-    vpos = (head * C + slot) * 64 + i3
-    tl.store(vc_ptr + vpos, f2h_bits(v0).to(tl.int16), mask=ring)
-    tl.store(vc_ptr + vpos + 1, f2h_bits(v1).to(tl.int16), mask=ring)
+    tl.store(kc_ptr + (head * HD + i0) * C + slot, f2h_bits(r0).to(tl.int16), mask=ring)
+    tl.store(kc_ptr + (head * HD + i1) * C + slot, f2h_bits(r1).to(tl.int16), mask=ring)
+    vpos = (head * C + slot) * HD
+    tl.store(vc_ptr + vpos + i0, f2h_bits(v0).to(tl.int16), mask=ring)
+    tl.store(vc_ptr + vpos + i1, f2h_bits(v1).to(tl.int16), mask=ring)
 
 
 @triton.jit
-def sink_rope_kernel(stream_ptr, pos_ptr, cos_ptr, sin_ptr, sk_ptr, rk_ptr, T, layer, NL, WIN,
-                     NKV: tl.constexpr, KP: tl.constexpr, BT: tl.constexpr):
+def _window(p, span, sink_until):
+    """A query at position p: (lo, the first ring position it sees; 1 when the start token
+    leads its scores, else 0; n, its number of scores)."""
+    lo = tl.maximum(p - span + 1, 1)
+    us = ((p < sink_until) | (sink_until < 0)).to(tl.int64)
+    n = tl.where(p >= 1, p - lo + 1, 0) + us
+    return lo, us, n
+
+
+@triton.jit
+def sink_rope_kernel(stream_ptr, pos_ptr, cos_ptr, sin_ptr, sk_ptr, rk_ptr, T, layer, NL, span,
+                     NKV: tl.constexpr, KP: tl.constexpr, BT: tl.constexpr, HD: tl.constexpr = 64,
+                     NEOX: tl.constexpr = False):
     """The start token's key of each KV head rotated at the token's virtual position
-    lo - 1 (lo the window's first ring position), into rk [T, NKV, 64].  Grid: (cdiv(T, BT),)."""
+    lo - 1 (lo the window's first ring position; 0 wherever a local layer still sees the
+    start token), into rk [T, NKV, HD].  Grid: (cdiv(T, BT),)."""
+    HALF: tl.constexpr = HD // 2
     t = tl.program_id(0) * BT + tl.arange(0, BT)
     tok = t < T
     sl = tl.load(stream_ptr + t, mask=tok, other=0).to(tl.int64)
     p = tl.load(pos_ptr + t, mask=tok, other=0)
-    lo = tl.maximum(p - WIN + 2, 1)
-    i = tl.arange(0, 32)[None, None, :]
+    lo = tl.maximum(p - span + 1, 1)
+    i, i0, i1 = _pairs(HD, NEOX)
+    i = i[None, None, :]
+    i0 = i0[None, None, :]
+    i1 = i1[None, None, :]
     kv = tl.arange(0, KP)[None, :, None]
     km = tok[:, None, None] & (kv < NKV)
-    row = (lo - 1)[:, None, None] * 32 + i
+    row = (lo - 1)[:, None, None] * HALF + i
     cs = tl.load(cos_ptr + row, mask=tok[:, None, None], other=0.0)
     sn = tl.load(sin_ptr + row, mask=tok[:, None, None], other=0.0)
-    src = sk_ptr + ((sl[:, None, None] * NL + layer) * NKV + kv) * 64 + 2 * i
-    k0 = tl.load(src, mask=km, other=0.0)
-    k1 = tl.load(src + 1, mask=km, other=0.0)
-    dst = rk_ptr + (t.to(tl.int64)[:, None, None] * NKV + kv) * 64 + 2 * i
-    tl.store(dst, k0 * cs - k1 * sn, mask=km)
-    tl.store(dst + 1, k0 * sn + k1 * cs, mask=km)
+    src = sk_ptr + ((sl[:, None, None] * NL + layer) * NKV + kv) * HD
+    k0 = tl.load(src + i0, mask=km, other=0.0)
+    k1 = tl.load(src + i1, mask=km, other=0.0)
+    dst = rk_ptr + (t.to(tl.int64)[:, None, None] * NKV + kv) * HD
+    tl.store(dst + i0, k0 * cs - k1 * sn, mask=km)
+    tl.store(dst + i1, k0 * sn + k1 * cs, mask=km)
 
 
 @triton.jit
-def attn_scores_kernel(qkv_ptr, stream_ptr, pos_ptr, kc_ptr, rk_ptr, sc_ptr, T, layer, C, NL, WIN, NS,
+def attn_scores_kernel(qkv_ptr, stream_ptr, pos_ptr, kc_ptr, rk_ptr, sc_ptr, T, layer, C, NL, span, sink_until, NS,
                        NH: tl.constexpr, NKV: tl.constexpr, G: tl.constexpr, GP: tl.constexpr,
-                       BT: tl.constexpr, BS: tl.constexpr):
+                       BT: tl.constexpr, BS: tl.constexpr, HD: tl.constexpr = 64):
     """Scores of the G query heads of one KV head (padded to GP), BT tokens and BS time
-    indices a program: e_0 = sum_d q_d k_sink,d (rk: the start token's key rotated at
-    lo - 1), e_{1+i} over ring position lo + i; each sum sequential over d = 0..63 from 0.
-    The key cache is read once for the G heads.  Scores go to sc [T, NKV, GP, NS].
-    Grid: (cdiv(T, BT), NKV, cdiv(NS, BS))."""
-    W: tl.constexpr = (NH + 2 * NKV) * 64
+    indices a program: e_0 = sum_d q_d k_sink,d while the start token leads (rk: its key
+    rotated at lo - 1), then one score per ring position lo, lo + 1, ..., p; each sum
+    sequential over d = 0..HD-1 from 0.  The key cache is read once for the G heads.
+    Scores go to sc [T, NKV, GP, NS].  Grid: (cdiv(T, BT), NKV, cdiv(NS, BS))."""
+    W: tl.constexpr = (NH + 2 * NKV) * HD
     t = tl.program_id(0) * BT + tl.arange(0, BT)
     kvh = tl.program_id(1)
     tau = (tl.program_id(2) * BS + tl.arange(0, BS))[None, :]  # [1, BS]
@@ -343,20 +466,19 @@ def attn_scores_kernel(qkv_ptr, stream_ptr, pos_ptr, kc_ptr, rk_ptr, sc_ptr, T, 
     t64 = t.to(tl.int64)
     sl = tl.load(stream_ptr + t, mask=tok, other=0).to(tl.int64)
     p = tl.load(pos_ptr + t, mask=tok, other=0)
-    lo = tl.maximum(p - WIN + 2, 1)
-    n = tl.where(p >= 1, p - lo + 1, 0) + 1  # scores: the sink and the ring positions lo .. p
+    lo, us, n = _window(p, span, sink_until)
     valid = tok[:, None] & (tau < n[:, None])  # [BT, BS]
-    ring = valid & (tau >= 1)
-    slot = tl.where(ring, (lo[:, None] - 2 + tau) % C, 0)
+    ring = valid & (tau >= us[:, None])
+    slot = tl.where(ring, (lo[:, None] - 1 + tau - us[:, None]) % C, 0)
     g = tl.arange(0, GP)[None, :]
     qm = tok[:, None] & (g < G)  # [BT, GP]
-    qbase = qkv_ptr + t64[:, None] * W + (kvh * G + g) * 64
+    qbase = qkv_ptr + t64[:, None] * W + (kvh * G + g) * HD
     head = (sl * NL + layer) * NKV + kvh  # [BT]
-    kbase = kc_ptr + head[:, None] * 64 * C + slot
-    rbase = rk_ptr + (t64 * NKV + kvh) * 64
-    first = tau == 0
+    kbase = kc_ptr + head[:, None] * HD * C + slot
+    rbase = rk_ptr + (t64 * NKV + kvh) * HD
+    first = (tau == 0) & (us[:, None] == 1)  # [BT, BS]
     acc = tl.zeros([BT, GP, BS], tl.float32)
-    for d in tl.range(0, 64, loop_unroll_factor=8):  # unrolled: the loads overlap, the sums stay in order
+    for d in tl.range(0, HD, loop_unroll_factor=8):  # unrolled: the loads overlap, the sums stay in order
         qd = tl.load(qbase + d, mask=qm, other=0.0)
         kd = tl.load(kbase + d * C, mask=ring, other=0).to(tl.float16, bitcast=True).to(tl.float32)
         kd = tl.where(first, tl.load(rbase + d, mask=tok, other=0.0)[:, None], kd)
@@ -366,11 +488,11 @@ def attn_scores_kernel(qkv_ptr, stream_ptr, pos_ptr, kc_ptr, rk_ptr, sc_ptr, T, 
 
 
 @triton.jit
-def attn_values_kernel(stream_ptr, pos_ptr, vc_ptr, sv_ptr, sc_ptr, ao_ptr, T, layer, C, NL, WIN, NS,
+def attn_values_kernel(stream_ptr, pos_ptr, vc_ptr, sv_ptr, sc_ptr, ao_ptr, T, layer, C, NL, span, sink_until, NS,
                        NH: tl.constexpr, NKV: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, BT: tl.constexpr,
-                       BD: tl.constexpr, STAGES: tl.constexpr = 1):
+                       BD: tl.constexpr, STAGES: tl.constexpr = 1, HD: tl.constexpr = 64):
     """Softmax and weighted values of the G query heads of one KV head, BT tokens and BD of
-    the 64 dimensions a program (grid (cdiv(T, BT), NKV, 64 / BD)): mx = max e;
+    the HD dimensions a program (grid (cdiv(T, BT), NKV, HD / BD)): mx = max e;
     e_i = exp(e_i - mx); the sum in 16 lanes (lane i mod 16, increasing i) and the fixed
     tree; values in 4 position lanes A_j (time index i mod 4, increasing i, from 0),
     o = (A_0 + A_1) + (A_2 + A_3); out o / sum.  The loops run to NS, the step's longest
@@ -383,8 +505,7 @@ def attn_values_kernel(stream_ptr, pos_ptr, vc_ptr, sv_ptr, sc_ptr, ao_ptr, T, l
     t64 = t.to(tl.int64)
     sl = tl.load(stream_ptr + t, mask=tok, other=0).to(tl.int64)
     p = tl.load(pos_ptr + t, mask=tok, other=0)
-    lo = tl.maximum(p - WIN + 2, 1)
-    n = tl.where(p >= 1, p - lo + 1, 0) + 1
+    lo, us, n = _window(p, span, sink_until)
     g = tl.arange(0, GP)[None, :]
     qm = tok[:, None] & (g < G)  # [BT, GP]
     srow = sc_ptr + ((t64[:, None] * NKV + kvh) * GP + g) * NS  # [BT, GP]
@@ -401,8 +522,8 @@ def attn_values_kernel(stream_ptr, pos_ptr, vc_ptr, sv_ptr, sc_ptr, ao_ptr, T, l
     jv = tl.arange(0, 4)[None, :]  # [1, 4]
     dd = (d0 + tl.arange(0, BD))[None, None, :]  # [1, 1, BD]
     head = (sl * NL + layer) * NKV + kvh  # [BT]
-    vbase = vc_ptr + head[:, None, None] * C * 64
-    sink_v = tl.load(sv_ptr + head[:, None, None] * 64 + dd, mask=tok[:, None, None], other=0.0)  # [BT, 1, BD]
+    vbase = vc_ptr + head[:, None, None] * C * HD
+    sink_v = tl.load(sv_ptr + head[:, None, None] * HD + dd, mask=tok[:, None, None], other=0.0)  # [BT, 1, BD]
     lanes = tl.zeros([BT, GP, 4, 4], tl.float32)
     A = tl.zeros([BT, GP, 4, BD], tl.float32)
     # STAGES > 1: the loads of later chunks are issued early (software pipelining); the sums
@@ -416,11 +537,11 @@ def attn_values_kernel(stream_ptr, pos_ptr, vc_ptr, sv_ptr, sc_ptr, ao_ptr, T, l
         for u in tl.static_range(4):
             eu = tl.sum(tl.where(u4 == u, e4, 0.0), axis=2)  # [BT, GP, 4 (j)]
             tau = c0 + 4 * u + jv  # [1, 4]
-            ring = tok[:, None] & (tau >= 1) & (tau < n[:, None])  # [BT, 4]
-            slot = tl.where(ring, (lo[:, None] - 2 + tau) % C, 0)
-            v = tl.load(vbase + slot[:, :, None] * 64 + dd, mask=ring[:, :, None], other=0)
+            ring = tok[:, None] & (tau >= us[:, None]) & (tau < n[:, None])  # [BT, 4]
+            slot = tl.where(ring, (lo[:, None] - 1 + tau - us[:, None]) % C, 0)
+            v = tl.load(vbase + slot[:, :, None] * HD + dd, mask=ring[:, :, None], other=0)
             v = v.to(tl.float16, bitcast=True).to(tl.float32)  # [BT, 4, BD]
-            v = tl.where((tau == 0)[:, :, None], sink_v, v)
+            v = tl.where(((tau == 0) & (us[:, None] == 1))[:, :, None], sink_v, v)
             A = A + eu[:, :, :, None] * v[:, None, :, :]
     # sum = (((l0+l1)+(l2+l3))+((l4+l5)+(l6+l7)))+(((l8+l9)+(l10+l11))+((l12+l13)+(l14+l15)))
     lj0 = tl.sum(tl.where(j4 == 0, lanes, 0.0), axis=3)  # [BT, GP, 4 (u)]
@@ -441,5 +562,5 @@ def attn_values_kernel(stream_ptr, pos_ptr, vc_ptr, sv_ptr, sc_ptr, ao_ptr, T, l
     a3 = tl.sum(tl.where(jd == 3, A, 0.0), axis=2)
     o = (a0 + a1) + (a2 + a3)
     out = tl.div_rn(o, tl.broadcast_to(total[:, :, None], o.shape))
-    ptr = ao_ptr + t64[:, None, None] * (NH * 64) + (kvh * G + g)[:, :, None] * 64 + dd
+    ptr = ao_ptr + t64[:, None, None] * (NH * HD) + (kvh * G + g)[:, :, None] * HD + dd
     tl.store(ptr, out, mask=qm[:, :, None])

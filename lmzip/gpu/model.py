@@ -21,8 +21,9 @@ NUMERICS = 1
 
 
 class GPUModel(PortableModel):
-    """A format 1 (llama) model on ``device`` (a torch device name).  ``threads``: CPU
-    threads for the work beside the GPU's, the mixer's (default: every core)."""
+    """A portable engine model (SmolLM2 and other llama models, Gemma 3) on ``device`` (a
+    torch device name).  ``threads``: CPU threads for the work beside the GPU's, the
+    mixer's (default: every core)."""
 
     def __init__(self, path, *, name: str, sha256: str, context: int = 2048, device: str = "cuda:0",
                  tokenize_text=None, weights=None, threads: int | None = None, gpus: list[str] | None = None):
@@ -72,12 +73,9 @@ def portable_model(path, *, name: str, sha256: str, context: int, threads: int |
         from .trust import check
 
         weights = cached_weights(path, sha256)
-        with open(weights, "rb") as f:
-            llama = f.read(12)[8:] == b"\x01\x00\x00\x00"  # weights format 1
-        why = check(sha256, weights, target) if llama else "the GPU kernels run llama models (format 1) only"
+        why = check(sha256, weights, target)
         if why is None:
             return GPUModel(path, name=name, sha256=sha256, context=context, device=target, weights=weights,
                             threads=threads, gpus=spread(device, target))
-        if llama or device not in (None, "auto"):  # Gemma under auto: the CPU, as expected
-            print(f"lmzip: warning: not using the GPU ({target}): {why}; running on the CPU", file=sys.stderr)
+        print(f"lmzip: warning: not using the GPU ({target}): {why}; running on the CPU", file=sys.stderr)
     return PortableModel(path, name=name, sha256=sha256, context=context, threads=threads, weights=weights)

@@ -19,7 +19,8 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-__all__ = ["FORBIDDEN", "scan_ptx", "KernelSpec", "smollm2_specs", "compile_ptx", "TARGETS"]
+__all__ = ["FORBIDDEN", "scan_ptx", "KernelSpec", "StepShape", "SMOLLM2", "GEMMA3_270M", "step_specs", "smollm2_specs",
+           "gemma3_specs", "compile_ptx", "TARGETS"]
 
 #: PTX instructions that break the engine's numerics: name -> pattern
 FORBIDDEN: dict[str, re.Pattern] = {
@@ -47,6 +48,8 @@ def scan_ptx(ptx: str) -> list[str]:
 
 _POINTER_TYPES = {"tok_ptr": "*i32", "stream_ptr": "*i32", "rows_ptr": "*i32", "pos_ptr": "*i64",
                   "kc_ptr": "*i16", "vc_ptr": "*i16", "wq_ptr": "*i8", "aq_ptr": "*i8", "q_ptr": "*i8"}
+#: the kernels' float arguments (the others are integers)
+_FLOAT_ARGS = {"eps", "scale", "qscale"}
 
 
 @dataclass(frozen=True)
@@ -70,7 +73,7 @@ class KernelSpec:
                 sig[arg] = "constexpr"
             elif arg.endswith("_ptr"):
                 sig[arg] = _POINTER_TYPES.get(arg, "*fp32")
-            elif arg == "eps":
+            elif arg in _FLOAT_ARGS:
                 sig[arg] = "fp32"
             else:
                 sig[arg] = "i32"
@@ -80,32 +83,71 @@ class KernelSpec:
         return self.name + "(" + ", ".join(f"{k}={v}" for k, v in self.constexprs) + ")"
 
 
-def smollm2_specs(blocks=None, n_embd: int = 576, n_ff: int = 1536, n_head: int = 9, n_kv: int = 3,
-                  n_vocab: int = 49152) -> list[KernelSpec]:
-    """Every kernel launch of a SmolLM2 step (:meth:`lmzip.gpu.forward.GPUEngine._step`), with the
-    GPU tile sizes (``blocks``, default :class:`lmzip.gpu.tiles.Blocks`)."""
-    from .tiles import Blocks, _blocks, _pow2, product_tokens
+@dataclass(frozen=True)
+class StepShape:
+    """What a model's step launches depend on: its sizes, its architecture, and its matrix
+    products as (K, kind, residual), kind the weights file's type (1 Q4_1, 2 Q8_0, 3 K16)."""
+
+    n_embd: int
+    n_ff: int
+    n_head: int
+    n_kv: int
+    head_dim: int
+    gemma: bool
+    products: tuple[tuple[int, int, bool], ...]
+
+
+#: SmolLM2-135M: Q4_1 matrices (q, k, v, gate, up; the output and down projections add to the
+#: residual stream), the Q8_0 head
+SMOLLM2 = StepShape(576, 1536, 9, 3, 64, False, ((576, 1, False), (576, 1, True), (1536, 1, True), (576, 2, False)))
+#: Gemma 3 270M as its weights file holds it: q, k, v, gate, up and the head Q8_0 (Q5_0 and
+#: Q8_0 in the GGUF), the output and down projections K16 (Q4_K and Q6_K)
+GEMMA3_270M = StepShape(640, 2048, 4, 1, 256, True, ((640, 2, False), (1024, 3, False), (2048, 3, False)))
+
+
+def step_specs(shape: StepShape, blocks=None) -> list[KernelSpec]:
+    """Every kernel launch of a step of a model of this shape
+    (:meth:`lmzip.gpu.forward.GPUEngine._forward`), with the GPU tile sizes (``blocks``,
+    default :class:`lmzip.gpu.tiles.Blocks`)."""
+    from .tiles import Blocks, _blocks, _pow2, product_tokens, rope_tokens
 
     b = blocks or Blocks()
-    E, F, G = n_embd, n_ff, n_head // n_kv
-    specs = [("embed_kernel", dict(E=E, BT=b.norm_tokens))]
-    for norm, gather, store in ((True, False, False), (False, False, False), (True, True, True)):
-        specs.append(("norm_quant_kernel", dict(E=E, NORM=norm, GATHER=gather, STORE_Y=store, BT=b.norm_tokens,
-                                                NBLK=_blocks(E, b.quant_blocks))))
+    E, F, HD, gemma = shape.n_embd, shape.n_ff, shape.head_dim, shape.gemma
+    NH, KV, G, QD = shape.n_head, shape.n_kv, shape.n_head // shape.n_kv, shape.n_head * shape.head_dim
+    specs = [("embed_kernel", dict(E=E, BT=b.norm_tokens, SCALED=gemma))]
+    norms = [(E, True, False, False, False), (QD, False, False, False, False), (E, True, True, True, False)]
+    if gemma:
+        norms.append((E, True, False, False, True))  # the post-norms, added to the residual stream
+    for width, norm, gather, store, residual in norms:
+        specs.append(("norm_quant_kernel", dict(E=width, NORM=norm, GATHER=gather, STORE_Y=store, BT=b.norm_tokens,
+                                                NBLK=_blocks(width, b.quant_blocks), RESIDUAL=residual,
+                                                QUANT=not residual)))
     for bt in sorted({product_tokens(n, b.tokens) for n in (1, 2 * b.tokens)} | {b.tokens // 2}):
-        for K, q4, residual in ((E, True, False), (E, True, True), (F, True, True), (E, False, False)):
-            specs.append(("matmul_kernel", dict(K=K, Q4=q4, RESIDUAL=residual, BT=bt, BR=b.rows,
+        for K, kind, residual in shape.products:
+            specs.append(("matmul_kernel", dict(K=K, KIND=kind, RESIDUAL=residual, BT=bt, BR=b.rows,
                                                 DOT_F32=b.dot_f32)))
+    rt = rope_tokens(b, HD)
     specs += [
-        ("silu_quant_kernel", dict(F=F, BT=b.norm_tokens, NBLK=_blocks(F, b.quant_blocks))),
-        ("rope_cache_kernel", dict(NH=n_head, NKV=n_kv, HP=_pow2(n_head), KP=_pow2(n_kv), BT=b.norm_tokens)),
-        ("sink_rope_kernel", dict(NKV=n_kv, KP=_pow2(n_kv), BT=b.norm_tokens)),
-        ("attn_scores_kernel", dict(NH=n_head, NKV=n_kv, G=G, GP=_pow2(G), BT=b.attn_tokens, BS=b.slots)),
-        ("attn_values_kernel", dict(NH=n_head, NKV=n_kv, G=G, GP=_pow2(G), BT=b.attn_tokens, BD=b.dims,
-                                    STAGES=b.stages)),
-        ("attn_values_kernel", dict(NH=n_head, NKV=n_kv, G=G, GP=_pow2(G), BT=b.attn_tokens, BD=b.dims, STAGES=3)),
+        ("gate_quant_kernel", dict(F=F, BT=b.norm_tokens, NBLK=_blocks(F, b.quant_blocks), GELU=gemma)),
+        ("rope_cache_kernel", dict(NH=NH, NKV=KV, HP=_pow2(NH), KP=_pow2(KV), BT=rt, HD=HD, NEOX=gemma,
+                                   QK_NORM=gemma)),
+        ("sink_rope_kernel", dict(NKV=KV, KP=_pow2(KV), BT=rt, HD=HD, NEOX=gemma)),
+        ("attn_scores_kernel", dict(NH=NH, NKV=KV, G=G, GP=_pow2(G), BT=b.attn_tokens, BS=b.slots, HD=HD)),
     ]
+    for stages in sorted({b.stages, 3}):  # 3: the pipelined loop of --sweep
+        specs.append(("attn_values_kernel", dict(NH=NH, NKV=KV, G=G, GP=_pow2(G), BT=b.attn_tokens, BD=b.dims,
+                                                 STAGES=stages, HD=HD)))
     return [KernelSpec(name, tuple(c.items())) for name, c in specs]
+
+
+def smollm2_specs(blocks=None) -> list[KernelSpec]:
+    """Every kernel launch of a SmolLM2 step."""
+    return step_specs(SMOLLM2, blocks)
+
+
+def gemma3_specs(blocks=None) -> list[KernelSpec]:
+    """Every kernel launch of a Gemma 3 270M step."""
+    return step_specs(GEMMA3_270M, blocks)
 
 
 def compile_ptx(spec: KernelSpec, capability: int, fp_fusion: bool = False) -> str:

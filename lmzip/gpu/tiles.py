@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-__all__ = ["Blocks", "interpreting", "product_tokens", "triton_cdiv"]
+__all__ = ["Blocks", "interpreting", "product_tokens", "rope_tokens", "triton_cdiv"]
 
 
 def interpreting() -> bool:
@@ -36,6 +36,7 @@ class Blocks:
     quant_blocks: int = 2  # 32-column blocks a norm or quantization program takes at a time (<= 16)
     stages: int = 1  # software pipelining of the attention values' loop (tl.range num_stages)
     dot_f32: bool = False  # block products in float32 (exact, see matmul_kernel): the interpreter's
+    least_tokens: int = 16  # tl.dot's smallest tile on a GPU; the interpreter takes any
 
     @classmethod
     def from_env(cls) -> Blocks:
@@ -50,7 +51,7 @@ class Blocks:
         for item in spec.split(","):
             key, _, value = item.partition("=")
             key = key.strip()
-            if key not in cls.__dataclass_fields__ or key == "dot_f32":
+            if key not in cls.__dataclass_fields__ or key in ("dot_f32", "least_tokens"):
                 raise ValueError(f"LMZIP_GPU_BLOCKS: unknown tile {key!r}")
             fields[key] = int(value)
         return cls(**fields)
@@ -59,14 +60,21 @@ class Blocks:
     def for_interpreter(cls) -> Blocks:
         # the interpreter pays per operation, not per element: few big tiles
         return cls(rows=2048, tokens=32, norm_tokens=32, attn_tokens=32, slots=128, dims=64, quant_blocks=16,
-                   dot_f32=True)
+                   dot_f32=True, least_tokens=1)
 
 
 
-def product_tokens(T: int, most: int) -> int:
-    """Tokens per program of a block product: a power of two from 16 (tl.dot's smallest tile)
-    up to ``most``, enough for T."""
-    return max(16, min(most, _pow2(T)))
+def product_tokens(T: int, most: int, least: int = 16) -> int:
+    """Tokens per program of a block product: a power of two from ``least`` (tl.dot's smallest
+    tile on a GPU) up to ``most``, enough for T."""
+    return max(least, min(most, _pow2(T)))
+
+
+def rope_tokens(blocks: Blocks, head_dim: int) -> int:
+    """Tokens per program of the RoPE and cache kernels: ``norm_tokens`` for heads of 64
+    dimensions, fewer for longer heads (Gemma's 256: a quarter), so a program's tiles keep
+    their size."""
+    return max(1, blocks.norm_tokens * 64 // max(64, head_dim))
 
 
 def _blocks(width: int, most: int) -> int:

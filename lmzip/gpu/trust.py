@@ -3,7 +3,8 @@
 The kernels are compiled on the user's machine by the installed Triton for the installed
 GPU and driver: lmzip checks that this combination computes the engine's numbers.  A
 short sequence (the start token and 16 tokens, one token a call) must give the C
-engine's logits bit for bit (for SmolLM2 the tests' golden hash), and the PTX of every
+engine's logits bit for bit (for SmolLM2 and Gemma 3 270M the tests' golden hashes, for
+other models the CPU engine's logits), and the PTX of every
 kernel that ran must hold no forbidden instruction (lmzip.gpu.ptx).  The result is kept per device
 for the process.  On failure the caller warns in one line and uses the CPU engine.
 """
@@ -14,13 +15,20 @@ import hashlib
 
 import numpy as np
 
-__all__ = ["check", "GOLDEN_TOKENS", "GOLD_16"]
+__all__ = ["check", "GOLDEN", "GOLDEN_TOKENS", "GOLD_16"]
 
 #: the first 16 tokens of alice29.txt for SmolLM2 (tests/data/engine_alice64.txt)
 GOLDEN_TOKENS = [2738, 16980, 1047, 9206, 15799, 23, 67, 5236, 48932, 42606, 5622, 408, 2154, 29738, 60, 12386]
 #: SHA-256 of the float32 logits after each of the start token and GOLDEN_TOKENS (tests/test_engine.py)
 GOLD_16 = "c5979cdace1088bb9e669c673fb6a3984e65b735d6f7aa914615586463ebc4a0"
 SMOLLM2_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+#: Gemma 3 270M: the first 16 Gemma tokens of alice29.txt (tests/data/engine_alice_gemma32.txt)
+#: and tests/test_engine_gemma.py's GOLD_G16
+GEMMA3_TOKENS = [251, 107, 251, 107, 251, 107, 251, 107, 152, 1565, 10067, 236789, 236773, 7747, 43380, 55958]
+GOLD_G16 = "f2f00ec1c62bbfe6451066ed12f1ddd2781e1d6ae384d81f76043f17a36ebb3f"
+GEMMA3_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+#: model GGUF SHA-256 -> (tokens after the start token, SHA-256 of the logits after each)
+GOLDEN = {SMOLLM2_SHA256: (GOLDEN_TOKENS, GOLD_16), GEMMA3_SHA256: (GEMMA3_TOKENS, GOLD_G16)}
 
 _verdicts: dict[tuple, str | None] = {}
 
@@ -48,7 +56,8 @@ def _check(model_sha256: str, weights_path, device: str) -> str | None:
     from .forward import COMPILED_PTX, GPUEngine
 
     eng = GPUEngine(weights_path, device=device, context=2048)
-    tokens = [t % eng.n_vocab for t in GOLDEN_TOKENS]
+    tokens, gold = GOLDEN.get(model_sha256, (GOLDEN_TOKENS, None))
+    tokens = [t % eng.n_vocab for t in tokens]
     h = eng.new_stream()
     rows = []
     if eng.device.type == "cuda":
@@ -62,8 +71,8 @@ def _check(model_sha256: str, weights_path, device: str) -> str | None:
         every: list = []
         eng.eval([h], [[eng.bos] + tokens], every=every)
         rows = [r for step in every for r in step.cpu().numpy()]
-    if model_sha256 == SMOLLM2_SHA256:
-        if _hash(rows) != GOLD_16:
+    if gold is not None:
+        if _hash(rows) != gold:
             return "its logits differ from the engine's golden hash"
     else:
         from .. import _engine

@@ -68,13 +68,41 @@ void probe_inv_freq(double base, double *out) {
 }
 
 /* the attention of one token over one KV head for its G query heads (attn_scalar, the
- * definition): queries G x D (rotated, scaled), the sink's key already rotated, the ring in
- * the engine's layouts (keys [C/16][D][16], values [D/16][C][16]); out G x D */
-void probe_attn(int G, int D, const float *q, const float *sink_k, const float *sink_v, const uint16_t *kc,
-                const uint16_t *vc, int C, int64_t lo, int n_ring, float *out) {
+ * definition): queries G x D (rotated, scaled), the sink's key already rotated (read only
+ * when use_sink: Gemma's local layers drop it), the ring in the engine's layouts (keys
+ * [C/16][D][16], values [D/16][C][16]); out G x D */
+void probe_attn(int G, int D, int use_sink, const float *q, const float *sink_k, const float *sink_v,
+                const uint16_t *kc, const uint16_t *vc, int C, int64_t lo, int n_ring, float *out) {
     probe_init();
-    attn_args a = {G, D, C, 1, n_ring, lo, q, sink_k, sink_v, kc, vc, out};
+    attn_args a = {G, D, C, use_sink, n_ring, lo, q, sink_k, sink_v, kc, vc, out};
     float *work = malloc(sizeof(float) * attn_work_floats(G, C));
     attn_scalar(&a, work);
     free(work);
+}
+
+/* Gemma 3 (gemma.inc and its kernels in engine.c) */
+
+/* inv_freq[i] = exp_d(-(2i/D) log_d(base)), i < D/2, as lmz_load computes Gemma's */
+void probe_inv_freq_dim(double base, int D, double *out) {
+    double lb = log_d(base);
+    for (int i = 0; i < D / 2; i++)
+        out[i] = exp_d(-((double)(2 * i) / (double)D) * lb);
+}
+
+/* NEOX RoPE of a head of 2 * half values at table (cs, sn), in place */
+void probe_rope_neox(float *x, const float *cs, const float *sn, int half) { rope_neox(x, cs, sn, half); }
+
+/* GELU times the up projection (gelu_mul_scalar): y = gelu(g) * u */
+void probe_gelu_mul(const float *g, const float *u, float *y, int n) {
+    memcpy(y, g, sizeof(float) * (size_t)n);
+    gelu_mul_scalar(y, u, n);
+}
+
+/* out[t][r] of a K16 matrix (the weights file's bytes: rows x K int8, then the scales and
+ * mins [rows][K/16] f32) for T tokens of quantized activations */
+void probe_mm_k16(const uint8_t *W, int rows, int K, int8_t *q, float *s, float *sa, int32_t *sum, int T,
+                  float *out) {
+    tensor t = {T_K16, rows, K, W};
+    act a = {q, s, sa, sum};
+    mm_k16_scalar(&t, 0, rows / 16, &a, T, out, rows);
 }
