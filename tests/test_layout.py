@@ -4,7 +4,7 @@ Imports are read with ``ast`` (nothing is imported), including those inside func
 so a lazy import cannot hide a circle.  The layers, lowest first:
 
     errors
-    < format, coding, cdf, tokenization, detect, classic   (the pipeline's lower half)
+    < format, coding, cdf, tokenization, detect, classic, sizing   (the pipeline's lower half)
     < predictors/, gpu/                                    (everything that gives probabilities)
     < codec, core, fileobj, ranges, parallel, lmzip itself  (the pipeline's upper half, the API)
     < measure/                                             (the measuring tools)
@@ -24,7 +24,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "lmzip"
 LAYERS = [
     ("errors", {"lmzip.errors"}),
     ("pipeline, lower half", {"lmzip.format", "lmzip.coding", "lmzip.cdf", "lmzip.tokenization", "lmzip.detect",
-                              "lmzip.classic"}),
+                              "lmzip.classic", "lmzip.sizing"}),
     ("predictors", {"lmzip.predictors", "lmzip.gpu"}),
     ("pipeline, upper half", {"lmzip.codec", "lmzip.core", "lmzip.fileobj", "lmzip.ranges", "lmzip.parallel",
                               "lmzip"}),
