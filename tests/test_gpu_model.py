@@ -31,6 +31,8 @@ from lmzip.gpu.model import GPUModel, portable_model  # noqa: E402
 from lmzip.predictors import portable_weights as pw  # noqa: E402
 from lmzip.predictors.portable import PortableModel  # noqa: E402
 
+from .conftest import corpus_slice  # noqa: E402
+
 DEV = "cuda:0" if torch.cuda.is_available() else "cpu"
 N_LAYER, N_EMBD, N_FF, N_HEAD, N_KV, N_VOCAB, BOS = 2, 192, 128, 3, 1, 272, 256
 
@@ -195,6 +197,25 @@ def test_files_are_the_same_on_both_devices(tiny):
     assert rec_gpu == rec_cpu
     assert decompress_group(cpu, rec_gpu, width=3) == texts
     assert decompress_group(gpu, rec_cpu, width=3) == texts
+
+
+def test_the_gpus_lookahead_takes_more_tokens_per_call(tiny):
+    """Compressing, a GPU evaluates far more rows ahead per call than the CPU's 64 for the
+    group (GPUEngine.ahead_rows): a stream's whole step of 32 tokens here, where the CPU
+    takes 21 for each of 3 streams; the records are the CPU's."""
+    cpu, gpu = _models(tiny, context=2048)
+    assert gpu._engine.ahead_rows > 64
+    texts = [corpus_slice("alice29.txt", 1000 * i, 80) for i in range(1, 4)]
+    sizes = []
+    real = gpu._engine.eval_rows
+
+    def spy(handles, lists, rows):
+        sizes.append(max(len(t) for t in lists))
+        return real(handles, lists, rows)
+
+    gpu._engine.eval_rows = spy
+    assert compress_group(gpu, texts, width=3) == compress_group(cpu, texts, width=3)
+    assert max(sizes) == 32
 
 
 def test_groups_wider_than_64_on_both_devices(tiny):

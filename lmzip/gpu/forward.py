@@ -33,6 +33,8 @@ __all__ = ["GPUEngine", "MAX_STEP", "launch"]
 
 #: most tokens of one stream in one step (the ring holds context - 1 + 31 slots: LMZ_MAX_STEP)
 MAX_STEP = 32
+#: bytes of logits one lookahead call brings to the host at most (``GPUEngine.ahead_rows``)
+AHEAD_BYTES = 256 << 20
 
 
 #: CUDA graphs kept, one per group width, the least recently used dropped first: a wide
@@ -91,6 +93,10 @@ class GPUEngine:
         self.n_layer, self.n_embd, self.n_ff = w.n_layer, w.n_embd, w.n_ff
         self.n_head, self.n_kv, self.n_vocab, self.bos = w.n_head, w.n_kv, w.n_vocab, w.bos
         self.head_dim = w.head_dim
+        #: rows of logits a compressor's call may evaluate ahead for a group (its lookahead,
+        #: lmzip.predictors.portable): 256 MiB of them, so that 64 streams take up to 21
+        #: tokens each per call (SmolLM2) instead of the CPU's one; the logits are the same
+        self.ahead_rows = max(64, AHEAD_BYTES // (4 * self.n_vocab))
         self.eps = float(w.eps)
         self.group = self.n_head // self.n_kv
         self.swa = w.swa_window if self.gemma else 0

@@ -91,7 +91,8 @@ class _GroupStream(Stream):
             self.pending.append(token)
 
 
-#: rows of logits one engine call evaluates ahead for a group, at most (lookahead)
+#: rows of logits one engine call evaluates ahead for a group, at most (lookahead), unless
+#: the engine says otherwise (``engine.ahead_rows``: a GPU's steps take far more rows)
 AHEAD_ROWS = 64
 
 
@@ -174,7 +175,8 @@ class _PortableGroup(StreamGroup):
 
     def _eval_ahead(self, todo: list[_GroupStream]) -> None:
         """One engine call: each stream's pending tokens and as many of its next ones as fit."""
-        per = max(1, min(engine_module().MAX_STEP, AHEAD_ROWS // len(todo)))
+        budget = getattr(self._eng, "ahead_rows", AHEAD_ROWS)
+        per = max(1, min(engine_module().MAX_STEP, budget // len(todo)))
         lists = []
         for s in todo:
             if s.future is None:
