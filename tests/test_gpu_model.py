@@ -483,3 +483,13 @@ def test_trust_goldens_are_the_engine_tests():
 
     assert trust.GOLDEN[trust.SMOLLM2_SHA256] == (test_engine._tokens(16), test_engine.GOLD_16)
     assert trust.GOLDEN[trust.GEMMA3_SHA256] == (test_engine_gemma._tokens(16), test_engine_gemma.GOLD_G16)
+
+
+def test_free_memory_counts_what_torch_keeps_cached(monkeypatch):
+    """A group's caches, once closed, stay in torch's cache: the next group may use them."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda dev: (10 << 30, 80 << 30))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda dev: 30 << 30)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda dev: 5 << 30)
+    assert gdev.free_memory("cuda:0") == 35 << 30

@@ -90,8 +90,11 @@ def spread(device: str | None, target: str) -> list[str]:
 
 
 def free_memory(device: str) -> int:
-    """Bytes free on the CUDA device ``device``, as the driver counts them."""
+    """Bytes free on the CUDA device ``device``: what the driver counts free, plus what
+    torch keeps cached but unused (the caches of a group just closed), which it hands out
+    again before asking the driver."""
     import torch
 
-    free, _total = torch.cuda.mem_get_info(torch.device(device))
-    return int(free)
+    dev = torch.device(device)
+    free, _total = torch.cuda.mem_get_info(dev)
+    return int(free) + int(torch.cuda.memory_reserved(dev) - torch.cuda.memory_allocated(dev))
