@@ -63,6 +63,7 @@ static inline uint64_t to_bits(double d) {
  * Max and counting are exact in any order, so lanes and vectors are free to differ. */
 #if defined(__GNUC__) && !defined(LMZIP_SCALAR)
 typedef float v4f __attribute__((vector_size(16)));
+typedef float v8f __attribute__((vector_size(32)));
 #define LOAD4_F(dst, i)                                                                     \
     do {                                                                                    \
         v4f f4;                                                                             \
@@ -70,6 +71,14 @@ typedef float v4f __attribute__((vector_size(16)));
         dst = __builtin_convertvector(f4, v4d);                                             \
     } while (0)
 #define LOAD4_D(dst, i) memcpy(&dst, xd + (i), sizeof dst)
+/* 8 at a time, as one v8d (vector extensions only: no shuffles, which older compilers lack) */
+#define LOAD8_F(dst, i)                                                                     \
+    do {                                                                                    \
+        v8f f8;                                                                             \
+        memcpy(&f8, xf + (i), sizeof f8);                                                   \
+        dst = __builtin_convertvector(f8, v8d);                                             \
+    } while (0)
+#define LOAD8_D(dst, i) memcpy(&dst, xd + (i), sizeof dst)
 #define LARGEST_VECTOR(LOAD4)                                                               \
     const v4d inf = {INFINITY, INFINITY, INFINITY, INFINITY};                               \
     const v4d one = {1.0, 1.0, 1.0, 1.0};                                                   \
@@ -128,13 +137,11 @@ typedef float v4f __attribute__((vector_size(16)));
  * adds the e_i with i % 8 == j in index order (one 8-wide accumulator: one AVX-512
  * register, two AVX2 or four SSE2 ones, the same order). */
 #if defined(__GNUC__) && !defined(LMZIP_SCALAR)
-#define EXP_VECTOR(LOAD, LOAD4)                                                             \
+#define EXP_VECTOR(LOAD, LOAD8)                                                              \
     v8d acc = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};                                     \
     for (; i + LANES <= n; i += LANES) {                                                    \
-        v4d a, b;                                                                           \
-        LOAD4(a, i);                                                                        \
-        LOAD4(b, i + 4);                                                                    \
-        v8d x = __builtin_shufflevector(a, b, 0, 1, 2, 3, 4, 5, 6, 7);                      \
+        v8d x;                                                                              \
+        LOAD8(x, i);                                                                        \
         x = exp8_nonpositive(x - m);                                                        \
         memcpy(e + i, &x, sizeof x);                                                        \
         acc += x;                                                                           \
@@ -142,7 +149,7 @@ typedef float v4f __attribute__((vector_size(16)));
     for (int j = 0; j < LANES; j++)                                                         \
         lane[j] = acc[j];
 #else
-#define EXP_VECTOR(LOAD, LOAD4)                                                             \
+#define EXP_VECTOR(LOAD, LOAD8)                                                             \
     for (; i + LANES <= n; i += LANES)                                                      \
         for (int j = 0; j < LANES; j++) {                                                   \
             double v = exp_nonpositive(LOAD(i + j) - m, rounder_bits);                      \
@@ -150,11 +157,11 @@ typedef float v4f __attribute__((vector_size(16)));
             lane[j] += v;                                                                   \
         }
 #endif
-#define EXP_BODY(LOAD, LOAD4)                                                               \
+#define EXP_BODY(LOAD, LOAD8)                                                               \
     const uint64_t rounder_bits = to_bits(ROUNDER);                                         \
     double lane[LANES] = {0};                                                               \
     Py_ssize_t i = 0;                                                                       \
-    EXP_VECTOR(LOAD, LOAD4)                                                                 \
+    EXP_VECTOR(LOAD, LOAD8)                                                                 \
     for (int j = 0; i + j < n; j++) { /* the last n % 8 */                                  \
         double v = exp_nonpositive(LOAD(i + j) - m, rounder_bits);                          \
         e[i + j] = v;                                                                       \
@@ -222,8 +229,8 @@ DISPATCH static double largest_f(const float *xf, Py_ssize_t n, double *n_posinf
 DISPATCH static double largest_d(const double *xd, Py_ssize_t n, double *n_posinf) { LARGEST_BODY(LOAD_D, LOAD4_D) }
 DISPATCH static Py_ssize_t first_f(const float *xf, Py_ssize_t n, double target) { FIRST_BODY(LOAD_F, LOAD4_F) }
 DISPATCH static Py_ssize_t first_d(const double *xd, Py_ssize_t n, double target) { FIRST_BODY(LOAD_D, LOAD4_D) }
-DISPATCH static double exps_f(const float *xf, Py_ssize_t n, double m, double *e) { EXP_BODY(LOAD_F, LOAD4_F) }
-DISPATCH static double exps_d(const double *xd, Py_ssize_t n, double m, double *e) { EXP_BODY(LOAD_D, LOAD4_D) }
+DISPATCH static double exps_f(const float *xf, Py_ssize_t n, double m, double *e) { EXP_BODY(LOAD_F, LOAD8_F) }
+DISPATCH static double exps_d(const double *xd, Py_ssize_t n, double m, double *e) { EXP_BODY(LOAD_D, LOAD8_D) }
 
 /* Pass 3: q_i = floor(e_i * scale) in place; returns sum(q) (integers below 2^53, so
  * exact in any order). */
@@ -305,27 +312,24 @@ static void quantize(const void *scores, int is_double, Py_ssize_t n, double *q,
 #if defined(__GNUC__) && !defined(LMZIP_SCALAR)
 /* 8 elements at a time into the 8 lanes (the same order); a non-finite x_i adds +0.0,
  * which changes no lane (a lane starts at +0.0 and so is never -0.0) */
-#define EXPECT_VECTOR(LOAD4)                                                                \
+#define EXPECT_VECTOR(LOAD8)                                                                \
     v8d acc = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};                                     \
     for (; i + LANES <= n; i += LANES) {                                                    \
-        v4d a, b;                                                                           \
-        v8d qv;                                                                             \
-        LOAD4(a, i);                                                                        \
-        LOAD4(b, i + 4);                                                                    \
+        v8d x, qv;                                                                          \
+        LOAD8(x, i);                                                                        \
         memcpy(&qv, q + i, sizeof qv);                                                      \
-        v8d x = __builtin_shufflevector(a, b, 0, 1, 2, 3, 4, 5, 6, 7);                      \
         v8i finite = (v8i)(x - x == 0.0);                                                   \
         acc += (v8d)((v8i)((qv + 1.0) * x) & finite);                                       \
     }                                                                                       \
     for (int j = 0; j < LANES; j++)                                                         \
         lane[j] = acc[j];
 #else
-#define EXPECT_VECTOR(LOAD4)
+#define EXPECT_VECTOR(LOAD8)
 #endif
-#define EXPECT_BODY(LOAD, LOAD4)                                                            \
+#define EXPECT_BODY(LOAD, LOAD8)                                                            \
     double lane[LANES] = {0};                                                               \
     Py_ssize_t i = 0;                                                                       \
-    EXPECT_VECTOR(LOAD4)                                                                    \
+    EXPECT_VECTOR(LOAD8)                                                                    \
     for (; i < n; i++) {                                                                    \
         double v = LOAD(i);                                                                 \
         if (v - v == 0.0) /* finite */                                                      \
@@ -333,7 +337,7 @@ static void quantize(const void *scores, int is_double, Py_ssize_t n, double *q,
     }                                                                                       \
     return ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
 
-DISPATCH static double expect_f(const double *q, const float *xf, Py_ssize_t n) { EXPECT_BODY(LOAD_F, LOAD4_F) }
-DISPATCH static double expect_d(const double *q, const double *xd, Py_ssize_t n) { EXPECT_BODY(LOAD_D, LOAD4_D) }
+DISPATCH static double expect_f(const double *q, const float *xf, Py_ssize_t n) { EXPECT_BODY(LOAD_F, LOAD8_F) }
+DISPATCH static double expect_d(const double *q, const double *xd, Py_ssize_t n) { EXPECT_BODY(LOAD_D, LOAD8_D) }
 
 #endif /* LMZIP_CDF_RULE_H */
