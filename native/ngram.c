@@ -58,7 +58,8 @@ typedef struct {
     table_t successors; /* (ctx index, token) -> index in its succ */
     table_t positions;  /* last match_min tokens -> history length after them */
     Py_ssize_t match_ptr, match_len;
-    double *ln; /* ln_table: ln[c] for 0 <= c < n_ln */
+    Py_buffer ln_buf; /* ln_table, shared with every other stream (held, not copied) */
+    const double *ln; /* ln[c] for 0 <= c < n_ln */
     Py_ssize_t n_ln;
 } Stats;
 
@@ -403,11 +404,25 @@ static PyObject *Stats_get_len(Stats *s, void *closure) { return PyLong_FromSsiz
 static int Stats_init(Stats *s, PyObject *args, PyObject *kw) {
     static char *names[] = {"vocab_size", "orders", "match_min", "ln_table", NULL};
     long vocab;
-    PyObject *orders;
+    PyObject *orders, *table;
     int match_min;
-    Py_buffer ln;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "lOiy*", names, &vocab, &orders, &match_min, &ln))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "lOiO", names, &vocab, &orders, &match_min, &table))
         return -1;
+    if (s->ln != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Stats is initialized once");
+        return -1;
+    }
+    Py_buffer ln;
+    if (PyObject_GetBuffer(table, &ln, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0)
+        return -1;
+    const char *f = ln.format ? ln.format : "B";
+    while (*f == '@' || *f == '=' || *f == '<') /* native little-endian only */
+        f++;
+    if (strcmp(f, "d") != 0) {
+        PyBuffer_Release(&ln);
+        PyErr_SetString(PyExc_ValueError, "ln_table must be a contiguous float64 array");
+        return -1;
+    }
     int rc = -1;
     PyObject *seq = PySequence_Fast(orders, "orders must be a sequence of integers");
     if (seq == NULL)
@@ -440,18 +455,19 @@ static int Stats_init(Stats *s, PyObject *args, PyObject *kw) {
     s->match_min = match_min;
     s->match_ptr = -1;
     s->match_len = 0;
-    s->n_ln = ln.len / 8;
-    s->ln = PyMem_Malloc((size_t)ln.len);
-    if (s->ln == NULL || table_init(&s->contexts, 1024) < 0 || table_init(&s->successors, 1024) < 0 ||
+    if (table_init(&s->contexts, 1024) < 0 || table_init(&s->successors, 1024) < 0 ||
         table_init(&s->positions, 1024) < 0) {
         PyErr_NoMemory();
         goto done;
     }
-    memcpy(s->ln, ln.buf, (size_t)ln.len);
+    s->ln_buf = ln; /* released with the object */
+    s->ln = (const double *)ln.buf;
+    s->n_ln = ln.len / 8;
     rc = 0;
 done:
     Py_XDECREF(seq);
-    PyBuffer_Release(&ln);
+    if (rc < 0)
+        PyBuffer_Release(&ln);
     return rc;
 }
 
@@ -460,7 +476,8 @@ static void Stats_dealloc(Stats *s) {
         PyMem_Free(s->ctx[c].succ);
     PyMem_Free(s->ctx);
     PyMem_Free(s->hist);
-    PyMem_Free(s->ln);
+    if (s->ln != NULL)
+        PyBuffer_Release(&s->ln_buf);
     table_free(&s->contexts);
     table_free(&s->successors);
     table_free(&s->positions);

@@ -74,6 +74,7 @@ def ln_table() -> np.ndarray:
         x = np.arange(1 << 18 | 1, dtype=np.float64)
         x[0] = 1.0
         _LN = _own_ln(x)
+        _LN.flags.writeable = False  # shared by every stream (lmzip._ngram holds it too)
     return _LN
 
 
