@@ -81,7 +81,8 @@ _common = [
                  help="Show a progress line on stderr (default: when stderr is a terminal)."),
     click.option("-m", "--model", metavar="NAME|PATH", default=None, help="Model name or GGUF file."),
     click.option("--threads", type=click.IntRange(1, 256), default=None,
-                 help="CPU threads for the model (does not change the output)."),
+                 help="CPU threads for the model and the mixer; on a GPU, the mixer's (default there: "
+                      "every core). Does not change the output."),
 ]
 
 
