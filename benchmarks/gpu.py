@@ -237,7 +237,7 @@ def check(gguf: Path, enwik_bytes: int, budget: float) -> int:
         from host import rates
 
         cores = os.cpu_count() or 1
-        n, comp, dec = rates(64, 300, cores, (SHARED / "canterbury" / "alice29.txt").read_bytes())
+        n, comp, dec = rates(64, 300, cores, (SHARED / "canterbury" / "alice29.txt").read_bytes(), model=str(gguf))
         print(f"host side alone, 64 streams, {cores} threads: compress {comp:.0f} tok/s, decompress {dec:.0f} tok/s "
               f"({n} tokens)", flush=True)
     except Exception as exc:  # a figure, not a check

@@ -80,12 +80,14 @@ def chunks_of(text: bytes, tokenizer, width: int, tokens: int) -> list[bytes]:
     return [b"".join(pieces[t] for t in toks[i * tokens : (i + 1) * tokens]) for i in range(width)]
 
 
-def rates(width: int, tokens: int, threads: int, text: bytes, decompress: bool = True) -> tuple[int, float, float]:
+def rates(width: int, tokens: int, threads: int, text: bytes, decompress: bool = True,
+          model: str = "smollm2-135m") -> tuple[int, float, float]:
     """(tokens coded, compress tokens/s, decompress tokens/s or nan) of one lockstep group
-    of ``width`` chunks of ``text``, ``tokens`` tokens each, on ``threads`` host threads."""
+    of ``width`` chunks of ``text``, ``tokens`` tokens each, on ``threads`` host threads;
+    ``model`` (a registry name or a GGUF path) gives the tokenizer and the vocabulary."""
     from lmzip.predictors.registry import load_model
 
-    tokenizer = load_model("smollm2-135m").tokenizer
+    tokenizer = load_model(model, device="cpu").tokenizer
     model = MixedModel(BankModel(tokenizer), DEFAULT_MIX)
     chunks = chunks_of(text, tokenizer, width, tokens)
     n = sum(len(tokenizer.encode(c)) for c in chunks)
