@@ -123,24 +123,14 @@ def main() -> None:
     import lmzip
 
     text = Path(a.file).read_bytes()
-    print(f"lmzip from {Path(lmzip.__file__).parent.parent}; CPU {_cpu()}; {time.strftime('%Y-%m-%d')}")
+    from lmzip.measure.report import machine
+
+    print(f"lmzip from {Path(lmzip.__file__).parent.parent}; CPU {machine()['cpu']}; {time.strftime('%Y-%m-%d')}")
     print(f"{'width':>6} {'threads':>7} {'tokens':>7} {'compress tok/s':>15} {'decompress tok/s':>17}")
     for width in map(int, a.widths.split(",")):
         for threads in map(int, a.threads.split(",")):
             n, c, d = rates(width, a.tokens, threads, text, not a.no_decompress)
             print(f"{width:>6} {threads:>7} {n:>7} {c:>15,.0f} {d:>17,.0f}", flush=True)
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":
