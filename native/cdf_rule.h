@@ -64,21 +64,17 @@ static inline uint64_t to_bits(double d) {
 #if defined(__GNUC__) && !defined(LMZIP_SCALAR)
 typedef float v4f __attribute__((vector_size(16)));
 typedef float v8f __attribute__((vector_size(32)));
-#define LOAD4_F(dst, i)                                                                     \
+/* a vector of float32 scores as doubles, or of doubles (the width is the destination's) */
+#define LOAD_FLOATS(VF, VD, dst, i)                                                         \
     do {                                                                                    \
-        v4f f4;                                                                             \
-        memcpy(&f4, xf + (i), sizeof f4);                                                   \
-        dst = __builtin_convertvector(f4, v4d);                                             \
+        VF f_;                                                                              \
+        memcpy(&f_, xf + (i), sizeof f_);                                                   \
+        dst = __builtin_convertvector(f_, VD);                                              \
     } while (0)
+#define LOAD4_F(dst, i) LOAD_FLOATS(v4f, v4d, dst, i)
+#define LOAD8_F(dst, i) LOAD_FLOATS(v8f, v8d, dst, i) /* 8 as one vector: no shuffles (GCC < 12 lacks them) */
 #define LOAD4_D(dst, i) memcpy(&dst, xd + (i), sizeof dst)
-/* 8 at a time, as one v8d (vector extensions only: no shuffles, which older compilers lack) */
-#define LOAD8_F(dst, i)                                                                     \
-    do {                                                                                    \
-        v8f f8;                                                                             \
-        memcpy(&f8, xf + (i), sizeof f8);                                                   \
-        dst = __builtin_convertvector(f8, v8d);                                             \
-    } while (0)
-#define LOAD8_D(dst, i) memcpy(&dst, xd + (i), sizeof dst)
+#define LOAD8_D LOAD4_D
 #define LARGEST_VECTOR(LOAD4)                                                               \
     const v4d inf = {INFINITY, INFINITY, INFINITY, INFINITY};                               \
     const v4d one = {1.0, 1.0, 1.0, 1.0};                                                   \

@@ -167,9 +167,73 @@ static int take(PyObject *obj, Py_buffer *b, int *held, const char *what, const 
     return 0;
 }
 
+/* ------------------------------------------------------------------ jobs */
+
+/* the buffers a job holds while it runs: every job type starts with this */
+enum { MAX_BUFS = 6 };
+typedef struct {
+    Py_buffer bufs[MAX_BUFS];
+    int held[MAX_BUFS];
+} held_t;
+
+/* what a kind of job is: its size, how one is read from its tuple, run, and answered */
+typedef struct {
+    size_t size;
+    int (*parse)(void *job, PyObject *item); /* 0, or -1 with an error set */
+    task_fn task;
+    PyObject *(*answer)(const void *job);
+} job_kind;
+
+static void release(held_t *h) {
+    for (int k = 0; k < MAX_BUFS; k++)
+        if (h->held[k]) {
+            PyBuffer_Release(&h->bufs[k]);
+            h->held[k] = 0;
+        }
+}
+
+/* kind(jobs, threads): read every job of the list, run them on up to `threads` threads
+ * without the GIL, and answer a list (one item per job) */
+static PyObject *run_list(PyObject *args, const job_kind *kind) {
+    PyObject *list;
+    int threads;
+    if (!PyArg_ParseTuple(args, "O!i", &PyList_Type, &list, &threads))
+        return NULL;
+    if (threads < 1) {
+        PyErr_SetString(PyExc_ValueError, "threads must be at least 1");
+        return NULL;
+    }
+    Py_ssize_t n_jobs = PyList_GET_SIZE(list);
+    char *jobs = PyMem_Calloc(n_jobs ? (size_t)n_jobs : 1, kind->size);
+    if (jobs == NULL)
+        return PyErr_NoMemory();
+    PyObject *result = NULL;
+    Py_ssize_t ready = 0;
+    for (; ready < n_jobs; ready++)
+        if (kind->parse(jobs + ready * kind->size, PyList_GET_ITEM(list, ready)) < 0)
+            goto done;
+    Py_BEGIN_ALLOW_THREADS
+    run_jobs(kind->task, jobs, n_jobs, threads);
+    Py_END_ALLOW_THREADS
+    result = PyList_New(n_jobs);
+    for (Py_ssize_t k = 0; result != NULL && k < n_jobs; k++) {
+        PyObject *v = kind->answer(jobs + k * kind->size);
+        if (v == NULL)
+            Py_CLEAR(result);
+        else
+            PyList_SET_ITEM(result, k, v);
+    }
+done:
+    for (Py_ssize_t k = 0; k < n_jobs && k <= ready; k++)
+        release((held_t *)(jobs + k * kind->size));
+    PyMem_Free(jobs);
+    return result;
+}
+
 /* ------------------------------------------------------------------ distributions */
 
 typedef struct {
+    held_t h; /* s, q, llm, bias, tokens, adds */
     const void *llm; /* NULL: no language model */
     int llm_double;
     double w_llm;
@@ -180,8 +244,6 @@ typedef struct {
     double *s, *q;
     Py_ssize_t n;
     double top, sum;
-    Py_buffer bufs[6]; /* s, q, llm, bias, tokens, adds */
-    int held[6];
 } dist_job;
 
 /* s = llm * w (+ bias): elementwise, so any vector width gives the same bits */
@@ -220,111 +282,77 @@ static void dist_task(void *jobs, Py_ssize_t i) {
     quantize(s, 1, n, j->q, &j->top, &j->sum);
 }
 
-static void release(Py_buffer *bufs, int *held, int count) {
-    for (int k = 0; k < count; k++)
-        if (held[k]) {
-            PyBuffer_Release(&bufs[k]);
-            held[k] = 0;
-        }
-}
-
-static int threads_arg(int threads) {
-    if (threads < 1) {
-        PyErr_SetString(PyExc_ValueError, "threads must be at least 1");
+static int parse_dist(void *job, PyObject *item) {
+    dist_job *j = (dist_job *)job;
+    Py_buffer *b = j->h.bufs;
+    int *held = j->h.held;
+    PyObject *llm, *bias, *toks, *adds, *s, *q;
+    if (!PyArg_ParseTuple(item, "OdOOOOO;a job is (llm, w_llm, bias, tokens, adds, s, q)", &llm, &j->w_llm, &bias,
+                          &toks, &adds, &s, &q))
+        return -1;
+    if (take(s, &b[0], &held[0], "s", "d", -1, 1, 0) < 0)
+        return -1;
+    j->n = b[0].len / 8;
+    if (j->n < 2 || j->n >= TOTAL / 2) {
+        PyErr_Format(PyExc_ValueError, "vocabulary size %zd out of range", j->n);
         return -1;
     }
+    if (take(q, &b[1], &held[1], "q", "d", j->n, 1, 0) < 0 || take(llm, &b[2], &held[2], "llm", "df", j->n, 0, 1) < 0 ||
+        take(bias, &b[3], &held[3], "bias", "d", j->n, 0, 1) < 0 ||
+        take(toks, &b[4], &held[4], "tokens", "ql", -1, 0, 1) < 0)
+        return -1;
+    if (b[0].buf == b[1].buf) {
+        PyErr_SetString(PyExc_ValueError, "s and q must be different arrays");
+        return -1;
+    }
+    j->llm = held[2] ? b[2].buf : NULL;
+    j->llm_double = held[2] && elem(&b[2])[0] == 'd';
+    j->bias = held[3] ? (const double *)b[3].buf : NULL;
+    j->s = (double *)b[0].buf;
+    j->q = (double *)b[1].buf;
+    if (!held[4]) {
+        if (adds != Py_None) {
+            PyErr_SetString(PyExc_TypeError, "adds without tokens");
+            return -1;
+        }
+        return 0;
+    }
+    j->n_feats = b[4].len / 8;
+    if (take(adds, &b[5], &held[5], "adds", "d", -1, 0, 0) < 0)
+        return -1;
+    if (b[5].len != j->n_feats * 8) {
+        PyErr_SetString(PyExc_ValueError, "tokens and adds must have the same length");
+        return -1;
+    }
+    j->tokens = (const int64_t *)b[4].buf;
+    j->adds = (const double *)b[5].buf;
+    for (Py_ssize_t k = 0; k < j->n_feats; k++)
+        if (j->tokens[k] < 0 || j->tokens[k] >= j->n) {
+            PyErr_Format(PyExc_ValueError, "feature token %lld outside the vocabulary", (long long)j->tokens[k]);
+            return -1;
+        }
     return 0;
 }
 
-static PyObject *py_distributions(PyObject *self, PyObject *args) {
-    PyObject *list;
-    int threads;
-    if (!PyArg_ParseTuple(args, "O!i", &PyList_Type, &list, &threads) || threads_arg(threads) < 0)
-        return NULL;
-    Py_ssize_t n_jobs = PyList_GET_SIZE(list);
-    dist_job *jobs = PyMem_Calloc(n_jobs ? n_jobs : 1, sizeof *jobs);
-    if (jobs == NULL)
-        return PyErr_NoMemory();
-    PyObject *result = NULL;
-    Py_ssize_t ready = 0;
-    for (; ready < n_jobs; ready++) {
-        dist_job *j = &jobs[ready];
-        PyObject *llm, *bias, *toks, *adds, *s, *q;
-        PyObject *item = PyList_GET_ITEM(list, ready);
-        if (!PyArg_ParseTuple(item, "OdOOOOO;a job is (llm, w_llm, bias, tokens, adds, s, q)", &llm, &j->w_llm,
-                              &bias, &toks, &adds, &s, &q))
-            goto done;
-        if (take(s, &j->bufs[0], &j->held[0], "s", "d", -1, 1, 0) < 0)
-            goto done;
-        j->n = j->bufs[0].len / 8;
-        if (j->n < 2 || j->n >= TOTAL / 2) {
-            PyErr_Format(PyExc_ValueError, "vocabulary size %zd out of range", j->n);
-            goto done;
-        }
-        if (take(q, &j->bufs[1], &j->held[1], "q", "d", j->n, 1, 0) < 0 ||
-            take(llm, &j->bufs[2], &j->held[2], "llm", "df", j->n, 0, 1) < 0 ||
-            take(bias, &j->bufs[3], &j->held[3], "bias", "d", j->n, 0, 1) < 0 ||
-            take(toks, &j->bufs[4], &j->held[4], "tokens", "ql", -1, 0, 1) < 0)
-            goto done;
-        if (j->bufs[0].buf == j->bufs[1].buf) {
-            PyErr_SetString(PyExc_ValueError, "s and q must be different arrays");
-            goto done;
-        }
-        j->llm = j->held[2] ? j->bufs[2].buf : NULL;
-        j->llm_double = j->held[2] && elem(&j->bufs[2])[0] == 'd';
-        j->bias = j->held[3] ? (const double *)j->bufs[3].buf : NULL;
-        j->s = (double *)j->bufs[0].buf;
-        j->q = (double *)j->bufs[1].buf;
-        if (j->held[4]) {
-            j->n_feats = j->bufs[4].len / 8;
-            if (take(adds, &j->bufs[5], &j->held[5], "adds", "d", -1, 0, 0) < 0)
-                goto done;
-            if (j->bufs[5].len != j->n_feats * 8) {
-                PyErr_SetString(PyExc_ValueError, "tokens and adds must have the same length");
-                goto done;
-            }
-            j->tokens = (const int64_t *)j->bufs[4].buf;
-            j->adds = (const double *)j->bufs[5].buf;
-            for (Py_ssize_t k = 0; k < j->n_feats; k++)
-                if (j->tokens[k] < 0 || j->tokens[k] >= j->n) {
-                    PyErr_Format(PyExc_ValueError, "feature token %lld outside the vocabulary",
-                                 (long long)j->tokens[k]);
-                    goto done;
-                }
-        } else if (adds != Py_None) {
-            PyErr_SetString(PyExc_TypeError, "adds without tokens");
-            goto done;
-        }
-    }
-    Py_BEGIN_ALLOW_THREADS
-    run_jobs(dist_task, jobs, n_jobs, threads);
-    Py_END_ALLOW_THREADS
-    result = PyList_New(n_jobs);
-    for (Py_ssize_t k = 0; result != NULL && k < n_jobs; k++) {
-        PyObject *pair = Py_BuildValue("(dd)", jobs[k].top, jobs[k].sum);
-        if (pair == NULL)
-            Py_CLEAR(result);
-        else
-            PyList_SET_ITEM(result, k, pair);
-    }
-done:
-    for (Py_ssize_t k = 0; k < n_jobs && k <= ready; k++)
-        release(jobs[k].bufs, jobs[k].held, 6);
-    PyMem_Free(jobs);
-    return result;
+static PyObject *answer_dist(const void *job) {
+    const dist_job *j = (const dist_job *)job;
+    return Py_BuildValue("(dd)", j->top, j->sum);
 }
+
+static const job_kind DIST = {sizeof(dist_job), parse_dist, dist_task, answer_dist};
+
+static PyObject *py_distributions(PyObject *self, PyObject *args) { return run_list(args, &DIST); }
 
 /* ------------------------------------------------------------------ learn */
 
 typedef struct {
+    held_t h; /* q, llm, bias */
     const double *q;
     const void *llm; /* NULL: no expectation wanted */
     int llm_double;
     double *bias; /* NULL: no bias */
     Py_ssize_t token, n;
     double c, rate, expected;
-    Py_buffer bufs[3];
-    int held[3];
 } learn_job;
 
 /* bias -= (q + 1) * c, elementwise */
@@ -337,67 +365,53 @@ static void learn_task(void *jobs, Py_ssize_t i) {
     learn_job *j = (learn_job *)jobs + i;
     const double *q = j->q;
     if (j->llm != NULL)
-        j->expected = j->llm_double ? expect_d(q, (const double *)j->llm, j->n) : expect_f(q, (const float *)j->llm, j->n);
+        j->expected = j->llm_double ? expect_d(q, (const double *)j->llm, j->n)
+                                    : expect_f(q, (const float *)j->llm, j->n);
     if (j->bias != NULL) {
         bias_step(j->bias, q, j->c, j->n);
         j->bias[j->token] = j->bias[j->token] + j->rate;
     }
 }
 
-static PyObject *py_learn(PyObject *self, PyObject *args) {
-    PyObject *list;
-    int threads;
-    if (!PyArg_ParseTuple(args, "O!i", &PyList_Type, &list, &threads) || threads_arg(threads) < 0)
-        return NULL;
-    Py_ssize_t n_jobs = PyList_GET_SIZE(list);
-    learn_job *jobs = PyMem_Calloc(n_jobs ? n_jobs : 1, sizeof *jobs);
-    if (jobs == NULL)
-        return PyErr_NoMemory();
-    PyObject *result = NULL;
-    Py_ssize_t ready = 0;
-    for (; ready < n_jobs; ready++) {
-        learn_job *j = &jobs[ready];
-        PyObject *q, *llm, *bias;
-        PyObject *item = PyList_GET_ITEM(list, ready);
-        if (!PyArg_ParseTuple(item, "OOOndd;a job is (q, llm, bias, token, c, rate)", &q, &llm, &bias, &j->token,
-                              &j->c, &j->rate))
-            goto done;
-        if (take(q, &j->bufs[0], &j->held[0], "q", "d", -1, 0, 0) < 0)
-            goto done;
-        j->n = j->bufs[0].len / 8;
-        if (take(llm, &j->bufs[1], &j->held[1], "llm", "df", j->n, 0, 1) < 0 ||
-            take(bias, &j->bufs[2], &j->held[2], "bias", "d", j->n, 1, 1) < 0)
-            goto done;
-        if (j->token < 0 || j->token >= j->n) {
-            PyErr_Format(PyExc_ValueError, "token %zd outside the vocabulary", j->token);
-            goto done;
-        }
-        if (j->held[2] && (j->bufs[2].buf == j->bufs[0].buf)) {
-            PyErr_SetString(PyExc_ValueError, "bias and q must be different arrays");
-            goto done;
-        }
-        j->q = (const double *)j->bufs[0].buf;
-        j->llm = j->held[1] ? j->bufs[1].buf : NULL;
-        j->llm_double = j->held[1] && elem(&j->bufs[1])[0] == 'd';
-        j->bias = j->held[2] ? (double *)j->bufs[2].buf : NULL;
+static int parse_learn(void *job, PyObject *item) {
+    learn_job *j = (learn_job *)job;
+    Py_buffer *b = j->h.bufs;
+    int *held = j->h.held;
+    PyObject *q, *llm, *bias;
+    if (!PyArg_ParseTuple(item, "OOOndd;a job is (q, llm, bias, token, c, rate)", &q, &llm, &bias, &j->token, &j->c,
+                          &j->rate))
+        return -1;
+    if (take(q, &b[0], &held[0], "q", "d", -1, 0, 0) < 0)
+        return -1;
+    j->n = b[0].len / 8;
+    if (take(llm, &b[1], &held[1], "llm", "df", j->n, 0, 1) < 0 ||
+        take(bias, &b[2], &held[2], "bias", "d", j->n, 1, 1) < 0)
+        return -1;
+    if (j->token < 0 || j->token >= j->n) {
+        PyErr_Format(PyExc_ValueError, "token %zd outside the vocabulary", j->token);
+        return -1;
     }
-    Py_BEGIN_ALLOW_THREADS
-    run_jobs(learn_task, jobs, n_jobs, threads);
-    Py_END_ALLOW_THREADS
-    result = PyList_New(n_jobs);
-    for (Py_ssize_t k = 0; result != NULL && k < n_jobs; k++) {
-        PyObject *v = jobs[k].llm != NULL ? PyFloat_FromDouble(jobs[k].expected) : (Py_INCREF(Py_None), Py_None);
-        if (v == NULL)
-            Py_CLEAR(result);
-        else
-            PyList_SET_ITEM(result, k, v);
+    if (held[2] && b[2].buf == b[0].buf) {
+        PyErr_SetString(PyExc_ValueError, "bias and q must be different arrays");
+        return -1;
     }
-done:
-    for (Py_ssize_t k = 0; k < n_jobs && k <= ready; k++)
-        release(jobs[k].bufs, jobs[k].held, 3);
-    PyMem_Free(jobs);
-    return result;
+    j->q = (const double *)b[0].buf;
+    j->llm = held[1] ? b[1].buf : NULL;
+    j->llm_double = held[1] && elem(&b[1])[0] == 'd';
+    j->bias = held[2] ? (double *)b[2].buf : NULL;
+    return 0;
 }
+
+static PyObject *answer_learn(const void *job) {
+    const learn_job *j = (const learn_job *)job;
+    if (j->llm == NULL)
+        Py_RETURN_NONE;
+    return PyFloat_FromDouble(j->expected);
+}
+
+static const job_kind LEARN = {sizeof(learn_job), parse_learn, learn_task, answer_learn};
+
+static PyObject *py_learn(PyObject *self, PyObject *args) { return run_list(args, &LEARN); }
 
 static PyMethodDef methods[] = {
     {"distributions", py_distributions, METH_VARARGS,

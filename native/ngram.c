@@ -250,7 +250,8 @@ static int update_match(Stats *s, int32_t token) {
     if (s->match_ptr < 0 && slot >= 0) {
         Py_ssize_t found = (Py_ssize_t)s->positions.slot[slot] - 1;
         Py_ssize_t length = n;
-        while (length < MAX_MATCH && found - length - 1 >= 0 && s->hist[found - length - 1] == s->hist[s->len - length - 1])
+        while (length < MAX_MATCH && found - length - 1 >= 0 &&
+               s->hist[found - length - 1] == s->hist[s->len - length - 1])
             length++;
         s->match_ptr = found;
         s->match_len = length;
