@@ -244,9 +244,8 @@ class MixedStream(Stream):
         """The mixed scores, in numpy (the reference of ``lmzip._mix``, and the path of
         the adaptation, which adds its correction last)."""
         s = self._s
-        self._flat = slots, bounds, tokens, values = self._stats.features_flat()
-        if self._base is not None:
-            self._llm = self._base.scores()
+        slots, bounds, tokens, values = self._gather()
+        if self._llm is not None:
             np.multiply(self._llm, np.float64(self._w_llm), out=s)  # in float64
         else:
             s.fill(0.0)
@@ -258,10 +257,16 @@ class MixedStream(Stream):
             self._adapt.apply(self._base.hidden(), s)
         self._ready = True
 
+    def _gather(self) -> tuple:
+        """What the next token's mix is made of: the features (kept for the learning step)
+        and the language model's scores (None without one)."""
+        self._flat = self._stats.features_flat()
+        self._llm = self._base.scores() if self._base is not None else None
+        return self._flat
+
     def _mix_job(self, q: np.ndarray) -> tuple:
         """What ``lmzip._mix.distributions`` needs to compute :meth:`_mix` and quantize it."""
-        self._flat = slots, bounds, tokens, values = self._stats.features_flat()
-        self._llm = self._base.scores() if self._base is not None else None
+        slots, bounds, tokens, values = self._gather()
         adds = None
         if slots:  # w[slot] * value, feature by feature: the same products as _mix's
             w = self._w
