@@ -70,13 +70,7 @@ def tiny(tmp_path_factory) -> tuple:
                   (1, E, F, _q4_1(rng, E, F, 0.01))]
     header = pw.MAGIC + struct.pack("<IIIIIIIIIIdfI", 1, N_LAYER, E, F, N_HEAD, N_KV, 64, N_VOCAB, 64, BOS,
                                     10000.0, 1e-5, len(blobs))
-    folder = tmp_path_factory.mktemp("tiny")
-    weights = folder / "tiny-1.bin"
-    pieces = [bytes([i]) for i in range(256)] + [b""] * (N_VOCAB - 256)
-    pw._write(weights, header, blobs, pieces, BOS)
-    stand_in = folder / "tiny.gguf"
-    stand_in.write_bytes(b"not read: the weights and vocabulary are given")
-    return weights, stand_in
+    return _write_tiny(tmp_path_factory.mktemp("tiny"), "tiny-1.bin", header, blobs)
 
 
 #: the tiny Gemma 3: layers 0 and 1 local (sliding window 24), layer 2 global; head dimension
@@ -112,8 +106,12 @@ def tiny_gemma(tmp_path_factory) -> tuple:
                   (3, E, F, _k16(rng, E, F, True)), (0, 1, E, norm(E, 0.3))]
     header = pw.MAGIC + struct.pack("<IIIIIIIIIIdfIdII", 2, G_LAYER, E, F, G_HEAD, G_KV, D, N_VOCAB, D, BOS,
                                     1000000.0, 1e-6, len(blobs), 10000.0, G_SWA, G_PATTERN)
-    folder = tmp_path_factory.mktemp("tiny_gemma")
-    weights = folder / "tiny-2.bin"
+    return _write_tiny(tmp_path_factory.mktemp("tiny_gemma"), "tiny-2.bin", header, blobs)
+
+
+def _write_tiny(folder, name: str, header: bytes, blobs) -> tuple:
+    """A tiny model's engine weights file (byte pieces) and the stand-in GGUF beside it."""
+    weights = folder / name
     pieces = [bytes([i]) for i in range(256)] + [b""] * (N_VOCAB - 256)
     pw._write(weights, header, blobs, pieces, BOS)
     stand_in = folder / "tiny.gguf"
@@ -160,9 +158,13 @@ def test_group_logits_equal_the_c_engines(tiny, context):
         assert wi == gi and w.tobytes() == g.tobytes()
 
 
+def _model_kw(weights, context: int) -> dict:
+    return dict(name="tiny", sha256="00" * 32, context=context, weights=weights, tokenize_text=lambda b: list(b))
+
+
 def _models(tiny, context=16):
     weights, stand_in = tiny
-    kw = dict(name="tiny", sha256="00" * 32, context=context, weights=weights, tokenize_text=lambda b: list(b))
+    kw = _model_kw(weights, context)
     return PortableModel(stand_in, threads=1, **kw), GPUModel(stand_in, device=DEV, **kw)
 
 
@@ -174,7 +176,7 @@ def test_the_gpu_models_cpu_threads_serve_the_mixer(tiny, monkeypatch):
     from lmzip.predictors.mixing import MixedModel, host_threads
 
     weights, stand_in = tiny
-    kw = dict(name="tiny", sha256="00" * 32, context=16, weights=weights, tokenize_text=lambda b: list(b))
+    kw = _model_kw(weights, 16)
     monkeypatch.delenv("LMZIP_HOST_THREADS", raising=False)
     assert GPUModel(stand_in, device=DEV, **kw).threads == (os.cpu_count() or 1)
     gpu = GPUModel(stand_in, device=DEV, threads=3, **kw)
