@@ -126,8 +126,8 @@ def golden(gguf: Path, context: int, per_call: bool) -> str:
     return digest.hexdigest()
 
 
-def _lmzip(*args: str, device: str, stdin: bytes | None = None) -> tuple[bytes, float]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+def _lmzip(*args: str, device: str, stdin: bytes | None = None, env: dict | None = None) -> tuple[bytes, float]:
+    env = {**os.environ, **(env or {}), "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     started = time.perf_counter()
     r = subprocess.run([sys.executable, "-m", "lmzip", *args, "--device", device], input=stdin, env=env,
                        capture_output=True, check=False)
@@ -266,6 +266,16 @@ def check(gguf: Path, enwik_bytes: int, budget: float) -> int:
             except RuntimeError as exc:
                 e2e = f"failed: {str(exc)[:120]}"
         print(f"| {streams} | 2048 | {dev:.0f} | {host:.0f} | {e2e} |", flush=True)
+    if rate64:  # the same run evaluating each block only when the last is used up: what the overlap gains
+        data = enwik[: 64 * MODEL.enwik_chunk]
+        try:
+            _, secs = _lmzip("compress", "-c", "--model", str(gguf), "--chunk-size", str(MODEL.enwik_chunk),
+                             "--streams", "64", "--workers", "1", "--method", "model", device="cuda", stdin=data,
+                             env={"LMZIP_GPU_OVERLAP": "0"})
+            print(f"  64 streams with LMZIP_GPU_OVERLAP=0: {len(data) / 3.6 / secs:.0f} tok/s ({secs:.1f} s; "
+                  f"with the overlap {len(data) / rate64:.1f} s)", flush=True)
+        except RuntimeError as exc:
+            print(f"  64 streams with LMZIP_GPU_OVERLAP=0: failed: {str(exc)[:120]}", flush=True)
 
     # the enwik8 prefix in 64 chunks, as much of it as the time left allows (at the rate of
     # the 64-stream run above), so that the whole check stays inside one device call

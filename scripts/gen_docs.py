@@ -75,6 +75,9 @@ ENVIRONMENT = [
      "command's workers. The output does not depend on it."),
     ("LMZIP_GPU_GRAPHS", "portable engine on a GPU",
      "`0`: launch every kernel of a step instead of replaying CUDA graphs (debugging; same output)."),
+    ("LMZIP_GPU_OVERLAP", "portable engine on a GPU",
+     "`0`: compressing, evaluate each stream's next block of tokens only when the last is used up, not while "
+     "the host codes it (measuring; same output)."),
     ("LMZIP_GPU_BLOCKS", "portable engine on a GPU",
      "Tile sizes of the GPU kernels, e.g. `dims=8,slots=128` (tuning; `benchmarks/gpu.py --sweep`). The "
      "output does not depend on them."),

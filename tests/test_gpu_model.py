@@ -209,13 +209,13 @@ def test_the_gpus_lookahead_takes_more_tokens_per_call(tiny):
     assert gpu._engine.ahead_rows > 64
     texts = [corpus_slice("alice29.txt", 1000 * i, 80) for i in range(1, 4)]
     sizes = []
-    real = gpu._engine.eval_rows
+    real = gpu._engine.rows_job
 
-    def spy(handles, lists, rows):
+    def spy(handles, lists, width, every=True):
         sizes.append(max(len(t) for t in lists))
-        return real(handles, lists, rows)
+        return real(handles, lists, width, every)
 
-    gpu._engine.eval_rows = spy
+    gpu._engine.rows_job = spy
     assert compress_group(gpu, texts, width=3) == compress_group(cpu, texts, width=3)
     assert max(sizes) == 32
 
@@ -430,6 +430,27 @@ def test_rows_of_every_token_equal_the_c_engines(tiny):
         cpu.eval_rows(hc, call, want)
         eng.eval_rows(hg, call, got)
         assert want.tobytes() == got.tobytes()
+
+
+def test_a_rows_job_brings_the_rows_as_wide_as_the_vocabulary(tiny):
+    """rows_job, what the codec's groups call: the C engine's logits, after every token
+    (stream by stream, a stream over a step long) or after each stream's last, in rows as
+    wide as the tokenizer's vocabulary, -inf for its escapes."""
+    weights, _ = tiny
+    rng = np.random.default_rng(13)
+    cpu = _engine.Engine(str(weights), 1, "")
+    eng = GPUEngine(weights, device=DEV, context=16)
+    hc = [cpu.new_stream(16) for _ in range(3)]
+    hg = [eng.new_stream() for _ in range(3)]
+    for every, call in ((True, [[BOS] + rng.integers(0, 256, 40).tolist(), [BOS, 7, 9], [BOS]]),
+                        (False, [[5, 6], rng.integers(0, 256, 35).tolist(), [7]]),
+                        (False, [[1], [2], [3]])):
+        want = np.empty((sum(map(len, call)) if every else len(call), N_VOCAB), np.float32)
+        (cpu.eval_rows if every else cpu.eval)(hc, call, want)
+        got = eng.rows_job(hg, call, N_VOCAB + 5, every).rows()
+        assert got.shape == (len(want), N_VOCAB + 5) and got.dtype == np.float32
+        assert got[:, :N_VOCAB].tobytes() == want.tobytes()
+        assert (got[:, N_VOCAB:] == -np.inf).all()
 
 
 # ---------------------------------------------------------------------------- Gemma 3

@@ -396,3 +396,65 @@ def test_cli_writes_and_reads_wide_groups(tmp_path, capsys):
     assert (tmp_path / "out").read_bytes() == src.read_bytes()
     r = run("compress", *opts, "--streams", str(core.MAX_STREAMS + 1), "-c", str(src), check=2)
     assert b"1<=x<=1024" in r.stderr
+
+
+class _LaterEngine:
+    """The C engine behind a GPU's interface (``rows_job``): each call's rows are computed
+    at once but taken later, and the group's launches and takes are logged."""
+
+    def __init__(self, engine, ahead_rows: int):
+        self._engine = engine
+        self.ahead_rows = ahead_rows
+        self.log: list[tuple[str, int]] = []
+        self.jobs = 0
+
+    def __getattr__(self, name):
+        return getattr(self._engine, name)
+
+    def rows_job(self, handles, lists, width, every=True):
+        n = self._engine.n_vocab
+        got = np.empty((sum(map(len, lists)) if every else len(lists), n), np.float32)
+        (self._engine.eval_rows if every else self._engine.eval)(handles, lists, got)
+        rows = np.full((len(got), width), -np.inf, np.float32)
+        rows[:, :n] = got
+        job = self.jobs
+        self.jobs += 1
+        self.log.append(("launch", job))
+        log = self.log
+
+        class Job:
+            def rows(self):
+                log.append(("take", job))
+                return rows
+
+        return Job()
+
+
+@pytest.mark.parametrize("settings", ["default", "skip"])
+def test_evaluating_the_next_block_while_the_host_works_writes_the_same_bytes(llm, monkeypatch, settings):
+    """An engine whose calls return before their work is done (a GPU's ``rows_job``) is
+    given each stream's next block of tokens as soon as the stream starts on its last, so
+    the GPU evaluates one block while the host mixes and codes the other.  The file is
+    byte for byte the C engine's, with escapes, skipped tokens, chunks of different
+    lengths and blocks of a few tokens; the decompressor (one token a call) decodes it."""
+    from lmzip.predictors.mixing import MixedModel, MixSettings
+
+    model = llm if settings == "default" else MixedModel(llm.base, MixSettings(match=4, skip=4))
+    data = b"".join(corpus_slice("alice29.txt", 40000 + i * 3000, n) for i, n in enumerate((900, 500, 700)))
+    data += bytes(range(200, 256)) + "ünïcödé ✓".encode() * 6 + corpus_slice("alice29.txt", 1000, 300)
+    plain = lmzip.compress(data, model=model, chunk_size=900, streams=3)
+    later = _LaterEngine(llm.base._engine, ahead_rows=12)  # 4 tokens per stream and block
+    monkeypatch.setattr(llm.base, "_engine", later)
+    assert lmzip.compress(data, model=model, chunk_size=900, streams=3) == plain
+    launches = [k for what, k in later.log if what == "launch"]
+    assert len(launches) > 50
+    # each block (after the start tokens') was launched while the host still coded with the
+    # rows of the one before it: the GPU's work and the host's overlap
+    last_take = {k: i for i, (what, k) in enumerate(later.log) if what == "take"}
+    for k in launches[1:-1]:
+        assert later.log.index(("launch", k + 1)) < last_take[k]
+    assert lmzip.decompress(plain, model=model) == data
+    later.overlap = False  # LMZIP_GPU_OVERLAP=0: a block when the last is used up
+    later.log.clear()
+    assert lmzip.compress(data, model=model, chunk_size=900, streams=3) == plain
+    assert all(later.log[i + 1] == ("take", k) for i, (what, k) in enumerate(later.log) if what == "launch")

@@ -17,6 +17,7 @@ interpreter): the tests use it to compare the kernels with the C engine.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 
@@ -29,7 +30,7 @@ from .rope import RopeTable
 from .tiles import Blocks, _blocks, _pow2, product_tokens, rope_tokens, triton_cdiv
 from .weights import T_K16, T_Q4_1, read_weights
 
-__all__ = ["GPUEngine", "MAX_STEP", "launch"]
+__all__ = ["GPUEngine", "MAX_STEP", "RowsJob", "launch"]
 
 #: most tokens of one stream in one step (the ring holds context - 1 + 31 slots: LMZ_MAX_STEP)
 MAX_STEP = 32
@@ -65,6 +66,25 @@ def launch(kernel, grid, *args, **meta):
                 raise LMZipError(f"the GPU kernel {kernel.__name__} was compiled with {bad[0]}: it would not "
                                  f"compute the engine's numbers (use --device cpu)")
             COMPILED_PTX[key] = text
+
+
+class RowsJob:
+    """Logits on their way to the host (:meth:`GPUEngine.rows_job`): :meth:`rows` waits for
+    them, the first time."""
+
+    __slots__ = ("_rows", "_event", "_keep")
+
+    def __init__(self, rows: np.ndarray, event, keep):
+        self._rows = rows
+        self._event = event  # None: already there
+        self._keep = keep  # the tensors the copy reads and writes, alive until it is done
+
+    def rows(self) -> np.ndarray:
+        if self._event is not None:
+            self._event.synchronize()
+            self._event = None
+            self._keep = None
+        return self._rows
 
 
 class _Stream:
@@ -153,6 +173,9 @@ class GPUEngine:
         self._pinned = None
         # CUDA graphs of one-token steps, by width (None: off, on the CPU and with LMZIP_GPU_GRAPHS=0)
         self._graphs = {} if self.device.type == "cuda" and os.environ.get("LMZIP_GPU_GRAPHS", "1") != "0" else None
+        #: a compressor's group gives the engine each stream's next block while the host codes
+        #: the last (lmzip.predictors.portable; off with LMZIP_GPU_OVERLAP=0, to measure it)
+        self.overlap = os.environ.get("LMZIP_GPU_OVERLAP", "1") != "0"
         D = self.head_dim
         self.stream_bytes_each = (2 * self.n_layer * self.n_kv * D * self.ring * 2
                                   + 2 * self.n_layer * self.n_kv * D * 4)
@@ -219,6 +242,63 @@ class GPUEngine:
         rows of the streams whose last token it held) are returned.  ``every`` (a list)
         instead receives, for each step, the logits of every token (device tensor
         [tokens, n_vocab], tokens in stream order): the golden checks use it."""
+        logits = None
+        with self._on_device():
+            for _, want, logits in self._steps(handles, token_lists, every is not None, graphs=every is None):
+                if every is not None:
+                    every.append(logits)
+                elif out is not None and logits is not None:
+                    out[[i for i, w in enumerate(want) if w]] = self._to_host(logits)
+        return logits
+
+    def eval_rows(self, handles, token_lists, rows: np.ndarray) -> None:
+        """The C engine's ``eval_rows``: the logits after every token, stream by stream in
+        order, into ``rows`` (float32 [sum of the counts, n_vocab], host).  One token per
+        stream is an ordinary step (a CUDA graph on a GPU)."""
+        rows[:] = self.rows_job(handles, token_lists, self.n_vocab).rows()
+
+    def rows_job(self, handles, token_lists, width: int, every: bool = True) -> RowsJob:
+        """Launch the evaluation of each stream's tokens and the copy of their logits to the
+        host, and return at once: on a GPU the work runs while the host goes on (the
+        compressor mixes one block of tokens while the next is evaluated).  The job's
+        ``rows()`` waits for them: float32 [rows, width] on the host, -inf past n_vocab (the
+        tokenizer's escapes, which the model never gives); with ``every``, the logits after
+        every token, stream by stream in order (:meth:`eval_rows`), else after each stream's
+        last token (:meth:`eval`'s ``out``).  Rows go straight from the device to pinned host
+        memory, where the mixer reads them: no copy on the host."""
+        t = self.torch
+        n = self.n_vocab
+        counts = [len(tl) for tl in token_lists]
+        starts = np.cumsum([0] + counts[:-1]).tolist()
+        with self._on_device():
+            dest = t.empty((sum(counts) if every else len(counts), width), dtype=t.float32, device=self.device)
+            if width > n:
+                dest[:, n:] = float("-inf")
+            for (done, cnt), want, logits in self._steps(handles, token_lists, every, graphs=True):
+                if every:  # the step's tokens, stream by stream: to their rows
+                    at = [starts[i] + done + k for i, c in enumerate(cnt) for k in range(c)]
+                else:  # the last tokens of the streams it ends
+                    at = [i for i, w in enumerate(want) if w]
+                if not at:
+                    continue
+                if at == list(range(at[0], at[0] + len(at))):
+                    dest[at[0]: at[0] + len(at), :n] = logits
+                else:
+                    dest[:, :n].index_copy_(0, t.tensor(at, dtype=t.int64, device=self.device), logits)
+            if self.device.type != "cuda":
+                return RowsJob(dest.numpy(), None, dest)
+            host = t.empty(dest.shape, dtype=t.float32, pin_memory=True)
+            host.copy_(dest, non_blocking=True)
+            done_event = t.cuda.Event()
+            done_event.record(t.cuda.current_stream(self.device))
+            return RowsJob(host.numpy(), done_event, (host, dest))
+
+    def _steps(self, handles, token_lists, every: bool, graphs: bool):
+        """Evaluate each stream's tokens in steps of at most MAX_STEP tokens per stream;
+        yields for each step ((tokens of each stream before it, its tokens per stream),
+        which streams' last token it holds, its logits: with ``every`` each token's, in
+        stream order, else the rows of the streams whose last token it holds).  A step of
+        one token for every stream is a CUDA graph's (``graphs``, on a GPU)."""
         streams = [self._streams[h] for h in handles]
         tokens = [[int(t) for t in tl] for tl in token_lists]
         for tl in tokens:
@@ -227,47 +307,25 @@ class GPUEngine:
             if min(tl) < 0 or max(tl) >= self.n_vocab:
                 raise LMZipError("token out of range")
         done = 0
-        logits = None
         while True:
             cnt = [max(0, min(MAX_STEP, len(tl) - done)) for tl in tokens]
             if not any(cnt):
                 break
             want = [c > 0 and len(tl) - done <= MAX_STEP for c, tl in zip(cnt, tokens)]
             step_toks = [tl[done: done + c] for tl, c in zip(tokens, cnt)]
-            if every is None and all(c == 1 for c in cnt) and self._graphs is not None:
+            if graphs and all(c == 1 for c in cnt) and self._graphs is not None:
                 logits = self._graph_step(streams, [tl[0] for tl in step_toks])  # every stream: its logits
             else:
-                logits = self._step(streams, step_toks, want, every is not None)
-            if every is not None:
-                every.append(logits)
-            elif out is not None and logits is not None:
-                rows = [i for i, w in enumerate(want) if w]
-                out[rows] = self._to_host(logits)
+                logits = self._step(streams, step_toks, want, every)
+            yield (done, cnt), want, logits
             done += MAX_STEP
-        return logits
 
-    def eval_rows(self, handles, token_lists, rows: np.ndarray) -> None:
-        """The C engine's ``eval_rows``: the logits after every token, stream by stream in
-        order, into ``rows`` (float32 [sum of the counts, n_vocab], host).  One token per
-        stream is an ordinary step (a CUDA graph on a GPU)."""
-        lists = [[int(t) for t in tl] for tl in token_lists]
-        if all(len(tl) == 1 for tl in lists):
-            self.eval(handles, lists, rows)
-            return
-        every: list = []
-        self.eval(handles, lists, every=every)
-        # each step holds, stream by stream, that stream's tokens of the step: put them back
-        # in stream order
-        starts = np.cumsum([0] + [len(tl) for tl in lists])
-        done = 0
-        for step in every:
-            host = step.cpu().numpy()
-            r = 0
-            for i, tl in enumerate(lists):
-                k = max(0, min(MAX_STEP, len(tl) - done))
-                rows[starts[i] + done: starts[i] + done + k] = host[r: r + k]
-                r += k
-            done += MAX_STEP
+    def _on_device(self):
+        """This engine's GPU as the current device while it launches (Triton launches on
+        the current device, and a worker's engine may be on another than cuda:0)."""
+        if self.device.type == "cuda":
+            return self.torch.cuda.device(self.device)
+        return contextlib.nullcontext()
 
     def _to_host(self, logits) -> np.ndarray:
         if self.device.type != "cuda":

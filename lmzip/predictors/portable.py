@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -65,19 +66,30 @@ class _GroupStream(Stream):
         self._left = length  # tokens still to be coded: the last one needs no evaluation
         self._n_vocab = n_vocab
         self.scores_buf = np.full(vocab_size, -np.inf, dtype=np.float32)
+        self._scores = self.scores_buf
         self.pending: list[int] = []
         # lookahead (compression): the tokens the model will be shown, how many of them it
-        # has been shown, and the logits evaluated ahead for future[ahead_from:...]
+        # has been shown (pushed, and their scores taken), how many the engine was given,
+        # and the rows evaluated ahead, oldest first
         self.future: list[int] | None = None
         self.shown = 0
-        self.ahead: np.ndarray | None = None
-        self.ahead_from = 0
+        self.sent = 0
+        self.segments: deque[_Segment] = deque()
         self.n_embd = group._eng.n_embd
         self.n_model = n_vocab
         self._hidden = np.zeros(self.n_embd, dtype=np.float32)
 
     def scores(self) -> np.ndarray:
-        return self.scores_buf  # valid until the group's next advance()
+        return self._scores  # valid until the group's next advance()
+
+    def take(self, row: np.ndarray) -> None:
+        """The scores after the stream's latest token: a row of the engine's logits, itself
+        when it spans the vocabulary (a GPU's rows; no copy), else copied before the escapes."""
+        if len(row) == len(self.scores_buf):
+            self._scores = row
+        else:
+            self.scores_buf[: len(row)] = row
+            self._scores = self.scores_buf
 
     def hidden(self) -> np.ndarray:
         """The final normalized hidden state behind :meth:`scores` (float32, n_embd):
@@ -91,6 +103,29 @@ class _GroupStream(Stream):
             self.pending.append(token)
 
 
+class _Segment:
+    """Rows evaluated ahead for a stream: rows ``offset ..`` of ``job`` are the logits after
+    its tokens ``future[start : start + count]``."""
+
+    __slots__ = ("job", "start", "count", "offset")
+
+    def __init__(self, job, start: int, count: int, offset: int):
+        self.job, self.start, self.count, self.offset = job, start, count, offset
+
+
+class _Ready:
+    """The C engine's rows, computed by the call that made them (the job of a GPU's
+    ``rows_job``, already done)."""
+
+    __slots__ = ("_rows",)
+
+    def __init__(self, rows: np.ndarray):
+        self._rows = rows
+
+    def rows(self) -> np.ndarray:
+        return self._rows
+
+
 #: rows of logits one engine call evaluates ahead for a group, at most (lookahead), unless
 #: the engine says otherwise (``engine.ahead_rows``: a GPU's steps take far more rows)
 AHEAD_ROWS = 64
@@ -102,15 +137,23 @@ class _PortableGroup(StreamGroup):
 
     With :meth:`lookahead` (compression), a call evaluates each stream's next tokens too,
     up to the engine's step (``MAX_STEP`` tokens) and AHEAD_ROWS rows for the group, and later
-    advances use those rows: the weights are read once for all of them.  The logits are
-    the engine's for those tokens however the calls are split, so the file is the same."""
+    advances use those rows: the weights are read once for all of them.  An engine whose
+    calls return before their work is done (a GPU's ``rows_job``) is given each stream's
+    next block as soon as the stream starts on the rows of the last: the GPU evaluates it
+    while the host mixes and codes.  The logits are the engine's for those tokens however
+    the calls are split, so the file is the same."""
 
     def __init__(self, model: PortableModel, lengths: list[int]):
         self._model = model
         self._eng = model._engine
         n_vocab = model.tokenizer.n_model_tokens
         self._n_vocab = n_vocab
+        self._width = model.vocab_size
         self._out = np.empty((len(lengths), n_vocab), dtype=np.float32)
+        #: an engine whose calls return before their work is done (a GPU's); whether the
+        #: compressor gives it each stream's next block while the host codes the last
+        self._jobs = hasattr(self._eng, "rows_job")
+        self._overlap = self._jobs and getattr(self._eng, "overlap", True)
         streams = []
         try:
             for n in lengths:
@@ -128,7 +171,7 @@ class _PortableGroup(StreamGroup):
         for s, toks in zip(self.streams, tokens):
             # what push() will show the model: every token but the last, escapes left out
             s.future = [t for t in toks[:-1] if t < self._n_vocab]
-            s.shown = 0
+            s.shown = s.sent = 0
 
     def advance(self) -> None:
         todo = [s for s in self.streams if s.pending]
@@ -136,17 +179,33 @@ class _PortableGroup(StreamGroup):
             return
         if any(s.handle is None for s in todo):
             raise LMZipError("stream used after close")
-        n = self._n_vocab
         if any(s.future is not None for s in todo):
-            todo = [s for s in todo if not self._from_ahead(s)]
-            if todo:
-                self._eval_ahead(todo)
+            late = [s for s in todo if not self._from_ahead(s)]
+            self._eval_ahead(late)
+            for s in late:
+                self._from_ahead(s)
+            if self._overlap:  # the next block of each stream that started on its last
+                self._eval_ahead([s for s in todo if s.future is not None and len(s.segments) <= 1
+                                  and s.sent < len(s.future)])
             return
-        out = self._out[: len(todo)]
-        self._eng.eval([s.handle for s in todo], [s.pending for s in todo], out)
-        for i, s in enumerate(todo):
-            s.scores_buf[:n] = out[i]
+        rows = self._job(todo, [s.pending for s in todo], every=False).rows()
+        for s, row in zip(todo, rows):
+            s.take(row)
             s.pending = []
+
+    def _job(self, streams: list[_GroupStream], lists: list[list[int]], every: bool):
+        """One engine call: the logits after each stream's tokens in ``lists`` (``every``:
+        after each of them, stream by stream in order; else after each stream's last)."""
+        handles = [s.handle for s in streams]
+        if self._jobs:
+            return self._eng.rows_job(handles, lists, self._width, every)
+        if every:
+            rows = np.empty((sum(len(t) for t in lists), self._n_vocab), dtype=np.float32)
+            self._eng.eval_rows(handles, lists, rows)
+        else:
+            rows = self._out[: len(streams)]
+            self._eng.eval(handles, lists, rows)
+        return _Ready(rows)
 
     def _check_future(self, s: _GroupStream) -> None:
         k = len(s.pending)
@@ -154,52 +213,51 @@ class _PortableGroup(StreamGroup):
             raise LMZipError("internal error: a stream was pushed other tokens than its lookahead announced")
 
     def _from_ahead(self, s: _GroupStream) -> bool:
-        """The stream's scores from the rows evaluated ahead if they cover its pending tokens;
-        if they cover only some, those are taken off (the engine has seen them) and the rest
-        stays pending."""
-        if s.ahead is None:
+        """The stream's scores from the rows evaluated ahead, if the engine was given its
+        pending tokens (the rows before them are dropped)."""
+        if s.future is None:
             return False
         self._check_future(s)
-        left = s.ahead_from + len(s.ahead) - s.shown  # rows ahead not yet used
-        if len(s.pending) <= left:
-            s.scores_buf[: self._n_vocab] = s.ahead[s.shown + len(s.pending) - 1 - s.ahead_from]
-            s.shown += len(s.pending)
-            s.pending = []
-            if s.shown - s.ahead_from >= len(s.ahead):
-                s.ahead = None
-            return True
-        s.shown += left
-        s.pending = s.pending[left:]
-        s.ahead = None
-        return False
+        last = s.shown + len(s.pending) - 1  # the scores asked for follow future[last]
+        while s.segments and s.segments[0].start + s.segments[0].count <= last:
+            s.segments.popleft()
+        if not s.segments:
+            return False
+        seg = s.segments[0]
+        s.take(seg.job.rows()[seg.offset + last - seg.start])
+        s.shown = last + 1
+        s.pending = []
+        return True
 
-    def _eval_ahead(self, todo: list[_GroupStream]) -> None:
-        """One engine call: each stream's pending tokens and as many of its next ones as fit."""
+    def _eval_ahead(self, streams: list[_GroupStream]) -> None:
+        """One engine call: each stream's pending tokens the engine was not given yet and as
+        many of its next ones as fit."""
+        if not streams:
+            return
         budget = getattr(self._eng, "ahead_rows", AHEAD_ROWS)
-        per = max(1, min(engine_module().MAX_STEP, budget // len(todo)))
+        per = max(1, min(engine_module().MAX_STEP, budget // len(streams)))
         lists = []
-        for s in todo:
+        for s in streams:
             if s.future is None:
                 lists.append(list(s.pending))
                 continue
             self._check_future(s)
-            k = max(len(s.pending), min(per, len(s.future) - s.shown))
-            lists.append(s.future[s.shown : s.shown + k])
-        rows = np.empty((sum(len(t) for t in lists), self._n_vocab), dtype=np.float32)
-        self._eng.eval_rows([s.handle for s in todo], lists, rows)
+            k = max(s.shown + len(s.pending) - s.sent, min(per, len(s.future) - s.sent))
+            lists.append(s.future[s.sent : s.sent + k])
+        job = self._job(streams, lists, every=True)
         r = 0
-        for s, toks in zip(todo, lists):
-            last = r + len(s.pending) - 1
-            s.scores_buf[: self._n_vocab] = rows[last]
-            if s.future is not None:
-                s.ahead_from = s.shown
-                s.shown += len(s.pending)
-                s.ahead = rows[r : r + len(toks)] if len(toks) > len(s.pending) else None
-            s.pending = []
+        for s, toks in zip(streams, lists):
+            if s.future is None:
+                s.take(job.rows()[r + len(toks) - 1])
+                s.pending = []
+            else:
+                s.segments.append(_Segment(job, s.sent, len(toks), r))
+                s.sent += len(toks)
             r += len(toks)
 
     def close(self) -> None:
         for s in self.streams:
+            s.segments.clear()
             if s.handle is not None:
                 self._eng.free_stream(s.handle)
                 s.handle = None
