@@ -141,6 +141,24 @@ def _say(ok: bool, what: str) -> bool:
     return ok
 
 
+def _kernel_tests(limit: float = 150.0) -> None:
+    """A golden differs: the kernel tests, compiled on this GPU against the engine's C, name
+    the kernel (they need pytest and hypothesis there: docs/gpu.md's wheels)."""
+    print("  a golden differs: the kernel tests on this GPU (tests/test_gpu_kernels.py), to name the kernel",
+          flush=True)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    env.pop("TRITON_INTERPRET", None)
+    env["LMZIP_CORPORA"] = str(SHARED)
+    try:
+        r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--tb=line",
+                            "tests/test_gpu_kernels.py"], cwd=ROOT, env=env, capture_output=True, timeout=limit,
+                           check=False)
+        lines = (r.stdout + r.stderr).decode(errors="replace").splitlines()
+        print("\n".join("  " + line for line in lines[-40:]), flush=True)
+    except subprocess.TimeoutExpired:
+        print(f"  (the kernel tests ran past {limit:.0f} s)", flush=True)
+
+
 def _logits_rate(gguf: Path, streams: int, depth: int, steps: int, blocks=None) -> tuple[float, float]:
     """tokens/s of one-token steps of ``streams`` streams at ``depth``: (logits on the device,
     logits copied to the host)."""
@@ -209,6 +227,8 @@ def check(gguf: Path, enwik_bytes: int, budget: float) -> int:
     n, gold = MODEL.gold[2048]
     got = golden(gguf, 2048, per_call=False)
     ok &= _say(got == gold, f"golden {n} tokens, steps of 32: {got}")
+    if not ok:
+        _kernel_tests()
     from lmzip.gpu import trust
     from lmzip.predictors.cache import file_sha256
 

@@ -11,6 +11,13 @@ lockstep group of ``width`` chunks of the file (SmolLM2's tokens of it), each ch
 ``--tokens`` tokens.  On a GPU the engine's logits come fast and this is the limit
 (issue 28, item 4): tokens/s here bound ``lmzip compress`` there.  ``--build DIR`` times
 another checkout's lmzip (extensions built in place) in the same run.
+
+``--through-group`` also times the path a GPU's logits take: the portable engine's group
+(lmzip.predictors.portable, its lookahead) over a stand-in engine with free logits, once
+as a GPU's engine (``rows_job``: rows as wide as the vocabulary, read in place, the next
+block asked for while the host codes) and once as the C engine (each call's rows copied
+into the caller's array and each stream's row into its scores: the copies the GPU's
+logits went through before ``rows_job``).
 """
 
 from __future__ import annotations
@@ -71,6 +78,92 @@ class BankModel(Model):
         return _BankGroup([_BankStream(self._bank, 7 * i) for i in range(len(lengths))])
 
 
+class BankEngine:
+    """The C engine's interface (``lmzip._engine.Engine``) with free logits: the row after a
+    stream's token at position p is a bank's row (of the stream and p, so the decompressor
+    sees the compressor's), copied into the caller's array."""
+
+    def __init__(self, n_vocab: int, ahead_rows: int, seed: int = 0):
+        self.n_vocab = n_vocab
+        self.n_embd = 64
+        self.ahead_rows = ahead_rows
+        rng = np.random.default_rng(seed)
+        self._bank = (rng.standard_normal((_BANK, n_vocab)) * 3.0).astype(np.float32)
+        self._pos: dict[int, int] = {}
+
+    def new_stream(self, context=None) -> int:
+        free = [h for h, p in self._pos.items() if p < 0]  # a freed stream's handle, as a cache slot
+        h = min(free) if free else len(self._pos) + 1
+        self._pos[h] = 0
+        return h
+
+    def free_stream(self, handle: int) -> None:
+        self._pos[handle] = -1
+
+    def _rows(self, handles, token_lists, every: bool) -> list[int]:
+        """The bank's rows of a call, in order."""
+        at = []
+        for h, tl in zip(handles, token_lists):
+            p = self._pos[h]
+            at.extend((7 * h + p + k) % _BANK for k in (range(len(tl)) if every else [len(tl) - 1]))
+            self._pos[h] = p + len(tl)
+        return at
+
+    def eval(self, handles, token_lists, out) -> None:
+        for r, b in enumerate(self._rows(handles, token_lists, False)):
+            out[r, : self.n_vocab] = self._bank[b]
+
+    def eval_rows(self, handles, token_lists, rows) -> None:
+        for r, b in enumerate(self._rows(handles, token_lists, True)):
+            rows[r, : self.n_vocab] = self._bank[b]
+
+
+class _InPlace:
+    """A job's rows, each read where it lies (``rows()[i]``, as the group reads them)."""
+
+    def __init__(self, wide: np.ndarray, at: list[int]):
+        self._wide = wide
+        self._at = at
+
+    def rows(self):
+        return self
+
+    def __len__(self) -> int:
+        return len(self._at)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self._wide[self._at[i]]
+
+    def __iter__(self):
+        return (self._wide[b] for b in self._at)
+
+
+class BankGPUEngine(BankEngine):
+    """A GPU's engine interface (``rows_job``) with free logits: rows as wide as the
+    vocabulary, read in place (on a GPU the DMA engine writes them, not the host)."""
+
+    def __init__(self, n_vocab: int, ahead_rows: int, width: int, seed: int = 0):
+        super().__init__(n_vocab, ahead_rows, seed)
+        self._wide = np.full((_BANK, width), -np.inf, dtype=np.float32)
+        self._wide[:, :n_vocab] = self._bank
+
+    def rows_job(self, handles, token_lists, width, every=True):
+        return _InPlace(self._wide, self._rows(handles, token_lists, every))
+
+
+def group_model(model: str, gpu: bool):
+    """The portable engine's model (``model``'s tokenizer) over a stand-in engine with free
+    logits: a GPU's (``gpu``: rows_job, 256 MiB of rows ahead) or the C engine's."""
+    from lmzip.predictors.registry import load_model
+
+    mixed = load_model(model, device="cpu")
+    base = mixed.base
+    n_vocab = base.tokenizer.n_model_tokens
+    ahead = max(64, (256 << 20) // (4 * n_vocab))
+    base._engine = BankGPUEngine(n_vocab, ahead, base.vocab_size) if gpu else BankEngine(n_vocab, ahead)
+    return MixedModel(base, DEFAULT_MIX)
+
+
 def chunks_of(text: bytes, tokenizer, width: int, tokens: int) -> list[bytes]:
     """``width`` chunks of ``tokens`` tokens each, cut from ``text`` (repeated if short)."""
     toks = tokenizer.encode(text)
@@ -81,14 +174,20 @@ def chunks_of(text: bytes, tokenizer, width: int, tokens: int) -> list[bytes]:
 
 
 def rates(width: int, tokens: int, threads: int, text: bytes, decompress: bool = True,
-          model: str = "smollm2-135m") -> tuple[int, float, float]:
+          model: str = "smollm2-135m", through: str = "") -> tuple[int, float, float]:
     """(tokens coded, compress tokens/s, decompress tokens/s or nan) of one lockstep group
     of ``width`` chunks of ``text``, ``tokens`` tokens each, on ``threads`` host threads;
-    ``model`` (a registry name or a GGUF path) gives the tokenizer and the vocabulary."""
+    ``model`` (a registry name or a GGUF path) gives the tokenizer and the vocabulary.
+    ``through``: "" (a stand-in model), "gpu" or "cpu" (the portable group over a stand-in
+    engine of that kind: :func:`group_model`)."""
     from lmzip.predictors.registry import load_model
 
-    tokenizer = load_model(model, device="cpu").tokenizer
-    model = MixedModel(BankModel(tokenizer), DEFAULT_MIX)
+    if through:
+        model = group_model(model, through == "gpu")
+        tokenizer = model.tokenizer
+    else:
+        tokenizer = load_model(model, device="cpu").tokenizer
+        model = MixedModel(BankModel(tokenizer), DEFAULT_MIX)
     chunks = chunks_of(text, tokenizer, width, tokens)
     n = sum(len(tokenizer.encode(c)) for c in chunks)
     before = os.environ.get("LMZIP_HOST_THREADS")
@@ -119,6 +218,8 @@ def main() -> None:
     ap.add_argument("--file", default=str(ROOT.parent / "shared/corpora/canterbury/alice29.txt"))
     ap.add_argument("--build", help="another checkout's lmzip")
     ap.add_argument("--no-decompress", action="store_true")
+    ap.add_argument("--through-group", action="store_true",
+                    help="also through the portable engine's group, as a GPU's engine and as the C engine")
     a = ap.parse_args()
     import lmzip
 
@@ -126,11 +227,14 @@ def main() -> None:
     from lmzip.measure.report import machine
 
     print(f"lmzip from {Path(lmzip.__file__).parent.parent}; CPU {machine()['cpu']}; {time.strftime('%Y-%m-%d')}")
-    print(f"{'width':>6} {'threads':>7} {'tokens':>7} {'compress tok/s':>15} {'decompress tok/s':>17}")
+    print(f"{'model':>14} {'width':>6} {'threads':>7} {'tokens':>7} {'compress tok/s':>15} "
+          f"{'decompress tok/s':>17}")
     for width in map(int, a.widths.split(",")):
         for threads in map(int, a.threads.split(",")):
-            n, c, d = rates(width, a.tokens, threads, text, not a.no_decompress)
-            print(f"{width:>6} {threads:>7} {n:>7} {c:>15,.0f} {d:>17,.0f}", flush=True)
+            for through in ("", "gpu", "cpu") if a.through_group else ("",):
+                n, c, d = rates(width, a.tokens, threads, text, not a.no_decompress, through=through)
+                name = {"": "stand-in", "gpu": "group, GPU's", "cpu": "group, C's"}[through]
+                print(f"{name:>14} {width:>6} {threads:>7} {n:>7} {c:>15,.0f} {d:>17,.0f}", flush=True)
 
 
 if __name__ == "__main__":
