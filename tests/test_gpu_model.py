@@ -453,6 +453,25 @@ def test_a_rows_job_brings_the_rows_as_wide_as_the_vocabulary(tiny):
         assert (got[:, N_VOCAB:] == -np.inf).all()
 
 
+def test_the_gpu_running_out_of_memory_is_an_lmzip_error(tiny, monkeypatch):
+    """Out of GPU memory in a step or while the caches grow: an LMZipError that says what to
+    do (fewer streams, or the CPU), which the command line reports in one line."""
+    import lmzip
+
+    _, gpu = _models(tiny)
+
+    def full(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(gpu._engine, "_step", full)
+    with pytest.raises(lmzip.LMZipError, match=r"ran out of memory with \d+ streams.*--streams.*--device cpu"):
+        compress_group(gpu, [b"abracadabra", b"hello"], width=2)
+    monkeypatch.setattr(gpu._engine, "_grow", full)
+    monkeypatch.setattr(gpu._engine, "_free", [])
+    with pytest.raises(lmzip.LMZipError, match="ran out of memory"):
+        gpu._engine.new_stream()
+
+
 # ---------------------------------------------------------------------------- Gemma 3
 
 

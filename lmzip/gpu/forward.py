@@ -213,7 +213,8 @@ class GPUEngine:
         if context is not None and int(context) != self.window:
             raise ValueError(f"this GPU engine runs a window of {self.window} tokens, not {context}")
         if not self._free:
-            self._grow(max(8, 2 * self._cap))
+            with self._on_device():
+                self._grow(max(8, 2 * self._cap))
         self._free.sort(reverse=True)
         h = self._next_handle
         self._next_handle += 1
@@ -320,12 +321,19 @@ class GPUEngine:
             yield (done, cnt), want, logits
             done += MAX_STEP
 
+    @contextlib.contextmanager
     def _on_device(self):
-        """This engine's GPU as the current device while it launches (Triton launches on
-        the current device, and a worker's engine may be on another than cuda:0)."""
-        if self.device.type == "cuda":
-            return self.torch.cuda.device(self.device)
-        return contextlib.nullcontext()
+        """This engine's GPU as the current device while it works (Triton launches on the
+        current device, and a worker's engine may be on another than cuda:0); the GPU
+        running out of memory is an LMZipError that says what to do, not a traceback."""
+        t = self.torch
+        try:
+            with t.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext():
+                yield
+        except t.cuda.OutOfMemoryError:
+            raise LMZipError(f"the GPU ({self.device}) ran out of memory with {len(self._streams)} streams "
+                             f"(each holds its cache and its rows of logits): give fewer with --streams, "
+                             f"or use --device cpu") from None
 
     def _to_host(self, logits) -> np.ndarray:
         if self.device.type != "cuda":
