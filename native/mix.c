@@ -8,8 +8,10 @@
  *       added in the order given (s[t] += a), then q = the quantized distribution of
  *       s (cdf_rule.h, the format's rule);
  *   learn(): once the token is known, E[llm] under q (the rule's 8-lane expect, for
- *       the language model's weight) and the bias step
- *       bias -= (q + 1) * c; bias[token] += rate.
+ *       the language model's weight), the bias step
+ *       bias -= (q + 1) * c; bias[token] += rate,
+ *       and the n-gram and match features' weights (RMSprop on each feature's
+ *       gradient value - E[value] under q, E summed exactly as math.fsum does).
  *
  * Only correctly rounded double operations in a fixed order per stream (build with
  * -ffp-contract=off).  Streams share nothing, so each call runs them on up to
@@ -170,7 +172,7 @@ static int take(PyObject *obj, Py_buffer *b, int *held, const char *what, const 
 /* ------------------------------------------------------------------ jobs */
 
 /* the buffers a job holds while it runs: every job type starts with this */
-enum { MAX_BUFS = 6 };
+enum { MAX_BUFS = 7 };
 typedef struct {
     Py_buffer bufs[MAX_BUFS];
     int held[MAX_BUFS];
@@ -345,15 +347,106 @@ static PyObject *py_distributions(PyObject *self, PyObject *args) { return run_l
 
 /* ------------------------------------------------------------------ learn */
 
+/* features a learning step takes at most (a mixer has 16 to 24 slots) */
+enum { MAX_FEATURES = 64 };
+
 typedef struct {
-    held_t h; /* q, llm, bias */
+    held_t h; /* q, llm, bias, the features' tokens and values, their weights w and g2 */
     const double *q;
     const void *llm; /* NULL: no expectation wanted */
     int llm_double;
     double *bias; /* NULL: no bias */
     Py_ssize_t token, n;
     double c, rate, expected;
+    /* the features' step (w NULL: none): feature f is slot slots[f], its tokens and
+     * values [bounds[f-1], bounds[f]) */
+    Py_ssize_t n_features, slots[MAX_FEATURES], bounds[MAX_FEATURES];
+    const int64_t *tokens;
+    const double *values;
+    double *w, *g2;
+    double w_rate, decay, w_min, w_max;
+    int overflow; /* a sum that is not finite: refused when answering */
 } learn_job;
+
+/* The correctly rounded sum of values added one by one: Shewchuk's non-overlapping
+ * partials, then their sum rounded half-even across partials, so the result is
+ * Python's math.fsum's (every correctly rounded sum is the same double).  Finite
+ * values only (the caller checks the total). */
+enum { MAX_PARTIALS = 64 }; /* non-overlapping doubles: at most ~41 */
+typedef struct {
+    double p[MAX_PARTIALS];
+    int n;
+} exact_sum_t;
+
+static void exact_add(exact_sum_t *e, double x) {
+    int k = 0;
+    for (int i = 0; i < e->n; i++) {
+        double y = e->p[i];
+        if (fabs(x) < fabs(y)) {
+            double t = x;
+            x = y;
+            y = t;
+        }
+        double hi = x + y;
+        double lo = y - (hi - x);
+        if (lo != 0.0)
+            e->p[k++] = lo;
+        x = hi;
+    }
+    e->n = k;
+    if (x != 0.0 && e->n < MAX_PARTIALS)
+        e->p[e->n++] = x;
+}
+
+static double exact_total(const exact_sum_t *e) {
+    int n = e->n;
+    double hi = 0.0, lo = 0.0;
+    if (n == 0)
+        return 0.0;
+    hi = e->p[--n];
+    while (n > 0) { /* from the largest down, while the sum stays exact */
+        double x = hi, y = e->p[--n];
+        hi = x + y;
+        lo = y - (hi - x);
+        if (lo != 0.0)
+            break;
+    }
+    /* halfway between two doubles once the rest is counted: round to even */
+    if (n > 0 && ((lo < 0.0 && e->p[n - 1] < 0.0) || (lo > 0.0 && e->p[n - 1] > 0.0))) {
+        double y = lo * 2.0, x = hi + y;
+        if (y == x - hi)
+            hi = x;
+    }
+    return hi;
+}
+
+/* the features' weights, as MixedStream._learn_features */
+static void features_step(learn_job *j) {
+    Py_ssize_t start = 0;
+    for (Py_ssize_t f = 0; f < j->n_features; f++) {
+        Py_ssize_t end = j->bounds[f], slot = j->slots[f];
+        double value = 0.0;
+        int found = 0;
+        exact_sum_t sum = {.n = 0};
+        for (Py_ssize_t i = start; i < end; i++) {
+            int64_t t = j->tokens[i];
+            exact_add(&sum, (j->q[t] + 1.0) * j->values[i]);
+            if (!found && t == j->token) {
+                value = j->values[i];
+                found = 1;
+            }
+        }
+        double total = exact_total(&sum);
+        if (!(total - total == 0.0))
+            j->overflow = 1;
+        double g = value - total / (double)TOTAL;
+        j->g2[slot] = j->decay * j->g2[slot] + (1.0 - j->decay) * (g * g);
+        double x = j->w[slot] + j->w_rate * g / sqrt(j->g2[slot] + 1e-6);
+        x = x > j->w_min ? x : j->w_min; /* Python's max(w_min, x), then min(w_max, x) */
+        j->w[slot] = x < j->w_max ? x : j->w_max;
+        start = end;
+    }
+}
 
 /* bias -= (q + 1) * c, elementwise */
 DISPATCH static void bias_step(double *b, const double *q, double c, Py_ssize_t n) {
@@ -371,15 +464,66 @@ static void learn_task(void *jobs, Py_ssize_t i) {
         bias_step(j->bias, q, j->c, j->n);
         j->bias[j->token] = j->bias[j->token] + j->rate;
     }
+    if (j->w != NULL)
+        features_step(j);
+}
+
+/* the features of a learning job: (slots, bounds, tokens, values, w, g2, rate, decay,
+ * w_min, w_max) */
+static int parse_features(learn_job *j, PyObject *feats) {
+    Py_buffer *b = j->h.bufs;
+    int *held = j->h.held;
+    PyObject *slots, *bounds, *toks, *vals, *w, *g2;
+    if (!PyArg_ParseTuple(feats, "O!O!OOOOdddd;features are (slots, bounds, tokens, values, w, g2, rate, decay, "
+                          "w_min, w_max)", &PyList_Type, &slots, &PyList_Type, &bounds, &toks, &vals, &w, &g2,
+                          &j->w_rate, &j->decay, &j->w_min, &j->w_max))
+        return -1;
+    Py_ssize_t nf = PyList_GET_SIZE(slots);
+    if (nf > MAX_FEATURES || PyList_GET_SIZE(bounds) != nf) {
+        PyErr_Format(PyExc_ValueError, "slots and bounds must be lists of the same length, at most %d",
+                     (int)MAX_FEATURES);
+        return -1;
+    }
+    if (take(toks, &b[3], &held[3], "feature tokens", "ql", -1, 0, 0) < 0 ||
+        take(vals, &b[4], &held[4], "feature values", "d", b[3].len / 8, 0, 0) < 0 ||
+        take(w, &b[5], &held[5], "w", "d", -1, 1, 0) < 0 || take(g2, &b[6], &held[6], "g2", "d", b[5].len / 8, 1, 0) < 0)
+        return -1;
+    Py_ssize_t n_vals = b[3].len / 8, n_slots = b[5].len / 8, before = 0;
+    j->tokens = (const int64_t *)b[3].buf;
+    j->values = (const double *)b[4].buf;
+    for (Py_ssize_t f = 0; f < nf; f++) {
+        j->slots[f] = PyLong_AsSsize_t(PyList_GET_ITEM(slots, f));
+        j->bounds[f] = PyLong_AsSsize_t(PyList_GET_ITEM(bounds, f));
+        if (PyErr_Occurred())
+            return -1;
+        if (j->slots[f] < 0 || j->slots[f] >= n_slots || j->bounds[f] < before || j->bounds[f] > n_vals) {
+            PyErr_SetString(PyExc_ValueError, "a feature's slot or bounds out of range");
+            return -1;
+        }
+        before = j->bounds[f];
+    }
+    for (Py_ssize_t i = 0; i < before; i++)
+        if (j->tokens[i] < 0 || j->tokens[i] >= j->n) {
+            PyErr_Format(PyExc_ValueError, "feature token %lld outside the vocabulary", (long long)j->tokens[i]);
+            return -1;
+        }
+    if (b[5].buf == b[6].buf) {
+        PyErr_SetString(PyExc_ValueError, "w and g2 must be different arrays");
+        return -1;
+    }
+    j->n_features = nf;
+    j->w = (double *)b[5].buf;
+    j->g2 = (double *)b[6].buf;
+    return 0;
 }
 
 static int parse_learn(void *job, PyObject *item) {
     learn_job *j = (learn_job *)job;
     Py_buffer *b = j->h.bufs;
     int *held = j->h.held;
-    PyObject *q, *llm, *bias;
-    if (!PyArg_ParseTuple(item, "OOOndd;a job is (q, llm, bias, token, c, rate)", &q, &llm, &bias, &j->token, &j->c,
-                          &j->rate))
+    PyObject *q, *llm, *bias, *feats = Py_None;
+    if (!PyArg_ParseTuple(item, "OOOndd|O;a job is (q, llm, bias, token, c, rate[, features])", &q, &llm, &bias,
+                          &j->token, &j->c, &j->rate, &feats))
         return -1;
     if (take(q, &b[0], &held[0], "q", "d", -1, 0, 0) < 0)
         return -1;
@@ -399,11 +543,15 @@ static int parse_learn(void *job, PyObject *item) {
     j->llm = held[1] ? b[1].buf : NULL;
     j->llm_double = held[1] && elem(&b[1])[0] == 'd';
     j->bias = held[2] ? (double *)b[2].buf : NULL;
-    return 0;
+    return feats == Py_None ? 0 : parse_features(j, feats);
 }
 
 static PyObject *answer_learn(const void *job) {
     const learn_job *j = (const learn_job *)job;
+    if (j->overflow) {
+        PyErr_SetString(PyExc_OverflowError, "a feature's expectation is not finite");
+        return NULL;
+    }
     if (j->llm == NULL)
         Py_RETURN_NONE;
     return PyFloat_FromDouble(j->expected);
@@ -413,6 +561,28 @@ static const job_kind LEARN = {sizeof(learn_job), parse_learn, learn_task, answe
 
 static PyObject *py_learn(PyObject *self, PyObject *args) { return run_list(args, &LEARN); }
 
+static PyObject *py_fsum(PyObject *self, PyObject *values) {
+    PyObject *seq = PySequence_Fast(values, "fsum takes a sequence of floats");
+    if (seq == NULL)
+        return NULL;
+    exact_sum_t sum = {.n = 0};
+    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq); i++) {
+        double x = PyFloat_AsDouble(PySequence_Fast_GET_ITEM(seq, i));
+        if (x == -1.0 && PyErr_Occurred()) {
+            Py_DECREF(seq);
+            return NULL;
+        }
+        exact_add(&sum, x);
+    }
+    Py_DECREF(seq);
+    double total = exact_total(&sum);
+    if (!(total - total == 0.0)) {
+        PyErr_SetString(PyExc_OverflowError, "the sum is not finite");
+        return NULL;
+    }
+    return PyFloat_FromDouble(total);
+}
+
 static PyMethodDef methods[] = {
     {"distributions", py_distributions, METH_VARARGS,
      "distributions(jobs, threads) -> [(max, sum), ...]\n\n"
@@ -421,8 +591,13 @@ static PyMethodDef methods[] = {
      "None), then q = freq - 1 of s's quantized distribution (lmzip.cdf.quantize_into)."},
     {"learn", py_learn, METH_VARARGS,
      "learn(jobs, threads) -> [expected or None, ...]\n\n"
-     "For each job (q, llm, bias, token, c, rate): expected = lmzip.cdf.expect(q, llm) if llm\n"
-     "is not None; if bias is not None, bias -= (q + 1) * c, then bias[token] += rate."},
+     "For each job (q, llm, bias, token, c, rate[, features]): expected = lmzip.cdf.expect(q, llm)\n"
+     "if llm is not None; if bias is not None, bias -= (q + 1) * c, then bias[token] += rate;\n"
+     "features (slots, bounds, tokens, values, w, g2, rate, decay, w_min, w_max): the feature\n"
+     "weights' step of lmzip.predictors.mixing.MixedStream._learn_features, into w and g2."},
+    {"fsum", py_fsum, METH_O,
+     "fsum(values) -> float\n\n"
+     "The correctly rounded sum of finite floats that the features' step uses: math.fsum's."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lmzip import cdf
 from lmzip.codec import compress_group, decompress_group
@@ -94,6 +96,60 @@ def test_learn_is_the_numpy_reference_bit_for_bit(threads):
             assert job[2].tobytes() == want_bias.tobytes()
 
 
+def _random_features(rng, n_slots=20):
+    """Features as NGramStats.features_flat gives them (a slot each, a few candidate tokens
+    with values), and weights with their RMSprop means."""
+    slots = sorted(rng.choice(n_slots, size=int(rng.integers(1, 8)), replace=False).tolist())
+    sizes = rng.integers(1, 30, size=len(slots))
+    tokens = np.concatenate([rng.choice(V, size=k, replace=False) for k in sizes]).astype(np.int64)
+    values = rng.normal(scale=3, size=len(tokens)) * np.where(rng.random(len(tokens)) < 0.2, 1e-9, 1.0)
+    w, g2 = rng.uniform(-4, 4, size=n_slots), rng.uniform(0, 2, size=n_slots) ** 4
+    return slots, np.cumsum(sizes).tolist(), tokens, values, w, g2
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_the_feature_weights_step_is_the_python_reference_bit_for_bit(threads):
+    """The features' RMSprop step (MixedStream._learn_features: math.fsum, sqrt, the clamp)
+    inside learn(), on weights near the clamp and gradients near zero."""
+    from types import SimpleNamespace
+
+    rng = np.random.default_rng(20 + threads)
+    jobs, want = [], []
+    for k in range(40):
+        q = np.empty(V)
+        cdf._quantize_numpy(rng.normal(scale=3, size=V), q)
+        slots, bounds, tokens, values, w, g2 = _random_features(rng)
+        rate = float(rng.choice([0.02, 0.5, 1.0]))  # with a small g2, steps that hit the clamp
+        token = int(tokens[int(rng.integers(len(tokens)))]) if k % 3 else int(rng.integers(V))
+        ref = SimpleNamespace(_set=MixSettings(rate=rate), _flat=(slots, bounds, tokens, values), _w=w.copy(),
+                              _g2=g2.copy())
+        mixing.MixedStream._learn_features(ref, token, q)
+        want.append((ref._w, ref._g2))
+        jobs.append((q, None, None, token, 0.0, 0.0,
+                     (slots, bounds, tokens, values, w, g2, rate, mixing._DECAY, mixing._W_MIN, mixing._W_MAX)))
+    assert _mix.learn(jobs, threads) == [None] * len(jobs)
+    for (w_ref, g2_ref), job in zip(want, jobs):
+        assert job[6][4].tobytes() == w_ref.tobytes()
+        assert job[6][5].tobytes() == g2_ref.tobytes()
+    assert any((job[6][4] == mixing._W_MAX).any() or (job[6][4] == mixing._W_MIN).any() for job in jobs)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.floats(allow_nan=False, allow_infinity=False, width=64),
+                          st.sampled_from([1e16, -1e16, 1.0, -1.0, 2.0 ** -60, 0.1, -0.0, 5e-324])), max_size=20))
+def test_the_exact_sum_is_math_fsums(values):
+    import math
+
+    try:
+        want = math.fsum(values)
+    except OverflowError:
+        with pytest.raises(OverflowError):
+            _mix.fsum(values)
+        return
+    got = _mix.fsum(values)
+    assert got == want and math.copysign(1.0, got) == math.copysign(1.0, want)
+
+
 def test_bad_jobs_are_refused_cleanly():
     s, q = np.empty(V), np.empty(V)
     ok = (None, 1.0, None, None, None, s, q)
@@ -122,6 +178,23 @@ def test_bad_jobs_are_refused_cleanly():
     with pytest.raises(ValueError):
         _mix.learn([(q, None, q, 1, 0.1, 0.1)], 1)  # bias is q
     assert _mix.learn([], 3) == [] and _mix.distributions([], 3) == []
+    w, g2 = np.zeros(4), np.zeros(4)
+    toks, vals = np.array([1, 2], dtype=np.int64), np.array([0.5, 0.25])
+    fine = ([0, 3], [1, 2], toks, vals, w, g2, 0.1, 0.99, -4.0, 4.0)
+    assert _mix.learn([(q, None, None, 1, 0.0, 0.0, fine)], 1) == [None]
+    for feats, error in [
+        (([4], [2], toks, vals, w, g2, 0.1, 0.99, -4.0, 4.0), ValueError),  # no slot 4
+        (([0, 1], [2, 1], toks, vals, w, g2, 0.1, 0.99, -4.0, 4.0), ValueError),  # bounds go back
+        (([0], [3], toks, vals, w, g2, 0.1, 0.99, -4.0, 4.0), ValueError),  # past the values
+        (([0], [2], np.array([1, V]), vals, w, g2, 0.1, 0.99, -4.0, 4.0), ValueError),  # outside the vocabulary
+        (([0], [2], toks, vals[:1], w, g2, 0.1, 0.99, -4.0, 4.0), ValueError),
+        (([0], [2], toks, vals, w, w, 0.1, 0.99, -4.0, 4.0), ValueError),  # w is g2
+        ((list(range(65)), [2] * 65, toks, vals, np.zeros(65), np.zeros(65), 0.1, 0.99, -4.0, 4.0), ValueError),
+        (([0], [2], toks, vals, w, g2), TypeError),
+        (([0], [2], toks, np.array([1e308, 1e308]), w, g2, 0.1, 0.99, -4.0, 4.0), OverflowError),
+    ]:
+        with pytest.raises(error):
+            _mix.learn([(q, None, None, 1, 0.0, 0.0, fine), (q, None, None, 1, 0.0, 0.0, feats)], 2)
 
 
 # ---------------------------------------------------------------- whole groups

@@ -189,8 +189,8 @@ class MixedStream(Stream):
         self._base = base
         self._set = settings
         self._stats = ngram_stats(vocab_size, settings.orders, settings.match)
-        self._w = [0.0] * self._stats.n_slots
-        self._g2 = [0.0] * self._stats.n_slots
+        self._w = np.zeros(self._stats.n_slots)  # the features' weights, and their RMSprop means
+        self._g2 = np.zeros(self._stats.n_slots)
         self._w_llm = 1.0
         self._bias = np.zeros(vocab_size) if settings.bias_rate else None
         self._adapt = _adapter(base, settings) if settings.adapt else None
@@ -317,11 +317,17 @@ class MixedStream(Stream):
             self._bias[token] += st.bias_rate
 
     def _learn_job(self, token: int, q: np.ndarray) -> tuple | None:
-        """What ``lmzip._mix.learn`` needs for :meth:`_learn_numpy`'s steps, or None."""
+        """What ``lmzip._mix.learn`` needs for :meth:`_learn_features`' and
+        :meth:`_learn_numpy`'s steps, or None."""
+        st = self._set
         llm = self._llm if self._learns_llm(token) else None
-        if llm is None and self._bias is None:
+        slots, bounds, tokens, values = self._flat
+        features = None
+        if st.rate and slots:
+            features = (slots, bounds, tokens, values, self._w, self._g2, st.rate, _DECAY, _W_MIN, _W_MAX)
+        if llm is None and self._bias is None and features is None:
             return None
-        return q, llm, self._bias, token, self._set.bias_rate / _T, self._set.bias_rate
+        return q, llm, self._bias, token, st.bias_rate / _T, st.bias_rate, features
 
     def _pushed(self, token: int) -> None:
         """Everything after learning: the skip records, the statistics, the base stream."""
@@ -387,8 +393,8 @@ def push_all(streams: list[MixedStream], tokens: list[int], threads: int = 1) ->
     for st, token in zip(streams, tokens):
         if st._q is None:  # nothing was coded with this stream's mix (a skip, a replay)
             continue
-        st._learn_features(token, st._q)
         if _reference():
+            st._learn_features(token, st._q)
             st._learn_numpy(token, st._q)
         else:
             job = st._learn_job(token, st._q)
