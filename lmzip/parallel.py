@@ -84,7 +84,8 @@ def plan_devices(workers: int | None = None, devices: list[str] | None = None,
         cores: CPU cores to share (default: this machine's).
 
     With GPUs there is one worker per GPU (``workers`` may ask for fewer; more would
-    share a device, which does not pay), each with one CPU thread to feed it.  Without
+    share a device, which does not pay), and the workers split the cores: a GPU's worker
+    mixes and codes its group's streams on the CPU (lmzip._mix's threads).  Without
     them, ``workers`` CPU workers split the cores evenly (at least one thread each).
     """
     gpus = detect_gpus() if devices is None else list(devices)
@@ -97,8 +98,9 @@ def plan_devices(workers: int | None = None, devices: list[str] | None = None,
             kind, _, index = name.partition(":")
             if kind != "cuda" or not index.isdigit():
                 raise ValueError(f"unknown device {name!r} (expected cuda:N)")
-            parsed.append(Device("cuda", int(index), 1))
-        return parsed[: workers or len(parsed)]
+            parsed.append(int(index))
+        chosen = parsed[: workers or len(parsed)]
+        return [Device("cuda", index, max(1, cores // len(chosen))) for index in chosen]
     n = workers or 1
     return [Device("cpu", i, max(1, cores // n)) for i in range(n)]
 

@@ -128,8 +128,8 @@ NOTES = [
         "worker per group; otherwise it codes in the lmzip process with all its threads. `decompress` and "
         "`test` read the group count from the file's index. `-v` names the workers used. The output is the "
         "same with any number of workers. On GPUs it starts one worker per GPU (`--device cuda`: every GPU; "
-        "`cuda:N`: that one, so the lmzip process codes), each on its own GPU, and `--ray` asks Ray for one "
-        "GPU per actor.",
+        "`cuda:N`: that one, so the lmzip process codes), each on its own GPU with its share of the cores (for "
+        "the mixing and coding beside the GPU), and `--ray` asks Ray for one GPU per actor.",
         "`--range START:END` decodes only the groups that hold those bytes of the original.",
     ]),
     ("With tar and other tools", [

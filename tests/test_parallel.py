@@ -43,8 +43,9 @@ def alone(ngram) -> bytes:
     (None, [], 8, [Device("cpu", 0, 8)]),
     (2, [], 8, [Device("cpu", 0, 4), Device("cpu", 1, 4)]),
     (3, [], 2, [Device("cpu", i, 1) for i in range(3)]),
-    (None, ["cuda:0", "cuda:1"], 8, [Device("cuda", 0, 1), Device("cuda", 1, 1)]),
-    (1, ["cuda:0", "cuda:3"], 8, [Device("cuda", 0, 1)]),
+    (None, ["cuda:0", "cuda:1"], 8, [Device("cuda", 0, 4), Device("cuda", 1, 4)]),  # the cores: the host side
+    (1, ["cuda:0", "cuda:3"], 8, [Device("cuda", 0, 8)]),
+    (None, ["cuda:0", "cuda:1", "cuda:2"], 2, [Device("cuda", i, 1) for i in range(3)]),
 ])
 def test_plan_devices(workers, devices, cores, expected):
     assert plan_devices(workers, devices, cores) == expected
@@ -200,7 +201,8 @@ def test_one_worker_per_gpu_for_the_portable_engine_on_gpus(tmp_path, alone):
     assert [auto_workers(gpu, n) for n in (None, 1, 2, 5)] == [1, 1, 2, 2]
     assert auto_workers(FakeGPUModel(device="cuda:1", gpus=("cuda:1",)), 5) == 1
     with executor_for(gpu, 2) as ex:
-        assert ex.devices == [Device("cuda", 0, 1), Device("cuda", 1, 1)]
+        cores = os.cpu_count() or 1
+        assert ex.devices == [Device("cuda", 0, max(1, cores // 2)), Device("cuda", 1, max(1, cores // 2))]
         assert lmzip.compress(DATA, model=gpu, executor=ex, **SETTINGS) == alone
         assert lmzip.decompress(alone, model=gpu, executor=ex) == DATA
     built = _built(log)
