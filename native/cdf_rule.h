@@ -265,11 +265,21 @@ DISPATCH static double floors(double *q, Py_ssize_t n, double scale) {
  * (what constriction's Categorical(perfect=False) takes: see lmzip/coding.py).
  * *top and *sum receive max(x) and the normalizer, for callers that want the
  * unquantized probabilities exp(x_i - top) / sum. */
+static void quantize_from(const void *scores, int is_double, Py_ssize_t n, double *q, double m, double n_posinf,
+                          double *top, double *sum);
+
 static void quantize(const void *scores, int is_double, Py_ssize_t n, double *q, double *top, double *sum) {
+    double n_posinf;
+    double m = is_double ? largest_d((const double *)scores, n, &n_posinf) : largest_f((const float *)scores, n, &n_posinf);
+    quantize_from(scores, is_double, n, q, m, n_posinf, top, sum);
+}
+
+/* The rule once pass 1 is known: m, the largest finite score, and the number of +inf
+ * (a caller that found them while writing the scores skips that pass). */
+static void quantize_from(const void *scores, int is_double, Py_ssize_t n, double *q, double m, double n_posinf,
+                          double *top, double *sum) {
     const float *xf = (const float *)scores;
     const double *xd = (const double *)scores;
-    double n_posinf;
-    double m = is_double ? largest_d(xd, n, &n_posinf) : largest_f(xf, n, &n_posinf);
     Py_ssize_t best = 0; /* the first index of the largest score (NaN counting as -inf) */
     double s;
     if (n_posinf > 0 || m == -INFINITY) {

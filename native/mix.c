@@ -248,40 +248,81 @@ typedef struct {
     double top, sum;
 } dist_job;
 
-/* s = llm * w (+ bias): elementwise, so any vector width gives the same bits */
-DISPATCH static void mix_f(double *s, const float *x, double w, const double *bias, Py_ssize_t n) {
-    if (bias != NULL)
-        for (Py_ssize_t k = 0; k < n; k++)
-            s[k] = (double)x[k] * w + bias[k]; /* two roundings: -ffp-contract=off */
-    else
-        for (Py_ssize_t k = 0; k < n; k++)
-            s[k] = (double)x[k] * w;
+/* s = llm * w (+ bias), elementwise (two roundings: -ffp-contract=off), and the largest
+ * s_k that is not NaN, found on the way (the rule's first pass, which reads s once
+ * more, is then skipped: the step is memory-bound).  A max is exact in any order; only
+ * which of +0.0 and -0.0 it keeps may differ, and the rule reads m only through x - m
+ * and x == m, where they are the same. */
+#if defined(__GNUC__) && !defined(LMZIP_SCALAR)
+#define MIX_MAX_VECTOR(LOAD4)                                                               \
+    const v4d ninf = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};                          \
+    v4d mv = ninf;                                                                          \
+    for (; k + 4 <= n; k += 4) {                                                            \
+        v4d x, v;                                                                           \
+        LOAD4(x, k);                                                                        \
+        v = x * w;                                                                          \
+        if (bias != NULL) {                                                                 \
+            v4d b;                                                                          \
+            memcpy(&b, bias + k, sizeof b);                                                 \
+            v = v + b;                                                                      \
+        }                                                                                   \
+        memcpy(s + k, &v, sizeof v);                                                        \
+        v4i bigger = (v4i)(v > mv); /* NaN fails every comparison */                        \
+        mv = (v4d)(((v4i)v & bigger) | ((v4i)mv & ~bigger));                                \
+    }                                                                                       \
+    for (int j = 0; j < 4; j++)                                                             \
+        m = mv[j] > m ? mv[j] : m;
+#else
+#define MIX_MAX_VECTOR(LOAD4)
+#endif
+#define MIX_MAX_BODY(LOAD, LOAD4)                                                           \
+    double m = -INFINITY;                                                                   \
+    Py_ssize_t k = 0;                                                                       \
+    MIX_MAX_VECTOR(LOAD4)                                                                   \
+    for (; k < n; k++) {                                                                    \
+        double v = LOAD(k) * w;                                                             \
+        if (bias != NULL)                                                                   \
+            v = v + bias[k];                                                                \
+        s[k] = v;                                                                           \
+        m = v > m ? v : m;                                                                  \
+    }                                                                                       \
+    return m;
+
+DISPATCH static double mix_f(double *s, const float *xf, double w, const double *bias, Py_ssize_t n) {
+    MIX_MAX_BODY(LOAD_F, LOAD4_F)
 }
 
-DISPATCH static void mix_d(double *s, const double *x, double w, const double *bias, Py_ssize_t n) {
-    if (bias != NULL)
-        for (Py_ssize_t k = 0; k < n; k++)
-            s[k] = x[k] * w + bias[k];
-    else
-        for (Py_ssize_t k = 0; k < n; k++)
-            s[k] = x[k] * w;
+DISPATCH static double mix_d(double *s, const double *xd, double w, const double *bias, Py_ssize_t n) {
+    MIX_MAX_BODY(LOAD_D, LOAD4_D)
 }
 
 static void dist_task(void *jobs, Py_ssize_t i) {
     dist_job *j = (dist_job *)jobs + i;
     double *s = j->s;
     Py_ssize_t n = j->n;
+    double m = INFINITY; /* the largest score once known, else +inf: the rule finds it */
     if (j->llm == NULL) {
         for (Py_ssize_t k = 0; k < n; k++) /* 0.0 + bias: numpy's s.fill(0.0); s += bias */
             s[k] = j->bias != NULL ? 0.0 + j->bias[k] : 0.0;
     } else if (j->llm_double) {
-        mix_d(s, (const double *)j->llm, j->w_llm, j->bias, n);
+        m = mix_d(s, (const double *)j->llm, j->w_llm, j->bias, n);
     } else {
-        mix_f(s, (const float *)j->llm, j->w_llm, j->bias, n);
+        m = mix_f(s, (const float *)j->llm, j->w_llm, j->bias, n);
     }
-    for (Py_ssize_t k = 0; k < j->n_feats; k++) /* in order: a token may be in several features */
-        s[j->tokens[k]] = s[j->tokens[k]] + j->adds[k];
-    quantize(s, 1, n, j->q, &j->top, &j->sum);
+    for (Py_ssize_t k = 0; k < j->n_feats; k++) { /* in order: a token may be in several features */
+        Py_ssize_t t = j->tokens[k];
+        if (s[t] == m) /* the largest may go down: not known any more */
+            m = INFINITY;
+        s[t] = s[t] + j->adds[k];
+    }
+    for (Py_ssize_t k = 0; k < j->n_feats && m != INFINITY; k++) {
+        double v = s[j->tokens[k]];
+        m = v > m ? v : m;
+    }
+    if (m == INFINITY) /* unknown, or a score is +inf: the rule's own first pass */
+        quantize(s, 1, n, j->q, &j->top, &j->sum);
+    else
+        quantize_from(s, 1, n, j->q, m, 0.0, &j->top, &j->sum);
 }
 
 static int parse_dist(void *job, PyObject *item) {

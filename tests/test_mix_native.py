@@ -72,6 +72,43 @@ def test_distributions_are_the_numpy_reference_bit_for_bit(threads):
         assert job[6].sum() == cdf.TOTAL - V
 
 
+def test_distributions_where_the_largest_score_moves():
+    """The largest score, found while the scores are written, is redone where the features
+    touch it: lowered, raised past it, tied, every score -inf, +inf and NaN scores, and
+    +0.0 beside -0.0 at the top."""
+    rng = np.random.default_rng(7)
+    base = rng.normal(scale=2, size=V).astype(np.float32)
+    top = int(np.argmax(base))
+    cases = []
+    for adds in ([-5.0], [+5.0], [-1e-3, +1e-3], [0.0]):  # at the largest: down, up, back, unchanged
+        cases.append((base, 1.0, None, np.array([top] * len(adds)), np.array(adds)))
+    tied = base.copy()
+    tied[top + 1] = tied[top]
+    cases.append((tied, 1.0, None, np.array([top]), np.array([-1.0])))  # the tie keeps the largest
+    cases.append((tied, 1.0, None, np.array([7]), np.array([1e3])))  # a new largest elsewhere
+    cases.append((np.full(V, -np.inf, np.float32), 1.0, None, None, None))
+    cases.append((np.full(V, -np.inf, np.float32), 1.0, None, np.array([3]), np.array([1.0])))
+    for special in (np.inf, np.nan):
+        x = base.copy()
+        x[[5, 900]] = special
+        cases.append((x, 1.0, None, np.array([5]), np.array([-2.0])))
+    zeros = np.full(V, -np.inf)
+    zeros[[10, 20]] = [0.0, -0.0]
+    cases.append((zeros, 1.0, None, None, None))
+    cases.append((zeros[::-1].copy(), 1.0, None, None, None))
+    bias = rng.normal(scale=0.3, size=V)
+    cases.append((base, 0.7, bias, np.array([top, top, 3]), np.array([-3.0, 0.5, 2.0])))
+    for llm, w, b, tokens, adds in cases:
+        s_ref, q_ref = np.empty(V), np.empty(V)
+        feats = [] if tokens is None else [(tokens[i:i + 1], adds[i:i + 1]) for i in range(len(tokens))]
+        with np.errstate(invalid="ignore"):
+            want = _reference_distribution(llm, w, b, feats, s_ref, q_ref)
+        job = (llm, w, b, tokens, adds, np.empty(V), np.empty(V))
+        got = _mix.distributions([job], 1)[0]
+        assert np.array_equal(got, want, equal_nan=True)
+        assert job[6].tobytes() == q_ref.tobytes()
+
+
 @pytest.mark.parametrize("threads", [1, 4])
 def test_learn_is_the_numpy_reference_bit_for_bit(threads):
     rng = np.random.default_rng(10 + threads)
