@@ -232,6 +232,44 @@ done:
     return result;
 }
 
+/* ------------------------------------------------------------------ features */
+
+/* features a step takes at most (a mixer has 16 to 24 slots) */
+enum { MAX_FEATURES = 64 };
+
+/* the features of a token's mix: feature f is weight slot slots[f] on the tokens and
+ * values [bounds[f-1], bounds[f]) of the flat arrays (NGramStats.features_flat) */
+typedef struct {
+    Py_ssize_t n, slots[MAX_FEATURES], bounds[MAX_FEATURES];
+} slots_t;
+
+/* slots and bounds (lists of ints) for weights of n_slots and n_values flat values */
+static int parse_slots(PyObject *slots, PyObject *bounds, Py_ssize_t n_slots, Py_ssize_t n_values, slots_t *out) {
+    if (!PyList_Check(slots) || !PyList_Check(bounds)) {
+        PyErr_SetString(PyExc_TypeError, "slots and bounds must be lists");
+        return -1;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(slots), before = 0;
+    if (n > MAX_FEATURES || PyList_GET_SIZE(bounds) != n) {
+        PyErr_Format(PyExc_ValueError, "slots and bounds must be lists of the same length, at most %d",
+                     (int)MAX_FEATURES);
+        return -1;
+    }
+    for (Py_ssize_t f = 0; f < n; f++) {
+        out->slots[f] = PyLong_AsSsize_t(PyList_GET_ITEM(slots, f));
+        out->bounds[f] = PyLong_AsSsize_t(PyList_GET_ITEM(bounds, f));
+        if (PyErr_Occurred())
+            return -1;
+        if (out->slots[f] < 0 || out->slots[f] >= n_slots || out->bounds[f] < before || out->bounds[f] > n_values) {
+            PyErr_SetString(PyExc_ValueError, "a feature's slot or bounds out of range");
+            return -1;
+        }
+        before = out->bounds[f];
+    }
+    out->n = n;
+    return 0;
+}
+
 /* ------------------------------------------------------------------ distributions */
 
 typedef struct {
@@ -241,8 +279,10 @@ typedef struct {
     double w_llm;
     const double *bias; /* NULL: none */
     const int64_t *tokens;
-    const double *adds;
+    const double *adds; /* with w: the features' values, each times its slot's weight */
     Py_ssize_t n_feats;
+    const double *w; /* NULL: adds are added as they are */
+    slots_t weights;
     double *s, *q;
     Py_ssize_t n;
     double top, sum;
@@ -309,11 +349,17 @@ static void dist_task(void *jobs, Py_ssize_t i) {
     } else {
         m = mix_f(s, (const float *)j->llm, j->w_llm, j->bias, n);
     }
-    for (Py_ssize_t k = 0; k < j->n_feats; k++) { /* in order: a token may be in several features */
+    for (Py_ssize_t k = 0, f = 0; k < j->n_feats; k++) { /* in order: a token may be in several features */
         Py_ssize_t t = j->tokens[k];
+        double add = j->adds[k];
+        if (j->w != NULL) { /* w[slot] * value: the product numpy's repeat(w) * values makes */
+            while (k >= j->weights.bounds[f])
+                f++;
+            add = j->w[j->weights.slots[f]] * add;
+        }
         if (s[t] == m) /* the largest may go down: not known any more */
             m = INFINITY;
-        s[t] = s[t] + j->adds[k];
+        s[t] = s[t] + add;
     }
     for (Py_ssize_t k = 0; k < j->n_feats && m != INFINITY; k++) {
         double v = s[j->tokens[k]];
@@ -329,9 +375,9 @@ static int parse_dist(void *job, PyObject *item) {
     dist_job *j = (dist_job *)job;
     Py_buffer *b = j->h.bufs;
     int *held = j->h.held;
-    PyObject *llm, *bias, *toks, *adds, *s, *q;
-    if (!PyArg_ParseTuple(item, "OdOOOOO;a job is (llm, w_llm, bias, tokens, adds, s, q)", &llm, &j->w_llm, &bias,
-                          &toks, &adds, &s, &q))
+    PyObject *llm, *bias, *toks, *adds, *s, *q, *weights = Py_None;
+    if (!PyArg_ParseTuple(item, "OdOOOOO|O;a job is (llm, w_llm, bias, tokens, adds, s, q[, weights])", &llm,
+                          &j->w_llm, &bias, &toks, &adds, &s, &q, &weights))
         return -1;
     if (take(s, &b[0], &held[0], "s", "d", -1, 1, 0) < 0)
         return -1;
@@ -374,6 +420,19 @@ static int parse_dist(void *job, PyObject *item) {
             PyErr_Format(PyExc_ValueError, "feature token %lld outside the vocabulary", (long long)j->tokens[k]);
             return -1;
         }
+    if (weights == Py_None)
+        return 0;
+    /* weights (slots, bounds, w): adds are values, each feature's times its weight */
+    PyObject *slots, *bounds, *w;
+    if (!PyArg_ParseTuple(weights, "OOO;weights are (slots, bounds, w)", &slots, &bounds, &w) ||
+        take(w, &b[6], &held[6], "w", "d", -1, 0, 0) < 0 || parse_slots(slots, bounds, b[6].len / 8, j->n_feats,
+                                                                        &j->weights) < 0)
+        return -1;
+    if (j->weights.n == 0 || j->weights.bounds[j->weights.n - 1] != j->n_feats) {
+        PyErr_SetString(PyExc_ValueError, "the features' bounds must end at the number of values");
+        return -1;
+    }
+    j->w = (const double *)b[6].buf;
     return 0;
 }
 
@@ -388,9 +447,6 @@ static PyObject *py_distributions(PyObject *self, PyObject *args) { return run_l
 
 /* ------------------------------------------------------------------ learn */
 
-/* features a learning step takes at most (a mixer has 16 to 24 slots) */
-enum { MAX_FEATURES = 64 };
-
 typedef struct {
     held_t h; /* q, llm, bias, the features' tokens and values, their weights w and g2 */
     const double *q;
@@ -401,7 +457,7 @@ typedef struct {
     double c, rate, expected;
     /* the features' step (w NULL: none): feature f is slot slots[f], its tokens and
      * values [bounds[f-1], bounds[f]) */
-    Py_ssize_t n_features, slots[MAX_FEATURES], bounds[MAX_FEATURES];
+    slots_t features;
     const int64_t *tokens;
     const double *values;
     double *w, *g2;
@@ -464,8 +520,8 @@ static double exact_total(const exact_sum_t *e) {
 /* the features' weights, as MixedStream._learn_features */
 static void features_step(learn_job *j) {
     Py_ssize_t start = 0;
-    for (Py_ssize_t f = 0; f < j->n_features; f++) {
-        Py_ssize_t end = j->bounds[f], slot = j->slots[f];
+    for (Py_ssize_t f = 0; f < j->features.n; f++) {
+        Py_ssize_t end = j->features.bounds[f], slot = j->features.slots[f];
         double value = 0.0;
         int found = 0;
         exact_sum_t sum = {.n = 0};
@@ -558,35 +614,19 @@ static int parse_features(learn_job *j, PyObject *feats) {
     Py_buffer *b = j->h.bufs;
     int *held = j->h.held;
     PyObject *slots, *bounds, *toks, *vals, *w, *g2;
-    if (!PyArg_ParseTuple(feats, "O!O!OOOOdddd;features are (slots, bounds, tokens, values, w, g2, rate, decay, "
-                          "w_min, w_max)", &PyList_Type, &slots, &PyList_Type, &bounds, &toks, &vals, &w, &g2,
-                          &j->w_rate, &j->decay, &j->w_min, &j->w_max))
+    if (!PyArg_ParseTuple(feats, "OOOOOOdddd;features are (slots, bounds, tokens, values, w, g2, rate, decay, "
+                          "w_min, w_max)", &slots, &bounds, &toks, &vals, &w, &g2, &j->w_rate, &j->decay, &j->w_min,
+                          &j->w_max))
         return -1;
-    Py_ssize_t nf = PyList_GET_SIZE(slots);
-    if (nf > MAX_FEATURES || PyList_GET_SIZE(bounds) != nf) {
-        PyErr_Format(PyExc_ValueError, "slots and bounds must be lists of the same length, at most %d",
-                     (int)MAX_FEATURES);
-        return -1;
-    }
     if (take(toks, &b[3], &held[3], "feature tokens", "ql", -1, 0, 0) < 0 ||
         take(vals, &b[4], &held[4], "feature values", "d", b[3].len / 8, 0, 0) < 0 ||
-        take(w, &b[5], &held[5], "w", "d", -1, 1, 0) < 0 || take(g2, &b[6], &held[6], "g2", "d", b[5].len / 8, 1, 0) < 0)
+        take(w, &b[5], &held[5], "w", "d", -1, 1, 0) < 0 || take(g2, &b[6], &held[6], "g2", "d", b[5].len / 8, 1, 0) < 0 ||
+        parse_slots(slots, bounds, b[5].len / 8, b[3].len / 8, &j->features) < 0)
         return -1;
-    Py_ssize_t n_vals = b[3].len / 8, n_slots = b[5].len / 8, before = 0;
     j->tokens = (const int64_t *)b[3].buf;
     j->values = (const double *)b[4].buf;
-    for (Py_ssize_t f = 0; f < nf; f++) {
-        j->slots[f] = PyLong_AsSsize_t(PyList_GET_ITEM(slots, f));
-        j->bounds[f] = PyLong_AsSsize_t(PyList_GET_ITEM(bounds, f));
-        if (PyErr_Occurred())
-            return -1;
-        if (j->slots[f] < 0 || j->slots[f] >= n_slots || j->bounds[f] < before || j->bounds[f] > n_vals) {
-            PyErr_SetString(PyExc_ValueError, "a feature's slot or bounds out of range");
-            return -1;
-        }
-        before = j->bounds[f];
-    }
-    for (Py_ssize_t i = 0; i < before; i++)
+    Py_ssize_t used = j->features.n ? j->features.bounds[j->features.n - 1] : 0;
+    for (Py_ssize_t i = 0; i < used; i++)
         if (j->tokens[i] < 0 || j->tokens[i] >= j->n) {
             PyErr_Format(PyExc_ValueError, "feature token %lld outside the vocabulary", (long long)j->tokens[i]);
             return -1;
@@ -595,7 +635,6 @@ static int parse_features(learn_job *j, PyObject *feats) {
         PyErr_SetString(PyExc_ValueError, "w and g2 must be different arrays");
         return -1;
     }
-    j->n_features = nf;
     j->w = (double *)b[5].buf;
     j->g2 = (double *)b[6].buf;
     return 0;
@@ -670,9 +709,10 @@ static PyObject *py_fsum(PyObject *self, PyObject *values) {
 static PyMethodDef methods[] = {
     {"distributions", py_distributions, METH_VARARGS,
      "distributions(jobs, threads) -> [(max, sum), ...]\n\n"
-     "For each job (llm, w_llm, bias, tokens, adds, s, q): s = llm * w_llm + bias (llm and bias\n"
-     "may be None), then s[tokens[k]] += adds[k] in order (tokens int64, adds float64, or both\n"
-     "None), then q = freq - 1 of s's quantized distribution (lmzip.cdf.quantize_into)."},
+     "For each job (llm, w_llm, bias, tokens, adds, s, q[, weights]): s = llm * w_llm + bias (llm\n"
+     "and bias may be None), then s[tokens[k]] += adds[k] in order (tokens int64, adds float64, or\n"
+     "both None; with weights (slots, bounds, w), adds[k] are values, each times w[slot] of its\n"
+     "feature), then q = freq - 1 of s's quantized distribution (lmzip.cdf.quantize_into)."},
     {"learn", py_learn, METH_VARARGS,
      "learn(jobs, threads) -> [expected or None, ...]\n\n"
      "For each job (q, llm, bias, token, c, rate[, features]): expected = lmzip.cdf.expect(q, llm)\n"

@@ -63,6 +63,19 @@ def test_distributions_are_the_numpy_reference_bit_for_bit(threads):
         expected.append((_reference_distribution(llm, w, bias, feats, s_ref, q_ref), s_ref, q_ref))
         tokens = np.concatenate([t for t, _ in feats]) if feats else None
         adds = np.concatenate([a for _, a in feats]) if feats else None
+        if feats and k % 2:  # the mixer's form: each feature's values and its slot's weight
+            weights = rng.normal(size=len(feats) + 3)
+            slots = rng.permutation(len(weights))[: len(feats)].tolist()
+            values = np.concatenate([a / weights[slot] for (_, a), slot in zip(feats, slots)])
+            # the reference adds w * values (these products, not the adds drawn above)
+            adds = np.repeat(weights[slots], [len(t) for t, _ in feats]) * values
+            s_ref, q_ref = np.empty(V), np.empty(V)
+            starts = np.cumsum([0] + [len(t) for t, _ in feats])
+            feats = [(t, adds[a:b]) for (t, _), a, b in zip(feats, starts, starts[1:])]
+            expected[-1] = (_reference_distribution(llm, w, bias, feats, s_ref, q_ref), s_ref, q_ref)
+            jobs.append((llm, w, bias, tokens, values, np.empty(V), np.empty(V),
+                         (slots, starts[1:].tolist(), weights)))
+            continue
         jobs.append((llm, w, bias, tokens, adds, np.empty(V), np.empty(V)))
     got = _mix.distributions(jobs, threads)
     for (top_sum, s_ref, q_ref), job, result in zip(expected, jobs, got):
@@ -201,6 +214,10 @@ def test_bad_jobs_are_refused_cleanly():
         ((None, 1.0, None, None, np.array([1.0]), s, q), TypeError),
         ((None, 1.0, None, None, None, s[::2].copy(), q[: V // 2]), None),  # fine: another size
         ((None, 1.0, None), TypeError),
+        ((None, 1.0, None, np.array([1, 2]), np.array([1.0, 2.0]), s, q, ([0], [1], np.ones(2))), ValueError),
+        ((None, 1.0, None, np.array([1, 2]), np.array([1.0, 2.0]), s, q, ([2], [2], np.ones(2))), ValueError),
+        ((None, 1.0, None, np.array([1, 2]), np.array([1.0, 2.0]), s, q, ([0], [2])), TypeError),
+        ((None, 1.0, None, np.array([1, 2]), np.array([1.0, 2.0]), s, q, ([0, 1], [1, 2], np.ones(2))), None),
     ]
     for job, error in bad:
         if error is None:

@@ -265,15 +265,12 @@ class MixedStream(Stream):
         return self._flat
 
     def _mix_job(self, q: np.ndarray) -> tuple:
-        """What ``lmzip._mix.distributions`` needs to compute :meth:`_mix` and quantize it."""
+        """What ``lmzip._mix.distributions`` needs to compute :meth:`_mix` and quantize it
+        (it adds each feature's values times its slot's weight: the same products)."""
         slots, bounds, tokens, values = self._gather()
-        adds = None
-        if slots:  # w[slot] * value, feature by feature: the same products as _mix's
-            w = self._w
-            adds = np.repeat([w[k] for k in slots], [b - a for a, b in zip([0, *bounds], bounds)]) * values
-        else:
-            tokens = None
-        return self._llm, self._w_llm, self._bias, tokens, adds, self._s, q
+        if not slots:
+            return self._llm, self._w_llm, self._bias, None, None, self._s, q
+        return self._llm, self._w_llm, self._bias, tokens, values, self._s, q, (slots, bounds, self._w)
 
     def push(self, token: int) -> None:
         push_all([self], [token], 1)
