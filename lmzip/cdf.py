@@ -34,7 +34,8 @@ import os
 
 import numpy as np
 
-__all__ = ["PRECISION", "TOTAL", "backend", "expect", "quantize", "quantize_into", "softmax", "set_backend"]
+__all__ = ["PRECISION", "TOTAL", "backend", "below", "expect", "quantize", "quantize_into", "softmax",
+           "set_backend"]
 
 PRECISION = 24
 TOTAL = 1 << PRECISION
@@ -149,6 +150,12 @@ def quantize_into(scores: np.ndarray, out: np.ndarray) -> tuple[float, float]:
     if out.dtype != np.float64 or out.shape != (n,) or not out.flags.c_contiguous:
         raise ValueError("out must be a contiguous float64 array as long as scores")
     return _impl(scores, out)
+
+
+def below(q: np.ndarray, token: int) -> float:
+    """``sum(q[:token])`` of a distribution ``q`` (``freq - 1``): where the coder's interval
+    of ``token`` starts, less ``token``.  Integers below 2**24: exact in any order."""
+    return float(q[:token].sum())
 
 
 def quantize(scores: np.ndarray) -> np.ndarray:

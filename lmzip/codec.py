@@ -113,9 +113,10 @@ def _encode(model: Model, tokens: list[list[int]], encoders: list[Encoder], widt
         for step in range(max(len(t) for t in tokens)):
             active = [i for i, toks in enumerate(tokens) if step < len(toks)]
             told = [tokens[i][step] for i in active]
-            for i, token, (top, total) in zip(active, told, group.distributions(active, [qs[i] for i in active])):
+            for i, token, (top, total, below) in zip(active, told,
+                                                     group.distributions(active, [qs[i] for i in active], told)):
                 q = qs[i]
-                encoders[i].encode(token, q)
+                encoders[i].encode(token, q, below)
                 x = float(group.streams[i].scores()[token])
                 p = math.exp(x - top) / total if math.isfinite(x) and math.isfinite(top) else (q[token] + 1) / TOTAL
                 stats.model_bits -= math.log2(max(p, _MIN_P))

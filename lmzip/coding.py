@@ -19,6 +19,7 @@ import constriction
 import numpy as np
 
 from .cdf import PRECISION
+from .cdf import below as cdf_below
 from .errors import CorruptError
 
 __all__ = ["Encoder", "Decoder"]
@@ -33,14 +34,15 @@ _BATCH = 4096
 _T = float(1 << PRECISION)
 
 
-def interval_model(symbol: int, q: np.ndarray) -> tuple[int, tuple[float, float, float]]:
+def interval_model(symbol: int, q: np.ndarray, below: float | None = None) -> tuple[int, tuple[float, float, float]]:
     """A three-symbol ``(index, q3)`` that constriction codes exactly like ``symbol``
     under ``q``: a range coder step reads only the symbol's interval
     ``[cum, cum + freq)`` of the 2**24 total, and constriction's rule (module doc) on
     ``q3`` (summing to 2**24 - 3, so again scale 1.0) puts symbol ``index``'s interval
-    exactly there.  The same bits for a few numbers instead of the whole vocabulary."""
+    exactly there.  The same bits for a few numbers instead of the whole vocabulary.
+    ``below``: ``sum(q[:symbol])`` if the caller has it (the mixer sums it)."""
     freq = q[symbol] + 1.0
-    cum = float(q[:symbol].sum()) + symbol  # integers below 2**24: exact in any order
+    cum = (cdf_below(q, symbol) if below is None else below) + symbol
     if cum == 0.0:  # [0, freq), then an empty symbol, then the rest
         return 0, (freq - 1.0, 0.0, _T - freq - 2.0)
     if cum + freq == _T:  # the rest, an empty symbol, then [cum, 2**24)
@@ -56,13 +58,14 @@ class Encoder:
         self._symbols: list[int] = []
         self._models: list[tuple[float, float, float]] = []
 
-    def encode(self, symbol: int, q: np.ndarray) -> None:
-        """Code ``symbol`` under ``q = freq - 1`` (float64, as cdf.quantize_into writes it)."""
+    def encode(self, symbol: int, q: np.ndarray, below: float | None = None) -> None:
+        """Code ``symbol`` under ``q = freq - 1`` (float64, as cdf.quantize_into writes it);
+        ``below``, if known: ``sum(q[:symbol])``."""
         if len(q) < 3:  # no room for interval_model's three symbols
             self._flush()
             self._coder.encode(np.array([symbol], dtype=np.int32), _FAMILY, q[None, :])
             return
-        index, model = interval_model(symbol, q)
+        index, model = interval_model(symbol, q, below)
         self._symbols.append(index)
         self._models.append(model)
         if len(self._symbols) >= _BATCH:

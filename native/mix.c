@@ -285,8 +285,27 @@ typedef struct {
     slots_t weights;
     double *s, *q;
     Py_ssize_t n;
-    double top, sum;
+    Py_ssize_t token; /* the token the compressor codes, or -1 */
+    double top, sum, below; /* below: the sum of q[:token] (its interval starts there, + token) */
 } dist_job;
+
+/* sum(q[:k]): integers below 2^53, so exact in any order (the coder's cumulative count) */
+DISPATCH static double prefix_sum(const double *q, Py_ssize_t k) {
+    double total = 0.0;
+    Py_ssize_t i = 0;
+#if defined(__GNUC__) && !defined(LMZIP_SCALAR)
+    v4d acc = {0.0, 0.0, 0.0, 0.0};
+    for (; i + 4 <= k; i += 4) {
+        v4d v;
+        memcpy(&v, q + i, sizeof v);
+        acc += v;
+    }
+    total = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+#endif
+    for (; i < k; i++)
+        total += q[i];
+    return total;
+}
 
 /* s = llm * w (+ bias), elementwise (two roundings: -ffp-contract=off), and the largest
  * s_k that is not NaN, found on the way (the rule's first pass, which reads s once
@@ -369,6 +388,8 @@ static void dist_task(void *jobs, Py_ssize_t i) {
         quantize(s, 1, n, j->q, &j->top, &j->sum);
     else
         quantize_from(s, 1, n, j->q, m, 0.0, &j->top, &j->sum);
+    if (j->token >= 0) /* while q is still in this core's cache */
+        j->below = prefix_sum(j->q, j->token);
 }
 
 static int parse_dist(void *job, PyObject *item) {
@@ -376,8 +397,9 @@ static int parse_dist(void *job, PyObject *item) {
     Py_buffer *b = j->h.bufs;
     int *held = j->h.held;
     PyObject *llm, *bias, *toks, *adds, *s, *q, *weights = Py_None;
-    if (!PyArg_ParseTuple(item, "OdOOOOO|O;a job is (llm, w_llm, bias, tokens, adds, s, q[, weights])", &llm,
-                          &j->w_llm, &bias, &toks, &adds, &s, &q, &weights))
+    j->token = -1;
+    if (!PyArg_ParseTuple(item, "OdOOOOO|On;a job is (llm, w_llm, bias, tokens, adds, s, q[, weights[, token]])",
+                          &llm, &j->w_llm, &bias, &toks, &adds, &s, &q, &weights, &j->token))
         return -1;
     if (take(s, &b[0], &held[0], "s", "d", -1, 1, 0) < 0)
         return -1;
@@ -397,6 +419,10 @@ static int parse_dist(void *job, PyObject *item) {
     j->llm = held[2] ? b[2].buf : NULL;
     j->llm_double = held[2] && elem(&b[2])[0] == 'd';
     j->bias = held[3] ? (const double *)b[3].buf : NULL;
+    if (j->token < -1 || j->token >= j->n) {
+        PyErr_Format(PyExc_ValueError, "token %zd outside the vocabulary", j->token);
+        return -1;
+    }
     j->s = (double *)b[0].buf;
     j->q = (double *)b[1].buf;
     if (!held[4]) {
@@ -438,6 +464,8 @@ static int parse_dist(void *job, PyObject *item) {
 
 static PyObject *answer_dist(const void *job) {
     const dist_job *j = (const dist_job *)job;
+    if (j->token >= 0)
+        return Py_BuildValue("(ddd)", j->top, j->sum, j->below);
     return Py_BuildValue("(dd)", j->top, j->sum);
 }
 
@@ -712,7 +740,8 @@ static PyMethodDef methods[] = {
      "For each job (llm, w_llm, bias, tokens, adds, s, q[, weights]): s = llm * w_llm + bias (llm\n"
      "and bias may be None), then s[tokens[k]] += adds[k] in order (tokens int64, adds float64, or\n"
      "both None; with weights (slots, bounds, w), adds[k] are values, each times w[slot] of its\n"
-     "feature), then q = freq - 1 of s's quantized distribution (lmzip.cdf.quantize_into)."},
+     "feature), then q = freq - 1 of s's quantized distribution (lmzip.cdf.quantize_into).\n"
+     "With token (>= 0: the token a compressor codes), (max, sum, sum(q[:token]))."},
     {"learn", py_learn, METH_VARARGS,
      "learn(jobs, threads) -> [expected or None, ...]\n\n"
      "For each job (q, llm, bias, token, c, rate[, features]): expected = lmzip.cdf.expect(q, llm)\n"

@@ -77,9 +77,14 @@ def test_distributions_are_the_numpy_reference_bit_for_bit(threads):
                          (slots, starts[1:].tolist(), weights)))
             continue
         jobs.append((llm, w, bias, tokens, adds, np.empty(V), np.empty(V)))
+    # a compressor's jobs also name the token they code: the sum of q below it comes back
+    tokens = [int(rng.integers(V)) if k % 3 else None for k in range(len(jobs))]
+    tokens[1] = 0
+    jobs = [j if t is None else (*j[:7], j[7] if len(j) > 7 else None, t) for j, t in zip(jobs, tokens)]
     got = _mix.distributions(jobs, threads)
-    for (top_sum, s_ref, q_ref), job, result in zip(expected, jobs, got):
-        assert result == top_sum
+    for (top_sum, s_ref, q_ref), job, result, token in zip(expected, jobs, got, tokens):
+        assert result[:2] == top_sum
+        assert len(result) == 2 if token is None else result[2] == float(q_ref[:token].sum())
         assert job[5].tobytes() == s_ref.tobytes()
         assert job[6].tobytes() == q_ref.tobytes()
         assert job[6].sum() == cdf.TOTAL - V
@@ -218,6 +223,8 @@ def test_bad_jobs_are_refused_cleanly():
         ((None, 1.0, None, np.array([1, 2]), np.array([1.0, 2.0]), s, q, ([2], [2], np.ones(2))), ValueError),
         ((None, 1.0, None, np.array([1, 2]), np.array([1.0, 2.0]), s, q, ([0], [2])), TypeError),
         ((None, 1.0, None, np.array([1, 2]), np.array([1.0, 2.0]), s, q, ([0, 1], [1, 2], np.ones(2))), None),
+        ((None, 1.0, None, None, None, s, q, None, V), ValueError),  # a token outside the vocabulary
+        ((None, 1.0, None, None, None, s, q, None, V - 1), None),
     ]
     for job, error in bad:
         if error is None:

@@ -76,10 +76,18 @@ class StreamGroup:
     def __init__(self, streams: list[Stream]):
         self.streams = streams
 
-    def distributions(self, active: list[int], qs: list[np.ndarray]) -> list[tuple[float, float]]:
+    def distributions(self, active: list[int], qs: list[np.ndarray], tokens: list[int] | None = None) -> list[tuple]:
         """:meth:`Stream.distribution` of each stream ``active[k]`` into ``qs[k]``, in one
-        call: a group may compute them together (the mixer does, on several threads)."""
-        return [self.streams[i].distribution(q) for i, q in zip(active, qs)]
+        call: a group may compute them together (the mixer does, on several threads).
+        ``tokens`` (a compressor's, ``tokens[k]`` for stream ``active[k]``): each result is
+        ``(max, normalizer, sum(qs[k][:tokens[k]]))``, the start of the token's interval
+        less the token (the mixer sums it while ``q`` is in its cache)."""
+        from ..cdf import below
+
+        out = [self.streams[i].distribution(q) for i, q in zip(active, qs)]
+        if tokens is None:
+            return out
+        return [(*r, below(q, t)) for r, q, t in zip(out, qs, tokens)]
 
     def push_all(self, active: list[int], tokens: list[int]) -> None:
         """:meth:`Stream.push` of ``tokens[k]`` to each stream ``active[k]``, in one call."""

@@ -269,7 +269,7 @@ class MixedStream(Stream):
         (it adds each feature's values times its slot's weight: the same products)."""
         slots, bounds, tokens, values = self._gather()
         if not slots:
-            return self._llm, self._w_llm, self._bias, None, None, self._s, q
+            return self._llm, self._w_llm, self._bias, None, None, self._s, q, None
         return self._llm, self._w_llm, self._bias, tokens, values, self._s, q, (slots, bounds, self._w)
 
     def push(self, token: int) -> None:
@@ -359,28 +359,34 @@ def _reference() -> bool:
     return _native is None or cdf.backend == "numpy"
 
 
-def distributions(streams: list[MixedStream], qs: list[np.ndarray], threads: int = 1) -> list[tuple[float, float]]:
+def distributions(streams: list[MixedStream], qs: list[np.ndarray], threads: int = 1,
+                  tokens: list[int] | None = None) -> list[tuple]:
     """:meth:`MixedStream.distribution` of each stream into its ``q``: the streams that
     mix in one call of ``lmzip._mix`` on up to ``threads`` threads (the same bits as
-    one by one in numpy)."""
+    one by one in numpy).  With ``tokens`` (what a compressor codes), each result also
+    holds ``sum(q[:token])`` (:meth:`lmzip.predictors.base.StreamGroup.distributions`)."""
     out: list = [None] * len(streams)
     jobs, where = [], []
     for i, (st, q) in enumerate(zip(streams, qs)):
         if st._skip_next:
             st.skipped += 1
             out[i] = cdf.quantize_into(st._skip_scores(), q)  # nothing learns from it
-            continue
-        st._q = q  # push() learns from the distribution actually coded with
-        if st._ready or st._adapt is not None or _reference():
-            out[i] = cdf.quantize_into(st.scores(), q)
         else:
-            jobs.append(st._mix_job(q))
-            where.append(i)
+            st._q = q  # push() learns from the distribution actually coded with
+            if st._ready or st._adapt is not None or _reference():
+                out[i] = cdf.quantize_into(st.scores(), q)
+            else:
+                jobs.append(st._mix_job(q) if tokens is None else (*st._mix_job(q), tokens[i]))
+                where.append(i)
+                continue
+        if tokens is not None:
+            out[i] = (*out[i], cdf.below(q, tokens[i]))
     if jobs:
         for i, result in zip(where, _native.distributions(jobs, threads)):
             streams[i]._ready = True
             out[i] = result
     return out
+
 
 
 def push_all(streams: list[MixedStream], tokens: list[int], threads: int = 1) -> None:
@@ -430,8 +436,8 @@ class _MixedGroup(StreamGroup):
         self._settings = settings
         self._threads = threads
 
-    def distributions(self, active: list[int], qs: list[np.ndarray]) -> list[tuple[float, float]]:
-        return distributions([self.streams[i] for i in active], qs, self._threads)
+    def distributions(self, active: list[int], qs: list[np.ndarray], tokens: list[int] | None = None) -> list[tuple]:
+        return distributions([self.streams[i] for i in active], qs, self._threads, tokens)
 
     def push_all(self, active: list[int], tokens: list[int]) -> None:
         push_all([self.streams[i] for i in active], tokens, self._threads)
