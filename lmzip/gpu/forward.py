@@ -47,6 +47,8 @@ MAX_GRAPHS = 4
 #: the PTX of every kernel compiled in this process (name and constexprs -> text), for
 #: lmzip.gpu.trust's scan; empty under the interpreter
 COMPILED_PTX: dict[str, str] = {}
+#: the compiled kernels whose PTX was scanned, by id (launch() looks there first)
+_SCANNED: dict[int, object] = {}
 
 
 def launch(kernel, grid, *args, **meta):
@@ -54,6 +56,8 @@ def launch(kernel, grid, *args, **meta):
     PTX of each kernel compiled here is scanned once (lmzip.gpu.ptx): a forbidden
     instruction stops the run before its results are used."""
     compiled = kernel[grid](*args, enable_fp_fusion=False, **meta)
+    if id(compiled) in _SCANNED:  # the usual case: a step launches some 420 kernels
+        return
     asm = getattr(compiled, "asm", None)
     if asm and "ptx" in asm:
         key = f"{kernel.__name__}{sorted(meta.items())} {getattr(compiled, 'hash', '')}"
@@ -66,6 +70,7 @@ def launch(kernel, grid, *args, **meta):
                 raise LMZipError(f"the GPU kernel {kernel.__name__} was compiled with {bad[0]}: it would not "
                                  f"compute the engine's numbers (use --device cpu)")
             COMPILED_PTX[key] = text
+        _SCANNED[id(compiled)] = compiled  # held, so that its id is never another kernel's
 
 
 class RowsJob:
