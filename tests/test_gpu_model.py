@@ -325,16 +325,12 @@ def test_auto_imports_no_torch_without_an_nvidia_driver(monkeypatch):
     assert gdev.resolve("auto") is None
 
 
-@pytest.mark.parametrize("kept", [4, 1])
-def test_one_token_steps_through_the_graph_path(tiny, monkeypatch, kept):
-    """The CUDA-graph path of one-token steps (static inputs, the window's score rows,
-    replays with new tokens and positions, a width that changes), with a stand-in for
-    torch's graph that replays the recorded call: the C engine's logits, call by call.
-    With room for one graph, the width that follows replaces it."""
-    weights, _ = tiny
+@pytest.fixture()
+def fake_graphs(monkeypatch):
+    """A stand-in for torch's CUDA graphs on the CPU: a capture records the call, a replay
+    runs it again on the static tensors (what the graph path adds is those tensors: the
+    steps' tokens, slots and positions copied in, the rows and last tokens read out)."""
     from lmzip.gpu import forward
-
-    monkeypatch.setattr(forward, "MAX_GRAPHS", kept)
 
     class Graph:
         fn = None
@@ -366,17 +362,50 @@ def test_one_token_steps_through_the_graph_path(tiny, monkeypatch, kept):
     monkeypatch.setattr(torch.cuda, "CUDAGraph", Graph)
     monkeypatch.setattr(torch.cuda, "graph", Capture)
     monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    return forward
+
+
+@pytest.mark.parametrize("kept", [4, 1])
+def test_steps_through_the_graph_path(tiny, fake_graphs, monkeypatch, kept):
+    """The CUDA-graph path of steps where every stream has the same number of tokens (one
+    token a step, and the lookahead's blocks: static inputs, the window's score rows,
+    replays with new tokens and positions, shapes that change; a ragged step runs eagerly):
+    the C engine's logits, call by call.  With room for one graph, each shape replaces the
+    last."""
+    weights, _ = tiny
+    monkeypatch.setattr(fake_graphs, "MAX_GRAPHS", kept)
     rng = np.random.default_rng(5)
-    seqs = [[BOS] + rng.integers(0, 256, n).tolist() for n in (14, 14, 6)]
-    calls = [1] * 15
-    want = _cpu_logits(weights, seqs, calls, 16)
+    seqs = [[BOS] + rng.integers(0, 256, n).tolist() for n in (15, 13, 6)]
+    calls = [1, 3, 3, 1, 4, 4]  # (3, 1), (3, 3) twice, (2, 1), (2, 4), then 4 and 2 tokens: eager
+    cpu = _engine.Engine(str(weights), 1, "")
     eng = GPUEngine(weights, device=DEV, context=16)
     eng._graphs = {}  # on, as on a GPU
-    got = _run(eng, [eng.new_stream() for _ in seqs], seqs, calls)
-    # widths 3, then 2 once the short stream is done
-    assert set(eng._graphs) == ({3, 2} if kept > 1 else {2})
-    for (wi, w), (gi, g) in zip(want, got):
-        assert wi == gi and w.tobytes() == g.tobytes()
+    hc, hg = [cpu.new_stream(16) for _ in seqs], [eng.new_stream() for _ in seqs]
+    want, got = np.empty((3, N_VOCAB), np.float32), np.empty((3, N_VOCAB), np.float32)
+    h_want, h_got = np.empty(eng.n_embd, np.float32), np.empty(eng.n_embd, np.float32)
+    done = 0
+    for k in calls:
+        idx = [i for i, q in enumerate(seqs) if done < len(q)]
+        lists = [seqs[i][done:done + k] for i in idx]
+        cpu.eval([hc[i] for i in idx], lists, want[: len(idx)])
+        eng.eval([hg[i] for i in idx], lists, got[: len(idx)])
+        assert want[: len(idx)].tobytes() == got[: len(idx)].tobytes()
+        for i in idx:  # the hidden state behind each stream's latest logits (the adaptation reads it)
+            cpu.stream_hidden(hc[i], h_want)
+            eng.stream_hidden(hg[i], h_got)
+            assert h_want.tobytes() == h_got.tobytes()
+        done += k
+    assert list(eng._graphs) == [(3, 1), (3, 3), (2, 1), (2, 4)][-kept:]
+
+
+def test_the_lookaheads_blocks_through_the_graph_path(tiny, fake_graphs):
+    """Compressing on a GPU, the lookahead's blocks (the same number of tokens for every
+    stream) are graph steps: the records are the CPU's."""
+    cpu, gpu = _models(tiny, context=2048)
+    gpu._engine._graphs = {}
+    texts = [corpus_slice("alice29.txt", 1000 * i, 120) for i in range(1, 4)]
+    assert compress_group(gpu, texts, width=3) == compress_group(cpu, texts, width=3)
+    assert any(c > 1 for _, c in gpu._engine._graphs)
 
 
 def test_a_kernel_compiled_with_fusion_stops_the_run():

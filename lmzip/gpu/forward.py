@@ -38,9 +38,10 @@ MAX_STEP = 32
 AHEAD_BYTES = 256 << 20
 
 
-#: CUDA graphs kept, one per group width, the least recently used dropped first: a wide
-#: group's tail (streams finishing step by step) passes through hundreds of widths, and a
-#: graph of width T holds its own [T, n_vocab] logits (0.2 GB at 1,024 streams) and pool
+#: CUDA graphs kept, one per step shape (streams, tokens each), the least recently used
+#: dropped first: a wide group's tail (streams finishing step by step) passes through
+#: hundreds of widths, and a graph of T tokens holds its own [T, n_vocab] logits (0.2 GB
+#: at 1,024 streams, 0.26 GB for a lookahead block of 1,365 rows) and pool
 MAX_GRAPHS = 4
 
 
@@ -176,7 +177,8 @@ class GPUEngine:
         self._next_handle = 1
         self.kc = self.vc = self.sk = self.sv = self.hidden = None
         self._pinned = None
-        # CUDA graphs of one-token steps, by width (None: off, on the CPU and with LMZIP_GPU_GRAPHS=0)
+        # CUDA graphs of steps of the same number of tokens for every stream, by (streams,
+        # tokens) (None: off, on the CPU and with LMZIP_GPU_GRAPHS=0)
         self._graphs = {} if self.device.type == "cuda" and os.environ.get("LMZIP_GPU_GRAPHS", "1") != "0" else None
         #: a compressor's group gives the engine each stream's next block while the host codes
         #: the last (lmzip.predictors.portable; off with LMZIP_GPU_OVERLAP=0, to measure it)
@@ -259,8 +261,7 @@ class GPUEngine:
 
     def eval_rows(self, handles, token_lists, rows: np.ndarray) -> None:
         """The C engine's ``eval_rows``: the logits after every token, stream by stream in
-        order, into ``rows`` (float32 [sum of the counts, n_vocab], host).  One token per
-        stream is an ordinary step (a CUDA graph on a GPU)."""
+        order, into ``rows`` (float32 [sum of the counts, n_vocab], host)."""
         rows[:] = self.rows_job(handles, token_lists, self.n_vocab).rows()
 
     def rows_job(self, handles, token_lists, width: int, every: bool = True) -> RowsJob:
@@ -304,7 +305,8 @@ class GPUEngine:
         yields for each step ((tokens of each stream before it, its tokens per stream),
         which streams' last token it holds, its logits: with ``every`` each token's, in
         stream order, else the rows of the streams whose last token it holds).  A step of
-        one token for every stream is a CUDA graph's (``graphs``, on a GPU)."""
+        the same number of tokens for every stream is a CUDA graph's (``graphs``, on a
+        GPU): a lockstep group's one token a step, the lookahead's blocks."""
         streams = [self._streams[h] for h in handles]
         tokens = [[int(t) for t in tl] for tl in token_lists]
         for tl in tokens:
@@ -319,8 +321,10 @@ class GPUEngine:
                 break
             want = [c > 0 and len(tl) - done <= MAX_STEP for c, tl in zip(cnt, tokens)]
             step_toks = [tl[done: done + c] for tl, c in zip(tokens, cnt)]
-            if graphs and all(c == 1 for c in cnt) and self._graphs is not None:
-                logits = self._graph_step(streams, [tl[0] for tl in step_toks])  # every stream: its logits
+            if graphs and self._graphs is not None and len(set(cnt)) == 1 and (every or all(want)):
+                logits = self._graph_step(streams, step_toks)  # every stream, every token
+                if not every and cnt[0] > 1:
+                    logits = logits[cnt[0] - 1:: cnt[0]]  # each stream's last token
             else:
                 logits = self._step(streams, step_toks, want, every)
             yield (done, cnt), want, logits
@@ -494,19 +498,22 @@ class GPUEngine:
             self._graphs = {}
 
     def _graph_step(self, streams, toks):
-        """A step of one token for every stream (the lockstep case), replayed from a CUDA
-        graph of the same kernels (one per number of streams): ~420 launches cost one.  The
-        first step of a width runs the graph's own call eagerly on the same tensors (it
-        compiles exactly the kernels the graph holds), then captures it."""
+        """A step of the same number of tokens c for every stream (the lockstep cases: one
+        token a step decoding, a block of the lookahead compressing), replayed from a CUDA
+        graph of the same kernels (one per number of streams and c): ~420 launches cost
+        one.  The logits of every token, stream by stream.  The first step of a shape runs
+        the graph's own call eagerly on the same tensors (it compiles exactly the kernels
+        the graph holds), then captures it."""
         t = self.torch
-        T = len(streams)
-        self._ensure_rope(max(s.pos for s in streams) + 1)
-        host = t.tensor(toks + [s.slot for s in streams] + [s.pos for s in streams], dtype=t.int64)
-        g = self._graphs.pop(T, None)
+        S, c = len(streams), len(toks[0])
+        self._ensure_rope(max(s.pos for s in streams) + c)
+        host = t.tensor([tok for tl in toks for tok in tl] + [s.slot for s in streams for _ in range(c)]
+                        + [s.pos + k for s in streams for k in range(c)], dtype=t.int64)
+        g = self._graphs.pop((S, c), None)
         if g is None:
             while len(self._graphs) >= MAX_GRAPHS:
                 del self._graphs[next(iter(self._graphs))]
-            g = self._static(T)
+            g = self._static(S, c)
             g["ints"].copy_(host)
             self._run_static(g)
             try:
@@ -515,32 +522,34 @@ class GPUEngine:
                 with t.cuda.graph(graph):
                     self._run_static(g)
                 g["graph"] = graph
-                self._graphs[T] = g
+                self._graphs[(S, c)] = g
             except Exception as exc:  # graphs are a speed-up: never a failure
                 import sys
 
                 print(f"lmzip: note: CUDA graphs off ({type(exc).__name__}: {str(exc)[:120]})", file=sys.stderr)
                 self._graphs = None
         else:
-            self._graphs[T] = g  # the most recently used last
+            self._graphs[(S, c)] = g  # the most recently used last
             g["ints"].copy_(host)
             g["graph"].replay()
         for s in streams:
-            s.pos += 1
+            s.pos += c
         return g["logits"]
 
-    def _static(self, T: int) -> dict:
-        """The tensors a graph of width T reads and writes."""
+    def _static(self, S: int, c: int) -> dict:
+        """The tensors a graph of S streams of c tokens reads and writes."""
         t = self.torch
         dev = self.device
+        T = S * c
         rows = t.arange(T, dtype=t.int32, device=dev)
-        return {"T": T, "ints": t.zeros(3 * T, dtype=t.int64, device=dev),  # tokens, cache slots, positions
-                "rows": rows, "rows64": rows.long(), "logits": t.empty((T, self.n_vocab), dtype=t.float32, device=dev)}
+        return {"T": T, "c": c, "ints": t.zeros(3 * T, dtype=t.int64, device=dev),  # tokens, cache slots, positions
+                "rows": rows, "last": t.arange(c - 1, T, c, dtype=t.int64, device=dev),  # each stream's last token
+                "logits": t.empty((T, self.n_vocab), dtype=t.float32, device=dev)}
 
     def _run_static(self, g: dict) -> None:
         t = self.torch
-        T, ints = g["T"], g["ints"]
+        T, c, ints = g["T"], g["c"], g["ints"]
         tok = ints[:T].to(t.int32)
         slot = ints[T: 2 * T].to(t.int32)
         NS = self._score_len(self.window + self.swa)  # every depth: the kernels mask what a token does not see
-        self._forward(tok, slot, ints[2 * T:], T, NS, g["rows"], slot.long(), g["rows64"], g["logits"])
+        self._forward(tok, slot, ints[2 * T:], T, NS, g["rows"], slot[c - 1:: c].long(), g["last"], g["logits"])

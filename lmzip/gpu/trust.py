@@ -2,11 +2,12 @@
 
 The kernels are compiled on the user's machine by the installed Triton for the installed
 GPU and driver: lmzip checks that this combination computes the engine's numbers.  A
-short sequence (the start token and 16 tokens, one token a call) must give the C
-engine's logits bit for bit (for SmolLM2 and Gemma 3 270M the tests' golden hashes, for
-other models the CPU engine's logits), and the PTX of every
-kernel that ran must hold no forbidden instruction (lmzip.gpu.ptx).  The result is kept per device
-for the process.  On failure the caller warns in one line and uses the CPU engine.
+short sequence (the start token and 16 tokens, one token a call, and again in blocks of
+4 as the compressor's lookahead calls) must give the C engine's logits bit for bit (for
+SmolLM2 and Gemma 3 270M the tests' golden hashes, for other models the CPU engine's
+logits), and the PTX of every kernel that ran must hold no forbidden instruction
+(lmzip.gpu.ptx).  The result is kept per device for the process.  On failure the caller
+warns in one line and uses the CPU engine.
 """
 
 from __future__ import annotations
@@ -67,6 +68,12 @@ def _check(model_sha256: str, weights_path, device: str) -> str | None:
         for t in [eng.bos] + tokens:
             eng.eval([h], [[t]], out)
             rows.append(out[0].copy())
+        # and in blocks of 4 tokens, as the compressor's lookahead calls (a graph of its own)
+        seq, h4, blocked = [eng.bos] + tokens, eng.new_stream(), []
+        for a in range(0, len(seq), 4):
+            blocked.extend(eng.rows_job([h4], [seq[a:a + 4]], eng.n_vocab).rows())
+        if np.asarray(blocked).tobytes() != np.asarray(rows).tobytes():
+            return "its logits in blocks of tokens differ from its logits one token a call"
     else:  # Triton's interpreter (tests): no graphs, and one step is much faster than 17
         every: list = []
         eng.eval([h], [[eng.bos] + tokens], every=every)
