@@ -266,18 +266,19 @@ DISPATCH static double floors(double *q, Py_ssize_t n, double scale) {
  * *top and *sum receive max(x) and the normalizer, for callers that want the
  * unquantized probabilities exp(x_i - top) / sum. */
 static void quantize_from(const void *scores, int is_double, Py_ssize_t n, double *q, double m, double n_posinf,
-                          double *top, double *sum);
+                          Py_ssize_t first, double *top, double *sum);
 
 static void quantize(const void *scores, int is_double, Py_ssize_t n, double *q, double *top, double *sum) {
     double n_posinf;
     double m = is_double ? largest_d((const double *)scores, n, &n_posinf) : largest_f((const float *)scores, n, &n_posinf);
-    quantize_from(scores, is_double, n, q, m, n_posinf, top, sum);
+    quantize_from(scores, is_double, n, q, m, n_posinf, -1, top, sum);
 }
 
 /* The rule once pass 1 is known: m, the largest finite score, and the number of +inf
- * (a caller that found them while writing the scores skips that pass). */
+ * (a caller that found them while writing the scores skips that pass); first, the first
+ * index of m if the caller knows it, else -1. */
 static void quantize_from(const void *scores, int is_double, Py_ssize_t n, double *q, double m, double n_posinf,
-                          double *top, double *sum) {
+                          Py_ssize_t first, double *top, double *sum) {
     const float *xf = (const float *)scores;
     const double *xd = (const double *)scores;
     Py_ssize_t best = 0; /* the first index of the largest score (NaN counting as -inf) */
@@ -302,7 +303,7 @@ static void quantize_from(const void *scores, int is_double, Py_ssize_t n, doubl
             lane[j] += q[i + j];
         s = ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
     } else {
-        best = is_double ? first_d(xd, n, m) : first_f(xf, n, m); /* m is some x_i */
+        best = first >= 0 ? first : is_double ? first_d(xd, n, m) : first_f(xf, n, m); /* m is some x_i */
         s = is_double ? exps_d(xd, n, m, q) : exps_f(xf, n, m, q);
     }
     const double budget = (double)(TOTAL - n);

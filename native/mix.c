@@ -308,14 +308,18 @@ DISPATCH static double prefix_sum(const double *q, Py_ssize_t k) {
 }
 
 /* s = llm * w (+ bias), elementwise (two roundings: -ffp-contract=off), and the largest
- * s_k that is not NaN, found on the way (the rule's first pass, which reads s once
- * more, is then skipped: the step is memory-bound).  A max is exact in any order; only
- * which of +0.0 and -0.0 it keeps may differ, and the rule reads m only through x - m
- * and x == m, where they are the same. */
+ * s_k that is not NaN with its first index, found on the way (the rule's first passes,
+ * which read s once more and up to the largest again, are then skipped: the step is
+ * memory-bound).  Each vector lane keeps its own largest and where it first was; the
+ * first index of the largest is the least of the lanes' that hold it.  A max is exact in
+ * any order; only which of +0.0 and -0.0 it keeps may differ, and the rule reads m only
+ * through x - m and x == m, where they are the same. */
 #if defined(__GNUC__) && !defined(LMZIP_SCALAR)
 #define MIX_MAX_VECTOR(LOAD4)                                                               \
     const v4d ninf = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};                          \
     v4d mv = ninf;                                                                          \
+    v4i at = {0, 1, 2, 3}, first = {0, 0, 0, 0};                                            \
+    const v4i four = {4, 4, 4, 4};                                                          \
     for (; k + 4 <= n; k += 4) {                                                            \
         v4d x, v;                                                                           \
         LOAD4(x, k);                                                                        \
@@ -328,30 +332,41 @@ DISPATCH static double prefix_sum(const double *q, Py_ssize_t k) {
         memcpy(s + k, &v, sizeof v);                                                        \
         v4i bigger = (v4i)(v > mv); /* NaN fails every comparison */                        \
         mv = (v4d)(((v4i)v & bigger) | ((v4i)mv & ~bigger));                                \
+        first = (at & bigger) | (first & ~bigger);                                          \
+        at += four;                                                                         \
     }                                                                                       \
     for (int j = 0; j < 4; j++)                                                             \
-        m = mv[j] > m ? mv[j] : m;
+        m = mv[j] > m ? mv[j] : m;                                                          \
+    for (int j = 0; j < 4; j++)                                                             \
+        if (mv[j] == m && m > -INFINITY && (*best < 0 || first[j] < *best))                 \
+            *best = first[j];
 #else
 #define MIX_MAX_VECTOR(LOAD4)
 #endif
 #define MIX_MAX_BODY(LOAD, LOAD4)                                                           \
     double m = -INFINITY;                                                                   \
     Py_ssize_t k = 0;                                                                       \
+    *best = -1;                                                                             \
     MIX_MAX_VECTOR(LOAD4)                                                                   \
     for (; k < n; k++) {                                                                    \
         double v = LOAD(k) * w;                                                             \
         if (bias != NULL)                                                                   \
             v = v + bias[k];                                                                \
         s[k] = v;                                                                           \
-        m = v > m ? v : m;                                                                  \
+        if (v > m) {                                                                        \
+            m = v;                                                                          \
+            *best = k;                                                                      \
+        }                                                                                   \
     }                                                                                       \
     return m;
 
-DISPATCH static double mix_f(double *s, const float *xf, double w, const double *bias, Py_ssize_t n) {
+DISPATCH static double mix_f(double *s, const float *xf, double w, const double *bias, Py_ssize_t n,
+                             Py_ssize_t *best) {
     MIX_MAX_BODY(LOAD_F, LOAD4_F)
 }
 
-DISPATCH static double mix_d(double *s, const double *xd, double w, const double *bias, Py_ssize_t n) {
+DISPATCH static double mix_d(double *s, const double *xd, double w, const double *bias, Py_ssize_t n,
+                             Py_ssize_t *best) {
     MIX_MAX_BODY(LOAD_D, LOAD4_D)
 }
 
@@ -360,13 +375,14 @@ static void dist_task(void *jobs, Py_ssize_t i) {
     double *s = j->s;
     Py_ssize_t n = j->n;
     double m = INFINITY; /* the largest score once known, else +inf: the rule finds it */
+    Py_ssize_t best = -1; /* and the first index of it (-1: none, all -inf or NaN) */
     if (j->llm == NULL) {
         for (Py_ssize_t k = 0; k < n; k++) /* 0.0 + bias: numpy's s.fill(0.0); s += bias */
             s[k] = j->bias != NULL ? 0.0 + j->bias[k] : 0.0;
     } else if (j->llm_double) {
-        m = mix_d(s, (const double *)j->llm, j->w_llm, j->bias, n);
+        m = mix_d(s, (const double *)j->llm, j->w_llm, j->bias, n, &best);
     } else {
-        m = mix_f(s, (const float *)j->llm, j->w_llm, j->bias, n);
+        m = mix_f(s, (const float *)j->llm, j->w_llm, j->bias, n, &best);
     }
     for (Py_ssize_t k = 0, f = 0; k < j->n_feats; k++) { /* in order: a token may be in several features */
         Py_ssize_t t = j->tokens[k];
@@ -380,14 +396,18 @@ static void dist_task(void *jobs, Py_ssize_t i) {
             m = INFINITY;
         s[t] = s[t] + add;
     }
+    /* the features' tokens, now: a new largest, or the largest again at an earlier index */
     for (Py_ssize_t k = 0; k < j->n_feats && m != INFINITY; k++) {
-        double v = s[j->tokens[k]];
-        m = v > m ? v : m;
+        Py_ssize_t t = j->tokens[k];
+        if (s[t] > m || (s[t] == m && t < best)) {
+            m = s[t];
+            best = t;
+        }
     }
-    if (m == INFINITY) /* unknown, or a score is +inf: the rule's own first pass */
+    if (m == INFINITY || m == -INFINITY) /* unknown, a score +inf, or none finite: the rule's own */
         quantize(s, 1, n, j->q, &j->top, &j->sum);
     else
-        quantize_from(s, 1, n, j->q, m, 0.0, &j->top, &j->sum);
+        quantize_from(s, 1, n, j->q, m, 0.0, best, &j->top, &j->sum);
     if (j->token >= 0) /* while q is still in this core's cache */
         j->below = prefix_sum(j->q, j->token);
 }

@@ -127,6 +127,33 @@ def test_distributions_where_the_largest_score_moves():
         assert job[6].tobytes() == q_ref.tobytes()
 
 
+@pytest.mark.parametrize("n", [1000, 1003])
+def test_distributions_find_the_first_largest_score(n):
+    """The first index of the largest score (it takes the rounding's remainder) is found
+    while the scores are written, in vector lanes and the tail: ties across lanes, within
+    a lane, in the tail, and made by the features before and after the largest."""
+    rng = np.random.default_rng(n)
+    base = rng.normal(size=n).astype(np.float32)
+    big = np.float32(9.0)
+
+    def at(*where):
+        x = base.copy()
+        x[list(where)] = big
+        return x
+
+    t0 = 3
+    cases = [(at(2, 5), None, None), (at(1, 5), None, None), (at(7, n - 2), None, None), (at(n - 2, n - 1), None, None),
+             (at(40), np.array([t0]), np.array([float(big) - float(base[t0])])),  # raised to the largest, before it
+             (at(40), np.array([n - 1]), np.array([float(big) - float(base[n - 1])]))]  # and after it
+    for llm, tokens, adds in cases:
+        s_ref, q_ref = np.empty(n), np.empty(n)
+        feats = [] if tokens is None else [(tokens, adds)]
+        want = _reference_distribution(llm, 1.0, None, feats, s_ref, q_ref)
+        job = (llm, 1.0, None, tokens, adds, np.empty(n), np.empty(n))
+        assert _mix.distributions([job], 1)[0] == want
+        assert job[6].tobytes() == q_ref.tobytes()
+
+
 @pytest.mark.parametrize("threads", [1, 4])
 def test_learn_is_the_numpy_reference_bit_for_bit(threads):
     rng = np.random.default_rng(10 + threads)
