@@ -34,7 +34,7 @@ import os
 
 import numpy as np
 
-__all__ = ["PRECISION", "TOTAL", "backend", "below", "expect", "quantize", "quantize_into", "softmax",
+__all__ = ["PRECISION", "TOTAL", "backend", "below", "expect", "find", "quantize", "quantize_into", "softmax",
            "set_backend"]
 
 PRECISION = 24
@@ -156,6 +156,19 @@ def below(q: np.ndarray, token: int) -> float:
     """``sum(q[:token])`` of a distribution ``q`` (``freq - 1``): where the coder's interval
     of ``token`` starts, less ``token``.  Integers below 2**24: exact in any order."""
     return float(q[:token].sum())
+
+
+def find(q: np.ndarray, quantile: int) -> tuple[int, float]:
+    """The symbol whose interval of the coder's ``2**24`` holds ``quantile`` (symbol ``i``
+    spans ``q_i + 1``, in order), and :func:`below` it: what a decoder reads at a point.
+    Integers: exact in any order, so the C scan and numpy agree."""
+    if _cdf is not None:
+        return _cdf.find(q, float(quantile))
+    cum = np.cumsum(q + 1.0)
+    i = int(np.searchsorted(cum, quantile, side="right"))
+    if i >= len(q):
+        raise ValueError("the quantile is past the distribution's total")
+    return i, below(q, i)
 
 
 def quantize(scores: np.ndarray) -> np.ndarray:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import constriction
 import numpy as np
 
-from .cdf import PRECISION
+from .cdf import PRECISION, find
 from .cdf import below as cdf_below
 from .errors import CorruptError
 
@@ -27,6 +27,8 @@ __all__ = ["Encoder", "Decoder"]
 assert PRECISION == 24  # constriction's default range coder: 32-bit words, 24-bit models
 
 _FAMILY = constriction.stream.model.Categorical(perfect=False)
+#: one symbol per unit of the 2**24: decoding it reads the quantile the coder's point is at
+_QUANTILE = constriction.stream.model.Uniform(1 << 24)
 
 
 #: symbols an Encoder holds before it hands them to constriction in one call
@@ -118,8 +120,22 @@ class Decoder:
         self._coder = constriction.stream.queue.RangeDecoder(words)
 
     def decode(self, q: np.ndarray) -> int:
-        """The next symbol, under ``q = freq - 1`` (float64)."""
+        """The next symbol, under ``q = freq - 1`` (float64).
+
+        As the encoder, it hands constriction a three-symbol distribution with the
+        symbol's interval, not the vocabulary: a copy of the decoder reads the quantile
+        its point is at (decoding a uniform symbol moves only the copy), lmzip finds the
+        symbol whose interval holds it, and the decoder decodes that interval: the step
+        a decode under the whole of ``q`` takes, in a few numbers."""
         try:
-            return int(self._coder.decode(_FAMILY, q[None, :])[0])
+            if len(q) < 3:  # no room for interval_model's three symbols
+                return int(self._coder.decode(_FAMILY, q[None, :])[0])
+            quantile = int(self._coder.clone().decode(_QUANTILE))
+            symbol, below = find(q, quantile)
+            index, model = interval_model(symbol, q, below)
+            decoded = int(self._coder.decode(_FAMILY, np.array([model]))[0])
         except (AssertionError, ValueError, RuntimeError) as exc:  # constriction's "invalid data"
             raise CorruptError(f"chunk payload is damaged (range decoder: {exc})") from None
+        if decoded != index:  # the interval holds the quantile: it cannot be another
+            raise CorruptError("chunk payload is damaged (range decoder: the quantile left its interval)")
+        return symbol

@@ -97,6 +97,71 @@ static PyObject *py_expect(PyObject *self, PyObject *args) {
     return result;
 }
 
+/* The symbol i whose interval [sum(q[:i]) + i, sum(q[:i + 1]) + i + 1) holds quantile
+ * (q_i = freq_i - 1, integers: every sum exact in any order), scanning blocks of 64
+ * (their sums in 8 vector lanes) and then the block that holds it. */
+DISPATCH static Py_ssize_t find_symbol(const double *q, Py_ssize_t n, double quantile, double *below) {
+    double cum = 0.0; /* sum(q[:i]) + i, where symbol i's interval starts */
+    Py_ssize_t i = 0;
+    for (; i + 64 <= n; i += 64) {
+        double b = 64.0;
+#if defined(__GNUC__) && !defined(LMZIP_SCALAR)
+        v8d acc = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
+        for (int k = 0; k < 64; k += 8) {
+            v8d v;
+            memcpy(&v, q + i + k, sizeof v);
+            acc += v;
+        }
+        for (int j = 0; j < 8; j++)
+            b += acc[j];
+#else
+        for (int k = 0; k < 64; k++)
+            b += q[i + k];
+#endif
+        if (cum + b > quantile)
+            break;
+        cum += b;
+    }
+    for (; i < n; i++) {
+        double f = q[i] + 1.0;
+        if (cum + f > quantile)
+            break;
+        cum += f;
+    }
+    *below = cum - (double)i;
+    return i;
+}
+
+static PyObject *py_find(PyObject *self, PyObject *args) {
+    PyObject *q_obj;
+    double quantile;
+    Py_buffer qb;
+    if (!PyArg_ParseTuple(args, "Od", &q_obj, &quantile))
+        return NULL;
+    if (PyObject_GetBuffer(q_obj, &qb, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0)
+        return NULL;
+    PyObject *result = NULL;
+    const char *fmt = qb.format ? qb.format : "B";
+    while (*fmt == '@' || *fmt == '=' || *fmt == '<')
+        fmt++;
+    if (strcmp(fmt, "d") != 0) {
+        PyErr_SetString(PyExc_TypeError, "q must be a contiguous float64 buffer");
+        goto done;
+    }
+    Py_ssize_t n = qb.len / (Py_ssize_t)sizeof(double), i;
+    double below;
+    Py_BEGIN_ALLOW_THREADS
+    i = find_symbol((const double *)qb.buf, n, quantile, &below);
+    Py_END_ALLOW_THREADS
+    if (i >= n)
+        PyErr_SetString(PyExc_ValueError, "the quantile is past the distribution's total");
+    else
+        result = Py_BuildValue("(nd)", i, below);
+done:
+    PyBuffer_Release(&qb);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"quantize", py_quantize, METH_VARARGS,
      "quantize(scores, out) -> (max, sum)\n\n"
@@ -105,6 +170,10 @@ static PyMethodDef methods[] = {
     {"expect", py_expect, METH_VARARGS,
      "expect(q, x) -> float\n\n"
      "sum of (q_i + 1) * x_i over the finite x_i, in the rule's fixed 8-lane order."},
+    {"find", py_find, METH_VARARGS,
+     "find(q, quantile) -> (symbol, below)\n\n"
+     "The symbol whose interval of the coder's 2**24 (q_i + 1 wide, in order) holds quantile,\n"
+     "and below = sum(q[:symbol])."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -3,11 +3,13 @@
 import math
 
 import numpy as np
-from hypothesis import given
+import pytest
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lmzip.cdf import TOTAL, quantize
 from lmzip.coding import Decoder, Encoder
+from lmzip.errors import CorruptError
 
 
 def weights(freq):
@@ -185,3 +187,67 @@ def test_interval_model_edges_and_batches():
     for s in syms:
         enc.encode(s, q)
     assert enc.finish(version=3) == _constriction_words(syms, [q] * len(syms)).astype("<u4").tobytes()
+
+
+def _whole_distribution_decode(payload: bytes, qs: list[np.ndarray]) -> list:
+    """constriction decoding under each whole distribution: the reference of Decoder."""
+    import constriction
+
+    padded = payload + bytes(-len(payload) % 4)
+    coder = constriction.stream.queue.RangeDecoder(np.frombuffer(padded, dtype=">u4").astype(np.uint32))
+    family = constriction.stream.model.Categorical(perfect=False)
+    out = []
+    for q in qs:
+        try:
+            out.append(int(coder.decode(family, q[None, :])[0]))
+        except (AssertionError, ValueError, RuntimeError):
+            out.append("damaged")
+            break
+    return out
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(3, 400), st.integers(0, 2**32 - 1), st.binary(max_size=64), st.booleans())
+def test_the_decoder_reads_each_symbol_by_its_interval_exactly_like_the_whole_distribution(v, seed, noise, valid):
+    """Decoder reads the quantile on a copy of the coder and decodes the symbol's interval
+    as three symbols: the symbols constriction decodes under the whole distributions, for
+    payloads the encoder wrote and for any bytes (damage), up to the same failure."""
+    rng = np.random.default_rng(seed)
+    qs = []
+    for _ in range(40):
+        q = quantize(rng.normal(scale=float(rng.uniform(0.1, 30)), size=v)).astype(np.float64) - 1.0
+        qs.append(q)
+    if valid:
+        enc = Encoder()
+        for q in qs:
+            enc.encode(int(rng.integers(v)), q)
+        payload = enc.finish()
+    else:
+        payload = noise
+    want = _whole_distribution_decode(payload, qs)
+    dec, got = Decoder(payload), []
+    for q in qs[: len(want)]:
+        try:
+            got.append(dec.decode(q))
+        except CorruptError:
+            got.append("damaged")
+            break
+    assert got == want
+
+
+def test_find_reads_the_symbol_at_every_interval_edge(monkeypatch):
+    """cdf.find (C, and numpy without it): the symbol whose interval holds a quantile, at
+    both edges of every interval, across blocks of the C scan and in its tail."""
+    from lmzip import cdf
+
+    rng = np.random.default_rng(4)
+    q = quantize(rng.normal(scale=4, size=1003)).astype(np.float64) - 1.0
+    starts = np.concatenate([[0.0], np.cumsum(q + 1.0)])
+    for impl in ("c", "numpy"):
+        if impl == "numpy":
+            monkeypatch.setattr(cdf, "_cdf", None)
+        for i in list(range(0, 1003, 7)) + [63, 64, 127, 128, 959, 960, 1002]:
+            for quantile in {starts[i], starts[i + 1] - 1}:
+                assert cdf.find(q, int(quantile)) == (i, float(q[:i].sum()))
+        with pytest.raises(ValueError):
+            cdf.find(q, TOTAL)
