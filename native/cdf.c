@@ -80,13 +80,13 @@ static PyObject *py_expect(PyObject *self, PyObject *args) {
     } else if (strcmp(fx, "f") == 0 && xb.len == n * (Py_ssize_t)sizeof(float)) {
         double r;
         Py_BEGIN_ALLOW_THREADS
-        r = expect_f((const double *)qb.buf, (const float *)xb.buf, n);
+        r = expect_step_f((const double *)qb.buf, (const float *)xb.buf, NULL, 0.0, n);
         Py_END_ALLOW_THREADS
         result = PyFloat_FromDouble(r);
     } else if (strcmp(fx, "d") == 0 && xb.len == n * (Py_ssize_t)sizeof(double)) {
         double r;
         Py_BEGIN_ALLOW_THREADS
-        r = expect_d((const double *)qb.buf, (const double *)xb.buf, n);
+        r = expect_step_d((const double *)qb.buf, (const double *)xb.buf, NULL, 0.0, n);
         Py_END_ALLOW_THREADS
         result = PyFloat_FromDouble(r);
     } else {

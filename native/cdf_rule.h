@@ -315,7 +315,9 @@ static void quantize_from(const void *scores, int is_double, Py_ssize_t n, doubl
 
 /* expect(q, x) = sum over finite x_i of (q_i + 1) * x_i, in the rule's 8-lane order:
  * the mixer's expectation of a feature under the coded distribution (times 2^24).
- * Non-finite x_i (escape symbols at -inf) are skipped. */
+ * Non-finite x_i (escape symbols at -inf) are skipped.  With b (not NULL), the mixer's
+ * bias step b_i -= (q_i + 1) * c in the same pass over q (the step is memory-bound):
+ * each element's operations are the same as apart. */
 #if defined(__GNUC__) && !defined(LMZIP_SCALAR)
 /* 8 elements at a time into the 8 lanes (the same order); a non-finite x_i adds +0.0,
  * which changes no lane (a lane starts at +0.0 and so is never -0.0) */
@@ -325,8 +327,15 @@ static void quantize_from(const void *scores, int is_double, Py_ssize_t n, doubl
         v8d x, qv;                                                                          \
         LOAD8(x, i);                                                                        \
         memcpy(&qv, q + i, sizeof qv);                                                      \
+        v8d q1 = qv + 1.0;                                                                  \
         v8i finite = (v8i)(x - x == 0.0);                                                   \
-        acc += (v8d)((v8i)((qv + 1.0) * x) & finite);                                       \
+        acc += (v8d)((v8i)(q1 * x) & finite);                                               \
+        if (b != NULL) {                                                                    \
+            v8d bv;                                                                         \
+            memcpy(&bv, b + i, sizeof bv);                                                  \
+            bv = bv - q1 * c;                                                               \
+            memcpy(b + i, &bv, sizeof bv);                                                  \
+        }                                                                                   \
     }                                                                                       \
     for (int j = 0; j < LANES; j++)                                                         \
         lane[j] = acc[j];
@@ -338,13 +347,19 @@ static void quantize_from(const void *scores, int is_double, Py_ssize_t n, doubl
     Py_ssize_t i = 0;                                                                       \
     EXPECT_VECTOR(LOAD8)                                                                    \
     for (; i < n; i++) {                                                                    \
-        double v = LOAD(i);                                                                 \
+        double v = LOAD(i), q1 = q[i] + 1.0;                                                \
         if (v - v == 0.0) /* finite */                                                      \
-            lane[i % LANES] += (q[i] + 1.0) * v;                                            \
+            lane[i % LANES] += q1 * v;                                                      \
+        if (b != NULL)                                                                      \
+            b[i] = b[i] - q1 * c;                                                           \
     }                                                                                       \
     return ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
 
-DISPATCH static double expect_f(const double *q, const float *xf, Py_ssize_t n) { EXPECT_BODY(LOAD_F, LOAD8_F) }
-DISPATCH static double expect_d(const double *q, const double *xd, Py_ssize_t n) { EXPECT_BODY(LOAD_D, LOAD8_D) }
+DISPATCH static double expect_step_f(const double *q, const float *xf, double *b, double c, Py_ssize_t n) {
+    EXPECT_BODY(LOAD_F, LOAD8_F)
+}
+DISPATCH static double expect_step_d(const double *q, const double *xd, double *b, double c, Py_ssize_t n) {
+    EXPECT_BODY(LOAD_D, LOAD8_D)
+}
 
 #endif /* LMZIP_CDF_RULE_H */

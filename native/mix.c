@@ -599,55 +599,12 @@ DISPATCH static void bias_step(double *b, const double *q, double c, Py_ssize_t 
         b[k] = b[k] - (q[k] + 1.0) * c;
 }
 
-/* expect() and bias_step() in one pass over q (the step is memory-bound): each the
- * same operations, the expectation in the rule's 8 lanes, so the same bits */
-#if defined(__GNUC__) && !defined(LMZIP_SCALAR)
-#define EXPECT_BIAS_VECTOR(LOAD8)                                                           \
-    v8d acc = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};                                     \
-    for (; i + LANES <= n; i += LANES) {                                                    \
-        v8d x, qv, bv;                                                                      \
-        LOAD8(x, i);                                                                        \
-        memcpy(&qv, q + i, sizeof qv);                                                      \
-        memcpy(&bv, b + i, sizeof bv);                                                      \
-        v8d q1 = qv + 1.0;                                                                  \
-        v8i finite = (v8i)(x - x == 0.0);                                                   \
-        acc += (v8d)((v8i)(q1 * x) & finite);                                               \
-        bv = bv - q1 * c;                                                                   \
-        memcpy(b + i, &bv, sizeof bv);                                                      \
-    }                                                                                       \
-    for (int j = 0; j < LANES; j++)                                                         \
-        lane[j] = acc[j];
-#else
-#define EXPECT_BIAS_VECTOR(LOAD8)
-#endif
-#define EXPECT_BIAS_BODY(LOAD, LOAD8)                                                       \
-    double lane[LANES] = {0};                                                               \
-    Py_ssize_t i = 0;                                                                       \
-    EXPECT_BIAS_VECTOR(LOAD8)                                                               \
-    for (; i < n; i++) {                                                                    \
-        double v = LOAD(i), q1 = q[i] + 1.0;                                                \
-        if (v - v == 0.0) /* finite */                                                      \
-            lane[i % LANES] += q1 * v;                                                      \
-        b[i] = b[i] - q1 * c;                                                               \
-    }                                                                                       \
-    return ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
-
-DISPATCH static double expect_bias_f(const double *q, const float *xf, double *b, double c, Py_ssize_t n) {
-    EXPECT_BIAS_BODY(LOAD_F, LOAD8_F)
-}
-DISPATCH static double expect_bias_d(const double *q, const double *xd, double *b, double c, Py_ssize_t n) {
-    EXPECT_BIAS_BODY(LOAD_D, LOAD8_D)
-}
-
 static void learn_task(void *jobs, Py_ssize_t i) {
     learn_job *j = (learn_job *)jobs + i;
     const double *q = j->q;
-    if (j->llm != NULL && j->bias != NULL)
-        j->expected = j->llm_double ? expect_bias_d(q, (const double *)j->llm, j->bias, j->c, j->n)
-                                    : expect_bias_f(q, (const float *)j->llm, j->bias, j->c, j->n);
-    else if (j->llm != NULL)
-        j->expected = j->llm_double ? expect_d(q, (const double *)j->llm, j->n)
-                                    : expect_f(q, (const float *)j->llm, j->n);
+    if (j->llm != NULL) /* the expectation, and the bias step in the same pass */
+        j->expected = j->llm_double ? expect_step_d(q, (const double *)j->llm, j->bias, j->c, j->n)
+                                    : expect_step_f(q, (const float *)j->llm, j->bias, j->c, j->n);
     else if (j->bias != NULL)
         bias_step(j->bias, q, j->c, j->n);
     if (j->bias != NULL)
