@@ -521,6 +521,34 @@ def test_gemma_group_logits_equal_the_c_engines(tiny_gemma):
     assert np.isfinite(got[-1][1]).all() and got[-1][1].std() > 0.1  # logits that mean something
 
 
+def test_gemma_local_layers_loop_over_their_own_window(tiny_gemma, monkeypatch):
+    """At a window longer than the local one, a local layer's attention runs to its 24
+    positions (32, a multiple of 16), the global layer's to the step's longest row: the
+    same logits as the C engine's, in steps of 1 and 9 tokens past both windows."""
+    import lmzip.gpu.forward as fw
+
+    weights, _ = tiny_gemma
+    rng = np.random.default_rng(31)
+    seqs = [[BOS] + rng.integers(0, 256, n).tolist() for n in (75, 40)]
+    calls = [30, 9, 1, 30, 9]
+    want = _cpu_logits(weights, seqs, calls, 64)
+    bounds: list = []
+    real = fw.launch
+
+    def spy(kernel, grid, *args, **meta):
+        if kernel is fw.K.attn_values_kernel:
+            bounds.append((args[7], args[-1]))  # (layer, its score rows' length)
+        return real(kernel, grid, *args, **meta)
+
+    monkeypatch.setattr(fw, "launch", spy)
+    eng = GPUEngine(weights, device=DEV, context=64)
+    got = _run(eng, [eng.new_stream() for _ in seqs], seqs, calls)
+    for (wi, w), (gi, g) in zip(want, got):
+        assert wi == gi and w.tobytes() == g.tobytes()
+    last = dict(bounds[-G_LAYER:])  # the last step, at positions 69..75
+    assert last == {0: 32, 1: 32, 2: 64}
+
+
 def test_gemma_rows_and_trust_check(tiny_gemma, monkeypatch, capsys):
     """eval_rows (the lookahead) at the default window, the run-time check against the C
     engine, and --device cuda taking the GPU for a Gemma model without a warning."""

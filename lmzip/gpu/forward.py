@@ -161,10 +161,15 @@ class GPUEngine:
             layer = {"attn_norm": up(L["attn_norm"]), "qkv": product(L["wq"], L["wk"], L["wv"]),
                      "wo": product(L["wo"]), "ffn_norm": up(L["ffn_norm"]), "gu": product(L["wg"], L["wu"]),
                      "wd": product(L["wd"])}
+            # span, sink: what a query sees (kernels._window); scores: the most it has, a
+            # multiple of 16 (a local layer's attention loops over its own window, not the step's
+            # longest row: masked positions add exact zeros, so the bound changes no number)
             if w.is_global(li):  # the window, the start token always first
-                layer.update(span=self.window - 1, sink_until=-1, rope=self.rope_global)
+                layer.update(span=self.window - 1, sink_until=-1, rope=self.rope_global,
+                             scores=(self.window + 15) // 16 * 16)
             else:  # Gemma's local layers: the last swa positions, the start token while p < swa
-                layer.update(span=self.swa, sink_until=self.swa, rope=self.rope_local)
+                layer.update(span=self.swa, sink_until=self.swa, rope=self.rope_local,
+                             scores=(self.swa + 15) // 16 * 16)
             if self.gemma:
                 for name in ("q_norm", "k_norm", "post_attn_norm", "post_ffn_norm"):
                     layer[name] = up(L[name])
@@ -434,6 +439,7 @@ class GPUEngine:
                BT=B.norm_tokens, SCALED=gemma)
         for li, L in enumerate(self.layers):
             rope = L["rope"]
+            ns = min(NS, L["scores"])  # this layer's longest score row (and the rows' stride)
             launch(K.norm_quant_kernel, (nt,), x, L["attn_norm"], slot_d, x, aq_e, a_s, a_sa, T, self.eps,
                    E=E, NORM=True, GATHER=False, STORE_Y=False, BT=B.norm_tokens, NBLK=nbe)
             self._matmul(L["qkv"], aq_e, a_s, a_sa, qkv, T, residual=False)
@@ -443,11 +449,11 @@ class GPUEngine:
                    QK_NORM=gemma)
             launch(K.sink_rope_kernel, (triton_cdiv(T, rt),), slot_d, pos_d, rope.cos, rope.sin, self.sk, rk, T, li,
                    self.n_layer, L["span"], NKV=KV, KP=_pow2(KV), BT=rt, HD=HD, NEOX=gemma)
-            launch(K.attn_scores_kernel, (na, KV, triton_cdiv(NS, B.slots)), qkv, slot_d, pos_d, self.kc, rk, scores,
-                   T, li, self.ring, self.n_layer, L["span"], L["sink_until"], NS, NH=NH, NKV=KV, G=G, GP=GP,
+            launch(K.attn_scores_kernel, (na, KV, triton_cdiv(ns, B.slots)), qkv, slot_d, pos_d, self.kc, rk, scores,
+                   T, li, self.ring, self.n_layer, L["span"], L["sink_until"], ns, NH=NH, NKV=KV, G=G, GP=GP,
                    BT=B.attn_tokens, BS=B.slots, HD=HD)
             launch(K.attn_values_kernel, (na, KV, HD // B.dims), slot_d, pos_d, self.vc, self.sv, scores, ao, T, li,
-                   self.ring, self.n_layer, L["span"], L["sink_until"], NS, NH=NH, NKV=KV, G=G, GP=GP,
+                   self.ring, self.n_layer, L["span"], L["sink_until"], ns, NH=NH, NKV=KV, G=G, GP=GP,
                    BT=B.attn_tokens, BD=B.dims, STAGES=B.stages, HD=HD)
             launch(K.norm_quant_kernel, (nt,), ao, L["attn_norm"], slot_d, ao, aq_o, a_s, a_sa, T, self.eps,
                    E=QD, NORM=False, GATHER=False, STORE_Y=False, BT=B.norm_tokens, NBLK=_blocks(QD, B.quant_blocks))
