@@ -18,6 +18,11 @@ as a GPU's engine (``rows_job``: rows as wide as the vocabulary, read in place, 
 block asked for while the host codes) and once as the C engine (each call's rows copied
 into the caller's array and each stream's row into its scores: the copies the GPU's
 logits went through before ``rows_job``).
+
+``--shapes N`` compresses the file in N equal chunks through that group (a GPU's engine
+interface, free logits) and counts the engine calls by shape: a call where every stream
+has the same number of tokens replays a CUDA graph on a GPU, any other is launched
+kernel by kernel (docs/gpu.md).
 """
 
 from __future__ import annotations
@@ -210,6 +215,34 @@ def rates(width: int, tokens: int, threads: int, text: bytes, decompress: bool =
     return n, n / tc, n / td
 
 
+def step_shapes(text: bytes, chunks: int, model: str = "smollm2-135m") -> None:
+    """Print the shapes of the GPU engine's calls compressing ``text`` in ``chunks`` equal
+    chunks (one lockstep group): what share of the tokens a CUDA graph's step would take."""
+    from collections import Counter
+
+    calls: list[tuple[int, ...]] = []
+
+    class Logged(BankGPUEngine):
+        def rows_job(self, handles, token_lists, width, every=True):
+            calls.append(tuple(len(t) for t in token_lists))
+            return super().rows_job(handles, token_lists, width, every)
+
+    mixed = group_model(model, True)
+    eng = mixed.base._engine
+    mixed.base._engine = Logged(eng.n_vocab, eng.ahead_rows, mixed.base.vocab_size)
+    size = -(-len(text) // chunks)
+    pieces = [text[i * size:(i + 1) * size] for i in range(chunks)]
+    tok = mixed.tokenizer
+    escapes = sum(t >= tok.n_model_tokens for p in pieces for t in tok.encode(p))
+    compress_group(mixed, pieces, width=chunks)
+    uniform = [c for c in calls if len(set(c)) == 1]
+    total, in_uniform = sum(map(sum, calls)), sum(map(sum, uniform))
+    print(f"{len(text):,} bytes in {chunks} chunks of {size:,}: {escapes} escapes; {len(calls)} engine calls, "
+          f"{total:,} tokens; {len(uniform)} calls of one shape ({in_uniform / total:.1%} of the tokens)")
+    shapes = Counter((len(c), c[0]) for c in uniform).most_common(8)
+    print("  most frequent (streams, tokens each): " + ", ".join(f"{s} x{n}" for s, n in shapes))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--widths", default="1,8,64")
@@ -220,10 +253,14 @@ def main() -> None:
     ap.add_argument("--no-decompress", action="store_true")
     ap.add_argument("--through-group", action="store_true",
                     help="also through the portable engine's group, as a GPU's engine and as the C engine")
+    ap.add_argument("--shapes", type=int, default=0, metavar="N",
+                    help="only count the GPU engine's call shapes, the file in N chunks")
     a = ap.parse_args()
     import lmzip
 
     text = Path(a.file).read_bytes()
+    if a.shapes:
+        return step_shapes(text, a.shapes)
     from lmzip.measure.report import machine
 
     print(f"lmzip from {Path(lmzip.__file__).parent.parent}; CPU {machine()['cpu']}; {time.strftime('%Y-%m-%d')}")
