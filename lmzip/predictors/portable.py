@@ -140,8 +140,9 @@ class _PortableGroup(StreamGroup):
     advances use those rows: the weights are read once for all of them.  An engine whose
     calls return before their work is done (a GPU's ``rows_job``) is given each stream's
     next block as soon as the stream starts on the rows of the last: the GPU evaluates it
-    while the host mixes and codes.  The logits are the engine's for those tokens however
-    the calls are split, so the file is the same."""
+    while the host mixes and codes.  Streams that fell behind the others (escapes) join
+    their calls.  The logits are the engine's for those tokens however the calls are
+    split, so the file is the same."""
 
     def __init__(self, model: PortableModel, lengths: list[int]):
         self._model = model
@@ -181,12 +182,13 @@ class _PortableGroup(StreamGroup):
             raise LMZipError("stream used after close")
         if any(s.future is not None for s in todo):
             late = [s for s in todo if not self._from_ahead(s)]
-            self._eval_ahead(late)
+            per = self._per(self._ahead_streams())
+            self._eval_ahead(late, join_below=per)
             for s in late:
                 self._from_ahead(s)
-            if self._overlap:  # the next block of each stream that started on its last
-                self._eval_ahead([s for s in todo if s.future is not None and len(s.segments) <= 1
-                                  and s.sent < len(s.future)])
+            if self._overlap:  # the next block of each stream that has less than one left
+                self._eval_ahead([s for s in todo if s.future is not None and s.sent < len(s.future)
+                                  and s.sent - s.shown < per], join_below=2 * per)
             return
         rows = self._job(todo, [s.pending for s in todo], every=False).rows()
         for s, row in zip(todo, rows):
@@ -229,13 +231,30 @@ class _PortableGroup(StreamGroup):
         s.pending = []
         return True
 
-    def _eval_ahead(self, streams: list[_GroupStream]) -> None:
+    def _ahead_streams(self) -> list[_GroupStream]:
+        """The streams with tokens of their lookahead the engine was not given yet."""
+        return [s for s in self.streams if s.future is not None and s.handle is not None and s.sent < len(s.future)]
+
+    def _per(self, streams: list) -> int:
+        """Tokens a stream of an engine call of ``streams`` is evaluated ahead: the engine's
+        step, or fewer so that the call's rows stay in the engine's budget."""
+        budget = getattr(self._eng, "ahead_rows", AHEAD_ROWS)
+        return max(1, min(engine_module().MAX_STEP, budget // max(1, len(streams))))
+
+    def _eval_ahead(self, streams: list[_GroupStream], join_below: int = 0) -> None:
         """One engine call: each stream's pending tokens the engine was not given yet and as
-        many of its next ones as fit."""
+        many of its next ones as fit.  Every other stream with fewer than ``join_below`` rows
+        evaluated ahead and not yet used joins the call: a stream that fell behind the
+        others (an escape codes a symbol the model is not shown) is given its next block
+        with theirs, not in a call of its own, so the group's calls stay as wide as the
+        group and, on a GPU, of one shape (a CUDA graph's)."""
         if not streams:
             return
-        budget = getattr(self._eng, "ahead_rows", AHEAD_ROWS)
-        per = max(1, min(engine_module().MAX_STEP, budget // len(streams)))
+        if join_below:
+            chosen = {id(s) for s in streams}
+            streams = streams + [s for s in self._ahead_streams()
+                                 if id(s) not in chosen and s.sent - s.shown < join_below]
+        per = self._per(streams)
         lists = []
         for s in streams:
             if s.future is None:
