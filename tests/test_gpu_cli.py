@@ -73,3 +73,28 @@ def test_cpu_and_auto_give_the_same_file():
     assert a.returncode == b.returncode == 0 and a.stdout == b.stdout
     d = _lmzip("decompress", "--device", "cpu", "-c", "-", stdin=a.stdout)
     assert d.returncode == 0 and d.stdout == data
+
+
+def test_the_gpu_checks_compress_helper_counts_tokens():
+    """benchmarks/gpu.py --check times lmzip compress end to end and reads the tokens from
+    -v: its helper, run on the CPU here (on a GPU only the device differs)."""
+    _needs_model()
+    import importlib.util
+
+    from lmzip.predictors.registry import _smollm2_path, load_model
+
+    from .conftest import corpus_slice
+
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu.py")
+    gpu = importlib.util.module_from_spec(spec)
+    sys.modules["gpu_check"] = gpu  # its dataclasses look their module up
+    try:
+        spec.loader.exec_module(gpu)
+    finally:
+        del sys.modules["gpu_check"]
+    data = corpus_slice("alice29.txt", 5000, 1200)
+    out, secs, tokens = gpu._compress(_smollm2_path(), data, 300, 4, "--method", "model", device="cpu")
+    tokenizer = load_model("smollm2-135m").tokenizer
+    assert secs > 0 and tokens == sum(len(tokenizer.encode(data[i:i + 300])) for i in range(0, 1200, 300))
+    d = _lmzip("decompress", "--device", "cpu", "--model", str(_smollm2_path()), "-c", "-", stdin=out)
+    assert d.returncode == 0 and d.stdout == data, d.stderr
