@@ -212,7 +212,8 @@ def sweep(gguf: Path, streams: int) -> int:
     print(f"| tiles ({streams} streams, depth 2048) | logits on GPU tok/s | to host tok/s |", flush=True)
     print("|---|---|---|", flush=True)
     for change in ({}, {"dims": 8}, {"dims": 32}, {"slots": 128}, {"slots": 32}, {"rows": 128}, {"norm_tokens": 32},
-                   {"quant_blocks": 4}, {"tokens": 32}, {"stages": 2}, {"stages": 3}, {"dims": 8, "stages": 3}):
+                   {"quant_blocks": 4}, {"tokens": 32}, {"stages": 2}, {"stages": 3}, {"dims": 8, "stages": 3},
+                   {"unroll": 1}, {"unroll": 8}, {"value_warps": 1}, {"value_warps": 2}, {"dims": 8, "value_warps": 1}):
         b = replace(base, **change)
         try:
             dev, host = _logits_rate(gguf, streams, 2048, 10, blocks=b)

@@ -454,7 +454,7 @@ class GPUEngine:
                    BT=B.attn_tokens, BS=B.slots, HD=HD)
             launch(K.attn_values_kernel, (na, KV, HD // B.dims), slot_d, pos_d, self.vc, self.sv, scores, ao, T, li,
                    self.ring, self.n_layer, L["span"], L["sink_until"], ns, NH=NH, NKV=KV, G=G, GP=GP,
-                   BT=B.attn_tokens, BD=B.dims, STAGES=B.stages, HD=HD)
+                   BT=B.attn_tokens, BD=B.dims, STAGES=B.stages, HD=HD, UNROLL=B.unroll, num_warps=B.value_warps)
             launch(K.norm_quant_kernel, (nt,), ao, L["attn_norm"], slot_d, ao, aq_o, a_s, a_sa, T, self.eps,
                    E=QD, NORM=False, GATHER=False, STORE_Y=False, BT=B.norm_tokens, NBLK=_blocks(QD, B.quant_blocks))
             if gemma:

@@ -490,14 +490,16 @@ def attn_scores_kernel(qkv_ptr, stream_ptr, pos_ptr, kc_ptr, rk_ptr, sc_ptr, T, 
 @triton.jit
 def attn_values_kernel(stream_ptr, pos_ptr, vc_ptr, sv_ptr, sc_ptr, ao_ptr, T, layer, C, NL, span, sink_until, NS,
                        NH: tl.constexpr, NKV: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, BT: tl.constexpr,
-                       BD: tl.constexpr, STAGES: tl.constexpr = 1, HD: tl.constexpr = 64):
+                       BD: tl.constexpr, STAGES: tl.constexpr = 1, HD: tl.constexpr = 64,
+                       UNROLL: tl.constexpr = 1):
     """Softmax and weighted values of the G query heads of one KV head, BT tokens and BD of
     the HD dimensions a program (grid (cdiv(T, BT), NKV, HD / BD)): mx = max e;
     e_i = exp(e_i - mx); the sum in 16 lanes (lane i mod 16, increasing i) and the fixed
     tree; values in 4 position lanes A_j (time index i mod 4, increasing i, from 0),
     o = (A_0 + A_1) + (A_2 + A_3); out o / sum.  The loops run to NS, the step's longest
     score row (a plain argument: a CUDA graph replays with other positions); what a token
-    does not see is masked, adding exact zeros."""
+    does not see is masked, adding exact zeros.  UNROLL: chunks of 16 per loop trip (the
+    loads of several chunks in flight at once; the sums keep their order)."""
     t = tl.program_id(0) * BT + tl.arange(0, BT)
     kvh = tl.program_id(1)
     d0 = tl.program_id(2) * BD
@@ -512,7 +514,7 @@ def attn_values_kernel(stream_ptr, pos_ptr, vc_ptr, sv_ptr, sc_ptr, ao_ptr, T, l
     # the maximum (order does not matter)
     c16 = tl.arange(0, 16)[None, None, :]
     mx = tl.full([BT, GP], float("-inf"), tl.float32)
-    for c0 in range(0, NS, 16):
+    for c0 in tl.range(0, NS, 16, loop_unroll_factor=UNROLL):
         m = qm[:, :, None] & (c0 + c16 < n[:, None, None])
         mx = tl.maximum(mx, tl.max(tl.load(srow[:, :, None] + c0 + c16, mask=m, other=float("-inf")), axis=2))
     mx = tl.where(qm, mx, 0.0)
@@ -528,7 +530,7 @@ def attn_values_kernel(stream_ptr, pos_ptr, vc_ptr, sv_ptr, sc_ptr, ao_ptr, T, l
     A = tl.zeros([BT, GP, 4, BD], tl.float32)
     # STAGES > 1: the loads of later chunks are issued early (software pipelining); the sums
     # keep their order
-    for c0 in tl.range(0, NS, 16, num_stages=STAGES):
+    for c0 in tl.range(0, NS, 16, num_stages=STAGES, loop_unroll_factor=UNROLL):
         tau4 = c0 + 4 * u4 + j4  # [1, 1, 4, 4]
         ok4 = qm[:, :, None, None] & (tau4 < n[:, None, None, None])
         sc = tl.load(srow[:, :, None, None] + tau4, mask=ok4, other=0.0)
