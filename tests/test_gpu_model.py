@@ -395,7 +395,31 @@ def test_steps_through_the_graph_path(tiny, fake_graphs, monkeypatch, kept):
             eng.stream_hidden(hg[i], h_got)
             assert h_want.tobytes() == h_got.tobytes()
         done += k
-    assert list(eng._graphs) == [(3, 1), (3, 3), (2, 1), (2, 4)][-kept:]
+    assert list(eng._graphs) == [(3, 1, 16), (3, 3, 16), (2, 1, 16), (2, 4, 16)][-kept:]  # rows: the window's
+
+
+def test_graphs_loop_over_the_rows_their_streams_reach(tiny, fake_graphs, monkeypatch):
+    """A graph's score rows are the next power of two (128 at least) that holds its step's
+    longest, not the window's: as the streams go deeper, steps move to graphs of longer
+    rows (128, 256, then the window's 320), each giving the C engine's logits."""
+    weights, _ = tiny
+    rng = np.random.default_rng(8)
+    seqs = [[BOS] + rng.integers(0, 256, 299).tolist() for _ in range(2)]
+    cpu = _engine.Engine(str(weights), 1, "")
+    eng = GPUEngine(weights, device=DEV, context=320)
+    eng._graphs = {}
+    made = []
+    real = fake_graphs.GPUEngine._static
+    monkeypatch.setattr(fake_graphs.GPUEngine, "_static",
+                        lambda self, S, c, NS: made.append((S, c, NS)) or real(self, S, c, NS))
+    hc, hg = [cpu.new_stream(320) for _ in seqs], [eng.new_stream() for _ in seqs]
+    want, got = np.empty((2 * 25, N_VOCAB), np.float32), np.empty((2 * 25, N_VOCAB), np.float32)
+    for done in range(0, 300, 25):
+        lists = [q[done:done + 25] for q in seqs]
+        cpu.eval_rows(hc, lists, want)
+        eng.eval_rows(hg, lists, got)
+        assert want.tobytes() == got.tobytes(), done
+    assert made == [(2, 25, 128), (2, 25, 256), (2, 25, 320)]
 
 
 def test_the_lookaheads_blocks_through_the_graph_path(tiny, fake_graphs):
@@ -405,7 +429,7 @@ def test_the_lookaheads_blocks_through_the_graph_path(tiny, fake_graphs):
     gpu._engine._graphs = {}
     texts = [corpus_slice("alice29.txt", 1000 * i, 120) for i in range(1, 4)]
     assert compress_group(gpu, texts, width=3) == compress_group(cpu, texts, width=3)
-    assert any(c > 1 for _, c in gpu._engine._graphs)
+    assert any(c > 1 for _, c, _ in gpu._engine._graphs)
 
 
 def test_a_kernel_compiled_with_fusion_stops_the_run():

@@ -38,11 +38,14 @@ MAX_STEP = 32
 AHEAD_BYTES = 256 << 20
 
 
-#: CUDA graphs kept, one per step shape (streams, tokens each), the least recently used
+#: CUDA graphs kept, one per step shape (streams, tokens each, score rows), the least recently used
 #: dropped first: a wide group's tail (streams finishing step by step) passes through
 #: hundreds of widths, and a graph of T tokens holds its own [T, n_vocab] logits (0.2 GB
 #: at 1,024 streams, 0.26 GB for a lookahead block of 1,365 rows) and pool
 MAX_GRAPHS = 4
+#: a graph's score rows: the next power of two from this up that holds the step's longest
+#: (the window's at most), so that shallow streams do not loop over the whole window
+GRAPH_LEAST_ROW = 128
 
 
 #: the PTX of every kernel compiled in this process (name and constexprs -> text), for
@@ -506,20 +509,22 @@ class GPUEngine:
     def _graph_step(self, streams, toks):
         """A step of the same number of tokens c for every stream (the lockstep cases: one
         token a step decoding, a block of the lookahead compressing), replayed from a CUDA
-        graph of the same kernels (one per number of streams and c): ~420 launches cost
-        one.  The logits of every token, stream by stream.  The first step of a shape runs
+        graph of the same kernels (one per number of streams, c and the length of the score
+        rows, :meth:`_graph_row`): ~420 launches cost one.  The logits of every token, stream by stream.  The first step of a shape runs
         the graph's own call eagerly on the same tensors (it compiles exactly the kernels
         the graph holds), then captures it."""
         t = self.torch
         S, c = len(streams), len(toks[0])
-        self._ensure_rope(max(s.pos for s in streams) + c)
+        top = max(s.pos for s in streams) + c - 1
+        self._ensure_rope(top + 1)
+        key = (S, c, self._graph_row(top))
         host = t.tensor([tok for tl in toks for tok in tl] + [s.slot for s in streams for _ in range(c)]
                         + [s.pos + k for s in streams for k in range(c)], dtype=t.int64)
-        g = self._graphs.pop((S, c), None)
+        g = self._graphs.pop(key, None)
         if g is None:
             while len(self._graphs) >= MAX_GRAPHS:
                 del self._graphs[next(iter(self._graphs))]
-            g = self._static(S, c)
+            g = self._static(S, c, key[2])
             g["ints"].copy_(host)
             self._run_static(g)
             try:
@@ -528,27 +533,36 @@ class GPUEngine:
                 with t.cuda.graph(graph):
                     self._run_static(g)
                 g["graph"] = graph
-                self._graphs[(S, c)] = g
+                self._graphs[key] = g
             except Exception as exc:  # graphs are a speed-up: never a failure
                 import sys
 
                 print(f"lmzip: note: CUDA graphs off ({type(exc).__name__}: {str(exc)[:120]})", file=sys.stderr)
                 self._graphs = None
         else:
-            self._graphs[(S, c)] = g  # the most recently used last
+            self._graphs[key] = g  # the most recently used last
             g["ints"].copy_(host)
             g["graph"].replay()
         for s in streams:
             s.pos += c
         return g["logits"]
 
-    def _static(self, S: int, c: int) -> dict:
-        """The tensors a graph of S streams of c tokens reads and writes."""
+    def _graph_row(self, top: int) -> int:
+        """The score rows' length of a graph whose queries reach position ``top``: a power of
+        two (GRAPH_LEAST_ROW at least) that holds them, or the window's whole row.  Only
+        masked positions lie beyond a token's row (exact zeros), so the length changes no
+        number, only the work: a graph replays for every step until its streams outgrow it."""
+        whole = self._score_len(self.window + self.swa)
+        need = self._score_len(top)
+        return min(whole, max(GRAPH_LEAST_ROW, 1 << (need - 1).bit_length()))
+
+    def _static(self, S: int, c: int, NS: int) -> dict:
+        """The tensors a graph of S streams of c tokens, score rows of NS, reads and writes."""
         t = self.torch
         dev = self.device
         T = S * c
         rows = t.arange(T, dtype=t.int32, device=dev)
-        return {"T": T, "c": c, "ints": t.zeros(3 * T, dtype=t.int64, device=dev),  # tokens, cache slots, positions
+        return {"T": T, "c": c, "NS": NS, "ints": t.zeros(3 * T, dtype=t.int64, device=dev),  # tokens, cache slots, positions
                 "rows": rows, "last": t.arange(c - 1, T, c, dtype=t.int64, device=dev),  # each stream's last token
                 "logits": t.empty((T, self.n_vocab), dtype=t.float32, device=dev)}
 
@@ -557,5 +571,4 @@ class GPUEngine:
         T, c, ints = g["T"], g["c"], g["ints"]
         tok = ints[:T].to(t.int32)
         slot = ints[T: 2 * T].to(t.int32)
-        NS = self._score_len(self.window + self.swa)  # every depth: the kernels mask what a token does not see
-        self._forward(tok, slot, ints[2 * T:], T, NS, g["rows"], slot[c - 1:: c].long(), g["last"], g["logits"])
+        self._forward(tok, slot, ints[2 * T:], T, g["NS"], g["rows"], slot[c - 1:: c].long(), g["last"], g["logits"])
