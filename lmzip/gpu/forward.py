@@ -510,9 +510,9 @@ class GPUEngine:
         """A step of the same number of tokens c for every stream (the lockstep cases: one
         token a step decoding, a block of the lookahead compressing), replayed from a CUDA
         graph of the same kernels (one per number of streams, c and the length of the score
-        rows, :meth:`_graph_row`): ~420 launches cost one.  The logits of every token, stream by stream.  The first step of a shape runs
-        the graph's own call eagerly on the same tensors (it compiles exactly the kernels
-        the graph holds), then captures it."""
+        rows, :meth:`_graph_row`): ~420 launches cost one.  The logits of every token, stream
+        by stream.  The first step of a shape runs the graph's own call eagerly on the same
+        tensors (it compiles exactly the kernels the graph holds), then captures it."""
         t = self.torch
         S, c = len(streams), len(toks[0])
         top = max(s.pos for s in streams) + c - 1
@@ -562,7 +562,8 @@ class GPUEngine:
         dev = self.device
         T = S * c
         rows = t.arange(T, dtype=t.int32, device=dev)
-        return {"T": T, "c": c, "NS": NS, "ints": t.zeros(3 * T, dtype=t.int64, device=dev),  # tokens, cache slots, positions
+        return {"T": T, "c": c, "NS": NS,
+                "ints": t.zeros(3 * T, dtype=t.int64, device=dev),  # tokens, cache slots, positions
                 "rows": rows, "last": t.arange(c - 1, T, c, dtype=t.int64, device=dev),  # each stream's last token
                 "logits": t.empty((T, self.n_vocab), dtype=t.float32, device=dev)}
 
