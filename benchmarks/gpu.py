@@ -213,7 +213,8 @@ def sweep(gguf: Path, streams: int) -> int:
     print("|---|---|---|", flush=True)
     for change in ({}, {"dims": 8}, {"dims": 32}, {"slots": 128}, {"slots": 32}, {"rows": 128}, {"norm_tokens": 32},
                    {"quant_blocks": 4}, {"tokens": 32}, {"stages": 2}, {"stages": 3}, {"dims": 8, "stages": 3},
-                   {"unroll": 1}, {"unroll": 8}, {"value_warps": 1}, {"value_warps": 2}, {"dims": 8, "value_warps": 1}):
+                   {"unroll": 2}, {"unroll": 4}, {"value_warps": 1}, {"value_warps": 2}, {"dims": 8, "value_warps": 1},
+                   {"dims": 8, "value_warps": 2}):
         b = replace(base, **change)
         try:
             dev, host = _logits_rate(gguf, streams, 2048, 10, blocks=b)

@@ -87,3 +87,19 @@ def test_scan_rules(line, kind):
 ])
 def test_scan_allows_exact_instructions(line):
     assert ptx.scan_ptx(line) == []
+
+
+def test_sass_summary_of_a_kernel():
+    """benchmarks/gpu_sass.py: the machine code of the attention values' kernel for sm_90,
+    with 1 and 4 warps, summed up (registers, the loop's trip); a proxy between GPU runs."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_sass.py"), "--kernel", "attn_values",
+                          "--set", "STAGES=1,UNROLL=1", "--warps", "1,4"], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [line for line in out.stdout.splitlines() if line.startswith("attn_values_kernel(")]
+    assert [r.split(": ")[0].rsplit(" ", 1)[1] for r in rows] == ["warps=1", "warps=4"]
+    for r in rows:
+        regs = int(r.split(": ", 1)[1].split(" registers")[0])
+        trip = int(r.split("loops ")[1].split(":")[0])
+        assert 16 <= regs <= 255 and trip > 100  # a loop of a chunk of 16 positions, not empty

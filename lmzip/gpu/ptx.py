@@ -135,7 +135,7 @@ def step_specs(shape: StepShape, blocks=None) -> list[KernelSpec]:
         ("attn_scores_kernel", dict(NH=NH, NKV=KV, G=G, GP=_pow2(G), BT=b.attn_tokens, BS=b.slots, HD=HD)),
     ]
     for stages in sorted({b.stages, 3}):  # 3: the pipelined loop of --sweep
-        for unroll in sorted({b.unroll, 1}):  # 1: the loop not unrolled, as --sweep tries
+        for unroll in sorted({b.unroll, 4}):  # 4: the unrolled loop --sweep tries
             specs.append(("attn_values_kernel", dict(NH=NH, NKV=KV, G=G, GP=_pow2(G), BT=b.attn_tokens, BD=b.dims,
                                                      STAGES=stages, HD=HD, UNROLL=unroll)))
     return [KernelSpec(name, tuple(c.items())) for name, c in specs]

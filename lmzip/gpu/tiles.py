@@ -35,7 +35,7 @@ class Blocks:
     dims: int = 16  # value dimensions per program of the attention (divides 64)
     quant_blocks: int = 2  # 32-column blocks a norm or quantization program takes at a time (<= 16)
     stages: int = 1  # software pipelining of the attention values' loop (tl.range num_stages)
-    unroll: int = 4  # chunks of 16 time indices per trip of the attention values' loops (loads in flight)
+    unroll: int = 1  # chunks of 16 time indices per trip of the attention values' loops (loads in flight)
     value_warps: int = 4  # warps per program of the attention values (Triton's num_warps)
     dot_f32: bool = False  # block products in float32 (exact, see matmul_kernel): the interpreter's
     least_tokens: int = 16  # tl.dot's smallest tile on a GPU; the interpreter takes any
