@@ -16,7 +16,9 @@
                               byte-identical), a throughput table (streams 1, 8, 64, 512 at depth
                               2048: logits alone; lmzip compress end to end, at 512 streams with
                               an eighth of the bytes per stream), and lmzip compress of the enwik8
-                              prefix in 64 chunks with its time.  Prints PASS/FAIL lines and a table.
+                              prefix in 64 chunks with its time; then, with the time its budget
+                              leaves, the logits at 64 streams with a few other tiles.  Prints
+                              PASS/FAIL lines and tables.
 
 The next GPU session runs it with the device tool: docs/gpu.md, "The next GPU run", has the
 preparation here (wheels, the model in two parts, the corpora) and the two calls; the
@@ -201,9 +203,20 @@ def _logits_rate(gguf: Path, streams: int, depth: int, steps: int, blocks=None) 
     return rates[0], rates[1]
 
 
-def sweep(gguf: Path, streams: int) -> int:
-    """Logits rates of a few tile settings (lmzip.gpu.tiles.Blocks) at depth 2048: tuning
-    only, every setting computes the same numbers (set the best with $LMZIP_GPU_BLOCKS)."""
+#: the tile settings --sweep tries (lmzip.gpu.tiles.Blocks fields changed from the defaults)
+SWEEP = ({}, {"dims": 8}, {"dims": 32}, {"slots": 128}, {"slots": 32}, {"rows": 128}, {"norm_tokens": 32},
+         {"quant_blocks": 4}, {"tokens": 32}, {"stages": 2}, {"stages": 3}, {"dims": 8, "stages": 3},
+         {"unroll": 2}, {"unroll": 4}, {"value_warps": 1}, {"value_warps": 2}, {"dims": 8, "value_warps": 1},
+         {"dims": 8, "value_warps": 2})
+#: the few --check tries with the time its budget leaves at the end: the attention values'
+#: variants benchmarks/gpu_sass.py singles out (docs/gpu.md), beside the defaults
+CHECK_TILES = ({}, {"dims": 8, "value_warps": 1}, {"value_warps": 2}, {"unroll": 2}, {"dims": 8})
+
+
+def tile_rates(gguf: Path, streams: int, changes, deadline: float | None = None) -> None:
+    """Logits rates of tile settings (lmzip.gpu.tiles.Blocks) at depth 2048, until
+    ``deadline`` (time.perf_counter()): tuning only, every setting computes the same
+    numbers (set the best with $LMZIP_GPU_BLOCKS)."""
     from dataclasses import replace
 
     from lmzip.gpu.tiles import Blocks
@@ -211,16 +224,19 @@ def sweep(gguf: Path, streams: int) -> int:
     base = Blocks()
     print(f"| tiles ({streams} streams, depth 2048) | logits on GPU tok/s | to host tok/s |", flush=True)
     print("|---|---|---|", flush=True)
-    for change in ({}, {"dims": 8}, {"dims": 32}, {"slots": 128}, {"slots": 32}, {"rows": 128}, {"norm_tokens": 32},
-                   {"quant_blocks": 4}, {"tokens": 32}, {"stages": 2}, {"stages": 3}, {"dims": 8, "stages": 3},
-                   {"unroll": 2}, {"unroll": 4}, {"value_warps": 1}, {"value_warps": 2}, {"dims": 8, "value_warps": 1},
-                   {"dims": 8, "value_warps": 2}):
-        b = replace(base, **change)
+    for change in changes:
+        if deadline is not None and time.perf_counter() > deadline:
+            print(f"  (out of time before {change or 'the default'})", flush=True)
+            return
         try:
-            dev, host = _logits_rate(gguf, streams, 2048, 10, blocks=b)
+            dev, host = _logits_rate(gguf, streams, 2048, 10, blocks=replace(base, **change))
             print(f"| {change or 'default'} | {dev:.0f} | {host:.0f} |", flush=True)
         except Exception as exc:
             print(f"| {change} | failed: {type(exc).__name__}: {str(exc)[:100]} | |", flush=True)
+
+
+def sweep(gguf: Path, streams: int) -> int:
+    tile_rates(gguf, streams, SWEEP)
     return 0
 
 
@@ -334,6 +350,10 @@ def check(gguf: Path, enwik_bytes: int, budget: float) -> int:
         print(f"  (kept as {f.name}: decode it on a CPU with lmzip -d to check it there)")
     except RuntimeError as exc:
         ok &= _say(False, f"enwik8 prefix: {exc}")
+    # the tiles are unmeasured guesses: a few others at 64 streams, while the budget lasts
+    if time.perf_counter() < t0 + budget - 60:
+        print("tiles at 64 streams, with the time the budget leaves:", flush=True)
+        tile_rates(gguf, 64, CHECK_TILES, deadline=t0 + budget - 30)
     print(f"total {time.perf_counter() - t0:.1f} s", flush=True)
     print("ALL PASS" if ok else "SOME FAILED", flush=True)
     return 0 if ok else 1
