@@ -186,7 +186,7 @@ class GPUEngine:
         self.kc = self.vc = self.sk = self.sv = self.hidden = None
         self._pinned = None
         # CUDA graphs of steps of the same number of tokens for every stream, by (streams,
-        # tokens) (None: off, on the CPU and with LMZIP_GPU_GRAPHS=0)
+        # tokens, score rows) (None: off, on the CPU and with LMZIP_GPU_GRAPHS=0)
         self._graphs = {} if self.device.type == "cuda" and os.environ.get("LMZIP_GPU_GRAPHS", "1") != "0" else None
         #: a compressor's group gives the engine each stream's next block while the host codes
         #: the last (lmzip.predictors.portable; off with LMZIP_GPU_OVERLAP=0, to measure it)

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from ..cdf import below
 from ..tokenization import PieceTokenizer
 
 __all__ = ["Model", "Stream", "StreamGroup"]
@@ -82,8 +83,6 @@ class StreamGroup:
         ``tokens`` (a compressor's, ``tokens[k]`` for stream ``active[k]``): each result is
         ``(max, normalizer, sum(qs[k][:tokens[k]]))``, the start of the token's interval
         less the token (the mixer sums it while ``q`` is in its cache)."""
-        from ..cdf import below
-
         out = [self.streams[i].distribution(q) for i, q in zip(active, qs)]
         if tokens is None:
             return out

@@ -388,7 +388,6 @@ def distributions(streams: list[MixedStream], qs: list[np.ndarray], threads: int
     return out
 
 
-
 def push_all(streams: list[MixedStream], tokens: list[int], threads: int = 1) -> None:
     """:meth:`MixedStream.push` of ``tokens[i]`` to each stream: the learning steps that
     run over the vocabulary in one call of ``lmzip._mix`` on up to ``threads`` threads."""

@@ -182,6 +182,8 @@ class _PortableGroup(StreamGroup):
             raise LMZipError("stream used after close")
         if any(s.future is not None for s in todo):
             late = [s for s in todo if not self._from_ahead(s)]
+            if not late and not self._overlap:  # every stream had its rows: no call this step
+                return
             per = self._per(self._ahead_streams())
             self._eval_ahead(late, join_below=per)
             for s in late:
