@@ -129,9 +129,14 @@ def golden(gguf: Path, context: int, per_call: bool) -> str:
     return digest.hexdigest()
 
 
+def _child_env(**more: str) -> dict:
+    """This process's environment for a child that imports this checkout's lmzip."""
+    return {**os.environ, **more, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+
+
 def _lmzip(*args: str, device: str, stdin: bytes | None = None, env: dict | None = None) -> tuple[bytes, float, str]:
     """(standard output, seconds, standard error) of an lmzip command on ``device``."""
-    env = {**os.environ, **(env or {}), "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    env = _child_env(**(env or {}))
     started = time.perf_counter()
     r = subprocess.run([sys.executable, "-m", "lmzip", *args, "--device", device], input=stdin, env=env,
                        capture_output=True, check=False)
@@ -160,9 +165,8 @@ def _kernel_tests(limit: float = 150.0) -> None:
     the kernel (they need pytest and hypothesis there: docs/gpu.md's wheels)."""
     print("  a golden differs: the kernel tests on this GPU (tests/test_gpu_kernels.py), to name the kernel",
           flush=True)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    env = _child_env(LMZIP_CORPORA=str(SHARED))
     env.pop("TRITON_INTERPRET", None)
-    env["LMZIP_CORPORA"] = str(SHARED)
     try:
         r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--tb=line",
                             "tests/test_gpu_kernels.py"], cwd=ROOT, env=env, capture_output=True, timeout=limit,
@@ -316,7 +320,7 @@ def check(gguf: Path, enwik_bytes: int, budget: float) -> int:
                   f"prefix) |", flush=True)
             continue
         try:
-            out, secs, tokens = _compress(gguf, data, chunk, streams, "--method", "model")
+            _, secs, tokens = _compress(gguf, data, chunk, streams, "--method", "model")
             e2e = f"{tokens / secs:.0f} ({tokens} tokens, {len(data)} bytes, {chunk} a stream, in {secs:.1f} s)"
             rate64 = len(data) / secs if streams == 64 else rate64
         except RuntimeError as exc:
