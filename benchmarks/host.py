@@ -221,15 +221,15 @@ def step_shapes(text: bytes, chunks: int, model: str = "smollm2-135m") -> None:
     from collections import Counter
 
     calls: list[tuple[int, ...]] = []
-
-    class Logged(BankGPUEngine):
-        def rows_job(self, handles, token_lists, width, every=True):
-            calls.append(tuple(len(t) for t in token_lists))
-            return super().rows_job(handles, token_lists, width, every)
-
     mixed = group_model(model, True)
     eng = mixed.base._engine
-    mixed.base._engine = Logged(eng.n_vocab, eng.ahead_rows, mixed.base.vocab_size)
+    plain = eng.rows_job
+
+    def logged(handles, token_lists, width, every=True):  # each call's tokens per stream
+        calls.append(tuple(len(t) for t in token_lists))
+        return plain(handles, token_lists, width, every)
+
+    eng.rows_job = logged
     size = -(-len(text) // chunks)
     pieces = [text[i * size:(i + 1) * size] for i in range(chunks)]
     tok = mixed.tokenizer
