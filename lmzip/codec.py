@@ -113,14 +113,12 @@ def _encode(model: Model, tokens: list[list[int]], encoders: list[Encoder], widt
         for step in range(max(len(t) for t in tokens)):
             active = [i for i, toks in enumerate(tokens) if step < len(toks)]
             told = [tokens[i][step] for i in active]
-            for i, token, (top, total, below) in zip(active, told,
-                                                     group.distributions(active, [qs[i] for i in active], told)):
-                q = qs[i]
-                encoders[i].encode(token, q, below)
-                x = float(group.streams[i].scores()[token])
-                p = math.exp(x - top) / total if math.isfinite(x) and math.isfinite(top) else (q[token] + 1) / TOTAL
+            for i, token, (below, freq, x, top, total) in zip(active, told,
+                                                              group.intervals(active, [qs[i] for i in active], told)):
+                encoders[i].encode_interval(below + token, freq)
+                p = math.exp(x - top) / total if math.isfinite(x) and math.isfinite(top) else freq / TOTAL
                 stats.model_bits -= math.log2(max(p, _MIN_P))
-                stats.coded_bits += _LOG2_TOTAL - math.log2(q[token] + 1)
+                stats.coded_bits += _LOG2_TOTAL - math.log2(freq)
                 stats.raw_bytes += len(pieces[token])
                 stats.tokens += 1
             group.push_all(active, told)
@@ -150,9 +148,11 @@ class _ChunkDecoder:
         self.budget = 8 * info.payload_len + _SLACK_BITS
         self.spent = 0.0
 
-    def decode(self, q: np.ndarray) -> tuple[int, bytes]:
-        token = self.decoder.decode(q)
-        self.spent += _LOG2_TOTAL - math.log2(q[token] + 1)
+    def take(self, token: int, below: float, freq: float) -> bytes:
+        """Decode ``token``, found at the coder's quantile with its interval (below, freq),
+        and check it: its piece of the chunk."""
+        self.decoder.decode_interval(below + token, freq)
+        self.spent += _LOG2_TOTAL - math.log2(freq)
         if self.spent > self.budget:
             raise CorruptError("chunk payload is damaged (it decodes to more information than it holds)" + _CAUSES)
         piece = self.pieces[token] if token < len(self.pieces) else b""
@@ -162,7 +162,7 @@ class _ChunkDecoder:
         if self.done > self.info.raw_len:
             raise _mismatch("decoded more bytes than the chunk holds")
         self.out.append(piece)
-        return token, piece
+        return piece
 
     def result(self) -> bytes:
         data = b"".join(self.out)
@@ -221,10 +221,10 @@ def _decode(model: Model, lengths: list[int], plans: list, width: int, stats: St
         for step in range(max(lengths)):
             active = [i for i, n in enumerate(lengths) if step < n]
             decoding = [i for i in active if not isinstance(plans[i], list)]
-            group.distributions(decoding, [qs[i] for i in decoding])
+            quantiles = [plans[i].decoder.quantile() for i in decoding]
             told = {}
-            for i in decoding:
-                token, piece = plans[i].decode(qs[i])
+            for i, (token, below, freq) in zip(decoding, group.find(decoding, [qs[i] for i in decoding], quantiles)):
+                piece = plans[i].take(token, below, freq)
                 told[i] = token
                 stats.raw_bytes += len(piece)
                 stats.tokens += 1

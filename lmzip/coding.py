@@ -15,6 +15,8 @@ version 4 stores them big-endian and cut to the bytes the decoder needs (:meth:`
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import constriction
 import numpy as np
 
@@ -43,8 +45,12 @@ def interval_model(symbol: int, q: np.ndarray, below: float | None = None) -> tu
     ``q3`` (summing to 2**24 - 3, so again scale 1.0) puts symbol ``index``'s interval
     exactly there.  The same bits for a few numbers instead of the whole vocabulary.
     ``below``: ``sum(q[:symbol])`` if the caller has it (the mixer sums it)."""
-    freq = q[symbol] + 1.0
-    cum = (cdf_below(q, symbol) if below is None else below) + symbol
+    below = cdf_below(q, symbol) if below is None else below
+    return interval_of(below + symbol, q[symbol] + 1.0)
+
+
+def interval_of(cum: float, freq: float) -> tuple[int, tuple[float, float, float]]:
+    """:func:`interval_model` of the interval ``[cum, cum + freq)`` itself (integers)."""
     if cum == 0.0:  # [0, freq), then an empty symbol, then the rest
         return 0, (freq - 1.0, 0.0, _T - freq - 2.0)
     if cum + freq == _T:  # the rest, an empty symbol, then [cum, 2**24)
@@ -67,7 +73,14 @@ class Encoder:
             self._flush()
             self._coder.encode(np.array([symbol], dtype=np.int32), _FAMILY, q[None, :])
             return
-        index, model = interval_model(symbol, q, below)
+        self._push(*interval_model(symbol, q, below))
+
+    def encode_interval(self, cum: float, freq: float) -> None:
+        """Code the symbol whose interval of the 2**24 is ``[cum, cum + freq)`` (``cum =
+        sum(freq[:symbol])``): what :meth:`encode` codes, from the two numbers alone."""
+        self._push(*interval_of(cum, freq))
+
+    def _push(self, index: int, model: tuple[float, float, float]) -> None:
         self._symbols.append(index)
         self._models.append(model)
         if len(self._symbols) >= _BATCH:
@@ -104,6 +117,15 @@ class Encoder:
         return out.rstrip(b"\0")
 
 
+@contextmanager
+def _damage():
+    """constriction's "invalid data" (and a quantile past the total) as damage."""
+    try:
+        yield
+    except (AssertionError, ValueError, RuntimeError) as exc:
+        raise CorruptError(f"chunk payload is damaged (range decoder: {exc})") from None
+
+
 class Decoder:
     """Decodes symbols from a payload made by :class:`Encoder`.
 
@@ -127,15 +149,24 @@ class Decoder:
         its point is at (decoding a uniform symbol moves only the copy), lmzip finds the
         symbol whose interval holds it, and the decoder decodes that interval: the step
         a decode under the whole of ``q`` takes, in a few numbers."""
-        try:
-            if len(q) < 3:  # no room for interval_model's three symbols
+        if len(q) < 3:  # no room for interval_model's three symbols
+            with _damage():
                 return int(self._coder.decode(_FAMILY, q[None, :])[0])
-            quantile = int(self._coder.clone().decode(_QUANTILE))
-            symbol, below = find(q, quantile)
-            index, model = interval_model(symbol, q, below)
+        with _damage():
+            symbol, below = find(q, self.quantile())
+        self.decode_interval(below + symbol, q[symbol] + 1.0)
+        return symbol
+
+    def quantile(self) -> int:
+        """Where the coder's point is, in units of the 2**24: the symbol to decode next is
+        the one whose interval holds it (:meth:`decode_interval` then moves past it)."""
+        with _damage():  # decoding a uniform symbol moves only the copy
+            return int(self._coder.clone().decode(_QUANTILE))
+
+    def decode_interval(self, cum: float, freq: float) -> None:
+        """Decode the symbol whose interval ``[cum, cum + freq)`` holds :meth:`quantile`."""
+        index, model = interval_of(cum, freq)
+        with _damage():
             decoded = int(self._coder.decode(_FAMILY, np.array([model]))[0])
-        except (AssertionError, ValueError, RuntimeError) as exc:  # constriction's "invalid data"
-            raise CorruptError(f"chunk payload is damaged (range decoder: {exc})") from None
         if decoded != index:  # the interval holds the quantile: it cannot be another
             raise CorruptError("chunk payload is damaged (range decoder: the quantile left its interval)")
-        return symbol

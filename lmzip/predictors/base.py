@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from ..cdf import below
+from ..cdf import below, find
+from ..errors import CorruptError
 from ..tokenization import PieceTokenizer
 
 __all__ = ["Model", "Stream", "StreamGroup"]
@@ -87,6 +88,32 @@ class StreamGroup:
         if tokens is None:
             return out
         return [(*r, below(q, t)) for r, q, t in zip(out, qs, tokens)]
+
+    def intervals(self, active: list[int], qs: list[np.ndarray], tokens: list[int]) -> list[tuple]:
+        """The compressor's step: for each stream ``active[k]``, its next token ``tokens[k]``'s
+        interval of the coder's ``2**24``, ``(below, freq, score, max, normalizer)``: it
+        starts at ``below + tokens[k]`` (``below = sum(q[:token])``) and is ``freq`` wide;
+        ``score`` is the token's score (for the statistics, with the max and normalizer).
+        A group that computes the distributions elsewhere (a GPU's mixer) returns these
+        numbers alone; the default computes them into ``qs`` (:meth:`distributions`)."""
+        out = []
+        for i, q, t, (top, total, under) in zip(active, qs, tokens, self.distributions(active, qs, tokens)):
+            out.append((under, q[t] + 1.0, float(self.streams[i].scores()[t]), top, total))
+        return out
+
+    def find(self, active: list[int], qs: list[np.ndarray], quantiles: list[int]) -> list[tuple]:
+        """The decompressor's step: for each stream ``active[k]``, the symbol whose interval
+        holds the coder's ``quantiles[k]`` (:meth:`lmzip.coding.Decoder.quantile`), as
+        ``(symbol, below, freq)``; the default computes the distributions into ``qs``."""
+        self.distributions(active, qs)
+        out = []
+        for q, x in zip(qs, quantiles):
+            try:
+                symbol, under = find(q, x)
+            except ValueError as exc:
+                raise CorruptError(f"chunk payload is damaged (range decoder: {exc})") from None
+            out.append((symbol, under, q[symbol] + 1.0))
+        return out
 
     def push_all(self, active: list[int], tokens: list[int]) -> None:
         """:meth:`Stream.push` of ``tokens[k]`` to each stream ``active[k]``, in one call."""

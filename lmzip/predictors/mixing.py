@@ -50,7 +50,7 @@ except ImportError:  # no compiler at install time: numpy does the same, slower
 
 _T = float(cdf.TOTAL)
 _W_MIN, _W_MAX = -4.0, 4.0  # feature weights stay in a sane range whatever the data
-_LLM_MIN, _LLM_MAX = 0.05, 4.0  # and the language model's weight (an inverse temperature)
+LLM_MIN, LLM_MAX = 0.05, 4.0  # and the language model's weight (an inverse temperature)
 _DECAY = 0.99
 #: most tokens coded in a row without the language model; it then evaluates the
 #: skipped tokens and the next one in one call (at most SKIP_RUN + 1 tokens)
@@ -277,24 +277,8 @@ class MixedStream(Stream):
 
     def _learn_features(self, token: int, q: np.ndarray) -> None:
         """The n-gram and match weights' step (small: a few candidates per feature)."""
-        st = self._set
-        slots, bounds, tokens, values = self._flat
-        if not st.rate or not slots:
-            return
-        w, v = self._w, self._g2
-        products = ((q[tokens] + 1.0) * values).tolist()
-        hits = np.flatnonzero(tokens == token).tolist()  # at most one per feature
-        start = 0
-        for slot, end in zip(slots, bounds):
-            value = next((float(values[i]) for i in hits if start <= i < end), 0.0)
-            expected = math.fsum(products[start:end]) / _T
-            g = value - expected
-            # steps normalized by the slot's running mean square gradient (RMSprop):
-            # features of very different scales learn at the same pace
-            v[slot] = _DECAY * v[slot] + (1.0 - _DECAY) * (g * g)
-            step = st.rate * g / math.sqrt(v[slot] + 1e-6)
-            w[slot] = min(_W_MAX, max(_W_MIN, w[slot] + step))
-            start = end
+        if self._flat[0]:
+            learn_feature_weights(self._set, self._w, self._g2, self._flat, token, q[self._flat[2]])
 
     def _learns_llm(self, token: int) -> bool:
         return bool(self._set.llm_rate) and self._llm is not None and math.isfinite(float(self._llm[token]))
@@ -302,7 +286,7 @@ class MixedStream(Stream):
     def _learn_llm(self, token: int, expected: float) -> None:
         """The language model's weight: ``expected`` is ``cdf.expect(q, llm)``."""
         value = float(self._llm[token])
-        self._w_llm = min(_LLM_MAX, max(_LLM_MIN, self._w_llm + self._set.llm_rate * (value - expected / _T)))
+        self._w_llm = min(LLM_MAX, max(LLM_MIN, self._w_llm + self._set.llm_rate * (value - expected / _T)))
 
     def _learn_numpy(self, token: int, q: np.ndarray) -> None:
         """The vocabulary-wide steps in numpy (the reference of ``lmzip._mix.learn``)."""
@@ -321,7 +305,7 @@ class MixedStream(Stream):
         slots, bounds, tokens, values = self._flat
         features = None
         if st.rate and slots:
-            features = (slots, bounds, tokens, values, self._w, self._g2, st.rate, _DECAY, _W_MIN, _W_MAX)
+            features = _features_job(st, self._w, self._g2, self._flat)
         if llm is None and self._bias is None and features is None:
             return None
         return q, llm, self._bias, token, st.bias_rate / _T, st.bias_rate, features
@@ -351,6 +335,51 @@ class MixedStream(Stream):
     def close(self) -> None:
         if self._base is not None:
             self._base.close()
+
+
+def learn_feature_weights(settings: MixSettings, w: np.ndarray, g2: np.ndarray, flat: tuple, token: int,
+                          q_at: np.ndarray) -> None:
+    """The n-gram and match weights' step after ``token`` was coded: ``flat`` the features
+    it was coded with (``NGramStats.features_flat``), ``q_at`` the distribution at their
+    tokens (``q[tokens]``: all the step reads of it, so a GPU sends only these)."""
+    slots, bounds, tokens, values = flat
+    if not settings.rate or not slots:
+        return
+    products = ((q_at + 1.0) * values).tolist()
+    hits = np.flatnonzero(tokens == token).tolist()  # at most one per feature
+    start = 0
+    for slot, end in zip(slots, bounds):
+        value = next((float(values[i]) for i in hits if start <= i < end), 0.0)
+        expected = math.fsum(products[start:end]) / _T
+        g = value - expected
+        # steps normalized by the slot's running mean square gradient (RMSprop):
+        # features of very different scales learn at the same pace
+        g2[slot] = _DECAY * g2[slot] + (1.0 - _DECAY) * (g * g)
+        step = settings.rate * g / math.sqrt(g2[slot] + 1e-6)
+        w[slot] = min(_W_MAX, max(_W_MIN, w[slot] + step))
+        start = end
+
+
+def feature_steps(settings: MixSettings, steps: list[tuple], threads: int = 1) -> None:
+    """:func:`learn_feature_weights` of several streams, in one call of ``lmzip._mix`` on up
+    to ``threads`` threads: each step is ``(w, g2, flat, token, q)`` with ``q`` indexed as
+    ``flat``'s tokens (the distribution, or only its values at those tokens with the
+    tokens renumbered into it, as the GPU's mixer sends them) and ``token`` likewise
+    (an index no feature has: not among them)."""
+    if not settings.rate:
+        return
+    if _reference():
+        for w, g2, flat, token, q in steps:
+            learn_feature_weights(settings, w, g2, flat, token, q[flat[2]])
+        return
+    _native.learn([(q, None, None, token, 0.0, 0.0, _features_job(settings, w, g2, flat))
+                   for w, g2, flat, token, q in steps if flat[0]], threads)
+
+
+def _features_job(settings: MixSettings, w: np.ndarray, g2: np.ndarray, flat: tuple) -> tuple:
+    """The features part of a ``lmzip._mix.learn`` job."""
+    slots, bounds, tokens, values = flat
+    return (slots, bounds, tokens, values, w, g2, settings.rate, _DECAY, _W_MIN, _W_MAX)
 
 
 def _reference() -> bool:
@@ -512,6 +541,10 @@ class MixedModel(Model):
         return self.base.gpus()
 
     def open_group(self, lengths: list[int], width: int = 1) -> StreamGroup:
+        on_device = getattr(self.base, "open_mixed_group", None)  # a GPU's: the mixer runs there
+        group = on_device(lengths, width, self.vocab_size, self.settings) if on_device else None
+        if group is not None:
+            return group
         return _MixedGroup(self.base.open_group(lengths, width, **self._defer()), self.vocab_size, self.settings,
                            host_threads(self.base))
 
