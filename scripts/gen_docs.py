@@ -75,6 +75,10 @@ ENVIRONMENT = [
      "command's workers. The output does not depend on it."),
     ("LMZIP_GPU_GRAPHS", "portable engine on a GPU",
      "`0`: launch every kernel of a step instead of replaying CUDA graphs (debugging; same output)."),
+    ("LMZIP_GPU_MIX", "portable engine on a GPU",
+     "`0`: mix (the statistics' blend, the bias, the coder's distribution) on the host, not on the GPU; the "
+     "logits then cross to the host (measuring; same output). Mixing that skips or adapts always runs on the "
+     "host."),
     ("LMZIP_GPU_OVERLAP", "portable engine on a GPU",
      "`0`: compressing, evaluate each stream's next block of tokens only when the last is used up, not while "
      "the host codes it (measuring; same output)."),

@@ -178,6 +178,7 @@ def test_the_gpu_models_cpu_threads_serve_the_mixer(tiny, monkeypatch):
     weights, stand_in = tiny
     kw = _model_kw(weights, 16)
     monkeypatch.delenv("LMZIP_HOST_THREADS", raising=False)
+    monkeypatch.setenv("LMZIP_GPU_MIX", "0")  # the mixer on the host
     assert GPUModel(stand_in, device=DEV, **kw).threads == (os.cpu_count() or 1)
     gpu = GPUModel(stand_in, device=DEV, threads=3, **kw)
     assert host_threads(gpu) == 3
@@ -194,6 +195,25 @@ def test_files_are_the_same_on_both_devices(tiny):
     cpu, gpu = _models(tiny)
     assert gpu.params() == cpu.params() == {"backend": "portable 1", "context": 16, "model": "tiny"}
     texts = [b"abracadabra abra", b"hello", b"window slides"]
+    rec_cpu = compress_group(cpu, texts, width=3)
+    rec_gpu = compress_group(gpu, texts, width=3)
+    assert rec_gpu == rec_cpu
+    assert decompress_group(cpu, rec_gpu, width=3) == texts
+    assert decompress_group(gpu, rec_cpu, width=3) == texts
+
+
+@pytest.mark.parametrize("gpu_mix", ["1", "0"])
+def test_mixed_files_are_the_same_on_both_devices(tiny, monkeypatch, gpu_mix):
+    """With the default mixing, the GPU model mixes on the GPU (lmzip.gpu.mixer; or on the
+    host with LMZIP_GPU_MIX=0): the same records as the CPU's, and each decodes the other's."""
+    from lmzip.gpu.mixer import DeviceMixedGroup
+    from lmzip.predictors.mixing import MixedModel
+
+    monkeypatch.setenv("LMZIP_GPU_MIX", gpu_mix)
+    cpu, gpu = (MixedModel(m) for m in _models(tiny))
+    with gpu.open_group([3, 3], 2) as group:
+        assert isinstance(group, DeviceMixedGroup) == (gpu_mix == "1")
+    texts = [b"abracadabra abracadabra abra", bytes(range(250, 256)) * 3 + b"cadabra", b"window slides, window slides"]
     rec_cpu = compress_group(cpu, texts, width=3)
     rec_gpu = compress_group(gpu, texts, width=3)
     assert rec_gpu == rec_cpu
@@ -243,7 +263,7 @@ def test_the_width_follows_the_gpus_free_memory(tiny, monkeypatch):
     _, gpu = _models(tiny)
     if not DEV.startswith("cuda"):
         assert gpu.gpu_width() is None and gpu.gpus() == []
-    per_stream = gpu._engine.stream_bytes_each + 8 * N_VOCAB
+    per_stream = gpu._engine.stream_bytes_each + 8 * N_VOCAB + 28 * N_VOCAB  # the cache, logits, the mixer's
     monkeypatch.setattr(gpu, "device", "cuda:0")
     monkeypatch.setattr(gm, "free_memory", lambda device: 100 * per_stream)
     assert gpu.gpu_width() == 80

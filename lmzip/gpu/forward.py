@@ -272,7 +272,7 @@ class GPUEngine:
         order, into ``rows`` (float32 [sum of the counts, n_vocab], host)."""
         rows[:] = self.rows_job(handles, token_lists, self.n_vocab).rows()
 
-    def rows_job(self, handles, token_lists, width: int, every: bool = True) -> RowsJob:
+    def rows_job(self, handles, token_lists, width: int, every: bool = True, to_host: bool = True) -> RowsJob:
         """Launch the evaluation of each stream's tokens and the copy of their logits to the
         host, and return at once: on a GPU the work runs while the host goes on (the
         compressor mixes one block of tokens while the next is evaluated).  The job's
@@ -280,7 +280,8 @@ class GPUEngine:
         tokenizer's escapes, which the model never gives); with ``every``, the logits after
         every token, stream by stream in order (:meth:`eval_rows`), else after each stream's
         last token (:meth:`eval`'s ``out``).  Rows go straight from the device to pinned host
-        memory, where the mixer reads them: no copy on the host."""
+        memory, where the mixer reads them: no copy on the host.  Not ``to_host``: the rows
+        stay on the device (a tensor), for the GPU's mixer (lmzip.gpu.mixer)."""
         t = self.torch
         n = self.n_vocab
         counts = [len(tl) for tl in token_lists]
@@ -300,6 +301,12 @@ class GPUEngine:
                     dest[at[0]: at[0] + len(at), :n] = logits
                 else:
                     dest[:, :n].index_copy_(0, t.tensor(at, dtype=t.int64, device=self.device), logits)
+            if not to_host:  # rows() waits for the logits, as for the host's
+                if self.device.type != "cuda":
+                    return RowsJob(dest, None, None)
+                done_event = t.cuda.Event()
+                done_event.record(t.cuda.current_stream(self.device))
+                return RowsJob(dest, done_event, None)
             if self.device.type != "cuda":
                 return RowsJob(dest.numpy(), None, dest)
             host = t.empty(dest.shape, dtype=t.float32, pin_memory=True)

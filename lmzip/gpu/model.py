@@ -46,12 +46,34 @@ class GPUModel(PortableModel):
         if not self.device.startswith("cuda"):
             return None
         eng = self._engine
-        # a stream's cache, and its row of logits on the device and pinned on the host
-        per_stream = eng.stream_bytes_each + 2 * 4 * eng.n_vocab
+        # a stream's cache, its row of logits on the device and pinned on the host, and the
+        # mixer's (lmzip.gpu.mixer: the bias, the scores and the distribution in float64, the
+        # row gathered)
+        per_stream = eng.stream_bytes_each + 2 * 4 * eng.n_vocab + (3 * 8 + 4) * eng.n_vocab
         return width_for_memory(free_memory(self.device), per_stream)
 
     def gpus(self) -> list[str]:
         return list(self._gpus)
+
+    def open_mixed_group(self, lengths: list[int], width: int, vocab: int, settings):
+        """A group whose mixer (lmzip.predictors.mixing) runs on this GPU
+        (lmzip.gpu.mixer), or None where it mixes on the host: settings that skip or
+        adapt, ``$LMZIP_GPU_MIX=0``, or a GPU whose mixer check failed (lmzip.gpu.trust)."""
+        if settings.skip or settings.adapt or os.environ.get("LMZIP_GPU_MIX", "1") == "0":
+            return None
+        from .trust import check_mixer
+
+        why = check_mixer(self.device)
+        if why is not None:
+            _warn_once(f"lmzip: warning: mixing on the CPU, not the GPU ({self.device}): {why}")
+            return None
+        import torch
+
+        from ..predictors.mixing import host_threads
+        from .mixer import DeviceMixedGroup
+
+        return DeviceMixedGroup(self.open_group(lengths, width, device_rows=True), vocab, settings, torch,
+                                self._engine.device, host_threads(self))
 
     @property
     def isa(self) -> str:
@@ -60,6 +82,15 @@ class GPUModel(PortableModel):
         if self.device.startswith("cuda"):
             return f"gpu {torch.cuda.get_device_name(self.device)}"
         return "gpu code in Triton's interpreter"
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(line: str) -> None:
+    if line not in _warned:
+        _warned.add(line)
+        print(line, file=sys.stderr)
 
 
 def portable_model(path, *, name: str, sha256: str, context: int, threads: int | None, device: str | None):

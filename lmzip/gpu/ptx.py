@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 __all__ = ["FORBIDDEN", "scan_ptx", "KernelSpec", "StepShape", "SMOLLM2", "GEMMA3_270M", "step_specs", "smollm2_specs",
-           "gemma3_specs", "compile_ptx", "TARGETS"]
+           "gemma3_specs", "mixer_specs", "compile_ptx", "TARGETS"]
 
 #: PTX instructions that break the engine's numerics: name -> pattern
 FORBIDDEN: dict[str, re.Pattern] = {
@@ -58,19 +58,25 @@ class KernelSpec:
 
     name: str
     constexprs: tuple[tuple[str, object], ...]
+    #: the module that holds it: the engine's kernels, or the mixer's (mix_kernels)
+    module: str = "kernels"
 
     def kernel(self):
-        from . import kernels
+        from . import kernels, mix_kernels
 
-        return getattr(kernels, self.name)
+        return getattr(mix_kernels if self.module == "mix_kernels" else kernels, self.name)
 
     def signature(self) -> dict[str, str]:
+        from .mix_kernels import ARG_TYPES
+
         fn = self.kernel()
         consts = dict(self.constexprs)
         sig = {}
         for arg in fn.arg_names:
             if arg in consts:
                 sig[arg] = "constexpr"
+            elif self.module == "mix_kernels":  # float64 pointers unless named
+                sig[arg] = ARG_TYPES.get(arg, "*fp64" if arg.endswith("_ptr") else "i32")
             elif arg.endswith("_ptr"):
                 sig[arg] = _POINTER_TYPES.get(arg, "*fp32")
             elif arg in _FLOAT_ARGS:
@@ -149,6 +155,13 @@ def smollm2_specs(blocks=None) -> list[KernelSpec]:
 def gemma3_specs(blocks=None) -> list[KernelSpec]:
     """Every kernel launch of a Gemma 3 270M step."""
     return step_specs(GEMMA3_270M, blocks)
+
+
+def mixer_specs() -> list[KernelSpec]:
+    """Every kernel launch of the GPU's mixer (lmzip.gpu.mixer), each variant."""
+    from .mix_kernels import launch_variants
+
+    return [KernelSpec(name, tuple(c.items()), "mix_kernels") for name, c in launch_variants()]
 
 
 def compile_ptx(spec: KernelSpec, capability: int, fp_fusion: bool = False) -> str:

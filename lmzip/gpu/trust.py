@@ -8,6 +8,10 @@ SmolLM2 and Gemma 3 270M the tests' golden hashes, for other models the CPU engi
 logits), and the PTX of every kernel that ran must hold no forbidden instruction
 (lmzip.gpu.ptx).  The result is kept per device for the process.  On failure the caller
 warns in one line and uses the CPU engine.
+
+The GPU's mixer (lmzip.gpu.mixer) has a check of its own, :func:`check_mixer`: a few
+streams' mixed distributions and learned state against the host's mixer; on failure the
+model mixes on the host (its logits are still the GPU's).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import hashlib
 
 import numpy as np
 
-__all__ = ["check", "GOLDEN", "GOLDEN_TOKENS", "GOLD_16"]
+__all__ = ["check", "check_mixer", "GOLDEN", "GOLDEN_TOKENS", "GOLD_16"]
 
 #: the first 16 tokens of alice29.txt for SmolLM2 (tests/data/engine_alice64.txt)
 GOLDEN_TOKENS = [2738, 16980, 1047, 9206, 15799, 23, 67, 5236, 48932, 42606, 5622, 408, 2154, 29738, 60, 12386]
@@ -49,6 +53,22 @@ def check(model_sha256: str, weights_path, device: str) -> str | None:
             _verdicts[key] = _check(model_sha256, weights_path, device)
         except Exception as exc:  # a driver or compiler failure is a failed check, not a crash
             _verdicts[key] = f"the GPU check failed: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+    return _verdicts[key]
+
+
+def check_mixer(device: str) -> str | None:
+    """None when this device's mixer computes the host's numbers (lmzip.gpu.mixer.self_check,
+    its kernels' PTX scanned as they compile), else why not (one line); kept per device."""
+    key = ("mixer", device)
+    if key not in _verdicts:
+        try:
+            import torch
+
+            from .mixer import self_check
+
+            _verdicts[key] = self_check(torch, torch.device(device))
+        except Exception as exc:  # a driver or compiler failure is a failed check, not a crash
+            _verdicts[key] = f"the GPU mixer's check failed: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
     return _verdicts[key]
 
 

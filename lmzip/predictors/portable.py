@@ -144,9 +144,12 @@ class _PortableGroup(StreamGroup):
     their calls.  The logits are the engine's for those tokens however the calls are
     split, so the file is the same."""
 
-    def __init__(self, model: PortableModel, lengths: list[int]):
+    def __init__(self, model: PortableModel, lengths: list[int], device_rows: bool = False):
         self._model = model
         self._eng = model._engine
+        #: the rows stay where the engine computed them (a GPU's, for its mixer): each
+        #: stream's scores() is then a row of a device tensor
+        self._device_rows = device_rows
         n_vocab = model.tokenizer.n_model_tokens
         self._n_vocab = n_vocab
         self._width = model.vocab_size
@@ -202,6 +205,8 @@ class _PortableGroup(StreamGroup):
         after each of them, stream by stream in order; else after each stream's last)."""
         handles = [s.handle for s in streams]
         if self._jobs:
+            if self._device_rows:
+                return self._eng.rows_job(handles, lists, self._width, every, to_host=False)
             return self._eng.rows_job(handles, lists, self._width, every)
         if every:
             rows = np.empty((sum(len(t) for t in lists), self._n_vocab), dtype=np.float32)
@@ -383,11 +388,12 @@ class PortableModel(Model):
     def resident_width(self) -> int | None:
         return self.gpu_width() or CPU_RESIDENT
 
-    def open_group(self, lengths: list[int], width: int = 1) -> StreamGroup:
+    def open_group(self, lengths: list[int], width: int = 1, device_rows: bool = False) -> StreamGroup:
+        """``device_rows`` (a GPU's engine): each stream's scores stay on the device."""
         if not 1 <= len(lengths) <= width <= MAX_WIDTH:
             raise ValueError(f"a group of width {width} (at most {MAX_WIDTH}) holds 1 to {width} chunks, "
                              f"not {len(lengths)}")
-        return _PortableGroup(self, lengths)
+        return _PortableGroup(self, lengths, device_rows)
 
     def describe(self) -> str:
         return (f"{self.name} ({self.path.name}, portable engine {self.numerics}, {self.isa}, "
