@@ -268,6 +268,8 @@ def check(gguf: Path, enwik_bytes: int, budget: float) -> int:
 
     why = trust.check(file_sha256(gguf), _weights(gguf), "cuda:0")
     ok &= _say(why is None, f"run-time trust check (golden + PTX scan): {why or 'clean'}")
+    why = trust.check_mixer("cuda:0")
+    ok &= _say(why is None, f"the GPU mixer's check (against the host's mixer): {why or 'clean'}")
     print(f"  ({time.perf_counter() - t0:.1f} s)", flush=True)
 
     # cross-device round trips: the same bytes from both devices, each decoding the other's
@@ -335,6 +337,15 @@ def check(gguf: Path, enwik_bytes: int, budget: float) -> int:
                   f"with the overlap {len(data) / rate64:.1f} s)", flush=True)
         except RuntimeError as exc:
             print(f"  64 streams with LMZIP_GPU_OVERLAP=0: failed: {str(exc)[:120]}", flush=True)
+        left = budget - (time.perf_counter() - t0) - 30
+        if left - enwik_bytes / rate64 > 2 * len(data) / rate64:  # the mixer on the host: what mixing on the GPU gains
+            try:
+                _, secs, tokens = _compress(gguf, data, MODEL.enwik_chunk, 64, "--method", "model",
+                                            env={"LMZIP_GPU_MIX": "0"})
+                print(f"  64 streams with LMZIP_GPU_MIX=0 (mixing on the host): {tokens / secs:.0f} tok/s "
+                      f"({secs:.1f} s; on the GPU {len(data) / rate64:.1f} s)", flush=True)
+            except RuntimeError as exc:
+                print(f"  64 streams with LMZIP_GPU_MIX=0: failed: {str(exc)[:120]}", flush=True)
 
     # the enwik8 prefix in 64 chunks, as much of it as the time left allows (at the rate of
     # the 64-stream run above), so that the whole check stays inside one device call

@@ -1,7 +1,7 @@
 """The host side of coding alone: mixing, distribution and range coding, without the LLM.
 
     python benchmarks/host.py [--widths 1,8,64] [--tokens 2000] [--threads 1,2]
-        [--file alice29.txt] [--build DIR]
+        [--file alice29.txt] [--build DIR] [--through-group] [--gpu-mixer]
 
 A stand-in language model gives each stream fixed float32 logits (a bank of random rows
 the size of SmolLM2's vocabulary, no engine call), so what is timed is everything lmzip
@@ -18,6 +18,10 @@ as a GPU's engine (``rows_job``: rows as wide as the vocabulary, read in place, 
 block asked for while the host codes) and once as the C engine (each call's rows copied
 into the caller's array and each stream's row into its scores: the copies the GPU's
 logits went through before ``rows_job``).
+
+``--gpu-mixer`` also times what the host does when the GPU mixes (lmzip.gpu.mixer's
+group with the GPU's work left out: the statistics, packing the features, the feature
+weights' step, the coder), compression only.
 
 ``--shapes N`` compresses the file in N equal chunks through that group (a GPU's engine
 interface, free logits) and counts the engine calls by shape: a call where every stream
@@ -169,6 +173,33 @@ def group_model(model: str, gpu: bool):
     return MixedModel(base, DEFAULT_MIX)
 
 
+class _NoDeviceMixer:
+    """lmzip.gpu.mixer.DeviceMixer's interface doing none of the GPU's work (no kernels, no
+    copies): timing a DeviceMixedGroup with it leaves what the host does beside a GPU's
+    mixer (the statistics, packing the features, the feature weights' step, the coder)."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def step(self, idx, rows, feats, tokens=None, quantiles=None) -> dict:
+        zero, one = np.zeros(len(idx)), np.ones(len(idx))
+        return {"top": zero, "sum": one, "below": zero, "freq": one, "score": zero, "q_at": np.zeros(len(feats.row))}
+
+    def learn(self, tokens) -> None:
+        pass
+
+
+class BankGPUMixModel(BankModel):
+    """The stand-in model as a GPU model that mixes on the GPU, without the GPU's work."""
+
+    def open_mixed_group(self, lengths, width, vocab, settings):
+        from lmzip.gpu import mixer
+
+        mixer.DeviceMixer = _NoDeviceMixer
+        return mixer.DeviceMixedGroup(self.open_group(lengths, width), vocab, settings, None, None,
+                                      int(os.environ["LMZIP_HOST_THREADS"]))
+
+
 def chunks_of(text: bytes, tokenizer, width: int, tokens: int) -> list[bytes]:
     """``width`` chunks of ``tokens`` tokens each, cut from ``text`` (repeated if short)."""
     toks = tokenizer.encode(text)
@@ -184,10 +215,16 @@ def rates(width: int, tokens: int, threads: int, text: bytes, decompress: bool =
     of ``width`` chunks of ``text``, ``tokens`` tokens each, on ``threads`` host threads;
     ``model`` (a registry name or a GGUF path) gives the tokenizer and the vocabulary.
     ``through``: "" (a stand-in model), "gpu" or "cpu" (the portable group over a stand-in
-    engine of that kind: :func:`group_model`)."""
+    engine of that kind: :func:`group_model`), "gpu-mixer" (the host's share of mixing
+    on a GPU: :class:`BankGPUMixModel`; compression only)."""
     from lmzip.predictors.registry import load_model
 
-    if through:
+    if through == "gpu-mixer":
+        import lmzip.gpu.mixer  # noqa: F401  (imports triton: not part of the time)
+
+        tokenizer = load_model(model, device="cpu").tokenizer
+        model, decompress = MixedModel(BankGPUMixModel(tokenizer), DEFAULT_MIX), False
+    elif through:
         model = group_model(model, through == "gpu")
         tokenizer = model.tokenizer
     else:
@@ -253,6 +290,9 @@ def main() -> None:
     ap.add_argument("--no-decompress", action="store_true")
     ap.add_argument("--through-group", action="store_true",
                     help="also through the portable engine's group, as a GPU's engine and as the C engine")
+    ap.add_argument("--gpu-mixer", action="store_true",
+                    help="also the host's share when the GPU mixes (no GPU work: the statistics, the features, "
+                         "the feature weights, the coder; compression)")
     ap.add_argument("--shapes", type=int, default=0, metavar="N",
                     help="only count the GPU engine's call shapes, the file in N chunks")
     a = ap.parse_args()
@@ -268,9 +308,10 @@ def main() -> None:
           f"{'decompress tok/s':>17}")
     for width in map(int, a.widths.split(",")):
         for threads in map(int, a.threads.split(",")):
-            for through in ("", "gpu", "cpu") if a.through_group else ("",):
+            kinds = ("", "gpu", "cpu") if a.through_group else ("",)
+            for through in kinds + (("gpu-mixer",) if a.gpu_mixer else ()):
                 n, c, d = rates(width, a.tokens, threads, text, not a.no_decompress, through=through)
-                name = {"": "stand-in", "gpu": "group, GPU's", "cpu": "group, C's"}[through]
+                name = {"": "stand-in", "gpu": "group, GPU's", "cpu": "group, C's", "gpu-mixer": "GPU mixes"}[through]
                 print(f"{name:>14} {width:>6} {threads:>7} {n:>7} {c:>15,.0f} {d:>17,.0f}", flush=True)
 
 
