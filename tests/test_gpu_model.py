@@ -202,6 +202,7 @@ def test_files_are_the_same_on_both_devices(tiny):
     assert decompress_group(gpu, rec_cpu, width=3) == texts
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the interpreter's inf - inf in the mixer's kernels
 @pytest.mark.parametrize("gpu_mix", ["1", "0"])
 def test_mixed_files_are_the_same_on_both_devices(tiny, monkeypatch, gpu_mix):
     """With the default mixing, the GPU model mixes on the GPU (lmzip.gpu.mixer; or on the
@@ -219,6 +220,13 @@ def test_mixed_files_are_the_same_on_both_devices(tiny, monkeypatch, gpu_mix):
     assert rec_gpu == rec_cpu
     assert decompress_group(cpu, rec_gpu, width=3) == texts
     assert decompress_group(gpu, rec_cpu, width=3) == texts
+    if gpu_mix == "1":  # damage decoded through the GPU's mixer is an lmzip error, never wrong output
+        from lmzip.errors import LMZipError
+
+        (info, payload), *rest = rec_cpu
+        bad = bytes([payload[0] ^ 0x20]) + payload[1:]
+        with pytest.raises(LMZipError):
+            decompress_group(gpu, [(info, bad), *rest], width=3)
 
 
 def test_the_gpus_lookahead_takes_more_tokens_per_call(tiny):
