@@ -155,6 +155,16 @@ def _compress(gguf: Path, data: bytes, chunk: int, streams: int, *more: str, env
     return out, secs, int(counts[-1]) if counts else 0
 
 
+def _beside(gguf: Path, data: bytes, rate: float, switch: str, what: str) -> None:
+    """The 64-stream lmzip compress of ``data`` again with ``switch=0``, beside the default's ``rate``."""
+    try:
+        _, secs, tokens = _compress(gguf, data, MODEL.enwik_chunk, 64, "--method", "model", env={switch: "0"})
+        print(f"  64 streams with {switch}=0{what}: {tokens / secs:.0f} tok/s ({secs:.1f} s; "
+              f"with the default {len(data) / rate:.1f} s)", flush=True)
+    except RuntimeError as exc:
+        print(f"  64 streams with {switch}=0: failed: {str(exc)[:120]}", flush=True)
+
+
 def _say(ok: bool, what: str) -> bool:
     print(f"{'PASS' if ok else 'FAIL'} {what}", flush=True)
     return ok
@@ -330,22 +340,10 @@ def check(gguf: Path, enwik_bytes: int, budget: float) -> int:
         print(f"| {streams} | 2048 | {dev:.0f} | {host:.0f} | {e2e} |", flush=True)
     if rate64:  # the same run evaluating each block only when the last is used up: what the overlap gains
         data = enwik[: 64 * MODEL.enwik_chunk]
-        try:
-            _, secs, tokens = _compress(gguf, data, MODEL.enwik_chunk, 64, "--method", "model",
-                                        env={"LMZIP_GPU_OVERLAP": "0"})
-            print(f"  64 streams with LMZIP_GPU_OVERLAP=0: {tokens / secs:.0f} tok/s ({secs:.1f} s; "
-                  f"with the overlap {len(data) / rate64:.1f} s)", flush=True)
-        except RuntimeError as exc:
-            print(f"  64 streams with LMZIP_GPU_OVERLAP=0: failed: {str(exc)[:120]}", flush=True)
+        _beside(gguf, data, rate64, "LMZIP_GPU_OVERLAP", "")
         left = budget - (time.perf_counter() - t0) - 30
         if left - enwik_bytes / rate64 > 2 * len(data) / rate64:  # the mixer on the host: what mixing on the GPU gains
-            try:
-                _, secs, tokens = _compress(gguf, data, MODEL.enwik_chunk, 64, "--method", "model",
-                                            env={"LMZIP_GPU_MIX": "0"})
-                print(f"  64 streams with LMZIP_GPU_MIX=0 (mixing on the host): {tokens / secs:.0f} tok/s "
-                      f"({secs:.1f} s; on the GPU {len(data) / rate64:.1f} s)", flush=True)
-            except RuntimeError as exc:
-                print(f"  64 streams with LMZIP_GPU_MIX=0: failed: {str(exc)[:120]}", flush=True)
+            _beside(gguf, data, rate64, "LMZIP_GPU_MIX", " (mixing on the host)")
 
     # the enwik8 prefix in 64 chunks, as much of it as the time left allows (at the rate of
     # the 64-stream run above), so that the whole check stays inside one device call

@@ -95,3 +95,19 @@ def order1():
     from lmzip.predictors.registry import load_model
 
     return load_model("order1")
+
+
+def gpu_torch():
+    """torch for a test module of the GPU code, skipping the module without the gpu extra.
+    Without a GPU the kernels run in Triton's CPU interpreter: TRITON_INTERPRET=1 is set
+    here, before triton's first import (it is read when triton.language and the kernels
+    are defined)."""
+    import sys
+
+    torch = pytest.importorskip("torch", reason="the gpu extra (torch, triton) is not installed")
+    if not torch.cuda.is_available():
+        if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":
+            pytest.skip("triton was imported without TRITON_INTERPRET=1 and there is no GPU", allow_module_level=True)
+        os.environ["TRITON_INTERPRET"] = "1"
+    pytest.importorskip("triton", reason="the gpu extra (torch, triton) is not installed")
+    return torch

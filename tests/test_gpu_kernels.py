@@ -20,15 +20,9 @@ import sys
 import numpy as np
 import pytest
 
-from .conftest import ROOT
+from .conftest import ROOT, gpu_torch
 
-torch = pytest.importorskip("torch", reason="the gpu extra (torch, triton) is not installed")
-if not torch.cuda.is_available():
-    # read when triton.language and the kernels are defined: before triton's first import
-    if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":
-        pytest.skip("triton was imported without TRITON_INTERPRET=1 and there is no GPU", allow_module_level=True)
-    os.environ["TRITON_INTERPRET"] = "1"
-pytest.importorskip("triton", reason="the gpu extra (torch, triton) is not installed")
+torch = gpu_torch()
 
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402

@@ -7,23 +7,16 @@ PTX."""
 
 from __future__ import annotations
 
-import os
 import re
-import sys
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from .conftest import ROOT
+from .conftest import ROOT, gpu_torch
 
-torch = pytest.importorskip("torch", reason="the gpu extra (torch, triton) is not installed")
-if not torch.cuda.is_available():
-    if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":
-        pytest.skip("triton was imported without TRITON_INTERPRET=1 and there is no GPU", allow_module_level=True)
-    os.environ["TRITON_INTERPRET"] = "1"
-pytest.importorskip("triton", reason="the gpu extra (torch, triton) is not installed")
+torch = gpu_torch()
 
 from lmzip import cdf  # noqa: E402
 from lmzip.gpu import mix_kernels, mixer  # noqa: E402

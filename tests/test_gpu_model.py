@@ -10,17 +10,13 @@ from __future__ import annotations
 
 import os
 import struct
-import sys
 
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch", reason="the gpu extra (torch, triton) is not installed")
-if not torch.cuda.is_available():
-    if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":
-        pytest.skip("triton was imported without TRITON_INTERPRET=1 and there is no GPU", allow_module_level=True)
-    os.environ["TRITON_INTERPRET"] = "1"
-pytest.importorskip("triton", reason="the gpu extra (torch, triton) is not installed")
+from .conftest import corpus_slice, gpu_torch
+
+torch = gpu_torch()
 _engine = pytest.importorskip("lmzip._engine")
 
 from lmzip.codec import compress_group, decompress_group  # noqa: E402
@@ -30,8 +26,6 @@ from lmzip.gpu.forward import GPUEngine  # noqa: E402
 from lmzip.gpu.model import GPUModel, portable_model  # noqa: E402
 from lmzip.predictors import portable_weights as pw  # noqa: E402
 from lmzip.predictors.portable import PortableModel  # noqa: E402
-
-from .conftest import corpus_slice  # noqa: E402
 
 DEV = "cuda:0" if torch.cuda.is_available() else "cpu"
 N_LAYER, N_EMBD, N_FF, N_HEAD, N_KV, N_VOCAB, BOS = 2, 192, 128, 3, 1, 272, 256
@@ -171,7 +165,6 @@ def _models(tiny, context=16):
 def test_the_gpu_models_cpu_threads_serve_the_mixer(tiny, monkeypatch):
     """On a GPU the CPU's work is the mixer's: its threads are every core by default, or
     what --threads says, and the mixed model's groups use them."""
-    import os
 
     from lmzip.predictors.mixing import MixedModel, host_threads
 

@@ -189,10 +189,7 @@ def exp_sum_kernel(s_ptr, top_ptr, posinf_ptr, e_ptr, sum_ptr, R, V, RB: tl.cons
     m = tl.load(top_ptr + rows, mask=rok, other=0.0)
     n_inf = tl.load(posinf_ptr + rows, mask=rok, other=0)
     special = (n_inf > 0) | (m == float("-inf"))
-    lane = tl.arange(0, 8)
-    grp = tl.arange(0, 4)
-    # element (row, lane, g) of a trip is index k0 + 8 g + lane
-    off = lane[None, :, None] + 8 * grp[None, None, :]
+    off = _trip()
     acc = tl.zeros([RB, 8], tl.float64)
     for k0 in tl.range(0, V, 32, loop_unroll_factor=8):  # unrolled: the loads overlap, the sums stay in order
         at = k0 + off
@@ -204,14 +201,29 @@ def exp_sum_kernel(s_ptr, top_ptr, posinf_ptr, e_ptr, sum_ptr, R, V, RB: tl.cons
         e = tl.where(special[:, None, None], ones, e)
         e = tl.where(ok, e, 0.0)  # past the end: adds +0.0 to a lane that is never -0.0
         tl.store(e_ptr + ptr, e, mask=ok)
-        even, odd = tl.split(tl.reshape(e, [RB, 8, 2, 2]))
-        c0, c2 = tl.split(even)
-        c1, c3 = tl.split(odd)
-        acc = ((acc + c0) + c1) + c2
-        acc = acc + c3
+        acc = _lanes_add(acc, e, RB)
     l01, l23, l45, l67 = _pairs(acc, RB)
     total = (l01 + l23) + (l45 + l67)
     tl.store(sum_ptr + rows, total, mask=rok)
+
+
+@triton.jit
+def _trip():
+    """The offsets [1, 8, 4] of a trip of 32 values: lane j, group g is index 8 g + j."""
+    lane = tl.arange(0, 8)
+    grp = tl.arange(0, 4)
+    return lane[None, :, None] + 8 * grp[None, None, :]
+
+
+@triton.jit
+def _lanes_add(acc, v, RB: tl.constexpr):
+    """acc [RB, 8] lanes plus a trip's values v [RB, 8, 4] (v[r, j, g] is index 8 g + j of
+    the trip), each lane adding its 4 in index order: taken apart with split, no arithmetic."""
+    even, odd = tl.split(tl.reshape(v, [RB, 8, 2, 2]))
+    c0, c2 = tl.split(even)
+    c1, c3 = tl.split(odd)
+    acc = ((acc + c0) + c1) + c2
+    return acc + c3
 
 
 @triton.jit
@@ -317,9 +329,7 @@ def learn_kernel(dist_ptr, logits_ptr, bias_ptr, idx_ptr, exp_ptr, R, V, c_bits,
     rows = rows.to(tl.int64)
     g = tl.load(idx_ptr + rows, mask=rok, other=0).to(tl.int64)
     c = tl.full([1], c_bits, tl.int64).to(tl.float64, bitcast=True)
-    lane = tl.arange(0, 8)
-    grp = tl.arange(0, 4)
-    off = lane[None, :, None] + 8 * grp[None, None, :]
+    off = _trip()
     acc = tl.zeros([RB, 8], tl.float64)
     for k0 in tl.range(0, V, 32, loop_unroll_factor=8):  # unrolled: the loads overlap, the sums stay in order
         at = k0 + off
@@ -328,11 +338,7 @@ def learn_kernel(dist_ptr, logits_ptr, bias_ptr, idx_ptr, exp_ptr, R, V, c_bits,
         if HAS_LLM:
             x = tl.load(logits_ptr + rows[:, None, None] * V + at, mask=ok, other=0.0).to(tl.float64)
             v = tl.where(ok & (x - x == 0.0), q1 * x, 0.0)  # finite only; +0.0 changes no lane
-            even, odd = tl.split(tl.reshape(v, [RB, 8, 2, 2]))
-            c0, c2 = tl.split(even)
-            c1, c3 = tl.split(odd)
-            acc = ((acc + c0) + c1) + c2
-            acc = acc + c3
+            acc = _lanes_add(acc, v, RB)
         if HAS_BIAS:
             bp = bias_ptr + g[:, None, None] * V + at
             b = tl.load(bp, mask=ok, other=0.0)
