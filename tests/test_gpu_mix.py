@@ -130,6 +130,30 @@ def test_groups_mix_and_learn_as_the_host(seed, vocab, streams, backend, monkeyp
     assert self_check(torch, DEV, vocab=vocab, streams=streams, steps=10, seed=seed) is None
 
 
+def test_whole_distributions_come_back_for_other_callers():
+    """DeviceMixedGroup.distributions (not the codec's path: the whole q on the host) gives
+    the host mixer's q, max, sum and the sum below each token, step after step."""
+    from lmzip.gpu.mixer import DeviceMixedGroup, _RowStream
+    from lmzip.predictors.base import StreamGroup
+    from lmzip.predictors.mixing import DEFAULT_MIX, MixedStream, distributions, push_all
+
+    V, S, steps = 300, 2, 6
+    rng = np.random.default_rng(9)
+    logits = rng.normal(scale=3.0, size=(steps, S, V)).astype(np.float32)
+    host = [MixedStream(_RowStream(logits, k), V, DEFAULT_MIX) for k in range(S)]
+    group = DeviceMixedGroup(StreamGroup([_RowStream(torch.as_tensor(logits, device=DEV), k) for k in range(S)]),
+                             V, DEFAULT_MIX, torch, DEV)
+    want_q, got_q = [np.empty(V) for _ in range(S)], [np.empty(V) for _ in range(S)]
+    for j in range(steps):
+        told = [int(t) for t in rng.integers(0, 4, S)]
+        want = distributions(host, want_q, 1, told)
+        got = group.distributions([0, 1], got_q, told)
+        assert got == want
+        assert all(a.tobytes() == b.tobytes() for a, b in zip(got_q, want_q))
+        push_all(host, told, 1)
+        group.push_all([0, 1], told)
+
+
 def test_the_check_sees_a_mixer_that_does_not_learn(monkeypatch):
     """The check compares the learned state, not only the first distributions."""
     monkeypatch.setattr(DeviceMixer, "learn", lambda self, tokens: None)
