@@ -98,3 +98,6 @@ def test_the_gpu_checks_compress_helper_counts_tokens():
     assert secs > 0 and tokens == sum(len(tokenizer.encode(data[i:i + 300])) for i in range(0, 1200, 300))
     d = _lmzip("decompress", "--device", "cpu", "--model", str(_smollm2_path()), "-c", "-", stdin=out)
     assert d.returncode == 0 and d.stdout == data, d.stderr
+    # after the GPU's mixer failed the round trips, every later command mixes on the host
+    gpu._EXTRA_ENV["LMZIP_GPU_MIX"] = "0"
+    assert gpu._child_env()["LMZIP_GPU_MIX"] == "0" and gpu._child_env(LMZIP_GPU_MIX="1")["LMZIP_GPU_MIX"] == "1"
