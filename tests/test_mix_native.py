@@ -32,7 +32,7 @@ def _reference_distribution(llm, w_llm, bias, feats, s, q):
     if llm is None:
         s.fill(0.0)
     else:
-        np.multiply(llm, np.float64(w_llm), out=s)
+        np.multiply(llm, w_llm, out=s, dtype=np.float64)  # in float64 under numpy 1.x too
     if bias is not None:
         s += bias
     for tokens, adds in feats:

@@ -12,6 +12,7 @@ import lmzip
 from lmzip import cdf
 from lmzip.errors import FormatError
 from lmzip.predictors import mixing
+from lmzip.predictors.base import Stream
 from lmzip.predictors.mixing import BYTE_MIX, DEFAULT_MIX, NO_MIX, PRESETS, MixedModel, MixedStream, MixSettings
 from lmzip.predictors.ngram import COUNT_BUCKETS, NGramStats, ln_table
 from lmzip.predictors.registry import load_model
@@ -264,3 +265,31 @@ def test_llm_skip_defers_evaluation_and_round_trips(llm, streams, monkeypatch):
     assert skipped > 150
     assert lmzip.decompress(packed) == data
     assert _CountingMixedStream.total_skipped == 2 * skipped
+
+
+class _Logits(Stream):
+    def __init__(self, row):
+        self.row = row
+
+    def scores(self):
+        return self.row
+
+    def push(self, token):
+        pass
+
+
+@pytest.mark.parametrize("backend", ["numpy", "c"])
+def test_the_language_models_weight_multiplies_in_float64(backend, monkeypatch):
+    """s = l * w_llm in float64 in the numpy reference too, whatever numpy's promotion rules
+    (numpy 1.x computes a float32 array times a float64 scalar in float32: before the fix,
+    the numpy path's files differed from the C's there once w_llm left 1)."""
+    if backend == "c" and mixing._native is None:
+        pytest.skip("lmzip._mix is not built")
+    monkeypatch.setattr(cdf, "backend", backend)
+    rng = np.random.default_rng(3)
+    row = (rng.standard_normal(1000) * 5).astype(np.float32)
+    st = MixedStream(_Logits(row), 1000, dataclasses.replace(DEFAULT_MIX, bias_rate=0.0, orders=(), match=0))
+    st._w_llm = 0.9966721278915259
+    q = np.empty(1000)
+    mixing.distributions([st], [q], 1)
+    assert st._s.tobytes() == (row.astype(np.float64) * 0.9966721278915259).tobytes()

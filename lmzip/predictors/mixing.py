@@ -246,7 +246,9 @@ class MixedStream(Stream):
         s = self._s
         slots, bounds, tokens, values = self._gather()
         if self._llm is not None:
-            np.multiply(self._llm, np.float64(self._w_llm), out=s)  # in float64
+            # in float64 whatever numpy's promotion rules: numpy 1.x computes a float32
+            # array times a float64 scalar in float32, which the C does not
+            np.multiply(self._llm, self._w_llm, out=s, dtype=np.float64)
         else:
             s.fill(0.0)
         if self._bias is not None:
