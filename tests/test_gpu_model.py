@@ -49,6 +49,18 @@ def _q8_0(rng, rows, cols, scale):
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> tuple:
     """(weights file, a stand-in model file): random weights in the engine's format 1."""
+    return _tiny_llama(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="module")
+def tiny_escapes(tmp_path_factory) -> tuple:
+    """The tiny llama model with no token for the bytes 250 to 255 (pieces of two bytes
+    instead): its tokenizer codes them as escape symbols, past the model's vocabulary."""
+    pieces = [bytes([i]) for i in range(250)] + [b"e%d" % i for i in range(6)] + [b""] * (N_VOCAB - 256)
+    return _tiny_llama(tmp_path_factory.mktemp("tiny_escapes"), pieces)
+
+
+def _tiny_llama(folder, pieces=None) -> tuple:
     rng = np.random.default_rng(28)
     E, F, KVD = N_EMBD, N_FF, N_KV * 64
 
@@ -64,7 +76,7 @@ def tiny(tmp_path_factory) -> tuple:
                   (1, E, F, _q4_1(rng, E, F, 0.01))]
     header = pw.MAGIC + struct.pack("<IIIIIIIIIIdfI", 1, N_LAYER, E, F, N_HEAD, N_KV, 64, N_VOCAB, 64, BOS,
                                     10000.0, 1e-5, len(blobs))
-    return _write_tiny(tmp_path_factory.mktemp("tiny"), "tiny-1.bin", header, blobs)
+    return _write_tiny(folder, "tiny-1.bin", header, blobs, pieces)
 
 
 #: the tiny Gemma 3: layers 0 and 1 local (sliding window 24), layer 2 global; head dimension
@@ -103,10 +115,11 @@ def tiny_gemma(tmp_path_factory) -> tuple:
     return _write_tiny(tmp_path_factory.mktemp("tiny_gemma"), "tiny-2.bin", header, blobs)
 
 
-def _write_tiny(folder, name: str, header: bytes, blobs) -> tuple:
-    """A tiny model's engine weights file (byte pieces) and the stand-in GGUF beside it."""
+def _write_tiny(folder, name: str, header: bytes, blobs, pieces=None) -> tuple:
+    """A tiny model's engine weights file (byte pieces unless ``pieces``) and the stand-in
+    GGUF beside it."""
     weights = folder / name
-    pieces = [bytes([i]) for i in range(256)] + [b""] * (N_VOCAB - 256)
+    pieces = pieces or [bytes([i]) for i in range(256)] + [b""] * (N_VOCAB - 256)
     pw._write(weights, header, blobs, pieces, BOS)
     stand_in = folder / "tiny.gguf"
     stand_in.write_bytes(b"not read: the weights and vocabulary are given")
@@ -220,6 +233,23 @@ def test_mixed_files_are_the_same_on_both_devices(tiny, monkeypatch, gpu_mix):
         bad = bytes([payload[0] ^ 0x20]) + payload[1:]
         with pytest.raises(LMZipError):
             decompress_group(gpu, [(info, bad), *rest], width=3)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the interpreter's inf - inf in the mixer's kernels
+def test_escapes_through_the_gpus_mixer(tiny_escapes):
+    """Escape symbols (bytes the model has no token for: -inf logits, a symbol the model is
+    not shown) through the GPU's mixer: the CPU's records, and each decodes the other's."""
+    from lmzip.gpu.mixer import DeviceMixedGroup
+    from lmzip.predictors.mixing import MixedModel
+
+    cpu, gpu = (MixedModel(m) for m in _models(tiny_escapes))
+    assert gpu.tokenizer.escapes == 6 and gpu.vocab_size == N_VOCAB + 6
+    with gpu.open_group([2], 1) as group:
+        assert isinstance(group, DeviceMixedGroup)
+    texts = [bytes(range(244, 256)) * 2 + b"ab\xfbab\xfb", b"\xff\xfeabc\xff\xfeabc"]
+    rec_cpu = compress_group(cpu, texts, width=2)
+    assert compress_group(gpu, texts, width=2) == rec_cpu
+    assert decompress_group(gpu, rec_cpu, width=2) == texts
 
 
 def test_the_gpus_lookahead_takes_more_tokens_per_call(tiny):
