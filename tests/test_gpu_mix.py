@@ -144,7 +144,7 @@ def test_whole_distributions_come_back_for_other_callers():
     group = DeviceMixedGroup(StreamGroup([_RowStream(torch.as_tensor(logits, device=DEV), k) for k in range(S)]),
                              V, DEFAULT_MIX, torch, DEV)
     want_q, got_q = [np.empty(V) for _ in range(S)], [np.empty(V) for _ in range(S)]
-    for j in range(steps):
+    for _ in range(steps):
         told = [int(t) for t in rng.integers(0, 4, S)]
         want = distributions(host, want_q, 1, told)
         got = group.distributions([0, 1], got_q, told)
