@@ -75,15 +75,9 @@ def test_cpu_and_auto_give_the_same_file():
     assert d.returncode == 0 and d.stdout == data
 
 
-def test_the_gpu_checks_compress_helper_counts_tokens():
-    """benchmarks/gpu.py --check times lmzip compress end to end and reads the tokens from
-    -v: its helper, run on the CPU here (on a GPU only the device differs)."""
-    _needs_model()
+def _gpu_check_module():
+    """benchmarks/gpu.py as a module."""
     import importlib.util
-
-    from lmzip.predictors.registry import _smollm2_path, load_model
-
-    from .conftest import corpus_slice
 
     spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu.py")
     gpu = importlib.util.module_from_spec(spec)
@@ -92,6 +86,46 @@ def test_the_gpu_checks_compress_helper_counts_tokens():
         spec.loader.exec_module(gpu)
     finally:
         del sys.modules["gpu_check"]
+    return gpu
+
+
+def test_the_gpu_checks_round_trips_say_what_differs(monkeypatch, capsys):
+    """--check's cross-device round trips: PASS when both devices write the same file and
+    decode each other's; FAIL lines (and False, so the check falls back to host mixing)
+    when the GPU's file differs or a command fails.  lmzip itself is a stand-in here."""
+    gpu = _gpu_check_module()
+    data = b"alice" * 10
+
+    def fake(gpu_file):
+        def run(command, *args, device, stdin=None, env=None):
+            if command == "compress":
+                return (gpu_file if device == "cuda" else b"file"), 0.1, ""
+            if stdin not in (b"file", b"bad"):
+                raise RuntimeError("lmzip decompress: damaged")
+            return data, 0.1, ""
+        return run
+
+    monkeypatch.setattr(gpu, "_lmzip", fake(b"file"))
+    assert gpu._round_trips(ROOT, data) is True
+    assert capsys.readouterr().out.count("PASS") == 3
+    monkeypatch.setattr(gpu, "_lmzip", fake(b"bad"))
+    assert gpu._round_trips(ROOT, data, " (LMZIP_GPU_MIX=0)") is False
+    out = capsys.readouterr().out
+    assert "FAIL alice29 50 bytes (LMZIP_GPU_MIX=0): GPU file == CPU file" in out
+    monkeypatch.setattr(gpu, "_lmzip", fake(b"garbage"))
+    assert gpu._round_trips(ROOT, data) is False
+    assert "FAIL cross-device round trips: lmzip decompress: damaged" in capsys.readouterr().out
+
+
+def test_the_gpu_checks_compress_helper_counts_tokens():
+    """benchmarks/gpu.py --check times lmzip compress end to end and reads the tokens from
+    -v: its helper, run on the CPU here (on a GPU only the device differs)."""
+    _needs_model()
+    from lmzip.predictors.registry import _smollm2_path, load_model
+
+    from .conftest import corpus_slice
+
+    gpu = _gpu_check_module()
     data = corpus_slice("alice29.txt", 5000, 1200)
     out, secs, tokens = gpu._compress(_smollm2_path(), data, 300, 4, "--method", "model", device="cpu")
     tokenizer = load_model("smollm2-135m").tokenizer
