@@ -1,6 +1,6 @@
 """What the GPU kernels compile to, without a GPU: a proxy for their speed between GPU runs.
 
-    python benchmarks/gpu_sass.py [--model gemma3-270m] [--kernel attn_values]
+    python benchmarks/gpu_sass.py [--model gemma3-270m | mixer] [--kernel attn_values]
         [--set UNROLL=4,STAGES=1] [--warps 1,2,4] [--capability 90]
 
 Each kernel launch of a step (lmzip.gpu.ptx's specs, the default tiles) is compiled ahead
@@ -85,19 +85,21 @@ def main() -> int:
     from lmzip.gpu import ptx
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default="smollm2-135m", choices=["smollm2-135m", "gemma3-270m"])
+    ap.add_argument("--model", default="smollm2-135m", choices=["smollm2-135m", "gemma3-270m", "mixer"],
+                    help="a model's step, or the GPU's mixer (lmzip.gpu.mix_kernels)")
     ap.add_argument("--kernel", default="", help="only kernels whose name holds this")
     ap.add_argument("--set", default="", help="constexpr overrides, e.g. UNROLL=4,STAGES=1")
     ap.add_argument("--warps", default="4", help="warps per program to compile with, e.g. 1,2,4")
     ap.add_argument("--capability", type=int, default=90, help="the GPU generation: 80 (A100), 90 (H100, H200)")
     a = ap.parse_args()
     over = {k.strip(): int(v) for k, _, v in (item.partition("=") for item in a.set.split(",") if item)}
-    specs = ptx.smollm2_specs() if a.model == "smollm2-135m" else ptx.gemma3_specs()
+    specs = {"smollm2-135m": ptx.smollm2_specs, "gemma3-270m": ptx.gemma3_specs, "mixer": ptx.mixer_specs}[a.model]()
     chosen = {}
     for spec in specs:
         if a.kernel in spec.name:
             spec = ptx.KernelSpec(spec.name, tuple({**dict(spec.constexprs), **{k: v for k, v in over.items()
-                                                                              if k in dict(spec.constexprs)}}.items()))
+                                                                              if k in dict(spec.constexprs)}}.items()),
+                                  spec.module)
             chosen[spec.label()] = spec
     if not chosen:
         sys.exit(f"no kernel of a {a.model} step holds {a.kernel!r}")
