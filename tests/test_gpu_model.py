@@ -235,6 +235,21 @@ def test_mixed_files_are_the_same_on_both_devices(tiny, monkeypatch, gpu_mix):
             decompress_group(gpu, [(info, bad), *rest], width=3)
 
 
+def test_a_gpu_whose_mixer_fails_its_check_mixes_on_the_host(tiny, monkeypatch, capsys):
+    """A failed mixer check: one warning line, and the host's mixer (the GPU's logits)."""
+    from lmzip.gpu import model as gm
+    from lmzip.predictors.mixing import DEFAULT_MIX, MixedModel
+
+    monkeypatch.setattr(trust, "check_mixer", lambda device: "its mixed distributions differ from the host's")
+    monkeypatch.setattr(gm, "_warned", set())
+    gpu = MixedModel(_models(tiny)[1], DEFAULT_MIX)
+    for _ in range(2):
+        with gpu.open_group([3], 1) as group:
+            assert type(group).__name__ == "_MixedGroup"
+    err = capsys.readouterr().err
+    assert err.count("warning: mixing on the CPU, not the GPU") == 1 and "differ from the host's" in err
+
+
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the interpreter's inf - inf in the mixer's kernels
 def test_escapes_through_the_gpus_mixer(tiny_escapes):
     """Escape symbols (bytes the model has no token for: -inf logits, a symbol the model is
