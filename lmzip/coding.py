@@ -24,7 +24,7 @@ from .cdf import PRECISION, find
 from .cdf import below as cdf_below
 from .errors import CorruptError
 
-__all__ = ["Encoder", "Decoder"]
+__all__ = ["Encoder", "Decoder", "decoder_damage"]
 
 assert PRECISION == 24  # constriction's default range coder: 32-bit words, 24-bit models
 
@@ -118,8 +118,9 @@ class Encoder:
 
 
 @contextmanager
-def _damage():
-    """constriction's "invalid data" (and a quantile past the total) as damage."""
+def decoder_damage():
+    """constriction's "invalid data" (and a quantile past the total) as damage: a
+    CorruptError that says so."""
     try:
         yield
     except (AssertionError, ValueError, RuntimeError) as exc:
@@ -150,9 +151,9 @@ class Decoder:
         symbol whose interval holds it, and the decoder decodes that interval: the step
         a decode under the whole of ``q`` takes, in a few numbers."""
         if len(q) < 3:  # no room for interval_model's three symbols
-            with _damage():
+            with decoder_damage():
                 return int(self._coder.decode(_FAMILY, q[None, :])[0])
-        with _damage():
+        with decoder_damage():
             symbol, below = find(q, self.quantile())
         self.decode_interval(below + symbol, q[symbol] + 1.0)
         return symbol
@@ -160,13 +161,13 @@ class Decoder:
     def quantile(self) -> int:
         """Where the coder's point is, in units of the 2**24: the symbol to decode next is
         the one whose interval holds it (:meth:`decode_interval` then moves past it)."""
-        with _damage():  # decoding a uniform symbol moves only the copy
+        with decoder_damage():  # decoding a uniform symbol moves only the copy
             return int(self._coder.clone().decode(_QUANTILE))
 
     def decode_interval(self, cum: float, freq: float) -> None:
         """Decode the symbol whose interval ``[cum, cum + freq)`` holds :meth:`quantile`."""
         index, model = interval_of(cum, freq)
-        with _damage():
+        with decoder_damage():
             decoded = int(self._coder.decode(_FAMILY, np.array([model]))[0])
         if decoded != index:  # the interval holds the quantile: it cannot be another
             raise CorruptError("chunk payload is damaged (range decoder: the quantile left its interval)")

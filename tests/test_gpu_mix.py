@@ -20,6 +20,7 @@ torch = gpu_torch()
 
 from lmzip import cdf  # noqa: E402
 from lmzip.gpu import mix_kernels, mixer  # noqa: E402
+from lmzip.gpu.constants import double_bits  # noqa: E402
 from lmzip.gpu.mixer import DeviceMixer, Features, pack_features, self_check  # noqa: E402
 from lmzip.predictors.mixing import LLM_MAX, LLM_MIN  # noqa: E402
 
@@ -190,8 +191,8 @@ def test_double_constants_are_the_c_literals():
     text = (ROOT / "native" / "cdf_rule.h").read_text()
     for name in ("LOG2E", "LN2_HI", "LN2_LO", "ROUNDER", "TWO52", "UNDERFLOW"):
         literal = re.search(rf"static const double {name} = ([-0-9.e]+);", text).group(1)
-        assert mix_kernels._bits(float(literal)) == mix_kernels.F64_BITS[name], name
+        assert double_bits(float(literal)) == mix_kernels.F64_BITS[name], name
     terms = re.search(r"C\[DEGREE \+ 1\] = \{([^}]*)\}", text).group(1).split(",")
     for k in range(2, 9):
         num, den = (float(x) for x in terms[k].split("/"))
-        assert mix_kernels._bits(num / den) == mix_kernels.F64_BITS[f"C{k}"]
+        assert double_bits(num / den) == mix_kernels.F64_BITS[f"C{k}"]

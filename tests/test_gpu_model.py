@@ -245,7 +245,7 @@ def test_a_gpu_whose_mixer_fails_its_check_mixes_on_the_host(tiny, monkeypatch, 
     gpu = MixedModel(_models(tiny)[1], DEFAULT_MIX)
     for _ in range(2):
         with gpu.open_group([3], 1) as group:
-            assert type(group).__name__ == "_MixedGroup"
+            assert type(group).__name__ == "MixedGroup"
     err = capsys.readouterr().err
     assert err.count("warning: mixing on the CPU, not the GPU") == 1 and "differ from the host's" in err
 

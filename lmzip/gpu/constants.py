@@ -10,7 +10,9 @@ and checks that it gives these bits, and that the engine's source still contains
 
 from __future__ import annotations
 
-__all__ = ["F32", "C_LITERALS", "ROUND_F32", "LOG2E_F32"]
+import struct
+
+__all__ = ["F32", "C_LITERALS", "ROUND_F32", "LOG2E_F32", "double_bits"]
 
 #: name -> (value: an exact binary32 value, the C literal as the engine writes it)
 C_LITERALS: dict[str, tuple[float, str]] = {
@@ -41,3 +43,9 @@ C_LITERALS: dict[str, tuple[float, str]] = {
 F32 = {name: value for name, (value, _) in C_LITERALS.items()}
 ROUND_F32 = F32["ROUND23"]
 LOG2E_F32 = F32["LOG2E"]
+
+
+def double_bits(x: float) -> int:
+    """The bits of a double as a signed 64-bit integer (how a kernel is given a double
+    exactly, and how the host-side float64 rules take one apart)."""
+    return struct.unpack("<q", struct.pack("<d", x))[0]

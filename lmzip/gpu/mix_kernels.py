@@ -19,10 +19,10 @@ escapes).  ``idx`` maps a step's row to its stream's row in the group's state (b
 
 from __future__ import annotations
 
-import struct
-
 import triton
 import triton.language as tl
+
+from .constants import double_bits
 
 __all__ = ["mix_kernel", "feature_kernel", "largest_kernel", "exp_sum_kernel", "floor_kernel", "find_kernel",
            "gather_kernel", "learn_kernel", "learn_finish_kernel", "launch_variants", "F64_BITS", "TOTAL", "LANES",
@@ -44,26 +44,22 @@ LANES = 8
 T24 = tl.constexpr(TOTAL)
 
 
-def _bits(x: float) -> int:
-    return struct.unpack("<q", struct.pack("<d", x))[0]
-
-
 #: the double constants of native/cdf_rule.h, by their bits (tests/test_gpu_mix.py checks
 #: them against the C literals)
 F64_BITS: dict[str, int] = {
-    "LOG2E": _bits(1.4426950408889634),
-    "LN2_HI": _bits(6.93147180369123816490e-01),
-    "LN2_LO": _bits(1.90821492927058770002e-10),
-    "ROUNDER": _bits(6755399441055744.0),
-    "TWO52": _bits(4503599627370496.0),
-    "UNDERFLOW": _bits(-700.0),
-    "C2": _bits(1.0 / 2),
-    "C3": _bits(1.0 / 6),
-    "C4": _bits(1.0 / 24),
-    "C5": _bits(1.0 / 120),
-    "C6": _bits(1.0 / 720),
-    "C7": _bits(1.0 / 5040),
-    "C8": _bits(1.0 / 40320),
+    "LOG2E": double_bits(1.4426950408889634),
+    "LN2_HI": double_bits(6.93147180369123816490e-01),
+    "LN2_LO": double_bits(1.90821492927058770002e-10),
+    "ROUNDER": double_bits(6755399441055744.0),
+    "TWO52": double_bits(4503599627370496.0),
+    "UNDERFLOW": double_bits(-700.0),
+    "C2": double_bits(1.0 / 2),
+    "C3": double_bits(1.0 / 6),
+    "C4": double_bits(1.0 / 24),
+    "C5": double_bits(1.0 / 120),
+    "C6": double_bits(1.0 / 720),
+    "C7": double_bits(1.0 / 5040),
+    "C8": double_bits(1.0 / 40320),
 }
 
 B_LOG2E = tl.constexpr(F64_BITS["LOG2E"])

@@ -16,7 +16,6 @@ lmzip.gpu.mix_kernels; tests/test_gpu_mix.py checks them step by step against it
 from __future__ import annotations
 
 import contextlib
-import struct
 
 import numpy as np
 
@@ -24,6 +23,7 @@ from ..errors import CorruptError, LMZipError
 from ..predictors.base import Stream, StreamGroup
 from ..predictors.mixing import LLM_MAX, LLM_MIN, feature_steps
 from ..predictors.ngram import ngram_stats
+from .constants import double_bits
 from .forward import launch
 from .mix_kernels import (
     BLOCK,
@@ -39,14 +39,11 @@ from .mix_kernels import (
     learn_kernel,
     mix_kernel,
 )
+from .tiles import triton_cdiv
 
 __all__ = ["DeviceMixer", "DeviceMixedGroup", "Features", "pack_features", "self_check"]
 
 _T = float(1 << 24)
-
-
-def _bits(x: float) -> int:
-    return struct.unpack("<q", struct.pack("<d", x))[0]
 
 
 class Features:
@@ -222,22 +219,18 @@ class DeviceMixer:
             bias = self.bias if has_bias else self._dummy
             rows_arg = rows if rows is not None else self._dummy
             launch(learn_kernel, (triton_cdiv(R, ROWS),), q, rows_arg, bias, ix, expected, R, self.V,
-                   _bits(self.bias_rate / _T), HAS_LLM=has_llm, HAS_BIAS=has_bias, RB=ROWS, num_warps=1)
+                   double_bits(self.bias_rate / _T), HAS_LLM=has_llm, HAS_BIAS=has_bias, RB=ROWS, num_warps=1)
             lo, hi = self.llm_bounds
             launch(learn_finish_kernel, (triton_cdiv(R, SMALL),), rows_arg, bias, self.w_llm, ix, tok, expected, R,
-                   self.V, _bits(self.bias_rate), _bits(self.llm_rate), _bits(lo), _bits(hi), HAS_LLM=has_llm,
-                   HAS_BIAS=has_bias, BLOCK=SMALL)
-
-
-def triton_cdiv(a: int, b: int) -> int:
-    return -(-a // b)
+                   self.V, double_bits(self.bias_rate), double_bits(self.llm_rate), double_bits(lo), double_bits(hi),
+                   HAS_LLM=has_llm, HAS_BIAS=has_bias, BLOCK=SMALL)
 
 
 class _HostSide:
     """What a mixed stream keeps on the host when its vocabulary-wide state is on the
     device: its statistics, the features' weights, and its language model's stream."""
 
-    __slots__ = ("base", "stats", "w", "g2", "flat", "skipped")
+    __slots__ = ("base", "stats", "w", "g2", "flat")
 
     def __init__(self, base, vocab: int, settings):
         self.base = base
@@ -245,7 +238,6 @@ class _HostSide:
         self.w = np.zeros(self.stats.n_slots)
         self.g2 = np.zeros(self.stats.n_slots)
         self.flat = None  # the features of the token being coded
-        self.skipped = 0  # (no skipping here: MixSettings.skip groups mix on the host)
 
     def close(self) -> None:
         if self.base is not None:
@@ -367,7 +359,7 @@ def self_check(torch, device, vocab: int = 1003, streams: int = 3, steps: int = 
     a few streams coding tokens that repeat (so the n-gram and match features fire)
     under random logits with escapes at -inf, every interval and the learned state
     compared; else what differs (one line).  lmzip.gpu.trust runs it before a GPU mixes."""
-    from ..predictors.mixing import DEFAULT_MIX, MixedStream, distributions, push_all
+    from ..predictors.mixing import DEFAULT_MIX, MixedGroup
 
     rng = np.random.default_rng(seed)
     logits = rng.normal(scale=4.0, size=(steps, streams, vocab)).astype(np.float32)
@@ -377,7 +369,7 @@ def self_check(torch, device, vocab: int = 1003, streams: int = 3, steps: int = 
     tokens = [[int(x) for x in rng.choice(rng.integers(0, vocab - 7, size=4), size=steps)] for _ in range(streams)]
     for toks in tokens:
         toks[5::7] = [int(x) for x in rng.integers(0, vocab, size=len(toks[5::7]))]
-    host = [MixedStream(_RowStream(logits, k), vocab, DEFAULT_MIX) for k in range(streams)]
+    host = MixedGroup(StreamGroup([_RowStream(logits, k) for k in range(streams)]), vocab, DEFAULT_MIX)
     on_device = torch.as_tensor(logits, device=device)
     group = DeviceMixedGroup(StreamGroup([_RowStream(on_device, k) for k in range(streams)]), vocab, DEFAULT_MIX,
                              torch, device)
@@ -385,16 +377,15 @@ def self_check(torch, device, vocab: int = 1003, streams: int = 3, steps: int = 
     qs = [np.empty(vocab) for _ in active]
     for j in range(steps):
         told = [tokens[k][j] for k in active]
-        want = [(below, q[t] + 1.0, float(st.scores()[t]), top, total) for st, q, t, (top, total, below)
-                in zip(host, qs, told, distributions(host, qs, 1, told))]
+        want = host.intervals(active, qs, told)
         got = group.intervals(active, qs, told)
         if np.asarray(got).tobytes() != np.asarray(want).tobytes():
             return f"its mixed distributions differ from the host's at step {j}"
-        push_all(host, told, 1)
+        host.push_all(active, told)
         group.push_all(active, told)
     w_llm = group._mixer.w_llm.cpu().numpy()
     bias = group._mixer.bias.cpu().numpy()
-    for k, st in enumerate(host):
+    for k, st in enumerate(host.streams):
         learned = (w_llm[k], bias[k].tobytes(), group.streams[k].w.tobytes(), group.streams[k].g2.tobytes())
         if learned != (st._w_llm, st._bias.tobytes(), st._w.tobytes(), st._g2.tobytes()):
             return "its mixer's learned weights differ from the host's"

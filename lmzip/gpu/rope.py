@@ -16,12 +16,14 @@ import struct
 
 import numpy as np
 
+from .constants import double_bits
+
 __all__ = ["exp_d", "log_d", "sincos_d", "inv_freq", "cos_sin", "RopeTable"]
 
 _LN2_HI = 6.93147180369123816490e-01
 _LN2_LO = 1.90821492927058770002e-10
 _ROUND = 6755399441055744.0  # 1.5 * 2^52
-_ROUND_BITS = struct.unpack("<q", struct.pack("<d", _ROUND))[0]
+_ROUND_BITS = double_bits(_ROUND)
 # exp_d's Taylor coefficients, 1/12! .. 1, 1 (the C folds 1.0 / n! correctly rounded, as Python does)
 _EXP_C = [1.0 / 479001600.0, 1.0 / 39916800.0, 1.0 / 3628800.0, 1.0 / 362880.0, 1.0 / 40320.0, 1.0 / 5040.0,
           1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0]
@@ -34,10 +36,6 @@ _COS_C = [1.0, -0.5, 1.0 / 24.0, -1.0 / 720.0, 1.0 / 40320.0, -1.0 / 3628800.0, 
           -1.0 / 87178291200.0, 1.0 / 20922789888000.0, -1.0 / 6402373705728000.0]
 
 
-def _bits(x: float) -> int:
-    return struct.unpack("<q", struct.pack("<d", x))[0]
-
-
 def _from_bits(b: int) -> float:
     return struct.unpack("<d", struct.pack("<q", b))[0]
 
@@ -46,7 +44,7 @@ def exp_d(x: float) -> float:
     """The engine's ``exp_d`` (|x| < 700)."""
     t = x * 1.4426950408889634 + _ROUND
     k = t - _ROUND
-    ki = _bits(t) - _ROUND_BITS
+    ki = double_bits(t) - _ROUND_BITS
     r = (x - k * _LN2_HI) - k * _LN2_LO
     p = 1.0 / 6227020800.0  # 1/13!
     for c in _EXP_C:
@@ -56,7 +54,7 @@ def exp_d(x: float) -> float:
 
 def log_d(x: float) -> float:
     """The engine's ``log_d`` (x > 0, normal)."""
-    b = _bits(x)
+    b = double_bits(x)
     e = ((b >> 52) & 0x7FF) - 1023
     m = _from_bits((b & 0x000FFFFFFFFFFFFF) | 0x3FF0000000000000)  # [1, 2)
     if m > 1.4142135623730951:

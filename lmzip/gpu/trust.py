@@ -47,28 +47,31 @@ def _hash(rows) -> str:
 
 def check(model_sha256: str, weights_path, device: str) -> str | None:
     """None when this device computes the engine's numbers, else why not (one line)."""
-    key = (model_sha256, str(weights_path), device)
-    if key not in _verdicts:
-        try:
-            _verdicts[key] = _check(model_sha256, weights_path, device)
-        except Exception as exc:  # a driver or compiler failure is a failed check, not a crash
-            _verdicts[key] = f"the GPU check failed: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
-    return _verdicts[key]
+    return _verdict((model_sha256, str(weights_path), device), "the GPU check",
+                    lambda: _check(model_sha256, weights_path, device))
 
 
 def check_mixer(device: str) -> str | None:
     """None when this device's mixer computes the host's numbers (lmzip.gpu.mixer.self_check,
     its kernels' PTX scanned as they compile), else why not (one line); kept per device."""
-    key = ("mixer", device)
+    def run():
+        import torch
+
+        from .mixer import self_check
+
+        return self_check(torch, torch.device(device))
+
+    return _verdict(("mixer", device), "the GPU mixer's check", run)
+
+
+def _verdict(key: tuple, what: str, run) -> str | None:
+    """``run()``'s verdict, computed once per key for the process; a driver or compiler
+    failure is a failed check, not a crash."""
     if key not in _verdicts:
         try:
-            import torch
-
-            from .mixer import self_check
-
-            _verdicts[key] = self_check(torch, torch.device(device))
-        except Exception as exc:  # a driver or compiler failure is a failed check, not a crash
-            _verdicts[key] = f"the GPU mixer's check failed: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+            _verdicts[key] = run()
+        except Exception as exc:
+            _verdicts[key] = f"{what} failed: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
     return _verdicts[key]
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..cdf import below, find
-from ..errors import CorruptError
+from ..coding import decoder_damage
 from ..tokenization import PieceTokenizer
 
 __all__ = ["Model", "Stream", "StreamGroup"]
@@ -108,10 +108,8 @@ class StreamGroup:
         self.distributions(active, qs)
         out = []
         for q, x in zip(qs, quantiles):
-            try:
+            with decoder_damage():
                 symbol, under = find(q, x)
-            except ValueError as exc:
-                raise CorruptError(f"chunk payload is damaged (range decoder: {exc})") from None
             out.append((symbol, under, q[symbol] + 1.0))
         return out
 

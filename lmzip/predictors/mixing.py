@@ -41,7 +41,8 @@ from ..tokenization import PieceTokenizer
 from .base import Model, Stream, StreamGroup
 from .ngram import ln_table, ngram_stats
 
-__all__ = ["ADAPT_MIX", "BYTE_MIX", "DEFAULT_MIX", "MixSettings", "MixedModel", "MixedStream", "NGramModel", "NO_MIX"]
+__all__ = ["ADAPT_MIX", "BYTE_MIX", "DEFAULT_MIX", "MixSettings", "MixedGroup", "MixedModel", "MixedStream",
+           "NGramModel", "NO_MIX"]
 
 try:
     from .. import _mix as _native
@@ -456,7 +457,7 @@ def _adapter(base: Stream | None, settings: MixSettings):
     return _adapt.Rows(base.n_embd, base.n_model, settings.adapt, settings.adapt_rate, settings.adapt_center)
 
 
-class _MixedGroup(StreamGroup):
+class MixedGroup(StreamGroup):
     """The base model's lockstep group, each of its streams mixed on its own; the
     vocabulary-wide steps of all streams run together on up to ``threads`` threads."""
 
@@ -547,7 +548,7 @@ class MixedModel(Model):
         group = on_device(lengths, width, self.vocab_size, self.settings) if on_device else None
         if group is not None:
             return group
-        return _MixedGroup(self.base.open_group(lengths, width, **self._defer()), self.vocab_size, self.settings,
+        return MixedGroup(self.base.open_group(lengths, width, **self._defer()), self.vocab_size, self.settings,
                            host_threads(self.base))
 
     def describe(self) -> str:

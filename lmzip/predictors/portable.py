@@ -205,7 +205,7 @@ class _PortableGroup(StreamGroup):
         after each of them, stream by stream in order; else after each stream's last)."""
         handles = [s.handle for s in streams]
         if self._jobs:
-            if self._device_rows:
+            if self._device_rows:  # (only a GPU's own engine keeps its rows: stand-ins need not know)
                 return self._eng.rows_job(handles, lists, self._width, every, to_host=False)
             return self._eng.rows_job(handles, lists, self._width, every)
         if every:
