@@ -189,6 +189,19 @@ def _beside(gguf: Path, data: bytes, rate: float, switch: str, what: str) -> Non
         print(f"  64 streams with {switch}=0: failed: {str(exc)[:120]}", flush=True)
 
 
+def _keep(data: bytes, name: str) -> str:
+    """Write a file --check made where it comes back from the device tool's machine
+    ($OUT, when set) or else to a temporary file; returns its path."""
+    out = os.environ.get("OUT")
+    if out and Path(out).is_dir():
+        path = Path(out) / name
+        path.write_bytes(data)
+        return str(path)
+    with tempfile.NamedTemporaryFile(suffix="-" + name, delete=False) as f:
+        f.write(data)
+    return f.name
+
+
 def _say(ok: bool, what: str) -> bool:
     print(f"{'PASS' if ok else 'FAIL'} {what}", flush=True)
     return ok
@@ -377,9 +390,9 @@ def check(gguf: Path, enwik_bytes: int, budget: float) -> int:
         print(f"enwik8 prefix, {len(data)} bytes in 64 chunks of {chunk}: {len(out)} bytes, "
               f"{8 * len(out) / len(data):.4f} bpb, {secs:.1f} s, {len(data) / secs / 1000:.1f} kB/s, "
               f"{tokens} tokens, {tokens / secs:.0f} tokens/s (target: 5,000)", flush=True)
-        with tempfile.NamedTemporaryFile(suffix=".lmz", delete=False) as f:
-            f.write(out)
-        print(f"  (kept as {f.name}: decode it on a CPU with lmzip -d to check it there)")
+        kept = _keep(out, f"enwik8_prefix_{len(data)}.{gguf.stem}.gpu.lmz")
+        print(f"  (kept as {kept}: decode it on a CPU to check it there, `lmzip test --device cpu --model "
+              f"THE.gguf FILE`; it holds the first {len(data)} bytes of the prefix)", flush=True)
     except RuntimeError as exc:
         ok &= _say(False, f"enwik8 prefix: {exc}")
     # the tiles are unmeasured guesses: a few others at 64 streams, while the budget lasts

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -115,6 +116,21 @@ def test_the_gpu_checks_round_trips_say_what_differs(monkeypatch, capsys):
     monkeypatch.setattr(gpu, "_lmzip", fake(b"garbage"))
     assert gpu._round_trips(ROOT, data) is False
     assert "FAIL cross-device round trips: lmzip decompress: damaged" in capsys.readouterr().out
+
+
+def test_the_gpu_checks_files_come_back_through_out(monkeypatch, tmp_path):
+    """--check's enwik8 file goes to $OUT (what the device tool brings back, so that it can be
+    decoded on a CPU here), else to a temporary file; never over anything."""
+    gpu = _gpu_check_module()
+    monkeypatch.setenv("OUT", str(tmp_path))
+    assert gpu._keep(b"lmz", "enwik.lmz") == str(tmp_path / "enwik.lmz")
+    assert (tmp_path / "enwik.lmz").read_bytes() == b"lmz"
+    monkeypatch.delenv("OUT")
+    kept = Path(gpu._keep(b"other", "enwik.lmz"))
+    try:
+        assert kept.read_bytes() == b"other" and kept.name.endswith("-enwik.lmz") and kept.parent != tmp_path
+    finally:
+        kept.unlink()
 
 
 def test_the_gpu_checks_compress_helper_counts_tokens():
