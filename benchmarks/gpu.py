@@ -374,7 +374,8 @@ def check(gguf: Path, enwik_bytes: int, budget: float) -> int:
         data = enwik[: 64 * MODEL.enwik_chunk]
         _beside(gguf, data, rate64, "LMZIP_GPU_OVERLAP", "")
         left = budget - (time.perf_counter() - t0) - 30
-        if left - enwik_bytes / rate64 > 2 * len(data) / rate64:  # the mixer on the host: what mixing on the GPU gains
+        # the mixer on the host: what mixing on the GPU gains (unless it already mixes there)
+        if "LMZIP_GPU_MIX" not in _EXTRA_ENV and left - enwik_bytes / rate64 > 2 * len(data) / rate64:
             _beside(gguf, data, rate64, "LMZIP_GPU_MIX", " (mixing on the host)")
 
     # the enwik8 prefix in 64 chunks, as much of it as the time left allows (at the rate of

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -151,3 +152,108 @@ def test_the_gpu_checks_compress_helper_counts_tokens():
     # after the GPU's mixer failed the round trips, every later command mixes on the host
     gpu._EXTRA_ENV["LMZIP_GPU_MIX"] = "0"
     assert gpu._child_env()["LMZIP_GPU_MIX"] == "0" and gpu._child_env(LMZIP_GPU_MIX="1")["LMZIP_GPU_MIX"] == "1"
+
+
+def _rehearse_check(monkeypatch, tmp_path, gpu, *, mixer_ok: bool, budget: float, enwik_bytes: int = 600_000):
+    """benchmarks/gpu.py --check from start to end with stand-ins for everything that needs
+    a GPU (the goldens, the trust checks, the logits' rates, lmzip itself: files of a token a
+    4 bytes at 20,000 bytes/s), so that a slip in its own logic (the budget's arithmetic,
+    the fallbacks, the tables) shows here and not in a session's 15 minutes of device time.
+    Returns (its exit status, what it printed)."""
+    import types
+
+    torch = pytest.importorskip("torch", reason="the gpu extra (torch, triton) is not installed")
+    corpora = tmp_path / "corpora"
+    (corpora / "canterbury").mkdir(parents=True)
+    (corpora / "enwik").mkdir()
+    (corpora / "canterbury" / "alice29.txt").write_bytes(b"Alice was beginning to get very tired. " * 1000)
+    (corpora / "enwik" / "enwik8_prefix_4154399").write_bytes(b"<page>enwik</page>\n" * (enwik_bytes // 19 + 1))
+    gguf = tmp_path / "smol.gguf"
+    gguf.write_bytes(b"GGUF stand-in")
+    out = tmp_path / "out"
+    out.mkdir()
+    monkeypatch.setenv("OUT", str(out))
+    monkeypatch.setattr(gpu, "SHARED", corpora)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *_: "Stand-in GPU")
+    monkeypatch.setattr(gpu, "golden", lambda g, context, per_call: gpu.MODEL.gold[context][1])
+    monkeypatch.setattr(gpu, "_weights", lambda g: g)
+    from lmzip.gpu import trust
+
+    monkeypatch.setattr(trust, "check", lambda *a: None)
+    monkeypatch.setattr(trust, "check_mixer", lambda *a: None)
+    host = types.ModuleType("host")
+    host.rates = lambda streams, tokens, cores, data, model, through: (tokens * streams, 1e5, 9e4)
+    monkeypatch.setitem(sys.modules, "host", host)
+    rates_asked = []
+
+    def logits_rate(g, streams, depth, steps, blocks=None):
+        rates_asked.append((streams, blocks))
+        if streams == 512 and blocks is None:
+            raise MemoryError("CUDA out of memory (stand-in)")
+        return 1000.0 * streams, 900.0 * streams
+
+    monkeypatch.setattr(gpu, "_logits_rate", logits_rate)
+    files = {}
+
+    def lmzip(command, *args, device, stdin=None, env=None):
+        mixes_on_host = (env or {}).get("LMZIP_GPU_MIX") == "0" or gpu._EXTRA_ENV.get("LMZIP_GPU_MIX") == "0"
+        if command == "compress":
+            made = b"lmz" + bytes(len(stdin) // 4)
+            if device == "cuda" and not (mixer_ok or mixes_on_host):
+                made = b"lmz" + bytes(len(stdin) // 4 + 1)  # another file: the GPU's mixer is off
+            files[made] = stdin
+            return made, len(stdin) / 20000, f"{len(stdin) // 4} tokens\n"
+        if stdin not in files:
+            raise RuntimeError("lmzip decompress: chunk payload is damaged")
+        return files[stdin], 0.1, ""
+
+    monkeypatch.setattr(gpu, "_lmzip", lmzip)
+    status = gpu.check(gguf, enwik_bytes, budget)
+    return status, rates_asked, out
+
+
+def test_the_gpu_check_runs_through_with_stand_ins(monkeypatch, tmp_path, capsys):
+    gpu = _gpu_check_module()
+    status, rates_asked, out = _rehearse_check(monkeypatch, tmp_path, gpu, mixer_ok=True, budget=540)
+    said = capsys.readouterr().out
+    assert status == 0 and said.rstrip().endswith("ALL PASS"), said
+    assert said.count("PASS golden") == 3 and "FAIL" not in said
+    assert "host side alone (the engine's group, rows in place), 64 streams" in said
+    # the table: each width, the 512 streams' logits failing without stopping the check
+    for streams in (1, 8, 64):
+        assert f"| {streams} | 2048 | {1000 * streams} | {900 * streams} | 5000 ({2048 * streams} tokens, " in said
+    assert "logits at 512 streams: MemoryError" in said
+    assert "| 512 | 2048 | nan | nan | 5000 (131072 tokens, 524288 bytes, 1024 a stream" in said
+    assert "64 streams with LMZIP_GPU_OVERLAP=0: 5000 tok/s" in said
+    assert "64 streams with LMZIP_GPU_MIX=0 (mixing on the host)" in said
+    # the whole prefix in 64 chunks, its file where the device tool brings it back
+    assert "enwik8 prefix, 600000 bytes in 64 chunks of 9375" in said
+    assert (out / "enwik8_prefix_600000.smol.gpu.lmz").stat().st_size == 3 + 600000 // 4
+    assert [b for s, b in rates_asked if s == 64 and b is not None] and "| {'dims': 8} |" in said
+
+
+def test_the_gpu_check_falls_back_to_host_mixing(monkeypatch, tmp_path, capsys):
+    gpu = _gpu_check_module()
+    status, _, out = _rehearse_check(monkeypatch, tmp_path, gpu, mixer_ok=False, budget=540)
+    said = capsys.readouterr().out
+    assert status == 1 and said.rstrip().endswith("SOME FAILED"), said
+    assert "FAIL alice29 20,000 bytes: GPU file == CPU file" in said
+    assert "PASS alice29 20,000 bytes (LMZIP_GPU_MIX=0): GPU file == CPU file" in said
+    assert "the rest of the check mixes on the host" in said and gpu._EXTRA_ENV == {"LMZIP_GPU_MIX": "0"}
+    # the rest runs (mixing on the host), without comparing host mixing with itself
+    assert "64 streams with LMZIP_GPU_OVERLAP=0" in said and "LMZIP_GPU_MIX=0 (mixing on the host)" not in said
+    assert "enwik8 prefix, 600000 bytes in 64 chunks" in said and (out / "enwik8_prefix_600000.smol.gpu.lmz").is_file()
+
+
+def test_the_gpu_check_keeps_to_its_budget(monkeypatch, tmp_path, capsys):
+    gpu = _gpu_check_module()
+    status, _, out = _rehearse_check(monkeypatch, tmp_path, gpu, mixer_ok=True, budget=70, enwik_bytes=3_000_000)
+    said = capsys.readouterr().out
+    assert status == 0 and said.rstrip().endswith("ALL PASS"), said
+    # at 20,000 bytes/s: 512 streams and the host-mixing comparison do not fit, the prefix is cut
+    assert "| 512 | 2048 | nan | nan | skipped (the time left goes to the enwik8 prefix) |" in said
+    assert "LMZIP_GPU_MIX=0 (mixing on the host)" not in said
+    cut = re.search(r"the first (\d+) bytes of the enwik8 prefix only", said)
+    assert cut and int(cut.group(1)) < 3_000_000 and int(cut.group(1)) % 64 == 0
+    assert (out / f"enwik8_prefix_{cut.group(1)}.smol.gpu.lmz").is_file()
