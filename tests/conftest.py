@@ -111,3 +111,18 @@ def gpu_torch():
         os.environ["TRITON_INTERPRET"] = "1"
     pytest.importorskip("triton", reason="the gpu extra (torch, triton) is not installed")
     return torch
+
+
+def gpu_check_module():
+    """benchmarks/gpu.py (the GPU run's checks and speeds) as a module, a fresh copy each call."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu.py")
+    gpu = importlib.util.module_from_spec(spec)
+    sys.modules["gpu_check"] = gpu  # its dataclasses look their module up
+    try:
+        spec.loader.exec_module(gpu)
+    finally:
+        del sys.modules["gpu_check"]
+    return gpu

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT
+from .conftest import ROOT, gpu_check_module
 
 
 def _lmzip(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess:
@@ -77,25 +77,11 @@ def test_cpu_and_auto_give_the_same_file():
     assert d.returncode == 0 and d.stdout == data
 
 
-def _gpu_check_module():
-    """benchmarks/gpu.py as a module."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu.py")
-    gpu = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_check"] = gpu  # its dataclasses look their module up
-    try:
-        spec.loader.exec_module(gpu)
-    finally:
-        del sys.modules["gpu_check"]
-    return gpu
-
-
 def test_the_gpu_checks_round_trips_say_what_differs(monkeypatch, capsys):
     """--check's cross-device round trips: PASS when both devices write the same file and
     decode each other's; FAIL lines (and False, so the check falls back to host mixing)
     when the GPU's file differs or a command fails.  lmzip itself is a stand-in here."""
-    gpu = _gpu_check_module()
+    gpu = gpu_check_module()
     data = b"alice" * 10
 
     def fake(gpu_file):
@@ -122,7 +108,7 @@ def test_the_gpu_checks_round_trips_say_what_differs(monkeypatch, capsys):
 def test_the_gpu_checks_files_come_back_through_out(monkeypatch, tmp_path):
     """--check's enwik8 file goes to $OUT (what the device tool brings back, so that it can be
     decoded on a CPU here), else to a temporary file; never over anything."""
-    gpu = _gpu_check_module()
+    gpu = gpu_check_module()
     monkeypatch.setenv("OUT", str(tmp_path))
     assert gpu._keep(b"lmz", "enwik.lmz") == str(tmp_path / "enwik.lmz")
     assert (tmp_path / "enwik.lmz").read_bytes() == b"lmz"
@@ -142,7 +128,7 @@ def test_the_gpu_checks_compress_helper_counts_tokens():
 
     from .conftest import corpus_slice
 
-    gpu = _gpu_check_module()
+    gpu = gpu_check_module()
     data = corpus_slice("alice29.txt", 5000, 1200)
     out, secs, tokens = gpu._compress(_smollm2_path(), data, 300, 4, "--method", "model", device="cpu")
     tokenizer = load_model("smollm2-135m").tokenizer
@@ -214,7 +200,7 @@ def _rehearse_check(monkeypatch, tmp_path, gpu, *, mixer_ok: bool, budget: float
 
 
 def test_the_gpu_check_runs_through_with_stand_ins(monkeypatch, tmp_path, capsys):
-    gpu = _gpu_check_module()
+    gpu = gpu_check_module()
     status, rates_asked, out = _rehearse_check(monkeypatch, tmp_path, gpu, mixer_ok=True, budget=540)
     said = capsys.readouterr().out
     assert status == 0 and said.rstrip().endswith("ALL PASS"), said
@@ -234,7 +220,7 @@ def test_the_gpu_check_runs_through_with_stand_ins(monkeypatch, tmp_path, capsys
 
 
 def test_the_gpu_check_falls_back_to_host_mixing(monkeypatch, tmp_path, capsys):
-    gpu = _gpu_check_module()
+    gpu = gpu_check_module()
     status, _, out = _rehearse_check(monkeypatch, tmp_path, gpu, mixer_ok=False, budget=540)
     said = capsys.readouterr().out
     assert status == 1 and said.rstrip().endswith("SOME FAILED"), said
@@ -247,7 +233,7 @@ def test_the_gpu_check_falls_back_to_host_mixing(monkeypatch, tmp_path, capsys):
 
 
 def test_the_gpu_check_keeps_to_its_budget(monkeypatch, tmp_path, capsys):
-    gpu = _gpu_check_module()
+    gpu = gpu_check_module()
     status, _, out = _rehearse_check(monkeypatch, tmp_path, gpu, mixer_ok=True, budget=70, enwik_bytes=3_000_000)
     said = capsys.readouterr().out
     assert status == 0 and said.rstrip().endswith("ALL PASS"), said

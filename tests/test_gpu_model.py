@@ -498,6 +498,45 @@ def test_the_lookaheads_blocks_through_the_graph_path(tiny, fake_graphs):
     assert any(c > 1 for _, c, _ in gpu._engine._graphs)
 
 
+def test_the_gpu_checks_logits_timer_and_its_tiles(tiny, fake_graphs, monkeypatch, capsys):
+    """benchmarks/gpu.py's logits timer (--check's table and tiles, --sweep) through the
+    graph path on the tiny model, with each tile setting --check tries; every setting
+    --sweep tries is a valid Blocks.  So a GPU session's timings cannot fail on a typo."""
+    from dataclasses import replace
+
+    from lmzip.gpu.tiles import Blocks
+
+    from .conftest import gpu_check_module
+
+    weights, _ = tiny
+    gpu = gpu_check_module()
+    monkeypatch.setattr(gpu, "_weights", lambda g: weights)
+    monkeypatch.setattr(gpu, "_device", lambda: DEV)
+    monkeypatch.setattr(GPUEngine, "__init__", _with_graphs(GPUEngine.__init__))
+    for change in gpu.SWEEP:
+        replace(Blocks(), **change)
+    # the changes --check makes, over the interpreter's tiles (the GPU's are slow there), 20
+    # tokens deep instead of 2,048
+    from lmzip.gpu import tiles
+
+    monkeypatch.setattr(tiles, "Blocks", Blocks.for_interpreter)
+    timer, ran = gpu._logits_rate, []
+    monkeypatch.setattr(gpu, "_logits_rate", lambda g, streams, depth, steps, blocks: ran.append(blocks) or
+                        timer(g, streams, 20, 1, blocks))
+    gpu.tile_rates(weights, 2, gpu.CHECK_TILES)
+    table = capsys.readouterr().out
+    rows = [line.split("|") for line in table.splitlines()[2:]]
+    assert len(rows) == len(gpu.CHECK_TILES) and all(float(r[2]) > 0 and float(r[3]) > 0 for r in rows), table
+    assert ran == [replace(Blocks.for_interpreter(), **change) for change in gpu.CHECK_TILES]
+
+
+def _with_graphs(init):
+    def wrapped(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        self._graphs = {}  # on, as on a GPU (the fake_graphs fixture stands in for CUDA's)
+    return wrapped
+
+
 def test_a_kernel_compiled_with_fusion_stops_the_run():
     """launch() scans the PTX of each kernel it compiles: a fused multiply-add (or any
     forbidden instruction) is an error before the kernel's results are used."""
