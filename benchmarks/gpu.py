@@ -17,7 +17,8 @@
                               2048: logits alone; lmzip compress end to end, at 512 streams with
                               an eighth of the bytes per stream), and lmzip compress of the enwik8
                               prefix in 64 chunks with its time; then, with the time its budget
-                              leaves, the logits at 64 streams with a few other tiles.  Prints
+                              leaves, the 64-stream file decoded on the GPU and the logits at
+                              64 streams with a few other tiles.  Prints
                               PASS/FAIL lines and tables.
 
 The next GPU session runs it with the device tool: docs/gpu.md, "The next GPU run", has the
@@ -158,12 +159,14 @@ def _round_trips(gguf: Path, alice: bytes, how: str = "") -> bool:
     return ok
 
 
-def _lmzip(*args: str, device: str, stdin: bytes | None = None, env: dict | None = None) -> tuple[bytes, float, str]:
-    """(standard output, seconds, standard error) of an lmzip command on ``device``."""
+def _lmzip(*args: str, device: str, stdin: bytes | None = None, env: dict | None = None,
+           timeout: float | None = None) -> tuple[bytes, float, str]:
+    """(standard output, seconds, standard error) of an lmzip command on ``device``
+    (subprocess.TimeoutExpired past ``timeout`` seconds)."""
     env = _child_env(**(env or {}))
     started = time.perf_counter()
     r = subprocess.run([sys.executable, "-m", "lmzip", *args, "--device", device], input=stdin, env=env,
-                       capture_output=True, check=False)
+                       capture_output=True, check=False, timeout=timeout)
     if r.returncode != 0:
         raise RuntimeError(f"lmzip {' '.join(args)} --device {device}: {r.stderr.decode()[-500:]}")
     return r.stdout, time.perf_counter() - started, r.stderr.decode(errors="replace")
@@ -348,6 +351,7 @@ def check(gguf: Path, enwik_bytes: int, budget: float) -> int:
     print("|---|---|---|---|---|", flush=True)
     enwik = (SHARED / "enwik" / "enwik8_prefix_4154399").read_bytes()
     rate64 = 0.0  # bytes/s of lmzip compress at 64 streams
+    file64 = (b"", b"", 0)  # that run's input, file and tokens
     for streams in (1, 8, 64, 512):
         try:
             dev, host = _logits_rate(gguf, streams, 2048, 10 if streams < 512 else 4)
@@ -364,9 +368,10 @@ def check(gguf: Path, enwik_bytes: int, budget: float) -> int:
                   f"prefix) |", flush=True)
             continue
         try:
-            _, secs, tokens = _compress(gguf, data, chunk, streams, "--method", "model")
+            out, secs, tokens = _compress(gguf, data, chunk, streams, "--method", "model")
             e2e = f"{tokens / secs:.0f} ({tokens} tokens, {len(data)} bytes, {chunk} a stream, in {secs:.1f} s)"
-            rate64 = len(data) / secs if streams == 64 else rate64
+            if streams == 64:
+                rate64, file64 = len(data) / secs, (data, out, tokens)
         except RuntimeError as exc:
             e2e = f"failed: {str(exc)[:120]}"
         print(f"| {streams} | 2048 | {dev:.0f} | {host:.0f} | {e2e} |", flush=True)
@@ -396,6 +401,19 @@ def check(gguf: Path, enwik_bytes: int, budget: float) -> int:
               f"THE.gguf FILE`; it holds the first {len(data)} bytes of the prefix)", flush=True)
     except RuntimeError as exc:
         ok &= _say(False, f"enwik8 prefix: {exc}")
+    # the 64-stream file decoded on the GPU (one token a step, the mixer's search on the
+    # GPU at that width), if the time left allows it
+    data, out, tokens = file64
+    left = budget - (time.perf_counter() - t0) - 30
+    if out and left > 20:
+        try:
+            got, secs, _ = _lmzip("decompress", "-c", "--model", str(gguf), device="cuda", stdin=out, timeout=left)
+            ok &= _say(got == data, f"the 64-stream file decoded on the GPU: {tokens / secs:.0f} tok/s "
+                                    f"({tokens} tokens in {secs:.1f} s)")
+        except subprocess.TimeoutExpired:
+            print(f"  the 64-stream file decoded on the GPU: not done in the {left:.0f} s left", flush=True)
+        except RuntimeError as exc:
+            ok &= _say(False, f"the 64-stream file decoded on the GPU: {str(exc)[:200]}")
     # the tiles are unmeasured guesses: a few others at 64 streams, while the budget lasts
     if time.perf_counter() < t0 + budget - 60:
         print("tiles at 64 streams, with the time the budget leaves:", flush=True)

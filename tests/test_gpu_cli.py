@@ -140,7 +140,8 @@ def test_the_gpu_checks_compress_helper_counts_tokens():
     assert gpu._child_env()["LMZIP_GPU_MIX"] == "0" and gpu._child_env(LMZIP_GPU_MIX="1")["LMZIP_GPU_MIX"] == "1"
 
 
-def _rehearse_check(monkeypatch, tmp_path, gpu, *, mixer_ok: bool, budget: float, enwik_bytes: int = 600_000):
+def _rehearse_check(monkeypatch, tmp_path, gpu, *, mixer_ok: bool, budget: float, enwik_bytes: int = 600_000,
+                    gpu_decodes_in: float = 1.0, gpu_decodes_wrong: bool = False):
     """benchmarks/gpu.py --check from start to end with stand-ins for everything that needs
     a GPU (the goldens, the trust checks, the logits' rates, lmzip itself: files of a token a
     4 bytes at 20,000 bytes/s), so that a slip in its own logic (the budget's arithmetic,
@@ -182,7 +183,7 @@ def _rehearse_check(monkeypatch, tmp_path, gpu, *, mixer_ok: bool, budget: float
     monkeypatch.setattr(gpu, "_logits_rate", logits_rate)
     files = {}
 
-    def lmzip(command, *args, device, stdin=None, env=None):
+    def lmzip(command, *args, device, stdin=None, env=None, timeout=None):
         mixes_on_host = (env or {}).get("LMZIP_GPU_MIX") == "0" or gpu._EXTRA_ENV.get("LMZIP_GPU_MIX") == "0"
         if command == "compress":
             made = b"lmz" + bytes(len(stdin) // 4)
@@ -192,7 +193,11 @@ def _rehearse_check(monkeypatch, tmp_path, gpu, *, mixer_ok: bool, budget: float
             return made, len(stdin) / 20000, f"{len(stdin) // 4} tokens\n"
         if stdin not in files:
             raise RuntimeError("lmzip decompress: chunk payload is damaged")
-        return files[stdin], 0.1, ""
+        if device == "cuda" and timeout is not None and gpu_decodes_in > timeout:
+            raise subprocess.TimeoutExpired("lmzip", timeout)
+        if timeout is None:
+            return files[stdin], 0.1, ""
+        return files[stdin][:-1] if gpu_decodes_wrong else files[stdin], gpu_decodes_in, ""
 
     monkeypatch.setattr(gpu, "_lmzip", lmzip)
     status = gpu.check(gguf, enwik_bytes, budget)
@@ -216,12 +221,13 @@ def test_the_gpu_check_runs_through_with_stand_ins(monkeypatch, tmp_path, capsys
     # the whole prefix in 64 chunks, its file where the device tool brings it back
     assert "enwik8 prefix, 600000 bytes in 64 chunks of 9375" in said
     assert (out / "enwik8_prefix_600000.smol.gpu.lmz").stat().st_size == 3 + 600000 // 4
+    assert "PASS the 64-stream file decoded on the GPU: 131072 tok/s (131072 tokens in 1.0 s)" in said
     assert [b for s, b in rates_asked if s == 64 and b is not None] and "| {'dims': 8} |" in said
 
 
 def test_the_gpu_check_falls_back_to_host_mixing(monkeypatch, tmp_path, capsys):
     gpu = gpu_check_module()
-    status, _, out = _rehearse_check(monkeypatch, tmp_path, gpu, mixer_ok=False, budget=540)
+    status, _, out = _rehearse_check(monkeypatch, tmp_path, gpu, mixer_ok=False, budget=540, gpu_decodes_wrong=True)
     said = capsys.readouterr().out
     assert status == 1 and said.rstrip().endswith("SOME FAILED"), said
     assert "FAIL alice29 20,000 bytes: GPU file == CPU file" in said
@@ -230,11 +236,13 @@ def test_the_gpu_check_falls_back_to_host_mixing(monkeypatch, tmp_path, capsys):
     # the rest runs (mixing on the host), without comparing host mixing with itself
     assert "64 streams with LMZIP_GPU_OVERLAP=0" in said and "LMZIP_GPU_MIX=0 (mixing on the host)" not in said
     assert "enwik8 prefix, 600000 bytes in 64 chunks" in said and (out / "enwik8_prefix_600000.smol.gpu.lmz").is_file()
+    assert "FAIL the 64-stream file decoded on the GPU" in said
 
 
 def test_the_gpu_check_keeps_to_its_budget(monkeypatch, tmp_path, capsys):
     gpu = gpu_check_module()
-    status, _, out = _rehearse_check(monkeypatch, tmp_path, gpu, mixer_ok=True, budget=70, enwik_bytes=3_000_000)
+    status, _, out = _rehearse_check(monkeypatch, tmp_path, gpu, mixer_ok=True, budget=70, enwik_bytes=3_000_000,
+                                     gpu_decodes_in=1e6)
     said = capsys.readouterr().out
     assert status == 0 and said.rstrip().endswith("ALL PASS"), said
     # at 20,000 bytes/s: 512 streams and the host-mixing comparison do not fit, the prefix is cut
@@ -243,3 +251,4 @@ def test_the_gpu_check_keeps_to_its_budget(monkeypatch, tmp_path, capsys):
     cut = re.search(r"the first (\d+) bytes of the enwik8 prefix only", said)
     assert cut and int(cut.group(1)) < 3_000_000 and int(cut.group(1)) % 64 == 0
     assert (out / f"enwik8_prefix_{cut.group(1)}.smol.gpu.lmz").is_file()
+    assert re.search(r"the 64-stream file decoded on the GPU: not done in the \d+ s left", said)
