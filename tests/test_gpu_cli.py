@@ -241,8 +241,7 @@ def test_the_gpu_check_falls_back_to_host_mixing(monkeypatch, tmp_path, capsys):
 
 def test_the_gpu_check_keeps_to_its_budget(monkeypatch, tmp_path, capsys):
     gpu = gpu_check_module()
-    status, _, out = _rehearse_check(monkeypatch, tmp_path, gpu, mixer_ok=True, budget=70, enwik_bytes=3_000_000,
-                                     gpu_decodes_in=1e6)
+    status, _, out = _rehearse_check(monkeypatch, tmp_path, gpu, mixer_ok=True, budget=70, enwik_bytes=3_000_000)
     said = capsys.readouterr().out
     assert status == 0 and said.rstrip().endswith("ALL PASS"), said
     # at 20,000 bytes/s: 512 streams and the host-mixing comparison do not fit, the prefix is cut
@@ -251,4 +250,12 @@ def test_the_gpu_check_keeps_to_its_budget(monkeypatch, tmp_path, capsys):
     cut = re.search(r"the first (\d+) bytes of the enwik8 prefix only", said)
     assert cut and int(cut.group(1)) < 3_000_000 and int(cut.group(1)) % 64 == 0
     assert (out / f"enwik8_prefix_{cut.group(1)}.smol.gpu.lmz").is_file()
-    assert re.search(r"the 64-stream file decoded on the GPU: not done in the \d+ s left", said)
+    assert "the 64-stream file decoded on the GPU: skipped (the time left goes to the enwik8 prefix)" in said
+
+
+def test_the_gpu_checks_decoding_on_the_gpu_is_cut_short(monkeypatch, tmp_path, capsys):
+    gpu = gpu_check_module()
+    status, _, _ = _rehearse_check(monkeypatch, tmp_path, gpu, mixer_ok=True, budget=540, gpu_decodes_in=1e6)
+    said = capsys.readouterr().out
+    assert status == 0 and "the 64-stream file decoded on the GPU: not done in 120 s" in said, said
+    assert said.index("not done in 120 s") < said.index("enwik8 prefix, 600000 bytes")
