@@ -259,3 +259,16 @@ def test_the_gpu_checks_decoding_on_the_gpu_is_cut_short(monkeypatch, tmp_path, 
     said = capsys.readouterr().out
     assert status == 0 and "the 64-stream file decoded on the GPU: not done in 120 s" in said, said
     assert said.index("not done in 120 s") < said.index("enwik8 prefix, 600000 bytes")
+
+
+def test_the_gpu_check_runs_through_for_gemma(monkeypatch, tmp_path, capsys):
+    """--check --model gemma3-270m: its goldens (16 tokens at 2048, 24 at 16), shorter round
+    trips (3,000 bytes) and 2,048 bytes a stream end to end."""
+    gpu = gpu_check_module()
+    monkeypatch.setattr(gpu, "MODEL", gpu.MODELS["gemma3-270m"])
+    status, _, out = _rehearse_check(monkeypatch, tmp_path, gpu, mixer_ok=True, budget=540)
+    said = capsys.readouterr().out
+    assert status == 0 and said.rstrip().endswith("ALL PASS"), said
+    assert "PASS golden 16 tokens, context 2048" in said and "PASS golden 24 tokens, context 16" in said
+    assert "PASS alice29 3,000 bytes: GPU file == CPU file" in said
+    assert "| 64 | 2048 | 64000 | 57600 | 5000 (32768 tokens, 131072 bytes, 2048 a stream" in said
