@@ -324,7 +324,7 @@ def learn_kernel(dist_ptr, logits_ptr, bias_ptr, idx_ptr, exp_ptr, R, V, c_bits,
     rok = rows < R
     rows = rows.to(tl.int64)
     g = tl.load(idx_ptr + rows, mask=rok, other=0).to(tl.int64)
-    c = tl.full([1], c_bits, tl.int64).to(tl.float64, bitcast=True)
+    c = _f64(c_bits)
     off = _trip()
     acc = tl.zeros([RB, 8], tl.float64)
     for k0 in tl.range(0, V, 32, loop_unroll_factor=8):  # unrolled: the loads overlap, the sums stay in order
@@ -355,13 +355,13 @@ def learn_finish_kernel(logits_ptr, bias_ptr, wl_ptr, idx_ptr, token_ptr, exp_pt
     g = tl.load(idx_ptr + rows, mask=ok, other=0).to(tl.int64)
     tok = tl.load(token_ptr + rows, mask=ok, other=0).to(tl.int64)
     if HAS_BIAS:
-        rate = tl.full([1], rate_bits, tl.int64).to(tl.float64, bitcast=True)
+        rate = _f64(rate_bits)
         bp = bias_ptr + g * V + tok
         tl.store(bp, tl.load(bp, mask=ok, other=0.0) + rate, mask=ok)
     if HAS_LLM:
-        llm_rate = tl.full([1], llm_rate_bits, tl.int64).to(tl.float64, bitcast=True)
-        lo = tl.full([1], lo_bits, tl.int64).to(tl.float64, bitcast=True)
-        hi = tl.full([1], hi_bits, tl.int64).to(tl.float64, bitcast=True)
+        llm_rate = _f64(llm_rate_bits)
+        lo = _f64(lo_bits)
+        hi = _f64(hi_bits)
         value = tl.load(logits_ptr + rows * V + tok, mask=ok, other=0.0).to(tl.float64)
         expected = tl.load(exp_ptr + rows, mask=ok, other=0.0)
         w = tl.load(wl_ptr + g, mask=ok, other=1.0)

@@ -307,13 +307,18 @@ class DeviceMixedGroup(StreamGroup):
             by_row = {coded[i]: tok for i, tok in zip(active, tokens) if i in coded}
             if len(by_row) != len(coded):
                 raise LMZipError("internal error: a stream coded with the GPU's mixer was not pushed its token")
-            self._mixer.learn([by_row[r] for r in range(len(by_row))])
+            row_tokens = [by_row[r] for r in range(len(by_row))]
+            self._mixer.learn(row_tokens)
             # the feature weights' step on the host, from the distribution at the features'
-            # tokens: each row's tokens renumbered to their entries (where q_at holds them)
+            # tokens: each row's token renumbered to its entry (where q_at holds it), or
+            # len(keys) (q_at's last value) where no feature has it
             keys = feats.row * self._vocab + feats.token  # sorted
-            wanted = np.arange(len(by_row)) * self._vocab + np.asarray([by_row[r] for r in range(len(by_row))])
-            at = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1) if len(keys) else wanted * 0
-            local = np.where(keys[at] == wanted, at, len(keys)).tolist() if len(keys) else [0] * len(wanted)
+            if len(keys):
+                wanted = np.arange(len(row_tokens)) * self._vocab + np.asarray(row_tokens)
+                at = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
+                local = np.where(keys[at] == wanted, at, len(keys)).tolist()
+            else:
+                local = [0] * len(row_tokens)
             steps = []
             for i, r in coded.items():
                 st = self.streams[i]

@@ -549,7 +549,7 @@ class MixedModel(Model):
         if group is not None:
             return group
         return MixedGroup(self.base.open_group(lengths, width, **self._defer()), self.vocab_size, self.settings,
-                           host_threads(self.base))
+                          host_threads(self.base))
 
     def describe(self) -> str:
         s = self.settings
