@@ -74,11 +74,80 @@ def summary(binary: bytes) -> dict:
     for addr, text in code:
         target = re.search(r"^BRA\b.*?`\((\.L_x_\d+)\)", text)
         if target and labels.get(target.group(1), addr) < addr:  # a backward branch: a loop
-            body = [t.split()[0].split(".")[0] for a, t in code if labels[target.group(1)] <= a <= addr]
-            ops = collections.Counter(body)
-            loops.append({"instructions": len(body), **{op: ops[op] for op in _LOOP_OPS}})
+            trip = [t for a, t in code if labels[target.group(1)] <= a <= addr]
+            ops = collections.Counter(t.split()[0].split(".")[0] for t in trip)
+            loops.append({"instructions": len(trip), **{op: ops[op] for op in _LOOP_OPS},
+                          "cycles": trip_cycles(trip)})
     return {"regs": res.get("REG", 0), "shared": res.get("SHARED", 0), "local": res.get("LOCAL", 0),
             "instructions": len(code), "loops": sorted(loops, key=lambda lp: -lp["instructions"])}
+
+
+#: the latencies trip_cycles assumes, in cycles: a global load (DRAM or L2, not told apart),
+#: a shared-memory load, anything else
+MEMORY, SHARED, OTHER = 500, 30, 5
+_REG = re.compile(r"\b(U?R\d+|U?P\d+)(?:\.64)?")
+_NO_DEST = ("ST", "LDGSTS", "RED", "ATOM", "BRA", "BAR", "DEPBAR", "LDGDEPBAR", "EXIT", "NOP", "WARPSYNC",
+            "BSYNC", "BSSY", "MEMBAR", "CALL", "RET", "YIELD")
+
+
+def _registers(token: str) -> list[str]:
+    """A register operand's registers: R4.64 is R4 and R5."""
+    out = []
+    for m in _REG.finditer(token):
+        name = m.group(1)
+        out.append(name)
+        if m.group(0).endswith(".64") and name.startswith("R"):
+            out.append(f"R{int(name[1:]) + 1}")
+    return [r for r in out if r not in ("RZ", "PT", "URZ", "UPT")]
+
+
+def trip_cycles(trip: list[str], trips: int = 4) -> int:
+    """Cycles of one loop trip for a single warp in steady state, by a crude in-order model:
+    one instruction a cycle, each waits for its source registers; a global load's result
+    comes MEMORY cycles after it is issued, asynchronous copies (LDGSTS) complete
+    MEMORY cycles after theirs and DEPBAR.LE SB0, n waits until at most n groups are
+    pending.  What it shows: how many memory latencies a trip waits out (whether its loads
+    are issued together or one after another's use), not a timing; other warps on the
+    same scheduler fill those waits only if there are enough of them."""
+    ready: dict[str, int] = {}
+    groups: list[int] = []  # completion cycle of each committed group of async copies
+    pending_copies: list[int] = []
+    now, starts = 0, []
+    for _ in range(trips):
+        starts.append(now)
+        for text in trip:
+            guard, _, rest = text.partition(" ") if text.startswith("@") else ("", "", text)
+            op, _, args = rest.partition(" ")
+            name = op.split(".")[0]
+            operands = [a.strip() for a in args.split(",")] if args else []
+            dest: list[str] = []
+            if operands and not name.startswith(_NO_DEST) and _registers(operands[0]):
+                dest = _registers(operands[0])
+                if ".64" in op or op.startswith("IMAD.WIDE"):
+                    dest.append(f"R{int(dest[0][1:]) + 1}") if dest[0].startswith("R") and len(dest) == 1 else None
+                elif ".128" in op and dest[0].startswith("R"):
+                    dest = [f"R{int(dest[0][1:]) + k}" for k in range(4)]
+                sources = [r for o in operands[1:] for r in _registers(o)]
+            else:
+                sources = [r for o in operands for r in _registers(o)]
+            sources += _registers(guard)
+            now = max([now] + [ready.get(r, 0) for r in sources])
+            if name == "DEPBAR" and "SB0" in args:
+                allowed = int(operands[-1], 0)
+                done = sorted(groups)
+                while len([g for g in groups if g > now]) > allowed:
+                    now = min(g for g in groups if g > now)
+                groups = [g for g in done if g > now]
+            if name == "LDGSTS":
+                pending_copies.append(now + MEMORY)
+            elif name == "LDGDEPBAR":
+                groups.append(max(pending_copies, default=now))
+                pending_copies = []
+            latency = MEMORY if name == "LDG" else SHARED if name == "LDS" else OTHER
+            for r in dest:
+                ready[r] = now + latency
+            now += 1
+    return (now - starts[trips // 2]) // (trips - trips // 2)
 
 
 def main() -> int:
@@ -103,12 +172,13 @@ def main() -> int:
             chosen[spec.label()] = spec
     if not chosen:
         sys.exit(f"no kernel of a {a.model} step holds {a.kernel!r}")
-    print(f"sm_{a.capability}, fusion off; loops: instructions of one trip, then {', '.join(_LOOP_OPS)}")
+    print(f"sm_{a.capability}, fusion off; loops: instructions of one trip, then {', '.join(_LOOP_OPS)}, "
+          f"then ~cycles a trip takes one warp (trip_cycles: loads {MEMORY} cycles)")
     for label, spec in chosen.items():
         for warps in map(int, a.warps.split(",")):
             s = summary(cubin(spec, a.capability, warps))
             loops = "; ".join(f"{lp['instructions']}: " + " ".join(str(lp[op]) for op in _LOOP_OPS)
-                              for lp in s["loops"][:3]) or "none"
+                              + f" ~{lp['cycles']} cycles" for lp in s["loops"][:3]) or "none"
             print(f"{label} warps={warps}: {s['regs']} registers, {s['shared']} B shared, {s['local']} B spilled, "
                   f"{s['instructions']} instructions; loops {loops}", flush=True)
     return 0

@@ -105,3 +105,42 @@ def test_sass_summary_of_a_kernel():
         regs = int(r.split(": ", 1)[1].split(" registers")[0])
         trip = int(r.split("loops ")[1].split(":")[0])
         assert 16 <= regs <= 255 and trip > 100  # a loop of a chunk of 16 positions, not empty
+
+
+def _gpu_sass():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_sass", ROOT / "benchmarks" / "gpu_sass.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_trip_cycles_counts_the_waits_on_memory():
+    """benchmarks/gpu_sass.py's in-order model of a loop trip: a load whose use follows it
+    waits out the latency, loads issued together wait once, a load a trip ahead of its use
+    (two sets of registers) hides it behind the trip's work, and an asynchronous copy waits
+    at its DEPBAR."""
+    sass = _gpu_sass()
+    M = sass.MEMORY
+    one_by_one = ["LDG.E R4, desc[UR4][R2.64]", "FADD R8, R8, R4", "LDG.E R5, desc[UR4][R2.64+0x4]",
+                  "FADD R8, R8, R5", "BRA `(.L_x_1)"]
+    together = ["LDG.E R4, desc[UR4][R2.64]", "LDG.E R5, desc[UR4][R2.64+0x4]", "FADD R8, R8, R4",
+                "FADD R8, R8, R5", "BRA `(.L_x_1)"]
+    assert sass.trip_cycles(one_by_one) >= 2 * M
+    assert M <= sass.trip_cycles(together) < M + 10
+    work = [f"FMUL R{20 + k}, R{20 + k}, R9" for k in range(2 * M)]  # a trip longer than the latency
+    ahead = ["LDG.E R4, desc[UR4][R2.64]", *work, "FADD R8, R8, R4", "BRA `(.L_x_1)"]
+    assert sass.trip_cycles(ahead) == len(ahead)  # the load's wait hidden behind the work
+    # a load's register copied at the trip's end (a loop-carried value) waits for it
+    copied = ["LDG.E R4, desc[UR4][R2.64]", "FADD R8, R8, R6", "IMAD.MOV.U32 R6, RZ, RZ, R4", "BRA `(.L_x_1)"]
+    assert sass.trip_cycles(copied) >= M
+    # guards and 64-bit address pairs are sources; a predicate is a register
+    guarded = ["ISETP.GE.AND P1, PT, R3, R7, PT", "LDG.E R4, desc[UR4][R2.64]", "@P1 STG.E desc[UR4][R10.64], R4",
+               "BRA `(.L_x_1)"]
+    assert sass.trip_cycles(guarded) >= M
+    copies = ["LDGSTS.E [R23], desc[UR4][R36.64]", "LDGDEPBAR", "DEPBAR.LE SB0, 0x0", "LDS R4, [R23]",
+              "BRA `(.L_x_1)"]
+    assert sass.trip_cycles(copies) >= M
+    assert sass.trip_cycles(["LDGSTS.E [R23], desc[UR4][R36.64]", "LDGDEPBAR", "DEPBAR.LE SB0, 0x1",
+                             "BRA `(.L_x_1)"]) < M  # one group may stay in flight
