@@ -228,66 +228,97 @@ def _kernel_tests(limit: float = 150.0) -> None:
         print(f"  (the kernel tests ran past {limit:.0f} s)", flush=True)
 
 
-def _logits_rate(gguf: Path, streams: int, depth: int, steps: int, blocks=None) -> tuple[float, float]:
-    """tokens/s of one-token steps of ``streams`` streams at ``depth``: (logits on the device,
-    logits copied to the host)."""
-    import torch
-
+def _filled(gguf: Path, streams: int, depth: int, blocks=None):
+    """An engine with ``streams`` streams of random tokens ``depth`` deep: (engine, handles)."""
     from lmzip.gpu.forward import GPUEngine
 
     eng = GPUEngine(_weights(gguf), device=_device(), context=2048, blocks=blocks)
     hs = [eng.new_stream() for _ in range(streams)]
-    rng = np.random.default_rng(0)
-    fill = rng.integers(0, eng.n_vocab, (streams, depth)).tolist()
+    fill = np.random.default_rng(0).integers(0, eng.n_vocab, (streams, depth)).tolist()
     eng.eval(hs, [[eng.bos] + f[:-1] for f in fill])  # to depth, 32 tokens a step (logits of the last only)
-    out = np.empty((streams, eng.n_vocab), np.float32)
-    eng.eval(hs, [[t] for t in rng.integers(0, eng.n_vocab, streams).tolist()], out)  # compiles, captures
+    return eng, hs
+
+
+def _step_rates(eng, hs, steps: int) -> tuple[float, float]:
+    """tokens/s of one-token steps of the streams ``hs`` (each step a token deeper): (logits
+    on the device, logits copied to the host)."""
+    import torch
+
+    rng = np.random.default_rng(len(hs))
+    out = np.empty((len(hs), eng.n_vocab), np.float32)
+    eng.eval(hs, [[t] for t in rng.integers(0, eng.n_vocab, len(hs)).tolist()], out)  # compiles, captures
     rates = []
     for to_host in (False, True):
         torch.cuda.synchronize()
         started = time.perf_counter()
         for _ in range(steps):
-            toks = rng.integers(0, eng.n_vocab, streams).tolist()
+            toks = rng.integers(0, eng.n_vocab, len(hs)).tolist()
             eng.eval(hs, [[t] for t in toks], out if to_host else None)  # one-token steps: CUDA graphs
         torch.cuda.synchronize()
-        rates.append(streams * steps / (time.perf_counter() - started))
+        rates.append(len(hs) * steps / (time.perf_counter() - started))
+    return rates[0], rates[1]
+
+
+def _release(eng, hs) -> None:
+    import torch
+
     for h in hs:
         eng.free_stream(h)
     del eng
     torch.cuda.empty_cache()
-    return rates[0], rates[1]
 
 
-#: the tile settings --sweep tries (lmzip.gpu.tiles.Blocks fields changed from the defaults)
-SWEEP = ({}, {"dims": 8}, {"dims": 32}, {"slots": 128}, {"slots": 32}, {"rows": 128}, {"norm_tokens": 32},
-         {"quant_blocks": 4}, {"tokens": 32}, {"stages": 2}, {"stages": 3}, {"dims": 8, "stages": 3},
-         {"unroll": 2}, {"unroll": 4}, {"value_warps": 1}, {"value_warps": 2}, {"dims": 8, "value_warps": 1},
-         {"dims": 8, "value_warps": 2})
-#: the few --check tries with the time its budget leaves at the end: the attention values'
-#: variants benchmarks/gpu_sass.py singles out (docs/gpu.md), beside the defaults
-CHECK_TILES = ({}, {"dims": 8, "value_warps": 1}, {"value_warps": 2}, {"unroll": 2}, {"dims": 8})
+def _logits_rate(gguf: Path, streams: int, depth: int, steps: int, blocks=None) -> tuple[float, float]:
+    """tokens/s of one-token steps of ``streams`` streams at ``depth``: (logits on the device,
+    logits copied to the host)."""
+    eng, hs = _filled(gguf, streams, depth, blocks)
+    try:
+        return _step_rates(eng, hs, steps)
+    finally:
+        _release(eng, hs)
 
 
-def tile_rates(gguf: Path, streams: int, changes, deadline: float | None = None) -> None:
-    """Logits rates of tile settings (lmzip.gpu.tiles.Blocks) at depth 2048, until
-    ``deadline`` (time.perf_counter()): tuning only, every setting computes the same
-    numbers (set the best with $LMZIP_GPU_BLOCKS)."""
+#: the tile settings --sweep tries (lmzip.gpu.tiles.Blocks fields changed from the defaults);
+#: the last is the attention's tiles before the softmax had its own kernel (2026-12-05)
+SWEEP = ({}, {"dims": 8}, {"dims": 32}, {"slots": 64}, {"slots": 256}, {"score_warps": 4},
+         {"slots": 256, "score_warps": 4}, {"soft_rows": 8}, {"soft_rows": 2}, {"soft_warps": 1},
+         {"soft_warps": 4}, {"rows": 128}, {"norm_tokens": 32}, {"quant_blocks": 4}, {"tokens": 32}, {"stages": 2},
+         {"stages": 3}, {"unroll": 2}, {"value_warps": 1}, {"value_warps": 4}, {"dims": 8, "value_warps": 1},
+         {"dims": 32, "value_warps": 4}, {"slots": 64, "score_warps": 4, "value_warps": 4})
+#: the few --check tries with the time its budget leaves at the end: the attention's variants
+#: benchmarks/gpu_sass.py singles out (docs/gpu.md), beside the defaults
+CHECK_TILES = ({}, {"value_warps": 4}, {"dims": 8, "value_warps": 1}, {"stages": 3},
+               {"soft_rows": 8, "soft_warps": 1}, {"slots": 256, "score_warps": 4})
+
+
+def tile_rates(gguf: Path, streams: int, changes, deadline: float | None = None, depth: int = 2048,
+               steps: int = 10) -> None:
+    """Logits rates of tile settings (lmzip.gpu.tiles.Blocks) at ``depth``, until ``deadline``
+    (time.perf_counter()): tuning only, every setting computes the same numbers (set the
+    best with $LMZIP_GPU_BLOCKS).  One engine filled once: each setting recompiles the
+    step's kernels and captures its graph (the streams go a few tokens deeper each)."""
     from dataclasses import replace
 
     from lmzip.gpu.tiles import Blocks
 
     base = Blocks()
-    print(f"| tiles ({streams} streams, depth 2048) | logits on GPU tok/s | to host tok/s |", flush=True)
+    print(f"| tiles ({streams} streams, depth {depth}) | logits on GPU tok/s | to host tok/s |", flush=True)
     print("|---|---|---|", flush=True)
-    for change in changes:
-        if deadline is not None and time.perf_counter() > deadline:
-            print(f"  (out of time before {change or 'the default'})", flush=True)
-            return
-        try:
-            dev, host = _logits_rate(gguf, streams, 2048, 10, blocks=replace(base, **change))
-            print(f"| {change or 'default'} | {dev:.0f} | {host:.0f} |", flush=True)
-        except Exception as exc:
-            print(f"| {change} | failed: {type(exc).__name__}: {str(exc)[:100]} | |", flush=True)
+    eng, hs = _filled(gguf, streams, depth, base)
+    try:
+        for change in changes:
+            if deadline is not None and time.perf_counter() > deadline:
+                print(f"  (out of time before {change or 'the default'})", flush=True)
+                return
+            try:
+                eng.blocks = replace(base, **change)
+                eng._drop_graphs()
+                dev, host = _step_rates(eng, hs, steps)
+                print(f"| {change or 'default'} | {dev:.0f} | {host:.0f} |", flush=True)
+            except Exception as exc:
+                print(f"| {change} | failed: {type(exc).__name__}: {str(exc)[:100]} | |", flush=True)
+    finally:
+        _release(eng, hs)
 
 
 def sweep(gguf: Path, streams: int) -> int:

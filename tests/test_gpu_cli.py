@@ -181,6 +181,16 @@ def _rehearse_check(monkeypatch, tmp_path, gpu, *, mixer_ok: bool, budget: float
         return 1000.0 * streams, 900.0 * streams
 
     monkeypatch.setattr(gpu, "_logits_rate", logits_rate)
+
+    class Filled:  # the tiles' engine: filled once, its blocks set for each try
+        blocks = None
+
+        def _drop_graphs(self):
+            pass
+
+    monkeypatch.setattr(gpu, "_filled", lambda g, streams, depth, blocks=None: (Filled(), [0] * streams))
+    monkeypatch.setattr(gpu, "_step_rates", lambda eng, hs, steps: logits_rate(None, len(hs), 2048, steps, eng.blocks))
+    monkeypatch.setattr(gpu, "_release", lambda eng, hs: None)
     files = {}
 
     def lmzip(command, *args, device, stdin=None, env=None, timeout=None):
@@ -222,7 +232,8 @@ def test_the_gpu_check_runs_through_with_stand_ins(monkeypatch, tmp_path, capsys
     assert "enwik8 prefix, 600000 bytes in 64 chunks of 9375" in said
     assert (out / "enwik8_prefix_600000.smol.gpu.lmz").stat().st_size == 3 + 600000 // 4
     assert "PASS the 64-stream file decoded on the GPU: 131072 tok/s (131072 tokens in 1.0 s)" in said
-    assert [b for s, b in rates_asked if s == 64 and b is not None] and "| {'dims': 8} |" in said
+    tried = [b for s, b in rates_asked if s == 64 and b is not None]
+    assert len(tried) == len(gpu.CHECK_TILES) and "| {'stages': 3} | 64000 | 57600 |" in said
 
 
 def test_the_gpu_check_falls_back_to_host_mixing(monkeypatch, tmp_path, capsys):

@@ -424,6 +424,7 @@ def test_rope_and_cache_writes(probe, arch):
 #: with windows of 16 and 40 (span = window - 1); Gemma's global layer at a window of 40,
 #: and its local layer (a sliding window of 24 at a window of 16: the ring holds the longer)
 ATTN = {"llama-16": (9, 3, 3, 64, False, 15, -1, 48), "llama-40": (9, 3, 3, 64, False, 39, -1, 80),
+        "llama-100": (9, 3, 3, 64, False, 99, -1, 144),  # rows of several trips of the softmax and values
         "gemma-global": (4, 1, 4, 256, True, 39, -1, 80), "gemma-local": (8, 2, 4, 128, True, 24, 24, 64)}
 
 
@@ -454,8 +455,11 @@ def test_attention(probe, case):
            KP=4, BT=16, HD=HD, NEOX=neox)
     launch(K.attn_scores_kernel, (triton.cdiv(T, 4), KV, triton.cdiv(NS, 16)), _dev(qkv), stream, pos_d, kc, rk, sc,
            T, 0, C, 1, span, until, NS, NH=NH, NKV=KV, G=G, GP=4, BT=4, BS=16, HD=HD)
-    launch(K.attn_values_kernel, (triton.cdiv(T, 4), KV, HD // 32), stream, pos_d, vc, _dev(sink_v), sc, ao, T, 0, C,
-           1, span, until, NS, NH=NH, NKV=KV, G=G, GP=4, BT=4, BD=32, HD=HD)
+    sums = torch.empty((T, KV, 4), dtype=torch.float32, device=DEV)
+    launch(K.attn_softmax_kernel, (triton.cdiv(T, 4), KV, G), pos_d, sc, sums, T, span, until, NS, NKV=KV, GP=4, BT=4,
+           ROWS=2)
+    launch(K.attn_values_kernel, (triton.cdiv(T, 4), KV, HD // 32), stream, pos_d, vc, _dev(sink_v), sc, sums, ao, T,
+           0, C, 1, span, until, NS, NH=NH, NKV=KV, G=G, GP=4, BT=4, BD=32, HD=HD)
     got = _host(ao)
     # the engine's layouts: keys [C/16][HD][16], values [HD/16][C][16]; the G heads of a KV head at once
     for t, p in enumerate(pos):

@@ -520,14 +520,17 @@ def test_the_gpu_checks_logits_timer_and_its_tiles(tiny, fake_graphs, monkeypatc
     from lmzip.gpu import tiles
 
     monkeypatch.setattr(tiles, "Blocks", Blocks.for_interpreter)
-    timer, ran = gpu._logits_rate, []
-    monkeypatch.setattr(gpu, "_logits_rate", lambda g, streams, depth, steps, blocks: ran.append(blocks) or
-                        timer(g, streams, 20, 1, blocks))
-    gpu.tile_rates(weights, 2, gpu.CHECK_TILES)
+    timer, ran = gpu._step_rates, []
+    monkeypatch.setattr(gpu, "_step_rates", lambda eng, hs, steps: ran.append((eng.blocks, eng.stream_pos(hs[0])))
+                        or timer(eng, hs, steps))
+    gpu.tile_rates(weights, 2, gpu.CHECK_TILES, depth=20, steps=1)
     table = capsys.readouterr().out
     rows = [line.split("|") for line in table.splitlines()[2:]]
     assert len(rows) == len(gpu.CHECK_TILES) and all(float(r[2]) > 0 and float(r[3]) > 0 for r in rows), table
-    assert ran == [replace(Blocks.for_interpreter(), **change) for change in gpu.CHECK_TILES]
+    # one engine, filled once: each setting a few tokens deeper (a warm step and one a time)
+    assert ran == [(replace(Blocks.for_interpreter(), **change), 20 + 3 * i) for i, change in
+                   enumerate(gpu.CHECK_TILES)]
+    assert gpu._logits_rate(weights, 2, 20, 1)[0] > 0  # the throughput table's timer
 
 
 def _with_graphs(init):
@@ -563,8 +566,8 @@ def test_tiles_from_the_environment(monkeypatch):
     from lmzip.gpu.tiles import Blocks
 
     monkeypatch.setenv("TRITON_INTERPRET", "0")
-    monkeypatch.setenv("LMZIP_GPU_BLOCKS", "dims=8, slots=128")
-    assert Blocks.from_env() == Blocks(dims=8, slots=128)
+    monkeypatch.setenv("LMZIP_GPU_BLOCKS", "dims=8, slots=256, unroll=4")
+    assert Blocks.from_env() == Blocks(dims=8, slots=256, unroll=4)
     monkeypatch.setenv("LMZIP_GPU_BLOCKS", "dot_f32=1")
     with pytest.raises(ValueError, match="unknown tile"):
         Blocks.from_env()
@@ -666,7 +669,7 @@ def test_gemma_local_layers_loop_over_their_own_window(tiny_gemma, monkeypatch):
 
     def spy(kernel, grid, *args, **meta):
         if kernel is fw.K.attn_values_kernel:
-            bounds.append((args[7], args[-1]))  # (layer, its score rows' length)
+            bounds.append((args[8], args[-1]))  # (layer, its score rows' length)
         return real(kernel, grid, *args, **meta)
 
     monkeypatch.setattr(fw, "launch", spy)

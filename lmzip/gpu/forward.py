@@ -434,7 +434,8 @@ class GPUEngine:
         nb = max(E, F, QD) // 32  # the block scales of whichever width is quantized
         a_s = t.empty((T, nb), dtype=t.float32, device=dev)
         a_sa = t.empty((T, nb), dtype=t.float32, device=dev)
-        scores = t.empty((T, KV, GP, NS), dtype=t.float32, device=dev)
+        scores = t.empty((T, KV, GP, NS), dtype=t.float32, device=dev)  # then their exponentials
+        sums = t.empty((T, KV, GP), dtype=t.float32, device=dev)  # the exponentials' sums
         rk = t.empty((T, KV, HD), dtype=t.float32, device=dev)
         nt = triton_cdiv(T, B.norm_tokens)
         rt = rope_tokens(B, HD)
@@ -461,9 +462,11 @@ class GPUEngine:
                    self.n_layer, L["span"], NKV=KV, KP=_pow2(KV), BT=rt, HD=HD, NEOX=gemma)
             launch(K.attn_scores_kernel, (na, KV, triton_cdiv(ns, B.slots)), qkv, slot_d, pos_d, self.kc, rk, scores,
                    T, li, self.ring, self.n_layer, L["span"], L["sink_until"], ns, NH=NH, NKV=KV, G=G, GP=GP,
-                   BT=B.attn_tokens, BS=B.slots, HD=HD)
-            launch(K.attn_values_kernel, (na, KV, HD // B.dims), slot_d, pos_d, self.vc, self.sv, scores, ao, T, li,
-                   self.ring, self.n_layer, L["span"], L["sink_until"], ns, NH=NH, NKV=KV, G=G, GP=GP,
+                   BT=B.attn_tokens, BS=B.slots, HD=HD, num_warps=B.score_warps)
+            launch(K.attn_softmax_kernel, (na, KV, G), pos_d, scores, sums, T, L["span"], L["sink_until"], ns,
+                   NKV=KV, GP=GP, BT=B.attn_tokens, ROWS=B.soft_rows, num_warps=B.soft_warps)
+            launch(K.attn_values_kernel, (na, KV, HD // B.dims), slot_d, pos_d, self.vc, self.sv, scores, sums, ao, T,
+                   li, self.ring, self.n_layer, L["span"], L["sink_until"], ns, NH=NH, NKV=KV, G=G, GP=GP,
                    BT=B.attn_tokens, BD=B.dims, STAGES=B.stages, HD=HD, UNROLL=B.unroll, num_warps=B.value_warps)
             launch(K.norm_quant_kernel, (nt,), ao, L["attn_norm"], slot_d, ao, aq_o, a_s, a_sa, T, self.eps,
                    E=QD, NORM=False, GATHER=False, STORE_Y=False, BT=B.norm_tokens, NBLK=_blocks(QD, B.quant_blocks))

@@ -45,6 +45,7 @@ __all__ = [
     "rope_cache_kernel",
     "sink_rope_kernel",
     "attn_scores_kernel",
+    "attn_softmax_kernel",
     "attn_values_kernel",
     "exp_f",
     "f2h_bits",
@@ -488,18 +489,113 @@ def attn_scores_kernel(qkv_ptr, stream_ptr, pos_ptr, kc_ptr, rk_ptr, sc_ptr, T, 
 
 
 @triton.jit
-def attn_values_kernel(stream_ptr, pos_ptr, vc_ptr, sv_ptr, sc_ptr, ao_ptr, T, layer, C, NL, span, sink_until, NS,
-                       NH: tl.constexpr, NKV: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, BT: tl.constexpr,
+def _softmax_rows(lanes, x, at, m, mx, r4, ROWS: tl.constexpr):
+    """attn_softmax_kernel's work on a tile of scores x [BT, ROWS, 4, 4] (m: those a token
+    sees): e = exp(x - mx) stored in their place at ``at``; each lane adds the rows in order,
+    each taken out of the tile exactly (the other rows exact zeros)."""
+    e = tl.where(m, exp_f(x - mx), 0.0)
+    tl.store(at, e, mask=m)
+    for r in tl.static_range(ROWS):
+        lanes = lanes + tl.sum(tl.where(r4 == r, e, 0.0), axis=1)
+    return lanes
+
+
+@triton.jit
+def attn_softmax_kernel(pos_ptr, sc_ptr, tot_ptr, T, span, sink_until, NS, NKV: tl.constexpr, GP: tl.constexpr,
+                        BT: tl.constexpr, ROWS: tl.constexpr = 8):
+    """Softmax of one query head, BT tokens a program (grid (cdiv(T, BT), NKV, G), query head
+    kvh * G + g): mx = max e; e_i = exp(e_i - mx) in place of the scores in sc [T, NKV, GP,
+    NS]; their sum in 16 lanes (lane i mod 16, increasing i) and the fixed tree, to tot [T,
+    NKV, GP].  Once a token and head, so that the values' programs (one for each few
+    dimensions) take the exponentials as they are.  The loops run to NS, the step's longest
+    score row (a plain argument: a CUDA graph replays with other positions); what a token
+    does not see is neither read nor written.  A loop trip takes ROWS rows of 16 time
+    indices as one tile (its loads issued together, whatever the compiler reorders), and
+    each lane adds the trip's rows in order, each taken out of the tile exactly."""
+    t = tl.program_id(0) * BT + tl.arange(0, BT)
+    kvh = tl.program_id(1)
+    g = tl.program_id(2)
+    tok = t < T
+    t64 = t.to(tl.int64)
+    p = tl.load(pos_ptr + t, mask=tok, other=0)
+    lo, us, n = _window(p, span, sink_until)
+    # time index i = c0 + 16r + 4u + j: lane i mod 16 = 4u + j
+    r4 = tl.arange(0, ROWS)[None, :, None, None]
+    u3 = tl.arange(0, 4)[None, :, None]
+    j3 = tl.arange(0, 4)[None, None, :]
+    at = 16 * r4 + (4 * u3 + j3)[:, None, :, :]  # [1, ROWS, 4, 4]: the time index less c0
+    head = (t64 * NKV + kvh) * GP + g  # [BT]
+    row = sc_ptr + head[:, None, None, None] * NS + at  # [BT, ROWS, 4, 4]
+    ok = tok[:, None, None, None]
+    nn = n[:, None, None, None] - at  # an entry at c0 exists while c0 < nn
+    # two tiles of ROWS rows, each loaded a tile before it is used (its loads' wait overlaps
+    # the other tile's work, whatever order the compiler keeps); a trip takes both
+    STEP: tl.constexpr = 16 * ROWS
+    # the maximum (order does not matter)
+    mx4 = tl.full([BT, ROWS, 4, 4], float("-inf"), tl.float32)
+    x = tl.load(row, mask=ok & (0 < nn), other=float("-inf"))
+    for c0 in tl.range(0, NS, 2 * STEP):
+        y = tl.load(row + c0 + STEP, mask=ok & (c0 + STEP < nn), other=float("-inf"))
+        mx4 = tl.maximum(mx4, x)
+        x = tl.load(row + c0 + 2 * STEP, mask=ok & (c0 + 2 * STEP < nn), other=float("-inf"))
+        mx4 = tl.maximum(mx4, y)
+    mx = tl.where(tok, tl.max(tl.max(tl.max(mx4, axis=3), axis=2), axis=1), 0.0)[:, None, None, None]
+    lanes = tl.zeros([BT, 4, 4], tl.float32)
+    x = tl.load(row, mask=ok & (0 < nn), other=0.0)
+    for c0 in tl.range(0, NS, 2 * STEP):
+        y = tl.load(row + c0 + STEP, mask=ok & (c0 + STEP < nn), other=0.0)
+        lanes = _softmax_rows(lanes, x, row + c0, ok & (c0 < nn), mx, r4, ROWS)
+        x = tl.load(row + c0 + 2 * STEP, mask=ok & (c0 + 2 * STEP < nn), other=0.0)
+        lanes = _softmax_rows(lanes, y, row + c0 + STEP, ok & (c0 + STEP < nn), mx, r4, ROWS)
+    # sum = (((l0+l1)+(l2+l3))+((l4+l5)+(l6+l7)))+(((l8+l9)+(l10+l11))+((l12+l13)+(l14+l15)))
+    lj0 = tl.sum(tl.where(j3 == 0, lanes, 0.0), axis=2)  # [BT, 4 (u)]
+    lj1 = tl.sum(tl.where(j3 == 1, lanes, 0.0), axis=2)
+    lj2 = tl.sum(tl.where(j3 == 2, lanes, 0.0), axis=2)
+    lj3 = tl.sum(tl.where(j3 == 3, lanes, 0.0), axis=2)
+    quad = (lj0 + lj1) + (lj2 + lj3)
+    u2 = tl.arange(0, 4)[None, :]
+    q0 = tl.sum(tl.where(u2 == 0, quad, 0.0), axis=1)  # [BT]
+    q1 = tl.sum(tl.where(u2 == 1, quad, 0.0), axis=1)
+    q2 = tl.sum(tl.where(u2 == 2, quad, 0.0), axis=1)
+    q3 = tl.sum(tl.where(u2 == 3, quad, 0.0), axis=1)
+    tl.store(tot_ptr + head, (q0 + q1) + (q2 + q3), mask=tok)
+
+
+@triton.jit
+def _value_loads(erow, vbase, tau, qm, tok, n32, us32, first, C, dd, HD: tl.constexpr):
+    """attn_values_kernel's loads for 4 time indices tau [1, 4] (one a position lane): the
+    exponentials [BT, GP, 4] and the f16 value bits [BT, 4, BD]; zeros where a token does
+    not see the time index (and the value of the start token, which is not in the ring)."""
+    seen = tok[:, None] & (tau < n32)  # [BT, 4]
+    e = tl.load(erow + tau[:, None, :], mask=qm[:, :, None] & seen[:, None, :], other=0.0)
+    ring = seen & (tau >= us32)
+    slot = first + tau
+    slot = tl.where(ring, tl.where(slot >= C, slot - C, slot), 0)
+    v = tl.load(vbase + slot[:, :, None] * HD + dd, mask=ring[:, :, None], other=0)
+    return e, v
+
+
+@triton.jit
+def _value_add(A, e, v, tau, us32, sink_v):
+    """A + e * v for 4 time indices tau [1, 4], one a position lane (the start token's value
+    in binary32 at time index 0 while it leads)."""
+    v = v.to(tl.float16, bitcast=True).to(tl.float32)  # [BT, 4, BD]
+    v = tl.where(((tau == 0) & (us32 == 1))[:, :, None], sink_v, v)
+    return A + e[:, :, :, None] * v[:, None, :, :]
+
+
+@triton.jit
+def attn_values_kernel(stream_ptr, pos_ptr, vc_ptr, sv_ptr, e_ptr, tot_ptr, ao_ptr, T, layer, C, NL, span, sink_until,
+                       NS, NH: tl.constexpr, NKV: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, BT: tl.constexpr,
                        BD: tl.constexpr, STAGES: tl.constexpr = 1, HD: tl.constexpr = 64,
                        UNROLL: tl.constexpr = 1):
-    """Softmax and weighted values of the G query heads of one KV head, BT tokens and BD of
-    the HD dimensions a program (grid (cdiv(T, BT), NKV, HD / BD)): mx = max e;
-    e_i = exp(e_i - mx); the sum in 16 lanes (lane i mod 16, increasing i) and the fixed
-    tree; values in 4 position lanes A_j (time index i mod 4, increasing i, from 0),
-    o = (A_0 + A_1) + (A_2 + A_3); out o / sum.  The loops run to NS, the step's longest
-    score row (a plain argument: a CUDA graph replays with other positions); what a token
-    does not see is masked, adding exact zeros.  UNROLL: chunks of 16 per loop trip (the
-    loads of several chunks in flight at once; the sums keep their order)."""
+    """Weighted values of the G query heads of one KV head, BT tokens and BD of the HD
+    dimensions a program (grid (cdiv(T, BT), NKV, HD / BD)), from the exponentials in e
+    [T, NKV, GP, NS] and their sums in tot [T, NKV, GP] (attn_softmax_kernel): values in 4
+    position lanes A_j (time index i mod 4, increasing i, from 0), o = (A_0 + A_1) + (A_2 +
+    A_3); out o / sum.  The loop runs to NS, the step's longest score row; what a token does
+    not see is masked, adding exact zeros.  UNROLL: chunks of 16 per loop trip (the loads
+    of several chunks in flight at once; the sums keep their order)."""
     t = tl.program_id(0) * BT + tl.arange(0, BT)
     kvh = tl.program_id(1)
     d0 = tl.program_id(2) * BD
@@ -510,59 +606,50 @@ def attn_values_kernel(stream_ptr, pos_ptr, vc_ptr, sv_ptr, sc_ptr, ao_ptr, T, l
     lo, us, n = _window(p, span, sink_until)
     g = tl.arange(0, GP)[None, :]
     qm = tok[:, None] & (g < G)  # [BT, GP]
-    srow = sc_ptr + ((t64[:, None] * NKV + kvh) * GP + g) * NS  # [BT, GP]
-    # the maximum (order does not matter)
-    c16 = tl.arange(0, 16)[None, None, :]
-    mx = tl.full([BT, GP], float("-inf"), tl.float32)
-    for c0 in tl.range(0, NS, 16, loop_unroll_factor=UNROLL):
-        m = qm[:, :, None] & (c0 + c16 < n[:, None, None])
-        mx = tl.maximum(mx, tl.max(tl.load(srow[:, :, None] + c0 + c16, mask=m, other=float("-inf")), axis=2))
-    mx = tl.where(qm, mx, 0.0)
-    # time index i = c0 + 4u + j: lane i mod 16 = 4u + j, position lane i mod 4 = j
-    u4 = tl.arange(0, 4)[None, None, :, None]
-    j4 = tl.arange(0, 4)[None, None, None, :]
-    jv = tl.arange(0, 4)[None, :]  # [1, 4]
+    erow = e_ptr + ((t64[:, None] * NKV + kvh) * GP + g)[:, :, None] * NS  # [BT, GP, 1]
+    jv = tl.arange(0, 4)[None, :]  # [1, 4]: position lane j
     dd = (d0 + tl.arange(0, BD))[None, None, :]  # [1, 1, BD]
     head = (sl * NL + layer) * NKV + kvh  # [BT]
     vbase = vc_ptr + head[:, None, None] * C * HD
     sink_v = tl.load(sv_ptr + head[:, None, None] * HD + dd, mask=tok[:, None, None], other=0.0)  # [BT, 1, BD]
-    lanes = tl.zeros([BT, GP, 4, 4], tl.float32)
+    # time index tau >= us is ring slot (lo - 1 + tau - us) mod C = first + tau, less C past
+    # the ring's end (tau < C): no division in the loop, 32-bit indices
+    first = ((lo - 1 + C - us) % C).to(tl.int32)[:, None]  # [BT, 1]
+    n32 = n.to(tl.int32)[:, None]
+    us32 = us.to(tl.int32)[:, None]
     A = tl.zeros([BT, GP, 4, BD], tl.float32)
-    # STAGES > 1: the loads of later chunks are issued early (software pipelining); the sums
-    # keep their order
-    for c0 in tl.range(0, NS, 16, num_stages=STAGES, loop_unroll_factor=UNROLL):
-        tau4 = c0 + 4 * u4 + j4  # [1, 1, 4, 4]
-        ok4 = qm[:, :, None, None] & (tau4 < n[:, None, None, None])
-        sc = tl.load(srow[:, :, None, None] + tau4, mask=ok4, other=0.0)
-        e4 = tl.where(ok4, exp_f(sc - mx[:, :, None, None]), 0.0)
-        lanes = lanes + e4
-        for u in tl.static_range(4):
-            eu = tl.sum(tl.where(u4 == u, e4, 0.0), axis=2)  # [BT, GP, 4 (j)]
-            tau = c0 + 4 * u + jv  # [1, 4]
-            ring = tok[:, None] & (tau >= us[:, None]) & (tau < n[:, None])  # [BT, 4]
-            slot = tl.where(ring, (lo[:, None] - 1 + tau - us[:, None]) % C, 0)
-            v = tl.load(vbase + slot[:, :, None] * HD + dd, mask=ring[:, :, None], other=0)
-            v = v.to(tl.float16, bitcast=True).to(tl.float32)  # [BT, 4, BD]
-            v = tl.where(((tau == 0) & (us[:, None] == 1))[:, :, None], sink_v, v)
-            A = A + eu[:, :, :, None] * v[:, None, :, :]
-    # sum = (((l0+l1)+(l2+l3))+((l4+l5)+(l6+l7)))+(((l8+l9)+(l10+l11))+((l12+l13)+(l14+l15)))
-    lj0 = tl.sum(tl.where(j4 == 0, lanes, 0.0), axis=3)  # [BT, GP, 4 (u)]
-    lj1 = tl.sum(tl.where(j4 == 1, lanes, 0.0), axis=3)
-    lj2 = tl.sum(tl.where(j4 == 2, lanes, 0.0), axis=3)
-    lj3 = tl.sum(tl.where(j4 == 3, lanes, 0.0), axis=3)
-    quad = (lj0 + lj1) + (lj2 + lj3)
-    u3 = tl.arange(0, 4)[None, None, :]
-    q0 = tl.sum(tl.where(u3 == 0, quad, 0.0), axis=2)  # [BT, GP]
-    q1 = tl.sum(tl.where(u3 == 1, quad, 0.0), axis=2)
-    q2 = tl.sum(tl.where(u3 == 2, quad, 0.0), axis=2)
-    q3 = tl.sum(tl.where(u3 == 3, quad, 0.0), axis=2)
-    total = tl.where(qm, (q0 + q1) + (q2 + q3), 1.0)
+    # chunks of 16 time indices in two sets of registers, each loaded a chunk before its
+    # products (the loads' wait overlaps the other set's products, whatever order the
+    # compiler keeps; no copies between the sets); a trip takes two chunks.  STAGES > 1:
+    # Triton's own pipelining besides
+    e0, v0 = _value_loads(erow, vbase, jv, qm, tok, n32, us32, first, C, dd, HD)
+    e1, v1 = _value_loads(erow, vbase, 4 + jv, qm, tok, n32, us32, first, C, dd, HD)
+    e2, v2 = _value_loads(erow, vbase, 8 + jv, qm, tok, n32, us32, first, C, dd, HD)
+    e3, v3 = _value_loads(erow, vbase, 12 + jv, qm, tok, n32, us32, first, C, dd, HD)
+    for c0 in tl.range(0, NS, 32, num_stages=STAGES, loop_unroll_factor=UNROLL):
+        f0, w0 = _value_loads(erow, vbase, c0 + 16 + jv, qm, tok, n32, us32, first, C, dd, HD)
+        f1, w1 = _value_loads(erow, vbase, c0 + 20 + jv, qm, tok, n32, us32, first, C, dd, HD)
+        f2, w2 = _value_loads(erow, vbase, c0 + 24 + jv, qm, tok, n32, us32, first, C, dd, HD)
+        f3, w3 = _value_loads(erow, vbase, c0 + 28 + jv, qm, tok, n32, us32, first, C, dd, HD)
+        A = _value_add(A, e0, v0, c0 + jv, us32, sink_v)
+        A = _value_add(A, e1, v1, c0 + 4 + jv, us32, sink_v)
+        A = _value_add(A, e2, v2, c0 + 8 + jv, us32, sink_v)
+        A = _value_add(A, e3, v3, c0 + 12 + jv, us32, sink_v)
+        e0, v0 = _value_loads(erow, vbase, c0 + 32 + jv, qm, tok, n32, us32, first, C, dd, HD)
+        e1, v1 = _value_loads(erow, vbase, c0 + 36 + jv, qm, tok, n32, us32, first, C, dd, HD)
+        e2, v2 = _value_loads(erow, vbase, c0 + 40 + jv, qm, tok, n32, us32, first, C, dd, HD)
+        e3, v3 = _value_loads(erow, vbase, c0 + 44 + jv, qm, tok, n32, us32, first, C, dd, HD)
+        A = _value_add(A, f0, w0, c0 + 16 + jv, us32, sink_v)
+        A = _value_add(A, f1, w1, c0 + 20 + jv, us32, sink_v)
+        A = _value_add(A, f2, w2, c0 + 24 + jv, us32, sink_v)
+        A = _value_add(A, f3, w3, c0 + 28 + jv, us32, sink_v)
     jd = tl.arange(0, 4)[None, None, :, None]
     a0 = tl.sum(tl.where(jd == 0, A, 0.0), axis=2)  # [BT, GP, BD]
     a1 = tl.sum(tl.where(jd == 1, A, 0.0), axis=2)
     a2 = tl.sum(tl.where(jd == 2, A, 0.0), axis=2)
     a3 = tl.sum(tl.where(jd == 3, A, 0.0), axis=2)
     o = (a0 + a1) + (a2 + a3)
+    total = tl.load(tot_ptr + (t64[:, None] * NKV + kvh) * GP + g, mask=qm, other=1.0)
     out = tl.div_rn(o, tl.broadcast_to(total[:, :, None], o.shape))
     ptr = ao_ptr + t64[:, None, None] * (NH * HD) + (kvh * G + g)[:, :, None] * HD + dd
     tl.store(ptr, out, mask=qm[:, :, None])

@@ -139,9 +139,10 @@ def step_specs(shape: StepShape, blocks=None) -> list[KernelSpec]:
                                    QK_NORM=gemma)),
         ("sink_rope_kernel", dict(NKV=KV, KP=_pow2(KV), BT=rt, HD=HD, NEOX=gemma)),
         ("attn_scores_kernel", dict(NH=NH, NKV=KV, G=G, GP=_pow2(G), BT=b.attn_tokens, BS=b.slots, HD=HD)),
+        ("attn_softmax_kernel", dict(NKV=KV, GP=_pow2(G), BT=b.attn_tokens, ROWS=b.soft_rows)),
     ]
     for stages in sorted({b.stages, 3}):  # 3: the pipelined loop of --sweep
-        for unroll in sorted({b.unroll, 4}):  # 4: the unrolled loop --sweep tries
+        for unroll in sorted({b.unroll, 2}):  # 2: the unrolled loop --sweep tries
             specs.append(("attn_values_kernel", dict(NH=NH, NKV=KV, G=G, GP=_pow2(G), BT=b.attn_tokens, BD=b.dims,
                                                      STAGES=stages, HD=HD, UNROLL=unroll)))
     return [KernelSpec(name, tuple(c.items())) for name, c in specs]

@@ -31,19 +31,22 @@ class Blocks:
     tokens: int = 64  # most tokens per program of a product (16 .. this, by the step's tokens)
     norm_tokens: int = 16  # tokens per program of the norms, quantizations, RoPE and embedding
     attn_tokens: int = 1  # tokens per program of the attention
-    slots: int = 64  # attention time indices per program of the scores
+    slots: int = 128  # attention time indices per program of the scores
+    score_warps: int = 2  # warps per program of the scores (Triton's num_warps)
+    soft_rows: int = 4  # rows of 16 time indices per tile of the softmax's loops (two tiles a trip)
+    soft_warps: int = 2  # warps per program of the softmax
     dims: int = 16  # value dimensions per program of the attention (divides 64)
     quant_blocks: int = 2  # 32-column blocks a norm or quantization program takes at a time (<= 16)
     stages: int = 1  # software pipelining of the attention values' loop (tl.range num_stages)
-    unroll: int = 1  # chunks of 16 time indices per trip of the attention values' loops (loads in flight)
-    value_warps: int = 4  # warps per program of the attention values (Triton's num_warps)
+    unroll: int = 1  # Triton's unrolling of the attention values' loop (loop_unroll_factor)
+    value_warps: int = 2  # warps per program of the attention values
     dot_f32: bool = False  # block products in float32 (exact, see matmul_kernel): the interpreter's
     least_tokens: int = 16  # tl.dot's smallest tile on a GPU; the interpreter takes any
 
     @classmethod
     def from_env(cls) -> Blocks:
         """The tiles for this process: the interpreter's, or the GPU's with any fields that
-        ``$LMZIP_GPU_BLOCKS`` sets (e.g. ``dims=8,slots=128``: tuning, never other numbers)."""
+        ``$LMZIP_GPU_BLOCKS`` sets (e.g. ``dims=8,slots=256``: tuning, never other numbers)."""
         if interpreting():
             return cls.for_interpreter()
         spec = os.environ.get("LMZIP_GPU_BLOCKS", "").strip()
