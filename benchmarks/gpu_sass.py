@@ -57,7 +57,7 @@ def summary(binary: bytes) -> dict:
         sass = subprocess.run([_tool("nvdisasm"), "-c", f.name], capture_output=True, text=True).stdout
     finally:
         os.unlink(f.name)
-    res = {k: int(v) for k, v in re.findall(r"\b(REG|SHARED|LOCAL):(\d+)", usage)}
+    res = {k: int(v) for k, v in re.findall(r"\b(REG|SHARED|LOCAL|STACK):(\d+)", usage)}
     code, labels, waiting = [], {}, []
     for line in sass.splitlines():
         label = re.match(r"\s*(\.L_x_\d+):", line)
@@ -78,7 +78,8 @@ def summary(binary: bytes) -> dict:
             ops = collections.Counter(t.split()[0].split(".")[0] for t in trip)
             loops.append({"instructions": len(trip), **{op: ops[op] for op in _LOOP_OPS},
                           "cycles": trip_cycles(trip)})
-    return {"regs": res.get("REG", 0), "shared": res.get("SHARED", 0), "local": res.get("LOCAL", 0),
+    return {"regs": res.get("REG", 0), "shared": res.get("SHARED", 0),
+            "local": res.get("LOCAL", 0) + res.get("STACK", 0),  # spilled registers live on the stack
             "instructions": len(code), "loops": sorted(loops, key=lambda lp: -lp["instructions"])}
 
 

@@ -169,7 +169,7 @@ def _run_norm(x, w, *, norm, rows=None, nblk=2, bt=16, eps=1e-5):
     sa = torch.empty_like(s)
     y = torch.empty((T, E), dtype=torch.float32, device=DEV)
     rows_d = _dev(np.asarray(rows if rows is not None else [0], np.int32))
-    launch(K.norm_quant_kernel, (triton.cdiv(T, bt),), _dev(x), _dev(w), rows_d, y, q, s, sa, T,
+    launch(K.norm_quant_kernel, (triton.cdiv(T, bt), E // 32 // nblk), _dev(x), _dev(w), rows_d, y, q, s, sa, T,
            float(np.float32(eps)), E=E, NORM=norm, GATHER=rows is not None, STORE_Y=True, BT=bt, NBLK=nblk)
     return _host(y), _host(q), _host(s), _host(sa)
 
@@ -213,7 +213,7 @@ def test_post_norm_adds_to_the_residual(probe):
     w = _floats(rng, E)
     x_d = _dev(x)
     dummy = torch.empty(1, dtype=torch.float32, device=DEV)
-    launch(K.norm_quant_kernel, (triton.cdiv(T, 8),), _dev(y), _dev(w), _dev(np.zeros(1, np.int32)), x_d,
+    launch(K.norm_quant_kernel, (triton.cdiv(T, 8), E // 64), _dev(y), _dev(w), _dev(np.zeros(1, np.int32)), x_d,
            torch.empty(1, dtype=torch.int8, device=DEV), dummy, dummy, T, float(np.float32(1e-6)), E=E, NORM=True,
            GATHER=False, STORE_Y=False, BT=8, NBLK=2, RESIDUAL=True, QUANT=False)
     want = np.empty_like(y)
@@ -233,7 +233,7 @@ def test_gate_activation_then_quantization(probe, gelu):
     q = torch.empty((T, Fd), dtype=torch.int8, device=DEV)
     s = torch.empty((T, Fd // 32), dtype=torch.float32, device=DEV)
     sa = torch.empty_like(s)
-    launch(K.gate_quant_kernel, (triton.cdiv(T, 16),), _dev(np.concatenate([g, u], axis=1)), q, s, sa, T, F=Fd,
+    launch(K.gate_quant_kernel, (triton.cdiv(T, 16), Fd // 64), _dev(np.concatenate([g, u], axis=1)), q, s, sa, T, F=Fd,
            BT=16, NBLK=2, GELU=gelu)
     a = np.empty_like(g)
     (probe.probe_gelu_mul if gelu else probe.probe_silu_mul)(_p(np.ascontiguousarray(g)),

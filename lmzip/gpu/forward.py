@@ -443,7 +443,8 @@ class GPUEngine:
         nbe = _blocks(E, B.quant_blocks)
 
         def post_norm(out, w):  # Gemma: x = x + RMSNorm(out, w)
-            launch(K.norm_quant_kernel, (nt,), out, w, slot_d, x, aq_e, a_s, a_sa, T, self.eps, E=E, NORM=True,
+            launch(K.norm_quant_kernel, (nt, E // 32 // nbe), out, w, slot_d, x, aq_e, a_s, a_sa, T, self.eps, E=E,
+                   NORM=True,
                    GATHER=False, STORE_Y=False, BT=B.norm_tokens, NBLK=nbe, RESIDUAL=True, QUANT=False)
 
         launch(K.embed_kernel, (nt,), tok_d, self.embd[0]["q"], self.embd[0]["d"], x, T, self.emb_scale, E=E,
@@ -451,7 +452,8 @@ class GPUEngine:
         for li, L in enumerate(self.layers):
             rope = L["rope"]
             ns = min(NS, L["scores"])  # this layer's longest score row (and the rows' stride)
-            launch(K.norm_quant_kernel, (nt,), x, L["attn_norm"], slot_d, x, aq_e, a_s, a_sa, T, self.eps,
+            launch(K.norm_quant_kernel, (nt, E // 32 // nbe), x, L["attn_norm"], slot_d, x, aq_e, a_s, a_sa, T,
+                   self.eps,
                    E=E, NORM=True, GATHER=False, STORE_Y=False, BT=B.norm_tokens, NBLK=nbe)
             self._matmul(L["qkv"], aq_e, a_s, a_sa, qkv, T, residual=False)
             launch(K.rope_cache_kernel, (triton_cdiv(T, rt),), qkv, slot_d, pos_d, rope.cos, rope.sin, L["q_norm"],
@@ -468,18 +470,21 @@ class GPUEngine:
             launch(K.attn_values_kernel, (na, KV, HD // B.dims), slot_d, pos_d, self.vc, self.sv, scores, sums, ao, T,
                    li, self.ring, self.n_layer, L["span"], L["sink_until"], ns, NH=NH, NKV=KV, G=G, GP=GP,
                    BT=B.attn_tokens, BD=B.dims, STAGES=B.stages, HD=HD, UNROLL=B.unroll, num_warps=B.value_warps)
-            launch(K.norm_quant_kernel, (nt,), ao, L["attn_norm"], slot_d, ao, aq_o, a_s, a_sa, T, self.eps,
-                   E=QD, NORM=False, GATHER=False, STORE_Y=False, BT=B.norm_tokens, NBLK=_blocks(QD, B.quant_blocks))
+            nbo = _blocks(QD, B.quant_blocks)
+            launch(K.norm_quant_kernel, (nt, QD // 32 // nbo), ao, L["attn_norm"], slot_d, ao, aq_o, a_s, a_sa, T,
+                   self.eps, E=QD, NORM=False, GATHER=False, STORE_Y=False, BT=B.norm_tokens, NBLK=nbo)
             if gemma:
                 self._matmul(L["wo"], aq_o, a_s, a_sa, y, T, residual=False)
                 post_norm(y, L["post_attn_norm"])
             else:
                 self._matmul(L["wo"], aq_o, a_s, a_sa, x, T, residual=True)
-            launch(K.norm_quant_kernel, (nt,), x, L["ffn_norm"], slot_d, x, aq_e, a_s, a_sa, T, self.eps,
+            launch(K.norm_quant_kernel, (nt, E // 32 // nbe), x, L["ffn_norm"], slot_d, x, aq_e, a_s, a_sa, T,
+                   self.eps,
                    E=E, NORM=True, GATHER=False, STORE_Y=False, BT=B.norm_tokens, NBLK=nbe)
             self._matmul(L["gu"], aq_e, a_s, a_sa, gu, T, residual=False)
-            launch(K.gate_quant_kernel, (nt,), gu, aq_f, a_s, a_sa, T, F=F, BT=B.norm_tokens,
-                   NBLK=_blocks(F, B.quant_blocks), GELU=gemma)
+            nbf = _blocks(F, B.quant_blocks)
+            launch(K.gate_quant_kernel, (nt, F // 32 // nbf), gu, aq_f, a_s, a_sa, T, F=F, BT=B.norm_tokens,
+                   NBLK=nbf, GELU=gemma)
             if gemma:
                 self._matmul(L["wd"], aq_f, a_s, a_sa, y, T, residual=False)
                 post_norm(y, L["post_ffn_norm"])
@@ -489,8 +494,8 @@ class GPUEngine:
             return
         ns = logits.shape[0]
         h = t.empty((ns, E), dtype=t.float32, device=dev)
-        launch(K.norm_quant_kernel, (triton_cdiv(ns, B.norm_tokens),), x, self.out_norm, rows_d, h, aq_e, a_s, a_sa,
-               ns, self.eps, E=E, NORM=True, GATHER=True, STORE_Y=True, BT=B.norm_tokens, NBLK=nbe)
+        launch(K.norm_quant_kernel, (triton_cdiv(ns, B.norm_tokens), E // 32 // nbe), x, self.out_norm, rows_d, h,
+               aq_e, a_s, a_sa, ns, self.eps, E=E, NORM=True, GATHER=True, STORE_Y=True, BT=B.norm_tokens, NBLK=nbe)
         self._matmul(self.embd, aq_e, a_s, a_sa, logits, ns, residual=False)
         # the hidden state behind each stream's latest logits (the output head's input)
         if lslot_d.numel():

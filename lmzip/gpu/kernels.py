@@ -131,22 +131,47 @@ def quantize_block(y, ok):
 
 
 @triton.jit
+def _square_loads(ptr, m, k, N: tl.constexpr):
+    """sum_squares' loads of the 16 columns from k: four [R0, R1, 4] tiles (none past N)."""
+    a = tl.load(ptr + k, mask=m & (k < N), other=0.0)
+    b = tl.load(ptr + k + 4, mask=m & (k + 4 < N), other=0.0)
+    c = tl.load(ptr + k + 8, mask=m & (k + 8 < N), other=0.0)
+    d = tl.load(ptr + k + 12, mask=m & (k + 12 < N), other=0.0)
+    return a, b, c, d
+
+
+@triton.jit
+def _square_add(ss, v):
+    """ss plus the squares of the 4 columns of v [R0, R1, 4], in double and in order (taken
+    apart with split, no arithmetic)."""
+    R0: tl.constexpr = v.shape[0]
+    R1: tl.constexpr = v.shape[1]
+    v = v.to(tl.float64)
+    even, odd = tl.split(tl.reshape(v * v, [R0, R1, 2, 2]))
+    c0, c2 = tl.split(even)
+    c1, c3 = tl.split(odd)
+    ss = ((ss + c0) + c1) + c2
+    return ss + c3
+
+
+@triton.jit
 def sum_squares(row, ok, N: tl.constexpr):
     """RMSNorm's sum: ss = sum of x_i * x_i in double over the N float32s at each pointer of
-    the 2-D tile ``row``, sequential in index order (lanes across rows; 4 columns a step,
-    taken apart with split, no arithmetic); ``ok`` masks rows that do not exist."""
+    the 2-D tile ``row``, sequential in index order (lanes across rows); ``ok`` masks rows
+    that do not exist.  Sets of 16 columns in two sets of registers, each loaded a set
+    before it is added (the loads' wait overlaps the other set's sums, in any compiler's
+    order); past N, exact zeros."""
     R0: tl.constexpr = row.shape[0]
     R1: tl.constexpr = row.shape[1]
     ptr = row[:, :, None] + tl.arange(0, 4)[None, None, :]
     m = ok[:, :, None]
     ss = tl.zeros([R0, R1], tl.float64)
-    for k in tl.range(0, N, 4, loop_unroll_factor=4):
-        v = tl.load(ptr + k, mask=m, other=0.0).to(tl.float64)
-        even, odd = tl.split(tl.reshape(v * v, [R0, R1, 2, 2]))
-        c0, c2 = tl.split(even)
-        c1, c3 = tl.split(odd)
-        ss = ((ss + c0) + c1) + c2
-        ss = ss + c3
+    a0, a1, a2, a3 = _square_loads(ptr, m, 0, N)
+    for k in tl.range(0, N, 32):
+        b0, b1, b2, b3 = _square_loads(ptr, m, k + 16, N)
+        ss = _square_add(_square_add(_square_add(_square_add(ss, a0), a1), a2), a3)
+        a0, a1, a2, a3 = _square_loads(ptr, m, k + 32, N)
+        ss = _square_add(_square_add(_square_add(_square_add(ss, b0), b1), b2), b3)
     return ss
 
 
@@ -191,8 +216,9 @@ def norm_quant_kernel(x_ptr, w_ptr, rows_ptr, y_ptr, q_ptr, s_ptr, sa_ptr, T, ep
     ss = sum x_i^2 in double, sequential in index order; r = 1 / sqrt(ss / E + eps) in
     double; y = f32(x * r) * w.  Writes q [T, E], s and sa [T, E/32] (output row i for
     input row rows[i]) when QUANT, and y [T, E] when STORE_Y; RESIDUAL adds y to y_ptr's
-    row instead (Gemma's post-norms: x = x + RMSNorm(out, w)).  NBLK blocks of 32 at a
-    time.  Grid: (cdiv(T, BT),)."""
+    row instead (Gemma's post-norms: x = x + RMSNorm(out, w)); y_ptr is never x_ptr then.
+    NBLK blocks of 32 a program, each taking its rows' sums (the sums are latency, not
+    work; the blocks then run side by side).  Grid: (cdiv(T, BT), E / (32 NBLK))."""
     NB: tl.constexpr = E // 32
     i = tl.program_id(0) * BT + tl.arange(0, BT)
     ok = i < T
@@ -208,23 +234,83 @@ def norm_quant_kernel(x_ptr, w_ptr, rows_ptr, y_ptr, q_ptr, s_ptr, sa_ptr, T, ep
     blk = tl.arange(0, NBLK)[None, :]
     m3 = ok[:, None, None]
     m2 = ok[:, None]
-    for b0 in range(0, NB, NBLK):
-        xb = tl.load(x_ptr + row[:, None, None] * E + b0 * 32 + col, mask=m3, other=0.0)
-        if NORM:
-            w = tl.load(w_ptr + b0 * 32 + col)
-            y = (xb.to(tl.float64) * r).to(tl.float32) * w
+    b0 = tl.program_id(1) * NBLK  # the blocks are independent: one program each few
+    xb = tl.load(x_ptr + row[:, None, None] * E + b0 * 32 + col, mask=m3, other=0.0)
+    if NORM:
+        w = tl.load(w_ptr + b0 * 32 + col)
+        y = (xb.to(tl.float64) * r).to(tl.float32) * w
+    else:
+        y = xb
+    if STORE_Y:
+        tl.store(y_ptr + i64[:, None, None] * E + b0 * 32 + col, y, mask=m3)
+    if RESIDUAL:
+        res = y_ptr + i64[:, None, None] * E + b0 * 32 + col
+        tl.store(res, tl.load(res, mask=m3, other=0.0) + y, mask=m3)
+    if QUANT:
+        q, s, sa = quantize_block(y, ok)
+        tl.store(q_ptr + i64[:, None, None] * E + b0 * 32 + col, q, mask=m3)
+        tl.store(s_ptr + i64[:, None] * NB + b0 + blk, s, mask=m2)
+        tl.store(sa_ptr + i64[:, None] * NB + b0 + blk, sa, mask=m2)
+
+
+@triton.jit
+def _block_loads(b, ap, wp, amask, wmask, as_ptr, asa_ptr, wd_ptr, wm_ptr, t64, r64, tok, rok, NB: tl.constexpr,
+                 KIND: tl.constexpr):
+    """matmul_kernel's loads for the 32-column block b (none past the last): activations
+    a [BT, 32], weights w [32, BR], activation scales s [BT] and the block's other numbers:
+    Q4_1 (d, m, sa, -), Q8_0 (d, -, -, -), K16 (scale_0, scale_1, min_0, min_1)."""
+    there = b < NB
+    tb = tok & there
+    rb = rok & there
+    a = tl.load(ap + b * 32, mask=amask & there, other=0)
+    w = tl.load(wp + b * 32, mask=wmask & there, other=0)
+    s = tl.load(as_ptr + t64 * NB + b, mask=tb, other=0.0)
+    if KIND == 3:
+        x = tl.load(wd_ptr + r64 * (2 * NB) + 2 * b, mask=rb, other=0.0)
+        y = tl.load(wd_ptr + r64 * (2 * NB) + 2 * b + 1, mask=rb, other=0.0)
+        z = tl.load(wm_ptr + r64 * (2 * NB) + 2 * b, mask=rb, other=0.0)
+        u = tl.load(wm_ptr + r64 * (2 * NB) + 2 * b + 1, mask=rb, other=0.0)
+    else:
+        x = tl.load(wd_ptr + r64 * NB + b, mask=rb, other=0.0)
+        if KIND == 1:
+            y = tl.load(wm_ptr + r64 * NB + b, mask=rb, other=0.0)
+            z = tl.load(asa_ptr + t64 * NB + b, mask=tb, other=0.0)
         else:
-            y = xb
-        if STORE_Y:
-            tl.store(y_ptr + i64[:, None, None] * E + b0 * 32 + col, y, mask=m3)
-        if RESIDUAL:
-            res = y_ptr + i64[:, None, None] * E + b0 * 32 + col
-            tl.store(res, tl.load(res, mask=m3, other=0.0) + y, mask=m3)
-        if QUANT:
-            q, s, sa = quantize_block(y, ok)
-            tl.store(q_ptr + i64[:, None, None] * E + b0 * 32 + col, q, mask=m3)
-            tl.store(s_ptr + i64[:, None] * NB + b0 + blk, s, mask=m2)
-            tl.store(sa_ptr + i64[:, None] * NB + b0 + blk, sa, mask=m2)
+            y = x
+            z = s
+        u = x
+    return a, w, s, x, y, z, u
+
+
+@triton.jit
+def _block_add(acc, a, w, s, x, y, z, u, low, BT: tl.constexpr, KIND: tl.constexpr, DOT_F32: tl.constexpr):
+    """acc plus one block's terms (matmul_kernel), from _block_loads' numbers."""
+    if KIND == 3:  # K16: x, y the halves' scales, z, u their minimums
+        zero = tl.zeros_like(w)
+        w0 = tl.where(low, w, zero)
+        w1 = tl.where(low, zero, w)
+        if DOT_F32:
+            af = a.to(tl.float32)
+            isum0 = tl.dot(af, w0.to(tl.float32), input_precision="ieee")
+            isum1 = tl.dot(af, w1.to(tl.float32), input_precision="ieee")
+        else:
+            isum0 = tl.dot(a, w0).to(tl.float32)
+            isum1 = tl.dot(a, w1).to(tl.float32)
+        qs0, qs1 = tl.split(tl.sum(tl.reshape(a.to(tl.int32), [BT, 2, 16]), axis=2))  # exact
+        sq0 = s * qs0.to(tl.float32)
+        sq1 = s * qs1.to(tl.float32)
+        acc = acc + ((x[None, :] * s[:, None]) * isum0 + z[None, :] * sq0[:, None])
+        acc = acc + ((y[None, :] * s[:, None]) * isum1 + u[None, :] * sq1[:, None])
+    else:
+        if DOT_F32:
+            isum = tl.dot(a.to(tl.float32), w.to(tl.float32), input_precision="ieee")
+        else:
+            isum = tl.dot(a, w).to(tl.float32)  # int8 x int8 -> int32: exact in any order
+        if KIND == 1:  # Q4_1: x = d, y = m, z = sa
+            acc = acc + ((x[None, :] * s[:, None]) * isum + y[None, :] * z[:, None])
+        else:  # Q8_0: x = d
+            acc = acc + (x[None, :] * s[:, None]) * isum
+    return acc
 
 
 @triton.jit
@@ -255,42 +341,19 @@ def matmul_kernel(aq_ptr, as_ptr, asa_ptr, wq_ptr, wd_ptr, wm_ptr, out_ptr, T, R
     wmask = rok[None, :]
     low = (k < 16)[:, None]  # K16: the block's first 16 columns
     acc = tl.zeros([BT, BR], tl.float32)
-    for b in range(NB):
-        a = tl.load(ap + b * 32, mask=amask, other=0)
-        w = tl.load(wp + b * 32, mask=wmask, other=0)
-        s = tl.load(as_ptr + t64 * NB + b, mask=tok, other=0.0)
-        if KIND == 3:  # K16
-            zero = tl.zeros_like(w)
-            w0 = tl.where(low, w, zero)
-            w1 = tl.where(low, zero, w)
-            if DOT_F32:
-                af = a.to(tl.float32)
-                isum0 = tl.dot(af, w0.to(tl.float32), input_precision="ieee")
-                isum1 = tl.dot(af, w1.to(tl.float32), input_precision="ieee")
-            else:
-                isum0 = tl.dot(a, w0).to(tl.float32)
-                isum1 = tl.dot(a, w1).to(tl.float32)
-            qs0, qs1 = tl.split(tl.sum(tl.reshape(a.to(tl.int32), [BT, 2, 16]), axis=2))  # exact
-            sq0 = s * qs0.to(tl.float32)
-            sq1 = s * qs1.to(tl.float32)
-            sc0 = tl.load(wd_ptr + r64 * (2 * NB) + 2 * b, mask=rok, other=0.0)
-            sc1 = tl.load(wd_ptr + r64 * (2 * NB) + 2 * b + 1, mask=rok, other=0.0)
-            mn0 = tl.load(wm_ptr + r64 * (2 * NB) + 2 * b, mask=rok, other=0.0)
-            mn1 = tl.load(wm_ptr + r64 * (2 * NB) + 2 * b + 1, mask=rok, other=0.0)
-            acc = acc + ((sc0[None, :] * s[:, None]) * isum0 + mn0[None, :] * sq0[:, None])
-            acc = acc + ((sc1[None, :] * s[:, None]) * isum1 + mn1[None, :] * sq1[:, None])
-        else:
-            if DOT_F32:
-                isum = tl.dot(a.to(tl.float32), w.to(tl.float32), input_precision="ieee")
-            else:
-                isum = tl.dot(a, w).to(tl.float32)  # int8 x int8 -> int32: exact in any order
-            d = tl.load(wd_ptr + r64 * NB + b, mask=rok, other=0.0)
-            if KIND == 1:  # Q4_1
-                sa = tl.load(asa_ptr + t64 * NB + b, mask=tok, other=0.0)
-                m = tl.load(wm_ptr + r64 * NB + b, mask=rok, other=0.0)
-                acc = acc + ((d[None, :] * s[:, None]) * isum + m[None, :] * sa[:, None])
-            else:  # Q8_0
-                acc = acc + (d[None, :] * s[:, None]) * isum
+    # blocks in two sets of registers, each loaded a block before its products (the loads'
+    # wait overlaps the other block's work, whatever order the compiler keeps)
+    a0, w0, s0, x0, y0, z0, u0 = _block_loads(0, ap, wp, amask, wmask, as_ptr, asa_ptr, wd_ptr, wm_ptr, t64, r64,
+                                              tok, rok, NB, KIND)
+    for b in range(0, NB - 1, 2):
+        a1, w1, s1, x1, y1, z1, u1 = _block_loads(b + 1, ap, wp, amask, wmask, as_ptr, asa_ptr, wd_ptr, wm_ptr, t64,
+                                                  r64, tok, rok, NB, KIND)
+        acc = _block_add(acc, a0, w0, s0, x0, y0, z0, u0, low, BT, KIND, DOT_F32)
+        a0, w0, s0, x0, y0, z0, u0 = _block_loads(b + 2, ap, wp, amask, wmask, as_ptr, asa_ptr, wd_ptr, wm_ptr, t64,
+                                                  r64, tok, rok, NB, KIND)
+        acc = _block_add(acc, a1, w1, s1, x1, y1, z1, u1, low, BT, KIND, DOT_F32)
+    if NB % 2 == 1:  # the last block, loaded by the loop's last trip
+        acc = _block_add(acc, a0, w0, s0, x0, y0, z0, u0, low, BT, KIND, DOT_F32)
     ptrs = out_ptr + t64[:, None] * ldo + r64[None, :]
     mask = tok[:, None] & rok[None, :]
     if RESIDUAL:
@@ -303,7 +366,7 @@ def gate_quant_kernel(gu_ptr, q_ptr, s_ptr, sa_ptr, T, F: tl.constexpr, BT: tl.c
                       GELU: tl.constexpr = False):
     """a = act(g) * u (gu [T, 2F]: g then u), quantized, NBLK blocks of 32 at a time; act is
     SiLU, g / (1 + exp(-g)), or with GELU the engine's tanh-form GELU (Gemma).
-    Grid: (cdiv(T, BT),)."""
+    Grid: (cdiv(T, BT), F / (32 NBLK))."""
     NB: tl.constexpr = F // 32
     i = tl.program_id(0) * BT + tl.arange(0, BT)
     ok = i < T
@@ -312,17 +375,17 @@ def gate_quant_kernel(gu_ptr, q_ptr, s_ptr, sa_ptr, T, F: tl.constexpr, BT: tl.c
     blk = tl.arange(0, NBLK)[None, :]
     m3 = ok[:, None, None]
     m2 = ok[:, None]
-    for b0 in range(0, NB, NBLK):
-        g = tl.load(gu_ptr + i64[:, None, None] * (2 * F) + b0 * 32 + col, mask=m3, other=0.0)
-        u = tl.load(gu_ptr + i64[:, None, None] * (2 * F) + F + b0 * 32 + col, mask=m3, other=0.0)
-        if GELU:
-            a = gelu_f(g) * u
-        else:
-            a = tl.div_rn(g, 1.0 + exp_f(-g)) * u
-        q, s, sa = quantize_block(a, ok)
-        tl.store(q_ptr + i64[:, None, None] * F + b0 * 32 + col, q, mask=m3)
-        tl.store(s_ptr + i64[:, None] * NB + b0 + blk, s, mask=m2)
-        tl.store(sa_ptr + i64[:, None] * NB + b0 + blk, sa, mask=m2)
+    b0 = tl.program_id(1) * NBLK
+    g = tl.load(gu_ptr + i64[:, None, None] * (2 * F) + b0 * 32 + col, mask=m3, other=0.0)
+    u = tl.load(gu_ptr + i64[:, None, None] * (2 * F) + F + b0 * 32 + col, mask=m3, other=0.0)
+    if GELU:
+        a = gelu_f(g) * u
+    else:
+        a = tl.div_rn(g, 1.0 + exp_f(-g)) * u
+    q, s, sa = quantize_block(a, ok)
+    tl.store(q_ptr + i64[:, None, None] * F + b0 * 32 + col, q, mask=m3)
+    tl.store(s_ptr + i64[:, None] * NB + b0 + blk, s, mask=m2)
+    tl.store(sa_ptr + i64[:, None] * NB + b0 + blk, sa, mask=m2)
 
 
 @triton.jit

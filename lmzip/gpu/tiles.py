@@ -28,7 +28,7 @@ class Blocks:
     """Tile sizes (never change results: every output is computed whole by one lane)."""
 
     rows: int = 64  # matrix rows per program
-    tokens: int = 64  # most tokens per program of a product (16 .. this, by the step's tokens)
+    tokens: int = 32  # most tokens per program of a product (16 .. this, by the step's tokens; 64 spills)
     norm_tokens: int = 16  # tokens per program of the norms, quantizations, RoPE and embedding
     attn_tokens: int = 1  # tokens per program of the attention
     slots: int = 128  # attention time indices per program of the scores
