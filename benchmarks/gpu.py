@@ -268,23 +268,81 @@ def _release(eng, hs) -> None:
     torch.cuda.empty_cache()
 
 
-def _logits_rate(gguf: Path, streams: int, depth: int, steps: int, blocks=None) -> tuple[float, float]:
+def _logits_rate(gguf: Path, streams: int, depth: int, steps: int, blocks=None,
+                 profile: list | None = None) -> tuple[float, float]:
     """tokens/s of one-token steps of ``streams`` streams at ``depth``: (logits on the device,
-    logits copied to the host)."""
+    logits copied to the host).  ``profile``: a list to extend with the step's kernels'
+    times (:func:`_kernel_times`), from the same engine afterwards."""
     eng, hs = _filled(gguf, streams, depth, blocks)
     try:
-        return _step_rates(eng, hs, steps)
+        rates = _step_rates(eng, hs, steps)
+        if profile is not None:
+            profile.extend(_kernel_times(eng, hs))
+        return rates
     finally:
         _release(eng, hs)
 
 
+def _kernel_times(eng, hs, steps: int = 3, activity=None) -> list[tuple[str, float, float]]:
+    """The GPU time of each kernel in a one-token step of the streams ``hs``, by the CUDA
+    profiler over ``steps`` steps run one launch at a time (no CUDA graph, so that each
+    kernel is seen): (kernel, microseconds a step, launches a step).  What a GPU run needs
+    to know which kernel to work on; the step's sum is the logits' time, less the gaps
+    between launches that a graph closes.  ``activity``: the profiler's (CUDA's by default;
+    the tests' CPU has no kernels to time)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    rng = np.random.default_rng(7)
+    graphs, eng._graphs = eng._graphs, None
+    try:
+        eng.eval(hs, [[t] for t in rng.integers(0, eng.n_vocab, len(hs)).tolist()])  # warm
+        torch.cuda.synchronize()
+        with profile(activities=[activity or ProfilerActivity.CUDA]) as prof:
+            for _ in range(steps):
+                eng.eval(hs, [[t] for t in rng.integers(0, eng.n_vocab, len(hs)).tolist()])
+            torch.cuda.synchronize()
+    finally:
+        eng._graphs = graphs
+    rows = []
+    for e in prof.key_averages():
+        us = getattr(e, "device_time_total", None)
+        if us is None:
+            us = getattr(e, "cuda_time_total", 0.0)
+        if us:
+            rows.append((e.key, us, e.count))
+    return kernel_table(rows, steps)
+
+
+def kernel_table(events, steps: int) -> list[tuple[str, float, float]]:
+    """(name, total microseconds, count) of the profiler's events over ``steps`` steps ->
+    (kernel, microseconds a step, launches a step), the longest first."""
+    table: dict[str, list[float]] = {}
+    for name, us, count in events:
+        row = table.setdefault(name, [0.0, 0.0])
+        row[0] += us
+        row[1] += count
+    return sorted(((name, us / steps, n / steps) for name, (us, n) in table.items()), key=lambda r: -r[1])
+
+
+def _print_kernels(rows, streams: int, top: int = 14) -> None:
+    total = sum(us for _, us, _ in rows)
+    print(f"| kernel ({streams} streams, depth 2048, one-token steps without graphs) | us a step | share | "
+          f"launches a step |", flush=True)
+    print("|---|---|---|---|", flush=True)
+    for name, us, n in rows[:top]:
+        print(f"| {name[:60]} | {us:.0f} | {100 * us / total:.0f} % | {n:.0f} |", flush=True)
+    print(f"| all {len(rows)} kernels | {total:.0f} | 100 % | {sum(n for _, _, n in rows):.0f} |", flush=True)
+
+
 #: the tile settings --sweep tries (lmzip.gpu.tiles.Blocks fields changed from the defaults);
-#: the last is the attention's tiles before the softmax had its own kernel (2026-12-05)
+#: the last: the tiles of before 2026-12-05 (when the softmax got its own kernel) on the kernels of now
 SWEEP = ({}, {"dims": 8}, {"dims": 32}, {"slots": 64}, {"slots": 256}, {"score_warps": 4},
          {"slots": 256, "score_warps": 4}, {"soft_rows": 8}, {"soft_rows": 2}, {"soft_warps": 1},
-         {"soft_warps": 4}, {"rows": 128}, {"norm_tokens": 32}, {"quant_blocks": 4}, {"tokens": 32}, {"stages": 2},
-         {"stages": 3}, {"unroll": 2}, {"value_warps": 1}, {"value_warps": 4}, {"dims": 8, "value_warps": 1},
-         {"dims": 32, "value_warps": 4}, {"slots": 64, "score_warps": 4, "value_warps": 4})
+         {"soft_warps": 4}, {"rows": 128}, {"norm_tokens": 32}, {"quant_blocks": 4}, {"tokens": 64}, {"tokens": 16},
+         {"stages": 2}, {"stages": 3}, {"unroll": 2}, {"value_warps": 1}, {"value_warps": 4},
+         {"dims": 8, "value_warps": 1}, {"dims": 32, "value_warps": 4},
+         {"slots": 64, "score_warps": 4, "value_warps": 4, "tokens": 64})
 #: the few --check tries with the time its budget leaves at the end: the attention's variants
 #: benchmarks/gpu_sass.py singles out (docs/gpu.md), beside the defaults
 CHECK_TILES = ({}, {"value_warps": 4}, {"dims": 8, "value_warps": 1}, {"stages": 3},
@@ -384,9 +442,11 @@ def check(gguf: Path, enwik_bytes: int, budget: float) -> int:
     enwik = (SHARED / "enwik" / "enwik8_prefix_4154399").read_bytes()
     rate64 = 0.0  # bytes/s of lmzip compress at 64 streams
     file64 = (b"", b"", 0)  # that run's input, file and tokens
+    kernels: list = []  # the 64-stream step's kernels, timed (after the table)
     for streams in (1, 8, 64, 512):
         try:
-            dev, host = _logits_rate(gguf, streams, 2048, 10 if streams < 512 else 4)
+            dev, host = _logits_rate(gguf, streams, 2048, 10 if streams < 512 else 4,
+                                     profile=kernels if streams == 64 else None)
         except Exception as exc:  # e.g. out of memory: report and go on
             dev = host = float("nan")
             print(f"  logits at {streams} streams: {type(exc).__name__}: {str(exc)[:200]}", flush=True)
@@ -407,6 +467,8 @@ def check(gguf: Path, enwik_bytes: int, budget: float) -> int:
         except RuntimeError as exc:
             e2e = f"failed: {str(exc)[:120]}"
         print(f"| {streams} | 2048 | {dev:.0f} | {host:.0f} | {e2e} |", flush=True)
+    if kernels:
+        _print_kernels(kernels, 64)
     if rate64:  # the same run evaluating each block only when the last is used up: what the overlap gains
         data = enwik[: 64 * MODEL.enwik_chunk]
         _beside(gguf, data, rate64, "LMZIP_GPU_OVERLAP", "")

@@ -174,10 +174,13 @@ def _rehearse_check(monkeypatch, tmp_path, gpu, *, mixer_ok: bool, budget: float
     monkeypatch.setitem(sys.modules, "host", host)
     rates_asked = []
 
-    def logits_rate(g, streams, depth, steps, blocks=None):
+    def logits_rate(g, streams, depth, steps, blocks=None, profile=None):
         rates_asked.append((streams, blocks))
         if streams == 512 and blocks is None:
             raise MemoryError("CUDA out of memory (stand-in)")
+        if profile is not None:  # the profiler's table of the 64-stream step, as _kernel_times makes it
+            profile.extend(gpu.kernel_table([("attn_values_kernel", 900.0, 90), ("matmul_kernel", 600.0, 378),
+                                             ("attn_values_kernel", 300.0, 0)], 3))
         return 1000.0 * streams, 900.0 * streams
 
     monkeypatch.setattr(gpu, "_logits_rate", logits_rate)
@@ -225,6 +228,9 @@ def test_the_gpu_check_runs_through_with_stand_ins(monkeypatch, tmp_path, capsys
     for streams in (1, 8, 64):
         assert f"| {streams} | 2048 | {1000 * streams} | {900 * streams} | 5000 ({2048 * streams} tokens, " in said
     assert "logits at 512 streams: MemoryError" in said
+    # the 64-stream step's kernels, the longest first, after the table
+    assert ("| attn_values_kernel | 400 | 67 % | 30 |\n| matmul_kernel | 200 | 33 % | 126 |\n"
+            "| all 2 kernels | 600 |") in said
     assert "| 512 | 2048 | nan | nan | 5000 (131072 tokens, 524288 bytes, 1024 a stream" in said
     assert "64 streams with LMZIP_GPU_OVERLAP=0: 5000 tok/s" in said
     assert "64 streams with LMZIP_GPU_MIX=0 (mixing on the host)" in said

@@ -531,6 +531,12 @@ def test_the_gpu_checks_logits_timer_and_its_tiles(tiny, fake_graphs, monkeypatc
     assert ran == [(replace(Blocks.for_interpreter(), **change), 20 + 3 * i) for i, change in
                    enumerate(gpu.CHECK_TILES)]
     assert gpu._logits_rate(weights, 2, 20, 1)[0] > 0  # the throughput table's timer
+    # the kernels' profile: eager steps (graphs set aside, then back), the streams a step deeper each
+    eng, hs = gpu._filled(weights, 2, 20)
+    graphs = eng._graphs
+    rows = gpu._kernel_times(eng, hs, steps=1, activity=torch.profiler.ProfilerActivity.CPU)
+    assert eng._graphs is graphs and eng.stream_pos(hs[0]) == 22
+    assert rows == []  # the CPU's events take no device time (a GPU's table: test_gpu_cli)
 
 
 def _with_graphs(init):
