@@ -657,8 +657,8 @@ def attn_values_kernel(stream_ptr, pos_ptr, vc_ptr, sv_ptr, e_ptr, tot_ptr, ao_p
     [T, NKV, GP, NS] and their sums in tot [T, NKV, GP] (attn_softmax_kernel): values in 4
     position lanes A_j (time index i mod 4, increasing i, from 0), o = (A_0 + A_1) + (A_2 +
     A_3); out o / sum.  The loop runs to NS, the step's longest score row; what a token does
-    not see is masked, adding exact zeros.  UNROLL: chunks of 16 per loop trip (the loads
-    of several chunks in flight at once; the sums keep their order)."""
+    not see is masked, adding exact zeros.  A loop trip takes two chunks of 16 time
+    indices; UNROLL: Triton's unrolling of that loop (the sums keep their order)."""
     t = tl.program_id(0) * BT + tl.arange(0, BT)
     kvh = tl.program_id(1)
     d0 = tl.program_id(2) * BD
