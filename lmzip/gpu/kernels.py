@@ -211,14 +211,16 @@ def embed_kernel(tok_ptr, wq_ptr, wd_ptr, x_ptr, T, scale, E: tl.constexpr, BT: 
 def norm_quant_kernel(x_ptr, w_ptr, rows_ptr, y_ptr, q_ptr, s_ptr, sa_ptr, T, eps,
                       E: tl.constexpr, NORM: tl.constexpr, GATHER: tl.constexpr, STORE_Y: tl.constexpr,
                       BT: tl.constexpr, NBLK: tl.constexpr, RESIDUAL: tl.constexpr = False,
-                      QUANT: tl.constexpr = True):
+                      QUANT: tl.constexpr = True, GROUPS: tl.constexpr = 1):
     """Quantize BT rows of x (rows_ptr[i] when GATHER), after RMSNorm with weights w if NORM:
     ss = sum x_i^2 in double, sequential in index order; r = 1 / sqrt(ss / E + eps) in
     double; y = f32(x * r) * w.  Writes q [T, E], s and sa [T, E/32] (output row i for
     input row rows[i]) when QUANT, and y [T, E] when STORE_Y; RESIDUAL adds y to y_ptr's
     row instead (Gemma's post-norms: x = x + RMSNorm(out, w)); y_ptr is never x_ptr then.
-    NBLK blocks of 32 a program, each taking its rows' sums (the sums are latency, not
-    work; the blocks then run side by side).  Grid: (cdiv(T, BT), E / (32 NBLK))."""
+    NBLK blocks of 32 at a time, GROUPS times a program, each program taking its rows' sums
+    (on a GPU the sums are latency, not work, and the blocks run side by side, GROUPS 1;
+    the interpreter pays per operation and takes them all).  Grid: (cdiv(T, BT), E / (32
+    NBLK GROUPS))."""
     NB: tl.constexpr = E // 32
     i = tl.program_id(0) * BT + tl.arange(0, BT)
     ok = i < T
@@ -234,23 +236,24 @@ def norm_quant_kernel(x_ptr, w_ptr, rows_ptr, y_ptr, q_ptr, s_ptr, sa_ptr, T, ep
     blk = tl.arange(0, NBLK)[None, :]
     m3 = ok[:, None, None]
     m2 = ok[:, None]
-    b0 = tl.program_id(1) * NBLK  # the blocks are independent: one program each few
-    xb = tl.load(x_ptr + row[:, None, None] * E + b0 * 32 + col, mask=m3, other=0.0)
-    if NORM:
-        w = tl.load(w_ptr + b0 * 32 + col)
-        y = (xb.to(tl.float64) * r).to(tl.float32) * w
-    else:
-        y = xb
-    if STORE_Y:
-        tl.store(y_ptr + i64[:, None, None] * E + b0 * 32 + col, y, mask=m3)
-    if RESIDUAL:
-        res = y_ptr + i64[:, None, None] * E + b0 * 32 + col
-        tl.store(res, tl.load(res, mask=m3, other=0.0) + y, mask=m3)
-    if QUANT:
-        q, s, sa = quantize_block(y, ok)
-        tl.store(q_ptr + i64[:, None, None] * E + b0 * 32 + col, q, mask=m3)
-        tl.store(s_ptr + i64[:, None] * NB + b0 + blk, s, mask=m2)
-        tl.store(sa_ptr + i64[:, None] * NB + b0 + blk, sa, mask=m2)
+    for gi in tl.static_range(GROUPS):  # the blocks are independent
+        b0 = (tl.program_id(1) * GROUPS + gi) * NBLK
+        xb = tl.load(x_ptr + row[:, None, None] * E + b0 * 32 + col, mask=m3, other=0.0)
+        if NORM:
+            w = tl.load(w_ptr + b0 * 32 + col)
+            y = (xb.to(tl.float64) * r).to(tl.float32) * w
+        else:
+            y = xb
+        if STORE_Y:
+            tl.store(y_ptr + i64[:, None, None] * E + b0 * 32 + col, y, mask=m3)
+        if RESIDUAL:
+            res = y_ptr + i64[:, None, None] * E + b0 * 32 + col
+            tl.store(res, tl.load(res, mask=m3, other=0.0) + y, mask=m3)
+        if QUANT:
+            q, s, sa = quantize_block(y, ok)
+            tl.store(q_ptr + i64[:, None, None] * E + b0 * 32 + col, q, mask=m3)
+            tl.store(s_ptr + i64[:, None] * NB + b0 + blk, s, mask=m2)
+            tl.store(sa_ptr + i64[:, None] * NB + b0 + blk, sa, mask=m2)
 
 
 @triton.jit

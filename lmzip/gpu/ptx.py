@@ -127,7 +127,7 @@ def step_specs(shape: StepShape, blocks=None) -> list[KernelSpec]:
     for width, norm, gather, store, residual in norms:
         specs.append(("norm_quant_kernel", dict(E=width, NORM=norm, GATHER=gather, STORE_Y=store, BT=b.norm_tokens,
                                                 NBLK=_blocks(width, b.quant_blocks), RESIDUAL=residual,
-                                                QUANT=not residual)))
+                                                QUANT=not residual, GROUPS=1)))
     for bt in sorted({product_tokens(n, b.tokens) for n in (1, 2 * b.tokens)} | {b.tokens // 2}):
         for K, kind, residual in shape.products:
             specs.append(("matmul_kernel", dict(K=K, KIND=kind, RESIDUAL=residual, BT=bt, BR=b.rows,

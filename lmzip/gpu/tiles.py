@@ -40,6 +40,7 @@ class Blocks:
     stages: int = 1  # software pipelining of the attention values' loop (tl.range num_stages)
     unroll: int = 1  # Triton's unrolling of the attention values' loop (loop_unroll_factor)
     value_warps: int = 2  # warps per program of the attention values
+    quant_loop: bool = False  # a norm's blocks in one program's loop (the interpreter's), not side by side
     dot_f32: bool = False  # block products in float32 (exact, see matmul_kernel): the interpreter's
     least_tokens: int = 16  # tl.dot's smallest tile on a GPU; the interpreter takes any
 
@@ -56,7 +57,7 @@ class Blocks:
         for item in spec.split(","):
             key, _, value = item.partition("=")
             key = key.strip()
-            if key not in cls.__dataclass_fields__ or key in ("dot_f32", "least_tokens"):
+            if key not in cls.__dataclass_fields__ or key in ("dot_f32", "least_tokens", "quant_loop"):
                 raise ValueError(f"LMZIP_GPU_BLOCKS: unknown tile {key!r}")
             fields[key] = int(value)
         return cls(**fields)
@@ -65,7 +66,7 @@ class Blocks:
     def for_interpreter(cls) -> Blocks:
         # the interpreter pays per operation, not per element: few big tiles
         return cls(rows=2048, tokens=32, norm_tokens=32, attn_tokens=32, slots=128, dims=64, quant_blocks=16,
-                   dot_f32=True, least_tokens=1)
+                   dot_f32=True, least_tokens=1, quant_loop=True)
 
 
 
