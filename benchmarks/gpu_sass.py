@@ -124,21 +124,20 @@ def trip_cycles(trip: list[str], trips: int = 4) -> int:
             dest: list[str] = []
             if operands and not name.startswith(_NO_DEST) and _registers(operands[0]):
                 dest = _registers(operands[0])
-                if ".64" in op or op.startswith("IMAD.WIDE"):
-                    dest.append(f"R{int(dest[0][1:]) + 1}") if dest[0].startswith("R") and len(dest) == 1 else None
-                elif ".128" in op and dest[0].startswith("R"):
-                    dest = [f"R{int(dest[0][1:]) + k}" for k in range(4)]
+                wide = 4 if ".128" in op else 2 if ".64" in op or op.startswith("IMAD.WIDE") else len(dest)
+                if dest[0].startswith("R") and wide > len(dest):  # a vector or pair written
+                    dest = [f"R{int(dest[0][1:]) + k}" for k in range(wide)]
                 sources = [r for o in operands[1:] for r in _registers(o)]
             else:
                 sources = [r for o in operands for r in _registers(o)]
             sources += _registers(guard)
             now = max([now] + [ready.get(r, 0) for r in sources])
-            if name == "DEPBAR" and "SB0" in args:
+            if name == "DEPBAR" and "SB0" in args:  # wait until at most `allowed` groups are pending
                 allowed = int(operands[-1], 0)
-                done = sorted(groups)
-                while len([g for g in groups if g > now]) > allowed:
-                    now = min(g for g in groups if g > now)
-                groups = [g for g in done if g > now]
+                groups = [g for g in groups if g > now]
+                while len(groups) > allowed:
+                    now = min(groups)
+                    groups = [g for g in groups if g > now]
             if name == "LDGSTS":
                 pending_copies.append(now + MEMORY)
             elif name == "LDGDEPBAR":

@@ -440,11 +440,20 @@ class GPUEngine:
         nt = triton_cdiv(T, B.norm_tokens)
         rt = rope_tokens(B, HD)
         na = triton_cdiv(T, B.attn_tokens)
-        nbe = _blocks(E, B.quant_blocks)
-        ge = E // 32 // nbe if B.quant_loop else 1  # a norm's groups of blocks a program
+
+        def quant_tiles(width):
+            """A norm's or quantization's blocks of 32 a program takes at a time, how many times
+            (all in one program only where B.quant_loop), and its programs along a row."""
+            nblk = _blocks(width, B.quant_blocks)
+            groups = width // 32 // nblk if B.quant_loop else 1
+            return nblk, groups, width // 32 // nblk // groups
+
+        nbe, ge, pe = quant_tiles(E)
+        nbo, go, po = quant_tiles(QD)
+        nbf = _blocks(F, B.quant_blocks)  # the gate's blocks: side by side everywhere
 
         def post_norm(out, w):  # Gemma: x = x + RMSNorm(out, w)
-            launch(K.norm_quant_kernel, (nt, E // 32 // nbe // ge), out, w, slot_d, x, aq_e, a_s, a_sa, T, self.eps,
+            launch(K.norm_quant_kernel, (nt, pe), out, w, slot_d, x, aq_e, a_s, a_sa, T, self.eps,
                    E=E, NORM=True, GATHER=False, STORE_Y=False, BT=B.norm_tokens, NBLK=nbe, RESIDUAL=True,
                    QUANT=False, GROUPS=ge)
 
@@ -453,8 +462,7 @@ class GPUEngine:
         for li, L in enumerate(self.layers):
             rope = L["rope"]
             ns = min(NS, L["scores"])  # this layer's longest score row (and the rows' stride)
-            launch(K.norm_quant_kernel, (nt, E // 32 // nbe // ge), x, L["attn_norm"], slot_d, x, aq_e, a_s, a_sa, T,
-                   self.eps,
+            launch(K.norm_quant_kernel, (nt, pe), x, L["attn_norm"], slot_d, x, aq_e, a_s, a_sa, T, self.eps,
                    E=E, NORM=True, GATHER=False, STORE_Y=False, BT=B.norm_tokens, NBLK=nbe, GROUPS=ge)
             self._matmul(L["qkv"], aq_e, a_s, a_sa, qkv, T, residual=False)
             launch(K.rope_cache_kernel, (triton_cdiv(T, rt),), qkv, slot_d, pos_d, rope.cos, rope.sin, L["q_norm"],
@@ -471,20 +479,16 @@ class GPUEngine:
             launch(K.attn_values_kernel, (na, KV, HD // B.dims), slot_d, pos_d, self.vc, self.sv, scores, sums, ao, T,
                    li, self.ring, self.n_layer, L["span"], L["sink_until"], ns, NH=NH, NKV=KV, G=G, GP=GP,
                    BT=B.attn_tokens, BD=B.dims, STAGES=B.stages, HD=HD, UNROLL=B.unroll, num_warps=B.value_warps)
-            nbo = _blocks(QD, B.quant_blocks)
-            go = QD // 32 // nbo if B.quant_loop else 1
-            launch(K.norm_quant_kernel, (nt, QD // 32 // nbo // go), ao, L["attn_norm"], slot_d, ao, aq_o, a_s, a_sa,
-                   T, self.eps, E=QD, NORM=False, GATHER=False, STORE_Y=False, BT=B.norm_tokens, NBLK=nbo, GROUPS=go)
+            launch(K.norm_quant_kernel, (nt, po), ao, L["attn_norm"], slot_d, ao, aq_o, a_s, a_sa, T, self.eps,
+                   E=QD, NORM=False, GATHER=False, STORE_Y=False, BT=B.norm_tokens, NBLK=nbo, GROUPS=go)
             if gemma:
                 self._matmul(L["wo"], aq_o, a_s, a_sa, y, T, residual=False)
                 post_norm(y, L["post_attn_norm"])
             else:
                 self._matmul(L["wo"], aq_o, a_s, a_sa, x, T, residual=True)
-            launch(K.norm_quant_kernel, (nt, E // 32 // nbe // ge), x, L["ffn_norm"], slot_d, x, aq_e, a_s, a_sa, T,
-                   self.eps,
+            launch(K.norm_quant_kernel, (nt, pe), x, L["ffn_norm"], slot_d, x, aq_e, a_s, a_sa, T, self.eps,
                    E=E, NORM=True, GATHER=False, STORE_Y=False, BT=B.norm_tokens, NBLK=nbe, GROUPS=ge)
             self._matmul(L["gu"], aq_e, a_s, a_sa, gu, T, residual=False)
-            nbf = _blocks(F, B.quant_blocks)
             launch(K.gate_quant_kernel, (nt, F // 32 // nbf), gu, aq_f, a_s, a_sa, T, F=F, BT=B.norm_tokens,
                    NBLK=nbf, GELU=gemma)
             if gemma:
@@ -496,9 +500,8 @@ class GPUEngine:
             return
         ns = logits.shape[0]
         h = t.empty((ns, E), dtype=t.float32, device=dev)
-        launch(K.norm_quant_kernel, (triton_cdiv(ns, B.norm_tokens), E // 32 // nbe // ge), x, self.out_norm, rows_d,
-               h, aq_e, a_s, a_sa, ns, self.eps, E=E, NORM=True, GATHER=True, STORE_Y=True, BT=B.norm_tokens,
-               NBLK=nbe, GROUPS=ge)
+        launch(K.norm_quant_kernel, (triton_cdiv(ns, B.norm_tokens), pe), x, self.out_norm, rows_d, h, aq_e, a_s, a_sa,
+               ns, self.eps, E=E, NORM=True, GATHER=True, STORE_Y=True, BT=B.norm_tokens, NBLK=nbe, GROUPS=ge)
         self._matmul(self.embd, aq_e, a_s, a_sa, logits, ns, residual=False)
         # the hidden state behind each stream's latest logits (the output head's input)
         if lslot_d.numel():

@@ -575,9 +575,9 @@ def attn_softmax_kernel(pos_ptr, sc_ptr, tot_ptr, T, span, sink_until, NS, NKV: 
     NKV, GP].  Once a token and head, so that the values' programs (one for each few
     dimensions) take the exponentials as they are.  The loops run to NS, the step's longest
     score row (a plain argument: a CUDA graph replays with other positions); what a token
-    does not see is neither read nor written.  A loop trip takes ROWS rows of 16 time
-    indices as one tile (its loads issued together, whatever the compiler reorders), and
-    each lane adds the trip's rows in order, each taken out of the tile exactly."""
+    does not see is neither read nor written.  A tile is ROWS rows of 16 time indices (its
+    loads issued together), a loop trip takes two, and each lane adds a tile's rows in
+    order, each taken out of the tile exactly."""
     t = tl.program_id(0) * BT + tl.arange(0, BT)
     kvh = tl.program_id(1)
     g = tl.program_id(2)
