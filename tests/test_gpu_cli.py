@@ -239,7 +239,7 @@ def test_the_gpu_check_runs_through_with_stand_ins(monkeypatch, tmp_path, capsys
     assert (out / "enwik8_prefix_600000.smol.gpu.lmz").stat().st_size == 3 + 600000 // 4
     assert "PASS the 64-stream file decoded on the GPU: 131072 tok/s (131072 tokens in 1.0 s)" in said
     tried = [b for s, b in rates_asked if s == 64 and b is not None]
-    assert len(tried) == len(gpu.CHECK_TILES) and "| {'stages': 3} | 64000 | 57600 |" in said
+    assert len(tried) == len(gpu.CHECK_TILES) and "| {'soft_stages': 3} | 64000 | 57600 |" in said
 
 
 def test_the_gpu_check_falls_back_to_host_mixing(monkeypatch, tmp_path, capsys):

@@ -256,9 +256,10 @@ def _random_packed(rng, kind: int, rows: int, cols: int) -> np.ndarray:
 
 @pytest.mark.parametrize("kind", [weights.T_Q4_1, weights.T_Q8_0])
 @pytest.mark.parametrize("dot_f32", [False, True])
-def test_block_products(probe, kind, dot_f32):
-    rng = np.random.default_rng(6 + kind)
-    R, Kc, T = 80, 128, 19
+@pytest.mark.parametrize("Kc", [64, 128, 192])  # the loop takes 3 blocks a trip: NB mod 3 = 2, 1, 0
+def test_block_products(probe, kind, dot_f32, Kc):
+    rng = np.random.default_rng(6 + kind + Kc)
+    R, T = 80, 19
     raw = _random_packed(rng, kind, R, Kc)
     m = weights._unpack_q4_1(raw, R, Kc) if kind == weights.T_Q4_1 else weights._unpack_q8_0(raw, R, Kc)
     x = _floats(rng, T * Kc, 4.0).reshape(T, Kc)
@@ -360,12 +361,12 @@ HEADS = {"llama": (9, 3, 64, False, 0.125), "gemma": (4, 2, 256, True, 0.0625)}
 def test_rope_and_cache_writes(probe, arch):
     """RoPE (Gemma: after the query and key norms, NEOX pairs) and the query scale in place;
     the start token's key and value kept; later keys rotated and both rounded to f16 into
-    their ring slots."""
+    their ring slots, the values again past the ring's end (its tail repeats it)."""
     rng = np.random.default_rng(8)
     NH, KV, HD, gemma, qscale = HEADS[arch]
-    C, half, eps = 48, HD // 2, np.float32(1e-6)
+    C, half, eps = 64, HD // 2, np.float32(1e-6)
     W = (NH + 2 * KV) * HD
-    pos = [0, 1, 17, 47, 48, 200]
+    pos = [0, 1, 17, 47, 48, 60, 200]
     T = len(pos)
     qkv = _floats(rng, T * W, 50.0).reshape(T, W)
     qkv[2, NH * HD:NH * HD + 8] = [7e4, -7e4, 65519, 65521, 1e-7, -3e-8, 0.0, -0.0]
@@ -374,7 +375,7 @@ def test_rope_and_cache_writes(probe, arch):
     qn, kn = _floats(rng, HD, 2.0), _floats(rng, HD, 2.0)
     cos, sin = rope.cos_sin(np.arange(256), rope.inv_freq(100000.0, HD))
     kc = torch.zeros((1, 2, KV, HD, C), dtype=torch.int16, device=DEV)
-    vc = torch.zeros((1, 2, KV, C, HD), dtype=torch.int16, device=DEV)
+    vc = torch.zeros((1, 2, KV, C + K.RING_TAIL.value, HD), dtype=torch.int16, device=DEV)
     sk = torch.zeros((1, 2, KV, HD), dtype=torch.float32, device=DEV)
     sv = torch.zeros_like(sk)
     qkv_d = _dev(qkv)
@@ -418,6 +419,8 @@ def test_rope_and_cache_writes(probe, arch):
             slot = (p - 1) % C
             assert _same(_host(kc[0, 1, h, :, slot]).view(np.uint16), kh), (arch, p, h)
             assert _same(_host(vc[0, 1, h, slot]).view(np.uint16), vh), (arch, p, h)
+    ring = _host(vc[0, 1])
+    assert _same(ring[:, C:], ring[:, np.arange(C, C + K.RING_TAIL.value) % C]) and np.count_nonzero(ring[:, C:]) > 0
 
 
 #: (query heads, KV heads, G, head dimension, NEOX, span, sink_until, ring slots): SmolLM2
@@ -442,14 +445,15 @@ def test_attention(probe, case):
     cos, sin = rope.cos_sin(np.arange(1024), rope.inv_freq(100000.0, HD))
     kbits = (rng.standard_normal((1, 1, KV, HD, C)) * 2).astype(np.float16)
     vbits = (rng.standard_normal((1, 1, KV, C, HD)) * 2).astype(np.float16)
+    vring = vbits[:, :, :, np.arange(C + K.RING_TAIL.value) % C]  # the cache's tail repeats the ring
     sink_k = _floats(rng, KV * HD, 2.0).reshape(1, 1, KV, HD)
     sink_v = _floats(rng, KV * HD, 2.0).reshape(1, 1, KV, HD)
-    kc, vc = _dev(kbits.view(np.int16)), _dev(vbits.view(np.int16))
+    kc, vc = _dev(kbits.view(np.int16)), _dev(vring.view(np.int16))
     stream = _dev(np.zeros(T, np.int32))
     pos_d = _dev(np.array(pos, np.int64))
     rk = torch.empty((T, KV, HD), dtype=torch.float32, device=DEV)
-    NS = (min(max(pos), span) + 1 + 15) // 16 * 16
-    sc = torch.empty((T, KV, 4, NS), dtype=torch.float32, device=DEV)
+    NS = (min(max(pos), span) + 1 + 63) // 64 * 64  # score rows: a multiple of 64
+    sc = torch.full((T, KV, 4, NS), float("nan"), dtype=torch.float32, device=DEV)  # what nothing writes
     ao = torch.empty((T, NH * HD), dtype=torch.float32, device=DEV)
     launch(K.sink_rope_kernel, (1,), stream, pos_d, _dev(cos), _dev(sin), _dev(sink_k), rk, T, 0, 1, span, NKV=KV,
            KP=4, BT=16, HD=HD, NEOX=neox)

@@ -461,7 +461,8 @@ def test_steps_through_the_graph_path(tiny, fake_graphs, monkeypatch, kept):
             eng.stream_hidden(hg[i], h_got)
             assert h_want.tobytes() == h_got.tobytes()
         done += k
-    assert list(eng._graphs) == [(3, 1, 16), (3, 3, 16), (2, 1, 16), (2, 4, 16)][-kept:]  # rows: the window's
+    # rows: the window's (16 positions in a row of 64, attn_values_kernel's trip)
+    assert list(eng._graphs) == [(3, 1, 64), (3, 3, 64), (2, 1, 64), (2, 4, 64)][-kept:]
 
 
 def test_graphs_loop_over_the_rows_their_streams_reach(tiny, fake_graphs, monkeypatch):
@@ -661,15 +662,15 @@ def test_gemma_group_logits_equal_the_c_engines(tiny_gemma):
 
 def test_gemma_local_layers_loop_over_their_own_window(tiny_gemma, monkeypatch):
     """At a window longer than the local one, a local layer's attention runs to its 24
-    positions (32, a multiple of 16), the global layer's to the step's longest row: the
-    same logits as the C engine's, in steps of 1 and 9 tokens past both windows."""
+    positions (64, a multiple of 64), the global layer's to the step's longest row (128):
+    the same logits as the C engine's, in steps of 1 and 9 tokens past the local window."""
     import lmzip.gpu.forward as fw
 
     weights, _ = tiny_gemma
     rng = np.random.default_rng(31)
     seqs = [[BOS] + rng.integers(0, 256, n).tolist() for n in (75, 40)]
     calls = [30, 9, 1, 30, 9]
-    want = _cpu_logits(weights, seqs, calls, 64)
+    want = _cpu_logits(weights, seqs, calls, 128)
     bounds: list = []
     real = fw.launch
 
@@ -679,12 +680,12 @@ def test_gemma_local_layers_loop_over_their_own_window(tiny_gemma, monkeypatch):
         return real(kernel, grid, *args, **meta)
 
     monkeypatch.setattr(fw, "launch", spy)
-    eng = GPUEngine(weights, device=DEV, context=64)
+    eng = GPUEngine(weights, device=DEV, context=128)
     got = _run(eng, [eng.new_stream() for _ in seqs], seqs, calls)
     for (wi, w), (gi, g) in zip(want, got):
         assert wi == gi and w.tobytes() == g.tobytes()
     last = dict(bounds[-G_LAYER:])  # the last step, at positions 69..75
-    assert last == {0: 32, 1: 32, 2: 64}
+    assert last == {0: 64, 1: 64, 2: 128}
 
 
 def test_gemma_rows_and_trust_check(tiny_gemma, monkeypatch, capsys):

@@ -116,6 +116,25 @@ def _gpu_sass():
     return mod
 
 
+def test_layer_launches_follow_the_tiles():
+    """gpu_sass.py --layer's launches of a SmolLM2 layer: the grids and loop trips
+    lmzip.gpu.forward makes with the tiles (a 64-stream step at depth 2048)."""
+    from dataclasses import replace
+
+    from lmzip.gpu.tiles import Blocks
+
+    sass = _gpu_sass()
+    got = {what: (spec.name, programs, warps, trips) for what, spec, programs, warps, trips
+           in sass.layer_launches(64, 2048, Blocks())}
+    assert [v[0] for v in got.values()].count("matmul_kernel") == 4 and len(got) == 13
+    b = Blocks()
+    assert got["values"][1:] == (64 * 3 * (64 // b.dims), b.value_warps, [2048 // 64])
+    assert got["scores"][1:] == (64 * 3 * (2048 // b.slots), b.score_warps, [8])
+    assert got["down"][1:] == (-(-576 // b.rows) * (64 // b.tokens), 4, [1536 // 32])
+    wider = {what: programs for what, _, programs, _, _ in sass.layer_launches(64, 2048, replace(b, slots=128))}
+    assert wider["scores"] == 64 * 3 * 16 and wider["values"] == got["values"][1]
+
+
 def test_trip_cycles_counts_the_waits_on_memory():
     """benchmarks/gpu_sass.py's in-order model of a loop trip: a load whose use follows it
     waits out the latency, loads issued together wait once, a load a trip ahead of its use

@@ -165,14 +165,14 @@ class GPUEngine:
                      "wo": product(L["wo"]), "ffn_norm": up(L["ffn_norm"]), "gu": product(L["wg"], L["wu"]),
                      "wd": product(L["wd"])}
             # span, sink: what a query sees (kernels._window); scores: the most it has, a
-            # multiple of 16 (a local layer's attention loops over its own window, not the step's
+            # multiple of 64 (a local layer's attention loops over its own window, not the step's
             # longest row: masked positions add exact zeros, so the bound changes no number)
             if w.is_global(li):  # the window, the start token always first
                 layer.update(span=self.window - 1, sink_until=-1, rope=self.rope_global,
-                             scores=(self.window + 15) // 16 * 16)
+                             scores=(self.window + 63) // 64 * 64)
             else:  # Gemma's local layers: the last swa positions, the start token while p < swa
                 layer.update(span=self.swa, sink_until=self.swa, rope=self.rope_local,
-                             scores=(self.swa + 15) // 16 * 16)
+                             scores=(self.swa + 63) // 64 * 64)
             if self.gemma:
                 for name in ("q_norm", "k_norm", "post_attn_norm", "post_ffn_norm"):
                     layer[name] = up(L[name])
@@ -192,16 +192,17 @@ class GPUEngine:
         #: the last (lmzip.predictors.portable; off with LMZIP_GPU_OVERLAP=0, to measure it)
         self.overlap = os.environ.get("LMZIP_GPU_OVERLAP", "1") != "0"
         D = self.head_dim
-        self.stream_bytes_each = (2 * self.n_layer * self.n_kv * D * self.ring * 2
+        self.stream_bytes_each = (self.n_layer * self.n_kv * D * (2 * self.ring + K.RING_TAIL.value) * 2
                                   + 2 * self.n_layer * self.n_kv * D * 4)
 
     def _score_len(self, top: int) -> int:
-        """Score row length (a multiple of 16) for queries up to position ``top``: the sink
-        and the ring positions of the longest window, global or local."""
+        """Score row length (a multiple of 64: attn_values_kernel's loop trip) for queries up
+        to position ``top``: the sink and the ring positions of the longest window, global
+        or local."""
         n = min(top, self.window - 1) + 1
         if self.gemma:
             n = max(n, min(top + 1, self.swa))
-        return (n + 15) // 16 * 16
+        return (n + 63) // 64 * 64
 
     # ------------------------------------------------------------------ streams
 
@@ -216,7 +217,7 @@ class GPUEngine:
             return new
 
         self.kc = more(self.kc, (L, KV, D, C), t.int16)
-        self.vc = more(self.vc, (L, KV, C, D), t.int16)
+        self.vc = more(self.vc, (L, KV, C + K.RING_TAIL.value, D), t.int16)  # the ring's tail repeats its start
         self.sk = more(self.sk, (L, KV, D), t.float32)
         self.sv = more(self.sv, (L, KV, D), t.float32)
         self.hidden = more(self.hidden, (E,), t.float32)
@@ -455,7 +456,7 @@ class GPUEngine:
         def post_norm(out, w):  # Gemma: x = x + RMSNorm(out, w)
             launch(K.norm_quant_kernel, (nt, pe), out, w, slot_d, x, aq_e, a_s, a_sa, T, self.eps,
                    E=E, NORM=True, GATHER=False, STORE_Y=False, BT=B.norm_tokens, NBLK=nbe, RESIDUAL=True,
-                   QUANT=False, GROUPS=ge)
+                   QUANT=False, GROUPS=ge, STAGES=B.norm_stages)
 
         launch(K.embed_kernel, (nt,), tok_d, self.embd[0]["q"], self.embd[0]["d"], x, T, self.emb_scale, E=E,
                BT=B.norm_tokens, SCALED=gemma)
@@ -463,31 +464,35 @@ class GPUEngine:
             rope = L["rope"]
             ns = min(NS, L["scores"])  # this layer's longest score row (and the rows' stride)
             launch(K.norm_quant_kernel, (nt, pe), x, L["attn_norm"], slot_d, x, aq_e, a_s, a_sa, T, self.eps,
-                   E=E, NORM=True, GATHER=False, STORE_Y=False, BT=B.norm_tokens, NBLK=nbe, GROUPS=ge)
+                   E=E, NORM=True, GATHER=False, STORE_Y=False, BT=B.norm_tokens, NBLK=nbe, GROUPS=ge,
+                   STAGES=B.norm_stages)
             self._matmul(L["qkv"], aq_e, a_s, a_sa, qkv, T, residual=False)
             launch(K.rope_cache_kernel, (triton_cdiv(T, rt),), qkv, slot_d, pos_d, rope.cos, rope.sin, L["q_norm"],
                    L["k_norm"], self.kc, self.vc, self.sk, self.sv, T, li, self.ring, self.n_layer, self.eps,
                    self.q_scale, NH=NH, NKV=KV, HP=_pow2(NH), KP=_pow2(KV), BT=rt, HD=HD, NEOX=gemma,
-                   QK_NORM=gemma)
+                   QK_NORM=gemma, STAGES=B.norm_stages)
             launch(K.sink_rope_kernel, (triton_cdiv(T, rt),), slot_d, pos_d, rope.cos, rope.sin, self.sk, rk, T, li,
                    self.n_layer, L["span"], NKV=KV, KP=_pow2(KV), BT=rt, HD=HD, NEOX=gemma)
             launch(K.attn_scores_kernel, (na, KV, triton_cdiv(ns, B.slots)), qkv, slot_d, pos_d, self.kc, rk, scores,
                    T, li, self.ring, self.n_layer, L["span"], L["sink_until"], ns, NH=NH, NKV=KV, G=G, GP=GP,
                    BT=B.attn_tokens, BS=B.slots, HD=HD, num_warps=B.score_warps)
             launch(K.attn_softmax_kernel, (na, KV, G), pos_d, scores, sums, T, L["span"], L["sink_until"], ns,
-                   NKV=KV, GP=GP, BT=B.attn_tokens, ROWS=B.soft_rows, num_warps=B.soft_warps)
+                   NKV=KV, GP=GP, BT=B.attn_tokens, ROWS=B.soft_rows, STAGES=B.soft_stages,
+                   num_warps=B.soft_warps)
             launch(K.attn_values_kernel, (na, KV, HD // B.dims), slot_d, pos_d, self.vc, self.sv, scores, sums, ao, T,
                    li, self.ring, self.n_layer, L["span"], L["sink_until"], ns, NH=NH, NKV=KV, G=G, GP=GP,
                    BT=B.attn_tokens, BD=B.dims, STAGES=B.stages, HD=HD, UNROLL=B.unroll, num_warps=B.value_warps)
             launch(K.norm_quant_kernel, (nt, po), ao, L["attn_norm"], slot_d, ao, aq_o, a_s, a_sa, T, self.eps,
-                   E=QD, NORM=False, GATHER=False, STORE_Y=False, BT=B.norm_tokens, NBLK=nbo, GROUPS=go)
+                   E=QD, NORM=False, GATHER=False, STORE_Y=False, BT=B.norm_tokens, NBLK=nbo, GROUPS=go,
+                   STAGES=B.norm_stages)
             if gemma:
                 self._matmul(L["wo"], aq_o, a_s, a_sa, y, T, residual=False)
                 post_norm(y, L["post_attn_norm"])
             else:
                 self._matmul(L["wo"], aq_o, a_s, a_sa, x, T, residual=True)
             launch(K.norm_quant_kernel, (nt, pe), x, L["ffn_norm"], slot_d, x, aq_e, a_s, a_sa, T, self.eps,
-                   E=E, NORM=True, GATHER=False, STORE_Y=False, BT=B.norm_tokens, NBLK=nbe, GROUPS=ge)
+                   E=E, NORM=True, GATHER=False, STORE_Y=False, BT=B.norm_tokens, NBLK=nbe, GROUPS=ge,
+                   STAGES=B.norm_stages)
             self._matmul(L["gu"], aq_e, a_s, a_sa, gu, T, residual=False)
             launch(K.gate_quant_kernel, (nt, F // 32 // nbf), gu, aq_f, a_s, a_sa, T, F=F, BT=B.norm_tokens,
                    NBLK=nbf, GELU=gemma)
@@ -501,7 +506,8 @@ class GPUEngine:
         ns = logits.shape[0]
         h = t.empty((ns, E), dtype=t.float32, device=dev)
         launch(K.norm_quant_kernel, (triton_cdiv(ns, B.norm_tokens), pe), x, self.out_norm, rows_d, h, aq_e, a_s, a_sa,
-               ns, self.eps, E=E, NORM=True, GATHER=True, STORE_Y=True, BT=B.norm_tokens, NBLK=nbe, GROUPS=ge)
+               ns, self.eps, E=E, NORM=True, GATHER=True, STORE_Y=True, BT=B.norm_tokens, NBLK=nbe, GROUPS=ge,
+               STAGES=B.norm_stages)
         self._matmul(self.embd, aq_e, a_s, a_sa, logits, ns, residual=False)
         # the hidden state behind each stream's latest logits (the output head's input)
         if lslot_d.numel():
@@ -519,7 +525,7 @@ class GPUEngine:
             dest = out[:, W["offset"]:] if W["offset"] else out
             launch(K.matmul_kernel, (triton_cdiv(R, br), triton_cdiv(T, bt)), aq, a_s, a_sa, W["q"], W["d"],
                    W["m"], dest, T, R, ldo, K=W["K"], KIND=W["kind"], RESIDUAL=residual, BT=bt, BR=br,
-                   DOT_F32=B.dot_f32)
+                   DOT_F32=B.dot_f32, STAGES=B.product_stages)
 
     # ------------------------------------------------------------------ CUDA graphs
 

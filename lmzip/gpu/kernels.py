@@ -20,9 +20,10 @@ Layouts (the host side, lmzip.gpu.forward, prepares them): activations [tokens, 
 float32; quantized activations int8 [tokens, K] with float32 scales [tokens, K/32];
 matrices as int8 [rows, K] (Q4_1: 0..15, Q8_0: -128..127, K16: Q4_K's 0..15 or Q6_K's
 -32..31) with float32 d (and m) [rows, K/32] (K16: scale and min [rows, K/16]); the key
-cache [stream, layer, kv head, HD, C] and the value cache [stream, layer, kv head, C, HD]
-as f16 bits (int16); the start token's key and value [stream, layer, kv head, HD] float32
-(HD the head dimension: 64 for SmolLM2, 256 for Gemma 3).
+cache [stream, layer, kv head, HD, C] and the value cache [stream, layer, kv head, C +
+RING_TAIL, HD] (its tail repeats the ring) as f16 bits (int16); the start token's key and
+value [stream, layer, kv head, HD] float32 (HD the head dimension: 64 for SmolLM2, 256
+for Gemma 3).
 
 The attention's window per layer is two numbers: ``span`` (the ring positions a query
 sees are ``lo = max(1, p - span + 1) .. p``: the window minus one on SmolLM2's and Gemma's
@@ -76,6 +77,10 @@ GELU_A = tl.constexpr(F32["GELU_A"])
 GELU_B = tl.constexpr(F32["GELU_B"])
 TWO24 = tl.constexpr(F32["TWO24"])
 TWO23 = tl.constexpr(F32["TWO23"])
+#: value cache slots past the ring that repeat it (slot C + i holds slot i mod C;
+#: rope_cache_kernel writes both): a loop trip of attn_values_kernel reads 96 slots from
+#: its first one, none past the tail's end
+RING_TAIL = tl.constexpr(96)
 
 
 # ---------------------------------------------------------------------------- elementwise rules
@@ -155,23 +160,20 @@ def _square_add(ss, v):
 
 
 @triton.jit
-def sum_squares(row, ok, N: tl.constexpr):
+def sum_squares(row, ok, N: tl.constexpr, STAGES: tl.constexpr):
     """RMSNorm's sum: ss = sum of x_i * x_i in double over the N float32s at each pointer of
     the 2-D tile ``row``, sequential in index order (lanes across rows); ``ok`` masks rows
-    that do not exist.  Sets of 16 columns in two sets of registers, each loaded a set
-    before it is added (the loads' wait overlaps the other set's sums, in any compiler's
-    order); past N, exact zeros."""
+    that do not exist.  16 columns a loop trip; STAGES: Triton's pipelining of the loop (the
+    next STAGES - 1 trips' loads in flight, copied to shared memory asynchronously: a chain
+    of dependent adds would otherwise wait out each load); past N, exact zeros."""
     R0: tl.constexpr = row.shape[0]
     R1: tl.constexpr = row.shape[1]
     ptr = row[:, :, None] + tl.arange(0, 4)[None, None, :]
     m = ok[:, :, None]
     ss = tl.zeros([R0, R1], tl.float64)
-    a0, a1, a2, a3 = _square_loads(ptr, m, 0, N)
-    for k in tl.range(0, N, 32):
-        b0, b1, b2, b3 = _square_loads(ptr, m, k + 16, N)
+    for k in tl.range(0, N, 16, num_stages=STAGES):
+        a0, a1, a2, a3 = _square_loads(ptr, m, k, N)
         ss = _square_add(_square_add(_square_add(_square_add(ss, a0), a1), a2), a3)
-        a0, a1, a2, a3 = _square_loads(ptr, m, k + 32, N)
-        ss = _square_add(_square_add(_square_add(_square_add(ss, b0), b1), b2), b3)
     return ss
 
 
@@ -211,7 +213,7 @@ def embed_kernel(tok_ptr, wq_ptr, wd_ptr, x_ptr, T, scale, E: tl.constexpr, BT: 
 def norm_quant_kernel(x_ptr, w_ptr, rows_ptr, y_ptr, q_ptr, s_ptr, sa_ptr, T, eps,
                       E: tl.constexpr, NORM: tl.constexpr, GATHER: tl.constexpr, STORE_Y: tl.constexpr,
                       BT: tl.constexpr, NBLK: tl.constexpr, RESIDUAL: tl.constexpr = False,
-                      QUANT: tl.constexpr = True, GROUPS: tl.constexpr = 1):
+                      QUANT: tl.constexpr = True, GROUPS: tl.constexpr = 1, STAGES: tl.constexpr = 1):
     """Quantize BT rows of x (rows_ptr[i] when GATHER), after RMSNorm with weights w if NORM:
     ss = sum x_i^2 in double, sequential in index order; r = 1 / sqrt(ss / E + eps) in
     double; y = f32(x * r) * w.  Writes q [T, E], s and sa [T, E/32] (output row i for
@@ -219,8 +221,8 @@ def norm_quant_kernel(x_ptr, w_ptr, rows_ptr, y_ptr, q_ptr, s_ptr, sa_ptr, T, ep
     row instead (Gemma's post-norms: x = x + RMSNorm(out, w)); y_ptr is never x_ptr then.
     NBLK blocks of 32 at a time, GROUPS times a program, each program taking its rows' sums
     (on a GPU the sums are latency, not work, and the blocks run side by side, GROUPS 1;
-    the interpreter pays per operation and takes them all).  Grid: (cdiv(T, BT), E / (32
-    NBLK GROUPS))."""
+    the interpreter pays per operation and takes them all).  STAGES: the sum's pipelining
+    (sum_squares).  Grid: (cdiv(T, BT), E / (32 NBLK GROUPS))."""
     NB: tl.constexpr = E // 32
     i = tl.program_id(0) * BT + tl.arange(0, BT)
     ok = i < T
@@ -230,7 +232,7 @@ def norm_quant_kernel(x_ptr, w_ptr, rows_ptr, y_ptr, q_ptr, s_ptr, sa_ptr, T, ep
     else:
         row = i64
     if NORM:
-        ss = tl.reshape(sum_squares((x_ptr + row * E)[:, None], ok[:, None], E), [BT])
+        ss = tl.reshape(sum_squares((x_ptr + row * E)[:, None], ok[:, None], E, STAGES), [BT])
         r = (1.0 / tl.sqrt(ss / E + eps))[:, None, None]  # eps: the float32 widened
     col = tl.arange(0, NBLK)[None, :, None] * 32 + tl.arange(0, 32)[None, None, :]  # [1, NBLK, 32]
     blk = tl.arange(0, NBLK)[None, :]
@@ -259,25 +261,22 @@ def norm_quant_kernel(x_ptr, w_ptr, rows_ptr, y_ptr, q_ptr, s_ptr, sa_ptr, T, ep
 @triton.jit
 def _block_loads(b, ap, wp, amask, wmask, as_ptr, asa_ptr, wd_ptr, wm_ptr, t64, r64, tok, rok, NB: tl.constexpr,
                  KIND: tl.constexpr):
-    """matmul_kernel's loads for the 32-column block b (none past the last): activations
-    a [BT, 32], weights w [32, BR], activation scales s [BT] and the block's other numbers:
-    Q4_1 (d, m, sa, -), Q8_0 (d, -, -, -), K16 (scale_0, scale_1, min_0, min_1)."""
-    there = b < NB
-    tb = tok & there
-    rb = rok & there
-    a = tl.load(ap + b * 32, mask=amask & there, other=0)
-    w = tl.load(wp + b * 32, mask=wmask & there, other=0)
-    s = tl.load(as_ptr + t64 * NB + b, mask=tb, other=0.0)
+    """matmul_kernel's loads for the 32-column block b: activations a [BT, 32], weights w
+    [32, BR], activation scales s [BT] and the block's other numbers: Q4_1 (d, m, sa, -),
+    Q8_0 (d, -, -, -), K16 (scale_0, scale_1, min_0, min_1)."""
+    a = tl.load(ap + b * 32, mask=amask, other=0)
+    w = tl.load(wp + b * 32, mask=wmask, other=0)
+    s = tl.load(as_ptr + t64 * NB + b, mask=tok, other=0.0)
     if KIND == 3:
-        x = tl.load(wd_ptr + r64 * (2 * NB) + 2 * b, mask=rb, other=0.0)
-        y = tl.load(wd_ptr + r64 * (2 * NB) + 2 * b + 1, mask=rb, other=0.0)
-        z = tl.load(wm_ptr + r64 * (2 * NB) + 2 * b, mask=rb, other=0.0)
-        u = tl.load(wm_ptr + r64 * (2 * NB) + 2 * b + 1, mask=rb, other=0.0)
+        x = tl.load(wd_ptr + r64 * (2 * NB) + 2 * b, mask=rok, other=0.0)
+        y = tl.load(wd_ptr + r64 * (2 * NB) + 2 * b + 1, mask=rok, other=0.0)
+        z = tl.load(wm_ptr + r64 * (2 * NB) + 2 * b, mask=rok, other=0.0)
+        u = tl.load(wm_ptr + r64 * (2 * NB) + 2 * b + 1, mask=rok, other=0.0)
     else:
-        x = tl.load(wd_ptr + r64 * NB + b, mask=rb, other=0.0)
+        x = tl.load(wd_ptr + r64 * NB + b, mask=rok, other=0.0)
         if KIND == 1:
-            y = tl.load(wm_ptr + r64 * NB + b, mask=rb, other=0.0)
-            z = tl.load(asa_ptr + t64 * NB + b, mask=tb, other=0.0)
+            y = tl.load(wm_ptr + r64 * NB + b, mask=rok, other=0.0)
+            z = tl.load(asa_ptr + t64 * NB + b, mask=tok, other=0.0)
         else:
             y = x
             z = s
@@ -319,7 +318,7 @@ def _block_add(acc, a, w, s, x, y, z, u, low, BT: tl.constexpr, KIND: tl.constex
 @triton.jit
 def matmul_kernel(aq_ptr, as_ptr, asa_ptr, wq_ptr, wd_ptr, wm_ptr, out_ptr, T, R, ldo,
                   K: tl.constexpr, KIND: tl.constexpr, RESIDUAL: tl.constexpr, BT: tl.constexpr, BR: tl.constexpr,
-                  DOT_F32: tl.constexpr):
+                  DOT_F32: tl.constexpr, STAGES: tl.constexpr = 1):
     """out[t, r] (+)= sum over the 32-column blocks b in order of
     Q4_1: acc + ((d * s) * f32(isum) + m * sa);  Q8_0: acc + (d * s) * f32(isum);
     K16 (Gemma's Q4_K and Q6_K): per 16-column half j of the block, in order,
@@ -329,7 +328,9 @@ def matmul_kernel(aq_ptr, as_ptr, asa_ptr, wq_ptr, wd_ptr, wm_ptr, out_ptr, T, R
     product with the other half's weights zero: tl.dot's int8 tiles are 32 deep), or,
     DOT_F32 (the interpreter, where numpy's integer products are slow), in float32, exact
     too: every product and partial sum is an integer below 32 * 128 * 128 < 2^24.
-    RESIDUAL: out = out + acc.  Grid: (cdiv(R, BR), cdiv(T, BT))."""
+    RESIDUAL: out = out + acc.  STAGES: Triton's pipelining of the loop over the blocks (the
+    next STAGES - 1 blocks' loads in flight, copied to shared memory asynchronously; the
+    sum stays in block order).  Grid: (cdiv(R, BR), cdiv(T, BT))."""
     NB: tl.constexpr = K // 32
     r = tl.program_id(0) * BR + tl.arange(0, BR)
     t = tl.program_id(1) * BT + tl.arange(0, BT)
@@ -344,19 +345,10 @@ def matmul_kernel(aq_ptr, as_ptr, asa_ptr, wq_ptr, wd_ptr, wm_ptr, out_ptr, T, R
     wmask = rok[None, :]
     low = (k < 16)[:, None]  # K16: the block's first 16 columns
     acc = tl.zeros([BT, BR], tl.float32)
-    # blocks in two sets of registers, each loaded a block before its products (the loads'
-    # wait overlaps the other block's work, whatever order the compiler keeps)
-    a0, w0, s0, x0, y0, z0, u0 = _block_loads(0, ap, wp, amask, wmask, as_ptr, asa_ptr, wd_ptr, wm_ptr, t64, r64,
-                                              tok, rok, NB, KIND)
-    for b in range(0, NB - 1, 2):
-        a1, w1, s1, x1, y1, z1, u1 = _block_loads(b + 1, ap, wp, amask, wmask, as_ptr, asa_ptr, wd_ptr, wm_ptr, t64,
-                                                  r64, tok, rok, NB, KIND)
-        acc = _block_add(acc, a0, w0, s0, x0, y0, z0, u0, low, BT, KIND, DOT_F32)
-        a0, w0, s0, x0, y0, z0, u0 = _block_loads(b + 2, ap, wp, amask, wmask, as_ptr, asa_ptr, wd_ptr, wm_ptr, t64,
-                                                  r64, tok, rok, NB, KIND)
-        acc = _block_add(acc, a1, w1, s1, x1, y1, z1, u1, low, BT, KIND, DOT_F32)
-    if NB % 2 == 1:  # the last block, loaded by the loop's last trip
-        acc = _block_add(acc, a0, w0, s0, x0, y0, z0, u0, low, BT, KIND, DOT_F32)
+    for b in tl.range(0, NB, num_stages=STAGES):
+        a, w, s, x, y, z, u = _block_loads(b, ap, wp, amask, wmask, as_ptr, asa_ptr, wd_ptr, wm_ptr, t64, r64, tok,
+                                           rok, NB, KIND)
+        acc = _block_add(acc, a, w, s, x, y, z, u, low, BT, KIND, DOT_F32)
     ptrs = out_ptr + t64[:, None] * ldo + r64[None, :]
     mask = tok[:, None] & rok[None, :]
     if RESIDUAL:
@@ -403,10 +395,10 @@ def _pairs(HD: tl.constexpr, NEOX: tl.constexpr):
 
 
 @triton.jit
-def _head_norm(row, ok, x0, x1, w_ptr, i0, i1, eps, HD: tl.constexpr):
+def _head_norm(row, ok, x0, x1, w_ptr, i0, i1, eps, HD: tl.constexpr, STAGES: tl.constexpr):
     """RMSNorm of each head (row: a [BT, heads] tile of pointers to its HD values) on its
     pairs x0, x1 ([BT, heads, HD/2]): y = f32(x * r) * w, as the rule over the head."""
-    r = (1.0 / tl.sqrt(sum_squares(row, ok, HD) / HD + eps))[:, :, None]
+    r = (1.0 / tl.sqrt(sum_squares(row, ok, HD, STAGES) / HD + eps))[:, :, None]
     y0 = (x0.to(tl.float64) * r).to(tl.float32) * tl.load(w_ptr + i0)
     y1 = (x1.to(tl.float64) * r).to(tl.float32) * tl.load(w_ptr + i1)
     return y0, y1
@@ -416,7 +408,7 @@ def _head_norm(row, ok, x0, x1, w_ptr, i0, i1, eps, HD: tl.constexpr):
 def rope_cache_kernel(qkv_ptr, stream_ptr, pos_ptr, cos_ptr, sin_ptr, qn_ptr, kn_ptr, kc_ptr, vc_ptr, sk_ptr, sv_ptr,
                       T, layer, C, NL, eps, qscale, NH: tl.constexpr, NKV: tl.constexpr, HP: tl.constexpr,
                       KP: tl.constexpr, BT: tl.constexpr, HD: tl.constexpr = 64, NEOX: tl.constexpr = False,
-                      QK_NORM: tl.constexpr = False):
+                      QK_NORM: tl.constexpr = False, STAGES: tl.constexpr = 1):
     """Per token (BT tokens a program, grid (cdiv(T, BT),)): every query head (Gemma,
     QK_NORM: after RMSNorm with qn) rotated at the token's position (pairs: _pairs), then
     times qscale (in place in qkv [T, (NH + 2 NKV) HD]); the keys (QK_NORM: after RMSNorm
@@ -443,7 +435,7 @@ def rope_cache_kernel(qkv_ptr, stream_ptr, pos_ptr, cos_ptr, sin_ptr, qn_ptr, kn
     x0 = tl.load(qrow[:, :, None] + i0, mask=hm[:, :, None], other=0.0)
     x1 = tl.load(qrow[:, :, None] + i1, mask=hm[:, :, None], other=0.0)
     if QK_NORM:
-        x0, x1 = _head_norm(qrow, hm, x0, x1, qn_ptr, i0, i1, eps, HD)
+        x0, x1 = _head_norm(qrow, hm, x0, x1, qn_ptr, i0, i1, eps, HD, STAGES)
     tl.store(qrow[:, :, None] + i0, (x0 * cs - x1 * sn) * qscale, mask=hm[:, :, None])
     tl.store(qrow[:, :, None] + i1, (x0 * sn + x1 * cs) * qscale, mask=hm[:, :, None])
     kv = tl.arange(0, KP)[None, :]
@@ -454,7 +446,7 @@ def rope_cache_kernel(qkv_ptr, stream_ptr, pos_ptr, cos_ptr, sin_ptr, qn_ptr, kn
     k0 = tl.load(krow[:, :, None] + i0, mask=km3, other=0.0)
     k1 = tl.load(krow[:, :, None] + i1, mask=km3, other=0.0)
     if QK_NORM:
-        k0, k1 = _head_norm(krow, km, k0, k1, kn_ptr, i0, i1, eps, HD)
+        k0, k1 = _head_norm(krow, km, k0, k1, kn_ptr, i0, i1, eps, HD, STAGES)
     v0 = tl.load(vrow[:, :, None] + i0, mask=km3, other=0.0)
     v1 = tl.load(vrow[:, :, None] + i1, mask=km3, other=0.0)
     head = ((sl[:, None] * NL + layer) * NKV + kv)[:, :, None]  # [BT, KP, 1]
@@ -471,9 +463,15 @@ def rope_cache_kernel(qkv_ptr, stream_ptr, pos_ptr, cos_ptr, sin_ptr, qn_ptr, kn
     r1 = k0 * sn + k1 * cs
     tl.store(kc_ptr + (head * HD + i0) * C + slot, f2h_bits(r0).to(tl.int16), mask=ring)
     tl.store(kc_ptr + (head * HD + i1) * C + slot, f2h_bits(r1).to(tl.int16), mask=ring)
-    vpos = (head * C + slot) * HD
-    tl.store(vc_ptr + vpos + i0, f2h_bits(v0).to(tl.int16), mask=ring)
-    tl.store(vc_ptr + vpos + i1, f2h_bits(v1).to(tl.int16), mask=ring)
+    vpos = (head * (C + RING_TAIL) + slot) * HD
+    v0 = f2h_bits(v0).to(tl.int16)
+    v1 = f2h_bits(v1).to(tl.int16)
+    tl.store(vc_ptr + vpos + i0, v0, mask=ring)
+    tl.store(vc_ptr + vpos + i1, v1, mask=ring)
+    for m in tl.static_range(1, RING_TAIL // 32 + 1):  # and again past the ring's end (C >= 32)
+        tail = ring & (slot + (m - 1) * C < RING_TAIL)
+        tl.store(vc_ptr + vpos + m * C * HD + i0, v0, mask=tail)
+        tl.store(vc_ptr + vpos + m * C * HD + i1, v1, mask=tail)
 
 
 @triton.jit
@@ -555,12 +553,13 @@ def attn_scores_kernel(qkv_ptr, stream_ptr, pos_ptr, kc_ptr, rk_ptr, sc_ptr, T, 
 
 
 @triton.jit
-def _softmax_rows(lanes, x, at, m, mx, r4, ROWS: tl.constexpr):
+def _softmax_rows(lanes, x, at, m, w, mx, r4, ROWS: tl.constexpr):
     """attn_softmax_kernel's work on a tile of scores x [BT, ROWS, 4, 4] (m: those a token
-    sees): e = exp(x - mx) stored in their place at ``at``; each lane adds the rows in order,
-    each taken out of the tile exactly (the other rows exact zeros)."""
+    sees; w: those in the score rows): e = exp(x - mx), zero where unseen, stored in their
+    place at ``at``; each lane adds the rows in order, each taken out of the tile exactly
+    (the other rows exact zeros)."""
     e = tl.where(m, exp_f(x - mx), 0.0)
-    tl.store(at, e, mask=m)
+    tl.store(at, e, mask=w)
     for r in tl.static_range(ROWS):
         lanes = lanes + tl.sum(tl.where(r4 == r, e, 0.0), axis=1)
     return lanes
@@ -568,16 +567,18 @@ def _softmax_rows(lanes, x, at, m, mx, r4, ROWS: tl.constexpr):
 
 @triton.jit
 def attn_softmax_kernel(pos_ptr, sc_ptr, tot_ptr, T, span, sink_until, NS, NKV: tl.constexpr, GP: tl.constexpr,
-                        BT: tl.constexpr, ROWS: tl.constexpr = 8):
+                        BT: tl.constexpr, ROWS: tl.constexpr = 8, STAGES: tl.constexpr = 4):
     """Softmax of one query head, BT tokens a program (grid (cdiv(T, BT), NKV, G), query head
     kvh * G + g): mx = max e; e_i = exp(e_i - mx) in place of the scores in sc [T, NKV, GP,
     NS]; their sum in 16 lanes (lane i mod 16, increasing i) and the fixed tree, to tot [T,
     NKV, GP].  Once a token and head, so that the values' programs (one for each few
     dimensions) take the exponentials as they are.  The loops run to NS, the step's longest
     score row (a plain argument: a CUDA graph replays with other positions); what a token
-    does not see is neither read nor written.  A tile is ROWS rows of 16 time indices (its
-    loads issued together), a loop trip takes two, and each lane adds a tile's rows in
-    order, each taken out of the tile exactly."""
+    does not see is not read, and its exponential is written as an exact zero (the values'
+    loads take the row whole).  A tile is ROWS rows of 16 time indices, a loop trip takes
+    one, and each lane adds a tile's rows in order, each taken out of the tile exactly.
+    STAGES: Triton's pipelining of the loops (the next STAGES - 1 tiles' loads in flight,
+    copied to shared memory asynchronously)."""
     t = tl.program_id(0) * BT + tl.arange(0, BT)
     kvh = tl.program_id(1)
     g = tl.program_id(2)
@@ -594,25 +595,18 @@ def attn_softmax_kernel(pos_ptr, sc_ptr, tot_ptr, T, span, sink_until, NS, NKV: 
     row = sc_ptr + head[:, None, None, None] * NS + at  # [BT, ROWS, 4, 4]
     ok = tok[:, None, None, None]
     nn = n[:, None, None, None] - at  # an entry at c0 exists while c0 < nn
-    # two tiles of ROWS rows, each loaded a tile before it is used (its loads' wait overlaps
-    # the other tile's work, whatever order the compiler keeps); a trip takes both
+    inrow = NS - at  # and lies in the score row while c0 < inrow
     STEP: tl.constexpr = 16 * ROWS
     # the maximum (order does not matter)
     mx4 = tl.full([BT, ROWS, 4, 4], float("-inf"), tl.float32)
-    x = tl.load(row, mask=ok & (0 < nn), other=float("-inf"))
-    for c0 in tl.range(0, NS, 2 * STEP):
-        y = tl.load(row + c0 + STEP, mask=ok & (c0 + STEP < nn), other=float("-inf"))
+    for c0 in tl.range(0, NS, STEP, num_stages=STAGES):
+        x = tl.load(row + c0, mask=ok & (c0 < nn), other=float("-inf"))
         mx4 = tl.maximum(mx4, x)
-        x = tl.load(row + c0 + 2 * STEP, mask=ok & (c0 + 2 * STEP < nn), other=float("-inf"))
-        mx4 = tl.maximum(mx4, y)
     mx = tl.where(tok, tl.max(tl.max(tl.max(mx4, axis=3), axis=2), axis=1), 0.0)[:, None, None, None]
     lanes = tl.zeros([BT, 4, 4], tl.float32)
-    x = tl.load(row, mask=ok & (0 < nn), other=0.0)
-    for c0 in tl.range(0, NS, 2 * STEP):
-        y = tl.load(row + c0 + STEP, mask=ok & (c0 + STEP < nn), other=0.0)
-        lanes = _softmax_rows(lanes, x, row + c0, ok & (c0 < nn), mx, r4, ROWS)
-        x = tl.load(row + c0 + 2 * STEP, mask=ok & (c0 + 2 * STEP < nn), other=0.0)
-        lanes = _softmax_rows(lanes, y, row + c0 + STEP, ok & (c0 + STEP < nn), mx, r4, ROWS)
+    for c0 in tl.range(0, NS, STEP, num_stages=STAGES):
+        x = tl.load(row + c0, mask=ok & (c0 < nn), other=0.0)
+        lanes = _softmax_rows(lanes, x, row + c0, ok & (c0 < nn), ok & (c0 < inrow), mx, r4, ROWS)
     # sum = (((l0+l1)+(l2+l3))+((l4+l5)+(l6+l7)))+(((l8+l9)+(l10+l11))+((l12+l13)+(l14+l15)))
     lj0 = tl.sum(tl.where(j3 == 0, lanes, 0.0), axis=2)  # [BT, 4 (u)]
     lj1 = tl.sum(tl.where(j3 == 1, lanes, 0.0), axis=2)
@@ -628,26 +622,41 @@ def attn_softmax_kernel(pos_ptr, sc_ptr, tot_ptr, T, span, sink_until, NS, NKV: 
 
 
 @triton.jit
-def _value_loads(erow, vbase, tau, qm, tok, n32, us32, first, C, dd, HD: tl.constexpr):
-    """attn_values_kernel's loads for 4 time indices tau [1, 4] (one a position lane): the
-    exponentials [BT, GP, 4] and the f16 value bits [BT, 4, BD]; zeros where a token does
-    not see the time index (and the value of the start token, which is not in the ring)."""
-    seen = tok[:, None] & (tau < n32)  # [BT, 4]
-    e = tl.load(erow + tau[:, None, :], mask=qm[:, :, None] & seen[:, None, :], other=0.0)
-    ring = seen & (tau >= us32)
-    slot = first + tau
-    slot = tl.where(ring, tl.where(slot >= C, slot - C, slot), 0)
-    v = tl.load(vbase + slot[:, :, None] * HD + dd, mask=ring[:, :, None], other=0)
+def _value_loads(et, vt, k: tl.constexpr, there, qm, tok, HD: tl.constexpr):
+    """attn_values_kernel's loads for the 4 time indices c0 + k + j of a trip from c0 (lane
+    j's pointers there: et into the exponentials, vt into the value cache, whose slots
+    run on past the ring's end; there: whether the indices lie in the score rows): the
+    exponentials [BT, GP, 4] (exact zeros where a token does not see the time index:
+    attn_softmax_kernel writes them) and the f16 value bits [BT, 4, BD], each a finite f16
+    (zeros until written), which an exponential of exactly zero makes an exact zero.  No
+    other values: what a mask leaves out is never added or stored.  Constant offsets from
+    a trip's pointers: no address arithmetic per load."""
+    e = tl.load(et + k, mask=qm[:, :, None] & there)
+    v = tl.load(vt + k * HD, mask=tok[:, None, None] & there)
     return e, v
 
 
 @triton.jit
-def _value_add(A, e, v, tau, us32, sink_v):
-    """A + e * v for 4 time indices tau [1, 4], one a position lane (the start token's value
-    in binary32 at time index 0 while it leads)."""
+def _value_add(A, e, v):
+    """A + e * v for 4 time indices, one a position lane."""
     v = v.to(tl.float16, bitcast=True).to(tl.float32)  # [BT, 4, BD]
-    v = tl.where(((tau == 0) & (us32 == 1))[:, :, None], sink_v, v)
     return A + e[:, :, :, None] * v[:, None, :, :]
+
+
+@triton.jit
+def _value_group(et, vt, k: tl.constexpr, there, qm, tok, HD: tl.constexpr):
+    """_value_loads of the 16 time indices c0 + k .. c0 + k + 15: 4 chunks of 4."""
+    e0, v0 = _value_loads(et, vt, k, there, qm, tok, HD)
+    e1, v1 = _value_loads(et, vt, k + 4, there, qm, tok, HD)
+    e2, v2 = _value_loads(et, vt, k + 8, there, qm, tok, HD)
+    e3, v3 = _value_loads(et, vt, k + 12, there, qm, tok, HD)
+    return e0, v0, e1, v1, e2, v2, e3, v3
+
+
+@triton.jit
+def _value_group_add(A, e0, v0, e1, v1, e2, v2, e3, v3):
+    """A plus a _value_group's 4 chunks, in order."""
+    return _value_add(_value_add(_value_add(_value_add(A, e0, v0), e1, v1), e2, v2), e3, v3)
 
 
 @triton.jit
@@ -659,9 +668,9 @@ def attn_values_kernel(stream_ptr, pos_ptr, vc_ptr, sv_ptr, e_ptr, tot_ptr, ao_p
     dimensions a program (grid (cdiv(T, BT), NKV, HD / BD)), from the exponentials in e
     [T, NKV, GP, NS] and their sums in tot [T, NKV, GP] (attn_softmax_kernel): values in 4
     position lanes A_j (time index i mod 4, increasing i, from 0), o = (A_0 + A_1) + (A_2 +
-    A_3); out o / sum.  The loop runs to NS, the step's longest score row; what a token does
-    not see is masked, adding exact zeros.  A loop trip takes two chunks of 16 time
-    indices; UNROLL: Triton's unrolling of that loop (the sums keep their order)."""
+    A_3); out o / sum.  The loop runs to NS, the step's longest score row (a multiple of
+    64); what a token does not see adds exact zeros.  A loop trip takes two chunks of 16
+    time indices; UNROLL: Triton's unrolling of that loop (the sums keep their order)."""
     t = tl.program_id(0) * BT + tl.arange(0, BT)
     kvh = tl.program_id(1)
     d0 = tl.program_id(2) * BD
@@ -669,46 +678,51 @@ def attn_values_kernel(stream_ptr, pos_ptr, vc_ptr, sv_ptr, e_ptr, tot_ptr, ao_p
     t64 = t.to(tl.int64)
     sl = tl.load(stream_ptr + t, mask=tok, other=0).to(tl.int64)
     p = tl.load(pos_ptr + t, mask=tok, other=0)
-    lo, us, n = _window(p, span, sink_until)
+    lo, us, _ = _window(p, span, sink_until)
     g = tl.arange(0, GP)[None, :]
     qm = tok[:, None] & (g < G)  # [BT, GP]
     erow = e_ptr + ((t64[:, None] * NKV + kvh) * GP + g)[:, :, None] * NS  # [BT, GP, 1]
     jv = tl.arange(0, 4)[None, :]  # [1, 4]: position lane j
     dd = (d0 + tl.arange(0, BD))[None, None, :]  # [1, 1, BD]
     head = (sl * NL + layer) * NKV + kvh  # [BT]
-    vbase = vc_ptr + head[:, None, None] * C * HD
+    vbase = vc_ptr + head[:, None, None] * (C + RING_TAIL) * HD
     sink_v = tl.load(sv_ptr + head[:, None, None] * HD + dd, mask=tok[:, None, None], other=0.0)  # [BT, 1, BD]
     # time index tau >= us is ring slot (lo - 1 + tau - us) mod C = first + tau, less C past
-    # the ring's end (tau < C): no division in the loop, 32-bit indices
-    first = ((lo - 1 + C - us) % C).to(tl.int32)[:, None]  # [BT, 1]
-    n32 = n.to(tl.int32)[:, None]
+    # the ring's end; a trip from c0 reads slots first + c0 (mod C) and the 95 after it, the
+    # ring's tail repeating it: no division or wrap in the loop
+    first = ((lo - 1 + C - us) % C).to(tl.int32)[:, None, None]  # [BT, 1, 1]
     us32 = us.to(tl.int32)[:, None]
-    A = tl.zeros([BT, GP, 4, BD], tl.float32)
-    # chunks of 16 time indices in two sets of registers, each loaded a chunk before its
-    # products (the loads' wait overlaps the other set's products, whatever order the
-    # compiler keeps; no copies between the sets); a trip takes two chunks.  STAGES > 1:
+    elane = erow + jv[:, None, :]  # [BT, GP, 4]: lane j's exponential at time index j
+    vlane = vbase + jv[:, :, None] * HD + dd  # [BT, 4, BD]: lane j's value at slot j
+    # sets of 32 time indices (groups p, q and r, s of 16: exponentials and values of 4
+    # chunks each) in two sets of registers, each loaded a set before its products (the
+    # loads' wait overlaps the other set's products, whatever order the compiler keeps; no
+    # copies between the sets); a trip takes two sets.  STAGES > 1:
     # Triton's own pipelining besides
-    e0, v0 = _value_loads(erow, vbase, jv, qm, tok, n32, us32, first, C, dd, HD)
-    e1, v1 = _value_loads(erow, vbase, 4 + jv, qm, tok, n32, us32, first, C, dd, HD)
-    e2, v2 = _value_loads(erow, vbase, 8 + jv, qm, tok, n32, us32, first, C, dd, HD)
-    e3, v3 = _value_loads(erow, vbase, 12 + jv, qm, tok, n32, us32, first, C, dd, HD)
-    for c0 in tl.range(0, NS, 32, num_stages=STAGES, loop_unroll_factor=UNROLL):
-        f0, w0 = _value_loads(erow, vbase, c0 + 16 + jv, qm, tok, n32, us32, first, C, dd, HD)
-        f1, w1 = _value_loads(erow, vbase, c0 + 20 + jv, qm, tok, n32, us32, first, C, dd, HD)
-        f2, w2 = _value_loads(erow, vbase, c0 + 24 + jv, qm, tok, n32, us32, first, C, dd, HD)
-        f3, w3 = _value_loads(erow, vbase, c0 + 28 + jv, qm, tok, n32, us32, first, C, dd, HD)
-        A = _value_add(A, e0, v0, c0 + jv, us32, sink_v)
-        A = _value_add(A, e1, v1, c0 + 4 + jv, us32, sink_v)
-        A = _value_add(A, e2, v2, c0 + 8 + jv, us32, sink_v)
-        A = _value_add(A, e3, v3, c0 + 12 + jv, us32, sink_v)
-        e0, v0 = _value_loads(erow, vbase, c0 + 32 + jv, qm, tok, n32, us32, first, C, dd, HD)
-        e1, v1 = _value_loads(erow, vbase, c0 + 36 + jv, qm, tok, n32, us32, first, C, dd, HD)
-        e2, v2 = _value_loads(erow, vbase, c0 + 40 + jv, qm, tok, n32, us32, first, C, dd, HD)
-        e3, v3 = _value_loads(erow, vbase, c0 + 44 + jv, qm, tok, n32, us32, first, C, dd, HD)
-        A = _value_add(A, f0, w0, c0 + 16 + jv, us32, sink_v)
-        A = _value_add(A, f1, w1, c0 + 20 + jv, us32, sink_v)
-        A = _value_add(A, f2, w2, c0 + 24 + jv, us32, sink_v)
-        A = _value_add(A, f3, w3, c0 + 28 + jv, us32, sink_v)
+    zero = tl.zeros([1, 1, 1], tl.int32)
+    rows = zero < NS  # true: the first trip's sets and every trip's own lie in the rows (NS >= 64)
+    vt = vlane + first * HD
+    p0, p1, p2, p3, p4, p5, p6, p7 = _value_group(elane, vt, 0, rows, qm, tok, HD)
+    q0, q1, q2, q3, q4, q5, q6, q7 = _value_group(elane, vt, 16, rows, qm, tok, HD)
+    # while the start token leads (us = 1), time index 0 is its binary32 value, not a ring
+    # slot: lane 0 starts at 0 + e_0 * sink (the rule's first add) and the loop's term for
+    # time index 0 weighs its ring slot by an exact zero
+    lead = ((jv == 0) & (us32 == 1))[:, None, :]  # [BT, 1, 4]
+    A = tl.zeros([BT, GP, 4, BD], tl.float32) + tl.where(lead, p0, 0.0)[:, :, :, None] * sink_v[:, None, :, :]
+    p0 = tl.where(lead, 0.0, p0)
+    for c0 in tl.range(0, NS, 64, num_stages=STAGES, loop_unroll_factor=UNROLL):
+        slot = first + c0
+        et = elane + c0
+        vt = vlane + tl.where(slot >= C, slot - C, slot) * HD
+        more = zero + c0 + 64 < NS  # the next trip's first set (NS is a multiple of 64)
+        r0, r1, r2, r3, r4, r5, r6, r7 = _value_group(et, vt, 32, rows, qm, tok, HD)
+        s0, s1, s2, s3, s4, s5, s6, s7 = _value_group(et, vt, 48, rows, qm, tok, HD)
+        A = _value_group_add(A, p0, p1, p2, p3, p4, p5, p6, p7)
+        A = _value_group_add(A, q0, q1, q2, q3, q4, q5, q6, q7)
+        p0, p1, p2, p3, p4, p5, p6, p7 = _value_group(et, vt, 64, more, qm, tok, HD)
+        q0, q1, q2, q3, q4, q5, q6, q7 = _value_group(et, vt, 80, more, qm, tok, HD)
+        A = _value_group_add(A, r0, r1, r2, r3, r4, r5, r6, r7)
+        A = _value_group_add(A, s0, s1, s2, s3, s4, s5, s6, s7)
     jd = tl.arange(0, 4)[None, None, :, None]
     a0 = tl.sum(tl.where(jd == 0, A, 0.0), axis=2)  # [BT, GP, BD]
     a1 = tl.sum(tl.where(jd == 1, A, 0.0), axis=2)

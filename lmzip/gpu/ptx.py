@@ -50,6 +50,10 @@ _POINTER_TYPES = {"tok_ptr": "*i32", "stream_ptr": "*i32", "rows_ptr": "*i32", "
                   "kc_ptr": "*i16", "vc_ptr": "*i16", "wq_ptr": "*i8", "aq_ptr": "*i8", "q_ptr": "*i8"}
 #: the kernels' float arguments (the others are integers)
 _FLOAT_ARGS = {"eps", "scale", "qscale"}
+#: integer arguments that are multiples of 16 in a step of 64 streams (its tokens, the ring's
+#: slots, a score row's length, a matrix's rows and leading dimension, the vocabulary); Triton's JIT compiles
+#: such values, and 16-byte aligned pointers, as divisible by 16 (vector loads)
+_MULTIPLES_OF_16 = frozenset({"T", "C", "NS", "R", "ldo", "V"})
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,14 @@ class KernelSpec:
             else:
                 sig[arg] = "i32"
         return sig
+
+    def attrs(self) -> dict:
+        """Triton's compile attributes for a launch as the JIT specializes one of a 64-stream
+        step: every pointer 16-byte aligned (torch's allocations) and the integers of
+        :data:`_MULTIPLES_OF_16` divisible by 16."""
+        sig = self.signature()
+        return {(i,): [["tt.divisibility", 16]] for i, arg in enumerate(self.kernel().arg_names)
+                if sig[arg].startswith("*") or (arg in _MULTIPLES_OF_16 and sig[arg] == "i32")}
 
     def label(self) -> str:
         return self.name + "(" + ", ".join(f"{k}={v}" for k, v in self.constexprs) + ")"
@@ -127,19 +139,19 @@ def step_specs(shape: StepShape, blocks=None) -> list[KernelSpec]:
     for width, norm, gather, store, residual in norms:
         specs.append(("norm_quant_kernel", dict(E=width, NORM=norm, GATHER=gather, STORE_Y=store, BT=b.norm_tokens,
                                                 NBLK=_blocks(width, b.quant_blocks), RESIDUAL=residual,
-                                                QUANT=not residual, GROUPS=1)))
-    for bt in sorted({product_tokens(n, b.tokens) for n in (1, 2 * b.tokens)} | {b.tokens // 2}):
+                                                QUANT=not residual, GROUPS=1, STAGES=b.norm_stages)))
+    for bt in sorted({product_tokens(n, b.tokens) for n in (1, 2 * b.tokens)} | {2 * b.tokens}):  # and --sweep's
         for K, kind, residual in shape.products:
             specs.append(("matmul_kernel", dict(K=K, KIND=kind, RESIDUAL=residual, BT=bt, BR=b.rows,
-                                                DOT_F32=b.dot_f32)))
+                                                DOT_F32=b.dot_f32, STAGES=b.product_stages)))
     rt = rope_tokens(b, HD)
     specs += [
         ("gate_quant_kernel", dict(F=F, BT=b.norm_tokens, NBLK=_blocks(F, b.quant_blocks), GELU=gemma)),
         ("rope_cache_kernel", dict(NH=NH, NKV=KV, HP=_pow2(NH), KP=_pow2(KV), BT=rt, HD=HD, NEOX=gemma,
-                                   QK_NORM=gemma)),
+                                   QK_NORM=gemma, STAGES=b.norm_stages)),
         ("sink_rope_kernel", dict(NKV=KV, KP=_pow2(KV), BT=rt, HD=HD, NEOX=gemma)),
         ("attn_scores_kernel", dict(NH=NH, NKV=KV, G=G, GP=_pow2(G), BT=b.attn_tokens, BS=b.slots, HD=HD)),
-        ("attn_softmax_kernel", dict(NKV=KV, GP=_pow2(G), BT=b.attn_tokens, ROWS=b.soft_rows)),
+        ("attn_softmax_kernel", dict(NKV=KV, GP=_pow2(G), BT=b.attn_tokens, ROWS=b.soft_rows, STAGES=b.soft_stages)),
     ]
     for stages in sorted({b.stages, 3}):  # 3: the pipelined loop of --sweep
         for unroll in sorted({b.unroll, 2}):  # 2: the unrolled loop --sweep tries

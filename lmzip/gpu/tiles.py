@@ -27,17 +27,20 @@ def _pow2(n: int) -> int:
 class Blocks:
     """Tile sizes (never change results: every output is computed whole by one lane)."""
 
-    rows: int = 64  # matrix rows per program
-    tokens: int = 32  # most tokens per program of a product (16 .. this, by the step's tokens; 64 spills)
+    rows: int = 32  # matrix rows per program of a product
+    tokens: int = 16  # most tokens per program of a product (16 .. this, by the step's tokens)
     norm_tokens: int = 16  # tokens per program of the norms, quantizations, RoPE and embedding
     attn_tokens: int = 1  # tokens per program of the attention
-    slots: int = 128  # attention time indices per program of the scores
-    score_warps: int = 2  # warps per program of the scores (Triton's num_warps)
+    slots: int = 256  # attention time indices per program of the scores
+    score_warps: int = 1  # warps per program of the scores (Triton's num_warps)
     soft_rows: int = 4  # rows of 16 time indices per tile of the softmax's loops (two tiles a trip)
     soft_warps: int = 2  # warps per program of the softmax
+    soft_stages: int = 6  # pipelining of the softmax's loops: tiles in flight, plus one
     dims: int = 16  # value dimensions per program of the attention (divides 64)
     quant_blocks: int = 2  # 32-column blocks a norm or quantization program takes at a time (<= 16)
     stages: int = 1  # software pipelining of the attention values' loop (tl.range num_stages)
+    product_stages: int = 4  # pipelining of the block products' loop: blocks in flight, plus one
+    norm_stages: int = 6  # pipelining of the norms' sums of squares: 16-column trips in flight, plus one
     unroll: int = 1  # Triton's unrolling of the attention values' loop (loop_unroll_factor)
     value_warps: int = 2  # warps per program of the attention values
     quant_loop: bool = False  # a norm's blocks in one program's loop (the interpreter's), not side by side
