@@ -220,7 +220,8 @@ def test_mixed_files_are_the_same_on_both_devices(tiny, monkeypatch, gpu_mix):
     cpu, gpu = (MixedModel(m) for m in _models(tiny))
     with gpu.open_group([3, 3], 2) as group:
         assert isinstance(group, DeviceMixedGroup) == (gpu_mix == "1")
-    texts = [b"abracadabra abracadabra abra", bytes(range(250, 256)) * 3 + b"cadabra", b"window slides, window slides"]
+    # past the window of 16 (the interpreter's time goes with the longest input's steps)
+    texts = [b"abracadabra abracadab", bytes(range(250, 256)) * 2 + b"cadabra", b"window slides, window"]
     rec_cpu = compress_group(cpu, texts, width=3)
     rec_gpu = compress_group(gpu, texts, width=3)
     assert rec_gpu == rec_cpu
@@ -229,10 +230,10 @@ def test_mixed_files_are_the_same_on_both_devices(tiny, monkeypatch, gpu_mix):
     if gpu_mix == "1":  # damage decoded through the GPU's mixer is an lmzip error, never wrong output
         from lmzip.errors import LMZipError
 
-        (info, payload), *rest = rec_cpu
+        ((info, payload),) = compress_group(cpu, [b"abracadabra"], width=1)
         bad = bytes([payload[0] ^ 0x20]) + payload[1:]
         with pytest.raises(LMZipError):
-            decompress_group(gpu, [(info, bad), *rest], width=3)
+            decompress_group(gpu, [(info, bad)], width=1)
 
 
 def test_a_gpu_whose_mixer_fails_its_check_mixes_on_the_host(tiny, monkeypatch, capsys):
