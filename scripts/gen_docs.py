@@ -83,7 +83,7 @@ ENVIRONMENT = [
      "`0`: compressing, evaluate each stream's next block of tokens only when the last is used up, not while "
      "the host codes it (measuring; same output)."),
     ("LMZIP_GPU_BLOCKS", "portable engine on a GPU",
-     "Tile sizes of the GPU kernels, e.g. `dims=8,slots=256` (tuning; `benchmarks/gpu.py --sweep`). The "
+     "Tile sizes of the GPU kernels, e.g. `dims=8,slots=128` (tuning; `benchmarks/gpu.py --sweep`). The "
      "output does not depend on them."),
     ("TRITON_INTERPRET", "portable engine on a GPU",
      "`1`: Triton runs the GPU kernels in its CPU interpreter, and `--device cuda` without a GPU runs them "

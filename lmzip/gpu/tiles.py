@@ -50,7 +50,7 @@ class Blocks:
     @classmethod
     def from_env(cls) -> Blocks:
         """The tiles for this process: the interpreter's, or the GPU's with any fields that
-        ``$LMZIP_GPU_BLOCKS`` sets (e.g. ``dims=8,slots=256``: tuning, never other numbers)."""
+        ``$LMZIP_GPU_BLOCKS`` sets (e.g. ``dims=8,slots=128``: tuning, never other numbers)."""
         if interpreting():
             return cls.for_interpreter()
         spec = os.environ.get("LMZIP_GPU_BLOCKS", "").strip()
