@@ -337,16 +337,16 @@ def _print_kernels(rows, streams: int, top: int = 14) -> None:
 
 #: the tile settings --sweep tries (lmzip.gpu.tiles.Blocks fields changed from the defaults);
 #: the last: the tiles of before 2026-12-05 (when the softmax got its own kernel) on the kernels of now
-SWEEP = ({}, {"dims": 8}, {"dims": 32}, {"slots": 128}, {"score_warps": 2}, {"slots": 512},
+SWEEP = ({}, {"dims": 16}, {"dims": 64}, {"slots": 128}, {"score_warps": 2}, {"slots": 512},
          {"slots": 128, "score_warps": 2}, {"soft_rows": 8}, {"soft_rows": 2}, {"soft_warps": 1},
          {"soft_warps": 4}, {"soft_stages": 3}, {"rows": 64}, {"tokens": 32}, {"tokens": 32, "rows": 64},
          {"product_stages": 3}, {"product_stages": 6}, {"norm_stages": 3}, {"norm_stages": 8},
          {"norm_tokens": 32}, {"quant_blocks": 4}, {"stages": 2}, {"stages": 3}, {"unroll": 2},
-         {"value_warps": 1}, {"value_warps": 4}, {"dims": 8, "value_warps": 1}, {"dims": 32, "value_warps": 4})
+         {"value_warps": 2}, {"value_warps": 8}, {"dims": 8, "value_warps": 1}, {"dims": 16, "value_warps": 2})
 #: the few --check tries with the time its budget leaves at the end: the variants
 #: benchmarks/gpu_sass.py singles out (docs/gpu.md), beside the defaults
 CHECK_TILES = ({}, {"tokens": 32, "rows": 64}, {"product_stages": 6}, {"norm_stages": 3}, {"soft_stages": 3},
-               {"dims": 8, "value_warps": 1}, {"slots": 128, "score_warps": 2})
+               {"dims": 16, "value_warps": 2}, {"slots": 128, "score_warps": 2})
 
 
 def tile_rates(gguf: Path, streams: int, changes, deadline: float | None = None, depth: int = 2048,

@@ -191,6 +191,8 @@ def layer_launches(streams: int, depth: int, blocks) -> list[tuple]:
         return (what, spec("matmul_kernel", K=K, KIND=1, RESIDUAL=residual, BT=bt),
                 triton_cdiv(rows, b.rows) * triton_cdiv(T, bt), 4, [K // 32])
 
+    out_quant = [] if b.dims % 32 == 0 else [  # else the values' kernel quantizes its blocks
+        ("out quant", spec("norm_quant_kernel", E=E, NORM=False), nt * per_row, 4, [])]
     return [
         ("attn norm", spec("norm_quant_kernel", E=E, NORM=True, GATHER=False), nt * per_row, 4, [E // 16]),
         product("q, k, v", QKV, E, False),
@@ -200,7 +202,7 @@ def layer_launches(streams: int, depth: int, blocks) -> list[tuple]:
         ("softmax", spec("attn_softmax_kernel"), T * KV * G, b.soft_warps, [NS // (16 * b.soft_rows)] * 2),
         ("values", spec("attn_values_kernel", STAGES=b.stages, UNROLL=b.unroll), T * KV * (HD // b.dims),
          b.value_warps, [NS // 64]),
-        ("out quant", spec("norm_quant_kernel", E=E, NORM=False), nt * per_row, 4, []),
+        *out_quant,
         product("output", E, E, True),
         ("ffn norm", spec("norm_quant_kernel", E=E, NORM=True, GATHER=False), nt * per_row, 4, [E // 16]),
         product("gate, up", 2 * F, E, False),

@@ -435,7 +435,8 @@ ATTN = {"llama-16": (9, 3, 3, 64, False, 15, -1, 48), "llama-40": (9, 3, 3, 64, 
 def test_attention(probe, case):
     """Scores, softmax and values of every query head against the engine's attention, with
     a ring that has wrapped and the start token at its virtual position (or, on a local
-    layer past its window, without the start token)."""
+    layer past its window, without the start token); the values' own quantization of them
+    (blocks of 32) against the engine's."""
     NH, KV, G, HD, neox, span, until, C = ATTN[case]
     rng = np.random.default_rng(9 + span + HD)
     W = (NH + 2 * KV) * HD
@@ -462,9 +463,14 @@ def test_attention(probe, case):
     sums = torch.empty((T, KV, 4), dtype=torch.float32, device=DEV)
     launch(K.attn_softmax_kernel, (triton.cdiv(T, 4), KV, G), pos_d, sc, sums, T, span, until, NS, NKV=KV, GP=4, BT=4,
            ROWS=2)
-    launch(K.attn_values_kernel, (triton.cdiv(T, 4), KV, HD // 32), stream, pos_d, vc, _dev(sink_v), sc, sums, ao, T,
-           0, C, 1, span, until, NS, NH=NH, NKV=KV, G=G, GP=4, BT=4, BD=32, HD=HD)
+    aq = torch.empty((T, NH * HD), dtype=torch.int8, device=DEV)
+    a_s, a_sa = (torch.empty((T, NH * HD // 32), dtype=torch.float32, device=DEV) for _ in range(2))
+    BD = 64 if case in ("llama-100", "gemma-local") else 32  # 2 or 1 blocks of 32 a head a program
+    launch(K.attn_values_kernel, (triton.cdiv(T, 4), KV, HD // BD), stream, pos_d, vc, _dev(sink_v), sc, sums, ao,
+           aq, a_s, a_sa, T, 0, C, 1, span, until, NS, NH=NH, NKV=KV, G=G, GP=4, BT=4, BD=BD, HD=HD, QUANT=True)
     got = _host(ao)
+    wq, ws, wsa = _c_quantize(probe, got)
+    assert _same(_host(aq), wq) and _same(_host(a_s), ws) and _same(_host(a_sa), wsa)
     # the engine's layouts: keys [C/16][HD][16], values [HD/16][C][16]; the G heads of a KV head at once
     for t, p in enumerate(pos):
         lo, use_sink, n_ring = _window(p, span, until)

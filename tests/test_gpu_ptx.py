@@ -126,13 +126,15 @@ def test_layer_launches_follow_the_tiles():
     sass = _gpu_sass()
     got = {what: (spec.name, programs, warps, trips) for what, spec, programs, warps, trips
            in sass.layer_launches(64, 2048, Blocks())}
-    assert [v[0] for v in got.values()].count("matmul_kernel") == 4 and len(got) == 13
+    assert [v[0] for v in got.values()].count("matmul_kernel") == 4 and len(got) == 12  # the values quantize
     b = Blocks()
     assert got["values"][1:] == (64 * 3 * (64 // b.dims), b.value_warps, [2048 // 64])
     assert got["scores"][1:] == (64 * 3 * (2048 // b.slots), b.score_warps, [8])
     assert got["down"][1:] == (-(-576 // b.rows) * (64 // b.tokens), 4, [1536 // 32])
     wider = {what: programs for what, _, programs, _, _ in sass.layer_launches(64, 2048, replace(b, slots=128))}
     assert wider["scores"] == 64 * 3 * 16 and wider["values"] == got["values"][1]
+    narrow = {what: programs for what, _, programs, _, _ in sass.layer_launches(64, 2048, replace(b, dims=16))}
+    assert narrow["values"] == 64 * 3 * 4 and narrow["out quant"] == 4 * 9  # quantized apart
 
 
 def test_trip_cycles_counts_the_waits_on_memory():

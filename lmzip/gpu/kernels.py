@@ -660,17 +660,20 @@ def _value_group_add(A, e0, v0, e1, v1, e2, v2, e3, v3):
 
 
 @triton.jit
-def attn_values_kernel(stream_ptr, pos_ptr, vc_ptr, sv_ptr, e_ptr, tot_ptr, ao_ptr, T, layer, C, NL, span, sink_until,
-                       NS, NH: tl.constexpr, NKV: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, BT: tl.constexpr,
-                       BD: tl.constexpr, STAGES: tl.constexpr = 1, HD: tl.constexpr = 64,
-                       UNROLL: tl.constexpr = 1):
+def attn_values_kernel(stream_ptr, pos_ptr, vc_ptr, sv_ptr, e_ptr, tot_ptr, ao_ptr, q_ptr, s_ptr, sa_ptr, T, layer,
+                       C, NL, span, sink_until, NS, NH: tl.constexpr, NKV: tl.constexpr, G: tl.constexpr,
+                       GP: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, STAGES: tl.constexpr = 1,
+                       HD: tl.constexpr = 64, UNROLL: tl.constexpr = 1, QUANT: tl.constexpr = False):
     """Weighted values of the G query heads of one KV head, BT tokens and BD of the HD
     dimensions a program (grid (cdiv(T, BT), NKV, HD / BD)), from the exponentials in e
     [T, NKV, GP, NS] and their sums in tot [T, NKV, GP] (attn_softmax_kernel): values in 4
     position lanes A_j (time index i mod 4, increasing i, from 0), o = (A_0 + A_1) + (A_2 +
     A_3); out o / sum.  The loop runs to NS, the step's longest score row (a multiple of
     64); what a token does not see adds exact zeros.  A loop trip takes two chunks of 16
-    time indices; UNROLL: Triton's unrolling of that loop (the sums keep their order)."""
+    time indices; UNROLL: Triton's unrolling of that loop (the sums keep their order).
+    QUANT (BD a multiple of 32): the output projection's activations too, quantized in
+    blocks of 32 as norm_quant_kernel quantizes them (q [T, NH HD], s and sa [T, NH HD /
+    32]), one launch fewer a layer."""
     t = tl.program_id(0) * BT + tl.arange(0, BT)
     kvh = tl.program_id(1)
     d0 = tl.program_id(2) * BD
@@ -731,5 +734,17 @@ def attn_values_kernel(stream_ptr, pos_ptr, vc_ptr, sv_ptr, e_ptr, tot_ptr, ao_p
     o = (a0 + a1) + (a2 + a3)
     total = tl.load(tot_ptr + (t64[:, None] * NKV + kvh) * GP + g, mask=qm, other=1.0)
     out = tl.div_rn(o, tl.broadcast_to(total[:, :, None], o.shape))
-    ptr = ao_ptr + t64[:, None, None] * (NH * HD) + (kvh * G + g)[:, :, None] * HD + dd
-    tl.store(ptr, out, mask=qm[:, :, None])
+    at = t64[:, None, None] * (NH * HD) + (kvh * G + g)[:, :, None] * HD + dd  # [BT, GP, BD]
+    tl.store(ao_ptr + at, out, mask=qm[:, :, None])
+    if QUANT:  # the blocks of 32 just written, read back in a tile of their own
+        KB: tl.constexpr = BD // 32
+        tl.debug_barrier()  # every lane's stores seen by the program's other lanes
+        b = tl.arange(0, GP * KB)[None, :]  # [1, GP KB]: head b // KB, block b % KB
+        blk = ((kvh * G + b // KB) * HD + d0) // 32 + b % KB  # the block's index in the row
+        bm = tok[:, None] & (b // KB < G)  # [BT, GP KB]
+        at = t64[:, None] * (NH * HD // 32) + blk
+        col = (at * 32)[:, :, None] + tl.arange(0, 32)[None, None, :]  # [BT, GP KB, 32]
+        q, s, sa = quantize_block(tl.load(ao_ptr + col, mask=bm[:, :, None], other=0.0), tok)
+        tl.store(q_ptr + col, q, mask=bm[:, :, None])
+        tl.store(s_ptr + at, s, mask=bm)
+        tl.store(sa_ptr + at, sa, mask=bm)

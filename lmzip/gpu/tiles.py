@@ -36,13 +36,13 @@ class Blocks:
     soft_rows: int = 4  # rows of 16 time indices per tile of the softmax's loops (two tiles a trip)
     soft_warps: int = 2  # warps per program of the softmax
     soft_stages: int = 6  # pipelining of the softmax's loops: tiles in flight, plus one
-    dims: int = 16  # value dimensions per program of the attention (divides 64)
+    dims: int = 32  # value dimensions per program of the attention (divides 64; 32, 64: it quantizes them too)
     quant_blocks: int = 2  # 32-column blocks a norm or quantization program takes at a time (<= 16)
     stages: int = 1  # software pipelining of the attention values' loop (tl.range num_stages)
     product_stages: int = 4  # pipelining of the block products' loop: blocks in flight, plus one
     norm_stages: int = 6  # pipelining of the norms' sums of squares: 16-column trips in flight, plus one
     unroll: int = 1  # Triton's unrolling of the attention values' loop (loop_unroll_factor)
-    value_warps: int = 2  # warps per program of the attention values
+    value_warps: int = 4  # warps per program of the attention values
     quant_loop: bool = False  # a norm's blocks in one program's loop (the interpreter's), not side by side
     dot_f32: bool = False  # block products in float32 (exact, see matmul_kernel): the interpreter's
     least_tokens: int = 16  # tl.dot's smallest tile on a GPU; the interpreter takes any
