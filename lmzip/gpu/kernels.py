@@ -669,7 +669,7 @@ def attn_values_kernel(stream_ptr, pos_ptr, vc_ptr, sv_ptr, e_ptr, tot_ptr, ao_p
     [T, NKV, GP, NS] and their sums in tot [T, NKV, GP] (attn_softmax_kernel): values in 4
     position lanes A_j (time index i mod 4, increasing i, from 0), o = (A_0 + A_1) + (A_2 +
     A_3); out o / sum.  The loop runs to NS, the step's longest score row (a multiple of
-    64); what a token does not see adds exact zeros.  A loop trip takes two chunks of 16
+    64); what a token does not see adds exact zeros.  A loop trip takes two sets of 32
     time indices; UNROLL: Triton's unrolling of that loop (the sums keep their order).
     QUANT (BD a multiple of 32): the output projection's activations too, quantized in
     blocks of 32 as norm_quant_kernel quantizes them (q [T, NH HD], s and sa [T, NH HD /
