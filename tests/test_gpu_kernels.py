@@ -31,6 +31,7 @@ from lmzip.gpu import kernels as K  # noqa: E402
 from lmzip.gpu import rope, weights  # noqa: E402
 from lmzip.gpu.constants import C_LITERALS  # noqa: E402
 from lmzip.gpu.forward import launch  # noqa: E402
+from lmzip.gpu.tiles import head_split  # noqa: E402
 
 from .test_engine import GOLD_16, _hash_logits, _tokens  # noqa: E402
 
@@ -458,8 +459,9 @@ def test_attention(probe, case):
     ao = torch.empty((T, NH * HD), dtype=torch.float32, device=DEV)
     launch(K.sink_rope_kernel, (1,), stream, pos_d, _dev(cos), _dev(sin), _dev(sink_k), rk, T, 0, 1, span, NKV=KV,
            KP=4, BT=16, HD=HD, NEOX=neox)
+    split = 0 if case == "llama-40" else head_split(G)  # SmolLM2's 3 heads in one padded tile, or as 2 + 1
     launch(K.attn_scores_kernel, (triton.cdiv(T, 4), KV, triton.cdiv(NS, 16)), _dev(qkv), stream, pos_d, kc, rk, sc,
-           T, 0, C, 1, span, until, NS, NH=NH, NKV=KV, G=G, GP=4, BT=4, BS=16, HD=HD)
+           T, 0, C, 1, span, until, NS, NH=NH, NKV=KV, G=G, GP=4, BT=4, BS=16, HD=HD, GA=split)
     sums = torch.empty((T, KV, 4), dtype=torch.float32, device=DEV)
     launch(K.attn_softmax_kernel, (triton.cdiv(T, 4), KV, G), pos_d, sc, sums, T, span, until, NS, NKV=KV, GP=4, BT=4,
            ROWS=2)

@@ -27,7 +27,7 @@ from ..errors import LMZipError
 from . import kernels as K
 from .constants import F32
 from .rope import RopeTable
-from .tiles import Blocks, _blocks, _pow2, product_tokens, rope_tokens, triton_cdiv
+from .tiles import Blocks, _blocks, _pow2, head_split, product_tokens, rope_tokens, triton_cdiv
 from .weights import T_K16, T_Q4_1, read_weights
 
 __all__ = ["GPUEngine", "MAX_STEP", "RowsJob", "launch"]
@@ -476,7 +476,7 @@ class GPUEngine:
                    self.n_layer, L["span"], NKV=KV, KP=_pow2(KV), BT=rt, HD=HD, NEOX=gemma)
             launch(K.attn_scores_kernel, (na, KV, triton_cdiv(ns, B.slots)), qkv, slot_d, pos_d, self.kc, rk, scores,
                    T, li, self.ring, self.n_layer, L["span"], L["sink_until"], ns, NH=NH, NKV=KV, G=G, GP=GP,
-                   BT=B.attn_tokens, BS=B.slots, HD=HD, num_warps=B.score_warps)
+                   BT=B.attn_tokens, BS=B.slots, HD=HD, GA=head_split(G), num_warps=B.score_warps)
             launch(K.attn_softmax_kernel, (na, KV, G), pos_d, scores, sums, T, L["span"], L["sink_until"], ns,
                    NKV=KV, GP=GP, BT=B.attn_tokens, ROWS=B.soft_rows, STAGES=B.soft_stages,
                    num_warps=B.soft_warps)

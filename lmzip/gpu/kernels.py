@@ -517,13 +517,17 @@ def sink_rope_kernel(stream_ptr, pos_ptr, cos_ptr, sin_ptr, sk_ptr, rk_ptr, T, l
 @triton.jit
 def attn_scores_kernel(qkv_ptr, stream_ptr, pos_ptr, kc_ptr, rk_ptr, sc_ptr, T, layer, C, NL, span, sink_until, NS,
                        NH: tl.constexpr, NKV: tl.constexpr, G: tl.constexpr, GP: tl.constexpr,
-                       BT: tl.constexpr, BS: tl.constexpr, HD: tl.constexpr = 64):
-    """Scores of the G query heads of one KV head (padded to GP), BT tokens and BS time
-    indices a program: e_0 = sum_d q_d k_sink,d while the start token leads (rk: its key
-    rotated at lo - 1), then one score per ring position lo, lo + 1, ..., p; each sum
-    sequential over d = 0..HD-1 from 0.  The key cache is read once for the G heads.
+                       BT: tl.constexpr, BS: tl.constexpr, HD: tl.constexpr = 64, GA: tl.constexpr = 0):
+    """Scores of the G query heads of one KV head, BT tokens and BS time indices a
+    program: e_0 = sum_d q_d k_sink,d while the start token leads (rk: its key rotated at
+    lo - 1), then one score per ring position lo, lo + 1, ..., p; each sum sequential over
+    d = 0..HD-1 from 0.  The key cache is read once for the G heads: in one tile padded to
+    GP (GA = 0), or the first GA heads in one and the other G - GA in another, powers of
+    two both (tiles.head_split: SmolLM2's 3 as 2 + 1, no padded head's arithmetic).
     Scores go to sc [T, NKV, GP, NS].  Grid: (cdiv(T, BT), NKV, cdiv(NS, BS))."""
     W: tl.constexpr = (NH + 2 * NKV) * HD
+    A: tl.constexpr = GP if GA == 0 else GA  # heads of the first tile
+    B: tl.constexpr = 1 if GA == 0 else G - GA  # of the second (none when GA = 0)
     t = tl.program_id(0) * BT + tl.arange(0, BT)
     kvh = tl.program_id(1)
     tau = (tl.program_id(2) * BS + tl.arange(0, BS))[None, :]  # [1, BS]
@@ -535,21 +539,31 @@ def attn_scores_kernel(qkv_ptr, stream_ptr, pos_ptr, kc_ptr, rk_ptr, sc_ptr, T, 
     valid = tok[:, None] & (tau < n[:, None])  # [BT, BS]
     ring = valid & (tau >= us[:, None])
     slot = tl.where(ring, (lo[:, None] - 1 + tau - us[:, None]) % C, 0)
-    g = tl.arange(0, GP)[None, :]
-    qm = tok[:, None] & (g < G)  # [BT, GP]
-    qbase = qkv_ptr + t64[:, None] * W + (kvh * G + g) * HD
+    ga = tl.arange(0, A)[None, :]
+    gb = A + tl.arange(0, B)[None, :]
+    qma = tok[:, None] & (ga < G)  # [BT, A]
+    qmb = tok[:, None] & (gb < G)
+    qa = qkv_ptr + t64[:, None] * W + (kvh * G + ga) * HD
+    qb = qkv_ptr + t64[:, None] * W + (kvh * G + gb) * HD
     head = (sl * NL + layer) * NKV + kvh  # [BT]
     kbase = kc_ptr + head[:, None] * HD * C + slot
     rbase = rk_ptr + (t64 * NKV + kvh) * HD
     first = (tau == 0) & (us[:, None] == 1)  # [BT, BS]
-    acc = tl.zeros([BT, GP, BS], tl.float32)
+    acc_a = tl.zeros([BT, A, BS], tl.float32)
+    acc_b = tl.zeros([BT, B, BS], tl.float32)
     for d in tl.range(0, HD, loop_unroll_factor=8):  # unrolled: the loads overlap, the sums stay in order
-        qd = tl.load(qbase + d, mask=qm, other=0.0)
+        q_a = tl.load(qa + d, mask=qma, other=0.0)
+        if GA > 0:
+            q_b = tl.load(qb + d, mask=qmb, other=0.0)
         kd = tl.load(kbase + d * C, mask=ring, other=0).to(tl.float16, bitcast=True).to(tl.float32)
         kd = tl.where(first, tl.load(rbase + d, mask=tok, other=0.0)[:, None], kd)
-        acc = acc + qd[:, :, None] * kd[:, None, :]
-    out = sc_ptr + ((t64[:, None] * NKV + kvh) * GP + g)[:, :, None] * NS + tau[:, None, :]
-    tl.store(out, acc, mask=qm[:, :, None] & valid[:, None, :])
+        acc_a = acc_a + q_a[:, :, None] * kd[:, None, :]
+        if GA > 0:
+            acc_b = acc_b + q_b[:, :, None] * kd[:, None, :]
+    out = sc_ptr + ((t64[:, None] * NKV + kvh) * GP)[:, :, None] * NS + tau[:, None, :]
+    tl.store(out + ga[:, :, None] * NS, acc_a, mask=qma[:, :, None] & valid[:, None, :])
+    if GA > 0:
+        tl.store(out + gb[:, :, None] * NS, acc_b, mask=qmb[:, :, None] & valid[:, None, :])
 
 
 @triton.jit

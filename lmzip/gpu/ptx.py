@@ -127,7 +127,7 @@ def step_specs(shape: StepShape, blocks=None) -> list[KernelSpec]:
     """Every kernel launch of a step of a model of this shape
     (:meth:`lmzip.gpu.forward.GPUEngine._forward`), with the GPU tile sizes (``blocks``,
     default :class:`lmzip.gpu.tiles.Blocks`)."""
-    from .tiles import Blocks, _blocks, _pow2, product_tokens, rope_tokens
+    from .tiles import Blocks, _blocks, _pow2, head_split, product_tokens, rope_tokens
 
     b = blocks or Blocks()
     E, F, HD, gemma = shape.n_embd, shape.n_ff, shape.head_dim, shape.gemma
@@ -150,7 +150,8 @@ def step_specs(shape: StepShape, blocks=None) -> list[KernelSpec]:
         ("rope_cache_kernel", dict(NH=NH, NKV=KV, HP=_pow2(NH), KP=_pow2(KV), BT=rt, HD=HD, NEOX=gemma,
                                    QK_NORM=gemma, STAGES=b.norm_stages)),
         ("sink_rope_kernel", dict(NKV=KV, KP=_pow2(KV), BT=rt, HD=HD, NEOX=gemma)),
-        ("attn_scores_kernel", dict(NH=NH, NKV=KV, G=G, GP=_pow2(G), BT=b.attn_tokens, BS=b.slots, HD=HD)),
+        ("attn_scores_kernel", dict(NH=NH, NKV=KV, G=G, GP=_pow2(G), BT=b.attn_tokens, BS=b.slots, HD=HD,
+                                    GA=head_split(G))),
         ("attn_softmax_kernel", dict(NKV=KV, GP=_pow2(G), BT=b.attn_tokens, ROWS=b.soft_rows, STAGES=b.soft_stages)),
     ]
     for stages in sorted({b.stages, 3}):  # 3: the pipelined loop of --sweep

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-__all__ = ["Blocks", "interpreting", "product_tokens", "rope_tokens", "triton_cdiv"]
+__all__ = ["Blocks", "head_split", "interpreting", "product_tokens", "rope_tokens", "triton_cdiv"]
 
 
 def interpreting() -> bool:
@@ -71,6 +71,15 @@ class Blocks:
         return cls(rows=2048, tokens=32, norm_tokens=32, attn_tokens=32, slots=128, dims=64, quant_blocks=16,
                    dot_f32=True, least_tokens=1, quant_loop=True)
 
+
+
+def head_split(group: int) -> int:
+    """attn_scores_kernel's GA for the query heads of a KV head: the first tile's heads when
+    the group is two powers of two (3 = 2 + 1), so that no padded head costs arithmetic;
+    0 (one tile padded to a power of two) otherwise."""
+    first = 1 << (group.bit_length() - 1)
+    rest = group - first
+    return first if rest and rest & (rest - 1) == 0 else 0
 
 
 def product_tokens(T: int, most: int, least: int = 16) -> int:
