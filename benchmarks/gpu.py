@@ -336,7 +336,7 @@ def _print_kernels(rows, streams: int, top: int = 14) -> None:
 
 
 #: the tile settings --sweep tries (lmzip.gpu.tiles.Blocks fields changed from the defaults);
-#: the last: the tiles of before 2026-12-05 (when the softmax got its own kernel) on the kernels of now
+#: the last: the values' tiles of the morning of 2026-12-05 (16 dimensions, 2 warps, their quantization apart)
 SWEEP = ({}, {"dims": 16}, {"dims": 64}, {"slots": 128}, {"score_warps": 2}, {"slots": 512},
          {"slots": 128, "score_warps": 2}, {"soft_rows": 8}, {"soft_rows": 2}, {"soft_warps": 1},
          {"soft_warps": 4}, {"soft_stages": 3}, {"rows": 64}, {"tokens": 32}, {"tokens": 32, "rows": 64},

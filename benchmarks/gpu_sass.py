@@ -191,7 +191,7 @@ def layer_launches(streams: int, depth: int, blocks) -> list[tuple]:
         return (what, spec("matmul_kernel", K=K, KIND=1, RESIDUAL=residual, BT=bt),
                 triton_cdiv(rows, b.rows) * triton_cdiv(T, bt), 4, [K // 32])
 
-    out_quant = [] if b.dims % 32 == 0 else [  # else the values' kernel quantizes its blocks
+    out_quant = [] if b.values_quantize else [  # else the values' kernel quantizes its blocks
         ("out quant", spec("norm_quant_kernel", E=E, NORM=False), nt * per_row, 4, [])]
     return [
         ("attn norm", spec("norm_quant_kernel", E=E, NORM=True, GATHER=False), nt * per_row, 4, [E // 16]),
@@ -253,12 +253,13 @@ def main() -> int:
     ap.add_argument("--tiles", default="", help="--layer: tiles other than Blocks' defaults, e.g. tokens=32,rows=64")
     a = ap.parse_args()
     if a.layer:
-        from dataclasses import replace
-
         from lmzip.gpu.tiles import Blocks
 
-        tiles = {k.strip(): int(v) for k, _, v in (item.partition("=") for item in a.tiles.split(",") if item)}
-        layer_table(a.layer, a.depth, replace(Blocks(), **tiles), a.capability)
+        try:
+            blocks = Blocks.parse(a.tiles, "--tiles")
+        except ValueError as exc:
+            sys.exit(str(exc))
+        layer_table(a.layer, a.depth, blocks, a.capability)
         return 0
     over = {k.strip(): int(v) for k, _, v in (item.partition("=") for item in a.set.split(",") if item)}
     specs = {"smollm2-135m": ptx.smollm2_specs, "gemma3-270m": ptx.gemma3_specs, "mixer": ptx.mixer_specs}[a.model]()

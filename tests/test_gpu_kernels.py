@@ -257,7 +257,7 @@ def _random_packed(rng, kind: int, rows: int, cols: int) -> np.ndarray:
 
 @pytest.mark.parametrize("kind", [weights.T_Q4_1, weights.T_Q8_0])
 @pytest.mark.parametrize("dot_f32", [False, True])
-@pytest.mark.parametrize("Kc", [64, 128, 192])  # the loop takes 3 blocks a trip: NB mod 3 = 2, 1, 0
+@pytest.mark.parametrize("Kc", [64, 128, 192])  # 2, 4 and 6 blocks: pipelined loops of a few trips
 def test_block_products(probe, kind, dot_f32, Kc):
     rng = np.random.default_rng(6 + kind + Kc)
     R, T = 80, 19

@@ -451,7 +451,6 @@ class GPUEngine:
 
         nbe, ge, pe = quant_tiles(E)
         nbo, go, po = quant_tiles(QD)
-        fused_quant = B.dims % 32 == 0  # the values' kernel quantizes its own blocks of 32
         nbf = _blocks(F, B.quant_blocks)  # the gate's blocks: side by side everywhere
 
         def post_norm(out, w):  # Gemma: x = x + RMSNorm(out, w)
@@ -483,8 +482,8 @@ class GPUEngine:
             launch(K.attn_values_kernel, (na, KV, HD // B.dims), slot_d, pos_d, self.vc, self.sv, scores, sums, ao,
                    aq_o, a_s, a_sa, T, li, self.ring, self.n_layer, L["span"], L["sink_until"], ns, NH=NH, NKV=KV,
                    G=G, GP=GP, BT=B.attn_tokens, BD=B.dims, STAGES=B.stages, HD=HD, UNROLL=B.unroll,
-                   QUANT=fused_quant, num_warps=B.value_warps)
-            if not fused_quant:  # the output projection's activations, quantized
+                   QUANT=B.values_quantize, num_warps=B.value_warps)
+            if not B.values_quantize:  # the output projection's activations, quantized
                 launch(K.norm_quant_kernel, (nt, po), ao, L["attn_norm"], slot_d, ao, aq_o, a_s, a_sa, T, self.eps,
                        E=QD, NORM=False, GATHER=False, STORE_Y=False, BT=B.norm_tokens, NBLK=nbo, GROUPS=go,
                        STAGES=B.norm_stages)

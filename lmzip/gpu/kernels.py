@@ -259,63 +259,6 @@ def norm_quant_kernel(x_ptr, w_ptr, rows_ptr, y_ptr, q_ptr, s_ptr, sa_ptr, T, ep
 
 
 @triton.jit
-def _block_loads(b, ap, wp, amask, wmask, as_ptr, asa_ptr, wd_ptr, wm_ptr, t64, r64, tok, rok, NB: tl.constexpr,
-                 KIND: tl.constexpr):
-    """matmul_kernel's loads for the 32-column block b: activations a [BT, 32], weights w
-    [32, BR], activation scales s [BT] and the block's other numbers: Q4_1 (d, m, sa, -),
-    Q8_0 (d, -, -, -), K16 (scale_0, scale_1, min_0, min_1)."""
-    a = tl.load(ap + b * 32, mask=amask, other=0)
-    w = tl.load(wp + b * 32, mask=wmask, other=0)
-    s = tl.load(as_ptr + t64 * NB + b, mask=tok, other=0.0)
-    if KIND == 3:
-        x = tl.load(wd_ptr + r64 * (2 * NB) + 2 * b, mask=rok, other=0.0)
-        y = tl.load(wd_ptr + r64 * (2 * NB) + 2 * b + 1, mask=rok, other=0.0)
-        z = tl.load(wm_ptr + r64 * (2 * NB) + 2 * b, mask=rok, other=0.0)
-        u = tl.load(wm_ptr + r64 * (2 * NB) + 2 * b + 1, mask=rok, other=0.0)
-    else:
-        x = tl.load(wd_ptr + r64 * NB + b, mask=rok, other=0.0)
-        if KIND == 1:
-            y = tl.load(wm_ptr + r64 * NB + b, mask=rok, other=0.0)
-            z = tl.load(asa_ptr + t64 * NB + b, mask=tok, other=0.0)
-        else:
-            y = x
-            z = s
-        u = x
-    return a, w, s, x, y, z, u
-
-
-@triton.jit
-def _block_add(acc, a, w, s, x, y, z, u, low, BT: tl.constexpr, KIND: tl.constexpr, DOT_F32: tl.constexpr):
-    """acc plus one block's terms (matmul_kernel), from _block_loads' numbers."""
-    if KIND == 3:  # K16: x, y the halves' scales, z, u their minimums
-        zero = tl.zeros_like(w)
-        w0 = tl.where(low, w, zero)
-        w1 = tl.where(low, zero, w)
-        if DOT_F32:
-            af = a.to(tl.float32)
-            isum0 = tl.dot(af, w0.to(tl.float32), input_precision="ieee")
-            isum1 = tl.dot(af, w1.to(tl.float32), input_precision="ieee")
-        else:
-            isum0 = tl.dot(a, w0).to(tl.float32)
-            isum1 = tl.dot(a, w1).to(tl.float32)
-        qs0, qs1 = tl.split(tl.sum(tl.reshape(a.to(tl.int32), [BT, 2, 16]), axis=2))  # exact
-        sq0 = s * qs0.to(tl.float32)
-        sq1 = s * qs1.to(tl.float32)
-        acc = acc + ((x[None, :] * s[:, None]) * isum0 + z[None, :] * sq0[:, None])
-        acc = acc + ((y[None, :] * s[:, None]) * isum1 + u[None, :] * sq1[:, None])
-    else:
-        if DOT_F32:
-            isum = tl.dot(a.to(tl.float32), w.to(tl.float32), input_precision="ieee")
-        else:
-            isum = tl.dot(a, w).to(tl.float32)  # int8 x int8 -> int32: exact in any order
-        if KIND == 1:  # Q4_1: x = d, y = m, z = sa
-            acc = acc + ((x[None, :] * s[:, None]) * isum + y[None, :] * z[:, None])
-        else:  # Q8_0: x = d
-            acc = acc + (x[None, :] * s[:, None]) * isum
-    return acc
-
-
-@triton.jit
 def matmul_kernel(aq_ptr, as_ptr, asa_ptr, wq_ptr, wd_ptr, wm_ptr, out_ptr, T, R, ldo,
                   K: tl.constexpr, KIND: tl.constexpr, RESIDUAL: tl.constexpr, BT: tl.constexpr, BR: tl.constexpr,
                   DOT_F32: tl.constexpr, STAGES: tl.constexpr = 1):
@@ -346,9 +289,41 @@ def matmul_kernel(aq_ptr, as_ptr, asa_ptr, wq_ptr, wd_ptr, wm_ptr, out_ptr, T, R
     low = (k < 16)[:, None]  # K16: the block's first 16 columns
     acc = tl.zeros([BT, BR], tl.float32)
     for b in tl.range(0, NB, num_stages=STAGES):
-        a, w, s, x, y, z, u = _block_loads(b, ap, wp, amask, wmask, as_ptr, asa_ptr, wd_ptr, wm_ptr, t64, r64, tok,
-                                           rok, NB, KIND)
-        acc = _block_add(acc, a, w, s, x, y, z, u, low, BT, KIND, DOT_F32)
+        a = tl.load(ap + b * 32, mask=amask, other=0)
+        w = tl.load(wp + b * 32, mask=wmask, other=0)
+        s = tl.load(as_ptr + t64 * NB + b, mask=tok, other=0.0)
+        if KIND == 3:  # K16
+            zero = tl.zeros_like(w)
+            w0 = tl.where(low, w, zero)
+            w1 = tl.where(low, zero, w)
+            if DOT_F32:
+                af = a.to(tl.float32)
+                isum0 = tl.dot(af, w0.to(tl.float32), input_precision="ieee")
+                isum1 = tl.dot(af, w1.to(tl.float32), input_precision="ieee")
+            else:
+                isum0 = tl.dot(a, w0).to(tl.float32)
+                isum1 = tl.dot(a, w1).to(tl.float32)
+            qs0, qs1 = tl.split(tl.sum(tl.reshape(a.to(tl.int32), [BT, 2, 16]), axis=2))  # exact
+            sq0 = s * qs0.to(tl.float32)
+            sq1 = s * qs1.to(tl.float32)
+            sc0 = tl.load(wd_ptr + r64 * (2 * NB) + 2 * b, mask=rok, other=0.0)
+            sc1 = tl.load(wd_ptr + r64 * (2 * NB) + 2 * b + 1, mask=rok, other=0.0)
+            mn0 = tl.load(wm_ptr + r64 * (2 * NB) + 2 * b, mask=rok, other=0.0)
+            mn1 = tl.load(wm_ptr + r64 * (2 * NB) + 2 * b + 1, mask=rok, other=0.0)
+            acc = acc + ((sc0[None, :] * s[:, None]) * isum0 + mn0[None, :] * sq0[:, None])
+            acc = acc + ((sc1[None, :] * s[:, None]) * isum1 + mn1[None, :] * sq1[:, None])
+        else:
+            if DOT_F32:
+                isum = tl.dot(a.to(tl.float32), w.to(tl.float32), input_precision="ieee")
+            else:
+                isum = tl.dot(a, w).to(tl.float32)  # int8 x int8 -> int32: exact in any order
+            d = tl.load(wd_ptr + r64 * NB + b, mask=rok, other=0.0)
+            if KIND == 1:  # Q4_1
+                sa = tl.load(asa_ptr + t64 * NB + b, mask=tok, other=0.0)
+                m = tl.load(wm_ptr + r64 * NB + b, mask=rok, other=0.0)
+                acc = acc + ((d[None, :] * s[:, None]) * isum + m[None, :] * sa[:, None])
+            else:  # Q8_0
+                acc = acc + (d[None, :] * s[:, None]) * isum
     ptrs = out_ptr + t64[:, None] * ldo + r64[None, :]
     mask = tok[:, None] & rok[None, :]
     if RESIDUAL:

@@ -157,7 +157,7 @@ def step_specs(shape: StepShape, blocks=None) -> list[KernelSpec]:
     for stages in sorted({b.stages, 3}):  # 3: the pipelined loop of --sweep
         for unroll in sorted({b.unroll, 2}):  # 2: the unrolled loop --sweep tries
             specs.append(("attn_values_kernel", dict(NH=NH, NKV=KV, G=G, GP=_pow2(G), BT=b.attn_tokens, BD=b.dims,
-                                                     STAGES=stages, HD=HD, UNROLL=unroll, QUANT=b.dims % 32 == 0)))
+                                                     STAGES=stages, HD=HD, UNROLL=unroll, QUANT=b.values_quantize)))
     return [KernelSpec(name, tuple(c.items())) for name, c in specs]
 
 

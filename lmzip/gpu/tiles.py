@@ -33,7 +33,7 @@ class Blocks:
     attn_tokens: int = 1  # tokens per program of the attention
     slots: int = 256  # attention time indices per program of the scores
     score_warps: int = 1  # warps per program of the scores (Triton's num_warps)
-    soft_rows: int = 4  # rows of 16 time indices per tile of the softmax's loops (two tiles a trip)
+    soft_rows: int = 4  # rows of 16 time indices per tile of the softmax's loops (a tile a trip)
     soft_warps: int = 2  # warps per program of the softmax
     soft_stages: int = 6  # pipelining of the softmax's loops: tiles in flight, plus one
     dims: int = 32  # value dimensions per program of the attention (divides 64; 32, 64: it quantizes them too)
@@ -47,21 +47,30 @@ class Blocks:
     dot_f32: bool = False  # block products in float32 (exact, see matmul_kernel): the interpreter's
     least_tokens: int = 16  # tl.dot's smallest tile on a GPU; the interpreter takes any
 
+    @property
+    def values_quantize(self) -> bool:
+        """Whether attn_values_kernel quantizes its own output (QUANT: its programs hold whole
+        blocks of 32), so that the output projection's quantization takes no launch."""
+        return self.dims % 32 == 0
+
     @classmethod
     def from_env(cls) -> Blocks:
         """The tiles for this process: the interpreter's, or the GPU's with any fields that
         ``$LMZIP_GPU_BLOCKS`` sets (e.g. ``dims=8,slots=128``: tuning, never other numbers)."""
         if interpreting():
             return cls.for_interpreter()
-        spec = os.environ.get("LMZIP_GPU_BLOCKS", "").strip()
-        if not spec:
-            return cls()
+        return cls.parse(os.environ.get("LMZIP_GPU_BLOCKS", ""), "LMZIP_GPU_BLOCKS")
+
+    @classmethod
+    def parse(cls, spec: str, where: str) -> Blocks:
+        """The GPU's tiles with the fields ``spec`` sets (``dims=8,slots=128``; empty: the
+        defaults); an unknown tile is a ValueError naming ``where`` it came from."""
         fields = {}
-        for item in spec.split(","):
+        for item in filter(None, spec.strip().split(",")):
             key, _, value = item.partition("=")
             key = key.strip()
             if key not in cls.__dataclass_fields__ or key in ("dot_f32", "least_tokens", "quant_loop"):
-                raise ValueError(f"LMZIP_GPU_BLOCKS: unknown tile {key!r}")
+                raise ValueError(f"{where}: unknown tile {key!r}")
             fields[key] = int(value)
         return cls(**fields)
 
